@@ -1,0 +1,18 @@
+//! Wire types shared by the Hutch server, the CLI and the in-sandbox agent.
+//!
+//! * [`envd`] — the agent's Connect RPC services (`process.Process`,
+//!   `filesystem.Filesystem`), generated from `proto/`, wire-compatible with
+//!   the E2B agent so the official SDKs work unmodified.
+//! * [`boot`] — the host → agent contract: how the agent is configured when
+//!   its sandbox starts and when a sandbox is handed to a user.
+
+pub mod boot;
+
+/// Generated message types, service traits and clients.
+#[allow(clippy::all, missing_docs, unused_imports, dead_code)]
+pub mod envd {
+    connectrpc::include_generated!();
+}
+
+/// The TCP port the E2B SDKs address the agent on (`E2b-Sandbox-Port`).
+pub const ENVD_PORT: u16 = 49983;
