@@ -1,0 +1,91 @@
+//! Importing Docker/OCI images into Hutch's content-addressed layer store, and the template
+//! metadata that records what a template was made from.
+//!
+//! The store ([`LayerStore`]) keeps each layer extracted, ready to be an overlayfs lower
+//! directory, under `ROOT/sha256/<hex of the layer's diff id>/`. Keying by diff id (the
+//! digest of the *uncompressed* layer tar) means one layer is stored once however it was
+//! compressed and however many images or templates use it.
+//!
+//! Importing verifies everything it reads against the digests the image declares, stages
+//! each layer under `ROOT/tmp/`, and moves layers into place only once the whole image has
+//! been read successfully, so a failed import leaves nothing behind.
+
+mod digest;
+mod error;
+mod extract;
+mod import;
+mod source;
+mod store;
+mod template;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ImageError;
+pub use store::LayerStore;
+pub use template::{TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource};
+
+/// Progress of an import, reported as it happens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImportProgress {
+    /// The manifest was read; the image has this many layers.
+    Manifest {
+        /// Number of layers.
+        layers: usize,
+    },
+    /// Layer `index` (0 = base) starts. `digest` is the blob digest (the diff id for Docker
+    /// archives whose layer files carry no digest); `size` is the blob's size in bytes.
+    LayerStart {
+        /// Layer index, base first.
+        index: usize,
+        /// Blob digest, `sha256:<hex>`.
+        digest: String,
+        /// Blob size in bytes (compressed, as stored in the source).
+        size: u64,
+    },
+    /// `done` bytes of the blob of layer `index` have been read (reported about every MiB).
+    LayerBytes {
+        /// Layer index.
+        index: usize,
+        /// Bytes read so far.
+        done: u64,
+    },
+    /// Layer `index` is ready; `reused` if it was already in the store (or earlier in the
+    /// same image) and so was not extracted again.
+    LayerDone {
+        /// Layer index.
+        index: usize,
+        /// Whether the stored copy was reused.
+        reused: bool,
+    },
+}
+
+/// The result of a successful import.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedImage {
+    /// Digest of the manifest that was imported. For legacy Docker archives, which hold no
+    /// manifest, this is the sha256 of the chosen `manifest.json` entry (re-serialized).
+    pub manifest_digest: String,
+    /// Digest of the image config blob.
+    pub config_digest: String,
+    /// The runtime defaults from the image config.
+    pub config: ImageConfig,
+    /// Diff ids (`sha256:<hex>`) of the layers, base first; each is in the store.
+    pub layers: Vec<String>,
+}
+
+/// The runtime defaults an image config declares, recorded as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageConfig {
+    /// `K=V` strings exactly as in the image config, in order, empty values kept.
+    pub env: Vec<String>,
+    /// The working directory, if set and non-empty.
+    pub working_dir: Option<String>,
+    /// The user (`name`, `uid`, `uid:gid`, ...), if set and non-empty.
+    pub user: Option<String>,
+    /// The entrypoint, if set (may be an empty list).
+    pub entrypoint: Option<Vec<String>>,
+    /// The default command, if set (may be an empty list).
+    pub cmd: Option<Vec<String>>,
+}

@@ -1,0 +1,152 @@
+//! Versioned template metadata.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ImageConfig, ImageError};
+
+/// The schema version [`TemplateMetadata::to_json`] writes and [`TemplateMetadata::from_json`]
+/// accepts.
+pub const TEMPLATE_SCHEMA_VERSION: u32 = 1;
+
+/// What a template is and what it was made from; stored by the server as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    /// Always [`TEMPLATE_SCHEMA_VERSION`] for metadata made by this build.
+    pub schema_version: u32,
+    /// Template id.
+    pub id: String,
+    /// Human-facing name.
+    pub name: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Where the template came from.
+    pub source: TemplateSource,
+    /// What the image config said, recorded as is.
+    pub image: ImageConfig,
+    /// The template's environment (image and template layers resolved once), in order.
+    pub env: Vec<(String, String)>,
+    /// Default user (resolved).
+    pub user: Option<String>,
+    /// Default working directory (resolved).
+    pub workdir: Option<String>,
+    /// Diff ids of the layers, base first.
+    pub layers: Vec<String>,
+}
+
+/// Where a template came from. Serialized with a `"kind"` tag: `{"kind":"image", ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+#[non_exhaustive]
+pub enum TemplateSource {
+    /// Imported from an image.
+    Image {
+        /// The path or reference the image was imported from.
+        path_or_ref: String,
+        /// Digest of the imported manifest.
+        manifest_digest: String,
+        /// Digest of the image config.
+        config_digest: String,
+    },
+}
+
+impl TemplateMetadata {
+    /// Serializes to JSON (camelCase keys).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("template metadata always serializes")
+    }
+
+    /// Parses JSON written by [`TemplateMetadata::to_json`]. Metadata with another
+    /// `schemaVersion` is refused with [`ImageError::UnsupportedSchemaVersion`].
+    pub fn from_json(s: &str) -> Result<Self, ImageError> {
+        let value: serde_json::Value =
+            serde_json::from_str(s).map_err(|cause| ImageError::MetadataJson { cause })?;
+        let found = value
+            .get("schemaVersion")
+            .and_then(serde_json::Value::as_u64);
+        if found != Some(u64::from(TEMPLATE_SCHEMA_VERSION)) {
+            return Err(ImageError::UnsupportedSchemaVersion {
+                found: found.unwrap_or(0),
+                supported: TEMPLATE_SCHEMA_VERSION,
+            });
+        }
+        serde_json::from_value(value).map_err(|cause| ImageError::MetadataJson { cause })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TemplateMetadata {
+        TemplateMetadata {
+            schema_version: TEMPLATE_SCHEMA_VERSION,
+            id: "tpl_1".into(),
+            name: "busybox".into(),
+            created_at: "2025-01-02T03:04:05Z".into(),
+            source: TemplateSource::Image {
+                path_or_ref: "/srv/busybox.tar".into(),
+                manifest_digest: format!("sha256:{}", "a".repeat(64)),
+                config_digest: format!("sha256:{}", "b".repeat(64)),
+            },
+            image: ImageConfig {
+                env: vec!["PATH=/bin".into(), "EMPTY=".into()],
+                working_dir: Some("/work".into()),
+                user: None,
+                entrypoint: None,
+                cmd: Some(vec!["sh".into()]),
+            },
+            env: vec![
+                ("PATH".into(), "/bin".into()),
+                ("EMPTY".into(), String::new()),
+            ],
+            user: Some("root".into()),
+            workdir: Some("/work".into()),
+            layers: vec![format!("sha256:{}", "c".repeat(64))],
+        }
+    }
+
+    #[test]
+    fn round_trips_with_camel_case_and_kind_tag() {
+        let meta = sample();
+        let json = meta.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["schemaVersion"], 1);
+        assert_eq!(v["createdAt"], "2025-01-02T03:04:05Z");
+        assert_eq!(v["source"]["kind"], "image");
+        assert_eq!(v["source"]["pathOrRef"], "/srv/busybox.tar");
+        assert!(v["source"]["manifestDigest"].is_string());
+        assert_eq!(v["image"]["workingDir"], "/work");
+        assert_eq!(v["env"][1], serde_json::json!(["EMPTY", ""]));
+        assert_eq!(TemplateMetadata::from_json(&json).unwrap(), meta);
+    }
+
+    #[test]
+    fn rejects_other_schema_versions() {
+        let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        v["schemaVersion"] = 2.into();
+        let err = TemplateMetadata::from_json(&v.to_string()).unwrap_err();
+        assert!(matches!(
+            err,
+            ImageError::UnsupportedSchemaVersion {
+                found: 2,
+                supported: 1
+            }
+        ));
+        assert!(err.to_string().contains("schema version 2"), "{err}");
+
+        v.as_object_mut().unwrap().remove("schemaVersion");
+        assert!(matches!(
+            TemplateMetadata::from_json(&v.to_string()),
+            Err(ImageError::UnsupportedSchemaVersion { found: 0, .. })
+        ));
+        assert!(matches!(
+            TemplateMetadata::from_json("{not json"),
+            Err(ImageError::MetadataJson { .. })
+        ));
+    }
+}
