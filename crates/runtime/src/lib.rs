@@ -1,0 +1,896 @@
+//! Hutch's sandbox runtime: turns a template's layers into a running,
+//! isolated sandbox and tears it down.
+//!
+//! A sandbox is an OCI container run by `runc`:
+//!
+//! * its root is an overlayfs mount whose lower layers are the template's
+//!   content-addressed layer directories (never written to) and whose upper
+//!   directory is private to the sandbox;
+//! * its init process is the agent, `hutch-envd`, bind-mounted read-only
+//!   from the host together with its [`BootConfig`] (see
+//!   [`hutch_protocol::boot`] for the paths);
+//! * the host talks to the agent over a unix socket the agent creates in a
+//!   directory shared with the host ([`Runtime::agent_socket`],
+//!   [`AgentClient`]).
+//!
+//! The container's configuration is built by [`spec::build`]; its module
+//! docs explain the isolation choices.
+//!
+//! # Host layout
+//!
+//! ```text
+//! <state_dir>/<id>/          0700
+//!     upper/  work/          overlay upper and work directories
+//!     rootfs/                the overlay mountpoint (the container's root)
+//!     sock/                  0700; bound to /run/hutch/sock; holds envd.sock
+//!     hutch/                 0700; the runc bundle: config.json, boot.json,
+//!                            00-hutch-path.sh, init.pid
+//!     console.log            the container's stdout and stderr
+//! <runc_root>/<id>/          runc's own state for the container
+//! ```
+//!
+//! The container's cgroup is `/<cgroup_parent>/<id>` in every hierarchy.
+//!
+//! The server is not made a child subreaper: once `runc run --detach`
+//! returns, the container's init is re-parented to the host's init, so
+//! sandboxes survive a server restart and can be re-adopted
+//! ([`Runtime::list_host_sandboxes`], [`Runtime::adopt`]).
+
+use std::collections::HashMap;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use hutch_protocol::boot::{AGENT_SOCKET_NAME, BootConfig};
+
+mod agent;
+mod error;
+mod mounts;
+mod runc;
+pub mod spec;
+
+pub use agent::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
+pub use error::RuntimeError;
+
+use error::IoContext;
+use runc::Runc;
+
+/// How long [`Runtime::create`] waits for the agent to answer `GET /health`.
+pub const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default cgroup parent: sandboxes live in `/hutch/<id>`.
+pub const DEFAULT_CGROUP_PARENT: &str = "hutch";
+
+/// Default runc binary, looked up in `PATH`.
+pub const DEFAULT_RUNC: &str = "runc";
+
+/// Longest sandbox id: ids are also hostnames (at most 64 bytes).
+pub const MAX_ID_LEN: usize = 63;
+
+/// Per-attempt timeout of the health checks while booting and adopting.
+const HEALTH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pause between health checks while booting.
+const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How much of `console.log` error messages quote.
+const LOG_TAIL_BYTES: u64 = 4096;
+const LOG_TAIL_LINES: usize = 40;
+
+/// Where the runtime keeps its state and which binaries it uses.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Per-sandbox directories (`DATA_DIR/sandboxes`).
+    pub state_dir: PathBuf,
+    /// runc's `--root` (`DATA_DIR/runc`), private to Hutch.
+    pub runc_root: PathBuf,
+    /// The runc binary; a bare name is looked up in `PATH`.
+    pub runc: PathBuf,
+    /// Host path of the static `hutch-envd` binary bound into sandboxes.
+    pub envd: PathBuf,
+    /// Cgroup parent of all sandboxes (relative to each hierarchy's root).
+    pub cgroup_parent: String,
+}
+
+impl RuntimeConfig {
+    /// The standard layout under a data directory: `data_dir/sandboxes`,
+    /// `data_dir/runc`, runc from `PATH`, cgroup parent `hutch`.
+    pub fn new(data_dir: &Path, envd: PathBuf) -> Self {
+        RuntimeConfig {
+            state_dir: data_dir.join("sandboxes"),
+            runc_root: data_dir.join("runc"),
+            runc: PathBuf::from(DEFAULT_RUNC),
+            envd,
+            cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
+        }
+    }
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The sandbox id: also its hostname, runc container id and state
+    /// directory name. 1–63 characters from `[A-Za-z0-9_.-]`, starting
+    /// with a letter or digit. Must equal `boot.sandbox_id`.
+    pub id: String,
+    /// The template's layer directories, base layer first.
+    pub layers: Vec<PathBuf>,
+    /// Written to `/run/hutch/boot.json` for the agent.
+    pub boot: BootConfig,
+    /// Advisory, kept for callers: the runtime itself checks whether the
+    /// mounted rootfs has an `/etc/profile.d` directory and, if so, installs
+    /// the login-PATH script ([`spec::PROFILE_SCRIPT`]) regardless of this
+    /// field.
+    pub login_path_fix: bool,
+    /// Wait for the agent to answer `GET /health` before returning (the
+    /// normal case). `false` returns as soon as runc has started the
+    /// container; for stand-in agents that serve no HTTP.
+    pub wait_for_agent: bool,
+}
+
+impl SandboxSpec {
+    /// A spec for `boot.sandbox_id` that waits for the agent.
+    pub fn new(layers: Vec<PathBuf>, boot: BootConfig) -> Self {
+        SandboxSpec {
+            id: boot.sandbox_id.clone(),
+            layers,
+            boot,
+            login_path_fix: true,
+            wait_for_agent: true,
+        }
+    }
+}
+
+/// A running sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// The sandbox id.
+    pub id: String,
+    /// Host pid of the container's init (the agent).
+    pub init_pid: u32,
+    /// Host path of the agent's unix socket.
+    pub socket: PathBuf,
+    /// Host path of the sandbox's root filesystem (the overlay mount).
+    pub rootfs: PathBuf,
+}
+
+impl Sandbox {
+    /// A client for this sandbox's agent.
+    pub fn agent(&self) -> AgentClient {
+        AgentClient::new(self.socket.clone())
+    }
+}
+
+/// Boots, adopts and destroys sandboxes. Cheap to clone; all clones share
+/// one configuration.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: RuntimeConfig,
+    runc: Runc,
+    /// `cfg.cgroup_parent` without surrounding slashes.
+    cgroup_parent: String,
+    /// Per-id locks serializing `create` and `destroy` of the same id.
+    locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+/// The host paths of one sandbox.
+struct Paths {
+    dir: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    rootfs: PathBuf,
+    sock: PathBuf,
+    bundle: PathBuf,
+    config_json: PathBuf,
+    boot_json: PathBuf,
+    profile_script: PathBuf,
+    pid_file: PathBuf,
+    console_log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Runtime {
+    /// Checks the configuration: runc must run (`runc --version`) and the
+    /// agent binary must be an executable file. Creates `state_dir` and
+    /// `runc_root` (mode 0700) if needed. Relative paths are made absolute
+    /// against the current directory.
+    pub fn new(cfg: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let abs = |p: &Path| std::path::absolute(p).ctx(|| format!("resolve {}", p.display()));
+        let state_dir = abs(&cfg.state_dir)?;
+        let runc_root = abs(&cfg.runc_root)?;
+        let envd = abs(&cfg.envd)?;
+        // A bare name is looked up in PATH by the OS; anything with a slash
+        // is a path.
+        let runc_bin = if cfg.runc.components().count() > 1 {
+            abs(&cfg.runc)?
+        } else {
+            cfg.runc.clone()
+        };
+
+        mounts::check_overlay_safe(&state_dir, "state_dir")?;
+        let cgroup_parent = check_cgroup_parent(&cfg.cgroup_parent)?;
+
+        match std::fs::metadata(&envd) {
+            Ok(m) if !m.is_file() => {
+                return Err(RuntimeError::EnvdNotFound {
+                    path: envd,
+                    reason: "not a regular file".to_owned(),
+                });
+            }
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                return Err(RuntimeError::EnvdNotFound {
+                    path: envd,
+                    reason: "not executable".to_owned(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(RuntimeError::EnvdNotFound {
+                    path: envd,
+                    reason: format!("{e} (build it with `cargo build -p hutch-envd`)"),
+                });
+            }
+        }
+
+        match std::process::Command::new(&runc_bin)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return Err(RuntimeError::RuncBroken {
+                    path: runc_bin,
+                    detail: format!(
+                        "{}: {}{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stdout).trim(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                });
+            }
+            Err(source) => {
+                return Err(RuntimeError::RuncNotFound {
+                    path: runc_bin,
+                    source,
+                });
+            }
+        }
+
+        for dir in [&state_dir, &runc_root] {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .ctx(|| format!("create {}", dir.display()))?;
+        }
+
+        let runc = Runc {
+            binary: runc_bin.clone(),
+            root: runc_root.clone(),
+        };
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                cfg: RuntimeConfig {
+                    state_dir,
+                    runc_root,
+                    runc: runc_bin,
+                    envd,
+                    cgroup_parent: cfg.cgroup_parent,
+                },
+                runc,
+                cgroup_parent,
+                locks: Default::default(),
+            }),
+        })
+    }
+
+    /// The (absolute) configuration in use.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.cfg
+    }
+
+    /// Host path of a sandbox's agent socket
+    /// (`state_dir/<id>/sock/envd.sock`).
+    pub fn agent_socket(&self, id: &str) -> PathBuf {
+        self.paths(id).socket
+    }
+
+    /// Host path of a sandbox's container log (its stdout and stderr).
+    pub fn console_log(&self, id: &str) -> PathBuf {
+        self.paths(id).console_log
+    }
+
+    fn paths(&self, id: &str) -> Paths {
+        let dir = self.inner.cfg.state_dir.join(id);
+        let bundle = dir.join("hutch");
+        let sock = dir.join("sock");
+        Paths {
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            rootfs: dir.join("rootfs"),
+            socket: sock.join(AGENT_SOCKET_NAME),
+            sock,
+            config_json: bundle.join("config.json"),
+            boot_json: bundle.join("boot.json"),
+            profile_script: bundle.join("00-hutch-path.sh"),
+            pid_file: bundle.join("init.pid"),
+            console_log: dir.join("console.log"),
+            bundle,
+            dir,
+        }
+    }
+
+    /// The lock serializing `create` and `destroy` of `id`.
+    fn id_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(lock) = locks.get(id).and_then(Weak::upgrade) {
+            return lock;
+        }
+        locks.retain(|_, w| w.strong_count() > 0);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(id.to_owned(), Arc::downgrade(&lock));
+        lock
+    }
+
+    /// The container's cgroup path.
+    fn cgroups_path(&self, id: &str) -> String {
+        format!("/{}/{id}", self.inner.cgroup_parent)
+    }
+
+    /// Boots a sandbox and, unless `spec.wait_for_agent` is false, waits up
+    /// to [`AGENT_BOOT_TIMEOUT`] for its agent to answer `GET /health`.
+    ///
+    /// Steps: claim `state_dir/<id>` (fails with
+    /// [`RuntimeError::AlreadyExists`] if anything exists under the id,
+    /// touching nothing), create its subdirectories, mount the overlay
+    /// (upper directory root takes the mode and owner of the top layer's
+    /// root), write `boot.json`, the login-PATH script (if the rootfs has
+    /// `/etc/profile.d`) and `config.json`, then `runc run --detach`.
+    ///
+    /// On any failure everything done so far is undone (container killed
+    /// and deleted, overlay unmounted, state directory removed). The work
+    /// runs in its own task, so dropping the returned future does not
+    /// interrupt it halfway: a failed boot is still cleaned up, and a
+    /// sandbox that booted after its caller went away is found by
+    /// [`Runtime::list_host_sandboxes`].
+    pub async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        let this = self.clone();
+        join(tokio::spawn(async move { this.create_inner(spec).await })).await
+    }
+
+    async fn create_inner(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        validate_id(&spec.id)?;
+        if spec.boot.sandbox_id != spec.id {
+            return Err(RuntimeError::InvalidSpec {
+                id: spec.id.clone(),
+                reason: format!(
+                    "boot.sandboxId is {:?}; it must equal the sandbox id",
+                    spec.boot.sandbox_id
+                ),
+            });
+        }
+        if spec.layers.is_empty() {
+            return Err(RuntimeError::InvalidSpec {
+                id: spec.id.clone(),
+                reason: "no layers".to_owned(),
+            });
+        }
+
+        let lock = self.id_lock(&spec.id);
+        let _guard = lock.lock().await;
+
+        // Claim the id. Nothing is cleaned up on these errors: whatever
+        // exists belongs to someone else.
+        let paths = self.paths(&spec.id);
+        let runc_state = self.inner.cfg.runc_root.join(&spec.id);
+        let dir = paths.dir.clone();
+        let id = spec.id.clone();
+        blocking(move || {
+            if runc_state.exists() {
+                return Err(RuntimeError::AlreadyExists(id));
+            }
+            match DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(RuntimeError::AlreadyExists(id))
+                }
+                Err(e) => Err(RuntimeError::io(format!("create {}", dir.display()), e)),
+            }
+        })
+        .await?;
+
+        match self.boot(&spec, paths).await {
+            Ok(sandbox) => Ok(sandbox),
+            Err(e) => {
+                tracing::warn!(id = %spec.id, error = %e, "sandbox boot failed; cleaning up");
+                if let Err(cleanup) = self.teardown(&spec.id).await {
+                    tracing::error!(id = %spec.id, error = %cleanup, "cleanup after failed boot failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(&self, spec: &SandboxSpec, paths: Paths) -> Result<Sandbox, RuntimeError> {
+        let paths = Arc::new(paths);
+        {
+            let paths = paths.clone();
+            let layers = spec.layers.clone();
+            let boot = spec.boot.clone();
+            let id = spec.id.clone();
+            let envd = self.inner.cfg.envd.clone();
+            let cgroups_path = self.cgroups_path(&spec.id);
+            blocking(move || prepare(&id, &layers, &boot, &envd, &cgroups_path, &paths)).await?;
+        }
+
+        self.inner
+            .runc
+            .run_detached(&spec.id, &paths.bundle, &paths.pid_file, &paths.console_log)
+            .await?;
+        let pid_text = tokio::fs::read_to_string(&paths.pid_file)
+            .await
+            .ctx(|| format!("read {}", paths.pid_file.display()))?;
+        let init_pid: u32 = pid_text.trim().parse().map_err(|_| {
+            RuntimeError::Internal(format!(
+                "runc wrote an invalid pid {pid_text:?} to {}",
+                paths.pid_file.display()
+            ))
+        })?;
+
+        if spec.wait_for_agent {
+            self.wait_for_agent(&spec.id, init_pid, &paths).await?;
+        }
+        Ok(Sandbox {
+            id: spec.id.clone(),
+            init_pid,
+            socket: paths.socket.clone(),
+            rootfs: paths.rootfs.clone(),
+        })
+    }
+
+    async fn wait_for_agent(&self, id: &str, pid: u32, paths: &Paths) -> Result<(), RuntimeError> {
+        let client = AgentClient::new(paths.socket.clone()).with_timeout(HEALTH_ATTEMPT_TIMEOUT);
+        let deadline = tokio::time::Instant::now() + AGENT_BOOT_TIMEOUT;
+        loop {
+            let last_error = match client.health().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e.to_string(),
+            };
+            if !process_alive(pid) {
+                return Err(RuntimeError::AgentExited {
+                    id: id.to_owned(),
+                    log_tail: log_tail(&paths.console_log),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::AgentBootTimeout {
+                    id: id.to_owned(),
+                    socket: paths.socket.clone(),
+                    timeout: AGENT_BOOT_TIMEOUT,
+                    last_error,
+                    log_tail: log_tail(&paths.console_log),
+                });
+            }
+            tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Force-kills and removes a sandbox: `runc delete --force` (an unknown
+    /// container is fine), unmounts the rootfs (lazily if busy), removes
+    /// leftover cgroup directories and `state_dir/<id>`. Idempotent: a
+    /// sandbox that does not exist is destroyed already.
+    ///
+    /// A `destroy` racing a [`Runtime::create`] of the same id waits until
+    /// the boot has finished (or failed), then destroys the result. Like
+    /// `create`, it runs to completion even if its future is dropped.
+    ///
+    /// If a mount under the state directory cannot be removed, the
+    /// directory is left alone ([`RuntimeError::StillMounted`]): deleting it
+    /// would delete through the mount.
+    pub async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let this = self.clone();
+        let id = id.to_owned();
+        join(tokio::spawn(async move {
+            let lock = this.id_lock(&id);
+            let _guard = lock.lock().await;
+            this.teardown(&id).await
+        }))
+        .await
+    }
+
+    async fn teardown(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.runc.delete_force(id).await?;
+        let paths = self.paths(id);
+        let cgroups_path = self.cgroups_path(id);
+        let runc_state = self.inner.cfg.runc_root.join(id);
+        let id = id.to_owned();
+        blocking(move || {
+            remove_cgroups(&cgroups_path);
+            if let Some(path) = mounts::unmount_all_under(&paths.dir)? {
+                return Err(RuntimeError::StillMounted { id, path });
+            }
+            remove_dir_if_exists(&paths.dir)?;
+            // runc removes its state on delete; this covers a crash between
+            // runc creating the directory and writing its state.
+            remove_dir_if_exists(&runc_state)
+        })
+        .await
+    }
+
+    /// Ids with anything left on the host: a runc container under
+    /// `runc_root` or a directory under `state_dir`. Sorted, no duplicates.
+    /// Names that are not valid sandbox ids are skipped (with a warning).
+    pub async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let dirs = [
+            self.inner.cfg.runc_root.clone(),
+            self.inner.cfg.state_dir.clone(),
+        ];
+        blocking(move || {
+            let mut ids = std::collections::BTreeSet::new();
+            for dir in &dirs {
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(RuntimeError::io(format!("list {}", dir.display()), e)),
+                };
+                for entry in entries {
+                    let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+                    if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
+                    match entry.file_name().into_string() {
+                        Ok(name) if validate_id(&name).is_ok() => {
+                            ids.insert(name);
+                        }
+                        Ok(name) => {
+                            tracing::warn!(dir = %dir.display(), %name, "ignoring entry that is not a sandbox id");
+                        }
+                        Err(name) => {
+                            tracing::warn!(dir = %dir.display(), ?name, "ignoring non-UTF-8 entry");
+                        }
+                    }
+                }
+            }
+            Ok(ids.into_iter().collect())
+        })
+        .await
+    }
+
+    /// Re-adopts a sandbox left by a previous server process: `Some` if
+    /// runc reports it `running` and its agent answers `GET /health`;
+    /// `None` otherwise (the caller then destroys it).
+    pub async fn adopt(&self, id: &str) -> Result<Option<Sandbox>, RuntimeError> {
+        validate_id(id)?;
+        let Some(state) = self.inner.runc.state(id).await? else {
+            return Ok(None);
+        };
+        if state.status != "running" || state.pid == 0 {
+            tracing::info!(%id, status = %state.status, "not adopting sandbox: not running");
+            return Ok(None);
+        }
+        let paths = self.paths(id);
+        let client = AgentClient::new(paths.socket.clone()).with_timeout(HEALTH_ATTEMPT_TIMEOUT);
+        // A few attempts: the agent may be busy right after a host hiccup.
+        let mut last = None;
+        for _ in 0..3 {
+            match client.health().await {
+                Ok(()) => {
+                    return Ok(Some(Sandbox {
+                        id: id.to_owned(),
+                        init_pid: state.pid,
+                        socket: paths.socket,
+                        rootfs: paths.rootfs,
+                    }));
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(e) = last {
+            tracing::info!(%id, error = %e, "not adopting sandbox: agent does not answer");
+        }
+        Ok(None)
+    }
+}
+
+/// Host-side preparation of a sandbox (blocking).
+fn prepare(
+    id: &str,
+    layers: &[PathBuf],
+    boot: &BootConfig,
+    envd: &Path,
+    cgroups_path: &str,
+    paths: &Paths,
+) -> Result<(), RuntimeError> {
+    for (dir, mode) in [
+        (&paths.upper, 0o755),
+        (&paths.work, 0o700),
+        (&paths.rootfs, 0o755),
+        (&paths.sock, 0o700),
+        (&paths.bundle, 0o700),
+    ] {
+        DirBuilder::new()
+            .mode(mode)
+            .create(dir)
+            .ctx(|| format!("create {}", dir.display()))?;
+    }
+
+    for layer in layers {
+        match std::fs::metadata(layer) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(RuntimeError::Layer {
+                    path: layer.clone(),
+                    reason: "not a directory".to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(RuntimeError::Layer {
+                    path: layer.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    // The overlay's root directory takes its attributes from the upper
+    // directory; give it the template's (top layer's) root mode and owner.
+    let top = layers.last().expect("layers checked non-empty");
+    let top_meta = std::fs::metadata(top).ctx(|| format!("stat {}", top.display()))?;
+    std::os::unix::fs::chown(&paths.upper, Some(top_meta.uid()), Some(top_meta.gid()))
+        .ctx(|| format!("chown {}", paths.upper.display()))?;
+    std::fs::set_permissions(
+        &paths.upper,
+        std::fs::Permissions::from_mode(top_meta.mode() & 0o7777),
+    )
+    .ctx(|| format!("chmod {}", paths.upper.display()))?;
+
+    mounts::mount_overlay(layers, &paths.upper, &paths.work, &paths.rootfs)?;
+
+    let boot_json = serde_json::to_vec_pretty(boot).map_err(|source| RuntimeError::Json {
+        context: "serialize boot.json".to_owned(),
+        source,
+    })?;
+    write_file(&paths.boot_json, &boot_json, 0o600)?;
+
+    let profile_script = if has_profile_d(&paths.rootfs) {
+        // World-readable: login shells of every user source it.
+        write_file(
+            &paths.profile_script,
+            spec::PROFILE_SCRIPT.as_bytes(),
+            0o644,
+        )?;
+        Some(paths.profile_script.as_path())
+    } else {
+        None
+    };
+
+    let oci = spec::build(&spec::SpecInput {
+        id,
+        rootfs: &paths.rootfs,
+        envd,
+        boot_json: &paths.boot_json,
+        socket_dir: &paths.sock,
+        profile_script,
+        cgroups_path,
+        limits: spec::Limits::default(),
+        seccomp: None,
+    });
+    let config = serde_json::to_vec_pretty(&oci).map_err(|source| RuntimeError::Json {
+        context: "serialize config.json".to_owned(),
+        source,
+    })?;
+    write_file(&paths.config_json, &config, 0o600)?;
+    write_file(&paths.console_log, b"", 0o600)?;
+    Ok(())
+}
+
+/// Whether the rootfs has a real `/etc/profile.d` directory. Symlinks are
+/// not followed: they would resolve against the host's root.
+fn has_profile_d(rootfs: &Path) -> bool {
+    let is_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    is_dir(&rootfs.join("etc")) && is_dir(&rootfs.join("etc/profile.d"))
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), RuntimeError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .ctx(|| format!("create {}", path.display()))?;
+    f.write_all(data)
+        .ctx(|| format!("write {}", path.display()))?;
+    // The create mode is filtered by the umask; make it exact.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .ctx(|| format!("chmod {}", path.display()))
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::io(format!("remove {}", dir.display()), e)),
+    }
+}
+
+/// Removes the container's cgroup directories runc left behind (normally
+/// none: `runc delete` removes them). Best effort.
+fn remove_cgroups(cgroups_path: &str) {
+    let rel = cgroups_path.trim_start_matches('/');
+    for mountpoint in mounts::cgroup_mountpoints() {
+        let dir = mountpoint.join(rel);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::debug!(dir = %dir.display(), "removed leftover cgroup"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove cgroup"),
+        }
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The last lines of a log file, for error messages.
+pub(crate) fn log_tail(path: &Path) -> String {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return format!("<no container log at {}: {e}>", path.display()),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(LOG_TAIL_BYTES);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return format!("<cannot read {}>", path.display());
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+    let tail = lines[from..].join("\n");
+    if tail.is_empty() {
+        "<empty container log>".to_owned()
+    } else {
+        tail
+    }
+}
+
+/// Checks a sandbox id: it becomes a path component, a hostname and a runc
+/// container id.
+pub fn validate_id(id: &str) -> Result<(), RuntimeError> {
+    let err = |reason| {
+        Err(RuntimeError::InvalidId {
+            id: id.to_owned(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return err("empty");
+    }
+    if id.len() > MAX_ID_LEN {
+        return err("longer than 63 characters");
+    }
+    if !id.as_bytes()[0].is_ascii_alphanumeric() {
+        return err("must start with a letter or digit");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return err("only letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
+}
+
+/// Checks the cgroup parent and returns it without surrounding slashes.
+fn check_cgroup_parent(parent: &str) -> Result<String, RuntimeError> {
+    let trimmed = parent.trim_matches('/');
+    let ok = !trimmed.is_empty()
+        && trimmed.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    if ok {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(RuntimeError::InvalidConfig(format!(
+            "cgroup_parent {parent:?} must be a relative cgroup path of [A-Za-z0-9_.-] components"
+        )))
+    }
+}
+
+/// Runs blocking work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    join(tokio::task::spawn_blocking(f)).await
+}
+
+/// Awaits a task, re-raising its panic.
+async fn join<T>(
+    handle: tokio::task::JoinHandle<Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    match handle.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(RuntimeError::Internal(format!("task cancelled: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "sbx-1", "A.b_c-9", &"x".repeat(63)] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "a:b",
+            "a,b",
+            &"x".repeat(64),
+        ] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cgroup_parents() {
+        assert_eq!(check_cgroup_parent("hutch").unwrap(), "hutch");
+        assert_eq!(check_cgroup_parent("/a/b/").unwrap(), "a/b");
+        for bad in ["", "/", "a/../b", "a//b", "a b"] {
+            assert!(check_cgroup_parent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn log_tail_keeps_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&p, text).unwrap();
+        let tail = log_tail(&p);
+        assert!(tail.ends_with("line 99"));
+        assert!(!tail.contains("line 10\n"));
+        assert_eq!(tail.lines().count(), LOG_TAIL_LINES);
+        assert!(log_tail(&dir.path().join("missing")).contains("no container log"));
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX));
+    }
+}

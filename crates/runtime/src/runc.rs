@@ -1,0 +1,196 @@
+//! Invoking `runc` with Hutch's private state root.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::process::Command;
+
+use crate::error::{IoContext, RuntimeError};
+
+/// Upper bound for one runc invocation; runc normally takes milliseconds.
+const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The part of `runc state` output Hutch uses.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct RuncState {
+    /// `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+    /// The container's init process as seen from the host (0 if stopped).
+    #[serde(default)]
+    pub pid: u32,
+}
+
+/// `runc` with `--root` set, so Hutch's containers live apart from any
+/// other runc user on the host.
+#[derive(Debug, Clone)]
+pub(crate) struct Runc {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+}
+
+/// Output of a finished runc command.
+struct Finished {
+    success: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
+}
+
+impl Runc {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    async fn finish(
+        &self,
+        mut cmd: Command,
+        id: &str,
+        what: &'static str,
+    ) -> Result<Finished, RuntimeError> {
+        let out = match tokio::time::timeout(RUNC_TIMEOUT, cmd.output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                return Err(RuntimeError::io(
+                    format!("run {} {what}", self.binary.display()),
+                    e,
+                ));
+            }
+            Err(_) => {
+                return Err(RuntimeError::Runc {
+                    id: id.to_owned(),
+                    command: what,
+                    status: format!("no exit within {RUNC_TIMEOUT:?}; killed"),
+                    output: String::new(),
+                });
+            }
+        };
+        Ok(Finished {
+            success: out.status.success(),
+            status: out.status.to_string(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// `runc run --detach`: creates and starts the container. runc hands its
+    /// own stdio to the container's init, so stdin is `/dev/null` and
+    /// stdout/stderr go to `log` (runc's own errors land there too).
+    pub async fn run_detached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+    ) -> Result<(), RuntimeError> {
+        let open_log = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(log)
+                .ctx(|| format!("open {}", log.display()))
+        };
+        let mut cmd = self.command();
+        cmd.arg("run")
+            .arg("--detach")
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(open_log()?))
+            .stderr(Stdio::from(open_log()?));
+        let status = match tokio::time::timeout(RUNC_TIMEOUT, cmd.status()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(RuntimeError::io(
+                    format!("run {} run", self.binary.display()),
+                    e,
+                ));
+            }
+            Err(_) => {
+                return Err(RuntimeError::Runc {
+                    id: id.to_owned(),
+                    command: "run",
+                    status: format!("no exit within {RUNC_TIMEOUT:?}; killed"),
+                    output: crate::log_tail(log),
+                });
+            }
+        };
+        if status.success() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Runc {
+                id: id.to_owned(),
+                command: "run",
+                status: status.to_string(),
+                output: crate::log_tail(log),
+            })
+        }
+    }
+
+    /// `runc state`; `None` if runc does not know the container.
+    pub async fn state(&self, id: &str) -> Result<Option<RuncState>, RuntimeError> {
+        let mut cmd = self.command();
+        cmd.arg("state").arg(id).stdin(Stdio::null());
+        let out = self.finish(cmd, id, "state").await?;
+        if !out.success {
+            if is_not_exist(&out.stderr) {
+                return Ok(None);
+            }
+            return Err(RuntimeError::Runc {
+                id: id.to_owned(),
+                command: "state",
+                status: out.status,
+                output: tail(&out.stderr),
+            });
+        }
+        serde_json::from_str(&out.stdout)
+            .map(Some)
+            .map_err(|source| RuntimeError::Json {
+                context: format!("parse `runc state {id}` output"),
+                source,
+            })
+    }
+
+    /// `runc delete --force`: kills the container's processes (SIGKILL to
+    /// its init, which takes the whole pid namespace with it) and removes
+    /// runc's state and the container's cgroups. A container runc does not
+    /// know is not an error.
+    pub async fn delete_force(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.arg("delete")
+            .arg("--force")
+            .arg(id)
+            .stdin(Stdio::null());
+        let out = self.finish(cmd, id, "delete").await?;
+        if out.success || is_not_exist(&out.stderr) {
+            Ok(())
+        } else {
+            Err(RuntimeError::Runc {
+                id: id.to_owned(),
+                command: "delete",
+                status: out.status,
+                output: tail(&out.stderr),
+            })
+        }
+    }
+}
+
+/// runc's message for an unknown container id.
+fn is_not_exist(stderr: &str) -> bool {
+    stderr.contains("does not exist") || stderr.contains("not exist")
+}
+
+fn tail(s: &str) -> String {
+    let s = s.trim();
+    let start = s.len().saturating_sub(2000);
+    let start = (start..=s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    s[start..].to_owned()
+}

@@ -1,0 +1,662 @@
+//! The OCI runtime spec (`config.json`) Hutch gives runc for a sandbox.
+//!
+//! [`build`] is a pure function of a [`SpecInput`]; everything host-specific
+//! (paths, the cgroup path, whether the login-PATH script is installed) is
+//! decided by the caller. The choices follow Docker's defaults for an
+//! unprivileged container unless a comment says otherwise:
+//!
+//! * **Root**: the sandbox's overlay mountpoint, writable (writes land in the
+//!   sandbox's private upper directory; template layers are never touched).
+//! * **Process**: the agent, `/run/hutch/bin/hutch-envd --boot
+//!   /run/hutch/boot.json`, as root (uid 0, gid 0) in `/`, with only a
+//!   default `PATH` in its environment: the agent builds every child's
+//!   environment itself from the boot config and `/init` (runc adds
+//!   `HOME` from the rootfs's `/etc/passwd`, `/` if absent). No terminal;
+//!   `noNewPrivileges` set, so setuid binaries and file capabilities cannot
+//!   raise privileges inside the sandbox. Capabilities: Docker's default set
+//!   ([`DEFAULT_CAPABILITIES`]) in the bounding, effective and permitted sets;
+//!   inheritable and ambient empty, so non-root children of the agent get no
+//!   capabilities. No rlimits: the sandbox inherits runc's (the server's)
+//!   limits; raising one above the current hard limit would need
+//!   `CAP_SYS_RESOURCE`, which Hutch may not have. `oomScoreAdj` unset
+//!   (inherited).
+//! * **Namespaces**: new pid, mount, ipc, uts, network and cgroup namespaces.
+//!   The network namespace is empty: runc brings up `lo` and nothing else.
+//!   The cgroup namespace is used on cgroup v1 too: runc 1.1 supports it
+//!   there (verified on a v1 hybrid host with runc 1.1.5; the sandbox sees
+//!   its own cgroup as `/`). No user namespace: root in the sandbox is root
+//!   on the host, confined by the reduced capability set, `noNewPrivileges`,
+//!   masked paths and (later) seccomp.
+//! * **Mounts**: Docker's defaults (`/proc`, `/dev` tmpfs, `/dev/pts`,
+//!   `/dev/shm`, `/dev/mqueue`, read-only `/sys` and `/sys/fs/cgroup`), then
+//!   Hutch's own bind mounts: the agent binary and `boot.json` read-only,
+//!   the socket directory read-write, and optionally the login-PATH script
+//!   at [`PROFILE_SCRIPT_PATH`].
+//! * **Linux**: Docker's masked and read-only paths (plus `/sys/fs/cgroup`
+//!   read-only, see [`CGROUP_MOUNT`]); cgroup device access
+//!   denied except Docker's standard allow list; `pids` and `memory` limits
+//!   from [`Limits`]; no seccomp filter yet ([`SpecInput::seccomp`] is where
+//!   it goes); rootfs propagation left to runc (it makes the container's
+//!   mounts private/slave, so nothing leaks back to the host).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use hutch_protocol::boot::{AGENT_BINARY, BOOT_CONFIG, SOCKET_DIR};
+use oci_spec::runtime::{
+    Capability, Linux, LinuxCapabilities, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory,
+    LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp, Mount, Process,
+    Root, Spec, User,
+};
+
+/// OCI runtime-spec version written into `config.json`; the version runc
+/// 1.1 implements.
+pub const OCI_VERSION: &str = "1.0.2-dev";
+
+/// The `PATH` the agent starts with. The agent computes each child's
+/// environment itself; this only has to let the agent find helpers.
+pub const AGENT_PATH_ENV: &str =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the login-PATH script is bind-mounted inside the sandbox. `00-` so
+/// it runs before other `/etc/profile.d` scripts, which may extend `PATH`.
+pub const PROFILE_SCRIPT_PATH: &str = "/etc/profile.d/00-hutch-path.sh";
+
+/// The login-PATH script: restores, in login shells, the `PATH` the shell
+/// was executed with after Debian's `/etc/profile` overwrote it.
+pub const PROFILE_SCRIPT: &str = include_str!("../assets/00-hutch-path.sh");
+
+/// Default maximum number of tasks (processes and threads) in a sandbox:
+/// enough for builds and language servers, small enough that a fork bomb
+/// cannot exhaust the host's pid space.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
+/// Default memory limit of a sandbox (512 MiB). Swap is not limited
+/// separately: the limit applies to RAM use, and the sandbox may swap if the
+/// host has swap.
+pub const DEFAULT_MEMORY_LIMIT: i64 = 512 * 1024 * 1024;
+
+/// Docker's default capability set (moby `oci/caps.DefaultCapabilities`).
+/// Notably absent: `SYS_ADMIN`, `NET_ADMIN`, `SYS_PTRACE`, `SYS_MODULE`,
+/// `DAC_READ_SEARCH`, `SYS_RESOURCE`.
+pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Docker's default masked paths: hidden behind `/dev/null` (files) or an
+/// empty read-only tmpfs (directories), because they leak host information
+/// or expose kernel interfaces.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Docker's default read-only paths: kernel tunables a container must not
+/// change.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Where the cgroup filesystem is mounted inside the sandbox. Besides the
+/// `ro` mount option it is also listed in `readonlyPaths` (a Hutch addition
+/// to Docker's list): on cgroup v1 hosts runc 1.1 mounts the hierarchies
+/// read-only but leaves the tmpfs holding them writable; the extra
+/// read-only remount closes that. On cgroup v2 it changes nothing.
+pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// Resource limits applied through the sandbox's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum number of tasks (`pids.max`).
+    pub pids: i64,
+    /// Memory limit in bytes (`memory.limit_in_bytes` / `memory.max`).
+    pub memory_bytes: i64,
+}
+
+impl Default for Limits {
+    /// [`DEFAULT_PIDS_LIMIT`] and [`DEFAULT_MEMORY_LIMIT`].
+    fn default() -> Self {
+        Limits {
+            pids: DEFAULT_PIDS_LIMIT,
+            memory_bytes: DEFAULT_MEMORY_LIMIT,
+        }
+    }
+}
+
+/// Everything host-specific that goes into a sandbox's spec. All paths are
+/// absolute host paths.
+#[derive(Debug, Clone)]
+pub struct SpecInput<'a> {
+    /// Sandbox id; also the hostname.
+    pub id: &'a str,
+    /// The overlay mountpoint used as the container's root.
+    pub rootfs: &'a Path,
+    /// The static `hutch-envd` binary, bound to [`AGENT_BINARY`].
+    pub envd: &'a Path,
+    /// The sandbox's `boot.json`, bound to [`BOOT_CONFIG`].
+    pub boot_json: &'a Path,
+    /// The host side of [`SOCKET_DIR`], where the agent creates its socket.
+    pub socket_dir: &'a Path,
+    /// The login-PATH script, bound to [`PROFILE_SCRIPT_PATH`]; `None` when
+    /// the rootfs has no `/etc/profile.d` directory.
+    pub profile_script: Option<&'a Path>,
+    /// The container's cgroup path, e.g. `/hutch/<id>`. Absolute, so it is
+    /// resolved from the root of each hierarchy (cgroup v1) or of the
+    /// unified hierarchy (v2), not from the server's own cgroup.
+    pub cgroups_path: &'a str,
+    /// Cgroup resource limits.
+    pub limits: Limits,
+    /// Seccomp filter; `None` for none (a later revision sets Docker's
+    /// default profile here).
+    pub seccomp: Option<LinuxSeccomp>,
+}
+
+/// Builds the sandbox's `config.json` (see the module docs for the choices).
+pub fn build(input: &SpecInput<'_>) -> Spec {
+    let mut spec = Spec::default();
+    spec.set_version(OCI_VERSION.to_owned())
+        .set_root(Some(root(input.rootfs)))
+        .set_hostname(Some(input.id.to_owned()))
+        .set_domainname(None)
+        .set_annotations(None)
+        .set_hooks(None)
+        .set_process(Some(process()))
+        .set_mounts(Some(mounts(input)))
+        .set_linux(Some(linux(input)));
+    spec
+}
+
+fn root(rootfs: &Path) -> Root {
+    let mut root = Root::default();
+    root.set_path(rootfs.to_path_buf())
+        .set_readonly(Some(false));
+    root
+}
+
+fn process() -> Process {
+    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities
+        .set_bounding(Some(caps.clone()))
+        .set_effective(Some(caps.clone()))
+        .set_permitted(Some(caps))
+        .set_inheritable(Some(HashSet::new()))
+        .set_ambient(Some(HashSet::new()));
+
+    let mut user = User::default();
+    user.set_uid(0).set_gid(0);
+
+    let mut process = Process::default();
+    process
+        .set_terminal(Some(false))
+        .set_user(user)
+        .set_args(Some(vec![
+            AGENT_BINARY.to_owned(),
+            "--boot".to_owned(),
+            BOOT_CONFIG.to_owned(),
+        ]))
+        .set_env(Some(vec![AGENT_PATH_ENV.to_owned()]))
+        .set_cwd(PathBuf::from("/"))
+        .set_capabilities(Some(capabilities))
+        .set_rlimits(None)
+        .set_no_new_privileges(Some(true))
+        .set_oom_score_adj(None);
+    process
+}
+
+/// One mount entry.
+fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(destination))
+        .set_typ(Some(typ.to_owned()))
+        .set_source(Some(source.to_path_buf()))
+        .set_options(Some(options.iter().map(|o| (*o).to_owned()).collect()));
+    m
+}
+
+fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
+    let p = Path::new;
+    let mut mounts = vec![
+        // Docker's defaults, in Docker's order.
+        mount("/proc", "proc", p("proc"), &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            p("tmpfs"),
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            p("devpts"),
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            p("sysfs"),
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        mount(
+            CGROUP_MOUNT,
+            "cgroup",
+            p("cgroup"),
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            p("mqueue"),
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            p("shm"),
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        // Hutch's own files. runc creates the mountpoints (in the sandbox's
+        // upper directory) when the template lacks them.
+        //
+        // The agent binary: a read-only file bind, so nothing in the sandbox
+        // can replace the init process's executable.
+        mount(
+            AGENT_BINARY,
+            "bind",
+            input.envd,
+            &["bind", "ro", "nosuid", "nodev"],
+        ),
+        // The boot configuration, read-only.
+        mount(
+            BOOT_CONFIG,
+            "bind",
+            input.boot_json,
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        ),
+        // The agent's socket directory: the host connects to the socket the
+        // agent creates here. Mode 0700 root on the host, so only root in
+        // the sandbox can reach the agent directly.
+        mount(
+            SOCKET_DIR,
+            "bind",
+            input.socket_dir,
+            &["rbind", "rw", "nosuid", "nodev", "noexec"],
+        ),
+    ];
+    if let Some(script) = input.profile_script {
+        // Only when the template has /etc/profile.d: see PROFILE_SCRIPT.
+        mounts.push(mount(
+            PROFILE_SCRIPT_PATH,
+            "bind",
+            script,
+            &["bind", "ro", "nosuid", "nodev", "noexec"],
+        ));
+    }
+    mounts
+}
+
+fn namespace(typ: LinuxNamespaceType) -> LinuxNamespace {
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(typ);
+    ns
+}
+
+/// A device cgroup rule; `None` major/minor means any.
+fn device_rule(
+    allow: bool,
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
+    let mut rule = LinuxDeviceCgroup::default();
+    rule.set_allow(allow)
+        .set_typ(Some(typ))
+        .set_major(major)
+        .set_minor(minor)
+        .set_access(Some(access.to_owned()));
+    rule
+}
+
+/// Docker's device cgroup policy: deny everything, then allow `mknod` of
+/// any device (opening one still needs an allow rule) and read/write/mknod
+/// of the standard pseudo-devices and terminals.
+fn device_rules() -> Vec<LinuxDeviceCgroup> {
+    use LinuxDeviceType::{A, B, C};
+    vec![
+        device_rule(false, A, None, None, "rwm"),
+        device_rule(true, C, None, None, "m"),
+        device_rule(true, B, None, None, "m"),
+        device_rule(true, C, Some(1), Some(3), "rwm"), // /dev/null
+        device_rule(true, C, Some(1), Some(5), "rwm"), // /dev/zero
+        device_rule(true, C, Some(1), Some(7), "rwm"), // /dev/full
+        device_rule(true, C, Some(1), Some(8), "rwm"), // /dev/random
+        device_rule(true, C, Some(1), Some(9), "rwm"), // /dev/urandom
+        device_rule(true, C, Some(5), Some(0), "rwm"), // /dev/tty
+        device_rule(true, C, Some(5), Some(1), "rwm"), // /dev/console
+        device_rule(true, C, Some(5), Some(2), "rwm"), // /dev/ptmx
+        device_rule(true, C, Some(136), None, "rwm"),  // /dev/pts/*
+    ]
+}
+
+fn linux(input: &SpecInput<'_>) -> Linux {
+    let mut pids = LinuxPids::default();
+    pids.set_limit(input.limits.pids);
+    let mut memory = LinuxMemory::default();
+    memory.set_limit(Some(input.limits.memory_bytes));
+
+    let mut resources = LinuxResources::default();
+    resources
+        .set_devices(Some(device_rules()))
+        .set_pids(Some(pids))
+        .set_memory(Some(memory));
+
+    let mut linux = Linux::default();
+    linux
+        .set_uid_mappings(None)
+        .set_gid_mappings(None)
+        .set_sysctl(None)
+        .set_resources(Some(resources))
+        .set_cgroups_path(Some(PathBuf::from(input.cgroups_path)))
+        .set_namespaces(Some(vec![
+            namespace(LinuxNamespaceType::Pid),
+            namespace(LinuxNamespaceType::Mount),
+            namespace(LinuxNamespaceType::Ipc),
+            namespace(LinuxNamespaceType::Uts),
+            namespace(LinuxNamespaceType::Network),
+            namespace(LinuxNamespaceType::Cgroup),
+        ]))
+        // runc creates the standard device nodes (null, zero, full, random,
+        // urandom, tty, ptmx link) itself.
+        .set_devices(None)
+        .set_seccomp(input.seccomp.clone())
+        .set_rootfs_propagation(None)
+        .set_masked_paths(Some(MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect()))
+        .set_readonly_paths(Some(
+            READONLY_PATHS
+                .iter()
+                .chain(&[CGROUP_MOUNT])
+                .map(|p| (*p).to_owned())
+                .collect(),
+        ));
+    linux
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(profile: Option<&'a Path>) -> SpecInput<'a> {
+        SpecInput {
+            id: "sbx-1",
+            rootfs: Path::new("/data/sandboxes/sbx-1/rootfs"),
+            envd: Path::new("/usr/lib/hutch/hutch-envd"),
+            boot_json: Path::new("/data/sandboxes/sbx-1/hutch/boot.json"),
+            socket_dir: Path::new("/data/sandboxes/sbx-1/sock"),
+            profile_script: profile,
+            cgroups_path: "/hutch/sbx-1",
+            limits: Limits::default(),
+            seccomp: None,
+        }
+    }
+
+    fn find<'a>(spec: &'a Spec, dest: &str) -> &'a Mount {
+        spec.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new(dest))
+            .unwrap_or_else(|| panic!("no mount at {dest}"))
+    }
+
+    fn opts(m: &Mount) -> Vec<&str> {
+        m.options()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn root_hostname_and_process() {
+        let spec = build(&input(None));
+        assert_eq!(spec.version(), OCI_VERSION);
+        let root = spec.root().as_ref().unwrap();
+        assert_eq!(root.path(), Path::new("/data/sandboxes/sbx-1/rootfs"));
+        assert_eq!(root.readonly(), Some(false));
+        assert_eq!(spec.hostname().as_deref(), Some("sbx-1"));
+
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(
+            p.args().as_ref().unwrap(),
+            &[
+                "/run/hutch/bin/hutch-envd".to_owned(),
+                "--boot".to_owned(),
+                "/run/hutch/boot.json".to_owned()
+            ]
+        );
+        assert_eq!(p.cwd(), Path::new("/"));
+        assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
+        assert_eq!(
+            p.env().as_ref().unwrap(),
+            &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()]
+        );
+        assert_eq!(p.terminal(), Some(false));
+        assert_eq!(p.no_new_privileges(), Some(true));
+        assert!(p.rlimits().is_none());
+        assert!(p.oom_score_adj().is_none());
+    }
+
+    #[test]
+    fn capabilities_are_dockers_default_set() {
+        let spec = build(&input(None));
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        let docker: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+        assert_eq!(docker.len(), 14);
+        assert_eq!(caps.bounding().as_ref().unwrap(), &docker);
+        assert_eq!(caps.effective().as_ref().unwrap(), &docker);
+        assert_eq!(caps.permitted().as_ref().unwrap(), &docker);
+        assert!(caps.inheritable().as_ref().unwrap().is_empty());
+        assert!(caps.ambient().as_ref().unwrap().is_empty());
+        for dangerous in [
+            Capability::SysAdmin,
+            Capability::NetAdmin,
+            Capability::SysPtrace,
+            Capability::SysModule,
+            Capability::DacReadSearch,
+            Capability::SysResource,
+        ] {
+            assert!(!docker.contains(&dangerous), "{dangerous:?}");
+        }
+    }
+
+    #[test]
+    fn namespaces() {
+        let spec = build(&input(None));
+        let ns: Vec<LinuxNamespaceType> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                assert!(n.path().is_none(), "namespaces must be new, not joined");
+                n.typ()
+            })
+            .collect();
+        use LinuxNamespaceType::*;
+        for t in [Pid, Mount, Ipc, Uts, Network, Cgroup] {
+            assert!(ns.contains(&t), "{t:?} missing");
+        }
+        assert!(!ns.contains(&User));
+        assert_eq!(ns.len(), 6);
+    }
+
+    #[test]
+    fn masked_readonly_paths_cgroup_and_resources() {
+        let spec = build(&input(None));
+        let linux = spec.linux().as_ref().unwrap();
+        let masked = linux.masked_paths().as_ref().unwrap();
+        for p in ["/proc/kcore", "/proc/keys", "/sys/firmware", "/proc/scsi"] {
+            assert!(masked.iter().any(|m| m == p), "{p}");
+        }
+        assert_eq!(masked.len(), 11);
+        let ro = linux.readonly_paths().as_ref().unwrap();
+        assert!(ro.iter().any(|p| p == "/proc/sys"));
+        assert!(ro.iter().any(|p| p == "/proc/sysrq-trigger"));
+        assert!(ro.iter().any(|p| p == "/sys/fs/cgroup"));
+        assert_eq!(ro.len(), 6);
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/hutch/sbx-1"))
+        );
+        assert!(linux.seccomp().is_none());
+        assert!(linux.uid_mappings().is_none());
+
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.pids().unwrap().limit(), 1024);
+        assert_eq!(res.memory().unwrap().limit(), Some(512 * 1024 * 1024));
+        let devices = res.devices().as_ref().unwrap();
+        assert!(!devices[0].allow(), "first rule denies everything");
+        assert_eq!(devices[0].typ(), Some(LinuxDeviceType::A));
+        let allowed: Vec<String> = devices[1..].iter().map(|d| d.to_string()).collect();
+        assert!(allowed.contains(&"c 1:3 rwm".to_owned()), "{allowed:?}");
+        assert!(allowed.contains(&"c 136:* rwm".to_owned()), "{allowed:?}");
+        assert!(devices[1..].iter().all(|d| d.allow()));
+    }
+
+    #[test]
+    fn docker_default_mounts() {
+        let spec = build(&input(None));
+        assert_eq!(find(&spec, "/proc").typ().as_deref(), Some("proc"));
+        let dev = find(&spec, "/dev");
+        assert_eq!(dev.typ().as_deref(), Some("tmpfs"));
+        assert!(opts(dev).contains(&"mode=755"));
+        let pts = opts(find(&spec, "/dev/pts"));
+        for o in ["newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] {
+            assert!(pts.contains(&o), "{o}");
+        }
+        let shm = opts(find(&spec, "/dev/shm"));
+        assert!(shm.contains(&"mode=1777") && shm.contains(&"size=65536k"));
+        assert_eq!(find(&spec, "/dev/mqueue").typ().as_deref(), Some("mqueue"));
+        assert!(opts(find(&spec, "/sys")).contains(&"ro"));
+        let cg = find(&spec, "/sys/fs/cgroup");
+        assert_eq!(cg.typ().as_deref(), Some("cgroup"));
+        assert!(opts(cg).contains(&"ro"));
+        // /dev comes before the mounts inside it.
+        let order: Vec<&Path> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().as_path())
+            .collect();
+        let pos = |d: &str| order.iter().position(|p| *p == Path::new(d)).unwrap();
+        assert!(pos("/dev") < pos("/dev/pts"));
+        assert!(pos("/dev") < pos("/dev/shm"));
+        assert!(pos("/sys") < pos("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn hutch_mounts() {
+        let spec = build(&input(None));
+        let envd = find(&spec, "/run/hutch/bin/hutch-envd");
+        assert_eq!(
+            envd.source().as_deref(),
+            Some(Path::new("/usr/lib/hutch/hutch-envd"))
+        );
+        let o = opts(envd);
+        assert!(o.contains(&"bind") && o.contains(&"ro") && o.contains(&"nosuid"));
+        let boot = find(&spec, "/run/hutch/boot.json");
+        assert_eq!(
+            boot.source().as_deref(),
+            Some(Path::new("/data/sandboxes/sbx-1/hutch/boot.json"))
+        );
+        assert!(opts(boot).contains(&"ro"));
+        let sock = find(&spec, "/run/hutch/sock");
+        assert_eq!(
+            sock.source().as_deref(),
+            Some(Path::new("/data/sandboxes/sbx-1/sock"))
+        );
+        let o = opts(sock);
+        assert!(o.contains(&"rbind") && o.contains(&"rw"));
+        assert!(
+            !spec
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.destination() == Path::new(PROFILE_SCRIPT_PATH))
+        );
+
+        let script = Path::new("/data/sandboxes/sbx-1/hutch/00-hutch-path.sh");
+        let spec = build(&input(Some(script)));
+        let m = find(&spec, PROFILE_SCRIPT_PATH);
+        assert_eq!(m.source().as_deref(), Some(script));
+        assert!(opts(m).contains(&"ro"));
+    }
+
+    #[test]
+    fn serializes_as_runc_expects() {
+        let spec = build(&input(None));
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["ociVersion"], OCI_VERSION);
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["linux"]["cgroupsPath"], "/hutch/sbx-1");
+        assert_eq!(json["linux"]["resources"]["pids"]["limit"], 1024);
+        assert!(json["process"].get("rlimits").is_none());
+        assert!(json["process"].get("oomScoreAdj").is_none());
+        let bnd = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert!(bnd.iter().any(|c| c == "CAP_NET_BIND_SERVICE"));
+    }
+
+    #[test]
+    fn profile_script_is_embedded() {
+        assert!(PROFILE_SCRIPT.contains("/proc/$$/environ"));
+        assert!(PROFILE_SCRIPT.contains("read -r -d ''"));
+    }
+}
