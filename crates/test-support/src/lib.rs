@@ -1,0 +1,43 @@
+//! Helpers for Hutch's integration tests.
+//!
+//! Everything here uses the real tools the product uses (runc, skopeo, umoci, mmdebstrap) and
+//! real images; expensive results (binaries, image fixtures) are cached under the cargo target
+//! directory and guarded by file locks, so parallel test binaries build each of them once.
+//! Helpers panic with a message naming what failed instead of returning errors.
+//!
+//! - [`TestDir`]: a short, unique directory under `<target>/ht/`, unmounted and removed on drop.
+//! - [`wait_until`] / [`wait_until_async`]: poll a condition with a deadline.
+//! - [`hutch_bin`] / [`envd_bin`]: workspace binaries, built on first use.
+//! - [`busybox_image`] / [`debian_image`]: OCI image layouts whose config matches the cases in
+//!   `environment.md` (see [`IMAGE_ENV`]); [`as_oci_archive`] / [`as_docker_archive`] convert them.
+//! - [`TestServer`]: a `hutch serve` on a free port with its own data directory.
+
+mod bins;
+mod fixtures;
+mod layout;
+mod mounts;
+mod paths;
+mod server;
+mod testdir;
+mod wait;
+
+pub use bins::{envd_bin, hutch_bin};
+pub use fixtures::{
+    FIXTURE_VERSION, IMAGE_CMD_BUSYBOX, IMAGE_CMD_DEBIAN, IMAGE_ENV, IMAGE_TAG, IMAGE_WORKDIR,
+    MYTOOL_OUTPUT, as_docker_archive, as_oci_archive, busybox_image, debian_image,
+};
+pub use mounts::{mounts_under, runc_force_clean, unmount_all_under};
+pub use paths::{cache_dir, target_dir, workspace_root};
+pub use server::TestServer;
+pub use testdir::TestDir;
+pub use wait::{wait_until, wait_until_async};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("free_port: cannot bind 127.0.0.1:0: {e}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("free_port: local_addr: {e}"))
+        .port()
+}
