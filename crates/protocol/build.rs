@@ -3,9 +3,14 @@
 
 fn main() {
     connectrpc_build::Config::new()
-        .files(&["proto/process/process.proto", "proto/filesystem/filesystem.proto"])
+        .files(&[
+            "proto/process/process.proto",
+            "proto/filesystem/filesystem.proto",
+        ])
         .includes(&["proto/"])
         .include_file("_connectrpc.rs")
         .compile()
-        .expect("generating envd protocol code (is `protoc` installed? apt install protobuf-compiler)");
+        .expect(
+            "generating envd protocol code (is `protoc` installed? apt install protobuf-compiler)",
+        );
 }

@@ -121,6 +121,19 @@ impl Accounts {
                 user: spec.to_owned(),
             });
         }
+        // `root` is uid 0 even in an image without /etc/passwd: clients
+        // (the E2B SDKs among them) name it on every call.
+        if user_part == "root" && !self.passwd.iter().any(|e| e.name == "root") {
+            return self
+                .resolve_user(&match group_part {
+                    Some(g) => format!("0:{g}"),
+                    None => "0".to_owned(),
+                })
+                .map(|u| ResolvedUser {
+                    name: Some("root".to_owned()),
+                    ..u
+                });
+        }
         let entry = match user_part.parse::<u32>() {
             Ok(uid) => self.passwd.iter().find(|e| e.uid == uid),
             Err(_) => Some(
@@ -151,7 +164,7 @@ impl Accounts {
         let mut groups = vec![gid];
         if let Some(e) = entry {
             for g in &self.group {
-                if g.members.iter().any(|m| *m == e.name) && !groups.contains(&g.gid) {
+                if g.members.contains(&e.name) && !groups.contains(&g.gid) {
                     groups.push(g.gid);
                 }
             }

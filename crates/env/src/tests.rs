@@ -222,6 +222,18 @@ fn user_forms() {
 }
 
 #[test]
+fn root_by_name_without_passwd_is_uid_0() {
+    let u = Accounts::default().resolve_user("root").unwrap();
+    assert_eq!(
+        (u.uid, u.gid, u.name.as_deref(), u.home.as_str()),
+        (0, 0, Some("root"), "/root")
+    );
+    let u = Accounts::default().resolve_user("root:5").unwrap();
+    assert_eq!((u.uid, u.gid), (0, 5));
+    assert!(Accounts::default().resolve_user("user").is_err());
+}
+
+#[test]
 fn root_without_passwd_gets_root_home() {
     let r = resolve(
         &TemplateLayer::default(),

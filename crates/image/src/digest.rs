@@ -128,6 +128,8 @@ impl Compression {
 type Peeked<R> = BufReader<io::Chain<io::Cursor<Vec<u8>>, R>>;
 
 /// A decompressing reader over a source that gives the source back when done.
+// One decoder exists per layer being read; boxing the gzip state would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Decoder<R: Read> {
     Gzip(flate2::bufread::MultiGzDecoder<Peeked<R>>),
     Zstd(zstd::stream::read::Decoder<'static, Peeked<R>>),

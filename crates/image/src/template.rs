@@ -52,6 +52,13 @@ pub enum TemplateSource {
         /// Digest of the image config.
         config_digest: String,
     },
+    /// Built by Hutch from a recipe (the default `base` template).
+    Recipe {
+        /// Which recipe, e.g. `debian-base`.
+        recipe: String,
+        /// What it was built from, e.g. `mmdebstrap bookworm`.
+        description: String,
+    },
 }
 
 impl TemplateMetadata {

@@ -1,0 +1,90 @@
+//! Plain HTTP endpoints, the access-token check, and the router that puts
+//! them in front of the Connect services.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hutch_protocol::boot::InitRequest;
+use hutch_protocol::envd::process::ProcessExt as _;
+
+use crate::Agent;
+use crate::service::ProcessService;
+
+/// Header carrying the sandbox's access token.
+pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+
+/// The agent's whole HTTP surface: `/health`, `/init`, `/envs` and the
+/// Connect services, behind the access-token check.
+pub fn router(agent: Arc<Agent>) -> axum::Router {
+    let connect = Arc::new(ProcessService::new(agent.clone())).register(connectrpc::Router::new());
+    axum::Router::new()
+        .route("/health", get(health))
+        .route("/init", post(init))
+        .route("/envs", get(envs))
+        .fallback_service(connect.into_axum_service())
+        .layer(middleware::from_fn_with_state(agent.clone(), require_token))
+        .with_state(agent)
+}
+
+async fn health() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn init(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Response {
+    let request: InitRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid /init body: {e}")),
+    };
+    match agent.init(request) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+async fn envs(State(agent): State<Arc<Agent>>) -> Json<BTreeMap<String, String>> {
+    Json(agent.sandbox_state().env.into_iter().collect())
+}
+
+/// Rejects requests without the right `X-Access-Token` once one is set;
+/// `/health` stays open.
+async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
+    if request.uri().path() != "/health"
+        && let Some(expected) = agent.sandbox_state().access_token
+    {
+        let given = request
+            .headers()
+            .get(ACCESS_TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !constant_time_eq(given, expected.as_bytes()) {
+            let message = if given.is_empty() {
+                "missing X-Access-Token header: this sandbox requires its access token"
+            } else {
+                "invalid X-Access-Token: it does not match this sandbox's access token"
+            };
+            return json_error(StatusCode::UNAUTHORIZED, message);
+        }
+    }
+    next.run(request).await
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "code": status.as_u16(), "message": message })),
+    )
+        .into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,176 @@
+//! `hutch-envd`, the agent inside every Hutch sandbox.
+//!
+//! It runs as the sandbox's PID 1, reaps orphans, and serves the
+//! E2B-compatible agent API on a unix socket (and optionally TCP):
+//!
+//! * `GET /health`, `POST /init`, `GET /envs` — plain HTTP ([`http`]);
+//! * `process.Process` — the Connect service that starts and watches
+//!   processes ([`service`]).
+//!
+//! Every process gets its environment, user and working directory from
+//! [`hutch_env::resolve`], fed with the template layer from the boot
+//! configuration ([`hutch_protocol::boot::BootConfig`]), the sandbox layer
+//! from `/init`, and the request.
+
+pub mod http;
+pub mod process;
+pub mod reaper;
+pub mod service;
+pub mod spawn;
+pub mod status;
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use hutch_env::EnvError;
+use hutch_protocol::boot::{BootConfig, InitRequest};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::process::ProcessTable;
+
+/// How an agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The host → agent boot configuration.
+    pub boot: BootConfig,
+    /// Root of the filesystem whose `/etc/passwd` and `/etc/group` name
+    /// users (`/` in a sandbox).
+    pub accounts_root: PathBuf,
+}
+
+/// Sandbox-level settings, replaced by `POST /init`.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxState {
+    /// Layer 3 of the environment.
+    pub env: Vec<(String, String)>,
+    /// The access token every request must carry, once set.
+    pub access_token: Option<String>,
+    /// Default user when the template names none.
+    pub default_user: Option<String>,
+    /// Sandbox-level default working directory.
+    pub default_workdir: Option<String>,
+}
+
+/// One agent: its configuration, sandbox state and processes.
+pub struct Agent {
+    boot: BootConfig,
+    accounts_root: PathBuf,
+    sandbox: RwLock<SandboxState>,
+    processes: Arc<ProcessTable>,
+}
+
+impl Agent {
+    /// A new agent.
+    pub fn new(config: AgentConfig) -> Arc<Agent> {
+        Arc::new(Agent {
+            boot: config.boot,
+            accounts_root: config.accounts_root,
+            sandbox: RwLock::new(SandboxState::default()),
+            processes: Arc::default(),
+        })
+    }
+
+    /// The boot configuration.
+    pub fn boot(&self) -> &BootConfig {
+        &self.boot
+    }
+
+    /// A snapshot of the sandbox-level settings.
+    pub fn sandbox_state(&self) -> SandboxState {
+        self.sandbox
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies `POST /init`: replaces the sandbox-level variables (when
+    /// given) and sets the access token, default user and workdir (when
+    /// given).
+    pub fn init(&self, request: InitRequest) -> Result<(), EnvError> {
+        let env = match request.env_vars {
+            Some(vars) => {
+                let env: Vec<(String, String)> = vars.into_iter().collect();
+                hutch_env::validate_sandbox_env(&env)?;
+                Some(env)
+            }
+            None => None,
+        };
+        let mut state = self.sandbox.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(env) = env {
+            state.env = env;
+        }
+        if let Some(token) = request.access_token {
+            state.access_token = (!token.is_empty()).then_some(token);
+        }
+        if let Some(user) = request.default_user {
+            state.default_user = (!user.is_empty()).then_some(user);
+        }
+        if let Some(workdir) = request.default_workdir {
+            state.default_workdir = (!workdir.is_empty()).then_some(workdir);
+        }
+        Ok(())
+    }
+
+    /// The HTTP router serving this agent.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Serves on a unix socket until the listener fails.
+    pub async fn serve_unix(self: &Arc<Self>, listener: UnixListener) -> io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Serves on TCP until the listener fails.
+    pub async fn serve_tcp(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Stops every running process: `SIGTERM` to each process group, then
+    /// `SIGKILL` to those still running after `grace`.
+    pub async fn stop_processes(&self, grace: std::time::Duration) {
+        let running = self.processes.list();
+        for handle in &running {
+            let _ = handle.signal(libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline && running.iter().any(|h| !h.ended()) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        for handle in running.iter().filter(|h| !h.ended()) {
+            let _ = handle.signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// Creates the template's default working directory if it is missing
+/// (`mkdir -p`, owned by root, as Docker does for `WORKDIR`).
+pub fn ensure_workdir(boot: &BootConfig) -> io::Result<()> {
+    match boot.template_workdir.as_deref() {
+        Some(dir) if !dir.is_empty() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir),
+        _ => Ok(()),
+    }
+}
+
+/// Binds the agent's unix socket: creates its directory (mode 0700),
+/// removes a stale socket, binds.
+pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}

@@ -1,0 +1,245 @@
+//! `hutch exec` and `hutch run`: a command in a sandbox, its output streamed
+//! live, its exit code passed on.
+//!
+//! The command is started with the agent's Connect call
+//! `process.Process/Start`, sent to the server's front door (headers
+//! `E2b-Sandbox-Id` and `E2b-Sandbox-Port`), exactly as the E2B SDKs do.
+
+use std::io::{self, Write};
+
+use anyhow::{Context, anyhow};
+use base64::Engine;
+use connectrpc::ConnectError;
+use connectrpc::client::{ClientConfig, HttpClient};
+use hutch_protocol::ENVD_PORT;
+use hutch_protocol::envd::process::process_event::data_event::Output;
+use hutch_protocol::envd::process::process_event::{EndEvent, Event};
+use hutch_protocol::envd::process::{ProcessClient, ProcessConfig, StartRequest, StartResponse};
+
+use crate::client::{Api, encode};
+use crate::{ProcessArgs, parse_pairs, sandbox};
+
+/// A command to run, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct Process {
+    env: Vec<(String, String)>,
+    cwd: Option<String>,
+    user: Option<String>,
+    command: Vec<String>,
+}
+
+impl Process {
+    pub fn from_args(args: ProcessArgs) -> anyhow::Result<Process> {
+        let env = parse_pairs("env", &args.env)?;
+        if args.command.is_empty() {
+            return Err(crate::UsageError("no command given".into()).into());
+        }
+        Ok(Process {
+            env,
+            cwd: args.cwd,
+            user: args.user,
+            command: args.command,
+        })
+    }
+}
+
+/// `hutch exec`: runs the command in sandbox `id`; returns its exit code.
+pub(crate) async fn exec(api: &Api, id: &str, process: &Process) -> anyhow::Result<u8> {
+    // A clear "sandbox 'x' not found" (and the API key checked) before the
+    // front door, which only knows "was not found".
+    api.get_json::<serde_json::Value>(&format!("/sandboxes/{}", encode(id)))
+        .await?;
+    start(api, id, process).await
+}
+
+/// `hutch run`: creates a sandbox from `template`, runs the command, kills
+/// the sandbox (also on error and on Ctrl-C); returns the exit code.
+pub(crate) async fn run(
+    api: &Api,
+    template: &str,
+    sandbox_env: &[(String, String)],
+    timeout: Option<u64>,
+    process: &Process,
+) -> anyhow::Result<u8> {
+    let id = sandbox::create(api, template, sandbox_env, timeout, &[]).await?;
+    let result = tokio::select! {
+        r = start(api, &id, process) => r,
+        _ = tokio::signal::ctrl_c() => Ok(130),
+    };
+    let killed = sandbox::kill(api, &id).await;
+    match (result, killed) {
+        (Ok(code), Ok(())) => Ok(code),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.context(format!("cannot kill sandbox {id}"))),
+    }
+}
+
+/// Starts the process and streams its output until it ends.
+async fn start(api: &Api, id: &str, process: &Process) -> anyhow::Result<u8> {
+    let base: http::Uri = api
+        .base()
+        .parse()
+        .with_context(|| format!("invalid server URL '{}'", api.base()))?;
+    let mut config = ClientConfig::new(base)
+        .with_default_header("e2b-sandbox-id", id)
+        .with_default_header("e2b-sandbox-port", ENVD_PORT.to_string());
+    if let Some(user) = &process.user {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+        config = config.with_default_header("authorization", format!("Basic {token}"));
+    }
+    let client = ProcessClient::new(HttpClient::plaintext(), config);
+
+    let (cmd, args) = process
+        .command
+        .split_first()
+        .ok_or_else(|| anyhow!("no command given"))?;
+    let request = StartRequest {
+        process: buffa::MessageField::some(ProcessConfig {
+            cmd: cmd.clone(),
+            args: args.to_vec(),
+            envs: process.env.iter().cloned().collect(),
+            cwd: process.cwd.clone(),
+            ..Default::default()
+        }),
+        stdin: Some(false),
+        ..Default::default()
+    };
+
+    let mut stream = client
+        .start(request)
+        .await
+        .map_err(|e| rpc_error(api, id, &e))?;
+    let mut stdout = io::stdout();
+    let mut stderr = io::stderr();
+    let mut end: Option<EndEvent> = None;
+    while let Some(msg) = stream.message().await.map_err(|e| rpc_error(api, id, &e))? {
+        let response: StartResponse = msg.to_owned_message();
+        let Some(event) = response.event.into_option().and_then(|e| e.event) else {
+            continue;
+        };
+        match event {
+            Event::Data(data) => match data.output {
+                Some(Output::Stdout(bytes)) | Some(Output::Pty(bytes)) => {
+                    write_live(&mut stdout, &bytes)?;
+                }
+                Some(Output::Stderr(bytes)) => write_live(&mut stderr, &bytes)?,
+                None => {}
+            },
+            Event::End(e) => end = Some(*e),
+            Event::Start(_) | Event::Keepalive(_) => {}
+        }
+    }
+    let end = end
+        .ok_or_else(|| anyhow!("the output stream of the command ended without its exit status"))?;
+    if let Some(error) = end.error.as_deref().filter(|e| !e.is_empty())
+        && !end.exited
+        && signal_of(&end.status).is_none()
+    {
+        return Err(anyhow!("the command failed: {error}"));
+    }
+    Ok(exit_code(&end))
+}
+
+fn write_live(out: &mut impl Write, bytes: &[u8]) -> anyhow::Result<()> {
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .context("writing the command's output")
+}
+
+fn rpc_error(api: &Api, id: &str, e: &ConnectError) -> anyhow::Error {
+    let message = e.message.as_deref().unwrap_or_default();
+    // The front door answers 502 for a sandbox that is gone.
+    if message.contains("was not found") || message.starts_with("HTTP error 502") {
+        return anyhow!("sandbox {id} is not running (killed, or its timeout passed)");
+    }
+    if let Some(source) = std::error::Error::source(e) {
+        let cause = crate::client::root_cause(source);
+        if cause.contains("connection refused") {
+            return anyhow!(
+                "cannot reach the Hutch server at {}: {cause} — is `hutch serve` running?",
+                api.base()
+            );
+        }
+    }
+    anyhow!("running the command failed: {e}")
+}
+
+/// The exit code to pass on: the command's own, or 128 + the signal that
+/// killed it (as shells report it).
+fn exit_code(end: &EndEvent) -> u8 {
+    if let Some(sig) = signal_of(&end.status) {
+        return 128u8.saturating_add(sig);
+    }
+    if end.exited {
+        return u8::try_from(end.exit_code.rem_euclid(256)).unwrap_or(1);
+    }
+    u8::try_from(end.exit_code)
+        .ok()
+        .filter(|&c| c != 0)
+        .unwrap_or(1)
+}
+
+/// The signal named by an exit status such as `signal: killed` (Go's
+/// form), `killed by signal 9` or `signal 15`.
+fn signal_of(status: &str) -> Option<u8> {
+    let s = status.trim().to_ascii_lowercase();
+    let rest = s
+        .strip_prefix("signal:")
+        .or_else(|| s.strip_prefix("killed by signal"))
+        .or_else(|| s.strip_prefix("signal"))?
+        .trim();
+    let rest = rest.split(" (core dumped)").next().unwrap_or(rest).trim();
+    if let Ok(n) = rest.parse::<u8>() {
+        return Some(n);
+    }
+    let named = [
+        ("hangup", 1),
+        ("interrupt", 2),
+        ("quit", 3),
+        ("illegal instruction", 4),
+        ("trace/breakpoint trap", 5),
+        ("aborted", 6),
+        ("bus error", 7),
+        ("floating point exception", 8),
+        ("killed", 9),
+        ("user defined signal 1", 10),
+        ("segmentation fault", 11),
+        ("user defined signal 2", 12),
+        ("broken pipe", 13),
+        ("alarm clock", 14),
+        ("terminated", 15),
+        ("sigkill", 9),
+        ("sigterm", 15),
+        ("sigint", 2),
+    ];
+    named.iter().find(|(n, _)| *n == rest).map(|&(_, sig)| sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(exit_code: i32, exited: bool, status: &str) -> EndEvent {
+        EndEvent {
+            exit_code,
+            exited,
+            status: status.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(&end(0, true, "exit status 0")), 0);
+        assert_eq!(exit_code(&end(3, true, "exit status 3")), 3);
+        assert_eq!(exit_code(&end(-1, false, "signal: killed")), 137);
+        assert_eq!(exit_code(&end(-1, false, "signal: terminated")), 143);
+        assert_eq!(exit_code(&end(-1, false, "killed by signal 2")), 130);
+        assert_eq!(
+            exit_code(&end(-1, false, "signal: segmentation fault (core dumped)")),
+            139
+        );
+        assert_eq!(exit_code(&end(137, false, "")), 137);
+        assert_eq!(exit_code(&end(-1, false, "")), 1);
+    }
+}

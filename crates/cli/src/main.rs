@@ -1,0 +1,333 @@
+//! `hutch`: runs the Hutch server and drives it.
+//!
+//! ```text
+//! hutch serve [--listen ADDR] [--data-dir DIR] [--envd PATH] [--runc PATH]
+//! hutch template import SOURCE --name NAME | list [--json] | rm NAME
+//! hutch sandbox create TEMPLATE [--env K=V]... [--timeout SECS] [--metadata K=V]...
+//! hutch sandbox list [--json] | kill ID
+//! hutch exec ID [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
+//! hutch run TEMPLATE [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
+//! ```
+//!
+//! Client commands talk to `--server` (env `HUTCH_SERVER`) with the API key
+//! from `HUTCH_API_KEY`, else from `<data dir>/api-key`.
+
+mod client;
+mod exec;
+mod sandbox;
+mod serve;
+mod template;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default server URL for client commands.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
+/// Default data directory.
+const DEFAULT_DATA_DIR: &str = "/var/lib/hutch";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hutch",
+    version,
+    about = "Self-hosted sandboxes for running untrusted code, compatible with the E2B SDKs"
+)]
+struct Cli {
+    /// URL of the Hutch server (client commands).
+    #[arg(long, global = true, env = "HUTCH_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+
+    /// Data directory: where `hutch serve` keeps its state, and where client
+    /// commands look for `api-key` when HUTCH_API_KEY is not set.
+    #[arg(long, global = true, env = "HUTCH_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (REST API and sandbox front door).
+    Serve(ServeArgs),
+    /// Manage templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Manage sandboxes.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// Run a command in a sandbox, streaming its output; exits with its code.
+    Exec(ExecArgs),
+    /// Create a sandbox, run a command in it, kill it; exits with the
+    /// command's code.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HUTCH_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// The agent binary mounted into sandboxes [default: hutch-envd next to
+    /// this executable, else /usr/local/lib/hutch/hutch-envd].
+    #[arg(long, env = "HUTCH_ENVD")]
+    envd: Option<PathBuf>,
+    /// The runc binary.
+    #[arg(long, env = "HUTCH_RUNC", default_value = "runc")]
+    runc: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCommand {
+    /// Import an image as a template: an OCI archive or Docker archive file,
+    /// or an OCI image layout directory.
+    Import {
+        /// The image: a file (oci-archive, docker-archive) or a directory
+        /// (OCI layout).
+        source: PathBuf,
+        /// The template's name.
+        #[arg(long)]
+        name: String,
+        /// Which image to take when the source holds several (a tag or
+        /// reference name).
+        #[arg(long = "ref")]
+        reference: Option<String>,
+    },
+    /// List templates.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a template (and the layers no other template uses).
+    #[command(alias = "remove")]
+    Rm {
+        /// Template name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCommand {
+    /// Create a sandbox; prints only its id.
+    Create {
+        /// Template name or id.
+        template: String,
+        /// Sandbox environment variable (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Lifetime in seconds [default: the server's, 300].
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Metadata entry (repeatable).
+        #[arg(long = "metadata", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+    },
+    /// List running sandboxes.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill a sandbox.
+    Kill {
+        /// Sandbox id.
+        id: String,
+    },
+}
+
+/// How to run one command.
+#[derive(Debug, Args)]
+struct ProcessArgs {
+    /// Environment variable (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory in the sandbox.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// User to run as in the sandbox.
+    #[arg(long)]
+    user: Option<String>,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// Sandbox id.
+    id: String,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Template name or id.
+    template: String,
+    /// Lifetime of the sandbox in seconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
+/// A mistake in how the command was called: exit status 2.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `KEY=VALUE` arguments of `--flag` → pairs, or a usage error.
+pub(crate) fn parse_pairs(flag: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(UsageError(format!("invalid --{flag} '{item}': expected KEY=VALUE")).into()),
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for lingering blocking tasks (e.g. a stdin reader).
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.is::<UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Serve(args) => {
+            serve::run(args, cli.data_dir).await?;
+            Ok(0)
+        }
+        Command::Template(cmd) => {
+            let api = client::Api::new(&cli.server, &cli.data_dir)?;
+            match cmd {
+                TemplateCommand::Import {
+                    source,
+                    name,
+                    reference,
+                } => template::import(&api, &source, &name, reference.as_deref()).await?,
+                TemplateCommand::List { json } => template::list(&api, json).await?,
+                TemplateCommand::Rm { name } => template::remove(&api, &name).await?,
+            }
+            Ok(0)
+        }
+        Command::Sandbox(cmd) => {
+            match cmd {
+                SandboxCommand::Create {
+                    template,
+                    env,
+                    timeout,
+                    metadata,
+                } => {
+                    let env = parse_pairs("env", &env)?;
+                    let metadata = parse_pairs("metadata", &metadata)?;
+                    let api = client::Api::new(&cli.server, &cli.data_dir)?;
+                    let id = sandbox::create(&api, &template, &env, timeout, &metadata).await?;
+                    println!("{id}");
+                }
+                SandboxCommand::List { json } => {
+                    let api = client::Api::new(&cli.server, &cli.data_dir)?;
+                    sandbox::list(&api, json).await?;
+                }
+                SandboxCommand::Kill { id } => {
+                    let api = client::Api::new(&cli.server, &cli.data_dir)?;
+                    sandbox::kill(&api, &id).await?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Exec(args) => {
+            let process = exec::Process::from_args(args.process)?;
+            let api = client::Api::new(&cli.server, &cli.data_dir)?;
+            exec::exec(&api, &args.id, &process).await
+        }
+        Command::Run(args) => {
+            let sandbox_env = parse_pairs("env", &args.process.env)?;
+            let process = exec::Process::from_args(ProcessArgs {
+                env: Vec::new(),
+                ..args.process
+            })?;
+            let api = client::Api::new(&cli.server, &cli.data_dir)?;
+            exec::run(&api, &args.template, &sandbox_env, args.timeout, &process).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_the_rest_as_the_command() {
+        let cli = Cli::try_parse_from([
+            "hutch", "exec", "abc", "--env", "A=1", "--", "ls", "-la", "--env", "x",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(args.id, "abc");
+        assert_eq!(args.process.env, ["A=1"]);
+        assert_eq!(args.process.command, ["ls", "-la", "--env", "x"]);
+    }
+
+    #[test]
+    fn pairs_need_an_equals_sign() {
+        assert_eq!(
+            parse_pairs("env", &["A=b=c".into(), "E=".into()]).unwrap(),
+            [("A".into(), "b=c".into()), ("E".into(), String::new())]
+        );
+        let err = parse_pairs("env", &["FOO".into()]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid --env 'FOO': expected KEY=VALUE");
+        assert!(err.is::<UsageError>());
+        assert!(parse_pairs("env", &["=x".into()]).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! `hutch template import | list | rm`.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::client::{Api, ServerReplied, encode};
+
+/// Size of the chunks the upload is sent in.
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TemplateInfo {
+    id: String,
+    name: String,
+    #[serde(default)]
+    layers: Vec<String>,
+    #[serde(default)]
+    created_at: String,
+}
+
+/// Feeds the request body from a blocking producer thread, counting bytes.
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    bar: Option<ProgressBar>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload was stopped"))?;
+        if let Some(bar) = &self.bar {
+            bar.inc(buf.len() as u64);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn progress_bar(total: Option<u64>) -> Option<ProgressBar> {
+    if !io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match total {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template(
+                "uploading {bar:30.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("uploading {spinner} {bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(bar)
+}
+
+/// Writes an OCI layout directory as a tar with the layout at its root.
+fn tar_layout(dir: &Path, out: impl Write) -> io::Result<()> {
+    let mut builder = tar::Builder::new(out);
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name();
+        if entry.file_type()?.is_dir() {
+            builder.append_dir_all(&name, &path)?;
+        } else {
+            builder.append_path_with_name(&path, &name)?;
+        }
+    }
+    builder.into_inner()?.flush()
+}
+
+/// Copies a file in [`CHUNK`]-sized writes.
+fn copy_file(path: &Path, mut out: impl Write) -> io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n])?;
+    }
+}
+
+pub(crate) async fn import(
+    api: &Api,
+    source: &Path,
+    name: &str,
+    reference: Option<&str>,
+) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(source).map_err(|e| {
+        anyhow!(
+            "cannot read {}: {}",
+            source.display(),
+            crate::client::root_cause(&e)
+        )
+    })?;
+    let display = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+    let bar = progress_bar(meta.is_file().then_some(meta.len()));
+
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let writer = ChannelWriter {
+        tx: tx.clone(),
+        bar: bar.clone(),
+    };
+    let producer_source = source.to_path_buf();
+    let is_dir = meta.is_dir();
+    let producer = std::thread::spawn(move || {
+        let out = io::BufWriter::with_capacity(CHUNK, writer);
+        let result = if is_dir {
+            tar_layout(&producer_source, out)
+        } else {
+            copy_file(&producer_source, out)
+        };
+        if let Err(e) = &result {
+            // Abort the upload so the server does not import a cut image.
+            let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+        }
+        result
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut path = format!(
+        "/hutch/v1/templates?name={}&source={}",
+        encode(name),
+        encode(&display.to_string_lossy())
+    );
+    if let Some(r) = reference {
+        path.push_str(&format!("&reference={}", encode(r)));
+    }
+    let request = api
+        .request(reqwest::Method::POST, &path)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+        .body(reqwest::Body::wrap_stream(stream));
+    let sent = api.send(request).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow!("the upload thread panicked"))?;
+    let resp = match (sent, produced) {
+        // The server's verdict first: it may have stopped reading early.
+        (Err(e), _) if e.is::<ServerReplied>() => return Err(e),
+        (_, Err(e)) if e.kind() != io::ErrorKind::BrokenPipe => {
+            return Err(anyhow!(
+                "cannot read {}: {}",
+                source.display(),
+                crate::client::root_cause(&e)
+            ));
+        }
+        (sent, _) => sent?,
+    };
+    let info: TemplateInfo = resp.json().await.context("reading the server's answer")?;
+    println!("imported template {} (id {})", info.name, info.id);
+    Ok(())
+}
+
+pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let value: serde_json::Value = api.get_json("/hutch/v1/templates").await?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let templates: Vec<TemplateInfo> = api.get_json("/hutch/v1/templates").await?;
+    let rows: Vec<Vec<String>> = templates
+        .into_iter()
+        .map(|t| vec![t.name, t.id, t.layers.len().to_string(), t.created_at])
+        .collect();
+    print_table(&["NAME", "ID", "LAYERS", "CREATED"], &rows);
+    Ok(())
+}
+
+pub(crate) async fn remove(api: &Api, name: &str) -> anyhow::Result<()> {
+    api.delete(&format!("/hutch/v1/templates/{}", encode(name)))
+        .await?;
+    println!("removed template {name}");
+    Ok(())
+}
+
+/// Prints a table: columns separated by two spaces, the last unpadded.
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = io::stdout().lock();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i + 1 < widths.len() {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            } else {
+                text.push_str(cell);
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}

@@ -1,0 +1,246 @@
+//! The `hutch` CLI against a real server with real sandboxes: output
+//! streams, exit codes, errors a user can meet, and sandbox lifecycle as
+//! seen from the host.
+
+use std::process::Output;
+use std::time::Duration;
+
+use hutch_test_support::{TestServer, busybox_image, free_port, hutch_bin, wait_until};
+
+fn run(server: &TestServer, args: &[&str]) -> Output {
+    server.hutch().args(args).output().expect("running hutch")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ready_server() -> TestServer {
+    let server = TestServer::start();
+    let out = run(
+        &server,
+        &[
+            "template",
+            "import",
+            busybox_image().to_str().unwrap(),
+            "--name",
+            "bb",
+        ],
+    );
+    assert!(out.status.success(), "import: {}", stderr(&out));
+    server
+}
+
+fn create(server: &TestServer, extra: &[&str]) -> String {
+    let mut args = vec!["sandbox", "create", "bb"];
+    args.extend_from_slice(extra);
+    let out = run(server, &args);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    stdout(&out).trim().to_owned()
+}
+
+/// One line on stderr, non-zero exit.
+fn assert_clear_error(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "expected failure, got {}",
+        out.status
+    );
+    let err = stderr(out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+#[test]
+fn exec_streams_stdout_and_stderr_and_exit_code() {
+    let server = ready_server();
+    let id = create(&server, &[]);
+    let out = run(
+        &server,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(stdout(&out), "out\n");
+    assert_eq!(stderr(&out), "err\n");
+
+    // Large output arrives complete.
+    let out = run(
+        &server,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "head -c 5000000 /dev/zero | tr '\\0' x",
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 5_000_000);
+    assert!(out.stdout.iter().all(|&b| b == b'x'));
+
+    // Killed by a signal: 128 + signal number, as a shell reports it.
+    let out = run(&server, &["exec", &id, "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137));
+
+    // A background child that keeps stdout open does not hold the command.
+    let out = run(
+        &server,
+        &["exec", &id, "--", "sh", "-c", "sleep 1000 & echo started"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "started\n");
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let server = ready_server();
+    assert_clear_error(&run(&server, &["sandbox", "create", "nope"]), "nope");
+    assert_clear_error(
+        &run(&server, &["sandbox", "create", "bb", "--env", "NOEQUALS"]),
+        "NOEQUALS",
+    );
+    assert_clear_error(
+        &run(&server, &["exec", "doesnotexist", "--", "true"]),
+        "doesnotexist",
+    );
+    assert_clear_error(
+        &run(&server, &["sandbox", "kill", "doesnotexist"]),
+        "doesnotexist",
+    );
+    let id = create(&server, &[]);
+    assert_clear_error(
+        &run(&server, &["exec", &id, "--", "/no/such/binary"]),
+        "/no/such/binary",
+    );
+    assert_clear_error(
+        &run(&server, &["exec", &id, "--user", "ghost", "--", "true"]),
+        "ghost",
+    );
+
+    // Nothing listening.
+    let port = free_port();
+    let out = std::process::Command::new(hutch_bin())
+        .args(["sandbox", "list"])
+        .env("HUTCH_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("HUTCH_API_KEY", "hutch_x")
+        .output()
+        .unwrap();
+    assert_clear_error(&out, "cannot reach");
+
+    // Wrong key.
+    let out = server
+        .hutch()
+        .env("HUTCH_API_KEY", "hutch_wrong")
+        .args(["sandbox", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn list_kill_and_nothing_left_on_the_host() {
+    let server = ready_server();
+    let id = create(&server, &["--metadata", "owner=me"]);
+    let listed = stdout(&run(&server, &["sandbox", "list", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("list --json is JSON");
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sandboxID"] == id.as_str())
+        .expect("new sandbox listed");
+    assert_eq!(entry["metadata"]["owner"], "me");
+
+    let sandbox_dir = server.data_dir().join("sandboxes").join(&id);
+    assert!(sandbox_dir.exists());
+    let out = run(&server, &["sandbox", "kill", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!sandbox_dir.exists(), "sandbox directory removed");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "no mount left for {id}");
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(server.data_dir().join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert!(!stdout(&runc).contains(&id), "no runc container left");
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/memory/hutch")
+            .join(&id)
+            .exists(),
+        "no cgroup left"
+    );
+    let listed = stdout(&run(&server, &["sandbox", "list", "--json"]));
+    assert!(!listed.contains(&id));
+}
+
+#[test]
+fn sandboxes_expire_at_their_timeout() {
+    let server = ready_server();
+    let id = create(&server, &["--timeout", "2"]);
+    let dir = server.data_dir().join("sandboxes").join(&id);
+    assert!(dir.exists());
+    wait_until("the sandbox expires", Duration::from_secs(30), || {
+        !dir.exists()
+    });
+    assert_clear_error(&run(&server, &["exec", &id, "--", "true"]), &id);
+}
+
+#[test]
+fn run_creates_runs_and_kills() {
+    let server = ready_server();
+    let out = run(
+        &server,
+        &[
+            "run",
+            "bb",
+            "--env",
+            "X=1",
+            "--",
+            "sh",
+            "-c",
+            "echo $X; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout(&out), "1\n");
+    let listed = stdout(&run(&server, &["sandbox", "list", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 0, "run kills its sandbox");
+}
+
+#[test]
+fn killed_server_restarts_without_leaks() {
+    let server = ready_server();
+    let keep = create(&server, &[]);
+    let dir = server.kill9();
+    // A sandbox directory the database never heard of (a crash mid-create).
+    let stray = dir.join("sandboxes").join("strayxxxxxxxxxxxxxxx");
+    std::fs::create_dir_all(stray.join("upper")).unwrap();
+    let server = TestServer::restart(dir);
+    assert!(
+        !stray.exists(),
+        "unknown sandbox directories are cleaned up"
+    );
+    let out = run(&server, &["exec", &keep, "--", "echo", "still here"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "still here\n");
+    let templates = stdout(&run(&server, &["template", "list", "--json"]));
+    assert!(
+        templates.contains("\"bb\""),
+        "templates intact: {templates}"
+    );
+}

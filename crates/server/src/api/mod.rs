@@ -1,0 +1,91 @@
+//! The HTTP routes.
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /health` | no | `{"status":"ok"}` |
+//! | `POST /sandboxes`, `POST /v2/sandboxes` | key | create a sandbox (201) |
+//! | `GET /sandboxes`, `GET /v2/sandboxes` | key | list running sandboxes |
+//! | `GET /sandboxes/{id}` | key | one sandbox |
+//! | `DELETE /sandboxes/{id}` | key | kill (204) |
+//! | `POST /sandboxes/{id}/timeout` | key | set the lifetime from now (204) |
+//! | `POST /sandboxes/{id}/refreshes` | key | extend the lifetime (204) |
+//! | `POST /sandboxes/{id}/connect`, `POST /v2/sandboxes/{id}/connect` | key | the running sandbox (200); `timeout` extends its life |
+//! | `POST /hutch/v1/templates?name=` | key | import an image tar as a template (201) |
+//! | `GET /hutch/v1/templates` | key | list templates |
+//! | `DELETE /hutch/v1/templates/{name}` | key | remove a template (204) |
+//!
+//! Requests for a sandbox's agent are taken by the [front
+//! door](crate::frontdoor) before any of these.
+
+mod sandboxes;
+mod templates;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{auth, frontdoor};
+
+pub use sandboxes::{ListedSandbox, NewSandbox, SandboxCreated};
+pub use templates::valid_template_name;
+
+pub(crate) fn router(st: Arc<AppState>) -> Router {
+    let authed = Router::new()
+        .route(
+            "/sandboxes",
+            post(sandboxes::create).get(sandboxes::list_v1),
+        )
+        .route(
+            "/v2/sandboxes",
+            post(sandboxes::create).get(sandboxes::list_v2),
+        )
+        .route(
+            "/sandboxes/{id}",
+            get(sandboxes::detail).delete(sandboxes::kill),
+        )
+        .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
+        .route("/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route(
+            "/hutch/v1/templates",
+            post(templates::import).get(templates::list),
+        )
+        .route(
+            "/hutch/v1/templates/{name}",
+            axum::routing::delete(templates::remove),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            auth::require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(authed)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            frontdoor::front_door,
+        ))
+        .with_state(st)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,234 @@
+//! Hutch's template routes: import an image as a template, list, remove.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use hutch_image::{
+    ImageError, ImportProgress, TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource,
+};
+use serde::Deserialize;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::db::TemplateRow;
+use crate::error::{ApiError, ApiQuery};
+use crate::state::AppState;
+use crate::{ids, time};
+
+/// Whether `name` is a valid template name: `[a-z0-9][a-z0-9._-]{0,62}`.
+pub fn valid_template_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..].iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
+}
+
+fn exists(name: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "template '{name}' already exists; remove it first with `hutch template rm {name}`"
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ImportQuery {
+    /// The template's name.
+    name: Option<String>,
+    /// Where the image came from, for display (a path or reference).
+    source: Option<String>,
+    /// Which image to take from an archive holding several.
+    reference: Option<String>,
+}
+
+/// `POST /hutch/v1/templates?name=NAME[&source=S][&reference=R]`, the
+/// body an image as a tar stream (OCI archive, tarred OCI layout, or Docker
+/// archive), streamed into the layer store as it arrives.
+pub(super) async fn import(
+    State(st): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = q
+        .name
+        .ok_or_else(|| ApiError::bad_request("missing query parameter 'name'"))?;
+    if !valid_template_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid template name '{name}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+        )));
+    }
+    if st
+        .db
+        .find_template(name.clone())
+        .await?
+        .is_some_and(|t| t.name == name)
+    {
+        return Err(exists(&name));
+    }
+
+    // Imports share the layer store; removal of unreferenced layers waits.
+    let _layers = st.layers_lock.read().await;
+    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let mut reader = SyncIoBridge::new(reader);
+    let store = st.store.clone();
+    let reference = q.reference.clone();
+    let log_name = name.clone();
+    let imported = tokio::task::spawn_blocking(move || {
+        store.import_tar_stream(&mut reader, reference.as_deref(), &mut |p| {
+            log_progress(&log_name, &p)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("import task failed: {e}")))?
+    .map_err(|e| import_error(&name, e))?;
+
+    let id = ids::new_id();
+    let now = time::now_ms();
+    let user = imported.config.user.clone().filter(|u| !u.is_empty());
+    let workdir = imported
+        .config
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty());
+    let meta = TemplateMetadata {
+        schema_version: TEMPLATE_SCHEMA_VERSION,
+        id: id.clone(),
+        name: name.clone(),
+        created_at: time::rfc3339(now),
+        source: TemplateSource::Image {
+            path_or_ref: q.source.unwrap_or_default(),
+            manifest_digest: imported.manifest_digest.clone(),
+            config_digest: imported.config_digest.clone(),
+        },
+        env: hutch_env::image_layer(&imported.config.env),
+        user,
+        workdir,
+        layers: imported.layers.clone(),
+        image: imported.config,
+    };
+    let json = meta.to_json();
+    let inserted = st
+        .db
+        .insert_template(TemplateRow {
+            id,
+            name: name.clone(),
+            metadata: json.clone(),
+            created_at: now,
+        })
+        .await?;
+    if !inserted {
+        // Lost a race with another import of the same name; the layers it
+        // stored stay for that template or go at the next removal.
+        return Err(exists(&name));
+    }
+    tracing::info!(template = %name, layers = meta.layers.len(), "template imported");
+    let value: serde_json::Value = serde_json::from_str(&json)
+        .map_err(|e| ApiError::internal(format!("template metadata: {e}")))?;
+    Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+fn log_progress(name: &str, p: &ImportProgress) {
+    match p {
+        ImportProgress::Manifest { layers } => {
+            tracing::debug!(template = %name, layers, "importing image")
+        }
+        ImportProgress::LayerDone { index, reused } => {
+            tracing::debug!(template = %name, layer = index, reused, "layer ready")
+        }
+        _ => {}
+    }
+}
+
+fn import_error(name: &str, e: ImageError) -> ApiError {
+    match e {
+        ImageError::Io { .. } => {
+            ApiError::internal(format!("cannot import template '{name}': {e}"))
+        }
+        _ => ApiError::bad_request(format!("cannot import template '{name}': {e}")),
+    }
+}
+
+/// `GET /hutch/v1/templates`: every template's metadata, by name.
+pub(super) async fn list(
+    State(st): State<Arc<AppState>>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let rows = st.db.list_templates().await?;
+    rows.iter()
+        .map(|t| {
+            serde_json::from_str(&t.metadata).map_err(|e| {
+                ApiError::internal(format!(
+                    "template '{}' has unreadable metadata: {e}",
+                    t.name
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Json)
+}
+
+/// `DELETE /hutch/v1/templates/{name}` (a name or an id): 409 while
+/// sandboxes of it run; then removes the layers no template uses any more.
+pub(super) async fn remove(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let layers_guard = st.layers_lock.write().await;
+    let template = st
+        .db
+        .find_template(name.clone())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("template '{name}' not found")))?;
+    let running = st.db.live_sandboxes_of(template.id.clone()).await?;
+    if running > 0 {
+        return Err(ApiError::conflict(format!(
+            "template '{}' has {running} running sandbox{}; kill {} first",
+            template.name,
+            if running == 1 { "" } else { "es" },
+            if running == 1 { "it" } else { "them" },
+        )));
+    }
+    st.db.delete_template(template.id.clone()).await?;
+
+    let mut referenced = HashSet::new();
+    for t in st.db.list_templates().await? {
+        match TemplateMetadata::from_json(&t.metadata) {
+            Ok(m) => referenced.extend(m.layers),
+            Err(e) => {
+                // Without knowing its layers, removing any could break it.
+                tracing::warn!(template = %t.name, "unreadable metadata, keeping all layers: {e}");
+                return Ok(StatusCode::NO_CONTENT);
+            }
+        }
+    }
+    let store = st.store.clone();
+    let removed = tokio::task::spawn_blocking(move || store.remove_unreferenced(&referenced))
+        .await
+        .map_err(|e| ApiError::internal(format!("layer cleanup task failed: {e}")))?;
+    drop(layers_guard);
+    match removed {
+        Ok(n) => tracing::info!(template = %template.name, layers_removed = n, "template removed"),
+        Err(e) => tracing::warn!(template = %template.name, "removing unused layers: {e}"),
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_names() {
+        for ok in ["a", "base", "python-3.11", "x_y", "0abc", &"a".repeat(63)] {
+            assert!(valid_template_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "A", "a b", "a/b", "é", &"a".repeat(64)] {
+            assert!(!valid_template_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! The server's state in SQLite (`DATA/hutch.db`, WAL mode). All SQL lives
+//! in this module.
+//!
+//! The schema is versioned with `PRAGMA user_version`: `MIGRATIONS[i]`
+//! takes the schema from version `i` to `i + 1`; opening a database applies
+//! the missing ones in one transaction. Never edit a shipped migration;
+//! append a new one.
+//!
+//! Queries run on tokio's blocking pool, one at a time (a mutex around the
+//! single connection).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Schema migrations, in order. `user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: API keys, templates, sandboxes.
+    "CREATE TABLE api_keys (
+        id          INTEGER PRIMARY KEY,
+        hash        TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the key
+        prefix      TEXT NOT NULL,          -- first characters, for display
+        created_at  INTEGER NOT NULL,       -- Unix ms
+        revoked_at  INTEGER                 -- Unix ms; NULL while valid
+    );
+    CREATE TABLE templates (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        metadata    TEXT NOT NULL,          -- TemplateMetadata::to_json
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE sandboxes (
+        id            TEXT PRIMARY KEY,
+        template_id   TEXT NOT NULL,
+        template_name TEXT NOT NULL,
+        state         TEXT NOT NULL,        -- starting | running | killed
+        sandbox_env   TEXT NOT NULL,        -- JSON object: layer 3
+        metadata      TEXT NOT NULL,        -- JSON object: user metadata
+        started_at    INTEGER NOT NULL,
+        end_at        INTEGER NOT NULL,     -- when it expires
+        ended_at      INTEGER,              -- when it was killed
+        cpu_count     INTEGER NOT NULL,
+        memory_mb     INTEGER NOT NULL,
+        disk_size_mb  INTEGER NOT NULL
+    );
+    CREATE INDEX sandboxes_state ON sandboxes (state);
+    CREATE INDEX sandboxes_template ON sandboxes (template_id, state);",
+];
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite reported an error.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was made by a newer Hutch.
+    #[error("schema version {found} is newer than this server's ({known}); upgrade hutch")]
+    TooNew {
+        /// `user_version` found.
+        found: u32,
+        /// The newest version this build knows.
+        known: u32,
+    },
+    /// A stored JSON column does not parse.
+    #[error("corrupt {what} in the database: {cause}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// The parse error.
+        cause: serde_json::Error,
+    },
+    /// A query task panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    /// Being created; counts as live (its template cannot be removed).
+    Starting,
+    /// Running.
+    Running,
+    /// Destroyed (expired or killed).
+    Killed,
+}
+
+impl SandboxState {
+    fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Starting => "starting",
+            SandboxState::Running => "running",
+            SandboxState::Killed => "killed",
+        }
+    }
+
+    fn parse(s: &str) -> SandboxState {
+        match s {
+            "starting" => SandboxState::Starting,
+            "running" => SandboxState::Running,
+            _ => SandboxState::Killed,
+        }
+    }
+}
+
+/// A template row.
+#[derive(Debug, Clone)]
+pub struct TemplateRow {
+    /// Template id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// `TemplateMetadata` as JSON.
+    pub metadata: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A sandbox row.
+#[derive(Debug, Clone)]
+pub struct SandboxRow {
+    /// Sandbox id.
+    pub id: String,
+    /// Its template's id.
+    pub template_id: String,
+    /// Its template's name (E2B's `alias`).
+    pub template_name: String,
+    /// Where it is in its life.
+    pub state: SandboxState,
+    /// Layer 3: the variables given at creation.
+    pub sandbox_env: BTreeMap<String, String>,
+    /// User metadata given at creation.
+    pub metadata: BTreeMap<String, String>,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms: when it expires.
+    pub end_at: i64,
+    /// Unix ms: when it was killed.
+    pub ended_at: Option<i64>,
+    /// Reported `cpuCount`.
+    pub cpu_count: u32,
+    /// Reported `memoryMB`.
+    pub memory_mb: u64,
+    /// Reported `diskSizeMB`.
+    pub disk_size_mb: u64,
+}
+
+/// The database handle; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, DbError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with the connection on the current thread (startup only).
+    pub fn blocking<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, DbError>,
+    ) -> Result<R, DbError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    // ----- API keys ---------------------------------------------------
+
+    /// Whether any API key, revoked or not, was ever stored.
+    pub fn has_api_keys(&self) -> Result<bool, DbError> {
+        self.blocking(|c| {
+            Ok(
+                c.query_row("SELECT EXISTS (SELECT 1 FROM api_keys)", [], |r| {
+                    r.get::<_, bool>(0)
+                })?,
+            )
+        })
+    }
+
+    /// Stores a key's hash.
+    pub fn insert_api_key(&self, hash: &str, prefix: &str, now: i64) -> Result<(), DbError> {
+        self.blocking(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
+                params![hash, prefix, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Whether `hash` belongs to a key that is not revoked.
+    pub async fn api_key_valid(&self, hash: String) -> Result<bool, DbError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL)",
+                [hash],
+                |r| r.get::<_, bool>(0),
+            )?)
+        })
+        .await
+    }
+
+    // ----- templates --------------------------------------------------
+
+    /// Inserts a template; `Ok(false)` when its name is taken.
+    pub async fn insert_template(&self, t: TemplateRow) -> Result<bool, DbError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO templates (id, name, metadata, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![t.id, t.name, t.metadata, t.created_at],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// The template with this id or, failing that, this name.
+    pub async fn find_template(&self, id_or_name: String) -> Result<Option<TemplateRow>, DbError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, metadata, created_at FROM templates
+                 WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+                [id_or_name],
+                template_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Every template, by name.
+    pub async fn list_templates(&self) -> Result<Vec<TemplateRow>, DbError> {
+        self.call(|c| {
+            let mut st =
+                c.prepare("SELECT id, name, metadata, created_at FROM templates ORDER BY name")?;
+            let rows = st.query_map([], template_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Deletes a template row.
+    pub async fn delete_template(&self, id: String) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute("DELETE FROM templates WHERE id = ?1", [id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ----- sandboxes --------------------------------------------------
+
+    /// Inserts a sandbox row.
+    pub async fn insert_sandbox(&self, s: SandboxRow) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO sandboxes (id, template_id, template_name, state, sandbox_env,
+                     metadata, started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    s.id,
+                    s.template_id,
+                    s.template_name,
+                    s.state.as_str(),
+                    to_json(&s.sandbox_env),
+                    to_json(&s.metadata),
+                    s.started_at,
+                    s.end_at,
+                    s.ended_at,
+                    s.cpu_count,
+                    i64::try_from(s.memory_mb).unwrap_or(i64::MAX),
+                    i64::try_from(s.disk_size_mb).unwrap_or(i64::MAX),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks a sandbox running until `end_at`.
+    pub async fn set_running(&self, id: String, end_at: i64) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET state = 'running', end_at = ?2 WHERE id = ?1",
+                params![id, end_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves a sandbox's expiry.
+    pub async fn set_end_at(&self, id: String, end_at: i64) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET end_at = ?2 WHERE id = ?1",
+                params![id, end_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks a sandbox killed at `now`.
+    pub async fn mark_killed(&self, id: String, now: i64) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET state = 'killed', ended_at = ?2
+                 WHERE id = ?1 AND state != 'killed'",
+                params![id, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a sandbox row (one that never started).
+    pub async fn delete_sandbox(&self, id: String) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A sandbox in any state.
+    pub async fn get_sandbox(&self, id: String) -> Result<Option<SandboxRow>, DbError> {
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1"),
+                [id],
+                sandbox_row,
+            )
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    /// Sandboxes in `states`, oldest first.
+    pub async fn sandboxes_in(&self, states: &[SandboxState]) -> Result<Vec<SandboxRow>, DbError> {
+        let states: Vec<&'static str> = states.iter().map(|s| s.as_str()).collect();
+        self.call(move |c| {
+            let placeholders = vec!["?"; states.len()].join(", ");
+            let mut st = c.prepare(&format!(
+                "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state IN ({placeholders})
+                 ORDER BY started_at, id"
+            ))?;
+            let rows = st.query_map(rusqlite::params_from_iter(states), sandbox_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// How many sandboxes of a template are starting or running.
+    pub async fn live_sandboxes_of(&self, template_id: String) -> Result<u64, DbError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM sandboxes
+                 WHERE template_id = ?1 AND state IN ('starting', 'running')",
+                [template_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))?)
+        })
+        .await
+    }
+}
+
+const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
+     started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb";
+
+fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
+    Ok(TemplateRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        metadata: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+/// A sandbox row; the outer error is SQLite's, the inner a corrupt column.
+fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SandboxRow, DbError>> {
+    let state: String = r.get(3)?;
+    let env: String = r.get(4)?;
+    let metadata: String = r.get(5)?;
+    let memory_mb: i64 = r.get(10)?;
+    let disk_size_mb: i64 = r.get(11)?;
+    let parse = |what, text: &str| {
+        serde_json::from_str::<BTreeMap<String, String>>(text)
+            .map_err(|cause| DbError::Corrupt { what, cause })
+    };
+    let (sandbox_env, metadata) = match (parse("sandbox_env", &env), parse("metadata", &metadata)) {
+        (Ok(e), Ok(m)) => (e, m),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+    };
+    Ok(Ok(SandboxRow {
+        id: r.get(0)?,
+        template_id: r.get(1)?,
+        template_name: r.get(2)?,
+        state: SandboxState::parse(&state),
+        sandbox_env,
+        metadata,
+        started_at: r.get(6)?,
+        end_at: r.get(7)?,
+        ended_at: r.get(8)?,
+        cpu_count: r.get(9)?,
+        memory_mb: u64::try_from(memory_mb).unwrap_or(0),
+        disk_size_mb: u64::try_from(disk_size_mb).unwrap_or(0),
+    }))
+}
+
+fn to_json(map: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let known = u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX);
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > known {
+        return Err(DbError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    if version == known {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tracing::info!("database schema migrated to version {}", i + 1);
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(id: &str, template_id: &str, state: SandboxState) -> SandboxRow {
+        SandboxRow {
+            id: id.into(),
+            template_id: template_id.into(),
+            template_name: "base".into(),
+            state,
+            sandbox_env: BTreeMap::from([("A".into(), "a=b".into()), ("E".into(), String::new())]),
+            metadata: BTreeMap::from([("owner".into(), "me".into())]),
+            started_at: 1,
+            end_at: 2,
+            ended_at: None,
+            cpu_count: 2,
+            memory_mb: 1024,
+            disk_size_mb: 4096,
+        }
+    }
+
+    #[tokio::test]
+    async fn migrates_once_and_round_trips_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch.db");
+        let db = Db::open(&path).unwrap();
+        drop(db);
+        // Reopening an up-to-date database is a no-op.
+        let db = Db::open(&path).unwrap();
+
+        assert!(!db.has_api_keys().unwrap());
+        db.insert_api_key("abc", "hutch_12", 5).unwrap();
+        assert!(db.has_api_keys().unwrap());
+        assert!(db.api_key_valid("abc".into()).await.unwrap());
+        assert!(!db.api_key_valid("abd".into()).await.unwrap());
+
+        let t = TemplateRow {
+            id: "t1".into(),
+            name: "base".into(),
+            metadata: "{}".into(),
+            created_at: 3,
+        };
+        assert!(db.insert_template(t.clone()).await.unwrap());
+        assert!(
+            !db.insert_template(TemplateRow {
+                id: "t2".into(),
+                ..t
+            })
+            .await
+            .unwrap()
+        );
+        assert_eq!(
+            db.find_template("base".into()).await.unwrap().unwrap().id,
+            "t1"
+        );
+        assert_eq!(
+            db.find_template("t1".into()).await.unwrap().unwrap().name,
+            "base"
+        );
+        assert!(db.find_template("t2".into()).await.unwrap().is_none());
+
+        db.insert_sandbox(sandbox("s1", "t1", SandboxState::Starting))
+            .await
+            .unwrap();
+        assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 1);
+        db.set_running("s1".into(), 99).await.unwrap();
+        let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+        assert_eq!(s.state, SandboxState::Running);
+        assert_eq!(s.end_at, 99);
+        assert_eq!(s.sandbox_env["A"], "a=b");
+        assert_eq!(s.sandbox_env["E"], "");
+        assert_eq!(s.memory_mb, 1024);
+        let running = db.sandboxes_in(&[SandboxState::Running]).await.unwrap();
+        assert_eq!(running.len(), 1);
+        db.mark_killed("s1".into(), 100).await.unwrap();
+        assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 0);
+        let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+        assert_eq!((s.state, s.ended_at), (SandboxState::Killed, Some(100)));
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 999).unwrap();
+        }
+        assert!(matches!(
+            Db::open(&path),
+            Err(DbError::TooNew { found: 999, .. })
+        ));
+    }
+}

@@ -1,0 +1,272 @@
+//! The sandbox front door: routes requests meant for a sandbox's agent.
+//!
+//! The E2B SDKs address a sandbox's agent either with the headers
+//! `E2b-Sandbox-Id: <id>` and `E2b-Sandbox-Port: <port>` (when
+//! `E2B_SANDBOX_URL` points at this server) or with a host name
+//! `<port>-<id>.<domain>`. Such a request never reaches the REST routes: it
+//! is proxied to the agent's unix socket over HTTP/1.1, request and response
+//! bodies streamed as they come (server-streaming Connect calls flow live),
+//! hop-by-hop headers dropped.
+//!
+//! Only the agent's port ([`ENVD_PORT`]) is exposed for now; another port is
+//! answered 502. A sandbox that is unknown, killed or whose agent does not
+//! answer is answered 502 with a message containing `was not found`, which
+//! the SDKs turn into "sandbox not running".
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version};
+use hutch_protocol::ENVD_PORT;
+use hyper_util::rt::TokioIo;
+
+use crate::error::ApiError;
+use crate::ids::looks_like_id;
+use crate::state::AppState;
+
+/// Header naming the sandbox a request is for.
+pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
+/// Header naming the port in the sandbox a request is for.
+pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+
+/// Where a request is going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The sandbox id.
+    pub sandbox_id: String,
+    /// The port in the sandbox; `None` when the header is not a port number.
+    pub port: Option<u16>,
+}
+
+/// The sandbox a request is addressed to, if any: from the `E2b-Sandbox-*`
+/// headers, else from a `Host` (or HTTP/2 authority) `<port>-<id>.<domain>`.
+pub fn target_of(headers: &HeaderMap, uri: &Uri) -> Option<Target> {
+    if let Some(id) = headers.get(SANDBOX_ID_HEADER) {
+        let sandbox_id = id.to_str().unwrap_or_default().trim().to_string();
+        let port = match headers.get(SANDBOX_PORT_HEADER) {
+            None => Some(ENVD_PORT),
+            Some(p) => p.to_str().ok().and_then(|p| p.trim().parse().ok()),
+        };
+        return Some(Target { sandbox_id, port });
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.host())?;
+    parse_sandbox_host(host)
+}
+
+/// `<port>-<id>.<domain>[:<port>]` → the target; anything else → `None`.
+fn parse_sandbox_host(host: &str) -> Option<Target> {
+    let (first_label, rest) = host.split_once('.')?;
+    if rest.is_empty() {
+        return None;
+    }
+    let (port, id) = first_label.split_once('-')?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || !looks_like_id(id) {
+        return None;
+    }
+    Some(Target {
+        sandbox_id: id.to_string(),
+        port: port.parse().ok(),
+    })
+}
+
+/// Middleware in front of all routing: proxies sandbox-bound requests,
+/// passes the rest on.
+pub(crate) async fn front_door(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match target_of(req.headers(), req.uri()) {
+        None => next.run(req).await,
+        Some(target) => proxy(&st, target, req).await,
+    }
+}
+
+fn not_found(id: &str) -> Response {
+    ApiError::bad_gateway(format!("The sandbox {id} was not found")).into_response()
+}
+
+async fn proxy(st: &AppState, target: Target, req: Request) -> Response {
+    let id = target.sandbox_id;
+    let socket = st.live().get(&id).map(|s| s.socket.clone());
+    let Some(socket) = socket else {
+        return not_found(&id);
+    };
+    if target.port != Some(ENVD_PORT) {
+        let port = req
+            .headers()
+            .get(SANDBOX_PORT_HEADER)
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| target.port.map(|p| p.to_string()))
+            .unwrap_or_default();
+        return ApiError::bad_gateway(format!("port {port} of sandbox {id} is not exposed"))
+            .into_response();
+    }
+
+    let stream = match tokio::net::UnixStream::connect(&socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(sandbox = %id, "agent socket {}: {e}", socket.display());
+            return not_found(&id);
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(sandbox = %id, "agent handshake: {e}");
+            return not_found(&id);
+        }
+    };
+    let conn_id = id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(sandbox = %conn_id, "agent connection: {e}");
+        }
+    });
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(header::HOST) {
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_else(|| "localhost".to_string());
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| Uri::from(pq.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let outbound = http::Request::from_parts(parts, body);
+
+    match sender.send_request(outbound).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => {
+            tracing::warn!(sandbox = %id, "request to the agent failed: {e}");
+            ApiError::bad_gateway(format!("the agent of sandbox {id} did not answer: {e}"))
+                .into_response()
+        }
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in
+/// `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn targets_from_headers_and_host() {
+        let uri = Uri::from_static("/health");
+        let t = target_of(
+            &headers(&[("E2b-Sandbox-Id", "abc123"), ("E2b-Sandbox-Port", "49983")]),
+            &uri,
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            Target {
+                sandbox_id: "abc123".into(),
+                port: Some(49983)
+            }
+        );
+        let t = target_of(&headers(&[("e2b-sandbox-id", "abc123")]), &uri).unwrap();
+        assert_eq!(t.port, Some(ENVD_PORT));
+        let t = target_of(
+            &headers(&[("e2b-sandbox-id", "x"), ("e2b-sandbox-port", "nope")]),
+            &uri,
+        )
+        .unwrap();
+        assert_eq!(t.port, None);
+
+        let t = target_of(&headers(&[("host", "49983-abc123.hutch.local:3000")]), &uri).unwrap();
+        assert_eq!(
+            t,
+            Target {
+                sandbox_id: "abc123".into(),
+                port: Some(49983)
+            }
+        );
+        let t = target_of(&headers(&[("host", "8080-abc.localhost")]), &uri).unwrap();
+        assert_eq!(t.port, Some(8080));
+
+        for host in [
+            "127.0.0.1:3000",
+            "localhost",
+            "my-server.example.com",
+            "49983-abc",
+            "49983-ABC.x",
+            "-abc.x",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_str(host).unwrap());
+            assert_eq!(target_of(&h, &uri), None, "{host}");
+        }
+    }
+
+    #[test]
+    fn strips_hop_by_hop_headers() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
+    }
+}

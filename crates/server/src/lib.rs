@@ -1,0 +1,243 @@
+//! The Hutch control plane.
+//!
+//! One TCP listener serves three things:
+//!
+//! * the **control-plane REST API**, wire-compatible with E2B's
+//!   (`/sandboxes`, `/v2/sandboxes`, …; see [`api`]), so the official SDKs
+//!   work unmodified against a self-hosted Hutch;
+//! * Hutch's own routes under `/hutch/v1/` (template import, list, removal);
+//! * the **sandbox front door** ([`frontdoor`]): a request addressed to a
+//!   sandbox (header `E2b-Sandbox-Id`, or a `Host` of the form
+//!   `<port>-<id>.<domain>`) is proxied, streaming both ways, to that
+//!   sandbox's agent over its unix socket.
+//!
+//! State lives in `DATA/hutch.db` (SQLite, see [`db`]); image layers in the
+//! layer store under `DATA/images`; sandboxes under `DATA/sandboxes`.
+//!
+//! Every route except `GET /health` and the front door requires the header
+//! `X-API-Key`. On first start the server generates a key, keeps only its
+//! SHA-256, and writes the key itself to `DATA/api-key` (mode 0600).
+//!
+//! # Sandbox lifecycle
+//!
+//! A sandbox expires at its `endAt` (creation time + `timeout`, moved by
+//! `POST /sandboxes/{id}/timeout` and `/refreshes`): it is then destroyed
+//! and its row marked `killed`. `DELETE /sandboxes/{id}` does the same at
+//! once. See [`lifecycle`] for how sandboxes survive a server restart
+//! (re-adoption) and what a shutdown does.
+
+pub mod api;
+mod auth;
+pub mod db;
+mod error;
+pub mod frontdoor;
+mod host;
+mod ids;
+pub mod lifecycle;
+mod state;
+mod time;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::ApiError;
+
+/// The envd protocol version the sandboxes report (`envdVersion`). The SDKs
+/// switch features on by it (see the wire contract), so it must name the
+/// highest version whose features the agent really implements.
+pub const ENVD_VERSION: &str = "0.2.0";
+
+/// Sandbox lifetime when a create request gives no `timeout`, in seconds.
+pub const DEFAULT_SANDBOX_TIMEOUT_SECS: u64 = 300;
+
+/// The longest lifetime a sandbox may be given at once, in seconds.
+pub const MAX_SANDBOX_TIMEOUT_SECS: u64 = 86_400;
+
+/// What `POST /sandboxes/{id}/refreshes` extends a sandbox by when the body
+/// gives no `duration`, in seconds.
+pub const DEFAULT_REFRESH_SECS: u64 = 15;
+
+/// `clientID` reported for every sandbox (E2B's field; one host here).
+pub const CLIENT_ID: &str = "hutch";
+
+/// How long a shutdown waits for open connections (e.g. live `exec`
+/// streams) before it stops serving them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the single listener (REST API and sandbox front door).
+    pub listen: SocketAddr,
+    /// Root of all state: database, API key, layers, sandboxes.
+    pub data_dir: PathBuf,
+    /// The agent binary (`hutch-envd`) mounted into every sandbox.
+    pub envd: PathBuf,
+    /// The `runc` binary (a path, or a name looked up in `PATH`).
+    pub runc: PathBuf,
+}
+
+/// Why the server could not start or stopped with an error. Each message
+/// is complete (it includes its cause), so `{}` is enough to report it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why, in words (e.g. "address in use").
+        reason: String,
+    },
+    /// The data directory cannot be created or written.
+    #[error("data dir {path} is not writable: {reason}")]
+    DataDir {
+        /// The data directory.
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Another server holds the data directory.
+    #[error("data dir {path} is in use by another hutch server (lock file {lock})")]
+    DataDirLocked {
+        /// The data directory.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The agent binary is missing.
+    #[error("agent binary {path} not found: {reason} (build it, or pass --envd PATH)")]
+    Envd {
+        /// The path given.
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database {path}: {cause}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        cause: db::DbError,
+    },
+    /// The API key could not be set up.
+    #[error("cannot set up the API key file {path}: {reason}")]
+    ApiKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The layer store could not be opened.
+    #[error("cannot open the layer store {path}: {cause}")]
+    Store {
+        /// The store's root.
+        path: PathBuf,
+        /// The cause.
+        cause: hutch_image::ImageError,
+    },
+    /// The sandbox runtime could not be set up.
+    #[error("cannot set up the sandbox runtime: {0}")]
+    Runtime(hutch_runtime::RuntimeError),
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound, ready server: state opened, sandboxes re-adopted, listener
+/// bound. [`Server::run`] serves until SIGTERM/SIGINT.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: Arc<state::AppState>,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Opens the data directory and its state, re-adopts the sandboxes left
+    /// running by a previous server, and binds the listener.
+    pub async fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| ServerError::Listen {
+                addr: cfg.listen,
+                reason: error::io_reason(&e),
+            })?;
+        let local_addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let state = state::AppState::open(&cfg).await?;
+        lifecycle::readopt(&state).await;
+        lifecycle::spawn_reaper(state.clone());
+        Ok(Server {
+            listener,
+            state,
+            local_addr,
+        })
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The file holding the API key generated on first start.
+    pub fn api_key_file(&self) -> PathBuf {
+        auth::key_file(&self.state.data_dir)
+    }
+
+    /// Serves until SIGTERM or SIGINT. Sandboxes keep running; the next
+    /// server re-adopts them.
+    pub async fn run(self) -> Result<(), ServerError> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and gives
+    /// open connections a few seconds to finish. Sandboxes keep running.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let app = api::router(self.state.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(());
+        });
+        let mut serving = std::pin::pin!(serving.into_future());
+        tokio::select! {
+            res = &mut serving => res.map_err(ServerError::Serve)?,
+            _ = async {
+                let _ = stop_rx.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::info!("open connections did not finish in {SHUTDOWN_GRACE:?}; closing them");
+            }
+        }
+        self.state.stop_reaper();
+        tracing::info!("server stopped; sandboxes left running will be re-adopted at next start");
+        Ok(())
+    }
+}
+
+/// Runs a server with `cfg` until SIGTERM/SIGINT.
+pub async fn serve(cfg: ServerConfig) -> Result<(), ServerError> {
+    Server::bind(cfg).await?.run().await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

@@ -1,0 +1,317 @@
+//! Sandbox lifecycle: creation, expiry, killing, and re-adoption across
+//! server restarts.
+//!
+//! # States
+//!
+//! A sandbox row is `starting` while the runtime boots it and the agent is
+//! initialised, `running` once it serves requests, and `killed` once it is
+//! destroyed (by `DELETE /sandboxes/{id}`, by expiry, or because it could
+//! not be kept across a restart). Killed rows are kept as history.
+//!
+//! # Expiry
+//!
+//! Every running sandbox has an `end_at`. One reaper task sleeps until the
+//! earliest `end_at` (or until woken because one moved) and destroys what has
+//! expired. `POST /sandboxes/{id}/timeout` sets `end_at = now + timeout`;
+//! `POST /sandboxes/{id}/refreshes` only ever extends it.
+//!
+//! # Re-adoption at startup
+//!
+//! Sandboxes outlive the server: stopping it (SIGTERM/SIGINT) stops
+//! accepting connections and leaves every sandbox running. At the next start
+//! the server reconciles what the runtime finds on the host
+//! (`Runtime::list_host_sandboxes`) with the database:
+//!
+//! * a sandbox the database has as `running`, that the runtime can
+//!   re-attach to (`Runtime::adopt` returns it) and whose `end_at` is still
+//!   in the future, is kept: it is routed to again and its expiry re-armed
+//!   from the stored `end_at`;
+//! * one whose `end_at` has passed while the server was down is destroyed
+//!   and marked `killed`;
+//! * one the runtime cannot adopt (its agent or container is gone), one the
+//!   database has as `starting` (the server stopped mid-creation), and one
+//!   on the host that the database does not know, are destroyed; their rows
+//!   (if any) are marked `killed`.
+//!
+//! Nothing else is needed from a re-adopted sandbox: its agent still holds
+//! its environment (layer 3 was delivered by `/init` and the template layers
+//! are in its boot config).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hutch_image::TemplateMetadata;
+use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
+use hutch_runtime::{AgentClient, SandboxSpec};
+
+use crate::db::{SandboxRow, SandboxState};
+use crate::error::ApiError;
+use crate::state::{AppState, LiveSandbox};
+use crate::{ids, time};
+
+/// What a create request asks for (validated by the caller).
+pub(crate) struct CreateArgs {
+    /// Template id or name.
+    pub template: String,
+    /// Lifetime, in seconds.
+    pub timeout_secs: u64,
+    /// User metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Layer 3.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Creates and starts a sandbox; returns its row (state `running`).
+pub(crate) async fn create_sandbox(
+    st: &Arc<AppState>,
+    args: CreateArgs,
+) -> Result<SandboxRow, ApiError> {
+    // Layers must not be garbage-collected between the lookup and the
+    // moment the row makes the template "in use".
+    let layers_guard = st.layers_lock.read().await;
+    let template = st
+        .db
+        .find_template(args.template.clone())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("template '{}' not found", args.template)))?;
+    let meta = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
+        ApiError::internal(format!(
+            "template '{}' has unreadable metadata: {e}",
+            template.name
+        ))
+    })?;
+    let id = ids::new_id();
+    let now = time::now_ms();
+    let mut row = SandboxRow {
+        id: id.clone(),
+        template_id: template.id.clone(),
+        template_name: template.name.clone(),
+        state: SandboxState::Starting,
+        sandbox_env: args.env.clone(),
+        metadata: args.metadata,
+        started_at: now,
+        end_at: now.saturating_add(timeout_ms(args.timeout_secs)),
+        ended_at: None,
+        cpu_count: st.host.cpu_count,
+        memory_mb: st.host.memory_mb,
+        disk_size_mb: st.host.disk_size_mb,
+    };
+    st.db.insert_sandbox(row.clone()).await?;
+    drop(layers_guard);
+
+    let spec = SandboxSpec {
+        id: id.clone(),
+        layers: meta.layers.iter().map(|d| st.store.layer_dir(d)).collect(),
+        boot: BootConfig {
+            schema_version: BOOT_SCHEMA_VERSION,
+            sandbox_id: id.clone(),
+            template_id: template.id.clone(),
+            template_name: template.name.clone(),
+            template_env: meta.env.clone(),
+            template_user: meta.user.clone(),
+            template_workdir: meta.workdir.clone(),
+        },
+        login_path_fix: true,
+        wait_for_agent: true,
+    };
+    let started = async {
+        let sandbox = st.runtime.create(spec).await.map_err(|e| e.to_string())?;
+        let init = InitRequest {
+            env_vars: Some(args.env),
+            timestamp: Some(serde_json::Value::String(time::rfc3339(time::now_ms()))),
+            ..InitRequest::default()
+        };
+        AgentClient::new(sandbox.socket.clone())
+            .init(&init)
+            .await
+            .map_err(|e| format!("initialising its agent failed: {e}"))?;
+        Ok::<_, String>(sandbox)
+    }
+    .await;
+    let sandbox = match started {
+        Ok(s) => s,
+        Err(cause) => {
+            if let Err(e) = st.runtime.destroy(&id).await {
+                tracing::warn!(sandbox = %id, "cleaning up a failed sandbox: {e}");
+            }
+            if let Err(e) = st.db.delete_sandbox(id.clone()).await {
+                tracing::warn!(sandbox = %id, "removing a failed sandbox's row: {e}");
+            }
+            return Err(ApiError::internal(format!(
+                "cannot start a sandbox from template '{}': {cause}",
+                template.name
+            )));
+        }
+    };
+
+    // The lifetime counts from when the sandbox is usable.
+    row.end_at = time::now_ms().saturating_add(timeout_ms(args.timeout_secs));
+    row.state = SandboxState::Running;
+    st.live().insert(
+        id.clone(),
+        LiveSandbox {
+            socket: sandbox.socket.clone(),
+            end_at: row.end_at,
+        },
+    );
+    st.db.set_running(id.clone(), row.end_at).await?;
+    st.reaper_wake.notify_one();
+    tracing::info!(sandbox = %id, template = %template.name, "sandbox started");
+    Ok(row)
+}
+
+/// Destroys a running sandbox. `Ok(false)` if it is not running.
+pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, ApiError> {
+    // Whoever removes the entry owns the kill: the front door stops routing
+    // to it at once, and a concurrent kill or expiry sees it gone.
+    if st.live().remove(id).is_none() {
+        return Ok(false);
+    }
+    let destroyed = st.runtime.destroy(id).await;
+    st.db.mark_killed(id.to_string(), time::now_ms()).await?;
+    match destroyed {
+        Ok(()) => {
+            tracing::info!(sandbox = %id, "sandbox killed");
+            Ok(true)
+        }
+        // The row is killed either way; whatever is left on the host is
+        // destroyed at next start (it is no longer `running` in the DB).
+        Err(e) => Err(ApiError::internal(format!(
+            "cannot destroy sandbox {id}: {e}"
+        ))),
+    }
+}
+
+/// Sets when a running sandbox expires. `Ok(false)` if it is not running.
+pub(crate) async fn set_end_at(
+    st: &Arc<AppState>,
+    id: &str,
+    end_at: impl FnOnce(i64) -> i64,
+) -> Result<bool, ApiError> {
+    let new_end = {
+        let mut live = st.live();
+        let Some(entry) = live.get_mut(id) else {
+            return Ok(false);
+        };
+        entry.end_at = end_at(entry.end_at);
+        entry.end_at
+    };
+    st.db.set_end_at(id.to_string(), new_end).await?;
+    st.reaper_wake.notify_one();
+    Ok(true)
+}
+
+/// `secs` as milliseconds.
+pub(crate) fn timeout_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// Reconciles the host's sandboxes with the database (see the module doc).
+pub(crate) async fn readopt(st: &Arc<AppState>) {
+    let rows = match st
+        .db
+        .sandboxes_in(&[SandboxState::Starting, SandboxState::Running])
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!("cannot read sandboxes from the database, none re-adopted: {e}");
+            Vec::new()
+        }
+    };
+    let on_host: BTreeSet<String> = match st.runtime.list_host_sandboxes().await {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(e) => {
+            tracing::error!("cannot list the sandboxes on this host: {e}");
+            BTreeSet::new()
+        }
+    };
+    let now = time::now_ms();
+    let mut known = BTreeSet::new();
+    for row in rows {
+        known.insert(row.id.clone());
+        let adopted = if row.state == SandboxState::Running {
+            match st.runtime.adopt(&row.id).await {
+                Ok(adopted) => adopted,
+                Err(e) => {
+                    tracing::warn!(sandbox = %row.id, "cannot adopt sandbox: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match adopted {
+            Some(sandbox) if row.end_at > now => {
+                tracing::info!(sandbox = %row.id, "re-adopted running sandbox");
+                st.live().insert(
+                    row.id.clone(),
+                    LiveSandbox {
+                        socket: sandbox.socket,
+                        end_at: row.end_at,
+                    },
+                );
+            }
+            adopted => {
+                let why = match (adopted.is_some(), row.state) {
+                    (true, _) => "it expired while the server was down",
+                    (false, SandboxState::Starting) => {
+                        "it was still starting when the server stopped"
+                    }
+                    (false, _) => "it is no longer running",
+                };
+                tracing::info!(sandbox = %row.id, "destroying sandbox: {why}");
+                if let Err(e) = st.runtime.destroy(&row.id).await {
+                    tracing::warn!(sandbox = %row.id, "cannot destroy sandbox: {e}");
+                }
+                if let Err(e) = st.db.mark_killed(row.id.clone(), now).await {
+                    tracing::warn!(sandbox = %row.id, "cannot mark sandbox killed: {e}");
+                }
+            }
+        }
+    }
+    for id in on_host.difference(&known) {
+        tracing::info!(sandbox = %id, "destroying a sandbox the database does not know");
+        if let Err(e) = st.runtime.destroy(id).await {
+            tracing::warn!(sandbox = %id, "cannot destroy sandbox: {e}");
+        }
+        if let Err(e) = st.db.mark_killed(id.clone(), now).await {
+            tracing::warn!(sandbox = %id, "cannot mark sandbox killed: {e}");
+        }
+    }
+}
+
+/// Starts the task that destroys sandboxes when they expire.
+pub(crate) fn spawn_reaper(st: Arc<AppState>) {
+    tokio::spawn(async move {
+        loop {
+            let now = time::now_ms();
+            let (expired, next): (Vec<String>, Option<i64>) = {
+                let live = st.live();
+                let expired = live
+                    .iter()
+                    .filter(|(_, s)| s.end_at <= now)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let next = live.values().map(|s| s.end_at).filter(|&t| t > now).min();
+                (expired, next)
+            };
+            for id in expired {
+                tracing::info!(sandbox = %id, "sandbox timed out");
+                if let Err(e) = kill_sandbox(&st, &id).await {
+                    tracing::warn!(sandbox = %id, "{}", e.message());
+                }
+            }
+            let sleep = match next {
+                Some(t) => Duration::from_millis(u64::try_from(t - now).unwrap_or(0)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = st.reaper_stop.cancelled() => return,
+                _ = st.reaper_wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    });
+}

@@ -1,0 +1,148 @@
+//! Everything the handlers share.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use hutch_image::LayerStore;
+use hutch_runtime::{Runtime, RuntimeConfig};
+use tokio::sync::{Notify, RwLock};
+
+use crate::db::Db;
+use crate::error::io_reason;
+use crate::host::HostInfo;
+use crate::{ServerConfig, ServerError, auth};
+
+/// A running sandbox, as the front door and the reaper see it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveSandbox {
+    /// The agent's unix socket on the host.
+    pub socket: PathBuf,
+    /// Unix ms: when it expires.
+    pub end_at: i64,
+}
+
+pub(crate) struct AppState {
+    pub data_dir: PathBuf,
+    pub db: Db,
+    pub store: Arc<LayerStore>,
+    pub runtime: Arc<Runtime>,
+    pub host: HostInfo,
+    /// Running sandboxes by id: the front door routes only to these.
+    pub live: Mutex<HashMap<String, LiveSandbox>>,
+    /// Wakes the reaper when an expiry moves.
+    pub reaper_wake: Notify,
+    /// Set on shutdown; the reaper stops.
+    pub reaper_stop: tokio_util::sync::CancellationToken,
+    /// Held shared while layers may be in use by a starting sandbox or an
+    /// import, exclusively while unreferenced layers are removed.
+    pub layers_lock: RwLock<()>,
+    /// Keeps the data directory's lock file locked for the server's life.
+    _lock: File,
+}
+
+impl AppState {
+    pub async fn open(cfg: &ServerConfig) -> Result<Arc<AppState>, ServerError> {
+        let data_dir = cfg.data_dir.clone();
+        let dir_err = |e: std::io::Error| ServerError::DataDir {
+            path: data_dir.clone(),
+            reason: io_reason(&e),
+        };
+        create_private_dir(&data_dir).map_err(dir_err)?;
+        probe_writable(&data_dir).map_err(dir_err)?;
+        let lock = lock_data_dir(&data_dir)?;
+        if let Err(e) = std::fs::metadata(&cfg.envd) {
+            return Err(ServerError::Envd {
+                path: cfg.envd.clone(),
+                reason: io_reason(&e),
+            });
+        }
+
+        let db_path = data_dir.join("hutch.db");
+        let db = Db::open(&db_path).map_err(|cause| ServerError::Database {
+            path: db_path.clone(),
+            cause,
+        })?;
+        auth::ensure_api_key(&db, &data_dir)?;
+
+        let store_root = data_dir.join("images");
+        let store = LayerStore::open(&store_root).map_err(|cause| ServerError::Store {
+            path: store_root.clone(),
+            cause,
+        })?;
+        let runtime = Runtime::new(RuntimeConfig {
+            state_dir: data_dir.join("sandboxes"),
+            runc_root: data_dir.join("runc"),
+            runc: cfg.runc.clone(),
+            envd: cfg.envd.clone(),
+            cgroup_parent: "hutch".into(),
+        })
+        .map_err(ServerError::Runtime)?;
+
+        Ok(Arc::new(AppState {
+            host: HostInfo::measure(&data_dir),
+            data_dir,
+            db,
+            store: Arc::new(store),
+            runtime: Arc::new(runtime),
+            live: Mutex::new(HashMap::new()),
+            reaper_wake: Notify::new(),
+            reaper_stop: tokio_util::sync::CancellationToken::new(),
+            layers_lock: RwLock::new(()),
+            _lock: lock,
+        }))
+    }
+
+    /// The running sandboxes (locked briefly; never held across an await).
+    pub fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveSandbox>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stop_reaper(&self) {
+        self.reaper_stop.cancel();
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+/// Takes `DATA/hutch.lock` so that two servers never share a data dir
+/// (each would destroy the other's sandboxes at startup).
+fn lock_data_dir(dir: &Path) -> Result<File, ServerError> {
+    let path = dir.join("hutch.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ServerError::DataDir {
+            path: dir.to_path_buf(),
+            reason: io_reason(&e),
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ServerError::DataDirLocked {
+            path: dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(e) => Err(ServerError::DataDir {
+            path: dir.to_path_buf(),
+            reason: io_reason(&e.into()),
+        }),
+    }
+}

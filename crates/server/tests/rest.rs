@@ -1,0 +1,399 @@
+//! The REST API without running sandboxes: health, authentication, error
+//! bodies, templates, validation, the front door for unknown sandboxes, and
+//! startup errors.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{TestServer, busybox_oci_archive, error_body};
+use hutch_server::{Server, ServerError};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn health_needs_no_key() {
+    let s = TestServer::start().await;
+    let resp = reqwest::get(s.url("/health")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn api_key_is_generated_private_and_required() {
+    let s = TestServer::start().await;
+    let file = s.data_dir.join("api-key");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        s.key.starts_with("hutch_") && s.key.len() == 38,
+        "{}",
+        s.key
+    );
+    // Only the hash is stored.
+    let db = std::fs::read(s.data_dir.join("hutch.db")).unwrap();
+    assert!(!db.windows(s.key.len()).any(|w| w == s.key.as_bytes()));
+
+    let client = reqwest::Client::new();
+    let msg = error_body(client.get(s.url("/sandboxes")).send().await.unwrap(), 401).await;
+    assert!(msg.contains("X-API-Key"), "{msg}");
+    let wrong = client
+        .get(s.url("/hutch/v1/templates"))
+        .header("X-API-Key", "hutch_00000000000000000000000000000000")
+        .send()
+        .await
+        .unwrap();
+    error_body(wrong, 401).await;
+    for header in ["X-API-Key", "x-api-key", "X-API-KEY"] {
+        let resp = client
+            .get(s.url("/sandboxes"))
+            .header(header, &s.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{header}");
+        assert_eq!(resp.json::<Value>().await.unwrap(), json!([]));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn api_key_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = TestServer::start_in(&data).await;
+    let key = s.key.clone();
+    s.stop().await;
+    let s = TestServer::start_in(&data).await;
+    assert_eq!(s.key, key);
+    let resp = s.req(Method::GET, "/sandboxes").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let s = TestServer::start().await;
+    let msg = error_body(s.req(Method::GET, "/nope").send().await.unwrap(), 404).await;
+    assert!(msg.contains("/nope"), "{msg}");
+    error_body(s.req(Method::PUT, "/sandboxes").send().await.unwrap(), 405).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn template_import_list_duplicate_and_remove() {
+    let s = TestServer::start().await;
+
+    let resp = s.import("base", busybox_oci_archive("one")).await;
+    let status = resp.status();
+    let meta: Value = resp.json().await.unwrap();
+    assert_eq!(status, 201, "{meta}");
+    assert_eq!(meta["name"], "base");
+    assert_eq!(meta["schemaVersion"], 1);
+    let id = meta["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 20);
+    assert_eq!(meta["workdir"], "/app");
+    assert_eq!(meta["user"], Value::Null, "an empty image User is no user");
+    assert_eq!(meta["source"]["kind"], "image");
+    assert_eq!(meta["source"]["pathOrRef"], "test-image");
+    let env = meta["env"].as_array().unwrap();
+    assert!(env.contains(&json!(["TRICKY", "a=b c  d"])), "{env:?}");
+    assert!(env.contains(&json!(["EMPTY_VAR", ""])), "{env:?}");
+    let layers: Vec<String> = meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(layers.len(), 1);
+    let layer_dir = s
+        .data_dir
+        .join("images/sha256")
+        .join(layers[0].trim_start_matches("sha256:"));
+    assert!(
+        layer_dir.join("bin/busybox").is_file(),
+        "{}",
+        layer_dir.display()
+    );
+
+    // The same name again: 409 with the way out.
+    let msg = error_body(s.import("base", busybox_oci_archive("one")).await, 409).await;
+    assert_eq!(
+        msg,
+        "template 'base' already exists; remove it first with `hutch template rm base`"
+    );
+
+    // A second template sharing nothing with the first.
+    assert_eq!(
+        s.import("other", busybox_oci_archive("two")).await.status(),
+        201
+    );
+
+    let list: Value = s
+        .req(Method::GET, "/hutch/v1/templates")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "other"]);
+
+    // Remove by name: its layer goes, the other template's stays.
+    let resp = s
+        .req(Method::DELETE, "/hutch/v1/templates/base")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(!layer_dir.exists(), "unreferenced layer removed");
+    let msg = error_body(
+        s.req(Method::DELETE, "/hutch/v1/templates/base")
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    assert_eq!(msg, "template 'base' not found");
+    let list: Value = s
+        .req(Method::GET, "/hutch/v1/templates")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // The name is free again.
+    assert_eq!(
+        s.import("base", busybox_oci_archive("one")).await.status(),
+        201
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn template_import_rejects_bad_names_and_bad_images() {
+    let s = TestServer::start().await;
+    for name in ["Base", "-x", "a%20b", ""] {
+        let msg = error_body(s.import(name, busybox_oci_archive("x")).await, 400).await;
+        assert!(msg.contains("name"), "{name}: {msg}");
+    }
+    let msg = error_body(s.import("junk", b"not a tar at all".repeat(100)).await, 400).await;
+    assert!(msg.contains("cannot import template 'junk'"), "{msg}");
+    // A failed import leaves no template behind.
+    let list: Value = s
+        .req(Method::GET, "/hutch/v1/templates")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list, json!([]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn create_with_unknown_template_is_404() {
+    let s = TestServer::start().await;
+    for path in ["/sandboxes", "/v2/sandboxes"] {
+        let resp = s
+            .req(Method::POST, path)
+            .json(&json!({"templateID": "nope", "timeout": 60, "secure": true, "autoPause": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(
+            resp.json::<Value>().await.unwrap(),
+            json!({"code": 404, "message": "template 'nope' not found"})
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn create_validates_its_input() {
+    let s = TestServer::start().await;
+    let post = |body: Value| s.req(Method::POST, "/sandboxes").json(&body).send();
+
+    let msg = error_body(
+        post(json!({"templateID": "base", "timeout": 86401}))
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(msg.contains("86400"), "{msg}");
+    let msg = error_body(
+        post(json!({"templateID": "base", "envVars": {"E2B_SANDBOX_ID": "x"}}))
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(msg.contains("E2B_SANDBOX_ID"), "{msg}");
+    let msg = error_body(
+        post(json!({"templateID": "base", "envVars": {"A=B": "x"}}))
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(msg.contains("A=B"), "{msg}");
+    let msg = error_body(post(json!({"timeout": 5})).await.unwrap(), 400).await;
+    assert!(msg.contains("templateID"), "{msg}");
+    let resp = s
+        .req(Method::POST, "/sandboxes")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    error_body(resp, 400).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_sandboxes_are_404() {
+    let s = TestServer::start().await;
+    let id = "doesnotexist";
+    for (method, path, body) in [
+        (Method::GET, format!("/sandboxes/{id}"), None),
+        (Method::DELETE, format!("/sandboxes/{id}"), None),
+        (
+            Method::POST,
+            format!("/sandboxes/{id}/timeout"),
+            Some(json!({"timeout": 30})),
+        ),
+        (
+            Method::POST,
+            format!("/sandboxes/{id}/refreshes"),
+            Some(json!({"duration": 30})),
+        ),
+        (Method::POST, format!("/sandboxes/{id}/refreshes"), None),
+        (
+            Method::POST,
+            format!("/sandboxes/{id}/connect"),
+            Some(json!({"timeout": 30})),
+        ),
+        (Method::POST, format!("/v2/sandboxes/{id}/connect"), None),
+    ] {
+        let mut req = s.req(method.clone(), &path);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let msg = error_body(req.send().await.unwrap(), 404).await;
+        assert!(msg.contains(id), "{method} {path}: {msg}");
+    }
+    let resp = s
+        .req(Method::GET, "/v2/sandboxes?state=running&limit=10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-next-token").is_none());
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!([]));
+    let resp = s
+        .req(Method::GET, "/sandboxes?metadata=user%3Dme%26app%3Dx")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!([]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn front_door_answers_502_for_unknown_sandboxes() {
+    let s = TestServer::start().await;
+    let client = reqwest::Client::new();
+    // By headers (E2B_SANDBOX_URL pointing here), no API key needed.
+    let resp = client
+        .post(s.url("/process.Process/Start"))
+        .header("E2b-Sandbox-Id", "nosuchsandbox")
+        .header("E2b-Sandbox-Port", "49983")
+        .header("Content-Type", "application/connect+json")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let msg = error_body(resp, 502).await;
+    assert_eq!(msg, "The sandbox nosuchsandbox was not found");
+    // By host name: <port>-<id>.<domain>.
+    let resp = client
+        .get(s.url("/health"))
+        .header("Host", "49983-nosuchsandbox.hutch.local")
+        .send()
+        .await
+        .unwrap();
+    let msg = error_body(resp, 502).await;
+    assert!(msg.contains("was not found"), "{msg}");
+    // The front door is checked before the REST routes.
+    let resp = client
+        .get(s.url("/sandboxes"))
+        .header("X-API-Key", &s.key)
+        .header("E2b-Sandbox-Id", "gone")
+        .send()
+        .await
+        .unwrap();
+    error_body(resp, 502).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn startup_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = TestServer::start_in(&data).await;
+
+    // The same data dir is locked by the running server.
+    let mut cfg = common::config(&data);
+    let err = Server::bind(cfg.clone())
+        .await
+        .err()
+        .expect("second server refused");
+    assert!(matches!(err, ServerError::DataDirLocked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another hutch server"),
+        "{err}"
+    );
+
+    // The same port.
+    cfg.listen = s.addr;
+    cfg.data_dir = tmp.path().join("other");
+    let err = Server::bind(cfg.clone()).await.err().expect("port in use");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot listen on {}: address in use", s.addr)
+    );
+
+    // A data dir that cannot be a directory.
+    std::fs::write(tmp.path().join("file"), b"").unwrap();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.data_dir = tmp.path().join("file/data");
+    let err = Server::bind(cfg.clone()).await.err().expect("bad data dir");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "data dir {} is not writable: ",
+            cfg.data_dir.display()
+        )),
+        "{text}"
+    );
+
+    // A missing agent binary.
+    cfg.data_dir = tmp.path().join("third");
+    cfg.envd = tmp.path().join("no-such-envd");
+    let err = Server::bind(cfg).await.err().expect("missing envd");
+    assert!(err.to_string().contains("no-such-envd"), "{err}");
+    s.stop().await;
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs Hutch's whole test suite: installs every tool the tests use, builds
+# the static agent, then runs the workspace's tests (unit, integration with
+# real runc/overlayfs, and the wire-compatibility tests).
+#
+#   ./scripts/test.sh [cargo test args...]
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root
+install_runtime_deps
+# Test fixtures: images from the host's busybox and from mmdebstrap, converted
+# and inspected with real OCI tools.
+apt_install busybox-static skopeo umoci
+install_rust
+cd "$HUTCH_ROOT"
+say "building the agent"
+cargo build --locked -p hutch-envd --profile agent --target "$MUSL_TARGET"
+export HUTCH_ENVD_BIN="$HUTCH_ROOT/target/$MUSL_TARGET/agent/hutch-envd"
+say "checking formatting and lints"
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+say "running the tests"
+cargo test --locked --workspace "$@"
