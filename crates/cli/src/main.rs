@@ -71,13 +71,19 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "HUTCH_LISTEN", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
-    /// The agent binary mounted into sandboxes [default: hutch-envd next to
-    /// this executable, else /usr/local/lib/hutch/hutch-envd].
+    /// The static agent binary mounted into sandboxes [default: a static
+    /// hutch-envd next to this executable, else the musl build in this
+    /// executable's cargo target directory, else
+    /// /usr/local/lib/hutch/hutch-envd].
     #[arg(long, env = "HUTCH_ENVD")]
     envd: Option<PathBuf>,
     /// The runc binary.
     #[arg(long, env = "HUTCH_RUNC", default_value = "runc")]
     runc: PathBuf,
+    /// Do not build the default `base` template (from Debian packages with
+    /// mmdebstrap) when it does not exist yet.
+    #[arg(long, env = "HUTCH_NO_BASE_TEMPLATE")]
+    no_base_template: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,13 +10,22 @@ use crate::ServeArgs;
 /// Where the agent binary is installed by default.
 const INSTALLED_ENVD: &str = "/usr/local/lib/hutch/hutch-envd";
 
-/// `hutch-envd` next to this executable if it is there, else the installed
-/// location.
+/// A static `hutch-envd` next to this executable (an installation), else
+/// the musl build in this executable's cargo target directory (a checkout),
+/// else the installed location.
 fn default_envd() -> PathBuf {
-    std::env::current_exe()
+    let exe_dir = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("hutch-envd")))
-        .filter(|p| p.is_file())
+        .and_then(|exe| exe.parent().map(PathBuf::from));
+    let candidates = exe_dir.iter().flat_map(|dir| {
+        [
+            dir.join("hutch-envd"),
+            dir.join("../x86_64-unknown-linux-musl/agent/hutch-envd"),
+        ]
+    });
+    candidates
+        .into_iter()
+        .find(|p| p.is_file() && !hutch_runtime::elf_interpreter(p))
         .unwrap_or_else(|| PathBuf::from(INSTALLED_ENVD))
 }
 
@@ -34,6 +43,9 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
         runc: args.runc,
     };
     let server = Server::bind(cfg).await?;
+    if !args.no_base_template {
+        server.ensure_base_template().await;
+    }
     println!("hutch listening on http://{}", server.local_addr());
     server.run().await?;
     Ok(())

@@ -231,11 +231,19 @@ impl Runtime {
                     reason: "not executable".to_owned(),
                 });
             }
+            Ok(_) if elf_interpreter(&envd) => {
+                return Err(RuntimeError::EnvdNotFound {
+                    path: envd,
+                    reason: "it is dynamically linked, but sandboxes need a static binary (build it with `cargo build -p hutch-envd --profile agent --target x86_64-unknown-linux-musl`)".to_owned(),
+                });
+            }
             Ok(_) => {}
             Err(e) => {
                 return Err(RuntimeError::EnvdNotFound {
                     path: envd,
-                    reason: format!("{e} (build it with `cargo build -p hutch-envd`)"),
+                    reason: format!(
+                        "{e} (build it with `cargo build -p hutch-envd --profile agent --target x86_64-unknown-linux-musl`)"
+                    ),
                 });
             }
         }
@@ -892,5 +900,54 @@ mod tests {
     fn own_process_is_alive() {
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(u32::MAX));
+    }
+}
+
+/// Whether `path` is an ELF executable that names a program interpreter
+/// (`PT_INTERP`), i.e. is dynamically linked and would not run in an image
+/// without the host's libc. Anything unreadable or not a 64-bit
+/// little-endian ELF (a script, say) is not.
+pub fn elf_interpreter(path: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    // ELF magic, ELFCLASS64, ELFDATA2LSB.
+    if data.get(0..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1]) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    (0..usize::from(phnum)).any(|i| u32_at(phoff + i * usize::from(phentsize)) == Some(PT_INTERP))
+}
+
+#[cfg(test)]
+mod elf_tests {
+    use super::elf_interpreter;
+
+    #[test]
+    fn tells_dynamic_from_static_executables() {
+        // /bin/ls on Debian is dynamically linked; busybox-static is not.
+        assert!(elf_interpreter(std::path::Path::new("/bin/ls")));
+        if std::path::Path::new("/bin/busybox").exists() {
+            assert!(!elf_interpreter(std::path::Path::new("/bin/busybox")));
+        }
+        assert!(!elf_interpreter(std::path::Path::new("/etc/passwd")));
+        assert!(!elf_interpreter(std::path::Path::new("/no/such/file")));
     }
 }

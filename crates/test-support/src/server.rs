@@ -115,6 +115,7 @@ impl TestServer {
             .arg(&listen)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .arg("--no-base-template")
             .env("HUTCH_ENVD", envd)
             .env_remove("HUTCH_SERVER")
             .env_remove("HUTCH_API_KEY")
