@@ -28,6 +28,7 @@
 
 pub mod api;
 mod auth;
+mod base;
 pub mod db;
 mod error;
 pub mod frontdoor;
@@ -180,6 +181,12 @@ impl Server {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Builds the default `base` template in the background unless it
+    /// exists (see the `base` module).
+    pub async fn ensure_base_template(&self) {
+        base::ensure(self.state.clone()).await;
     }
 
     /// The file holding the API key generated on first start.

@@ -74,7 +74,18 @@ pub(crate) async fn create_sandbox(
         .db
         .find_template(args.template.clone())
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("template '{}' not found", args.template)))?;
+        .ok_or_else(|| {
+            if args.template == hutch_builder::BASE_TEMPLATE
+                && st.base_building.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                ApiError::unavailable(format!(
+                    "template '{}' is still being built (first start of the server); try again in a minute",
+                    args.template
+                ))
+            } else {
+                ApiError::not_found(format!("template '{}' not found", args.template))
+            }
+        })?;
     let meta = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
         ApiError::internal(format!(
             "template '{}' has unreadable metadata: {e}",

@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     /// Held shared while layers may be in use by a starting sandbox or an
     /// import, exclusively while unreferenced layers are removed.
     pub layers_lock: RwLock<()>,
+    /// Set while the default `base` template is being built.
+    pub base_building: std::sync::atomic::AtomicBool,
     /// Keeps the data directory's lock file locked for the server's life.
     _lock: File,
 }
@@ -90,6 +92,7 @@ impl AppState {
             reaper_wake: Notify::new(),
             reaper_stop: tokio_util::sync::CancellationToken::new(),
             layers_lock: RwLock::new(()),
+            base_building: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         }))
     }

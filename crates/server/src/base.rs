@@ -1,0 +1,117 @@
+//! The default `base` template: built from Debian packages the first time
+//! a server starts without one (a minute or two, shown in the server log),
+//! then reused by every later start. While it builds, creating a sandbox
+//! from `base` answers 503 with a message saying so.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hutch_builder::{BASE_SUITE, BASE_TEMPLATE};
+use hutch_image::{TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource};
+
+use crate::db::TemplateRow;
+use crate::state::AppState;
+use crate::{ids, time};
+
+/// Starts building the base template in the background unless it exists.
+pub(crate) async fn ensure(st: Arc<AppState>) {
+    match st.db.find_template(BASE_TEMPLATE.to_owned()).await {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("cannot look up the base template: {e}");
+            return;
+        }
+    }
+    if st.base_building.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tokio::spawn(async move {
+        tracing::info!(
+            "building the default template '{BASE_TEMPLATE}' from Debian {BASE_SUITE} packages (first start only; takes a minute or two)"
+        );
+        let started = std::time::Instant::now();
+        match build(&st).await {
+            Ok(()) => tracing::info!(
+                "template '{BASE_TEMPLATE}' is ready ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => tracing::error!(
+                "building the template '{BASE_TEMPLATE}' failed: {e}; restart the server to try again, or import an image with `hutch template import`"
+            ),
+        }
+        st.base_building.store(false, Ordering::SeqCst);
+    });
+}
+
+async fn build(st: &Arc<AppState>) -> Result<(), String> {
+    let work = st
+        .data_dir
+        .join("tmp")
+        .join(format!("base-{}", ids::new_id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let result = build_in(st, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+async fn build_in(st: &Arc<AppState>, work: &std::path::Path) -> Result<(), String> {
+    let dir = work.to_owned();
+    let tar = tokio::task::spawn_blocking(move || {
+        hutch_builder::build_base_rootfs(&dir, &mut |line| {
+            // mmdebstrap's progress lines start with "I:".
+            if let Some(info) = line.strip_prefix("I: ") {
+                tracing::info!(template = BASE_TEMPLATE, "{info}");
+            } else {
+                tracing::debug!(template = BASE_TEMPLATE, "{line}");
+            }
+        })
+    })
+    .await
+    .map_err(|e| format!("build task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+
+    let _layers = st.layers_lock.read().await;
+    let store = st.store.clone();
+    let diff_id = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&tar)?;
+        store
+            .add_layer_tar(&mut file)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .await
+    .map_err(|e| format!("storing task failed: {e}"))?
+    .map_err(|e| format!("cannot store the root filesystem: {e}"))?;
+
+    let image = hutch_builder::base_image_config();
+    let id = ids::new_id();
+    let now = time::now_ms();
+    let meta = TemplateMetadata {
+        schema_version: TEMPLATE_SCHEMA_VERSION,
+        id: id.clone(),
+        name: BASE_TEMPLATE.to_owned(),
+        created_at: time::rfc3339(now),
+        source: TemplateSource::Recipe {
+            recipe: "debian-base".to_owned(),
+            description: format!(
+                "mmdebstrap {BASE_SUITE}: {}",
+                hutch_builder::BASE_PACKAGES.join(" ")
+            ),
+        },
+        env: hutch_env::image_layer(&image.env),
+        user: image.user.clone(),
+        workdir: image.working_dir.clone(),
+        layers: vec![diff_id],
+        image,
+    };
+    st.db
+        .insert_template(TemplateRow {
+            id,
+            name: BASE_TEMPLATE.to_owned(),
+            metadata: meta.to_json(),
+            created_at: now,
+        })
+        .await
+        .map_err(|e| format!("cannot record the template: {e}"))?;
+    Ok(())
+}
