@@ -1,0 +1,56 @@
+//! The official E2B Python SDK, at pinned versions, unmodified, against a
+//! real Hutch server: one release from before the `/v2/sandboxes` route
+//! change and one from after. The scripts live in `tests/sdk/`.
+
+use std::path::Path;
+
+use hutch_test_support::{E2B_PYTHON_NEW, E2B_PYTHON_OLD, TestServer, debian_image, e2b_python};
+
+fn run_script(version: &str, script: &str) {
+    let python = e2b_python(version);
+    let server = TestServer::start();
+    let import = server
+        .hutch()
+        .args(["template", "import"])
+        .arg(debian_image())
+        .args(["--name", "deb"])
+        .output()
+        .expect("running hutch");
+    assert!(
+        import.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg("deb")
+        .env("E2B_API_URL", server.url())
+        .env("E2B_SANDBOX_URL", server.url())
+        .env("E2B_API_KEY", server.api_key())
+        .env_remove("E2B_DEBUG")
+        .env_remove("E2B_DOMAIN")
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "e2b {version} {}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}
+
+#[test]
+fn python_sdk_new_commands() {
+    run_script(E2B_PYTHON_NEW, "commands.py");
+}
+
+#[test]
+fn python_sdk_old_commands() {
+    run_script(E2B_PYTHON_OLD, "commands.py");
+}

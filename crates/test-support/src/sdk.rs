@@ -1,0 +1,48 @@
+//! The official E2B SDKs, installed at pinned versions for the
+//! wire-compatibility tests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::paths::{FileLock, cache_dir, run};
+
+/// The E2B Python SDK release from before the `/v2/sandboxes` route change.
+pub const E2B_PYTHON_OLD: &str = "2.50.0";
+/// A recent E2B Python SDK release (uses `/v2/sandboxes`).
+pub const E2B_PYTHON_NEW: &str = "2.63.0";
+
+/// A Python interpreter with exactly `e2b==version` installed, in a virtual
+/// environment cached under the test cache (created on first use, under a
+/// file lock). `$HUTCH_E2B_PYTHON_<version with _ for .>` overrides it.
+pub fn e2b_python(version: &str) -> PathBuf {
+    let var = format!("HUTCH_E2B_PYTHON_{}", version.replace('.', "_"));
+    if let Some(p) = std::env::var_os(&var).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let dir = cache_dir().join(format!("e2b-python-{version}"));
+    let python = dir.join("bin").join("python");
+    let done = dir.join(".installed");
+    if done.exists() {
+        return python;
+    }
+    std::fs::create_dir_all(cache_dir()).expect("creating the test cache");
+    let _lock = FileLock::acquire(&cache_dir().join(format!("e2b-python-{version}.lock")))
+        .expect("locking the SDK install");
+    if done.exists() {
+        return python;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
+        .unwrap_or_else(|e| panic!("creating a Python venv for e2b {version}: {e:#}"));
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("e2b=={version}"),
+    ]))
+    .unwrap_or_else(|e| panic!("installing e2b=={version} from PyPI: {e:#}"));
+    std::fs::write(&done, version).expect("marking the SDK installed");
+    python
+}
