@@ -34,6 +34,13 @@ pub enum RuntimeError {
         reason: String,
     },
 
+    /// No sandbox container with this id exists.
+    #[error("sandbox {id} does not exist")]
+    NotFound {
+        /// The sandbox id.
+        id: String,
+    },
+
     /// The configuration cannot work (for example a path overlayfs cannot
     /// take in its mount options).
     #[error("invalid runtime configuration: {0}")]

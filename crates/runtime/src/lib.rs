@@ -578,6 +578,49 @@ impl Runtime {
         .await
     }
 
+    /// Freezes every process of the sandbox (`runc pause`, the freezer
+    /// cgroup): they use no CPU, keep their memory, and their open streams
+    /// stay open. Pausing a paused sandbox is not an error.
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let lock = self.id_lock(id);
+        let _guard = lock.lock().await;
+        match self.status(id).await? {
+            Some(SandboxStatus::Paused) => Ok(()),
+            Some(_) => self.inner.runc.freeze(id, true).await,
+            None => Err(RuntimeError::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    /// Thaws a paused sandbox (`runc resume`). Resuming a running sandbox
+    /// is not an error.
+    pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let lock = self.id_lock(id);
+        let _guard = lock.lock().await;
+        match self.status(id).await? {
+            Some(SandboxStatus::Running) => Ok(()),
+            Some(_) => self.inner.runc.freeze(id, false).await,
+            None => Err(RuntimeError::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    /// What runc says of the sandbox's container; `None` if it has none.
+    pub async fn status(&self, id: &str) -> Result<Option<SandboxStatus>, RuntimeError> {
+        validate_id(id)?;
+        Ok(self
+            .inner
+            .runc
+            .state(id)
+            .await?
+            .map(|s| match s.status.as_str() {
+                "running" => SandboxStatus::Running,
+                "paused" => SandboxStatus::Paused,
+                "created" | "creating" => SandboxStatus::Created,
+                _ => SandboxStatus::Stopped,
+            }))
+    }
+
     /// Re-adopts a sandbox left by a previous server process: `Some` if
     /// runc reports it `running` and its agent answers `GET /health`;
     /// `None` otherwise (the caller then destroys it).
@@ -613,6 +656,19 @@ impl Runtime {
         }
         Ok(None)
     }
+}
+
+/// A sandbox container's state, as runc reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStatus {
+    /// Created but its init not started.
+    Created,
+    /// Running.
+    Running,
+    /// Frozen by [`Runtime::pause`].
+    Paused,
+    /// Its init has exited.
+    Stopped,
 }
 
 /// Host-side preparation of a sandbox (blocking).

@@ -181,6 +181,29 @@ impl Runc {
     }
 }
 
+impl Runc {
+    /// `runc pause` / `runc resume`: freezes or thaws every process of the
+    /// container through the freezer cgroup.
+    pub async fn freeze(&self, id: &str, freeze: bool) -> Result<(), RuntimeError> {
+        let what = if freeze { "pause" } else { "resume" };
+        let mut cmd = self.command();
+        cmd.arg(what).arg(id).stdin(Stdio::null());
+        let out = self.finish(cmd, id, what).await?;
+        if out.success {
+            Ok(())
+        } else if is_not_exist(&out.stderr) {
+            Err(RuntimeError::NotFound { id: id.to_owned() })
+        } else {
+            Err(RuntimeError::Runc {
+                id: id.to_owned(),
+                command: what,
+                status: out.status,
+                output: tail(&out.stderr),
+            })
+        }
+    }
+}
+
 /// runc's message for an unknown container id.
 fn is_not_exist(stderr: &str) -> bool {
     stderr.contains("does not exist") || stderr.contains("not exist")

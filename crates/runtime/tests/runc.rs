@@ -690,3 +690,64 @@ async fn destroy_during_boot_waits_then_destroys() {
     fx.assert_gone(&id);
     server.abort();
 }
+
+#[tokio::test]
+async fn pause_freezes_every_process_and_resume_thaws_them() {
+    require_runc!();
+    // The stand-in agent counts, one line every 20 ms, into the shared socket
+    // directory, so progress is visible from the host.
+    let fx = Fixture::new(
+        "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo $i > /run/hutch/sock/count; sleep 0.02; done\n",
+    );
+    let id = unique("rt-pause");
+    fx.rt.create(fx.spec(&id, false)).await.unwrap();
+    let count = fx
+        .rt
+        .config()
+        .state_dir
+        .join(&id)
+        .join("sock")
+        .join("count");
+    let read_count = || -> u64 {
+        std::fs::read_to_string(&count)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_count() < 3 {
+        assert!(Instant::now() < deadline, "the counter never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fx.rt.status(&id).await.unwrap(),
+        Some(hutch_runtime::SandboxStatus::Running)
+    );
+
+    fx.rt.pause(&id).await.unwrap();
+    fx.rt.pause(&id).await.unwrap(); // idempotent
+    assert_eq!(
+        fx.rt.status(&id).await.unwrap(),
+        Some(hutch_runtime::SandboxStatus::Paused)
+    );
+    let frozen = read_count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(read_count(), frozen, "a paused sandbox makes no progress");
+
+    fx.rt.resume(&id).await.unwrap();
+    fx.rt.resume(&id).await.unwrap(); // idempotent
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_count() <= frozen {
+        assert!(Instant::now() < deadline, "the counter did not resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A paused sandbox can be destroyed.
+    fx.rt.pause(&id).await.unwrap();
+    fx.rt.destroy(&id).await.unwrap();
+    fx.assert_gone(&id);
+    assert!(matches!(
+        fx.rt.pause(&id).await,
+        Err(hutch_runtime::RuntimeError::NotFound { .. })
+    ));
+}
