@@ -29,7 +29,7 @@ pub use fixtures::{
 };
 pub use mounts::{mounts_under, runc_force_clean, unmount_all_under};
 pub use paths::{cache_dir, target_dir, workspace_root};
-pub use sdk::{E2B_PYTHON_NEW, E2B_PYTHON_OLD, e2b_python};
+pub use sdk::{E2B_PYTHON_NEW, E2B_PYTHON_OLD, e2b_js, e2b_python};
 pub use server::TestServer;
 pub use testdir::TestDir;
 pub use wait::{wait_until, wait_until_async};

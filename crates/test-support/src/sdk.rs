@@ -46,3 +46,47 @@ pub fn e2b_python(version: &str) -> PathBuf {
     std::fs::write(&done, version).expect("marking the SDK installed");
     python
 }
+
+/// A directory whose `node_modules` holds the npm packages that
+/// `project/package.json` and `project/package-lock.json` pin (the official
+/// `e2b` SDK), installed with `npm ci` into the test cache on first use
+/// (keyed by the lock file's hash, under a file lock). `$HUTCH_E2B_JS_DIR`
+/// overrides it.
+pub fn e2b_js(project: &std::path::Path) -> PathBuf {
+    use sha2::Digest;
+    if let Some(p) = std::env::var_os("HUTCH_E2B_JS_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let read = |name: &str| {
+        std::fs::read(project.join(name))
+            .unwrap_or_else(|e| panic!("reading {}: {e}", project.join(name).display()))
+    };
+    let (manifest, lock) = (read("package.json"), read("package-lock.json"));
+    let hash = hex::encode(&sha2::Sha256::digest([&manifest[..], &lock[..]].concat())[..8]);
+    let dir = cache_dir().join(format!("e2b-js-{hash}"));
+    let done = dir.join(".installed");
+    if done.exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(cache_dir()).expect("creating the test cache");
+    let _lock = FileLock::acquire(&cache_dir().join(format!("e2b-js-{hash}.lock")))
+        .expect("locking the SDK install");
+    if done.exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the SDK directory");
+    std::fs::write(dir.join("package.json"), manifest).expect("writing package.json");
+    std::fs::write(dir.join("package-lock.json"), lock).expect("writing package-lock.json");
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir))
+    .unwrap_or_else(|e| {
+        panic!(
+            "installing the pinned npm packages of {}: {e:#}",
+            project.display()
+        )
+    });
+    std::fs::write(&done, hash).expect("marking the SDK installed");
+    dir
+}

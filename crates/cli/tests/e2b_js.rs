@@ -1,0 +1,46 @@
+//! The official E2B JavaScript SDK (npm `e2b` 2.51.0, pinned in
+//! `tests/sdk/js/package-lock.json`), unmodified, against
+//! a real Hutch server. The script lives in `tests/sdk/`.
+
+use std::path::Path;
+
+use hutch_test_support::{TestServer, debian_image, e2b_js};
+
+#[test]
+fn js_sdk_commands() {
+    // npm `e2b`, pinned with its dependencies by tests/sdk/js/package-lock.json.
+    let sdk_dir = e2b_js(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/js"));
+    let server = TestServer::start();
+    let import = server
+        .hutch()
+        .args(["template", "import"])
+        .arg(debian_image())
+        .args(["--name", "deb"])
+        .output()
+        .expect("running hutch");
+    assert!(
+        import.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/commands.mjs");
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .arg("deb")
+        .env("E2B_SDK_DIR", &sdk_dir)
+        .env("E2B_API_URL", server.url())
+        .env("E2B_SANDBOX_URL", server.url())
+        .env("E2B_API_KEY", server.api_key())
+        .env_remove("E2B_DEBUG")
+        .env_remove("E2B_DOMAIN")
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "e2b (npm): {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}

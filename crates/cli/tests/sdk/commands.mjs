@@ -1,0 +1,67 @@
+// The official E2B JavaScript SDK, unmodified, against a Hutch server.
+//
+// Usage: node commands.mjs TEMPLATE   (with NODE_PATH pointing at the SDK)
+// Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
+// The template is the Debian test image of docs/environment.md.
+
+import { createRequire } from 'node:module'
+import path from 'node:path'
+
+const require = createRequire(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'index.js'))
+const { Sandbox, CommandExitError } = require('e2b')
+
+const template = process.argv[2]
+let checks = 0
+function check(actual, expected, what) {
+  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+    throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`)
+  }
+  checks++
+}
+
+const sbx = await Sandbox.create(template, {
+  envs: { OVERRIDE: 'sandbox', SBX_ONLY: 's' },
+  metadata: { suite: 'sdk-js' },
+  timeoutMs: 120_000,
+})
+const run = (cmd, opts) => sbx.commands.run(cmd, opts)
+
+check((await run('echo $MY_APP_CONFIG')).stdout, '/etc/myapp/config.json\n', 'image ENV')
+check((await run('command -v mytool')).stdout, '/opt/tool/bin/mytool\n', 'image PATH in a login shell')
+check((await run('printenv TRICKY')).stdout, 'a=b c  d\n', 'value with = and spaces')
+check((await run('echo ${EMPTY_VAR+set}')).stdout, 'set\n', 'empty value kept')
+check((await run('pwd')).stdout, '/app\n', 'image WORKDIR')
+check((await run('echo $OVERRIDE $SBX_ONLY')).stdout, 'sandbox s\n', 'sandbox envs')
+check((await run('echo $OVERRIDE', { envs: { OVERRIDE: 'process' } })).stdout, 'process\n', 'process envs')
+check((await run('echo $OVERRIDE')).stdout, 'sandbox\n', 'process envs do not leak')
+check((await run('env | cut -d= -f1 | sort | uniq -d')).stdout, '', 'no duplicate names')
+check((await run('pwd', { cwd: '/tmp' })).stdout, '/tmp\n', 'cwd')
+check((await run('whoami; id -u', { user: 'user' })).stdout, 'user\n1000\n', 'user')
+check((await run('whoami', { user: 'root' })).stdout, 'root\n', 'root')
+
+try {
+  await run('echo err >&2; exit 4')
+  throw new Error('exit 4 did not throw')
+} catch (e) {
+  if (!(e instanceof CommandExitError)) throw e
+  check(e.exitCode, 4, 'exit code')
+  check(e.stderr, 'err\n', 'stderr')
+}
+
+const chunks = []
+await run('for i in 1 2 3; do echo l$i; done', { onStdout: (d) => chunks.push(d) })
+check(chunks.join(''), 'l1\nl2\nl3\n', 'streamed stdout')
+
+const bg = await run('sleep 60', { background: true })
+check((await sbx.commands.list()).some((p) => p.pid === bg.pid), true, 'background listed')
+check(await sbx.commands.kill(bg.pid), true, 'kill')
+
+const info = await sbx.getInfo()
+check(info.sandboxId, sbx.sandboxId, 'getInfo')
+check(info.metadata.suite, 'sdk-js', 'metadata')
+await sbx.setTimeout(60_000)
+check(await sbx.isRunning(), true, 'running')
+await sbx.kill()
+check(await sbx.isRunning(), false, 'killed')
+
+console.log(`OK ${checks} checks`)
