@@ -10,6 +10,10 @@ install_runtime_deps
 # Test fixtures: images from the host's busybox and from mmdebstrap, converted
 # and inspected with real OCI tools.
 apt_install busybox-static skopeo umoci
+# The official E2B SDKs: the tests install exact versions (Python venvs from
+# PyPI; npm packages from tests/sdk/js/package-lock.json) into the test cache.
+python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 install_rust
 cd "$HUTCH_ROOT"
 say "building the agent"
