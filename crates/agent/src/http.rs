@@ -11,22 +11,29 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hutch_protocol::boot::InitRequest;
+use hutch_protocol::envd::filesystem::FilesystemExt as _;
 use hutch_protocol::envd::process::ProcessExt as _;
 
 use crate::Agent;
+use crate::filesystem::FilesystemService;
 use crate::service::ProcessService;
 
 /// Header carrying the sandbox's access token.
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
-/// The agent's whole HTTP surface: `/health`, `/init`, `/envs` and the
-/// Connect services, behind the access-token check.
+/// The agent's whole HTTP surface: `/health`, `/init`, `/envs`, `/files`
+/// and the Connect services, behind the access-token check.
 pub fn router(agent: Arc<Agent>) -> axum::Router {
     let connect = Arc::new(ProcessService::new(agent.clone())).register(connectrpc::Router::new());
+    let connect = Arc::new(FilesystemService::new(agent.clone())).register(connect);
     axum::Router::new()
         .route("/health", get(health))
         .route("/init", post(init))
         .route("/envs", get(envs))
+        .route(
+            "/files",
+            get(crate::transfer::get_file).post(crate::transfer::post_files),
+        )
         .fallback_service(connect.into_axum_service())
         .layer(middleware::from_fn_with_state(agent.clone(), require_token))
         .with_state(agent)
@@ -52,9 +59,10 @@ async fn envs(State(agent): State<Arc<Agent>>) -> Json<BTreeMap<String, String>>
 }
 
 /// Rejects requests without the right `X-Access-Token` once one is set;
-/// `/health` stays open.
+/// `/health` stays open, and `/files` checks the token itself (it also
+/// takes signed URLs).
 async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
-    if request.uri().path() != "/health"
+    if !matches!(request.uri().path(), "/health" | "/files")
         && let Some(expected) = agent.sandbox_state().access_token
     {
         let given = request
@@ -74,7 +82,8 @@ async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: 
     next.run(request).await
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response {
+/// A JSON error body `{"code": <status>, "message": ...}` as E2B sends.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
     (
         status,
         Json(serde_json::json!({ "code": status.as_u16(), "message": message })),
@@ -82,7 +91,8 @@ fn json_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -5,19 +5,26 @@
 //!
 //! * `GET /health`, `POST /init`, `GET /envs` — plain HTTP ([`http`]);
 //! * `process.Process` — the Connect service that starts and watches
-//!   processes ([`service`]).
+//!   processes ([`service`]);
+//! * `filesystem.Filesystem` — stat, list, create, move, remove and watch
+//!   files ([`filesystem`], [`watch`]);
+//! * `GET /files`, `POST /files` — file download and upload ([`transfer`]).
 //!
 //! Every process gets its environment, user and working directory from
 //! [`hutch_env::resolve`], fed with the template layer from the boot
 //! configuration ([`hutch_protocol::boot::BootConfig`]), the sandbox layer
 //! from `/init`, and the request.
 
+pub mod filesystem;
+pub mod fsops;
 pub mod http;
 pub mod process;
 pub mod reaper;
 pub mod service;
 pub mod spawn;
 pub mod status;
+pub mod transfer;
+pub mod watch;
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -59,6 +66,7 @@ pub struct Agent {
     accounts_root: PathBuf,
     sandbox: RwLock<SandboxState>,
     processes: Arc<ProcessTable>,
+    watchers: watch::PollWatchers,
 }
 
 impl Agent {
@@ -69,12 +77,18 @@ impl Agent {
             accounts_root: config.accounts_root,
             sandbox: RwLock::new(SandboxState::default()),
             processes: Arc::default(),
+            watchers: watch::PollWatchers::default(),
         })
     }
 
     /// The boot configuration.
     pub fn boot(&self) -> &BootConfig {
         &self.boot
+    }
+
+    /// How many polling filesystem watchers (`CreateWatcher`) exist.
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.len()
     }
 
     /// A snapshot of the sandbox-level settings.

@@ -109,7 +109,9 @@ fn env_error(e: EnvError) -> ConnectError {
     }
 }
 
-fn keepalive_interval(ctx: &RequestContext) -> Option<Duration> {
+/// The keepalive period a streaming call asks for (`Keepalive-Ping-Interval`,
+/// seconds), if any.
+pub(crate) fn keepalive_interval(ctx: &RequestContext) -> Option<Duration> {
     let secs: u64 = ctx
         .header(KEEPALIVE_HEADER)?
         .to_str()

@@ -17,6 +17,7 @@ use connectrpc::client::{ClientConfig, Http2Connection, HttpClient, SharedHttp2C
 use http_body_util::{BodyExt, Full};
 use hutch_envd::{Agent, AgentConfig};
 use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig};
+use hutch_protocol::envd::filesystem::FilesystemClient;
 use hutch_protocol::envd::process::{
     ProcessClient, ProcessConfig, StartRequest, StartResponse, process_event,
 };
@@ -105,6 +106,38 @@ impl TestAgent {
         ProcessClient::new(conn, ClientConfig::new(uri))
     }
 
+    /// `filesystem.Filesystem` over HTTP/1.1, JSON codec, as the default
+    /// user.
+    pub fn fs_client(&self) -> FilesystemClient<HttpClient> {
+        let config = ClientConfig::new(self.url().parse().unwrap()).json();
+        FilesystemClient::new(HttpClient::plaintext(), config)
+    }
+
+    /// `filesystem.Filesystem` as `user` (`Authorization: Basic`, as the
+    /// SDKs send it), with extra default headers.
+    pub fn fs_client_as(
+        &self,
+        user: &str,
+        headers: &[(&str, &str)],
+    ) -> FilesystemClient<HttpClient> {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+        let mut config = ClientConfig::new(self.url().parse().unwrap())
+            .json()
+            .with_default_header("authorization", format!("Basic {basic}"));
+        for (k, v) in headers {
+            config = config.with_default_header(k.to_string(), v.to_string());
+        }
+        FilesystemClient::new(HttpClient::plaintext(), config)
+    }
+
+    /// `filesystem.Filesystem` over h2c on the unix socket, proto codec.
+    pub fn fs_unix_client(&self) -> FilesystemClient<SharedHttp2Connection> {
+        let uri: http::Uri = "http://localhost".parse().unwrap();
+        let conn = Http2Connection::lazy_unix(self.socket.clone(), uri.clone()).shared(64);
+        FilesystemClient::new(conn, ClientConfig::new(uri))
+    }
+
     /// `POST /init` with a JSON body.
     pub async fn init(&self, body: serde_json::Value) -> u16 {
         let (status, _, _) = raw(
@@ -141,6 +174,47 @@ pub async fn raw(
     }
     let resp = client
         .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+/// A raw HTTP/1.1 request whose body goes out in `chunks` with
+/// `Transfer-Encoding: chunked`, as the SDKs stream uploads.
+pub async fn raw_chunked(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    chunks: Vec<Vec<u8>>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    use connectrpc::http_body::Frame;
+    use http_body_util::StreamBody;
+    type Chunked = StreamBody<
+        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
+    >;
+    let client: Client<HttpConnector, Chunked> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let frames: Vec<_> = chunks
+        .into_iter()
+        .map(|c| Ok(Frame::data(Bytes::from(c))))
+        .collect();
+    let resp = client
+        .request(
+            req.body(StreamBody::new(futures::stream::iter(frames)))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = resp.status().as_u16();
