@@ -54,3 +54,13 @@ fn python_sdk_new_commands() {
 fn python_sdk_old_commands() {
     run_script(E2B_PYTHON_OLD, "commands.py");
 }
+
+#[test]
+fn python_sdk_new_files() {
+    run_script(E2B_PYTHON_NEW, "files.py");
+}
+
+#[test]
+fn python_sdk_old_files() {
+    run_script(E2B_PYTHON_OLD, "files.py");
+}
