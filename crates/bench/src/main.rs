@@ -5,21 +5,26 @@
 //! cargo run --release -p hutch-bench -- [--iterations N]
 //! ```
 //!
-//! Needs root and runc. Starts a Hutch server in-process on a free port
-//! with a temporary data directory, imports the busybox test image, and
-//! measures:
+//! Needs root and runc. Starts two Hutch servers in-process on free ports
+//! with temporary data directories — one with a warm pool of one sandbox
+//! per template, one without (`--warm-pool 0`) — imports the busybox test
+//! image into both, and measures:
 //!
 //! * **create** — `POST /v2/sandboxes` until the 201 (the sandbox's agent is
 //!   up and has its environment), against `runc run --detach` of a
-//!   long-running process returning.
+//!   long-running process returning. *Warm pool*: the create claims a
+//!   pre-booted sandbox (the bench waits for the pool to be refilled before
+//!   each warm create, and before the cold and runc runs so that no refill
+//!   runs behind them); *cold*: the create boots the sandbox.
 //! * **create → first output** — `POST /v2/sandboxes` then `Start echo hi`
 //!   until the first output byte, against `runc run` of `echo hi` until its
-//!   first output byte.
+//!   first output byte; warm pool and cold, as above.
 //! * **exec round-trip** — on a live sandbox, `Start /bin/true` until its
 //!   `end` event (through the server's front door over HTTP/1.1, and straight
 //!   to the agent's socket), against `runc exec <id> /bin/true`.
 //! * **idle memory** — an idle sandbox's agent RSS and its memory cgroup's
-//!   usage, against a runc container running `sleep`.
+//!   usage, for a claimed sandbox and an unclaimed one in the pool (what
+//!   the pool costs per sandbox), against a runc container running `sleep`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -65,6 +70,55 @@ struct Samples {
     runc: Vec<Duration>,
 }
 
+/// One in-process server under measurement.
+struct Target {
+    api: Api,
+    data_dir: PathBuf,
+    /// A process client through the server's front door.
+    front: ProcessClient<HttpClient>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), hutch_server::ServerError>>,
+}
+
+impl Target {
+    /// A server on `data_dir` keeping `warm_pool` sandboxes per template.
+    async fn start(data_dir: PathBuf, envd: PathBuf, warm_pool: usize) -> anyhow::Result<Target> {
+        let mut server = Server::bind(ServerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: data_dir.clone(),
+            envd,
+            runc: PathBuf::from("runc"),
+        })
+        .await?;
+        server.set_warm_pool(warm_pool);
+        let base = format!("http://{}", server.local_addr());
+        let key = std::fs::read_to_string(server.api_key_file())?
+            .trim()
+            .to_owned();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async {
+            let _ = stop_rx.await;
+        }));
+        let front = ProcessClient::new(HttpClient::plaintext(), ClientConfig::new(base.parse()?));
+        Ok(Target {
+            api: Api {
+                http: reqwest::Client::new(),
+                base,
+                key,
+            },
+            data_dir,
+            front,
+            stop,
+            task,
+        })
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let envd = args
         .envd
@@ -74,36 +128,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("hb")
         .tempdir_in("/var/tmp")?;
-    let data_dir = tmp.path().join("d");
-    let server = Server::bind(ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: data_dir.clone(),
-        envd,
-        runc: PathBuf::from("runc"),
-    })
-    .await?;
-    let base = format!("http://{}", server.local_addr());
-    let key = std::fs::read_to_string(server.api_key_file())?
-        .trim()
-        .to_owned();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server.run_until(async {
-        let _ = stop_rx.await;
-    }));
-
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: base.clone(),
-        key,
-    };
-    let template = api.import(&image).await?;
+    // The same image on two servers: one with a warm pool of one sandbox,
+    // one without.
+    let warm = Target::start(tmp.path().join("w"), envd.clone(), 1).await?;
+    let cold = Target::start(tmp.path().join("c"), envd, 0).await?;
+    let template = warm.api.import(&image).await?;
+    cold.api.import(&image).await?;
     let layers: Vec<PathBuf> = template["layers"]
         .as_array()
         .ok_or_else(|| anyhow!("template has no layers"))?
         .iter()
         .map(|d| {
             let hex = d.as_str().unwrap_or_default().trim_start_matches("sha256:");
-            data_dir.join("images").join("sha256").join(hex)
+            warm.data_dir.join("images").join("sha256").join(hex)
         })
         .collect();
     let baseline = RuncBaseline::new(tmp.path().join("runc"), &layers)?;
@@ -111,44 +148,70 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let n = args.iterations;
     let w = args.warmup;
     let mut results = Vec::new();
+    let claimed_before = warm.api.pool_claimed().await?;
 
-    // Create.
-    let mut s = Samples::new("sandbox create");
+    // Create. Each scenario starts with the warm pool full and nothing
+    // booting in the background.
+    let mut s_warm = Samples::new("sandbox create (warm pool)");
+    let mut s_cold = Samples::new("sandbox create (cold)");
     for i in 0..n + w {
+        warm.api.wait_pool_ready().await?;
         let t = Instant::now();
-        let id = api.create().await?;
-        let d = t.elapsed();
-        api.kill(&id).await?;
+        let id = warm.api.create().await?;
+        let d_warm = t.elapsed();
+        warm.api.kill(&id).await?;
+        warm.api.wait_pool_ready().await?;
+
+        let t = Instant::now();
+        let id = cold.api.create().await?;
+        let d_cold = t.elapsed();
+        cold.api.kill(&id).await?;
+
         let (r, id) = baseline.run_detached(i)?;
         baseline.delete(&id)?;
         if i >= w {
-            s.hutch.push(d);
-            s.runc.push(r);
+            s_warm.push(d_warm, r);
+            s_cold.push(d_cold, r);
         }
     }
-    results.push(s);
+    results.push(s_warm);
+    results.push(s_cold);
 
     // Create → first output.
-    let front = ProcessClient::new(HttpClient::plaintext(), ClientConfig::new(base.parse()?));
-    let mut s = Samples::new("create → first output");
+    let mut s_warm = Samples::new("create → first output (warm pool)");
+    let mut s_cold = Samples::new("create → first output (cold)");
     for i in 0..n + w {
+        warm.api.wait_pool_ready().await?;
         let t = Instant::now();
-        let id = api.create().await?;
-        first_output(&front, Some(&id), &["echo", "hi"]).await?;
-        let d = t.elapsed();
-        api.kill(&id).await?;
+        let id = warm.api.create().await?;
+        first_output(&warm.front, Some(&id), &["echo", "hi"]).await?;
+        let d_warm = t.elapsed();
+        warm.api.kill(&id).await?;
+        warm.api.wait_pool_ready().await?;
+
+        let t = Instant::now();
+        let id = cold.api.create().await?;
+        first_output(&cold.front, Some(&id), &["echo", "hi"]).await?;
+        let d_cold = t.elapsed();
+        cold.api.kill(&id).await?;
+
         let r = baseline.run_first_output(i)?;
         if i >= w {
-            s.hutch.push(d);
-            s.runc.push(r);
+            s_warm.push(d_warm, r);
+            s_cold.push(d_cold, r);
         }
     }
-    results.push(s);
+    results.push(s_warm);
+    results.push(s_cold);
+    let claims = warm.api.pool_claimed().await? - claimed_before;
+    let warm_creates = 2 * (n + w);
 
     // Exec round-trip on a live sandbox.
-    let id = api.create().await?;
+    warm.api.wait_pool_ready().await?;
+    let id = warm.api.create().await?;
     let (_, runc_id) = baseline.run_detached(10_000)?;
-    let socket = data_dir
+    let socket = warm
+        .data_dir
         .join("sandboxes")
         .join(&id)
         .join("sock")
@@ -162,33 +225,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut direct_s = Samples::new("exec round-trip (agent socket)");
     for i in 0..n + w {
         let t = Instant::now();
-        round_trip(&front, Some(&id), &["/bin/true"]).await?;
+        round_trip(&warm.front, Some(&id), &["/bin/true"]).await?;
         let d_front = t.elapsed();
         let t = Instant::now();
         round_trip(&direct, None, &["/bin/true"]).await?;
         let d_direct = t.elapsed();
         let r = baseline.exec(&runc_id, &["/bin/true"])?;
         if i >= w {
-            front_s.hutch.push(d_front);
-            front_s.runc.push(r);
-            direct_s.hutch.push(d_direct);
-            direct_s.runc.push(r);
+            front_s.push(d_front, r);
+            direct_s.push(d_direct, r);
         }
     }
     results.push(front_s);
     results.push(direct_s);
 
-    // Idle memory.
+    // Idle memory: a claimed sandbox, a pooled one, a runc container.
+    warm.api.wait_pool_ready().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let hutch_mem = Memory::of_sandbox(&data_dir, &id)?;
+    let hutch_mem = Memory::of_sandbox(&warm.data_dir, &id)?;
+    let pooled = std::fs::read_dir(warm.data_dir.join("sandboxes"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|name| *name != id)
+        .ok_or_else(|| anyhow!("no pooled sandbox found"))?;
+    let pooled_mem = Memory::of_sandbox(&warm.data_dir, &pooled)?;
     let runc_mem = Memory::of_container(&baseline.root, &runc_id, &runc_id)?;
     baseline.delete(&runc_id)?;
-    api.kill(&id).await?;
+    warm.api.kill(&id).await?;
 
-    print_report(&results, n, &hutch_mem, &runc_mem);
+    print_report(
+        &results,
+        n,
+        &[
+            ("hutch sandbox (agent as init)", &hutch_mem),
+            ("hutch pooled sandbox (unclaimed)", &pooled_mem),
+            ("runc container (sleep)", &runc_mem),
+        ],
+    );
+    println!("\nWarm-pool creates served from the pool: {claims} of {warm_creates}");
 
-    let _ = stop_tx.send(());
-    let _ = server_task.await;
+    warm.shutdown().await;
+    cold.shutdown().await;
     drop(baseline);
     Ok(())
 }
@@ -200,6 +276,11 @@ impl Samples {
             hutch: Vec::new(),
             runc: Vec::new(),
         }
+    }
+
+    fn push(&mut self, hutch: Duration, runc: Duration) {
+        self.hutch.push(hutch);
+        self.runc.push(runc);
     }
 }
 
@@ -215,16 +296,16 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-fn print_report(results: &[Samples], n: usize, hutch: &Memory, runc: &Memory) {
+fn print_report(results: &[Samples], n: usize, memory: &[(&str, &Memory)]) {
     println!("Hutch vs plain runc, {n} iterations each (milliseconds)\n");
     println!(
-        "{:<32} {:>12} {:>10} {:>12} {:>10} {:>8}",
+        "{:<36} {:>10} {:>10} {:>10} {:>10} {:>7}",
         "scenario", "hutch p50", "hutch p95", "runc p50", "runc p95", "ratio"
     );
     for s in results {
         let (h50, r50) = (percentile(&s.hutch, 50.0), percentile(&s.runc, 50.0));
         println!(
-            "{:<32} {:>12} {:>10} {:>12} {:>10} {:>8.2}",
+            "{:<36} {:>10} {:>10} {:>10} {:>10} {:>7.2}",
             s.name,
             ms(h50),
             ms(percentile(&s.hutch, 95.0)),
@@ -235,15 +316,12 @@ fn print_report(results: &[Samples], n: usize, hutch: &Memory, runc: &Memory) {
     }
     println!("\nIdle memory (KiB)\n");
     println!(
-        "{:<32} {:>12} {:>16} {:>16}",
+        "{:<36} {:>10} {:>16} {:>16}",
         "", "init RSS", "cgroup rss+kmem", "cgroup usage"
     );
-    for (name, m) in [
-        ("hutch sandbox (agent as init)", hutch),
-        ("runc container (sleep)", runc),
-    ] {
+    for (name, m) in memory {
         println!(
-            "{:<32} {:>12} {:>16} {:>16}",
+            "{:<36} {:>10} {:>16} {:>16}",
             name,
             m.init_rss_kib,
             m.cgroup_rss_kib + m.cgroup_kmem_kib,
@@ -296,6 +374,41 @@ impl Api {
             .as_str()
             .ok_or_else(|| anyhow!("no sandboxID in {json}"))?
             .to_owned())
+    }
+
+    /// `GET /hutch/v1/pool` of the `bench` template: (ready, claimed).
+    async fn pool(&self) -> anyhow::Result<(u64, u64)> {
+        let resp = self
+            .http
+            .get(format!("{}/hutch/v1/pool", self.base))
+            .header("x-api-key", &self.key)
+            .send()
+            .await?;
+        let json: serde_json::Value = resp.json().await?;
+        let t = json["templates"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["alias"] == "bench"))
+            .ok_or_else(|| anyhow!("no pool entry for the bench template in {json}"))?;
+        Ok((
+            t["ready"].as_u64().unwrap_or(0),
+            t["claimed"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    async fn pool_claimed(&self) -> anyhow::Result<usize> {
+        Ok(usize::try_from(self.pool().await?.1)?)
+    }
+
+    /// Waits until a pooled sandbox is ready (so none is booting either).
+    async fn wait_pool_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.pool().await?.0 == 0 {
+            if Instant::now() > deadline {
+                bail!("the warm pool did not fill in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
     }
 
     async fn kill(&self, id: &str) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! `hutch`: runs the Hutch server and drives it.
 //!
 //! ```text
-//! hutch serve [--listen ADDR] [--data-dir DIR] [--envd PATH] [--runc PATH]
+//! hutch serve [--listen ADDR] [--data-dir DIR] [--envd PATH] [--runc PATH] [--warm-pool N]
 //! hutch template import SOURCE --name NAME | list [--json] | rm NAME
 //! hutch sandbox create TEMPLATE [--env K=V]... [--timeout SECS] [--metadata K=V]...
 //! hutch sandbox list [--json] | kill ID
@@ -84,6 +84,10 @@ struct ServeArgs {
     /// mmdebstrap) when it does not exist yet.
     #[arg(long, env = "HUTCH_NO_BASE_TEMPLATE")]
     no_base_template: bool,
+    /// Sandboxes to keep booted per template, so that creating one takes
+    /// milliseconds (0: boot every sandbox on demand).
+    #[arg(long, env = "HUTCH_WARM_POOL", value_name = "N", default_value_t = hutch_server::DEFAULT_WARM_POOL)]
+    warm_pool: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -42,7 +42,8 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
         envd: args.envd.unwrap_or_else(default_envd),
         runc: args.runc,
     };
-    let server = Server::bind(cfg).await?;
+    let mut server = Server::bind(cfg).await?;
+    server.set_warm_pool(args.warm_pool);
     if !args.no_base_template {
         server.ensure_base_template().await;
     }

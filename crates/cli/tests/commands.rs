@@ -20,14 +20,17 @@ struct TestServer {
 async fn start() -> TestServer {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    let server = Server::bind(ServerConfig {
+    // A static stand-in for the agent: these tests start no sandbox, so
+    // there is no warm pool either.
+    let mut server = Server::bind(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.clone(),
-        envd: PathBuf::from("/bin/true"),
+        envd: PathBuf::from("/bin/busybox"),
         runc: PathBuf::from("runc"),
     })
     .await
     .unwrap();
+    server.set_warm_pool(0);
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run_until(async {
@@ -283,7 +286,7 @@ async fn serve_reports_a_busy_port() {
             "--data-dir",
             other.path().to_str().unwrap(),
             "--envd",
-            "/bin/true",
+            "/bin/busybox",
         ])
         .await;
     assert_eq!(o.status.code(), Some(1));

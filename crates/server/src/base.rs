@@ -106,12 +106,13 @@ async fn build_in(st: &Arc<AppState>, work: &std::path::Path) -> Result<(), Stri
     };
     st.db
         .insert_template(TemplateRow {
-            id,
+            id: id.clone(),
             name: BASE_TEMPLATE.to_owned(),
             metadata: meta.to_json(),
             created_at: now,
         })
         .await
         .map_err(|e| format!("cannot record the template: {e}"))?;
+    crate::pool::refill(st, &id);
     Ok(())
 }

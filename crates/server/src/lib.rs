@@ -25,6 +25,12 @@
 //! and its row marked `killed`. `DELETE /sandboxes/{id}` does the same at
 //! once. See [`lifecycle`] for how sandboxes survive a server restart
 //! (re-adoption) and what a shutdown does.
+//!
+//! # Warm pool
+//!
+//! Per template, the server keeps a few sandboxes booted ahead of demand
+//! ([`Server::set_warm_pool`], default [`DEFAULT_WARM_POOL`]), so that a
+//! create is a claim of a running sandbox rather than a boot. See [`pool`].
 
 pub mod api;
 mod auth;
@@ -35,6 +41,7 @@ pub mod frontdoor;
 mod host;
 mod ids;
 pub mod lifecycle;
+pub mod pool;
 mod state;
 mod time;
 
@@ -63,6 +70,10 @@ pub const DEFAULT_REFRESH_SECS: u64 = 15;
 
 /// `clientID` reported for every sandbox (E2B's field; one host here).
 pub const CLIENT_ID: &str = "hutch";
+
+/// Sandboxes kept booted per template, ready to be claimed, unless
+/// [`Server::set_warm_pool`] says otherwise.
+pub const DEFAULT_WARM_POOL: usize = 1;
 
 /// How long a shutdown waits for open connections (e.g. live `exec`
 /// streams) before it stops serving them.
@@ -178,6 +189,14 @@ impl Server {
         })
     }
 
+    /// How many sandboxes to keep booted per template, ready to be claimed
+    /// by a create (0: none, every create boots its sandbox). The default is
+    /// [`DEFAULT_WARM_POOL`]. The pools are filled when the server starts
+    /// running.
+    pub fn set_warm_pool(&mut self, n: usize) {
+        self.state.pool.set_target(n);
+    }
+
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -195,17 +214,24 @@ impl Server {
     }
 
     /// Serves until SIGTERM or SIGINT. Sandboxes keep running; the next
-    /// server re-adopts them.
+    /// server re-adopts them. The warm pool is destroyed.
     pub async fn run(self) -> Result<(), ServerError> {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and gives
-    /// open connections a few seconds to finish. Sandboxes keep running.
+    /// Fills the warm pool, serves until `shutdown` completes, then stops
+    /// accepting, gives open connections a few seconds to finish and
+    /// destroys the warm pool. Sandboxes keep running.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        let warm = self.state.pool.target();
+        if warm > 0 {
+            tracing::info!("warm pool: {warm} sandbox(es) per template");
+            let st = self.state.clone();
+            tokio::spawn(async move { pool::fill_all(&st).await });
+        }
         let app = api::router(self.state.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move {
@@ -223,6 +249,10 @@ impl Server {
             }
         }
         self.state.stop_reaper();
+        let destroyed = pool::shutdown(&self.state).await;
+        if destroyed > 0 {
+            tracing::info!("destroyed {destroyed} pooled sandbox(es)");
+        }
         tracing::info!("server stopped; sandboxes left running will be re-adopted at next start");
         Ok(())
     }

@@ -6,7 +6,9 @@
 //! A sandbox row is `starting` while the runtime boots it and the agent is
 //! initialised, `running` once it serves requests, and `killed` once it is
 //! destroyed (by `DELETE /sandboxes/{id}`, by expiry, or because it could
-//! not be kept across a restart). Killed rows are kept as history.
+//! not be kept across a restart). Killed rows are kept as history. A
+//! sandbox claimed from the warm pool gets its row at the claim, already
+//! `running`; pooled sandboxes have no row.
 //!
 //! # Expiry
 //!
@@ -31,7 +33,10 @@
 //! * one the runtime cannot adopt (its agent or container is gone), one the
 //!   database has as `starting` (the server stopped mid-creation), and one
 //!   on the host that the database does not know, are destroyed; their rows
-//!   (if any) are marked `killed`.
+//!   (if any) are marked `killed`. Sandboxes of the warm pool have no row
+//!   until they are claimed, so this is also what happens to a pool left
+//!   behind by a killed server; the new server then boots a new pool (see
+//!   [`crate::pool`]).
 //!
 //! Nothing else is needed from a re-adopted sandbox: its agent still holds
 //! its environment (layer 3 was delivered by `/init` and the template layers
@@ -45,8 +50,9 @@ use hutch_image::TemplateMetadata;
 use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
 use hutch_runtime::{AgentClient, SandboxSpec};
 
-use crate::db::{SandboxRow, SandboxState};
+use crate::db::{SandboxRow, SandboxState, TemplateRow};
 use crate::error::ApiError;
+use crate::pool::{self, Claim};
 use crate::state::{AppState, LiveSandbox};
 use crate::{ids, time};
 
@@ -62,7 +68,13 @@ pub(crate) struct CreateArgs {
     pub env: BTreeMap<String, String>,
 }
 
-/// Creates and starts a sandbox; returns its row (state `running`).
+/// How long a claimed pooled sandbox's agent gets to take its environment
+/// before the claim gives up on it (and boots a fresh sandbox instead).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Creates and starts a sandbox; returns its row (state `running`). Takes
+/// a sandbox from the warm pool when one is ready (see [`crate::pool`]),
+/// else boots one.
 pub(crate) async fn create_sandbox(
     st: &Arc<AppState>,
     args: CreateArgs,
@@ -92,54 +104,30 @@ pub(crate) async fn create_sandbox(
             template.name
         ))
     })?;
+
+    if let Some(row) = claim_pooled(st, &template, &args).await? {
+        drop(layers_guard);
+        pool::refill_after_create(st, &template.id);
+        return Ok(row);
+    }
+
     let id = ids::new_id();
-    let now = time::now_ms();
-    let mut row = SandboxRow {
-        id: id.clone(),
-        template_id: template.id.clone(),
-        template_name: template.name.clone(),
-        state: SandboxState::Starting,
-        sandbox_env: args.env.clone(),
-        metadata: args.metadata,
-        started_at: now,
-        end_at: now.saturating_add(timeout_ms(args.timeout_secs)),
-        ended_at: None,
-        cpu_count: st.host.cpu_count,
-        memory_mb: st.host.memory_mb,
-        disk_size_mb: st.host.disk_size_mb,
-    };
+    let mut row = new_row(st, &id, &template, &args, SandboxState::Starting);
     st.db.insert_sandbox(row.clone()).await?;
     drop(layers_guard);
 
-    let spec = SandboxSpec {
-        id: id.clone(),
-        layers: meta.layers.iter().map(|d| st.store.layer_dir(d)).collect(),
-        boot: BootConfig {
-            schema_version: BOOT_SCHEMA_VERSION,
-            sandbox_id: id.clone(),
-            template_id: template.id.clone(),
-            template_name: template.name.clone(),
-            template_env: meta.env.clone(),
-            template_user: meta.user.clone(),
-            template_workdir: meta.workdir.clone(),
-        },
-        login_path_fix: true,
-        wait_for_agent: true,
-    };
+    let spec = sandbox_spec(st, &id, &template, &meta);
+    let cold_boot = st.pool.cold_boot();
     let started = async {
         let sandbox = st.runtime.create(spec).await.map_err(|e| e.to_string())?;
-        let init = InitRequest {
-            env_vars: Some(args.env),
-            timestamp: Some(serde_json::Value::String(time::rfc3339(time::now_ms()))),
-            ..InitRequest::default()
-        };
         AgentClient::new(sandbox.socket.clone())
-            .init(&init)
+            .init(&init_request(&args))
             .await
             .map_err(|e| format!("initialising its agent failed: {e}"))?;
         Ok::<_, String>(sandbox)
     }
     .await;
+    drop(cold_boot);
     let sandbox = match started {
         Ok(s) => s,
         Err(cause) => {
@@ -168,8 +156,127 @@ pub(crate) async fn create_sandbox(
     );
     st.db.set_running(id.clone(), row.end_at).await?;
     st.reaper_wake.notify_one();
+    st.pool.record_cold(&template.id);
     tracing::info!(sandbox = %id, template = %template.name, "sandbox started");
+    // Refill only now, so that the pool's boot does not compete with this
+    // one.
+    pool::refill_after_create(st, &template.id);
     Ok(row)
+}
+
+/// Claims a pooled sandbox of `template` for a create, if there is one:
+/// gives it its sandbox layer, records it `running` and routes to it.
+/// `Ok(None)`: none ready (or the ones tried were dead); boot one. The
+/// caller holds the layers lock, so the template cannot be removed before
+/// the row exists.
+async fn claim_pooled(
+    st: &Arc<AppState>,
+    template: &TemplateRow,
+    args: &CreateArgs,
+) -> Result<Option<SandboxRow>, ApiError> {
+    loop {
+        let (pooled, waited) = match st.pool.take(&template.id) {
+            Claim::Ready(p) => (p, false),
+            Claim::Wait(promise) => match promise.await {
+                Ok(p) => (p, true),
+                Err(_) => return Ok(None),
+            },
+            Claim::Cold => return Ok(None),
+        };
+        let agent = AgentClient::new(pooled.socket.clone()).with_timeout(CLAIM_TIMEOUT);
+        if let Err(e) = agent.init(&init_request(args)).await {
+            tracing::warn!(
+                sandbox = %pooled.id,
+                template = %template.name,
+                "pooled sandbox does not answer, destroying it: {e}"
+            );
+            pool::discard(st, pooled.id);
+            if waited {
+                return Ok(None);
+            }
+            continue;
+        }
+        // The lifetime counts from the claim.
+        let row = new_row(st, &pooled.id, template, args, SandboxState::Running);
+        if let Err(e) = st.db.insert_sandbox(row.clone()).await {
+            pool::discard(st, pooled.id);
+            return Err(e.into());
+        }
+        st.live().insert(
+            pooled.id.clone(),
+            LiveSandbox {
+                socket: pooled.socket,
+                end_at: row.end_at,
+            },
+        );
+        st.reaper_wake.notify_one();
+        st.pool.record_claim(&template.id);
+        tracing::info!(
+            sandbox = %pooled.id,
+            template = %template.name,
+            "sandbox started (from the warm pool)"
+        );
+        return Ok(Some(row));
+    }
+}
+
+/// A new sandbox's row; its lifetime counts from now.
+fn new_row(
+    st: &AppState,
+    id: &str,
+    template: &TemplateRow,
+    args: &CreateArgs,
+    state: SandboxState,
+) -> SandboxRow {
+    let now = time::now_ms();
+    SandboxRow {
+        id: id.to_owned(),
+        template_id: template.id.clone(),
+        template_name: template.name.clone(),
+        state,
+        sandbox_env: args.env.clone(),
+        metadata: args.metadata.clone(),
+        started_at: now,
+        end_at: now.saturating_add(timeout_ms(args.timeout_secs)),
+        ended_at: None,
+        cpu_count: st.host.cpu_count,
+        memory_mb: st.host.memory_mb,
+        disk_size_mb: st.host.disk_size_mb,
+    }
+}
+
+/// The `POST /init` that hands a sandbox its layer 3.
+fn init_request(args: &CreateArgs) -> InitRequest {
+    InitRequest {
+        env_vars: Some(args.env.clone()),
+        timestamp: Some(serde_json::Value::String(time::rfc3339(time::now_ms()))),
+        ..InitRequest::default()
+    }
+}
+
+/// How to boot sandbox `id` of `template`: the same for a cold boot and a
+/// pooled one.
+pub(crate) fn sandbox_spec(
+    st: &AppState,
+    id: &str,
+    template: &TemplateRow,
+    meta: &TemplateMetadata,
+) -> SandboxSpec {
+    SandboxSpec {
+        id: id.to_owned(),
+        layers: meta.layers.iter().map(|d| st.store.layer_dir(d)).collect(),
+        boot: BootConfig {
+            schema_version: BOOT_SCHEMA_VERSION,
+            sandbox_id: id.to_owned(),
+            template_id: template.id.clone(),
+            template_name: template.name.clone(),
+            template_env: meta.env.clone(),
+            template_user: meta.user.clone(),
+            template_workdir: meta.workdir.clone(),
+        },
+        login_path_fix: true,
+        wait_for_agent: true,
+    }
 }
 
 /// Destroys a running sandbox. `Ok(false)` if it is not running.

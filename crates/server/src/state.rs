@@ -12,7 +12,8 @@ use tokio::sync::{Notify, RwLock};
 use crate::db::Db;
 use crate::error::io_reason;
 use crate::host::HostInfo;
-use crate::{ServerConfig, ServerError, auth};
+use crate::pool::Pool;
+use crate::{DEFAULT_WARM_POOL, ServerConfig, ServerError, auth};
 
 /// A running sandbox, as the front door and the reaper see it.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub(crate) struct AppState {
     pub layers_lock: RwLock<()>,
     /// Set while the default `base` template is being built.
     pub base_building: std::sync::atomic::AtomicBool,
+    /// Pre-booted sandboxes per template.
+    pub pool: Pool,
     /// Keeps the data directory's lock file locked for the server's life.
     _lock: File,
 }
@@ -93,6 +96,7 @@ impl AppState {
             reaper_stop: tokio_util::sync::CancellationToken::new(),
             layers_lock: RwLock::new(()),
             base_building: std::sync::atomic::AtomicBool::new(false),
+            pool: Pool::new(DEFAULT_WARM_POOL),
             _lock: lock,
         }))
     }

@@ -33,28 +33,45 @@ pub struct TestServer {
     port: u16,
     /// The data directory's guard when this server owns it.
     dir: Option<TestDir>,
+    /// Extra `hutch serve` arguments.
+    args: Vec<String>,
 }
 
 impl TestServer {
     /// Starts a server on a fresh [`TestDir`].
     pub fn start() -> TestServer {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a server on a fresh [`TestDir`] with extra `hutch serve` arguments, e.g.
+    /// `["--warm-pool", "0"]`.
+    pub fn start_with_args(args: &[&str]) -> TestServer {
         let dir = TestDir::new().with_runc_cleanup();
-        Self::launch(dir.path().to_path_buf(), Some(dir))
+        Self::launch(dir.path().to_path_buf(), Some(dir), args)
     }
 
     /// Starts a server on an existing data directory (a restart), which the caller keeps
     /// alive for as long as the server runs, e.g. the guard [`TestServer::kill9`] returns.
     pub fn start_in(dir: impl AsRef<Path>) -> TestServer {
-        Self::launch(dir.as_ref().to_path_buf(), None)
+        Self::launch(dir.as_ref().to_path_buf(), None, &[])
     }
 
     /// Like [`TestServer::start_in`], but the server takes over the guard, so the directory
     /// lives exactly as long as the server: `TestServer::restart(server.kill9())`.
     pub fn restart(dir: TestDir) -> TestServer {
-        Self::launch(dir.path().to_path_buf(), Some(dir.with_runc_cleanup()))
+        Self::restart_with_args(dir, &[])
     }
 
-    fn launch(data_dir: PathBuf, dir: Option<TestDir>) -> TestServer {
+    /// [`TestServer::restart`] with extra `hutch serve` arguments.
+    pub fn restart_with_args(dir: TestDir, args: &[&str]) -> TestServer {
+        Self::launch(
+            dir.path().to_path_buf(),
+            Some(dir.with_runc_cleanup()),
+            args,
+        )
+    }
+
+    fn launch(data_dir: PathBuf, dir: Option<TestDir>, args: &[&str]) -> TestServer {
         let hutch = hutch_bin();
         let envd = envd_bin();
         fs::create_dir_all(&data_dir)
@@ -64,6 +81,7 @@ impl TestServer {
             data_dir,
             port: 0,
             dir,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
@@ -104,7 +122,8 @@ impl TestServer {
         let listen = format!("127.0.0.1:{}", self.port);
         let _ = writeln!(
             log,
-            "=== hutch-test-support: hutch serve --listen {listen} ==="
+            "=== hutch-test-support: hutch serve --listen {listen} {} ===",
+            self.args.join(" ")
         );
         let stderr = log
             .try_clone()
@@ -116,6 +135,7 @@ impl TestServer {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--no-base-template")
+            .args(&self.args)
             .env("HUTCH_ENVD", envd)
             .env_remove("HUTCH_SERVER")
             .env_remove("HUTCH_API_KEY")

@@ -13,10 +13,12 @@
 //! | `POST /hutch/v1/templates?name=` | key | import an image tar as a template (201) |
 //! | `GET /hutch/v1/templates` | key | list templates |
 //! | `DELETE /hutch/v1/templates/{name}` | key | remove a template (204) |
+//! | `GET /hutch/v1/pool` | key | the warm pool: size, and per template sandboxes ready and creates served from it |
 //!
 //! Requests for a sandbox's agent are taken by the [front
 //! door](crate::frontdoor) before any of these.
 
+mod pool;
 mod sandboxes;
 mod templates;
 
@@ -30,6 +32,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{auth, frontdoor};
 
+pub use pool::{PoolStatus, TemplatePool};
 pub use sandboxes::{ListedSandbox, NewSandbox, SandboxCreated};
 pub use templates::valid_template_name;
 
@@ -59,6 +62,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
             "/hutch/v1/templates/{name}",
             axum::routing::delete(templates::remove),
         )
+        .route("/hutch/v1/pool", get(pool::status))
         .route_layer(axum::middleware::from_fn_with_state(
             st.clone(),
             auth::require_api_key,

@@ -128,6 +128,7 @@ pub(super) async fn import(
         return Err(exists(&name));
     }
     tracing::info!(template = %name, layers = meta.layers.len(), "template imported");
+    crate::pool::refill(&st, &meta.id);
     let value: serde_json::Value = serde_json::from_str(&json)
         .map_err(|e| ApiError::internal(format!("template metadata: {e}")))?;
     Ok((StatusCode::CREATED, Json(value)).into_response())
@@ -173,7 +174,8 @@ pub(super) async fn list(
 }
 
 /// `DELETE /hutch/v1/templates/{name}` (a name or an id): 409 while
-/// sandboxes of it run; then removes the layers no template uses any more.
+/// sandboxes of it run (its pooled sandboxes do not count: they are
+/// destroyed); then removes the layers no template uses any more.
 pub(super) async fn remove(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -193,6 +195,9 @@ pub(super) async fn remove(
             if running == 1 { "it" } else { "them" },
         )));
     }
+    // No claim can take one meanwhile: a claim holds the layers lock.
+    let pooled = st.pool.remove_template(&template.id);
+    futures::future::join_all(pooled.iter().map(|p| crate::pool::destroy(&st, &p.id))).await;
     st.db.delete_template(template.id.clone()).await?;
 
     let mut referenced = HashSet::new();

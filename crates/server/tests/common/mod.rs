@@ -19,10 +19,10 @@ pub struct TestServer {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// Any executable file serves as the agent binary for tests that start no
-/// sandbox.
+/// Any static executable serves as the agent binary for tests that start
+/// no sandbox (the server refuses a dynamically linked one).
 pub fn fake_envd() -> PathBuf {
-    PathBuf::from("/bin/true")
+    PathBuf::from("/bin/busybox")
 }
 
 pub fn config(data_dir: &Path) -> ServerConfig {
@@ -46,7 +46,9 @@ impl TestServer {
 
     /// A server on `data_dir` (which may hold a previous server's state).
     pub async fn start_in(data_dir: &Path) -> TestServer {
-        let server = Server::bind(config(data_dir)).await.expect("server starts");
+        let mut server = Server::bind(config(data_dir)).await.expect("server starts");
+        // The fake agent cannot run a sandbox: no warm pool.
+        server.set_warm_pool(0);
         let addr = server.local_addr();
         let key = std::fs::read_to_string(server.api_key_file())
             .expect("api key file")
