@@ -682,7 +682,22 @@ impl Memory {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
-        let cg = Path::new("/sys/fs/cgroup/memory").join(cgroup);
+        // Where the init process really is (the host's view of its memory
+        // cgroup), falling back to the expected path.
+        let actual = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    let mut parts = l.splitn(3, ':');
+                    let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                    controllers
+                        .split(',')
+                        .any(|c| c == "memory")
+                        .then(|| path.trim_start_matches('/').to_owned())
+                })
+            })
+            .filter(|p| !p.is_empty());
+        let cg = Path::new("/sys/fs/cgroup/memory").join(actual.as_deref().unwrap_or(cgroup));
         let read_u64 = |f: &str| -> u64 {
             std::fs::read_to_string(cg.join(f))
                 .ok()

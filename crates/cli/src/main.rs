@@ -105,6 +105,10 @@ enum TemplateCommand {
         /// reference name).
         #[arg(long = "ref")]
         reference: Option<String>,
+        /// Let processes in its sandboxes gain privileges through setuid
+        /// binaries such as `sudo` (sandboxes run without no_new_privs).
+        #[arg(long)]
+        allow_privilege_escalation: bool,
     },
     /// List templates.
     #[command(alias = "ls")]
@@ -257,7 +261,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     source,
                     name,
                     reference,
-                } => template::import(&api, &source, &name, reference.as_deref()).await?,
+                    allow_privilege_escalation,
+                } => {
+                    template::import(
+                        &api,
+                        &source,
+                        &name,
+                        reference.as_deref(),
+                        allow_privilege_escalation,
+                    )
+                    .await?
+                }
                 TemplateCommand::List { json } => template::list(&api, json).await?,
                 TemplateCommand::Rm { name } => template::remove(&api, &name).await?,
             }

@@ -102,6 +102,7 @@ pub(crate) async fn import(
     source: &Path,
     name: &str,
     reference: Option<&str>,
+    allow_privilege_escalation: bool,
 ) -> anyhow::Result<()> {
     let meta = std::fs::metadata(source).map_err(|e| {
         anyhow!(
@@ -141,6 +142,9 @@ pub(crate) async fn import(
     );
     if let Some(r) = reference {
         path.push_str(&format!("&reference={}", encode(r)));
+    }
+    if allow_privilege_escalation {
+        path.push_str("&allowPrivilegeEscalation=true");
     }
     let request = api
         .request(reqwest::Method::POST, &path)

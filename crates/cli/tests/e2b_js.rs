@@ -15,7 +15,7 @@ fn js_sdk_commands() {
         .hutch()
         .args(["template", "import"])
         .arg(debian_image())
-        .args(["--name", "deb"])
+        .args(["--name", "deb", "--allow-privilege-escalation"])
         .output()
         .expect("running hutch");
     assert!(

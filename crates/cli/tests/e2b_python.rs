@@ -13,7 +13,8 @@ fn run_script(version: &str, script: &str) {
         .hutch()
         .args(["template", "import"])
         .arg(debian_image())
-        .args(["--name", "deb"])
+        // The SDK tests use sudo as `user`, as with E2B's base template.
+        .args(["--name", "deb", "--allow-privilege-escalation"])
         .output()
         .expect("running hutch");
     assert!(

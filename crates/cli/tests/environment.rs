@@ -185,6 +185,23 @@ fn debian_image_every_precedence_level_and_after_restart() {
         String::from_utf8_lossy(&spoof.stderr)
     );
 
+    // Imported without --allow-privilege-escalation: no_new_privs holds, so
+    // a setuid sudo cannot raise an unprivileged user's privileges.
+    let sudo = run(
+        &server,
+        &["exec", &id, "--user", "user", "--", "sudo", "-n", "true"],
+    );
+    assert!(!sudo.status.success(), "sudo must fail under no_new_privs");
+    assert_eq!(
+        exec(
+            &server,
+            &id,
+            &[],
+            &["sh", "-c", "grep NoNewPrivs /proc/self/status"]
+        ),
+        "NoNewPrivs:\t1\n"
+    );
+
     // After a server restart the sandbox is re-adopted and nothing changed.
     let dir = server.stop();
     let server = TestServer::restart(dir);

@@ -32,6 +32,10 @@ pub struct TemplateMetadata {
     pub workdir: Option<String>,
     /// Diff ids of the layers, base first.
     pub layers: Vec<String>,
+    /// Whether processes may gain privileges through setuid binaries such
+    /// as `sudo` (no `no_new_privs`). Off unless the template asks for it.
+    #[serde(default)]
+    pub allow_privilege_escalation: bool,
 }
 
 /// Where a template came from. Serialized with a `"kind"` tag: `{"kind":"image", ...}`.
@@ -114,6 +118,7 @@ mod tests {
             user: Some("root".into()),
             workdir: Some("/work".into()),
             layers: vec![format!("sha256:{}", "c".repeat(64))],
+            allow_privilege_escalation: false,
         }
     }
 

@@ -73,7 +73,7 @@ pub const MAX_ID_LEN: usize = 63;
 /// Per-attempt timeout of the health checks while booting and adopting.
 const HEALTH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Pause between health checks while booting.
+/// Longest pause between health checks while booting (they start at 1 ms).
 const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How much of `console.log` error messages quote.
@@ -120,11 +120,13 @@ pub struct SandboxSpec {
     pub layers: Vec<PathBuf>,
     /// Written to `/run/hutch/boot.json` for the agent.
     pub boot: BootConfig,
-    /// Advisory, kept for callers: the runtime itself checks whether the
-    /// mounted rootfs has an `/etc/profile.d` directory and, if so, installs
-    /// the login-PATH script ([`spec::PROFILE_SCRIPT`]) regardless of this
-    /// field.
-    pub login_path_fix: bool,
+    /// Set `no_new_privs` on the agent and so on every process of the
+    /// sandbox (the default): setuid binaries such as `sudo` cannot raise
+    /// privileges. `false` only for templates that declare they need
+    /// privilege escalation (a passwordless-`sudo` user, as in the `base`
+    /// template). Either way processes stay within the capability bounding
+    /// set, so root inside the sandbox has no more power than without it.
+    pub no_new_privileges: bool,
     /// Wait for the agent to answer `GET /health` before returning (the
     /// normal case). `false` returns as soon as runc has started the
     /// container; for stand-in agents that serve no HTTP.
@@ -138,7 +140,7 @@ impl SandboxSpec {
             id: boot.sandbox_id.clone(),
             layers,
             boot,
-            login_path_fix: true,
+            no_new_privileges: true,
             wait_for_agent: true,
         }
     }
@@ -441,7 +443,19 @@ impl Runtime {
             let id = spec.id.clone();
             let envd = self.inner.cfg.envd.clone();
             let cgroups_path = self.cgroups_path(&spec.id);
-            blocking(move || prepare(&id, &layers, &boot, &envd, &cgroups_path, &paths)).await?;
+            let no_new_privileges = spec.no_new_privileges;
+            blocking(move || {
+                prepare(
+                    &id,
+                    &layers,
+                    &boot,
+                    &envd,
+                    &cgroups_path,
+                    no_new_privileges,
+                    &paths,
+                )
+            })
+            .await?;
         }
 
         self.inner
@@ -472,6 +486,9 @@ impl Runtime {
     async fn wait_for_agent(&self, id: &str, pid: u32, paths: &Paths) -> Result<(), RuntimeError> {
         let client = AgentClient::new(paths.socket.clone()).with_timeout(HEALTH_ATTEMPT_TIMEOUT);
         let deadline = tokio::time::Instant::now() + AGENT_BOOT_TIMEOUT;
+        // The agent is usually up a millisecond or two after runc returns:
+        // poll fast first, then back off.
+        let mut interval = Duration::from_millis(1);
         loop {
             let last_error = match client.health().await {
                 Ok(()) => return Ok(()),
@@ -492,7 +509,8 @@ impl Runtime {
                     log_tail: log_tail(&paths.console_log),
                 });
             }
-            tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(HEALTH_POLL_INTERVAL);
         }
     }
 
@@ -678,6 +696,7 @@ fn prepare(
     boot: &BootConfig,
     envd: &Path,
     cgroups_path: &str,
+    no_new_privileges: bool,
     paths: &Paths,
 ) -> Result<(), RuntimeError> {
     for (dir, mode) in [
@@ -753,6 +772,7 @@ fn prepare(
         cgroups_path,
         limits: spec::Limits::default(),
         seccomp: None,
+        no_new_privileges,
     });
     let config = serde_json::to_vec_pretty(&oci).map_err(|source| RuntimeError::Json {
         context: "serialize config.json".to_owned(),

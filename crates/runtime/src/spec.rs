@@ -175,6 +175,8 @@ pub struct SpecInput<'a> {
     /// Seccomp filter; `None` for none (a later revision sets Docker's
     /// default profile here).
     pub seccomp: Option<LinuxSeccomp>,
+    /// `process.noNewPrivileges`; see [`crate::SandboxSpec::no_new_privileges`].
+    pub no_new_privileges: bool,
 }
 
 /// Builds the sandbox's `config.json` (see the module docs for the choices).
@@ -186,7 +188,7 @@ pub fn build(input: &SpecInput<'_>) -> Spec {
         .set_domainname(None)
         .set_annotations(None)
         .set_hooks(None)
-        .set_process(Some(process()))
+        .set_process(Some(process(input.no_new_privileges)))
         .set_mounts(Some(mounts(input)))
         .set_linux(Some(linux(input)));
     spec
@@ -199,7 +201,7 @@ fn root(rootfs: &Path) -> Root {
     root
 }
 
-fn process() -> Process {
+fn process(no_new_privileges: bool) -> Process {
     let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
     let mut capabilities = LinuxCapabilities::default();
     capabilities
@@ -225,7 +227,7 @@ fn process() -> Process {
         .set_cwd(PathBuf::from("/"))
         .set_capabilities(Some(capabilities))
         .set_rlimits(None)
-        .set_no_new_privileges(Some(true))
+        .set_no_new_privileges(Some(no_new_privileges))
         .set_oom_score_adj(None);
     process
 }
@@ -430,6 +432,7 @@ mod tests {
             cgroups_path: "/hutch/sbx-1",
             limits: Limits::default(),
             seccomp: None,
+            no_new_privileges: true,
         }
     }
 
@@ -477,6 +480,13 @@ mod tests {
         );
         assert_eq!(p.terminal(), Some(false));
         assert_eq!(p.no_new_privileges(), Some(true));
+        let mut escalating = input(None);
+        escalating.no_new_privileges = false;
+        let spec = build(&escalating);
+        assert_eq!(
+            spec.process().as_ref().unwrap().no_new_privileges(),
+            Some(false)
+        );
         assert!(p.rlimits().is_none());
         assert!(p.oom_score_adj().is_none());
     }

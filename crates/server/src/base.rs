@@ -103,6 +103,8 @@ async fn build_in(st: &Arc<AppState>, work: &std::path::Path) -> Result<(), Stri
         workdir: image.working_dir.clone(),
         layers: vec![diff_id],
         image,
+        // Its user `user` has passwordless sudo, as in E2B's base template.
+        allow_privilege_escalation: true,
     };
     st.db
         .insert_template(TemplateRow {

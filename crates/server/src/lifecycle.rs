@@ -274,7 +274,7 @@ pub(crate) fn sandbox_spec(
             template_user: meta.user.clone(),
             template_workdir: meta.workdir.clone(),
         },
-        login_path_fix: true,
+        no_new_privileges: !meta.allow_privilege_escalation,
         wait_for_agent: true,
     }
 }

@@ -47,7 +47,8 @@ check(run("echo $PATH", envs={"PATH": "/custom:/usr/bin:/bin"}).stdout, "/custom
 check(run("env | cut -d= -f1 | sort | uniq -d").stdout, "", "no duplicate names")
 check(run("echo $LEAK", envs={"LEAK": "1"}).stdout, "1\n", "process env")
 check(run("echo ${LEAK-unset}").stdout, "unset\n", "no leak")
-check(run("sudo -n sh -c 'echo ${LEAK-unset}'", user="root").stdout, "unset\n", "no leak through sudo")
+check(run("sudo -n sh -c 'echo ${LEAK-unset}'", user="user").stdout, "unset\n", "no leak through sudo")
+check(run("sudo -n whoami", user="user").stdout, "root\n", "passwordless sudo as user")
 
 # cwd and user.
 check(run("pwd", cwd="/tmp").stdout, "/tmp\n", "cwd")

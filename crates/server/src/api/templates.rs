@@ -45,6 +45,10 @@ pub(super) struct ImportQuery {
     source: Option<String>,
     /// Which image to take from an archive holding several.
     reference: Option<String>,
+    /// Let processes gain privileges through setuid binaries (`sudo`):
+    /// sandboxes of the template run without `no_new_privs`.
+    #[serde(default, rename = "allowPrivilegeEscalation")]
+    allow_privilege_escalation: bool,
 }
 
 /// `POST /hutch/v1/templates?name=NAME[&source=S][&reference=R]`, the
@@ -111,6 +115,7 @@ pub(super) async fn import(
         workdir,
         layers: imported.layers.clone(),
         image: imported.config,
+        allow_privilege_escalation: q.allow_privilege_escalation,
     };
     let json = meta.to_json();
     let inserted = st
