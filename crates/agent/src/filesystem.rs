@@ -54,6 +54,28 @@ impl FilesystemService {
         .map_err(|e| ConnectError::internal(format!("filesystem task failed: {e}")))?
         .map_err(ConnectError::from)
     }
+
+    /// Starts an inotify watcher for `WatchDir` / `CreateWatcher`. Adding
+    /// the watches of a big tree takes a while: off the runtime.
+    async fn watch(
+        &self,
+        ctx: &RequestContext,
+        path: String,
+        recursive: bool,
+        include_entry: bool,
+        allow_network_mounts: bool,
+    ) -> Result<DirWatcher, ConnectError> {
+        self.run(ctx, move |caller| {
+            start_watcher(
+                caller,
+                &path,
+                recursive,
+                include_entry,
+                allow_network_mounts,
+            )
+        })
+        .await
+    }
 }
 
 /// `MakeDir`: creates `path` and missing parents, owned by the caller.
@@ -291,6 +313,7 @@ fn watch_stream(
 // Handlers return concrete message types where the trait allows any
 // encodable one.
 #[allow(refining_impl_trait)]
+
 impl Filesystem for FilesystemService {
     async fn stat(
         &self,
@@ -374,17 +397,14 @@ impl Filesystem for FilesystemService {
         request: ServiceRequest<'_, WatchDirRequest>,
     ) -> ServiceResult<ServiceStream<WatchDirResponse>> {
         let request = request.to_owned_message();
-        // Adding the watches of a big tree takes a while: off the runtime.
         let watcher = self
-            .run(&ctx, move |caller| {
-                start_watcher(
-                    caller,
-                    &request.path,
-                    request.recursive,
-                    request.include_entry,
-                    request.allow_network_mounts,
-                )
-            })
+            .watch(
+                &ctx,
+                request.path,
+                request.recursive,
+                request.include_entry,
+                request.allow_network_mounts,
+            )
             .await?;
         Ok(Response::new(watch_stream(
             watcher,
@@ -398,17 +418,14 @@ impl Filesystem for FilesystemService {
         request: ServiceRequest<'_, CreateWatcherRequest>,
     ) -> ServiceResult<CreateWatcherResponse> {
         let request = request.to_owned_message();
-        // Adding the watches of a big tree takes a while: off the runtime.
         let watcher = self
-            .run(&ctx, move |caller| {
-                start_watcher(
-                    caller,
-                    &request.path,
-                    request.recursive,
-                    request.include_entry,
-                    request.allow_network_mounts,
-                )
-            })
+            .watch(
+                &ctx,
+                request.path,
+                request.recursive,
+                request.include_entry,
+                request.allow_network_mounts,
+            )
             .await?;
         let watcher_id = self.agent.watchers.create(watcher);
         Response::ok(CreateWatcherResponse {
