@@ -313,7 +313,6 @@ fn watch_stream(
 // Handlers return concrete message types where the trait allows any
 // encodable one.
 #[allow(refining_impl_trait)]
-
 impl Filesystem for FilesystemService {
     async fn stat(
         &self,
