@@ -22,7 +22,9 @@ use crate::service::ProcessService;
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
 /// The agent's whole HTTP surface: `/health`, `/init`, `/envs`, `/files`
-/// and the Connect services, behind the access-token check.
+/// and the Connect services, behind the access-token check; in front of
+/// them all, the relay of forwarded requests to ports in the sandbox
+/// ([`crate::forward`]).
 pub fn router(agent: Arc<Agent>) -> axum::Router {
     let connect = Arc::new(ProcessService::new(agent.clone())).register(connectrpc::Router::new());
     let connect = Arc::new(FilesystemService::new(agent.clone())).register(connect);
@@ -35,6 +37,10 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
             get(crate::transfer::get_file).post(crate::transfer::post_files),
         )
         .fallback_service(connect.into_axum_service())
+        .layer(middleware::from_fn_with_state(
+            agent.clone(),
+            crate::forward::forward,
+        ))
         .layer(middleware::from_fn_with_state(agent.clone(), require_token))
         .with_state(agent)
 }
@@ -60,9 +66,13 @@ async fn envs(State(agent): State<Arc<Agent>>) -> Json<BTreeMap<String, String>>
 
 /// Rejects requests without the right `X-Access-Token` once one is set;
 /// `/health` stays open, and `/files` checks the token itself (it also
-/// takes signed URLs).
+/// takes signed URLs). Requests forwarded to a port in the sandbox are
+/// always checked, whatever their path.
 async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
-    if !matches!(request.uri().path(), "/health" | "/files")
+    let forwarded = request
+        .headers()
+        .contains_key(crate::forward::FORWARD_PORT_HEADER);
+    if (forwarded || !matches!(request.uri().path(), "/health" | "/files"))
         && let Some(expected) = agent.sandbox_state().access_token
     {
         let given = request

@@ -8,7 +8,8 @@
 //!   processes ([`service`]);
 //! * `filesystem.Filesystem` — stat, list, create, move, remove and watch
 //!   files ([`filesystem`], [`watch`]);
-//! * `GET /files`, `POST /files` — file download and upload ([`transfer`]).
+//! * `GET /files`, `POST /files` — file download and upload ([`transfer`]);
+//! * requests the host forwards to a port in the sandbox ([`forward`]).
 //!
 //! Every process gets its environment, user and working directory from
 //! [`hutch_env::resolve`], fed with the template layer from the boot
@@ -16,6 +17,7 @@
 //! from `/init`, and the request.
 
 pub mod filesystem;
+pub mod forward;
 pub mod fsops;
 pub mod http;
 pub mod process;

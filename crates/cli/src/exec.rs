@@ -47,8 +47,14 @@ impl Process {
 pub(crate) async fn exec(api: &Api, id: &str, process: &Process) -> anyhow::Result<u8> {
     // A clear "sandbox 'x' not found" (and the API key checked) before the
     // front door, which only knows "was not found".
-    api.get_json::<serde_json::Value>(&format!("/sandboxes/{}", encode(id)))
+    let info = api
+        .get_json::<serde_json::Value>(&format!("/sandboxes/{}", encode(id)))
         .await?;
+    if info["state"] == "paused" {
+        return Err(anyhow!(
+            "sandbox {id} is paused: resume it with `hutch sandbox resume {id}`"
+        ));
+    }
     start(api, id, process).await
 }
 
@@ -148,6 +154,9 @@ fn write_live(out: &mut impl Write, bytes: &[u8]) -> anyhow::Result<()> {
 
 fn rpc_error(api: &Api, id: &str, e: &ConnectError) -> anyhow::Error {
     let message = e.message.as_deref().unwrap_or_default();
+    if message.contains("is paused") {
+        return anyhow!("sandbox {id} is paused: resume it with `hutch sandbox resume {id}`");
+    }
     // The front door answers 502 for a sandbox that is gone.
     if message.contains("was not found") || message.starts_with("HTTP error 502") {
         return anyhow!("sandbox {id} is not running (killed, or its timeout passed)");

@@ -4,7 +4,8 @@
 //! hutch serve [--listen ADDR] [--data-dir DIR] [--envd PATH] [--runc PATH] [--warm-pool N]
 //! hutch template import SOURCE --name NAME | list [--json] | rm NAME
 //! hutch sandbox create TEMPLATE [--env K=V]... [--timeout SECS] [--metadata K=V]...
-//! hutch sandbox list [--json] | kill ID
+//! hutch sandbox list [--json] | kill ID | pause ID | resume ID
+//! hutch api-key create [--json] | list [--json] | revoke ID
 //! hutch exec ID [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
 //! hutch run TEMPLATE [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
 //! ```
@@ -12,6 +13,7 @@
 //! Client commands talk to `--server` (env `HUTCH_SERVER`) with the API key
 //! from `HUTCH_API_KEY`, else from `<data dir>/api-key`.
 
+mod apikey;
 mod client;
 mod exec;
 mod sandbox;
@@ -59,6 +61,9 @@ enum Command {
     /// Manage sandboxes.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Manage API keys.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
     /// Run a command in a sandbox, streaming its output; exits with its code.
     Exec(ExecArgs),
     /// Create a sandbox, run a command in it, kill it; exits with the
@@ -141,7 +146,7 @@ enum SandboxCommand {
         #[arg(long = "metadata", value_name = "KEY=VALUE")]
         metadata: Vec<String>,
     },
-    /// List running sandboxes.
+    /// List running and paused sandboxes.
     #[command(alias = "ls")]
     List {
         /// Print JSON instead of a table.
@@ -151,6 +156,38 @@ enum SandboxCommand {
     /// Kill a sandbox.
     Kill {
         /// Sandbox id.
+        id: String,
+    },
+    /// Pause a sandbox: freeze its processes and stop its clock.
+    Pause {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Resume a paused sandbox.
+    Resume {
+        /// Sandbox id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create an API key; prints the key (shown only this once).
+    Create {
+        /// Print JSON (id, key, prefix, createdAt) instead of the key.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List API keys (ids and prefixes, never the keys).
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key (the last valid key cannot be revoked).
+    Revoke {
+        /// Key id, as `api-key list` shows it.
         id: String,
     },
 }
@@ -299,6 +336,23 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;
                     sandbox::kill(&api, &id).await?;
                 }
+                SandboxCommand::Pause { id } => {
+                    let api = client::Api::new(&cli.server, &cli.data_dir)?;
+                    sandbox::pause(&api, &id).await?;
+                }
+                SandboxCommand::Resume { id } => {
+                    let api = client::Api::new(&cli.server, &cli.data_dir)?;
+                    sandbox::resume(&api, &id).await?;
+                }
+            }
+            Ok(0)
+        }
+        Command::ApiKey(cmd) => {
+            let api = client::Api::new(&cli.server, &cli.data_dir)?;
+            match cmd {
+                ApiKeyCommand::Create { json } => apikey::create(&api, json).await?,
+                ApiKeyCommand::List { json } => apikey::list(&api, json).await?,
+                ApiKeyCommand::Revoke { id } => apikey::revoke(&api, &id).await?,
             }
             Ok(0)
         }

@@ -237,7 +237,7 @@ async fn client_errors_are_one_line() {
     let o = s.hutch(&["sandbox", "kill", "nosuchsandbox"]).await;
     assert_error(&o, 1, "error: sandbox 'nosuchsandbox' not found");
     let o = s.hutch(&["sandbox", "list"]).await;
-    assert_eq!(stdout(&o), "ID  TEMPLATE  STARTED  ENDS  METADATA\n");
+    assert_eq!(stdout(&o), "ID  TEMPLATE  STATE  STARTED  ENDS  METADATA\n");
     let o = s.hutch(&["exec", "abc"]).await;
     assert_eq!(o.status.code(), Some(2), "missing command is a usage error");
 

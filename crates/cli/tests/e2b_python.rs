@@ -65,3 +65,13 @@ fn python_sdk_new_files() {
 fn python_sdk_old_files() {
     run_script(E2B_PYTHON_OLD, "files.py");
 }
+
+#[test]
+fn python_sdk_new_lifecycle() {
+    run_script(E2B_PYTHON_NEW, "lifecycle.py");
+}
+
+#[test]
+fn python_sdk_old_lifecycle() {
+    run_script(E2B_PYTHON_OLD, "lifecycle.py");
+}

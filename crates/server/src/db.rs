@@ -47,6 +47,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sandboxes_state ON sandboxes (state);
     CREATE INDEX sandboxes_template ON sandboxes (template_id, state);",
+    // 2: paused sandboxes keep the lifetime they had left.
+    "ALTER TABLE sandboxes ADD COLUMN paused_remaining_ms INTEGER; -- while state = 'paused'",
 ];
 
 /// A database failure.
@@ -83,15 +85,19 @@ pub enum SandboxState {
     Starting,
     /// Running.
     Running,
+    /// Frozen (`POST /sandboxes/{id}/pause`); does not expire.
+    Paused,
     /// Destroyed (expired or killed).
     Killed,
 }
 
 impl SandboxState {
-    fn as_str(self) -> &'static str {
+    /// The state's name, as stored and as E2B reports it.
+    pub fn as_str(self) -> &'static str {
         match self {
             SandboxState::Starting => "starting",
             SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
             SandboxState::Killed => "killed",
         }
     }
@@ -100,6 +106,7 @@ impl SandboxState {
         match s {
             "starting" => SandboxState::Starting,
             "running" => SandboxState::Running,
+            "paused" => SandboxState::Paused,
             _ => SandboxState::Killed,
         }
     }
@@ -145,6 +152,32 @@ pub struct SandboxRow {
     pub memory_mb: u64,
     /// Reported `diskSizeMB`.
     pub disk_size_mb: u64,
+    /// While paused: the lifetime it had left, in ms.
+    pub paused_remaining_ms: Option<i64>,
+}
+
+/// An API key as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// Its id.
+    pub id: i64,
+    /// The first characters of the key.
+    pub prefix: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms; `None` while valid.
+    pub revoked_at: Option<i64>,
+}
+
+/// What [`Db::revoke_api_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    /// The key is revoked now.
+    Revoked,
+    /// No key has this id, or it was revoked already.
+    NotFound,
+    /// It is the last valid key: refused.
+    LastKey,
 }
 
 /// The database handle; cheap to clone.
@@ -223,6 +256,77 @@ impl Db {
                 [hash],
                 |r| r.get::<_, bool>(0),
             )?)
+        })
+        .await
+    }
+
+    /// Stores a new key's hash; returns its row.
+    pub async fn create_api_key(
+        &self,
+        hash: String,
+        prefix: String,
+        now: i64,
+    ) -> Result<ApiKeyRow, DbError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
+                params![hash, prefix, now],
+            )?;
+            Ok(ApiKeyRow {
+                id: c.last_insert_rowid(),
+                prefix,
+                created_at: now,
+                revoked_at: None,
+            })
+        })
+        .await
+    }
+
+    /// Every key, revoked or not, oldest first.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, DbError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT id, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(ApiKeyRow {
+                    id: r.get(0)?,
+                    prefix: r.get(1)?,
+                    created_at: r.get(2)?,
+                    revoked_at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Revokes a valid key at `now`, unless it is the last valid one.
+    pub async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoke, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let valid: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = ?1 AND revoked_at IS NULL)",
+                [id],
+                |r| r.get(0),
+            )?;
+            if !valid {
+                return Ok(Revoke::NotFound);
+            }
+            let others: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE id != ?1 AND revoked_at IS NULL",
+                [id],
+                |r| r.get(0),
+            )?;
+            if others == 0 {
+                return Ok(Revoke::LastKey);
+            }
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            tx.commit()?;
+            Ok(Revoke::Revoked)
         })
         .await
     }
@@ -309,8 +413,23 @@ impl Db {
     pub async fn set_running(&self, id: String, end_at: i64) -> Result<(), DbError> {
         self.call(move |c| {
             c.execute(
-                "UPDATE sandboxes SET state = 'running', end_at = ?2 WHERE id = ?1",
+                "UPDATE sandboxes SET state = 'running', end_at = ?2, paused_remaining_ms = NULL
+                 WHERE id = ?1",
                 params![id, end_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks a running sandbox paused with `remaining_ms` of its lifetime
+    /// left.
+    pub async fn set_paused(&self, id: String, remaining_ms: i64) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET state = 'paused', paused_remaining_ms = ?2
+                 WHERE id = ?1 AND state = 'running'",
+                params![id, remaining_ms],
             )?;
             Ok(())
         })
@@ -384,12 +503,12 @@ impl Db {
         .await
     }
 
-    /// How many sandboxes of a template are starting or running.
+    /// How many sandboxes of a template are starting, running or paused.
     pub async fn live_sandboxes_of(&self, template_id: String) -> Result<u64, DbError> {
         self.call(move |c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM sandboxes
-                 WHERE template_id = ?1 AND state IN ('starting', 'running')",
+                 WHERE template_id = ?1 AND state IN ('starting', 'running', 'paused')",
                 [template_id],
                 |r| r.get::<_, i64>(0),
             )
@@ -400,7 +519,7 @@ impl Db {
 }
 
 const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
-     started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb";
+     started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms";
 
 fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
     Ok(TemplateRow {
@@ -439,6 +558,7 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SandboxRow, DbE
         cpu_count: r.get(9)?,
         memory_mb: u64::try_from(memory_mb).unwrap_or(0),
         disk_size_mb: u64::try_from(disk_size_mb).unwrap_or(0),
+        paused_remaining_ms: r.get(12)?,
     }))
 }
 
@@ -486,6 +606,7 @@ mod tests {
             cpu_count: 2,
             memory_mb: 1024,
             disk_size_mb: 4096,
+            paused_remaining_ms: None,
         }
     }
 
@@ -542,10 +663,55 @@ mod tests {
         assert_eq!(s.memory_mb, 1024);
         let running = db.sandboxes_in(&[SandboxState::Running]).await.unwrap();
         assert_eq!(running.len(), 1);
+        db.set_paused("s1".into(), 42).await.unwrap();
+        let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (s.state, s.paused_remaining_ms),
+            (SandboxState::Paused, Some(42))
+        );
+        assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 1);
+        assert!(
+            db.sandboxes_in(&[SandboxState::Running])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        db.set_running("s1".into(), 120).await.unwrap();
+        let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (s.state, s.end_at, s.paused_remaining_ms),
+            (SandboxState::Running, 120, None)
+        );
         db.mark_killed("s1".into(), 100).await.unwrap();
         assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 0);
         let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
         assert_eq!((s.state, s.ended_at), (SandboxState::Killed, Some(100)));
+    }
+
+    #[tokio::test]
+    async fn api_keys_are_listed_and_revoked_but_never_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("hutch.db")).unwrap();
+        db.insert_api_key("h1", "hutch_1", 1).unwrap();
+        let first = db.list_api_keys().await.unwrap()[0].id;
+        assert_eq!(db.revoke_api_key(first, 5).await.unwrap(), Revoke::LastKey);
+        let second = db
+            .create_api_key("h2".into(), "hutch_2".into(), 2)
+            .await
+            .unwrap();
+        assert_eq!(second.prefix, "hutch_2");
+        assert_eq!(db.list_api_keys().await.unwrap().len(), 2);
+        assert_eq!(db.revoke_api_key(first, 5).await.unwrap(), Revoke::Revoked);
+        assert!(!db.api_key_valid("h1".into()).await.unwrap());
+        assert_eq!(db.revoke_api_key(first, 6).await.unwrap(), Revoke::NotFound);
+        assert_eq!(db.revoke_api_key(999, 6).await.unwrap(), Revoke::NotFound);
+        assert_eq!(
+            db.revoke_api_key(second.id, 6).await.unwrap(),
+            Revoke::LastKey
+        );
+        let keys = db.list_api_keys().await.unwrap();
+        assert_eq!(keys[0].revoked_at, Some(5));
+        assert_eq!(keys[1].revoked_at, None);
     }
 
     #[test]

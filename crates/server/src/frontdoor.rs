@@ -8,10 +8,19 @@
 //! bodies streamed as they come (server-streaming Connect calls flow live),
 //! hop-by-hop headers dropped.
 //!
-//! Only the agent's port ([`ENVD_PORT`]) is exposed for now; another port is
-//! answered 502. A sandbox that is unknown, killed or whose agent does not
-//! answer is answered 502 with a message containing `was not found`, which
-//! the SDKs turn into "sandbox not running".
+//! The agent's port ([`ENVD_PORT`]) goes to the agent itself. Any other
+//! port `P` goes to `127.0.0.1:P` inside the sandbox: the host has no
+//! network path into a sandbox, so the request is sent over the same unix
+//! socket with [`FORWARD_PORT_HEADER`] and the agent relays it (nothing
+//! listening: 502 "no server is listening on port P in sandbox X").
+//! Protocol upgrades (WebSocket) are tunnelled both ways once the other end
+//! answers `101`.
+//!
+//! A sandbox that is unknown, killed or whose agent does not answer is
+//! answered 502 with a message containing `was not found`, which the SDKs
+//! turn into "sandbox not running". A paused sandbox is answered 502 with a
+//! message saying it is paused; it is not resumed by a request (`connect`
+//! does that).
 
 use std::sync::Arc;
 
@@ -20,7 +29,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Uri, Version};
+use http::{StatusCode, Uri, Version};
 use hutch_protocol::ENVD_PORT;
 use hyper_util::rt::TokioIo;
 
@@ -32,6 +41,10 @@ use crate::state::AppState;
 pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 /// Header naming the port in the sandbox a request is for.
 pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+/// Header with which the front door asks a sandbox's agent to relay a
+/// request to a port in the sandbox (the agent's `forward` module reads
+/// it).
+pub const FORWARD_PORT_HEADER: &str = "x-hutch-forward-port";
 
 /// Where a request is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,22 +106,29 @@ fn not_found(id: &str) -> Response {
     ApiError::bad_gateway(format!("The sandbox {id} was not found")).into_response()
 }
 
-async fn proxy(st: &AppState, target: Target, req: Request) -> Response {
+async fn proxy(st: &AppState, target: Target, mut req: Request) -> Response {
     let id = target.sandbox_id;
-    let socket = st.live().get(&id).map(|s| s.socket.clone());
-    let Some(socket) = socket else {
+    let entry = st
+        .live()
+        .get(&id)
+        .map(|s| (s.socket.clone(), s.paused_remaining.is_some()));
+    let Some((socket, paused)) = entry else {
         return not_found(&id);
     };
-    if target.port != Some(ENVD_PORT) {
+    let Some(port) = target.port.filter(|&p| p != 0) else {
         let port = req
             .headers()
             .get(SANDBOX_PORT_HEADER)
             .and_then(|p| p.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| target.port.map(|p| p.to_string()))
             .unwrap_or_default();
-        return ApiError::bad_gateway(format!("port {port} of sandbox {id} is not exposed"))
+        return ApiError::bad_gateway(format!("'{port}' is not a port of sandbox {id}"))
             .into_response();
+    };
+    if paused {
+        return ApiError::bad_gateway(format!(
+            "The sandbox {id} is paused: resume it with POST /sandboxes/{id}/connect"
+        ))
+        .into_response();
     }
 
     let stream = match tokio::net::UnixStream::connect(&socket).await {
@@ -128,13 +148,28 @@ async fn proxy(st: &AppState, target: Target, req: Request) -> Response {
     };
     let conn_id = id.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(sandbox = %conn_id, "agent connection: {e}");
         }
     });
 
+    let upgrade = upgrade_protocol(req.headers());
+    let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
+    // Only the front door decides what is forwarded to a user port.
+    parts.headers.remove(FORWARD_PORT_HEADER);
+    if port != ENVD_PORT {
+        parts
+            .headers
+            .insert(FORWARD_PORT_HEADER, HeaderValue::from(port));
+    }
     if !parts.headers.contains_key(header::HOST) {
         let host = parts
             .uri
@@ -154,7 +189,25 @@ async fn proxy(st: &AppState, target: Target, req: Request) -> Response {
     let outbound = http::Request::from_parts(parts, body);
 
     match sender.send_request(outbound).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_side) = client_side
+            {
+                let agent_side = hyper::upgrade::on(&mut resp);
+                let tunnel_id = id.clone();
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_side, agent_side) {
+                        Ok((client, agent)) => {
+                            let mut client = TokioIo::new(client);
+                            let mut agent = TokioIo::new(agent);
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+                        }
+                        Err(e) => tracing::debug!(sandbox = %tunnel_id, "upgrade failed: {e}"),
+                    }
+                });
+                let (parts, _) = resp.into_parts();
+                return Response::from_parts(parts, Body::empty());
+            }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
@@ -164,6 +217,22 @@ async fn proxy(st: &AppState, target: Target, req: Request) -> Response {
             ApiError::bad_gateway(format!("the agent of sandbox {id} did not answer: {e}"))
                 .into_response()
         }
+    }
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` and
+/// `Upgrade: <protocol>`), if any.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
     }
 }
 

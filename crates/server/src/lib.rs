@@ -23,8 +23,10 @@
 //! A sandbox expires at its `endAt` (creation time + `timeout`, moved by
 //! `POST /sandboxes/{id}/timeout` and `/refreshes`): it is then destroyed
 //! and its row marked `killed`. `DELETE /sandboxes/{id}` does the same at
-//! once. See [`lifecycle`] for how sandboxes survive a server restart
-//! (re-adoption) and what a shutdown does.
+//! once. `POST /sandboxes/{id}/pause` freezes a sandbox and stops its clock
+//! until `connect` resumes it. See [`lifecycle`] for pausing, how sandboxes
+//! survive a server restart (re-adoption) and what a shutdown does;
+//! [`metrics`] for `GET /sandboxes/{id}/metrics`.
 //!
 //! # Warm pool
 //!
@@ -41,6 +43,7 @@ pub mod frontdoor;
 mod host;
 mod ids;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pool;
 mod state;
 mod time;
@@ -55,8 +58,11 @@ pub use error::ApiError;
 
 /// The envd protocol version the sandboxes report (`envdVersion`). The SDKs
 /// switch features on by it (see the wire contract), so it must name the
-/// highest version whose features the agent really implements.
-pub const ENVD_VERSION: &str = "0.2.0";
+/// highest version whose features Hutch really implements: recursive watch
+/// (0.1.4), metrics (0.1.5), the `stdin` flag (0.3.0), the sandbox's default
+/// user (0.4.0), `CloseStdin` (0.5.2), octet-stream and gzip uploads
+/// (0.5.7), file metadata (0.6.2), `includeEntry` in watches (0.6.3).
+pub const ENVD_VERSION: &str = "0.6.3";
 
 /// Sandbox lifetime when a create request gives no `timeout`, in seconds.
 pub const DEFAULT_SANDBOX_TIMEOUT_SECS: u64 = 300;

@@ -4,11 +4,23 @@
 //! # States
 //!
 //! A sandbox row is `starting` while the runtime boots it and the agent is
-//! initialised, `running` once it serves requests, and `killed` once it is
-//! destroyed (by `DELETE /sandboxes/{id}`, by expiry, or because it could
-//! not be kept across a restart). Killed rows are kept as history. A
-//! sandbox claimed from the warm pool gets its row at the claim, already
-//! `running`; pooled sandboxes have no row.
+//! initialised, `running` once it serves requests, `paused` while its
+//! processes are frozen (`POST /sandboxes/{id}/pause`, until `connect`
+//! resumes it), and `killed` once it is destroyed (by
+//! `DELETE /sandboxes/{id}`, by expiry, or because it could not be kept
+//! across a restart). Killed rows are kept as history. A sandbox claimed
+//! from the warm pool gets its row at the claim, already `running`; pooled
+//! sandboxes have no row.
+//!
+//! # Pause and resume
+//!
+//! Pausing freezes every process of the sandbox (the freezer cgroup, `runc
+//! pause`): they keep their memory, open files and connections — a client
+//! streaming a process's output just sees nothing until the resume — and
+//! use no CPU. The sandbox's clock stops too: the lifetime it had left is
+//! stored (`paused_remaining_ms`) and re-armed when `connect` resumes it,
+//! so a paused sandbox never expires. The front door answers requests for
+//! a paused sandbox with 502 (it does not resume it by itself).
 //!
 //! # Expiry
 //!
@@ -28,6 +40,9 @@
 //!   re-attach to (`Runtime::adopt` returns it) and whose `end_at` is still
 //!   in the future, is kept: it is routed to again and its expiry re-armed
 //!   from the stored `end_at`;
+//! * a sandbox the database has as `paused` whose container runc reports
+//!   paused is kept paused, with the lifetime it had left (its frozen agent
+//!   is not health-checked);
 //! * one whose `end_at` has passed while the server was down is destroyed
 //!   and marked `killed`;
 //! * one the runtime cannot adopt (its agent or container is gone), one the
@@ -48,7 +63,7 @@ use std::time::Duration;
 
 use hutch_image::TemplateMetadata;
 use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
-use hutch_runtime::{AgentClient, SandboxSpec};
+use hutch_runtime::{AgentClient, SandboxSpec, SandboxStatus};
 
 use crate::db::{SandboxRow, SandboxState, TemplateRow};
 use crate::error::ApiError;
@@ -149,10 +164,7 @@ pub(crate) async fn create_sandbox(
     row.state = SandboxState::Running;
     st.live().insert(
         id.clone(),
-        LiveSandbox {
-            socket: sandbox.socket.clone(),
-            end_at: row.end_at,
-        },
+        LiveSandbox::running(sandbox.socket.clone(), row.end_at),
     );
     st.db.set_running(id.clone(), row.end_at).await?;
     st.reaper_wake.notify_one();
@@ -204,10 +216,7 @@ async fn claim_pooled(
         }
         st.live().insert(
             pooled.id.clone(),
-            LiveSandbox {
-                socket: pooled.socket,
-                end_at: row.end_at,
-            },
+            LiveSandbox::running(pooled.socket, row.end_at),
         );
         st.reaper_wake.notify_one();
         st.pool.record_claim(&template.id);
@@ -242,6 +251,7 @@ fn new_row(
         cpu_count: st.host.cpu_count,
         memory_mb: st.host.memory_mb,
         disk_size_mb: st.host.disk_size_mb,
+        paused_remaining_ms: None,
     }
 }
 
@@ -301,7 +311,9 @@ pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, A
     }
 }
 
-/// Sets when a running sandbox expires. `Ok(false)` if it is not running.
+/// Sets when a running sandbox expires. `Ok(false)` if it is neither
+/// running nor paused; a 409 if it is paused (its lifetime is frozen with
+/// it; `connect` resumes it).
 pub(crate) async fn set_end_at(
     st: &Arc<AppState>,
     id: &str,
@@ -312,12 +324,127 @@ pub(crate) async fn set_end_at(
         let Some(entry) = live.get_mut(id) else {
             return Ok(false);
         };
+        if entry.paused_remaining.is_some() {
+            return Err(paused_error(id));
+        }
         entry.end_at = end_at(entry.end_at);
         entry.end_at
     };
     st.db.set_end_at(id.to_string(), new_end).await?;
     st.reaper_wake.notify_one();
     Ok(true)
+}
+
+/// 409: `id` is paused.
+pub(crate) fn paused_error(id: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "sandbox {id} is paused: resume it with POST /sandboxes/{id}/connect"
+    ))
+}
+
+/// What [`pause_sandbox`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PauseOutcome {
+    /// Frozen now.
+    Paused,
+    /// It was paused already.
+    AlreadyPaused,
+    /// Neither running nor paused.
+    NotFound,
+}
+
+/// Freezes every process of a running sandbox and stops its clock: the
+/// lifetime it has left is kept (in the database too) and re-armed by
+/// [`resume_sandbox`].
+pub(crate) async fn pause_sandbox(st: &Arc<AppState>, id: &str) -> Result<PauseOutcome, ApiError> {
+    let _transition = st.transitions.lock().await;
+    match st.live().get(id) {
+        None => return Ok(PauseOutcome::NotFound),
+        Some(e) if e.paused_remaining.is_some() => return Ok(PauseOutcome::AlreadyPaused),
+        Some(_) => {}
+    }
+    match st.runtime.pause(id).await {
+        Ok(()) => {}
+        // Killed (or expired) meanwhile.
+        Err(hutch_runtime::RuntimeError::NotFound { .. }) => return Ok(PauseOutcome::NotFound),
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "cannot pause sandbox {id}: {e}"
+            )));
+        }
+    }
+    let remaining = {
+        let mut live = st.live();
+        let Some(entry) = live.get_mut(id) else {
+            // Killed meanwhile; the kill destroys the frozen container.
+            return Ok(PauseOutcome::NotFound);
+        };
+        let remaining = entry.end_at.saturating_sub(time::now_ms()).max(0);
+        entry.paused_remaining = Some(remaining);
+        remaining
+    };
+    st.db.set_paused(id.to_string(), remaining).await?;
+    st.reaper_wake.notify_one();
+    tracing::info!(sandbox = %id, remaining_ms = remaining, "sandbox paused");
+    Ok(PauseOutcome::Paused)
+}
+
+/// What [`resume_sandbox`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResumeOutcome {
+    /// It was running (its lifetime extended to `timeout` if given).
+    WasRunning,
+    /// It was paused and runs again.
+    Resumed,
+    /// Neither running nor paused.
+    NotFound,
+}
+
+/// `connect`: thaws a paused sandbox and re-arms its expiry, at now + the
+/// lifetime it had left, or now + `timeout_secs` when given. A running
+/// sandbox's life is extended to at least now + `timeout_secs`.
+pub(crate) async fn resume_sandbox(
+    st: &Arc<AppState>,
+    id: &str,
+    timeout_secs: Option<u64>,
+) -> Result<ResumeOutcome, ApiError> {
+    let _transition = st.transitions.lock().await;
+    let now = time::now_ms();
+    let wanted_end = timeout_secs.map(|s| now.saturating_add(timeout_ms(s)));
+    let remaining = match st.live().get(id) {
+        None => return Ok(ResumeOutcome::NotFound),
+        Some(e) => e.paused_remaining,
+    };
+    let Some(remaining) = remaining else {
+        if let Some(end) = wanted_end
+            && !set_end_at(st, id, |current| current.max(end)).await?
+        {
+            return Ok(ResumeOutcome::NotFound);
+        }
+        return Ok(ResumeOutcome::WasRunning);
+    };
+    match st.runtime.resume(id).await {
+        Ok(()) => {}
+        Err(hutch_runtime::RuntimeError::NotFound { .. }) => return Ok(ResumeOutcome::NotFound),
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "cannot resume sandbox {id}: {e}"
+            )));
+        }
+    }
+    let end_at = wanted_end.unwrap_or_else(|| time::now_ms().saturating_add(remaining));
+    {
+        let mut live = st.live();
+        let Some(entry) = live.get_mut(id) else {
+            return Ok(ResumeOutcome::NotFound);
+        };
+        entry.paused_remaining = None;
+        entry.end_at = end_at;
+    }
+    st.db.set_running(id.to_string(), end_at).await?;
+    st.reaper_wake.notify_one();
+    tracing::info!(sandbox = %id, "sandbox resumed");
+    Ok(ResumeOutcome::Resumed)
 }
 
 /// `secs` as milliseconds.
@@ -329,7 +456,11 @@ pub(crate) fn timeout_ms(secs: u64) -> i64 {
 pub(crate) async fn readopt(st: &Arc<AppState>) {
     let rows = match st
         .db
-        .sandboxes_in(&[SandboxState::Starting, SandboxState::Running])
+        .sandboxes_in(&[
+            SandboxState::Starting,
+            SandboxState::Running,
+            SandboxState::Paused,
+        ])
         .await
     {
         Ok(rows) => rows,
@@ -349,44 +480,16 @@ pub(crate) async fn readopt(st: &Arc<AppState>) {
     let mut known = BTreeSet::new();
     for row in rows {
         known.insert(row.id.clone());
-        let adopted = if row.state == SandboxState::Running {
-            match st.runtime.adopt(&row.id).await {
-                Ok(adopted) => adopted,
-                Err(e) => {
-                    tracing::warn!(sandbox = %row.id, "cannot adopt sandbox: {e}");
-                    None
-                }
-            }
-        } else {
-            None
+        let why = match readopt_one(st, &row, now).await {
+            Ok(()) => continue,
+            Err(why) => why,
         };
-        match adopted {
-            Some(sandbox) if row.end_at > now => {
-                tracing::info!(sandbox = %row.id, "re-adopted running sandbox");
-                st.live().insert(
-                    row.id.clone(),
-                    LiveSandbox {
-                        socket: sandbox.socket,
-                        end_at: row.end_at,
-                    },
-                );
-            }
-            adopted => {
-                let why = match (adopted.is_some(), row.state) {
-                    (true, _) => "it expired while the server was down",
-                    (false, SandboxState::Starting) => {
-                        "it was still starting when the server stopped"
-                    }
-                    (false, _) => "it is no longer running",
-                };
-                tracing::info!(sandbox = %row.id, "destroying sandbox: {why}");
-                if let Err(e) = st.runtime.destroy(&row.id).await {
-                    tracing::warn!(sandbox = %row.id, "cannot destroy sandbox: {e}");
-                }
-                if let Err(e) = st.db.mark_killed(row.id.clone(), now).await {
-                    tracing::warn!(sandbox = %row.id, "cannot mark sandbox killed: {e}");
-                }
-            }
+        tracing::info!(sandbox = %row.id, "destroying sandbox: {why}");
+        if let Err(e) = st.runtime.destroy(&row.id).await {
+            tracing::warn!(sandbox = %row.id, "cannot destroy sandbox: {e}");
+        }
+        if let Err(e) = st.db.mark_killed(row.id.clone(), now).await {
+            tracing::warn!(sandbox = %row.id, "cannot mark sandbox killed: {e}");
         }
     }
     for id in on_host.difference(&known) {
@@ -400,6 +503,80 @@ pub(crate) async fn readopt(st: &Arc<AppState>) {
     }
 }
 
+/// Re-adopts one sandbox of the database, or says why it must be
+/// destroyed.
+///
+/// A paused container is kept paused, with the lifetime it had left, and
+/// its agent is not asked anything (it is frozen). The database and runc
+/// can disagree about pausing when the server stopped between the two
+/// steps of a pause or resume; runc wins: a container paused by a pause
+/// that was not recorded is recorded paused (unless its lifetime is over),
+/// one thawed by a resume that was not recorded runs with the lifetime it
+/// had left.
+async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(), &'static str> {
+    if row.state == SandboxState::Starting {
+        return Err("it was still starting when the server stopped");
+    }
+    let status = match st.runtime.status(&row.id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(sandbox = %row.id, "cannot read the sandbox's state: {e}");
+            None
+        }
+    };
+    let remaining = match row.state {
+        SandboxState::Paused => row.paused_remaining_ms.unwrap_or(0).max(0),
+        _ => row.end_at.saturating_sub(now),
+    };
+    if status == Some(SandboxStatus::Paused) {
+        if row.state != SandboxState::Paused {
+            if remaining <= 0 {
+                return Err("it expired while the server was down");
+            }
+            if let Err(e) = st.db.set_paused(row.id.clone(), remaining).await {
+                tracing::warn!(sandbox = %row.id, "cannot record sandbox paused: {e}");
+            }
+        }
+        tracing::info!(sandbox = %row.id, "re-adopted paused sandbox");
+        st.live().insert(
+            row.id.clone(),
+            LiveSandbox {
+                socket: st.runtime.agent_socket(&row.id),
+                end_at: now.saturating_add(remaining),
+                paused_remaining: Some(remaining),
+            },
+        );
+        return Ok(());
+    }
+    let adopted = match st.runtime.adopt(&row.id).await {
+        Ok(adopted) => adopted,
+        Err(e) => {
+            tracing::warn!(sandbox = %row.id, "cannot adopt sandbox: {e}");
+            None
+        }
+    };
+    let Some(sandbox) = adopted else {
+        return Err("it is no longer running");
+    };
+    let end_at = match row.state {
+        SandboxState::Paused => {
+            let end_at = now.saturating_add(remaining);
+            if let Err(e) = st.db.set_running(row.id.clone(), end_at).await {
+                tracing::warn!(sandbox = %row.id, "cannot record sandbox running: {e}");
+            }
+            end_at
+        }
+        _ => row.end_at,
+    };
+    if end_at <= now {
+        return Err("it expired while the server was down");
+    }
+    tracing::info!(sandbox = %row.id, "re-adopted running sandbox");
+    st.live()
+        .insert(row.id.clone(), LiveSandbox::running(sandbox.socket, end_at));
+    Ok(())
+}
+
 /// Starts the task that destroys sandboxes when they expire.
 pub(crate) fn spawn_reaper(st: Arc<AppState>) {
     tokio::spawn(async move {
@@ -407,12 +584,13 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
             let now = time::now_ms();
             let (expired, next): (Vec<String>, Option<i64>) = {
                 let live = st.live();
-                let expired = live
-                    .iter()
+                // Paused sandboxes do not expire.
+                let running = || live.iter().filter(|(_, s)| s.paused_remaining.is_none());
+                let expired = running()
                     .filter(|(_, s)| s.end_at <= now)
                     .map(|(id, _)| id.clone())
                     .collect();
-                let next = live.values().map(|s| s.end_at).filter(|&t| t > now).min();
+                let next = running().map(|(_, s)| s.end_at).filter(|&t| t > now).min();
                 (expired, next)
             };
             for id in expired {

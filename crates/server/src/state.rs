@@ -15,13 +15,27 @@ use crate::host::HostInfo;
 use crate::pool::Pool;
 use crate::{DEFAULT_WARM_POOL, ServerConfig, ServerError, auth};
 
-/// A running sandbox, as the front door and the reaper see it.
+/// A running or paused sandbox, as the front door and the reaper see it.
 #[derive(Debug, Clone)]
 pub(crate) struct LiveSandbox {
     /// The agent's unix socket on the host.
     pub socket: PathBuf,
-    /// Unix ms: when it expires.
+    /// Unix ms: when it expires (while running).
     pub end_at: i64,
+    /// While paused: the lifetime it had left, in ms. A paused sandbox does
+    /// not expire and is not routed to.
+    pub paused_remaining: Option<i64>,
+}
+
+impl LiveSandbox {
+    /// A running sandbox that expires at `end_at`.
+    pub fn running(socket: PathBuf, end_at: i64) -> LiveSandbox {
+        LiveSandbox {
+            socket,
+            end_at,
+            paused_remaining: None,
+        }
+    }
 }
 
 pub(crate) struct AppState {
@@ -30,8 +44,12 @@ pub(crate) struct AppState {
     pub store: Arc<LayerStore>,
     pub runtime: Arc<Runtime>,
     pub host: HostInfo,
-    /// Running sandboxes by id: the front door routes only to these.
+    /// Running and paused sandboxes by id: the front door routes only to
+    /// the running ones.
     pub live: Mutex<HashMap<String, LiveSandbox>>,
+    /// Held while a sandbox is paused or resumed, so that two such
+    /// transitions never interleave.
+    pub transitions: tokio::sync::Mutex<()>,
     /// Wakes the reaper when an expiry moves.
     pub reaper_wake: Notify,
     /// Set on shutdown; the reaper stops.
@@ -92,6 +110,7 @@ impl AppState {
             store: Arc::new(store),
             runtime: Arc::new(runtime),
             live: Mutex::new(HashMap::new()),
+            transitions: tokio::sync::Mutex::new(()),
             reaper_wake: Notify::new(),
             reaper_stop: tokio_util::sync::CancellationToken::new(),
             layers_lock: RwLock::new(()),

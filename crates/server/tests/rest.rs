@@ -73,6 +73,132 @@ async fn api_key_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn api_keys_are_created_listed_and_revoked() {
+    let s = TestServer::start().await;
+    let list = || async {
+        let resp = s
+            .req(Method::GET, "/hutch/v1/api-keys")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json::<Vec<Value>>().await.unwrap()
+    };
+    let keys = list().await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let first_id = keys[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(keys[0]["prefix"], s.key[..10]);
+    assert!(keys[0]["revokedAt"].is_null());
+    assert!(keys[0].get("key").is_none(), "no secrets listed");
+
+    // The only key cannot be revoked.
+    let msg = error_body(
+        s.req(Method::DELETE, &format!("/hutch/v1/api-keys/{first_id}"))
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert!(msg.contains("last"), "{msg}");
+
+    let resp = s
+        .req(Method::POST, "/hutch/v1/api-keys")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    let new_key = created["key"].as_str().unwrap().to_string();
+    let new_id = created["id"].as_str().unwrap().to_string();
+    assert!(
+        new_key.starts_with("hutch_") && new_key.len() == 38,
+        "{new_key}"
+    );
+    assert_eq!(created["prefix"], new_key[..10]);
+    assert!(created["createdAt"].as_str().unwrap().ends_with('Z'));
+    let db = std::fs::read(s.data_dir.join("hutch.db")).unwrap();
+    assert!(
+        !db.windows(new_key.len()).any(|w| w == new_key.as_bytes()),
+        "only the hash is stored"
+    );
+    let listed = list().await;
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|k| k.get("key").is_none()));
+
+    // The new key works; it revokes the first one, which then fails.
+    let client = reqwest::Client::new();
+    let with = |key: &str, method: Method, path: &str| {
+        client
+            .request(method, s.url(path))
+            .header("X-API-Key", key.to_string())
+    };
+    let resp = with(&new_key, Method::GET, "/sandboxes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = with(
+        &new_key,
+        Method::DELETE,
+        &format!("/hutch/v1/api-keys/{first_id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 204);
+    error_body(
+        with(&s.key, Method::GET, "/sandboxes")
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    let listed: Vec<Value> = with(&new_key, Method::GET, "/hutch/v1/api-keys")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = listed
+        .iter()
+        .find(|k| k["id"] == first_id.as_str())
+        .unwrap();
+    assert!(first["revokedAt"].as_str().is_some());
+
+    // Revoked or unknown: 404; the last valid key (the one in use): 409.
+    for id in [first_id.as_str(), "999", "nope"] {
+        error_body(
+            with(
+                &new_key,
+                Method::DELETE,
+                &format!("/hutch/v1/api-keys/{id}"),
+            )
+            .send()
+            .await
+            .unwrap(),
+            404,
+        )
+        .await;
+    }
+    error_body(
+        with(
+            &new_key,
+            Method::DELETE,
+            &format!("/hutch/v1/api-keys/{new_id}"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        409,
+    )
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let s = TestServer::start().await;
     let msg = error_body(s.req(Method::GET, "/nope").send().await.unwrap(), 404).await;
@@ -287,6 +413,18 @@ async fn unknown_sandboxes_are_404() {
             Some(json!({"timeout": 30})),
         ),
         (Method::POST, format!("/v2/sandboxes/{id}/connect"), None),
+        (Method::POST, format!("/sandboxes/{id}/pause"), None),
+        (
+            Method::POST,
+            format!("/sandboxes/{id}/pause"),
+            Some(json!({"memory": true})),
+        ),
+        (Method::GET, format!("/sandboxes/{id}/metrics"), None),
+        (
+            Method::GET,
+            format!("/sandboxes/{id}/metrics?start=1&end=2"),
+            None,
+        ),
     ] {
         let mut req = s.req(method.clone(), &path);
         if let Some(body) = body {
@@ -303,6 +441,23 @@ async fn unknown_sandboxes_are_404() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-next-token").is_none());
     assert_eq!(resp.json::<Value>().await.unwrap(), json!([]));
+    for filter in ["paused", "running,paused", ""] {
+        let resp = s
+            .req(Method::GET, &format!("/v2/sandboxes?state={filter}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "state={filter}");
+    }
+    let msg = error_body(
+        s.req(Method::GET, "/v2/sandboxes?state=killed")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(msg.contains("killed"), "{msg}");
     let resp = s
         .req(Method::GET, "/sandboxes?metadata=user%3Dme%26app%3Dx")
         .send()

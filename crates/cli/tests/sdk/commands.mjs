@@ -4,6 +4,7 @@
 // Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
 // The template is the Debian test image of docs/environment.md.
 
+import http from 'node:http'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 
@@ -55,6 +56,41 @@ check(chunks.join(''), 'l1\nl2\nl3\n', 'streamed stdout')
 const bg = await run('sleep 60', { background: true })
 check((await sbx.commands.list()).some((p) => p.pid === bg.pid), true, 'background listed')
 check(await sbx.commands.kill(bg.pid), true, 'kill')
+
+// Pause, then connect (resume): a background command's output survives.
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+const counter = await run('for i in $(seq 1 10); do echo $i; sleep 0.1; done', { background: true })
+await sleep(300)
+check(await sbx.pause(), true, 'pause')
+check((await Sandbox.getInfo(sbx.sandboxId)).state, 'paused', 'state paused')
+check(await sbx.isRunning(), false, 'a paused sandbox does not answer')
+await sleep(500)
+await sbx.connect()
+check((await Sandbox.getInfo(sbx.sandboxId)).state, 'running', 'state running')
+check((await counter.wait()).stdout, '1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n', 'output across pause')
+
+// Metrics.
+const metrics = await sbx.getMetrics()
+check(metrics.length, 1, 'one metrics sample')
+check(metrics[0].memUsed > 0 && metrics[0].memUsed < metrics[0].memTotal, true, 'memory metrics')
+
+// A user port, addressed by sandbox.getHost.
+await run("mkdir -p /srv && echo hello-js > /srv/index.html && cd /srv && (python3 -m http.server 8080 > /dev/null 2>&1 &)")
+const get = (host) =>
+  new Promise((resolve, reject) => {
+    const req = http.get(`${process.env.E2B_API_URL}/index.html`, { headers: { Host: host } }, (res) => {
+      let body = ''
+      res.on('data', (d) => (body += d))
+      res.on('end', () => resolve({ status: res.statusCode, body }))
+    })
+    req.on('error', reject)
+  })
+let page = { status: 0 }
+for (let i = 0; i < 100 && page.status !== 200; i++) {
+  page = await get(sbx.getHost(8080))
+  if (page.status !== 200) await sleep(100)
+}
+check(page, { status: 200, body: 'hello-js\n' }, 'user port through getHost')
 
 const info = await sbx.getInfo()
 check(info.sandboxId, sbx.sandboxId, 'getInfo')

@@ -9,15 +9,21 @@
 //! | `DELETE /sandboxes/{id}` | key | kill (204) |
 //! | `POST /sandboxes/{id}/timeout` | key | set the lifetime from now (204) |
 //! | `POST /sandboxes/{id}/refreshes` | key | extend the lifetime (204) |
-//! | `POST /sandboxes/{id}/connect`, `POST /v2/sandboxes/{id}/connect` | key | the running sandbox (200); `timeout` extends its life |
+//! | `POST /sandboxes/{id}/connect`, `POST /v2/sandboxes/{id}/connect` | key | the running sandbox (200; `timeout` extends its life), or resume a paused one (201) |
+//! | `POST /sandboxes/{id}/pause` | key | freeze it (204; 409 when paused already) |
+//! | `GET /sandboxes/{id}/metrics` | key | CPU, memory and disk usage now (one sample) |
 //! | `POST /hutch/v1/templates?name=` | key | import an image tar as a template (201) |
 //! | `GET /hutch/v1/templates` | key | list templates |
 //! | `DELETE /hutch/v1/templates/{name}` | key | remove a template (204) |
 //! | `GET /hutch/v1/pool` | key | the warm pool: size, and per template sandboxes ready and creates served from it |
+//! | `POST /hutch/v1/api-keys` | key | create an API key (201; the key is shown only here) |
+//! | `GET /hutch/v1/api-keys` | key | list keys (ids, prefixes, dates; never the keys) |
+//! | `DELETE /hutch/v1/api-keys/{id}` | key | revoke a key (204; 409 for the last valid key) |
 //!
 //! Requests for a sandbox's agent are taken by the [front
 //! door](crate::frontdoor) before any of these.
 
+mod keys;
 mod pool;
 mod sandboxes;
 mod templates;
@@ -32,6 +38,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{auth, frontdoor};
 
+pub use keys::{CreatedApiKey, ListedApiKey};
 pub use pool::{PoolStatus, TemplatePool};
 pub use sandboxes::{ListedSandbox, NewSandbox, SandboxCreated};
 pub use templates::valid_template_name;
@@ -54,6 +61,8 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
         .route(
             "/hutch/v1/templates",
             post(templates::import).get(templates::list),
@@ -63,6 +72,11 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
             axum::routing::delete(templates::remove),
         )
         .route("/hutch/v1/pool", get(pool::status))
+        .route("/hutch/v1/api-keys", post(keys::create).get(keys::list))
+        .route(
+            "/hutch/v1/api-keys/{id}",
+            axum::routing::delete(keys::revoke),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             st.clone(),
             auth::require_api_key,

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{SandboxRow, SandboxState};
 use crate::error::{ApiError, ApiJson, ApiQuery};
-use crate::lifecycle::{self, CreateArgs, timeout_ms};
+use crate::lifecycle::{self, CreateArgs, PauseOutcome, ResumeOutcome, timeout_ms};
+use crate::metrics::{self, SandboxMetric};
 use crate::state::AppState;
 use crate::{
     CLIENT_ID, DEFAULT_REFRESH_SECS, DEFAULT_SANDBOX_TIMEOUT_SECS, ENVD_VERSION,
@@ -86,7 +87,7 @@ pub struct ListedSandbox {
     /// Disk it may use, MiB.
     #[serde(rename = "diskSizeMB")]
     pub disk_size_mb: u64,
-    /// `running`.
+    /// `running` or `paused`.
     pub state: String,
     /// Agent protocol version.
     pub envd_version: String,
@@ -108,7 +109,11 @@ impl From<&SandboxRow> for ListedSandbox {
             cpu_count: r.cpu_count,
             memory_mb: r.memory_mb,
             disk_size_mb: r.disk_size_mb,
-            state: "running".to_string(),
+            state: match r.state {
+                SandboxState::Paused => "paused",
+                _ => "running",
+            }
+            .to_string(),
             envd_version: ENVD_VERSION.to_string(),
             metadata: r.metadata.clone(),
             domain: None,
@@ -171,6 +176,8 @@ pub(super) struct ListQuery {
     metadata: Option<String>,
     /// Comma-separated states (`running`, `paused`).
     state: Option<String>,
+    /// A template id or name.
+    template: Option<String>,
     limit: Option<usize>,
     next_token: Option<String>,
 }
@@ -180,12 +187,18 @@ const MAX_PAGE: usize = 1000;
 /// Page size when `limit` is not given.
 const DEFAULT_PAGE: usize = 100;
 
-async fn running_matching(st: &AppState, q: &ListQuery) -> Result<Vec<SandboxRow>, ApiError> {
+/// The sandboxes in `states` that match the query's `metadata` and
+/// `template`, oldest first.
+async fn matching(
+    st: &AppState,
+    q: &ListQuery,
+    states: &[SandboxState],
+) -> Result<Vec<SandboxRow>, ApiError> {
     let filter = match &q.metadata {
         Some(m) => parse_metadata_filter(m)?,
         None => Vec::new(),
     };
-    let rows = st.db.sandboxes_in(&[SandboxState::Running]).await?;
+    let rows = st.db.sandboxes_in(states).await?;
     let live = st.live();
     Ok(rows
         .into_iter()
@@ -195,41 +208,62 @@ async fn running_matching(st: &AppState, q: &ListQuery) -> Result<Vec<SandboxRow
                 .iter()
                 .all(|(k, v)| r.metadata.get(k).is_some_and(|x| x == v))
         })
+        .filter(|r| {
+            q.template
+                .as_deref()
+                .is_none_or(|t| t.is_empty() || t == r.template_id || t == r.template_name)
+        })
         .collect())
 }
 
+/// `GET /sandboxes`: running sandboxes only, as E2B's v1 list.
 pub(super) async fn list_v1(
     State(st): State<Arc<AppState>>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<ListedSandbox>>, ApiError> {
-    let rows = running_matching(&st, &q).await?;
+    let rows = matching(&st, &q, &[SandboxState::Running]).await?;
     Ok(Json(rows.iter().map(ListedSandbox::from).collect()))
 }
 
+/// The states a `state=` filter names; running and paused when absent.
+fn parse_states(filter: Option<&str>) -> Result<Vec<SandboxState>, ApiError> {
+    let Some(filter) = filter else {
+        return Ok(vec![SandboxState::Running, SandboxState::Paused]);
+    };
+    let mut states = Vec::new();
+    for s in filter.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let state = match s {
+            "running" => SandboxState::Running,
+            "paused" => SandboxState::Paused,
+            bad => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown sandbox state '{bad}': expected running or paused"
+                )));
+            }
+        };
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    if states.is_empty() {
+        states = vec![SandboxState::Running, SandboxState::Paused];
+    }
+    Ok(states)
+}
+
+/// `GET /v2/sandboxes`: running and paused sandboxes (`state` filters),
+/// paged.
 pub(super) async fn list_v2(
     State(st): State<Arc<AppState>>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    if let Some(states) = &q.state {
-        let states: Vec<&str> = states.split(',').map(str::trim).collect();
-        if let Some(bad) = states
-            .iter()
-            .find(|s| !matches!(**s, "running" | "paused" | ""))
-        {
-            return Err(ApiError::bad_request(format!(
-                "unknown sandbox state '{bad}': expected running or paused"
-            )));
-        }
-        if !states.contains(&"running") {
-            return Ok(Json(Vec::<ListedSandbox>::new()).into_response());
-        }
-    }
+    let states = parse_states(q.state.as_deref())?;
     let limit = match q.limit {
         None => DEFAULT_PAGE,
         Some(0) => return Err(ApiError::bad_request("limit must be at least 1")),
         Some(n) => n.min(MAX_PAGE),
     };
-    let mut rows = running_matching(&st, &q).await?;
+    let mut rows = matching(&st, &q, &states).await?;
     // Rows come oldest first; the token names the last row returned.
     if let Some(token) = &q.next_token {
         let (started, id) = parse_token(token)?;
@@ -311,7 +345,7 @@ pub(super) async fn detail(
         .db
         .get_sandbox(id.clone())
         .await?
-        .filter(|r| r.state == SandboxState::Running)
+        .filter(|r| matches!(r.state, SandboxState::Running | SandboxState::Paused))
         .ok_or_else(|| sandbox_not_found(&id))?;
     Ok(Json(ListedSandbox::from(&row)))
 }
@@ -332,6 +366,9 @@ pub(super) async fn kill(
     }
 }
 
+/// `connect` body. E2B's `memory` (resume from the memory snapshot or
+/// reboot) is accepted and ignored: a paused sandbox's memory is never
+/// dropped.
 #[derive(Debug, Deserialize)]
 pub(super) struct ConnectBody {
     #[serde(default)]
@@ -339,34 +376,120 @@ pub(super) struct ConnectBody {
 }
 
 /// `POST /sandboxes/{id}/connect` (and `/v2/...`): 200 with the sandbox
-/// while it runs (there is no paused state to resume from yet); a given
-/// `timeout` extends its life to at least now + timeout.
+/// while it runs (a given `timeout` extends its life to at least now +
+/// timeout); 201 after resuming a paused one (its expiry re-armed at now +
+/// the lifetime it had left, or now + `timeout` when given).
 pub(super) async fn connect(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ConnectBody>,
-) -> Result<Json<SandboxCreated>, ApiError> {
-    let running = match body.timeout {
-        Some(secs) => {
-            let end = time::now_ms().saturating_add(timeout_ms(check_timeout(secs, "timeout")?));
-            lifecycle::set_end_at(&st, &id, |current| current.max(end)).await?
-        }
-        None => st.live().contains_key(&id),
+) -> Result<Response, ApiError> {
+    let timeout = body
+        .timeout
+        .map(|secs| check_timeout(secs, "timeout"))
+        .transpose()?;
+    let task_st = st.clone();
+    let task_id = id.clone();
+    // Run to completion even if the client goes away, so that the record
+    // never lags behind the container.
+    let resumed =
+        tokio::spawn(async move { lifecycle::resume_sandbox(&task_st, &task_id, timeout).await })
+            .await
+            .map_err(|e| ApiError::internal(format!("resume task failed: {e}")))??;
+    let status = match resumed {
+        ResumeOutcome::WasRunning => StatusCode::OK,
+        ResumeOutcome::Resumed => StatusCode::CREATED,
+        ResumeOutcome::NotFound => return Err(sandbox_not_found(&id)),
     };
-    let row = match running {
-        true => st.db.get_sandbox(id.clone()).await?,
-        false => None,
-    }
-    .filter(|r| r.state == SandboxState::Running)
-    .ok_or_else(|| sandbox_not_found(&id))?;
-    Ok(Json(SandboxCreated {
+    let row = st
+        .db
+        .get_sandbox(id.clone())
+        .await?
+        .filter(|r| r.state == SandboxState::Running)
+        .ok_or_else(|| sandbox_not_found(&id))?;
+    let body = SandboxCreated {
         template_id: row.template_id,
         sandbox_id: row.id,
         client_id: CLIENT_ID.to_string(),
         envd_version: ENVD_VERSION.to_string(),
         alias: Some(row.template_name),
         domain: None,
-    }))
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// `pause` body. E2B's `memory` (keep memory or only the filesystem) is
+/// accepted and ignored: pausing always keeps memory.
+#[derive(Debug, Deserialize)]
+pub(super) struct PauseBody {
+    #[serde(default)]
+    #[allow(dead_code)]
+    memory: Option<bool>,
+}
+
+/// `POST /sandboxes/{id}/pause`: 204; 409 when paused already.
+pub(super) async fn pause(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(_body): ApiJson<PauseBody>,
+) -> Result<StatusCode, ApiError> {
+    let task_st = st.clone();
+    let task_id = id.clone();
+    let paused = tokio::spawn(async move { lifecycle::pause_sandbox(&task_st, &task_id).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("pause task failed: {e}")))??;
+    match paused {
+        PauseOutcome::Paused => Ok(StatusCode::NO_CONTENT),
+        PauseOutcome::AlreadyPaused => Err(ApiError::conflict(format!(
+            "sandbox {id} is already paused"
+        ))),
+        PauseOutcome::NotFound => Err(sandbox_not_found(&id)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct MetricsQuery {
+    /// Unix seconds.
+    start: Option<i64>,
+    /// Unix seconds.
+    end: Option<i64>,
+}
+
+/// `GET /sandboxes/{id}/metrics`: one sample taken now (see
+/// [`crate::metrics`]), whatever the `start`–`end` range.
+pub(super) async fn metrics(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<MetricsQuery>,
+) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
+    if let (Some(start), Some(end)) = (q.start, q.end)
+        && start > end
+    {
+        return Err(ApiError::bad_request(format!(
+            "start ({start}) is after end ({end})"
+        )));
+    }
+    if !st.live().contains_key(&id) {
+        return Err(sandbox_not_found(&id));
+    }
+    let row = st
+        .db
+        .get_sandbox(id.clone())
+        .await?
+        .filter(|r| matches!(r.state, SandboxState::Running | SandboxState::Paused))
+        .ok_or_else(|| sandbox_not_found(&id))?;
+    let cfg = st.runtime.config();
+    let sources = metrics::Sources {
+        cgroup: format!("{}/{id}", cfg.cgroup_parent.trim_matches('/')),
+        upper: cfg.state_dir.join(&id).join("upper"),
+        cpu_count: row.cpu_count,
+    };
+    let sample = metrics::sample(sources).await;
+    // Killed while it was measured.
+    if !st.live().contains_key(&id) {
+        return Err(sandbox_not_found(&id));
+    }
+    Ok(Json(vec![sample?]))
 }
 
 #[derive(Debug, Deserialize)]
@@ -425,6 +548,19 @@ mod tests {
         assert!(parse_metadata_filter("novalue").is_err());
         assert!(parse_metadata_filter("a=%zz").is_err());
         assert_eq!(parse_metadata_filter("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn parses_state_filters() {
+        use SandboxState::{Paused, Running};
+        assert_eq!(parse_states(None).unwrap(), vec![Running, Paused]);
+        assert_eq!(parse_states(Some("paused")).unwrap(), vec![Paused]);
+        assert_eq!(
+            parse_states(Some("running, paused,running")).unwrap(),
+            vec![Running, Paused]
+        );
+        assert_eq!(parse_states(Some("")).unwrap(), vec![Running, Paused]);
+        assert!(parse_states(Some("killed")).is_err());
     }
 
     #[test]

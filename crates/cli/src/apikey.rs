@@ -1,0 +1,65 @@
+//! `hutch api-key create | list | revoke`.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::client::Api;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Created {
+    id: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Listed {
+    id: String,
+    prefix: String,
+    created_at: String,
+    revoked_at: Option<String>,
+}
+
+/// Creates a key and prints it (the only time it can be seen) and its id.
+pub(crate) async fn create(api: &Api, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let value: serde_json::Value = api.post_json("/hutch/v1/api-keys", &json!({})).await?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let created: Created = api.post_json("/hutch/v1/api-keys", &json!({})).await?;
+    println!("{}", created.key);
+    eprintln!(
+        "API key {} created; it is shown only this once (revoke it with `hutch api-key revoke {}`)",
+        created.id, created.id
+    );
+    Ok(())
+}
+
+pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let value: serde_json::Value = api.get_json("/hutch/v1/api-keys").await?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let keys: Vec<Listed> = api.get_json("/hutch/v1/api-keys").await?;
+    let rows: Vec<Vec<String>> = keys
+        .into_iter()
+        .map(|k| {
+            vec![
+                k.id,
+                format!("{}…", k.prefix),
+                k.created_at,
+                k.revoked_at.unwrap_or_else(|| "-".to_string()),
+            ]
+        })
+        .collect();
+    crate::template::print_table(&["ID", "PREFIX", "CREATED", "REVOKED"], &rows);
+    Ok(())
+}
+
+pub(crate) async fn revoke(api: &Api, id: &str) -> anyhow::Result<()> {
+    api.delete(&format!("/hutch/v1/api-keys/{}", crate::client::encode(id)))
+        .await
+}
