@@ -185,6 +185,21 @@ fn debian_image_every_precedence_level_and_after_restart() {
         String::from_utf8_lossy(&spoof.stderr)
     );
 
+    // The sandbox's hostname is its id and resolves (sudo needs that).
+    assert_eq!(
+        exec(
+            &server,
+            &id,
+            &[],
+            &[
+                "sh",
+                "-c",
+                "cat /etc/hostname; getent hosts $(hostname) >/dev/null && echo resolves"
+            ]
+        ),
+        format!("{id}\nresolves\n")
+    );
+
     // Imported without --allow-privilege-escalation: no_new_privs holds, so
     // a setuid sudo cannot raise an unprivileged user's privileges.
     let sudo = run(

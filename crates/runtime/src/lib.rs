@@ -194,6 +194,8 @@ struct Paths {
     config_json: PathBuf,
     boot_json: PathBuf,
     profile_script: PathBuf,
+    hosts: PathBuf,
+    hostname: PathBuf,
     pid_file: PathBuf,
     console_log: PathBuf,
     socket: PathBuf,
@@ -332,6 +334,8 @@ impl Runtime {
             config_json: bundle.join("config.json"),
             boot_json: bundle.join("boot.json"),
             profile_script: bundle.join("00-hutch-path.sh"),
+            hosts: bundle.join("hosts"),
+            hostname: bundle.join("hostname"),
             pid_file: bundle.join("init.pid"),
             console_log: dir.join("console.log"),
             bundle,
@@ -762,6 +766,17 @@ fn prepare(
         None
     };
 
+    let etc_files = if is_real_dir(&paths.rootfs.join("etc")) {
+        write_file(&paths.hosts, spec::hosts_file(id).as_bytes(), 0o644)?;
+        write_file(&paths.hostname, format!("{id}\n").as_bytes(), 0o644)?;
+        Some(spec::EtcFiles {
+            hosts: &paths.hosts,
+            hostname: &paths.hostname,
+        })
+    } else {
+        None
+    };
+
     let oci = spec::build(&spec::SpecInput {
         id,
         rootfs: &paths.rootfs,
@@ -769,6 +784,7 @@ fn prepare(
         boot_json: &paths.boot_json,
         socket_dir: &paths.sock,
         profile_script,
+        etc_files,
         cgroups_path,
         limits: spec::Limits::default(),
         seccomp: None,
@@ -786,8 +802,12 @@ fn prepare(
 /// Whether the rootfs has a real `/etc/profile.d` directory. Symlinks are
 /// not followed: they would resolve against the host's root.
 fn has_profile_d(rootfs: &Path) -> bool {
-    let is_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
-    is_dir(&rootfs.join("etc")) && is_dir(&rootfs.join("etc/profile.d"))
+    is_real_dir(&rootfs.join("etc")) && is_real_dir(&rootfs.join("etc/profile.d"))
+}
+
+/// A directory, not a symlink to one.
+fn is_real_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), RuntimeError> {

@@ -149,6 +149,23 @@ impl Default for Limits {
     }
 }
 
+/// Host files bound over `/etc/hosts` and `/etc/hostname`.
+#[derive(Debug, Clone, Copy)]
+pub struct EtcFiles<'a> {
+    /// Bound to `/etc/hosts`.
+    pub hosts: &'a Path,
+    /// Bound to `/etc/hostname`.
+    pub hostname: &'a Path,
+}
+
+/// The contents of a sandbox's `/etc/hosts`: loopback names and the
+/// sandbox's own hostname, so tools such as `sudo` can resolve it.
+pub fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
+}
+
 /// Everything host-specific that goes into a sandbox's spec. All paths are
 /// absolute host paths.
 #[derive(Debug, Clone)]
@@ -166,6 +183,10 @@ pub struct SpecInput<'a> {
     /// The login-PATH script, bound to [`PROFILE_SCRIPT_PATH`]; `None` when
     /// the rootfs has no `/etc/profile.d` directory.
     pub profile_script: Option<&'a Path>,
+    /// The sandbox's `/etc/hosts` and `/etc/hostname` (naming the sandbox's
+    /// hostname, as Docker writes them), bound read-write over the image's;
+    /// `None` when the rootfs has no `/etc` directory.
+    pub etc_files: Option<EtcFiles<'a>>,
     /// The container's cgroup path, e.g. `/hutch/<id>`. Absolute, so it is
     /// resolved from the root of each hierarchy (cgroup v1) or of the
     /// unified hierarchy (v2), not from the server's own cgroup.
@@ -318,6 +339,17 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
             &["rbind", "rw", "nosuid", "nodev", "noexec"],
         ),
     ];
+    if let Some(etc) = input.etc_files {
+        // Writable, as with Docker: a user may add names to /etc/hosts.
+        for (dest, src) in [("/etc/hosts", etc.hosts), ("/etc/hostname", etc.hostname)] {
+            mounts.push(mount(
+                dest,
+                "bind",
+                src,
+                &["bind", "rw", "nosuid", "nodev", "noexec"],
+            ));
+        }
+    }
     if let Some(script) = input.profile_script {
         // Only when the template has /etc/profile.d: see PROFILE_SCRIPT.
         mounts.push(mount(
@@ -429,6 +461,7 @@ mod tests {
             boot_json: Path::new("/data/sandboxes/sbx-1/hutch/boot.json"),
             socket_dir: Path::new("/data/sandboxes/sbx-1/sock"),
             profile_script: profile,
+            etc_files: None,
             cgroups_path: "/hutch/sbx-1",
             limits: Limits::default(),
             seccomp: None,
