@@ -24,9 +24,7 @@ use hyper_util::rt::TokioIo;
 use crate::Agent;
 use crate::http::{ACCESS_TOKEN_HEADER, json_error};
 
-/// Header with which the host asks for a request to be relayed to a port in
-/// the sandbox.
-pub const FORWARD_PORT_HEADER: &str = "x-hutch-forward-port";
+pub use hutch_protocol::boot::FORWARD_PORT_HEADER;
 
 /// Middleware in front of the agent's own routes: relays requests carrying
 /// [`FORWARD_PORT_HEADER`], passes the rest on.

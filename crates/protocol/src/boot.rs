@@ -26,6 +26,12 @@ pub const AGENT_SOCKET: &str = "/run/hutch/sock/envd.sock";
 /// File name of the socket inside [`SOCKET_DIR`] (and its host-side twin).
 pub const AGENT_SOCKET_NAME: &str = "envd.sock";
 
+/// Header with which the host asks the agent to relay a request to
+/// `127.0.0.1:<port>` inside the sandbox (the front door's route to servers
+/// users run in their sandboxes). Clients' own values are stripped by the
+/// front door.
+pub const FORWARD_PORT_HEADER: &str = "x-hutch-forward-port";
+
 /// Current version of [`BootConfig`]'s schema.
 pub const BOOT_SCHEMA_VERSION: u32 = 1;
 

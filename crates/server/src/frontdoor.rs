@@ -41,10 +41,7 @@ use crate::state::AppState;
 pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 /// Header naming the port in the sandbox a request is for.
 pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
-/// Header with which the front door asks a sandbox's agent to relay a
-/// request to a port in the sandbox (the agent's `forward` module reads
-/// it).
-pub const FORWARD_PORT_HEADER: &str = "x-hutch-forward-port";
+pub use hutch_protocol::boot::FORWARD_PORT_HEADER;
 
 /// Where a request is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
