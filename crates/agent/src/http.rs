@@ -66,13 +66,16 @@ async fn envs(State(agent): State<Arc<Agent>>) -> Json<BTreeMap<String, String>>
 
 /// Rejects requests without the right `X-Access-Token` once one is set;
 /// `/health` stays open, and `/files` checks the token itself (it also
-/// takes signed URLs). Requests forwarded to a port in the sandbox are
-/// always checked, whatever their path.
+/// takes signed URLs). Requests forwarded to a port in the sandbox are not
+/// agent calls: they reach the user's own server, which is as open as E2B
+/// makes sandbox ports (the forward layer takes every request carrying the
+/// forward header, so the header cannot be used to reach the agent's API).
 async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
     let forwarded = request
         .headers()
         .contains_key(crate::forward::FORWARD_PORT_HEADER);
-    if (forwarded || !matches!(request.uri().path(), "/health" | "/files"))
+    if !forwarded
+        && !matches!(request.uri().path(), "/health" | "/files")
         && let Some(expected) = agent.sandbox_state().access_token
     {
         let given = request

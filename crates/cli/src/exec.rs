@@ -55,7 +55,7 @@ pub(crate) async fn exec(api: &Api, id: &str, process: &Process) -> anyhow::Resu
             "sandbox {id} is paused: resume it with `hutch sandbox resume {id}`"
         ));
     }
-    start(api, id, process).await
+    start(api, id, process, info["envdAccessToken"].as_str()).await
 }
 
 /// `hutch run`: creates a sandbox from `template`, runs the command, kills
@@ -69,7 +69,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<u8> {
     let id = sandbox::create(api, template, sandbox_env, timeout, &[]).await?;
     let result = tokio::select! {
-        r = start(api, &id, process) => r,
+        r = start(api, &id, process, None) => r,
         _ = tokio::signal::ctrl_c() => Ok(130),
     };
     let killed = sandbox::kill(api, &id).await;
@@ -81,7 +81,12 @@ pub(crate) async fn run(
 }
 
 /// Starts the process and streams its output until it ends.
-async fn start(api: &Api, id: &str, process: &Process) -> anyhow::Result<u8> {
+async fn start(
+    api: &Api,
+    id: &str,
+    process: &Process,
+    access_token: Option<&str>,
+) -> anyhow::Result<u8> {
     let base: http::Uri = api
         .base()
         .parse()
@@ -89,6 +94,10 @@ async fn start(api: &Api, id: &str, process: &Process) -> anyhow::Result<u8> {
     let mut config = ClientConfig::new(base)
         .with_default_header("e2b-sandbox-id", id)
         .with_default_header("e2b-sandbox-port", ENVD_PORT.to_string());
+    if let Some(token) = access_token {
+        // A `secure` sandbox's agent accepts only requests carrying it.
+        config = config.with_default_header("x-access-token", token);
+    }
     if let Some(user) = &process.user {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
         config = config.with_default_header("authorization", format!("Basic {token}"));

@@ -244,3 +244,66 @@ fn killed_server_restarts_without_leaks() {
         "templates intact: {templates}"
     );
 }
+
+#[test]
+fn secure_sandboxes_require_their_access_token() {
+    let server = ready_server();
+    let curl = |args: &[&str]| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("running curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let key = format!("X-API-Key: {}", server.api_key());
+    let created = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &key,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"templateID":"bb","secure":true}"#,
+        &format!("{}/v2/sandboxes", server.url()),
+    ]);
+    let (body, status) = created.rsplit_once('\n').unwrap();
+    assert_eq!(status, "201", "{body}");
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let id = json["sandboxID"].as_str().unwrap().to_owned();
+    let token = json["envdAccessToken"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    assert_eq!(token.len(), 32);
+
+    // The agent behind the front door refuses calls without the token...
+    let list = |extra: &[&str]| {
+        let mut args = vec!["-X", "POST", "-H", "Content-Type: application/json", "-H"];
+        let sid = format!("E2b-Sandbox-Id: {id}");
+        args.push(&sid);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-d", "{}"]);
+        let url = format!("{}/process.Process/List", server.url());
+        args.push(&url);
+        curl(&args)
+    };
+    assert!(list(&[]).ends_with("\n401"), "no token: refused");
+    assert!(
+        list(&["-H", "X-Access-Token: wrong"]).ends_with("\n401"),
+        "wrong token: refused"
+    );
+    let auth = format!("X-Access-Token: {token}");
+    assert!(
+        list(&["-H", &auth]).ends_with("\n200"),
+        "right token: served"
+    );
+
+    // ...and the CLI, which learns the token from the sandbox's info, works.
+    let out = run(&server, &["exec", &id, "--", "echo", "secure"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "secure\n");
+    let info = curl(&["-H", &key, &format!("{}/sandboxes/{id}", server.url())]);
+    assert!(info.contains(&token), "info carries the token: {info}");
+}

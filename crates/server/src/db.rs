@@ -49,6 +49,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX sandboxes_template ON sandboxes (template_id, state);",
     // 2: paused sandboxes keep the lifetime they had left.
     "ALTER TABLE sandboxes ADD COLUMN paused_remaining_ms INTEGER; -- while state = 'paused'",
+    // 3: sandboxes created with `secure: true` have an agent access token.
+    "ALTER TABLE sandboxes ADD COLUMN access_token TEXT;",
 ];
 
 /// A database failure.
@@ -154,6 +156,9 @@ pub struct SandboxRow {
     pub disk_size_mb: u64,
     /// While paused: the lifetime it had left, in ms.
     pub paused_remaining_ms: Option<i64>,
+    /// The agent's access token (`secure: true` sandboxes), which every
+    /// agent request must carry as `X-Access-Token`.
+    pub access_token: Option<String>,
 }
 
 /// An API key as listed (never the key itself).
@@ -387,8 +392,9 @@ impl Db {
         self.call(move |c| {
             c.execute(
                 "INSERT INTO sandboxes (id, template_id, template_name, state, sandbox_env,
-                     metadata, started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     metadata, started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb,
+                     access_token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     s.id,
                     s.template_id,
@@ -402,6 +408,7 @@ impl Db {
                     s.cpu_count,
                     i64::try_from(s.memory_mb).unwrap_or(i64::MAX),
                     i64::try_from(s.disk_size_mb).unwrap_or(i64::MAX),
+                    s.access_token,
                 ],
             )?;
             Ok(())
@@ -519,7 +526,8 @@ impl Db {
 }
 
 const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
-     started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms";
+     started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms, \
+     access_token";
 
 fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
     Ok(TemplateRow {
@@ -559,6 +567,7 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SandboxRow, DbE
         memory_mb: u64::try_from(memory_mb).unwrap_or(0),
         disk_size_mb: u64::try_from(disk_size_mb).unwrap_or(0),
         paused_remaining_ms: r.get(12)?,
+        access_token: r.get(13)?,
     }))
 }
 
@@ -607,6 +616,7 @@ mod tests {
             memory_mb: 1024,
             disk_size_mb: 4096,
             paused_remaining_ms: None,
+            access_token: None,
         }
     }
 

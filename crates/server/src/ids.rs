@@ -18,6 +18,12 @@ pub(crate) fn new_api_key() -> String {
     format!("hutch_{}", hex::encode(bytes))
 }
 
+/// A sandbox's agent access token: 32 hex digits (128 random bits).
+pub(crate) fn new_access_token() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
+}
+
 /// Whether `s` has the shape of an id (`[a-z0-9]+`, at most 64).
 pub(crate) fn looks_like_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| ALPHABET.contains(&b))

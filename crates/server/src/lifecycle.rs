@@ -81,6 +81,8 @@ pub(crate) struct CreateArgs {
     pub metadata: BTreeMap<String, String>,
     /// Layer 3.
     pub env: BTreeMap<String, String>,
+    /// The agent access token of a `secure` sandbox.
+    pub access_token: Option<String>,
 }
 
 /// How long a claimed pooled sandbox's agent gets to take its environment
@@ -252,6 +254,7 @@ fn new_row(
         memory_mb: st.host.memory_mb,
         disk_size_mb: st.host.disk_size_mb,
         paused_remaining_ms: None,
+        access_token: args.access_token.clone(),
     }
 }
 
@@ -259,6 +262,7 @@ fn new_row(
 fn init_request(args: &CreateArgs) -> InitRequest {
     InitRequest {
         env_vars: Some(args.env.clone()),
+        access_token: args.access_token.clone(),
         timestamp: Some(serde_json::Value::String(time::rfc3339(time::now_ms()))),
         ..InitRequest::default()
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{SandboxRow, SandboxState};
 use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::ids;
 use crate::lifecycle::{self, CreateArgs, PauseOutcome, ResumeOutcome, timeout_ms};
 use crate::metrics::{self, SandboxMetric};
 use crate::state::AppState;
@@ -37,6 +38,9 @@ pub struct NewSandbox {
     /// Sandbox-level environment variables (layer 3).
     #[serde(default)]
     pub env_vars: Option<BTreeMap<String, String>>,
+    /// Require an access token on every agent request (`envdAccessToken`).
+    #[serde(default)]
+    pub secure: Option<bool>,
 }
 
 /// E2B's `Sandbox`: the answer to a create.
@@ -58,6 +62,9 @@ pub struct SandboxCreated {
     pub alias: Option<String>,
     /// Always null: the SDKs then use `E2B_SANDBOX_URL` or `E2B_DOMAIN`.
     pub domain: Option<String>,
+    /// The agent access token of a `secure` sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
 }
 
 /// E2B's `ListedSandbox` / `SandboxDetail`.
@@ -95,6 +102,9 @@ pub struct ListedSandbox {
     pub metadata: BTreeMap<String, String>,
     /// Always null.
     pub domain: Option<String>,
+    /// The agent access token of a `secure` sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
 }
 
 impl From<&SandboxRow> for ListedSandbox {
@@ -117,6 +127,7 @@ impl From<&SandboxRow> for ListedSandbox {
             envd_version: ENVD_VERSION.to_string(),
             metadata: r.metadata.clone(),
             domain: None,
+            envd_access_token: r.access_token.clone(),
         }
     }
 }
@@ -151,6 +162,7 @@ pub(super) async fn create(
         timeout_secs,
         metadata: body.metadata.unwrap_or_default(),
         env,
+        access_token: body.secure.unwrap_or(false).then(ids::new_access_token),
     };
     // Run to completion even if the client goes away, so that no sandbox
     // is left half-made.
@@ -165,6 +177,7 @@ pub(super) async fn create(
         envd_version: ENVD_VERSION.to_string(),
         alias: Some(row.template_name),
         domain: None,
+        envd_access_token: row.access_token,
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -414,6 +427,7 @@ pub(super) async fn connect(
         envd_version: ENVD_VERSION.to_string(),
         alias: Some(row.template_name),
         domain: None,
+        envd_access_token: row.access_token,
     };
     Ok((status, Json(body)).into_response())
 }
