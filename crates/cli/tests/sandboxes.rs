@@ -307,3 +307,26 @@ fn secure_sandboxes_require_their_access_token() {
     let info = curl(&["-H", &key, &format!("{}/sandboxes/{id}", server.url())]);
     assert!(info.contains(&token), "info carries the token: {info}");
 }
+
+#[test]
+fn front_door_speaks_h2c_and_http1() {
+    let server = ready_server();
+    let id = create(&server, &[]);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", version, "-w", "\n%{http_version} %{http_code}"])
+            .args(["-H", &format!("E2b-Sandbox-Id: {id}")])
+            .args(["-H", "E2b-Sandbox-Port: 49983"])
+            .args(["-H", "Content-Type: application/json", "-d", "{}"])
+            .arg(format!("{}/process.Process/List", server.url()))
+            .output()
+            .expect("running curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let expected = if version == "--http1.1" {
+            "1.1 200"
+        } else {
+            "2 200"
+        };
+        assert!(text.ends_with(expected), "{version}: {text}");
+    }
+}
