@@ -28,9 +28,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Uri, Version};
 use hutch_protocol::ENVD_PORT;
+use hutch_protocol::relay::{strip_hop_by_hop, upgrade_protocol};
 use hyper_util::rt::TokioIo;
 
 use crate::error::ApiError;
@@ -217,50 +218,6 @@ async fn proxy(st: &AppState, target: Target, mut req: Request) -> Response {
     }
 }
 
-/// The protocol a request asks to upgrade to (`Connection: upgrade` and
-/// `Upgrade: <protocol>`), if any.
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in
-/// `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,19 +277,5 @@ mod tests {
             h.insert("host", HeaderValue::from_str(host).unwrap());
             assert_eq!(target_of(&h, &uri), None, "{host}");
         }
-    }
-
-    #[test]
-    fn strips_hop_by_hop_headers() {
-        let mut h = headers(&[
-            ("connection", "keep-alive, x-secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("transfer-encoding", "chunked"),
-            ("content-type", "application/json"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("content-type"));
     }
 }
