@@ -25,10 +25,11 @@ apt_install() {
     fi
 }
 
-# Runtime needs: runc to run sandboxes, mmdebstrap to build the default
-# template; build needs: protoc for the agent protocol, a C compiler for SQLite.
+# Runtime needs: runc to run sandboxes, iproute2 and nftables for their
+# networks, mmdebstrap to build the default template; build needs: protoc for
+# the agent protocol, a C compiler for SQLite.
 install_runtime_deps() {
-    apt_install runc mmdebstrap ca-certificates curl protobuf-compiler gcc libc6-dev pkg-config
+    apt_install runc iproute2 nftables mmdebstrap ca-certificates curl protobuf-compiler gcc libc6-dev pkg-config
 }
 
 install_rust() {

@@ -1,12 +1,19 @@
 //! Starting one process: its own session and process group, the resolved
 //! identity and working directory, the exact environment, and either pipes
 //! or a pseudo-terminal for its standard streams.
+//!
+//! Every process also gets an `oom_score_adj` [`CHILD_OOM_SCORE_ADJ_OFFSET`]
+//! above the agent's own, so that when the sandbox runs out of memory the
+//! kernel's OOM killer picks a user process, however small, rather than
+//! the agent (which the sandbox cannot live without). Raising the value
+//! needs no privilege; lowering the agent's would.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
@@ -62,6 +69,32 @@ pub struct Spawned {
     pub exit: ExitReceiver,
 }
 
+/// How much higher than the agent's the `oom_score_adj` of every process
+/// it starts is (capped at 1000). The kernel adds `adj / 1000` of the
+/// memory limit to a process's size when it chooses whom to kill, so with
+/// 500 any user process outweighs the agent, which uses a few MiB.
+pub const CHILD_OOM_SCORE_ADJ_OFFSET: i32 = 500;
+
+/// The `oom_score_adj` of a process the agent starts, given the agent's.
+pub fn child_oom_score_adj(agent: i32) -> i32 {
+    agent
+        .saturating_add(CHILD_OOM_SCORE_ADJ_OFFSET)
+        .clamp(-1000, 1000)
+}
+
+/// [`child_oom_score_adj`] of this process's own value, as the text written
+/// to `/proc/self/oom_score_adj` (read once).
+fn child_oom_score_adj_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        child_oom_score_adj(own).to_string()
+    })
+}
+
 /// Starts a process as described. Must be called within a tokio runtime.
 pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
     let mut cmd = Command::new(spec.program);
@@ -99,12 +132,22 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
     // Without privileges the identity can only stay what it is.
     let switch_identity = euid == 0 || uid != euid || gid != egid;
     let controlling_tty = spec.pty.is_some();
+    let oom_score_adj = child_oom_score_adj_text();
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe system calls; it does not allocate.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // Best effort: a process that cannot be marked still runs.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, oom_score_adj.as_ptr().cast(), oom_score_adj.len());
+                libc::close(fd);
             }
             if controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
@@ -281,5 +324,18 @@ impl PtyMaster {
     /// Changes the terminal's size (the process gets `SIGWINCH`).
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
         resize_fd(self.fd.get_ref(), cols, rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_the_oom_killers_first_choice() {
+        assert_eq!(child_oom_score_adj(0), 500);
+        assert_eq!(child_oom_score_adj(-900), -400);
+        assert_eq!(child_oom_score_adj(700), 1000);
+        assert_eq!(child_oom_score_adj(-1000), -500);
     }
 }

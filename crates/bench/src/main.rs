@@ -88,6 +88,8 @@ impl Target {
             data_dir: data_dir.clone(),
             envd,
             runc: PathBuf::from("runc"),
+            insecure_registries: Vec::new(),
+            max_limits: hutch_server::LimitMaxima::default(),
         })
         .await?;
         server.set_warm_pool(warm_pool);
@@ -263,10 +265,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("\nWarm-pool creates served from the pool: {claims} of {warm_creates}");
 
+    // Template builds: the same Dockerfile with every step run
+    // (`--no-cache`) and unchanged (every layer from the cache).
+    let builds = n.clamp(3, 10);
+    let context = build_context()?;
+    let mut uncached = Vec::new();
+    let mut cached = Vec::new();
+    cold.api.build(BENCH_DOCKERFILE, &context, true).await?;
+    for _ in 0..builds {
+        uncached.push(cold.api.build(BENCH_DOCKERFILE, &context, true).await?);
+        cached.push(cold.api.build(BENCH_DOCKERFILE, &context, false).await?);
+    }
+    println!(
+        "\nTemplate build ({builds} runs each; Dockerfile: {} steps, {} RUN)",
+        BENCH_DOCKERFILE.lines().count() - 1,
+        BENCH_DOCKERFILE.matches("RUN").count()
+    );
+    println!("{:<34} {:>10} {:>10}", "", "p50 ms", "p95 ms");
+    for (name, v) in [
+        ("every step run (--no-cache)", &uncached),
+        ("unchanged rebuild (cached)", &cached),
+    ] {
+        println!(
+            "{name:<34} {:>10} {:>10}",
+            ms(percentile(v, 50.0)),
+            ms(percentile(v, 95.0))
+        );
+    }
+
     warm.shutdown().await;
     cold.shutdown().await;
     drop(baseline);
     Ok(())
+}
+
+/// The Dockerfile the build benchmark builds on the busybox image.
+const BENCH_DOCKERFILE: &str = "FROM bench
+ENV APP_HOME=/srv/app
+RUN for i in $(seq 1 200); do echo $i > /tmp/file$i; done
+COPY files/ /srv/app/
+WORKDIR /srv/app
+USER user
+RUN ls > listing.txt
+";
+
+/// A build context with 100 small files under `files/`.
+fn build_context() -> anyhow::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..100 {
+        let data = format!("file {i}\n").repeat(64);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, format!("files/f{i}.txt"), data.as_bytes())?;
+    }
+    Ok(b.into_inner()?)
 }
 
 impl Samples {
@@ -355,6 +409,42 @@ impl Api {
             bail!("importing the bench image: {status} {json}");
         }
         Ok(json)
+    }
+
+    /// Builds template `bench-build` from `dockerfile` and `context` (a
+    /// tar); the time until the server reports it done.
+    async fn build(
+        &self,
+        dockerfile: &str,
+        context: &[u8],
+        no_cache: bool,
+    ) -> anyhow::Result<Duration> {
+        let spec = serde_json::json!({
+            "name": "bench-build",
+            "dockerfile": dockerfile,
+            "noCache": no_cache,
+        });
+        let t = Instant::now();
+        let resp = self
+            .http
+            .post(format!("{}/hutch/v1/builds", self.base))
+            .query(&[("spec", spec.to_string())])
+            .header("x-api-key", &self.key)
+            .body(context.to_vec())
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        let d = t.elapsed();
+        if !status.is_success() {
+            bail!("build: {status} {body}");
+        }
+        let last = body.lines().last().unwrap_or_default();
+        let last: serde_json::Value = serde_json::from_str(last)?;
+        if last["type"] != "done" {
+            bail!("build failed: {last}");
+        }
+        Ok(d)
     }
 
     async fn create(&self) -> anyhow::Result<String> {

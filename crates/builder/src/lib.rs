@@ -1,10 +1,26 @@
 //! Building templates.
 //!
-//! Today this is the default `base` template: a Debian root filesystem made
-//! with `mmdebstrap` from Debian packages, with a user `user` (uid 1000) that
-//! has passwordless `sudo` and is the default user — what E2B's `base`
-//! template offers and what the E2B SDKs' own tests expect (`sudo`,
-//! `python3`, `bash`).
+//! * Recipes: a base plus steps ([`recipe`]), written as a Dockerfile
+//!   ([`dockerfile`]) or sent through E2B's template API (the server maps
+//!   those to the same [`recipe::Recipe`]).
+//! * The engine ([`engine`]) runs the steps — `RUN` in real build sandboxes,
+//!   `COPY`/`USER`/`WORKDIR` as layers written directly ([`steps`],
+//!   [`layer`]) — with a layer cache ([`cache`]).
+//! * The build context and `.dockerignore` ([`context`]).
+//! * The default `base` template: a Debian root filesystem made with
+//!   `mmdebstrap` from Debian packages, with a user `user` (uid 1000) that
+//!   has passwordless `sudo` and is the default user — what E2B's `base`
+//!   template offers and what the E2B SDKs' own tests expect (`sudo`,
+//!   `python3`, `bash`).
+
+pub mod cache;
+pub mod context;
+pub mod dockerfile;
+pub mod engine;
+pub mod layer;
+pub mod recipe;
+pub mod rootfs;
+pub mod steps;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -37,6 +53,56 @@ pub const BASE_PACKAGES: &[&str] = &[
 /// Why a template could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The Dockerfile cannot be parsed or uses something unsupported.
+    #[error("Dockerfile{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Dockerfile {
+        /// The line, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// The build context is unusable (missing source, bad `.dockerignore`).
+    #[error("build context: {0}")]
+    Context(String),
+    /// A step cannot be carried out (bad `--chown`, unknown user...).
+    #[error("{0}")]
+    Step(String),
+    /// A step failed; `step`/`line` say which.
+    #[error("{}{step} failed: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    At {
+        /// The step as written.
+        step: String,
+        /// Its line.
+        line: Option<usize>,
+        /// Why.
+        message: String,
+    },
+    /// A `RUN` command exited non-zero.
+    #[error("{}{step} exited with code {code} ({status}); its last output:\n{output}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    StepFailed {
+        /// Its line.
+        line: Option<usize>,
+        /// The step as written.
+        step: String,
+        /// The exit code.
+        code: u8,
+        /// The agent's status text.
+        status: String,
+        /// The last lines of its output.
+        output: String,
+    },
+    /// Writing a layer failed.
+    #[error("layer: {0}")]
+    Layer(String),
+    /// A build sandbox could not be booted.
+    #[error("build sandbox: {0}")]
+    Runtime(#[source] hutch_runtime::RuntimeError),
+    /// The template's start/ready check failed.
+    #[error("the template is not ready: {0}")]
+    NotReady(String),
+    /// Host I/O failed.
+    #[error("{0}")]
+    Io(String),
     /// `mmdebstrap` is not installed.
     #[error("mmdebstrap is not installed; install it with `apt install mmdebstrap`")]
     MissingMmdebstrap,
@@ -59,6 +125,40 @@ pub enum BuildError {
         /// Its last lines of output.
         tail: String,
     },
+}
+
+impl BuildError {
+    /// Attaches the step the error happened in.
+    pub fn at(self, step: &recipe::Step) -> BuildError {
+        match self {
+            BuildError::StepFailed {
+                code,
+                status,
+                output,
+                ..
+            } => BuildError::StepFailed {
+                line: step.line,
+                step: step.text.clone(),
+                code,
+                status,
+                output,
+            },
+            e @ (BuildError::At { .. } | BuildError::Dockerfile { .. }) => e,
+            e => BuildError::At {
+                step: step.text.clone(),
+                line: step.line,
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// The exit code of the failing step, for `StepFailed`.
+    pub fn exit_code(&self) -> Option<u8> {
+        match self {
+            BuildError::StepFailed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
 }
 
 /// The image config of the base template: Debian's default `PATH`, a UTF-8

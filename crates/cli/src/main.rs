@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! hutch serve [--listen ADDR] [--data-dir DIR] [--envd PATH] [--runc PATH] [--warm-pool N]
+//!             [--max-cpus N] [--max-memory-mb MIB] [--max-disk-mb MIB] [--max-pids N]
 //! hutch template import SOURCE --name NAME | list [--json] | rm NAME
+//! hutch template pull REFERENCE --name NAME [--username USER --password-stdin]
 //! hutch sandbox create TEMPLATE [--env K=V]... [--timeout SECS] [--metadata K=V]...
+//!                      [--cpus N] [--memory MIB] [--disk MIB] [--pids N]
 //! hutch sandbox list [--json] | kill ID | pause ID | resume ID
 //! hutch api-key create [--json] | list [--json] | revoke ID
 //! hutch exec ID [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
@@ -14,6 +17,7 @@
 //! from `HUTCH_API_KEY`, else from `<data dir>/api-key`.
 
 mod apikey;
+mod build;
 mod client;
 mod exec;
 mod sandbox;
@@ -93,10 +97,56 @@ struct ServeArgs {
     /// milliseconds (0: boot every sandbox on demand).
     #[arg(long, env = "HUTCH_WARM_POOL", value_name = "N", default_value_t = hutch_server::DEFAULT_WARM_POOL)]
     warm_pool: usize,
+    /// A registry (HOST:PORT) that image pulls reach over plain HTTP
+    /// instead of HTTPS (repeatable). Registries on loopback always are.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// Most CPUs a sandbox may be given [default: the host's CPUs].
+    #[arg(long, env = "HUTCH_MAX_CPUS", value_name = "N")]
+    max_cpus: Option<u32>,
+    /// Most memory a sandbox may be given, MiB.
+    #[arg(long, env = "HUTCH_MAX_MEMORY_MB", value_name = "MIB", default_value_t = hutch_server::limits::DEFAULT_MAX_MEMORY_MB)]
+    max_memory_mb: u64,
+    /// Largest disk a sandbox may be given, MiB.
+    #[arg(long, env = "HUTCH_MAX_DISK_MB", value_name = "MIB", default_value_t = hutch_server::limits::DEFAULT_MAX_DISK_MB)]
+    max_disk_mb: u64,
+    /// Most processes and threads a sandbox may be given.
+    #[arg(long, env = "HUTCH_MAX_PIDS", value_name = "N", default_value_t = hutch_server::limits::DEFAULT_MAX_PIDS)]
+    max_pids: u64,
 }
 
 #[derive(Debug, Subcommand)]
 enum TemplateCommand {
+    /// Build a template from a Dockerfile: each RUN in a build sandbox,
+    /// layers cached, the build log shown live.
+    Build {
+        /// The template's name (a template of that name is replaced).
+        #[arg(long)]
+        name: String,
+        /// The Dockerfile (default: CONTEXT/Dockerfile).
+        #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
+        file: Option<PathBuf>,
+        /// Build argument for an ARG (repeatable).
+        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+        build_arg: Vec<String>,
+        /// Run every step, ignoring cached layers.
+        #[arg(long)]
+        no_cache: bool,
+        /// Command started in the background in every sandbox of the
+        /// template.
+        #[arg(long, value_name = "COMMAND")]
+        start_cmd: Option<String>,
+        /// Command that must succeed before a sandbox of the template is
+        /// handed out (polled).
+        #[arg(long, value_name = "COMMAND")]
+        ready_cmd: Option<String>,
+        /// How long the ready command may take to succeed, in seconds.
+        #[arg(long, value_name = "SECONDS")]
+        ready_timeout: Option<u64>,
+        /// The build context directory COPY and ADD read from.
+        #[arg(default_value = ".")]
+        context: PathBuf,
+    },
     /// Import an image as a template: an OCI archive or Docker archive file,
     /// or an OCI image layout directory.
     Import {
@@ -110,6 +160,27 @@ enum TemplateCommand {
         /// reference name).
         #[arg(long = "ref")]
         reference: Option<String>,
+        /// Let processes in its sandboxes gain privileges through setuid
+        /// binaries such as `sudo` (sandboxes run without no_new_privs).
+        #[arg(long)]
+        allow_privilege_escalation: bool,
+    },
+    /// Pull an image from an OCI / Docker registry as a template (the
+    /// server pulls it; linux/amd64 from multi-platform images).
+    Pull {
+        /// The image: [REGISTRY/]NAME[:TAG|@DIGEST], e.g.
+        /// docker.io/library/debian:bookworm.
+        reference: String,
+        /// The template's name.
+        #[arg(long)]
+        name: String,
+        /// Registry username [default: the server host's Docker
+        /// credentials for the registry, if any, else none].
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password (or access token) from stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
         /// Let processes in its sandboxes gain privileges through setuid
         /// binaries such as `sudo` (sandboxes run without no_new_privs).
         #[arg(long)]
@@ -145,6 +216,31 @@ enum SandboxCommand {
         /// Metadata entry (repeatable).
         #[arg(long = "metadata", value_name = "KEY=VALUE")]
         metadata: Vec<String>,
+        /// No internet access: every destination is denied unless
+        /// `--allow-out` re-allows it.
+        #[arg(long)]
+        no_internet: bool,
+        /// IP address or CIDR block the sandbox may reach even when denied
+        /// (repeatable).
+        #[arg(long = "allow-out", value_name = "CIDR")]
+        allow_out: Vec<String>,
+        /// IP address or CIDR block the sandbox may not reach (repeatable).
+        #[arg(long = "deny-out", value_name = "CIDR")]
+        deny_out: Vec<String>,
+        /// CPUs it may use [default: the template's, else 2].
+        #[arg(long, value_name = "N")]
+        cpus: Option<u64>,
+        /// Memory limit in MiB [default: the template's, else 512].
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u64>,
+        /// Disk size (its writable layer) in MiB [default: the template's,
+        /// else 2048].
+        #[arg(long, value_name = "MIB")]
+        disk: Option<u64>,
+        /// Maximum number of processes and threads [default: the
+        /// template's, else 1024].
+        #[arg(long, value_name = "N")]
+        pids: Option<u64>,
     },
     /// List running and paused sandboxes.
     #[command(alias = "ls")]
@@ -309,6 +405,48 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     )
                     .await?
                 }
+                TemplateCommand::Build {
+                    name,
+                    file,
+                    build_arg,
+                    no_cache,
+                    start_cmd,
+                    ready_cmd,
+                    ready_timeout,
+                    context,
+                } => {
+                    let args = build::BuildArgs {
+                        name,
+                        context,
+                        dockerfile: file,
+                        build_args: parse_pairs("build-arg", &build_arg)?,
+                        no_cache,
+                        start_cmd,
+                        ready_cmd,
+                        ready_timeout,
+                    };
+                    return build::build(&api, args).await;
+                }
+                TemplateCommand::Pull {
+                    reference,
+                    name,
+                    username,
+                    password_stdin,
+                    allow_privilege_escalation,
+                } => {
+                    let credentials = match username {
+                        Some(user) if password_stdin => Some((user, template::read_password()?)),
+                        _ => None,
+                    };
+                    template::pull(
+                        &api,
+                        &reference,
+                        &name,
+                        credentials,
+                        allow_privilege_escalation,
+                    )
+                    .await?
+                }
                 TemplateCommand::List { json } => template::list(&api, json).await?,
                 TemplateCommand::Rm { name } => template::remove(&api, &name).await?,
             }
@@ -321,11 +459,32 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     env,
                     timeout,
                     metadata,
+                    no_internet,
+                    allow_out,
+                    deny_out,
+                    cpus,
+                    memory,
+                    disk,
+                    pids,
                 } => {
                     let env = parse_pairs("env", &env)?;
                     let metadata = parse_pairs("metadata", &metadata)?;
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;
-                    let id = sandbox::create(&api, &template, &env, timeout, &metadata).await?;
+                    let network = sandbox::NetworkOpts {
+                        no_internet,
+                        allow_out,
+                        deny_out,
+                    };
+                    let limits = sandbox::LimitOpts {
+                        cpus,
+                        memory_mb: memory,
+                        disk_mb: disk,
+                        pids,
+                    };
+                    let id = sandbox::create_with_network(
+                        &api, &template, &env, timeout, &metadata, &network, &limits,
+                    )
+                    .await?;
                     println!("{id}");
                 }
                 SandboxCommand::List { json } => {

@@ -28,6 +28,41 @@ struct Listed {
     state: String,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    cpu_count: u64,
+    #[serde(default, rename = "memoryMB")]
+    memory_mb: u64,
+    #[serde(default, rename = "diskSizeMB")]
+    disk_size_mb: u64,
+    #[serde(default)]
+    hutch_pids: Option<u64>,
+}
+
+/// Resource limits a created sandbox asks for (`None`: the template's
+/// default).
+#[derive(Debug, Default)]
+pub(crate) struct LimitOpts {
+    /// `cpuCount`.
+    pub cpus: Option<u64>,
+    /// `memoryMB`.
+    pub memory_mb: Option<u64>,
+    /// `diskSizeMB`.
+    pub disk_mb: Option<u64>,
+    /// `hutchPids`.
+    pub pids: Option<u64>,
+}
+
+/// What a created sandbox may reach on the network (E2B's
+/// `allow_internet_access` and `network`); the default is internet access
+/// and no lists.
+#[derive(Debug, Default)]
+pub(crate) struct NetworkOpts {
+    /// No internet access (`allow_internet_access: false`).
+    pub no_internet: bool,
+    /// `network.allowOut`.
+    pub allow_out: Vec<String>,
+    /// `network.denyOut`.
+    pub deny_out: Vec<String>,
 }
 
 /// Creates a sandbox; returns its id.
@@ -38,6 +73,28 @@ pub(crate) async fn create(
     timeout: Option<u64>,
     metadata: &[(String, String)],
 ) -> anyhow::Result<String> {
+    create_with_network(
+        api,
+        template,
+        env,
+        timeout,
+        metadata,
+        &NetworkOpts::default(),
+        &LimitOpts::default(),
+    )
+    .await
+}
+
+/// [`create`] with a network policy.
+pub(crate) async fn create_with_network(
+    api: &Api,
+    template: &str,
+    env: &[(String, String)],
+    timeout: Option<u64>,
+    metadata: &[(String, String)],
+    network: &NetworkOpts,
+    limits: &LimitOpts,
+) -> anyhow::Result<String> {
     let env: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let metadata: BTreeMap<&str, &str> = metadata
         .iter()
@@ -47,7 +104,23 @@ pub(crate) async fn create(
     if let Some(t) = timeout {
         body["timeout"] = json!(t);
     }
-    let created: Created = api.post_json("/sandboxes", &body).await?;
+    if network.no_internet {
+        body["allow_internet_access"] = json!(false);
+    }
+    if !network.allow_out.is_empty() || !network.deny_out.is_empty() {
+        body["network"] = json!({"allowOut": network.allow_out, "denyOut": network.deny_out});
+    }
+    for (field, value) in [
+        ("cpuCount", limits.cpus),
+        ("memoryMB", limits.memory_mb),
+        ("diskSizeMB", limits.disk_mb),
+        ("hutchPids", limits.pids),
+    ] {
+        if let Some(v) = value {
+            body[field] = json!(v);
+        }
+    }
+    let created: Created = post_waiting_for_template(api, &body).await?;
     Ok(created.sandbox_id)
 }
 
@@ -107,12 +180,20 @@ pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
                 s.state,
                 s.started_at,
                 ends,
+                s.cpu_count.to_string(),
+                s.memory_mb.to_string(),
+                s.disk_size_mb.to_string(),
+                s.hutch_pids
+                    .map_or_else(|| "-".to_string(), |p| p.to_string()),
                 metadata,
             ]
         })
         .collect();
     crate::template::print_table(
-        &["ID", "TEMPLATE", "STATE", "STARTED", "ENDS", "METADATA"],
+        &[
+            "ID", "TEMPLATE", "STATE", "STARTED", "ENDS", "CPUS", "MEM_MB", "DISK_MB", "PIDS",
+            "METADATA",
+        ],
         &rows,
     );
     Ok(())
@@ -135,4 +216,46 @@ pub(crate) async fn resume(api: &Api, id: &str) -> anyhow::Result<()> {
     api.send(api.request(reqwest::Method::POST, &path).json(&json!({})))
         .await?;
     Ok(())
+}
+
+/// How long a create waits for a template the server is still building
+/// (the default `base` template on a server's first start).
+const TEMPLATE_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `POST /sandboxes`; while the server answers that the template is still
+/// being built, waits (showing the server's progress on a terminal) and
+/// tries again.
+async fn post_waiting_for_template(api: &Api, body: &serde_json::Value) -> anyhow::Result<Created> {
+    use std::io::IsTerminal;
+    let deadline = std::time::Instant::now() + TEMPLATE_BUILD_WAIT;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut told = false;
+    loop {
+        match api.post_json::<Created>("/sandboxes", body).await {
+            Err(e)
+                if e.to_string().contains("is still being built")
+                    && std::time::Instant::now() < deadline =>
+            {
+                let msg = e.to_string();
+                if std::io::stderr().is_terminal() {
+                    let b = bar.get_or_insert_with(|| {
+                        let b = indicatif::ProgressBar::new_spinner();
+                        b.enable_steady_tick(std::time::Duration::from_millis(120));
+                        b
+                    });
+                    b.set_message(msg);
+                } else if !told {
+                    eprintln!("{msg}; waiting");
+                    told = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            other => {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                return other;
+            }
+        }
+    }
 }

@@ -41,6 +41,15 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
         data_dir,
         envd: args.envd.unwrap_or_else(default_envd),
         runc: args.runc,
+        insecure_registries: args.insecure_registries,
+        max_limits: hutch_server::LimitMaxima {
+            cpus: args
+                .max_cpus
+                .unwrap_or_else(hutch_server::limits::host_cpus),
+            memory_mb: args.max_memory_mb,
+            disk_mb: args.max_disk_mb,
+            pids: args.max_pids,
+        },
     };
     let mut server = Server::bind(cfg).await?;
     server.set_warm_pool(args.warm_pool);

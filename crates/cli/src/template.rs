@@ -1,11 +1,11 @@
-//! `hutch template import | list | rm`.
+//! `hutch template import | pull | list | rm`.
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -172,6 +172,175 @@ pub(crate) async fn import(
     let info: TemplateInfo = resp.json().await.context("reading the server's answer")?;
     println!("imported template {} (id {})", info.name, info.id);
     Ok(())
+}
+
+/// Reads a password from stdin: the first line, without its line ending.
+pub(crate) fn read_password() -> anyhow::Result<String> {
+    let mut text = String::new();
+    io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the password from stdin")?;
+    let password = text.lines().next().unwrap_or("").to_owned();
+    if password.is_empty() {
+        return Err(crate::UsageError("--password-stdin: stdin holds no password".into()).into());
+    }
+    Ok(password)
+}
+
+/// One line of the server's NDJSON pull stream.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+enum PullEvent {
+    Resolved {
+        layers: usize,
+    },
+    Layer {
+        index: usize,
+        digest: String,
+        total: u64,
+        done: u64,
+        reused: bool,
+        complete: bool,
+    },
+    Done {
+        template: TemplateInfo,
+    },
+    Error {
+        message: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+/// A progress bar per layer, drawn on stderr when it is a terminal.
+struct LayerBars {
+    multi: MultiProgress,
+    bars: Vec<ProgressBar>,
+}
+
+impl LayerBars {
+    fn new() -> LayerBars {
+        let target = if io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        LayerBars {
+            multi: MultiProgress::with_draw_target(target),
+            bars: Vec::new(),
+        }
+    }
+
+    fn layers(&mut self, n: usize) {
+        let style = ProgressStyle::with_template(
+            "{prefix} {bar:30.cyan/blue} {bytes:>10}/{total_bytes:<10} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        while self.bars.len() < n {
+            let bar = self
+                .multi
+                .add(ProgressBar::new(0).with_style(style.clone()));
+            bar.set_message("waiting");
+            self.bars.push(bar);
+        }
+    }
+
+    fn update(
+        &mut self,
+        index: usize,
+        digest: &str,
+        total: u64,
+        done: u64,
+        reused: bool,
+        complete: bool,
+    ) {
+        self.layers(index + 1);
+        let bar = &self.bars[index];
+        let short = digest.strip_prefix("sha256:").unwrap_or(digest);
+        bar.set_prefix(short.chars().take(12).collect::<String>());
+        bar.set_length(total);
+        bar.set_position(done);
+        if complete {
+            bar.finish_with_message(if reused { "already present" } else { "done" });
+        } else {
+            bar.set_message("downloading");
+        }
+    }
+
+    fn clear(&self) {
+        for bar in &self.bars {
+            bar.finish();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+pub(crate) async fn pull(
+    api: &Api,
+    reference: &str,
+    name: &str,
+    credentials: Option<(String, String)>,
+    allow_privilege_escalation: bool,
+) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({
+        "name": name,
+        "reference": reference,
+        "allowPrivilegeEscalation": allow_privilege_escalation,
+    });
+    if let Some((username, password)) = credentials {
+        body["username"] = username.into();
+        body["password"] = password.into();
+    }
+    let request = api
+        .request(reqwest::Method::POST, "/hutch/v1/templates/pull")
+        .header(reqwest::header::ACCEPT, "application/x-ndjson")
+        .json(&body);
+    let mut resp = api.send(request).await?;
+    let mut bars = LayerBars::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut outcome: Option<Result<TemplateInfo, String>> = None;
+    while outcome.is_none() {
+        let chunk = resp.chunk().await.map_err(|e| api.transport_error(&e))?;
+        let Some(chunk) = chunk else { break };
+        pending.extend_from_slice(&chunk);
+        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let event: PullEvent = serde_json::from_slice(&line).with_context(|| {
+                format!(
+                    "unexpected answer from the server: {}",
+                    String::from_utf8_lossy(&line).trim()
+                )
+            })?;
+            match event {
+                PullEvent::Resolved { layers } => bars.layers(layers),
+                PullEvent::Layer {
+                    index,
+                    digest,
+                    total,
+                    done,
+                    reused,
+                    complete,
+                } => bars.update(index, &digest, total, done, reused, complete),
+                PullEvent::Done { template } => outcome = Some(Ok(template)),
+                PullEvent::Error { message } => outcome = Some(Err(message)),
+                PullEvent::Other => {}
+            }
+        }
+    }
+    bars.clear();
+    match outcome {
+        Some(Ok(info)) => {
+            println!("pulled template {} (id {})", info.name, info.id);
+            Ok(())
+        }
+        Some(Err(message)) => Err(ServerReplied { message }.into()),
+        None => Err(anyhow!(
+            "the server stopped answering before the pull of {reference} finished"
+        )),
+    }
 }
 
 pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {

@@ -27,6 +27,8 @@ async fn start() -> TestServer {
         data_dir: data_dir.clone(),
         envd: PathBuf::from("/bin/busybox"),
         runc: PathBuf::from("runc"),
+        insecure_registries: Vec::new(),
+        max_limits: hutch_server::LimitMaxima::default(),
     })
     .await
     .unwrap();
@@ -237,7 +239,10 @@ async fn client_errors_are_one_line() {
     let o = s.hutch(&["sandbox", "kill", "nosuchsandbox"]).await;
     assert_error(&o, 1, "error: sandbox 'nosuchsandbox' not found");
     let o = s.hutch(&["sandbox", "list"]).await;
-    assert_eq!(stdout(&o), "ID  TEMPLATE  STATE  STARTED  ENDS  METADATA\n");
+    assert_eq!(
+        stdout(&o),
+        "ID  TEMPLATE  STATE  STARTED  ENDS  CPUS  MEM_MB  DISK_MB  PIDS  METADATA\n"
+    );
     let o = s.hutch(&["exec", "abc"]).await;
     assert_eq!(o.status.code(), Some(2), "missing command is a usage error");
 

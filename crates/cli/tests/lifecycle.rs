@@ -111,7 +111,7 @@ fn lines_in_upper(server: &TestServer, id: &str, path: &str) -> usize {
         .data_dir()
         .join("sandboxes")
         .join(id)
-        .join("upper")
+        .join("disk/upper")
         .join(path.trim_start_matches('/'));
     std::fs::read_to_string(file)
         .map(|s| s.lines().count())
@@ -334,8 +334,8 @@ fn metrics_come_from_the_cgroup_and_the_upper_dir() {
     );
     let sample = get_json(&server, &format!("/sandboxes/{id}/metrics?start=0"));
     let sample = &sample.as_array().unwrap()[0];
-    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
-    assert_eq!(sample["cpuCount"].as_u64(), Some(cpus));
+    // The sandbox's CPU limit (the default: 2).
+    assert_eq!(sample["cpuCount"].as_u64(), Some(2));
     let pct = sample["cpuUsedPct"].as_f64().unwrap();
     assert!(pct > 5.0 && pct <= 100.0, "a busy loop: {pct}%");
     let mem_used = sample["memUsed"].as_u64().unwrap();
@@ -346,6 +346,10 @@ fn metrics_come_from_the_cgroup_and_the_upper_dir() {
     let disk_total = sample["diskTotal"].as_u64().unwrap();
     assert!(disk_used >= 8 << 20, "the 8 MiB file: {disk_used}");
     assert!(disk_total > disk_used);
+    assert!(
+        disk_total <= 2048 << 20,
+        "the sandbox's own 2 GiB disk: {disk_total}"
+    );
     let ts = sample["timestampUnix"].as_i64().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -327,13 +327,24 @@ impl TemplateEnv {
 
     /// Applies `ENV name=raw`: expands `raw` and sets the result.
     pub fn apply(&mut self, name: &str, raw: &str) -> Result<(), EnvError> {
+        self.apply_with(name, raw, &[])
+    }
+
+    /// Applies `ENV name=raw` with build arguments `extra` visible to the
+    /// expansion (shadowed by variables of the same name).
+    pub fn apply_with(
+        &mut self,
+        name: &str,
+        raw: &str,
+        extra: &[(String, String)],
+    ) -> Result<(), EnvError> {
         if !valid_name(name) {
             return Err(EnvError::InvalidName {
                 layer: Layer::Template,
                 name: name.to_owned(),
             });
         }
-        let value = self.expand(raw);
+        let value = self.expand_with(raw, extra);
         if value.contains('\0') {
             return Err(EnvError::InvalidValue {
                 layer: Layer::Template,

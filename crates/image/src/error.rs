@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Everything that can go wrong while importing images or handling the layer store.
+/// Everything that can go wrong while importing or pulling images or handling the layer store.
 ///
 /// Messages name what failed, on what, and (where there is something to do) what to do
 /// about it. Variants carrying an [`io::Error`] expose it through [`std::error::Error::source`].
@@ -115,6 +115,70 @@ pub enum ImageError {
         wanted: String,
         /// Platforms found (comma separated).
         available: String,
+    },
+
+    /// The source only holds images for other platforms.
+    #[error(
+        "image '{reference}' has no {wanted} variant; the registry has: {available}; pull an \
+         image built for {wanted}"
+    )]
+    RegistryNoPlatform {
+        /// The reference pulled.
+        reference: String,
+        /// The platform wanted, e.g. "linux/amd64".
+        wanted: String,
+        /// Platforms found (comma separated).
+        available: String,
+    },
+
+    /// An image reference for a pull cannot be parsed.
+    #[error(
+        "invalid image reference {reference:?}: {detail}; use [REGISTRY/]NAME[:TAG|@DIGEST], \
+         e.g. docker.io/library/debian:bookworm"
+    )]
+    InvalidReference {
+        /// The reference given.
+        reference: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// The registry has no such repository or tag.
+    #[error("image '{reference}' not found in registry '{registry}'; check its name and tag")]
+    RegistryNotFound {
+        /// The reference pulled.
+        reference: String,
+        /// The registry, as the reference names it (`docker.io` for Docker Hub).
+        registry: String,
+    },
+
+    /// The registry refused access (401/403, or its token service refused the credentials).
+    #[error("registry '{registry}' refused access to '{reference}': {detail}")]
+    RegistryAuth {
+        /// The registry.
+        registry: String,
+        /// The reference pulled.
+        reference: String,
+        /// What the registry said, then which credentials to pass or check.
+        detail: String,
+    },
+
+    /// The registry cannot be reached (DNS, connection, TLS, timeout) or the transfer broke.
+    #[error("cannot reach registry '{registry}': {cause}")]
+    RegistryUnreachable {
+        /// The registry (`host[:port]`).
+        registry: String,
+        /// The cause, in words.
+        cause: String,
+    },
+
+    /// The registry answered with an error not covered by the other variants.
+    #[error("registry '{registry}' failed: {detail}")]
+    Registry {
+        /// The registry.
+        registry: String,
+        /// What happened.
+        detail: String,
     },
 
     /// A layer could not be written into the store (the layer itself read fine).

@@ -691,7 +691,7 @@ fn normalize_ref(r: &str) -> String {
     name
 }
 
-fn image_config(config: &ImageConfiguration) -> ImageConfig {
+pub(crate) fn image_config(config: &ImageConfiguration) -> ImageConfig {
     let Some(c) = config.config() else {
         return ImageConfig::default();
     };

@@ -9,11 +9,16 @@
 //! Importing verifies everything it reads against the digests the image declares, stages
 //! each layer under `ROOT/tmp/`, and moves layers into place only once the whole image has
 //! been read successfully, so a failed import leaves nothing behind.
+//!
+//! [`pull()`] fetches an image from an OCI / Docker registry into the same store, verifying
+//! every blob against its digest and every layer against its diff id; its documentation
+//! describes transport, credentials, atomicity and layer reuse.
 
 mod digest;
 mod error;
 mod extract;
 mod import;
+mod pull;
 mod source;
 mod store;
 mod template;
@@ -21,8 +26,9 @@ mod template;
 use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
+pub use pull::{PullOptions, PullProgress, RegistryAuth, pull};
 pub use store::LayerStore;
-pub use template::{TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource};
+pub use template::{TEMPLATE_SCHEMA_VERSION, TemplateLimits, TemplateMetadata, TemplateSource};
 
 /// Progress of an import, reported as it happens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +66,7 @@ pub enum ImportProgress {
     },
 }
 
-/// The result of a successful import.
+/// The result of a successful import or pull.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportedImage {
     /// Digest of the manifest that was imported. For legacy Docker archives, which hold no

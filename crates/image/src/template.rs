@@ -36,6 +36,41 @@ pub struct TemplateMetadata {
     /// as `sudo` (no `no_new_privs`). Off unless the template asks for it.
     #[serde(default)]
     pub allow_privilege_escalation: bool,
+    /// Command started in the background in every sandbox of the template
+    /// (with the template's environment), before the sandbox is handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    /// Command run until it exits 0 before a sandbox of the template counts
+    /// as ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
+    /// Resource limits its sandboxes get unless a create asks for others;
+    /// `None` (and every unset field) means the server's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TemplateLimits>,
+}
+
+/// A template's default resource limits, in the units and names of E2B's
+/// create body. Each field left `None` falls back to the server's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateLimits {
+    /// CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<u32>,
+    /// Memory, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "memoryMB")]
+    pub memory_mb: Option<u64>,
+    /// Disk (the writable layer), MiB.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "diskSizeMB"
+    )]
+    pub disk_size_mb: Option<u64>,
+    /// Maximum number of processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
 }
 
 /// Where a template came from. Serialized with a `"kind"` tag: `{"kind":"image", ...}`.
@@ -55,6 +90,15 @@ pub enum TemplateSource {
         manifest_digest: String,
         /// Digest of the image config.
         config_digest: String,
+    },
+    /// Built from a Dockerfile or through the template API.
+    Build {
+        /// `dockerfile` or `template-api`.
+        frontend: String,
+        /// What the build started from (template name or image reference).
+        from: String,
+        /// Number of steps.
+        steps: usize,
     },
     /// Built by Hutch from a recipe (the default `base` template).
     Recipe {
@@ -119,7 +163,30 @@ mod tests {
             workdir: Some("/work".into()),
             layers: vec![format!("sha256:{}", "c".repeat(64))],
             allow_privilege_escalation: false,
+            start_cmd: None,
+            ready_cmd: None,
+            limits: None,
         }
+    }
+
+    #[test]
+    fn limits_are_optional_and_round_trip() {
+        let mut meta = sample();
+        assert!(!meta.to_json().contains("limits"), "absent when unset");
+        meta.limits = Some(TemplateLimits {
+            cpu_count: Some(1),
+            memory_mb: Some(256),
+            disk_size_mb: None,
+            pids: Some(100),
+        });
+        let json = meta.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["limits"],
+            serde_json::json!({"cpuCount": 1, "memoryMB": 256, "pids": 100})
+        );
+        assert_eq!(v["schemaVersion"], 1);
+        assert_eq!(TemplateMetadata::from_json(&json).unwrap(), meta);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   its sandbox starts and when a sandbox is handed to a user.
 
 pub mod boot;
+pub mod exit;
 pub mod relay;
 
 /// Generated message types, service traits and clients.

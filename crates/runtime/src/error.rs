@@ -159,6 +159,39 @@ pub enum RuntimeError {
         timeout: Duration,
     },
 
+    /// The agent's process service answered something unexpected, or the
+    /// connection failed midway.
+    #[error("agent at {socket} failed: {detail}")]
+    AgentProtocol {
+        /// Host path of the agent's socket.
+        socket: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// The agent could not start a command (no such program, user or
+    /// directory).
+    #[error("cannot run `{command}`: {reason}")]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// The agent's explanation.
+        reason: String,
+    },
+
+    /// A template's ready command did not succeed in time.
+    #[error(
+        "the ready command `{command}` did not succeed within {timeout:?} (last check: {last})"
+    )]
+    NotReady {
+        /// The ready command.
+        command: String,
+        /// How long it was polled.
+        timeout: Duration,
+        /// The last check's result.
+        last: String,
+    },
+
     /// The agent answered with an unexpected status.
     #[error("agent answered {request} with HTTP {status}: {body}")]
     AgentStatus {
@@ -193,6 +226,10 @@ pub enum RuntimeError {
     /// A background task of the runtime failed unexpectedly.
     #[error("internal runtime error: {0}")]
     Internal(String),
+
+    /// The sandbox's network could not be set up, changed or removed.
+    #[error("sandbox network: {0}")]
+    Network(String),
 }
 
 impl RuntimeError {

@@ -5,7 +5,10 @@
 //!
 //! * its root is an overlayfs mount whose lower layers are the template's
 //!   content-addressed layer directories (never written to) and whose upper
-//!   directory is private to the sandbox;
+//!   directory is private to the sandbox, on a file system of its own whose
+//!   size is the sandbox's disk limit (see `disk.rs`);
+//! * it runs under the seccomp filter of [`seccomp`] and the CPU, memory
+//!   and pids limits of [`spec::Limits`];
 //! * its init process is the agent, `hutch-envd`, bind-mounted read-only
 //!   from the host together with its [`BootConfig`] (see
 //!   [`hutch_protocol::boot`] for the paths);
@@ -20,12 +23,18 @@
 //!
 //! ```text
 //! <state_dir>/<id>/          0700
-//!     upper/  work/          overlay upper and work directories
+//!     disk.img               sparse ext4 image, `limits.disk_mb` long
+//!     disk/                  its mountpoint (through an autoclear loop device)
+//!         upper/  work/      overlay upper and work directories
 //!     rootfs/                the overlay mountpoint (the container's root)
 //!     sock/                  0700; bound to /run/hutch/sock; holds envd.sock
 //!     hutch/                 0700; the runc bundle: config.json, boot.json,
 //!                            00-hutch-path.sh, init.pid
 //!     console.log            the container's stdout and stderr
+//!     netns                  its network namespace (a bind mount), unless
+//!                            loopback-only; see [`network`]
+//!     network.json           its address, interface, rule chain, policy
+//!     resolv.conf            bound to /etc/resolv.conf
 //! <runc_root>/<id>/          runc's own state for the container
 //! ```
 //!
@@ -47,13 +56,22 @@ use std::time::Duration;
 use hutch_protocol::boot::{AGENT_SOCKET_NAME, BootConfig};
 
 mod agent;
+mod disk;
 mod error;
 mod mounts;
+pub mod network;
+mod process;
 mod runc;
+pub mod seccomp;
 pub mod spec;
 
 pub use agent::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
 pub use error::RuntimeError;
+pub use network::{Cidr, CidrError, EgressPolicy, NetworkConfig, NetworkPolicy};
+pub use process::{
+    Command, CommandExit, DEFAULT_READY_TIMEOUT, OutputStream, run_command, spawn_command,
+    start_and_wait_ready,
+};
 
 use error::IoContext;
 use runc::Runc;
@@ -93,6 +111,8 @@ pub struct RuntimeConfig {
     pub envd: PathBuf,
     /// Cgroup parent of all sandboxes (relative to each hierarchy's root).
     pub cgroup_parent: String,
+    /// How sandboxes are networked ([`network`]).
+    pub network: NetworkConfig,
 }
 
 impl RuntimeConfig {
@@ -105,6 +125,7 @@ impl RuntimeConfig {
             runc: PathBuf::from(DEFAULT_RUNC),
             envd,
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -131,6 +152,12 @@ pub struct SandboxSpec {
     /// normal case). `false` returns as soon as runc has started the
     /// container; for stand-in agents that serve no HTTP.
     pub wait_for_agent: bool,
+    /// Its network: by default an address, a route through the host and
+    /// internet access ([`network`]).
+    pub network: NetworkPolicy,
+    /// CPU, memory, pids and disk limits ([`spec::Limits::default`] unless
+    /// set).
+    pub limits: spec::Limits,
 }
 
 impl SandboxSpec {
@@ -142,6 +169,8 @@ impl SandboxSpec {
             boot,
             no_new_privileges: true,
             wait_for_agent: true,
+            network: NetworkPolicy::default(),
+            limits: spec::Limits::default(),
         }
     }
 }
@@ -157,6 +186,8 @@ pub struct Sandbox {
     pub socket: PathBuf,
     /// Host path of the sandbox's root filesystem (the overlay mount).
     pub rootfs: PathBuf,
+    /// Its IPv4 address; `None` for a loopback-only sandbox.
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl Sandbox {
@@ -179,6 +210,11 @@ struct Inner {
     runc: Runc,
     /// `cfg.cgroup_parent` without surrounding slashes.
     cgroup_parent: String,
+    /// Whether the host accounts swap per cgroup, so that the memory limit
+    /// can cover swap too.
+    limit_swap: bool,
+    /// Host-side networking.
+    network: network::Network,
     /// Per-id locks serializing `create` and `destroy` of the same id.
     locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
@@ -186,6 +222,8 @@ struct Inner {
 /// The host paths of one sandbox.
 struct Paths {
     dir: PathBuf,
+    disk_image: PathBuf,
+    disk: PathBuf,
     upper: PathBuf,
     work: PathBuf,
     rootfs: PathBuf,
@@ -285,6 +323,7 @@ impl Runtime {
                 .ctx(|| format!("create {}", dir.display()))?;
         }
 
+        let network = network::Network::new(cfg.network.clone(), &state_dir)?;
         let runc = Runc {
             binary: runc_bin.clone(),
             root: runc_root.clone(),
@@ -297,9 +336,12 @@ impl Runtime {
                     runc: runc_bin,
                     envd,
                     cgroup_parent: cfg.cgroup_parent,
+                    network: cfg.network,
                 },
                 runc,
                 cgroup_parent,
+                limit_swap: swap_accounting(),
+                network,
                 locks: Default::default(),
             }),
         })
@@ -321,13 +363,24 @@ impl Runtime {
         self.paths(id).console_log
     }
 
+    /// Host path of a sandbox's writable layer (the overlay upper
+    /// directory, `state_dir/<id>/disk/upper`, on the sandbox's own disk).
+    /// Valid from the moment [`Runtime::create`] returns until the sandbox
+    /// is destroyed. Template builds read it once a step's command has
+    /// finished, before destroying the sandbox, to turn it into a layer.
+    pub fn upper_dir(&self, id: &str) -> PathBuf {
+        self.paths(id).upper
+    }
+
     fn paths(&self, id: &str) -> Paths {
         let dir = self.inner.cfg.state_dir.join(id);
         let bundle = dir.join("hutch");
         let sock = dir.join("sock");
         Paths {
-            upper: dir.join("upper"),
-            work: dir.join("work"),
+            disk_image: dir.join("disk.img"),
+            upper: dir.join("disk/upper"),
+            work: dir.join("disk/work"),
+            disk: dir.join("disk"),
             rootfs: dir.join("rootfs"),
             socket: sock.join(AGENT_SOCKET_NAME),
             sock,
@@ -402,6 +455,12 @@ impl Runtime {
                 reason: "no layers".to_owned(),
             });
         }
+        if let Err(reason) = spec.limits.validate() {
+            return Err(RuntimeError::InvalidSpec {
+                id: spec.id.clone(),
+                reason,
+            });
+        }
 
         let lock = self.id_lock(&spec.id);
         let _guard = lock.lock().await;
@@ -440,6 +499,30 @@ impl Runtime {
 
     async fn boot(&self, spec: &SandboxSpec, paths: Paths) -> Result<Sandbox, RuntimeError> {
         let paths = Arc::new(paths);
+        // The network first: `prepare` joins the namespace it made.
+        let address = match &spec.network {
+            NetworkPolicy::Loopback => None,
+            NetworkPolicy::Egress(policy) => {
+                let this = self.clone();
+                let id = spec.id.clone();
+                let dir = paths.dir.clone();
+                let policy = policy.clone();
+                let started = std::time::Instant::now();
+                let address = blocking(move || {
+                    let net = &this.inner.network;
+                    let record = net.setup(&id, &dir, &policy)?;
+                    write_file(
+                        &dir.join(network::RESOLV_CONF_FILE),
+                        net.resolv_conf().as_bytes(),
+                        0o644,
+                    )?;
+                    Ok(record.address)
+                })
+                .await?;
+                tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), %address, "sandbox network set up");
+                Some(address)
+            }
+        };
         {
             let paths = paths.clone();
             let layers = spec.layers.clone();
@@ -447,7 +530,11 @@ impl Runtime {
             let id = spec.id.clone();
             let envd = self.inner.cfg.envd.clone();
             let cgroups_path = self.cgroups_path(&spec.id);
-            let no_new_privileges = spec.no_new_privileges;
+            let confinement = Confinement {
+                no_new_privileges: spec.no_new_privileges,
+                limits: spec.limits,
+                limit_swap: self.inner.limit_swap,
+            };
             blocking(move || {
                 prepare(
                     &id,
@@ -455,7 +542,7 @@ impl Runtime {
                     &boot,
                     &envd,
                     &cgroups_path,
-                    no_new_privileges,
+                    confinement,
                     &paths,
                 )
             })
@@ -484,6 +571,7 @@ impl Runtime {
             init_pid,
             socket: paths.socket.clone(),
             rootfs: paths.rootfs.clone(),
+            address,
         })
     }
 
@@ -548,11 +636,22 @@ impl Runtime {
         let cgroups_path = self.cgroups_path(id);
         let runc_state = self.inner.cfg.runc_root.join(id);
         let id = id.to_owned();
+        let this = self.clone();
         blocking(move || {
+            // Before the unmount: the namespace's bind mount keeps the
+            // sandbox's end of the link alive until the host end is gone.
+            if let Err(e) = this.inner.network.teardown(&id, &paths.dir) {
+                // Whatever is left has no record once the directory is
+                // gone; `list_host_sandboxes` removes it.
+                tracing::warn!(%id, error = %e, "cannot remove the sandbox's network");
+            }
             remove_cgroups(&cgroups_path);
             if let Some(path) = mounts::unmount_all_under(&paths.dir)? {
                 return Err(RuntimeError::StillMounted { id, path });
             }
+            // Unmounting the disk freed its loop device (autoclear); this
+            // catches one bound some other way.
+            disk::detach_loops_under(&paths.dir);
             remove_dir_if_exists(&paths.dir)?;
             // runc removes its state on delete; this covers a crash between
             // runc creating the directory and writing its state.
@@ -564,7 +663,24 @@ impl Runtime {
     /// Ids with anything left on the host: a runc container under
     /// `runc_root` or a directory under `state_dir`. Sorted, no duplicates.
     /// Names that are not valid sandbox ids are skipped (with a warning).
+    /// Loop devices bound to the disk image of a sandbox directory that no
+    /// longer exists are detached here.
+    ///
+    /// Network objects of this runtime that no sandbox directory records
+    /// any more (left by a crash: interfaces, rule chains, address claims;
+    /// see [`network`]) have no id to report: they are removed here.
     pub async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let this = self.clone();
+        blocking(move || {
+            if let Err(e) = this.inner.network.reconcile() {
+                tracing::warn!(error = %e, "cannot remove leftover sandbox network objects");
+            }
+            // Loop devices still bound to the disk of a sandbox whose
+            // directory is gone have no id to report either.
+            disk::detach_orphan_loops(&this.inner.cfg.state_dir);
+            Ok(())
+        })
+        .await?;
         let dirs = [
             self.inner.cfg.runc_root.clone(),
             self.inner.cfg.state_dir.clone(),
@@ -600,6 +716,29 @@ impl Runtime {
         .await
     }
 
+    /// Replaces the egress policy of a sandbox that has a network, at once
+    /// and atomically (one nftables transaction); used when a sandbox from
+    /// the warm pool is claimed with a policy of its own. Fails for a
+    /// loopback-only sandbox.
+    pub async fn set_egress_policy(
+        &self,
+        id: &str,
+        policy: &EgressPolicy,
+    ) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let lock = self.id_lock(id);
+        let _guard = lock.lock().await;
+        let this = self.clone();
+        let dir = self.paths(id).dir;
+        let policy = policy.clone();
+        blocking(move || this.inner.network.set_policy(&dir, &policy).map(|_| ())).await
+    }
+
+    /// A sandbox's address, if it has a network.
+    pub fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        network::Network::read_record(&self.paths(id).dir).map(|r| r.address)
+    }
+
     /// Freezes every process of the sandbox (`runc pause`, the freezer
     /// cgroup): they use no CPU, keep their memory, and their open streams
     /// stay open. Pausing a paused sandbox is not an error.
@@ -625,6 +764,19 @@ impl Runtime {
             Some(_) => self.inner.runc.freeze(id, false).await,
             None => Err(RuntimeError::NotFound { id: id.to_owned() }),
         }
+    }
+
+    /// Host pid of the sandbox's init (its agent), as runc records it;
+    /// `None` if it has no container or no live init.
+    pub async fn init_pid(&self, id: &str) -> Result<Option<u32>, RuntimeError> {
+        validate_id(id)?;
+        Ok(self
+            .inner
+            .runc
+            .state(id)
+            .await?
+            .map(|s| s.pid)
+            .filter(|&pid| pid != 0 && process_alive(pid)))
     }
 
     /// What runc says of the sandbox's container; `None` if it has none.
@@ -667,6 +819,7 @@ impl Runtime {
                         init_pid: state.pid,
                         socket: paths.socket,
                         rootfs: paths.rootfs,
+                        address: network::Network::read_record(&paths.dir).map(|r| r.address),
                     }));
                 }
                 Err(e) => last = Some(e),
@@ -694,27 +847,49 @@ pub enum SandboxStatus {
 }
 
 /// Host-side preparation of a sandbox (blocking).
+/// How a sandbox is confined, beyond what every sandbox shares.
+#[derive(Debug, Clone, Copy)]
+struct Confinement {
+    /// [`SandboxSpec::no_new_privileges`].
+    no_new_privileges: bool,
+    /// [`SandboxSpec::limits`].
+    limits: spec::Limits,
+    /// Whether the memory limit covers swap (the host accounts it).
+    limit_swap: bool,
+}
+
 fn prepare(
     id: &str,
     layers: &[PathBuf],
     boot: &BootConfig,
     envd: &Path,
     cgroups_path: &str,
-    no_new_privileges: bool,
+    confinement: Confinement,
     paths: &Paths,
 ) -> Result<(), RuntimeError> {
+    let Confinement {
+        no_new_privileges,
+        limits,
+        limit_swap,
+    } = confinement;
+    let mkdir = |dir: &Path, mode| {
+        DirBuilder::new()
+            .mode(mode)
+            .create(dir)
+            .ctx(|| format!("create {}", dir.display()))
+    };
     for (dir, mode) in [
-        (&paths.upper, 0o755),
-        (&paths.work, 0o700),
+        (&paths.disk, 0o700),
         (&paths.rootfs, 0o755),
         (&paths.sock, 0o700),
         (&paths.bundle, 0o700),
     ] {
-        DirBuilder::new()
-            .mode(mode)
-            .create(dir)
-            .ctx(|| format!("create {}", dir.display()))?;
+        mkdir(dir, mode)?;
     }
+    // The writable layer lives on the sandbox's own disk.
+    disk::create(&paths.disk_image, &paths.disk, limits.disk_mb)?;
+    mkdir(&paths.upper, 0o755)?;
+    mkdir(&paths.work, 0o700)?;
 
     for layer in layers {
         match std::fs::metadata(layer) {
@@ -766,12 +941,16 @@ fn prepare(
         None
     };
 
+    // Made by the network setup when the sandbox has a network.
+    let netns = paths.dir.join(network::NETNS_FILE);
+    let resolv_conf = paths.dir.join(network::RESOLV_CONF_FILE);
     let etc_files = if is_real_dir(&paths.rootfs.join("etc")) {
         write_file(&paths.hosts, spec::hosts_file(id).as_bytes(), 0o644)?;
         write_file(&paths.hostname, format!("{id}\n").as_bytes(), 0o644)?;
         Some(spec::EtcFiles {
             hosts: &paths.hosts,
             hostname: &paths.hostname,
+            resolv_conf: resolv_conf.exists().then_some(resolv_conf.as_path()),
         })
     } else {
         None
@@ -786,9 +965,11 @@ fn prepare(
         profile_script,
         etc_files,
         cgroups_path,
-        limits: spec::Limits::default(),
-        seccomp: None,
+        limits,
+        limit_swap,
+        seccomp: Some(seccomp::profile(&spec::DEFAULT_CAPABILITIES)),
         no_new_privileges,
+        network_ns: netns.exists().then_some(netns.as_path()),
     });
     let config = serde_json::to_vec_pretty(&oci).map_err(|source| RuntimeError::Json {
         context: "serialize config.json".to_owned(),
@@ -797,6 +978,25 @@ fn prepare(
     write_file(&paths.config_json, &config, 0o600)?;
     write_file(&paths.console_log, b"", 0o600)?;
     Ok(())
+}
+
+/// Whether the host accounts swap per memory cgroup (`memory.memsw.*` on
+/// cgroup v1, `memory.swap.max` on v2): only then can a spec limit swap.
+fn swap_accounting() -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("memory/memory.memsw.limit_in_bytes").exists() {
+        return true;
+    }
+    if !root.join("cgroup.controllers").exists() {
+        return false;
+    }
+    // cgroup v2: the file exists in every non-root cgroup when swap
+    // accounting is on.
+    std::fs::read_dir(root).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().join("memory.swap.max").exists())
+    })
 }
 
 /// Whether the rootfs has a real `/etc/profile.d` directory. Symlinks are

@@ -14,19 +14,20 @@
 //!   `HOME` from the rootfs's `/etc/passwd`, `/` if absent). No terminal;
 //!   `noNewPrivileges` set, so setuid binaries and file capabilities cannot
 //!   raise privileges inside the sandbox. Capabilities: Docker's default set
-//!   ([`DEFAULT_CAPABILITIES`]) in the bounding, effective and permitted sets;
-//!   inheritable and ambient empty, so non-root children of the agent get no
-//!   capabilities. No rlimits: the sandbox inherits runc's (the server's)
-//!   limits; raising one above the current hard limit would need
-//!   `CAP_SYS_RESOURCE`, which Hutch may not have. `oomScoreAdj` unset
-//!   (inherited).
+//!   minus `NET_RAW` ([`DEFAULT_CAPABILITIES`]) in the bounding, effective
+//!   and permitted sets; inheritable and ambient empty, so non-root children
+//!   of the agent get no capabilities. No rlimits: the sandbox inherits
+//!   runc's (the server's) limits; raising one above the current hard limit
+//!   would need `CAP_SYS_RESOURCE`, which Hutch may not have. `oomScoreAdj`
+//!   unset (inherited; the agent raises it for the processes it starts, so
+//!   that the OOM killer spares the agent).
 //! * **Namespaces**: new pid, mount, ipc, uts, network and cgroup namespaces.
 //!   The network namespace is empty: runc brings up `lo` and nothing else.
 //!   The cgroup namespace is used on cgroup v1 too: runc 1.1 supports it
 //!   there (verified on a v1 hybrid host with runc 1.1.5; the sandbox sees
 //!   its own cgroup as `/`). No user namespace: root in the sandbox is root
 //!   on the host, confined by the reduced capability set, `noNewPrivileges`,
-//!   masked paths and (later) seccomp.
+//!   masked paths and the seccomp filter.
 //! * **Mounts**: Docker's defaults (`/proc`, `/dev` tmpfs, `/dev/pts`,
 //!   `/dev/shm`, `/dev/mqueue`, read-only `/sys` and `/sys/fs/cgroup`), then
 //!   Hutch's own bind mounts: the agent binary and `boot.json` read-only,
@@ -34,19 +35,26 @@
 //!   at [`PROFILE_SCRIPT_PATH`].
 //! * **Linux**: Docker's masked and read-only paths (plus `/sys/fs/cgroup`
 //!   read-only, see [`CGROUP_MOUNT`]); cgroup device access
-//!   denied except Docker's standard allow list; `pids` and `memory` limits
-//!   from [`Limits`]; no seccomp filter yet ([`SpecInput::seccomp`] is where
-//!   it goes); rootfs propagation left to runc (it makes the container's
+//!   denied except Docker's standard allow list; CPU (CFS quota), memory
+//!   (swap included, where the host accounts swap) and `pids` limits from
+//!   [`Limits`]; the seccomp filter of [`crate::seccomp`]
+//!   ([`SpecInput::seccomp`]); `net.ipv4.ping_group_range` opened to every
+//!   group, so `ping` works through ICMP datagram sockets without
+//!   `NET_RAW`; rootfs propagation left to runc (it makes the container's
 //!   mounts private/slave, so nothing leaks back to the host).
+//!
+//! The disk limit of [`Limits`] is not part of the spec: the runtime puts
+//! the sandbox's upper directory on a file system of that size (see
+//! `disk.rs`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use hutch_protocol::boot::{AGENT_BINARY, BOOT_CONFIG, SOCKET_DIR};
 use oci_spec::runtime::{
-    Capability, Linux, LinuxCapabilities, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory,
-    LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp, Mount, Process,
-    Root, Spec, User,
+    Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType,
+    LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp,
+    Mount, Process, Root, Spec, User,
 };
 
 /// OCI runtime-spec version written into `config.json`; the version runc
@@ -71,21 +79,38 @@ pub const PROFILE_SCRIPT: &str = include_str!("../assets/00-hutch-path.sh");
 /// cannot exhaust the host's pid space.
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 
-/// Default memory limit of a sandbox (512 MiB). Swap is not limited
-/// separately: the limit applies to RAM use, and the sandbox may swap if the
-/// host has swap.
+/// Default memory limit of a sandbox (512 MiB). Where the host accounts
+/// swap per cgroup, it covers swap too (memory + swap = this limit, so a
+/// sandbox never swaps); otherwise it limits RAM.
 pub const DEFAULT_MEMORY_LIMIT: i64 = 512 * 1024 * 1024;
 
-/// Docker's default capability set (moby `oci/caps.DefaultCapabilities`).
-/// Notably absent: `SYS_ADMIN`, `NET_ADMIN`, `SYS_PTRACE`, `SYS_MODULE`,
-/// `DAC_READ_SEARCH`, `SYS_RESOURCE`.
-pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+/// Default number of CPUs a sandbox may use at once (its CFS quota is this
+/// many [`CPU_PERIOD_US`] periods per period).
+pub const DEFAULT_CPUS: u32 = 2;
+
+/// Default size of a sandbox's disk (its writable layer), in MiB: 2 GiB.
+pub const DEFAULT_DISK_MB: u64 = 2048;
+
+/// The CFS period of every sandbox, in microseconds (the kernel's
+/// default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Size of a sandbox's `/dev/shm` (a tmpfs of its own, charged to its
+/// memory limit), in KiB: 64 MiB, as Docker.
+pub const SHM_SIZE_KIB: u64 = 65_536;
+
+/// Docker's default capability set (moby `oci/caps.DefaultCapabilities`)
+/// without `NET_RAW`: raw and packet sockets would let a sandbox forge
+/// packets on whatever network it is attached to, and `ping` works without
+/// it (see the module docs). Notably absent as with Docker: `SYS_ADMIN`,
+/// `NET_ADMIN`, `SYS_PTRACE`, `SYS_MODULE`, `DAC_READ_SEARCH`,
+/// `SYS_RESOURCE`.
+pub const DEFAULT_CAPABILITIES: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
     Capability::Mknod,
-    Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setfcap,
@@ -130,24 +155,76 @@ pub const READONLY_PATHS: [&str; 5] = [
 /// read-only remount closes that. On cgroup v2 it changes nothing.
 pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 
-/// Resource limits applied through the sandbox's cgroup.
+/// A sandbox's resource limits: CPU, memory and pids through its cgroup,
+/// disk through the size of its writable layer's file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// CPUs it may use at once: a CFS quota of `cpus` ×
+    /// [`CPU_PERIOD_US`] per period (`cpu.cfs_quota_us` / `cpu.max`). It
+    /// still sees every host CPU (`nproc`), but cannot use more time than
+    /// this.
+    pub cpus: u32,
+    /// Memory limit in bytes (`memory.limit_in_bytes` / `memory.max`);
+    /// swap included where the host accounts it.
+    pub memory_bytes: i64,
     /// Maximum number of tasks (`pids.max`).
     pub pids: i64,
-    /// Memory limit in bytes (`memory.limit_in_bytes` / `memory.max`).
-    pub memory_bytes: i64,
+    /// Size of its writable layer, MiB: what it can write to its root file
+    /// system (including `/tmp`) in total.
+    pub disk_mb: u64,
 }
 
 impl Default for Limits {
-    /// [`DEFAULT_PIDS_LIMIT`] and [`DEFAULT_MEMORY_LIMIT`].
+    /// [`DEFAULT_CPUS`], [`DEFAULT_MEMORY_LIMIT`], [`DEFAULT_PIDS_LIMIT`]
+    /// and [`DEFAULT_DISK_MB`].
     fn default() -> Self {
         Limits {
-            pids: DEFAULT_PIDS_LIMIT,
+            cpus: DEFAULT_CPUS,
             memory_bytes: DEFAULT_MEMORY_LIMIT,
+            pids: DEFAULT_PIDS_LIMIT,
+            disk_mb: DEFAULT_DISK_MB,
         }
     }
 }
+
+impl Limits {
+    /// The CFS quota, in microseconds per [`CPU_PERIOD_US`].
+    pub fn cpu_quota_us(&self) -> i64 {
+        i64::from(self.cpus).saturating_mul(CPU_PERIOD_US as i64)
+    }
+
+    /// Checks that every limit can be applied: at least one CPU, 4 MiB of
+    /// memory (runc's own minimum is lower, but nothing runs in less),
+    /// 16 pids (the agent and a shell), and a disk within the runtime's
+    /// bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cpus == 0 {
+            return Err("cpus must be at least 1".to_owned());
+        }
+        if self.memory_bytes < MIN_MEMORY_BYTES {
+            return Err(format!(
+                "memory limit of {} bytes is below the minimum of {MIN_MEMORY_BYTES}",
+                self.memory_bytes
+            ));
+        }
+        if self.pids < MIN_PIDS {
+            return Err(format!(
+                "pids limit of {} is below the minimum of {MIN_PIDS}",
+                self.pids
+            ));
+        }
+        crate::disk::check_size(self.disk_mb)
+    }
+}
+
+/// Smallest memory limit [`Limits::validate`] accepts: 4 MiB.
+pub const MIN_MEMORY_BYTES: i64 = 4 * 1024 * 1024;
+
+/// Smallest pids limit [`Limits::validate`] accepts.
+pub const MIN_PIDS: i64 = 16;
+
+/// Smallest disk [`Limits::validate`] accepts, MiB.
+pub const MIN_DISK_MB: u64 = crate::disk::MIN_DISK_MB;
 
 /// Host files bound over `/etc/hosts` and `/etc/hostname`.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +233,9 @@ pub struct EtcFiles<'a> {
     pub hosts: &'a Path,
     /// Bound to `/etc/hostname`.
     pub hostname: &'a Path,
+    /// Bound to `/etc/resolv.conf` when the sandbox has a network (see
+    /// [`crate::network`]); `None` leaves the image's file.
+    pub resolv_conf: Option<&'a Path>,
 }
 
 /// The contents of a sandbox's `/etc/hosts`: loopback names and the
@@ -191,13 +271,20 @@ pub struct SpecInput<'a> {
     /// resolved from the root of each hierarchy (cgroup v1) or of the
     /// unified hierarchy (v2), not from the server's own cgroup.
     pub cgroups_path: &'a str,
-    /// Cgroup resource limits.
+    /// Resource limits (the cgroup ones; `disk_mb` is applied by the
+    /// caller).
     pub limits: Limits,
-    /// Seccomp filter; `None` for none (a later revision sets Docker's
-    /// default profile here).
+    /// Limit memory + swap to the memory limit (`memory.swap`): only when
+    /// the host accounts swap per cgroup, or runc would fail.
+    pub limit_swap: bool,
+    /// Seccomp filter; `None` for none. The runtime always passes
+    /// [`crate::seccomp::profile`] of [`DEFAULT_CAPABILITIES`].
     pub seccomp: Option<LinuxSeccomp>,
     /// `process.noNewPrivileges`; see [`crate::SandboxSpec::no_new_privileges`].
     pub no_new_privileges: bool,
+    /// The network namespace to join (a bind mount made by
+    /// [`crate::network`]); `None` for a new one with only loopback.
+    pub network_ns: Option<&'a Path>,
 }
 
 /// Builds the sandbox's `config.json` (see the module docs for the choices).
@@ -305,11 +392,19 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
             p("mqueue"),
             &["nosuid", "noexec", "nodev"],
         ),
+        // Private to the sandbox, its pages charged to the sandbox's
+        // memory cgroup.
         mount(
             "/dev/shm",
             "tmpfs",
             p("shm"),
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "mode=1777",
+                &format!("size={SHM_SIZE_KIB}k"),
+            ],
         ),
         // Hutch's own files. runc creates the mountpoints (in the sandbox's
         // upper directory) when the template lacks them.
@@ -341,7 +436,11 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
     ];
     if let Some(etc) = input.etc_files {
         // Writable, as with Docker: a user may add names to /etc/hosts.
-        for (dest, src) in [("/etc/hosts", etc.hosts), ("/etc/hostname", etc.hostname)] {
+        let resolv = etc.resolv_conf.map(|r| ("/etc/resolv.conf", r));
+        for (dest, src) in [("/etc/hosts", etc.hosts), ("/etc/hostname", etc.hostname)]
+            .into_iter()
+            .chain(resolv)
+        {
             mounts.push(mount(
                 dest,
                 "bind",
@@ -360,6 +459,13 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
         ));
     }
     mounts
+}
+
+/// The network namespace: joined by path, or new (loopback only).
+fn network_namespace(path: Option<&Path>) -> LinuxNamespace {
+    let mut ns = namespace(LinuxNamespaceType::Network);
+    ns.set_path(path.map(Path::to_path_buf));
+    ns
 }
 
 fn namespace(typ: LinuxNamespaceType) -> LinuxNamespace {
@@ -410,11 +516,18 @@ fn linux(input: &SpecInput<'_>) -> Linux {
     let mut pids = LinuxPids::default();
     pids.set_limit(input.limits.pids);
     let mut memory = LinuxMemory::default();
-    memory.set_limit(Some(input.limits.memory_bytes));
+    memory
+        .set_limit(Some(input.limits.memory_bytes))
+        // OCI's `swap` is memory + swap.
+        .set_swap(input.limit_swap.then_some(input.limits.memory_bytes));
+    let mut cpu = LinuxCpu::default();
+    cpu.set_quota(Some(input.limits.cpu_quota_us()))
+        .set_period(Some(CPU_PERIOD_US));
 
     let mut resources = LinuxResources::default();
     resources
         .set_devices(Some(device_rules()))
+        .set_cpu(Some(cpu))
         .set_pids(Some(pids))
         .set_memory(Some(memory));
 
@@ -422,7 +535,10 @@ fn linux(input: &SpecInput<'_>) -> Linux {
     linux
         .set_uid_mappings(None)
         .set_gid_mappings(None)
-        .set_sysctl(None)
+        .set_sysctl(Some(HashMap::from([(
+            "net.ipv4.ping_group_range".to_owned(),
+            "0 2147483647".to_owned(),
+        )])))
         .set_resources(Some(resources))
         .set_cgroups_path(Some(PathBuf::from(input.cgroups_path)))
         .set_namespaces(Some(vec![
@@ -430,7 +546,7 @@ fn linux(input: &SpecInput<'_>) -> Linux {
             namespace(LinuxNamespaceType::Mount),
             namespace(LinuxNamespaceType::Ipc),
             namespace(LinuxNamespaceType::Uts),
-            namespace(LinuxNamespaceType::Network),
+            network_namespace(input.network_ns),
             namespace(LinuxNamespaceType::Cgroup),
         ]))
         // runc creates the standard device nodes (null, zero, full, random,
@@ -464,9 +580,41 @@ mod tests {
             etc_files: None,
             cgroups_path: "/hutch/sbx-1",
             limits: Limits::default(),
-            seccomp: None,
+            limit_swap: false,
+            seccomp: Some(crate::seccomp::profile(&DEFAULT_CAPABILITIES)),
             no_new_privileges: true,
+            network_ns: None,
         }
+    }
+
+    #[test]
+    fn joins_a_network_namespace_and_binds_resolv_conf() {
+        let mut i = input(None);
+        let netns = Path::new("/data/sandboxes/sbx-1/netns");
+        i.network_ns = Some(netns);
+        let resolv = Path::new("/data/sandboxes/sbx-1/hutch/resolv.conf");
+        i.etc_files = Some(EtcFiles {
+            hosts: Path::new("/h"),
+            hostname: Path::new("/n"),
+            resolv_conf: Some(resolv),
+        });
+        let spec = build(&i);
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        let net = ns
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .unwrap();
+        assert_eq!(net.path().as_deref(), Some(netns));
+        assert_eq!(
+            find(&spec, "/etc/resolv.conf").source().as_deref(),
+            Some(resolv)
+        );
     }
 
     fn find<'a>(spec: &'a Spec, dest: &str) -> &'a Mount {
@@ -535,7 +683,7 @@ mod tests {
             .as_ref()
             .unwrap();
         let docker: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
-        assert_eq!(docker.len(), 14);
+        assert_eq!(docker.len(), 13);
         assert_eq!(caps.bounding().as_ref().unwrap(), &docker);
         assert_eq!(caps.effective().as_ref().unwrap(), &docker);
         assert_eq!(caps.permitted().as_ref().unwrap(), &docker);
@@ -548,6 +696,7 @@ mod tests {
             Capability::SysModule,
             Capability::DacReadSearch,
             Capability::SysResource,
+            Capability::NetRaw,
         ] {
             assert!(!docker.contains(&dangerous), "{dangerous:?}");
         }
@@ -595,12 +744,24 @@ mod tests {
             linux.cgroups_path().as_deref(),
             Some(Path::new("/hutch/sbx-1"))
         );
-        assert!(linux.seccomp().is_none());
+        let seccomp = linux.seccomp().as_ref().expect("a seccomp filter");
+        assert_eq!(
+            seccomp.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+        );
         assert!(linux.uid_mappings().is_none());
+        assert_eq!(
+            linux.sysctl().as_ref().unwrap()["net.ipv4.ping_group_range"],
+            "0 2147483647"
+        );
 
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.pids().unwrap().limit(), 1024);
         assert_eq!(res.memory().unwrap().limit(), Some(512 * 1024 * 1024));
+        assert_eq!(res.memory().unwrap().swap(), None, "swap not accounted");
+        let cpu = res.cpu().as_ref().unwrap();
+        assert_eq!(cpu.quota(), Some(200_000));
+        assert_eq!(cpu.period(), Some(100_000));
         let devices = res.devices().as_ref().unwrap();
         assert!(!devices[0].allow(), "first rule denies everything");
         assert_eq!(devices[0].typ(), Some(LinuxDeviceType::A));
@@ -608,6 +769,49 @@ mod tests {
         assert!(allowed.contains(&"c 1:3 rwm".to_owned()), "{allowed:?}");
         assert!(allowed.contains(&"c 136:* rwm".to_owned()), "{allowed:?}");
         assert!(devices[1..].iter().all(|d| d.allow()));
+    }
+
+    #[test]
+    fn limits_reach_the_cgroup_settings() {
+        let mut i = input(None);
+        i.limits = Limits {
+            cpus: 1,
+            memory_bytes: 64 << 20,
+            pids: 100,
+            disk_mb: 64,
+        };
+        i.limit_swap = true;
+        let spec = build(&i);
+        let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(100_000));
+        assert_eq!(res.memory().unwrap().limit(), Some(64 << 20));
+        assert_eq!(res.memory().unwrap().swap(), Some(64 << 20), "no swap");
+        assert_eq!(res.pids().unwrap().limit(), 100);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 100_000);
+        assert_eq!(json["linux"]["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(json["linux"]["resources"]["memory"]["swap"], 64 << 20);
+    }
+
+    #[test]
+    fn limits_validate() {
+        let ok = Limits::default();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.cpus, 2);
+        assert_eq!(ok.memory_bytes, 512 << 20);
+        assert_eq!(ok.pids, 1024);
+        assert_eq!(ok.disk_mb, 2048);
+        for bad in [
+            Limits { cpus: 0, ..ok },
+            Limits {
+                memory_bytes: 1024,
+                ..ok
+            },
+            Limits { pids: 1, ..ok },
+            Limits { disk_mb: 1, ..ok },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ out=/run/hutch/sock/evidence
   echo "hostname=$(hostname)"
   echo "pid=$$"
   echo "args=$*"
-  grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -d ' \t'
+  grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status | tr -d ' \t'
   echo "kcore_bytes=$(cat /proc/kcore | wc -c)"
   echo "layer=$(cat /etc/layer)"
   echo "base_only=$(cat /base-only)"
@@ -130,6 +130,8 @@ impl Fixture {
     fn spec(&self, id: &str, wait_for_agent: bool) -> SandboxSpec {
         let mut spec = SandboxSpec::new(vec![self.base.clone(), self.top.clone()], boot(id));
         spec.wait_for_agent = wait_for_agent;
+        // Networking has its own tests (tests/network.rs).
+        spec.network = hutch_runtime::NetworkPolicy::Loopback;
         spec
     }
 
@@ -153,6 +155,16 @@ impl Fixture {
             for root in [format!("/sys/fs/cgroup/{c}"), "/sys/fs/cgroup".to_owned()] {
                 let p = Path::new(&root).join(CGROUP_PARENT).join(id);
                 assert!(!p.exists(), "cgroup {} left behind", p.display());
+            }
+        }
+        // No loop device is left bound to the sandbox's disk image.
+        for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+            if let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
+                assert!(
+                    !backing.starts_with(dir.to_str().unwrap()),
+                    "{:?} still bound to {backing}",
+                    entry.file_name()
+                );
             }
         }
         // The layers are intact.
@@ -274,13 +286,15 @@ async fn boots_an_isolated_sandbox_and_destroys_it() {
         "the agent is pid 1 of its own pid namespace"
     );
     assert_eq!(get("args"), "--boot /run/hutch/boot.json");
-    // Docker's default capability set, nothing inheritable or ambient.
-    assert_eq!(get("CapBnd"), "00000000a80425fb");
-    assert_eq!(get("CapEff"), "00000000a80425fb");
-    assert_eq!(get("CapPrm"), "00000000a80425fb");
+    // Docker's default capability set without NET_RAW, nothing
+    // inheritable or ambient.
+    assert_eq!(get("CapBnd"), "00000000a80405fb");
+    assert_eq!(get("CapEff"), "00000000a80405fb");
+    assert_eq!(get("CapPrm"), "00000000a80405fb");
     assert_eq!(get("CapInh"), "0000000000000000");
     assert_eq!(get("CapAmb"), "0000000000000000");
     assert_eq!(get("NoNewPrivs"), "1");
+    assert_eq!(get("Seccomp"), "2", "a seccomp filter is installed");
     assert_eq!(get("kcore_bytes").trim(), "0", "/proc/kcore is masked");
     // The top layer wins: the caller's base-first order was reversed.
     assert_eq!(get("layer"), "top");
@@ -313,7 +327,8 @@ async fn boots_an_isolated_sandbox_and_destroys_it() {
     );
 
     // Writes went to the upper directory, not to the layers.
-    let upper = fx.state_dir(&id).join("upper");
+    let upper = fx.rt.upper_dir(&id);
+    assert_eq!(upper, fx.state_dir(&id).join("disk/upper"));
     assert_eq!(read(&upper.join("written-in-sandbox")), "from-sandbox\n");
     assert_eq!(read(&upper.join("etc/layer")), "changed\n");
     assert_eq!(read(&sandbox.rootfs.join("etc/layer")), "changed\n");

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use hutch_builder::{BASE_SUITE, BASE_TEMPLATE};
 use hutch_image::{TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource};
 
+use crate::builds::{Job, LogKind, Status};
 use crate::db::TemplateRow;
 use crate::state::AppState;
 use crate::{ids, time};
@@ -27,41 +28,67 @@ pub(crate) async fn ensure(st: Arc<AppState>) {
         return;
     }
     tokio::spawn(async move {
-        tracing::info!(
+        let job = crate::builds::track(&st, BASE_TEMPLATE);
+        let first = format!(
             "building the default template '{BASE_TEMPLATE}' from Debian {BASE_SUITE} packages (first start only; takes a minute or two)"
         );
+        tracing::info!("{first}");
+        job.push("info", first, LogKind::Note);
         let started = std::time::Instant::now();
-        match build(&st).await {
-            Ok(()) => tracing::info!(
-                "template '{BASE_TEMPLATE}' is ready ({:.0} s)",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(e) => tracing::error!(
-                "building the template '{BASE_TEMPLATE}' failed: {e}; restart the server to try again, or import an image with `hutch template import`"
-            ),
+        match build(&st, &job).await {
+            Ok(meta) => {
+                let done = format!(
+                    "template '{BASE_TEMPLATE}' is ready ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                tracing::info!("{done}");
+                job.push("info", done, LogKind::Note);
+                job.finish(Status::Ready(Box::new(meta)));
+            }
+            Err(e) => {
+                let message = format!(
+                    "building the template '{BASE_TEMPLATE}' failed: {e}; restart the server to try again, or import an image with `hutch template import`"
+                );
+                tracing::error!("{message}");
+                job.push("error", message.clone(), LogKind::Note);
+                job.finish(Status::Failed {
+                    message,
+                    exit_code: None,
+                });
+            }
         }
         st.base_building.store(false, Ordering::SeqCst);
     });
 }
 
-async fn build(st: &Arc<AppState>) -> Result<(), String> {
+async fn build(st: &Arc<AppState>, job: &Arc<Job>) -> Result<TemplateMetadata, String> {
     let work = st
         .data_dir
         .join("tmp")
         .join(format!("base-{}", ids::new_id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-    let result = build_in(st, &work).await;
+    let result = build_in(st, &work, job).await;
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-async fn build_in(st: &Arc<AppState>, work: &std::path::Path) -> Result<(), String> {
+async fn build_in(
+    st: &Arc<AppState>,
+    work: &std::path::Path,
+    job: &Arc<Job>,
+) -> Result<TemplateMetadata, String> {
     let dir = work.to_owned();
+    let job = job.clone();
     let tar = tokio::task::spawn_blocking(move || {
         hutch_builder::build_base_rootfs(&dir, &mut |line| {
             // mmdebstrap's progress lines start with "I:".
             if let Some(info) = line.strip_prefix("I: ") {
                 tracing::info!(template = BASE_TEMPLATE, "{info}");
+                job.push(
+                    "info",
+                    info.to_owned(),
+                    LogKind::Output { stream: "stderr" },
+                );
             } else {
                 tracing::debug!(template = BASE_TEMPLATE, "{line}");
             }
@@ -105,6 +132,9 @@ async fn build_in(st: &Arc<AppState>, work: &std::path::Path) -> Result<(), Stri
         image,
         // Its user `user` has passwordless sudo, as in E2B's base template.
         allow_privilege_escalation: true,
+        start_cmd: None,
+        ready_cmd: None,
+        limits: None,
     };
     st.db
         .insert_template(TemplateRow {
@@ -116,5 +146,5 @@ async fn build_in(st: &Arc<AppState>, work: &std::path::Path) -> Result<(), Stri
         .await
         .map_err(|e| format!("cannot record the template: {e}"))?;
     crate::pool::refill(st, &id);
-    Ok(())
+    Ok(meta)
 }

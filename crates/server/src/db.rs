@@ -51,6 +51,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sandboxes ADD COLUMN paused_remaining_ms INTEGER; -- while state = 'paused'",
     // 3: sandboxes created with `secure: true` have an agent access token.
     "ALTER TABLE sandboxes ADD COLUMN access_token TEXT;",
+    // 4: the egress policy a sandbox was created with.
+    "ALTER TABLE sandboxes ADD COLUMN network TEXT; -- JSON hutch_runtime::EgressPolicy",
+    // 5: cpu_count, memory_mb and disk_size_mb hold the sandbox's own
+    // limits (they held the host's figures before); its pids limit joins
+    // them (NULL in older rows).
+    "ALTER TABLE sandboxes ADD COLUMN pids INTEGER;",
 ];
 
 /// A database failure.
@@ -148,17 +154,24 @@ pub struct SandboxRow {
     pub end_at: i64,
     /// Unix ms: when it was killed.
     pub ended_at: Option<i64>,
-    /// Reported `cpuCount`.
+    /// Its CPU limit (`cpuCount`).
     pub cpu_count: u32,
-    /// Reported `memoryMB`.
+    /// Its memory limit, MiB (`memoryMB`).
     pub memory_mb: u64,
-    /// Reported `diskSizeMB`.
+    /// Its disk size, MiB (`diskSizeMB`).
     pub disk_size_mb: u64,
+    /// Its pids limit (`hutchPids`); `None` in rows from before it was
+    /// recorded.
+    pub pids: Option<u64>,
     /// While paused: the lifetime it had left, in ms.
     pub paused_remaining_ms: Option<i64>,
     /// The agent's access token (`secure: true` sandboxes), which every
     /// agent request must carry as `X-Access-Token`.
     pub access_token: Option<String>,
+    /// The egress policy it was created with (JSON of
+    /// `hutch_runtime::EgressPolicy`); `None` for rows from before it was
+    /// recorded (they had the default).
+    pub network: Option<String>,
 }
 
 /// An API key as listed (never the key itself).
@@ -351,6 +364,49 @@ impl Db {
         .await
     }
 
+    /// Inserts a template, replacing one of the same name: the old row is
+    /// kept under the hidden name `<name>@<old id>` (no valid template name
+    /// contains `@`), so sandboxes still running from it keep working and
+    /// its layers stay referenced until it is pruned. Returns the old id.
+    ///
+    /// When the new row keeps the old id (E2B's template API keeps a
+    /// template's id across builds), the old row moves to a fresh hidden id
+    /// and the sandboxes still running from it follow it there.
+    pub async fn replace_template(&self, t: TemplateRow) -> Result<Option<String>, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let old: Option<String> = tx
+                .query_row("SELECT id FROM templates WHERE name = ?1", [&t.name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if old.as_ref() == Some(&t.id) {
+                let hidden = crate::ids::new_id();
+                tx.execute(
+                    "UPDATE templates SET id = ?2, name = name || '@' || ?2 WHERE id = ?1",
+                    [&t.id, &hidden],
+                )?;
+                tx.execute(
+                    "UPDATE sandboxes SET template_id = ?2
+                     WHERE template_id = ?1 AND state IN ('starting', 'running', 'paused')",
+                    [&t.id, &hidden],
+                )?;
+            } else if let Some(old) = &old {
+                tx.execute(
+                    "UPDATE templates SET name = name || '@' || id WHERE id = ?1",
+                    [old],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO templates (id, name, metadata, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![t.id, t.name, t.metadata, t.created_at],
+            )?;
+            tx.commit()?;
+            Ok(old)
+        })
+        .await
+    }
+
     /// The template with this id or, failing that, this name.
     pub async fn find_template(&self, id_or_name: String) -> Result<Option<TemplateRow>, DbError> {
         self.call(move |c| {
@@ -393,8 +449,8 @@ impl Db {
             c.execute(
                 "INSERT INTO sandboxes (id, template_id, template_name, state, sandbox_env,
                      metadata, started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb,
-                     access_token)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     access_token, network, pids)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     s.id,
                     s.template_id,
@@ -409,6 +465,8 @@ impl Db {
                     i64::try_from(s.memory_mb).unwrap_or(i64::MAX),
                     i64::try_from(s.disk_size_mb).unwrap_or(i64::MAX),
                     s.access_token,
+                    s.network,
+                    s.pids.map(|p| i64::try_from(p).unwrap_or(i64::MAX)),
                 ],
             )?;
             Ok(())
@@ -527,7 +585,7 @@ impl Db {
 
 const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
      started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms, \
-     access_token";
+     access_token, network, pids";
 
 fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
     Ok(TemplateRow {
@@ -568,6 +626,10 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SandboxRow, DbE
         disk_size_mb: u64::try_from(disk_size_mb).unwrap_or(0),
         paused_remaining_ms: r.get(12)?,
         access_token: r.get(13)?,
+        network: r.get(14)?,
+        pids: r
+            .get::<_, Option<i64>>(15)?
+            .map(|p| u64::try_from(p).unwrap_or(0)),
     }))
 }
 
@@ -617,6 +679,8 @@ mod tests {
             disk_size_mb: 4096,
             paused_remaining_ms: None,
             access_token: None,
+            network: Some(r#"{"allowInternetAccess":false}"#.into()),
+            pids: Some(1024),
         }
     }
 
@@ -671,6 +735,7 @@ mod tests {
         assert_eq!(s.sandbox_env["A"], "a=b");
         assert_eq!(s.sandbox_env["E"], "");
         assert_eq!(s.memory_mb, 1024);
+        assert_eq!(s.pids, Some(1024));
         let running = db.sandboxes_in(&[SandboxState::Running]).await.unwrap();
         assert_eq!(running.len(), 1);
         db.set_paused("s1".into(), 42).await.unwrap();
@@ -696,6 +761,78 @@ mod tests {
         assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 0);
         let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
         assert_eq!((s.state, s.ended_at), (SandboxState::Killed, Some(100)));
+    }
+
+    #[tokio::test]
+    async fn replacing_a_template_under_its_own_id_hides_the_old_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("hutch.db")).unwrap();
+        let row = |metadata: &str| TemplateRow {
+            id: "t1".into(),
+            name: "app".into(),
+            metadata: metadata.into(),
+            created_at: 1,
+        };
+        assert!(db.insert_template(row("v1")).await.unwrap());
+        db.insert_sandbox(sandbox("s1", "t1", SandboxState::Running))
+            .await
+            .unwrap();
+        assert_eq!(
+            db.replace_template(row("v2")).await.unwrap(),
+            Some("t1".into())
+        );
+        let new = db.find_template("app".into()).await.unwrap().unwrap();
+        assert_eq!((new.id.as_str(), new.metadata.as_str()), ("t1", "v2"));
+        // The sandbox of the old build counts for the hidden row, which
+        // stays until it ends.
+        let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+        assert_ne!(s.template_id, "t1");
+        let hidden = db
+            .find_template(s.template_id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hidden.metadata, "v1");
+        assert_eq!(hidden.name, format!("app@{}", s.template_id));
+        assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 0);
+        assert_eq!(db.live_sandboxes_of(s.template_id).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn limits_round_trip_and_old_rows_have_no_pids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch.db");
+        // A database at schema 4, with a row from before the pids column.
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for sql in &MIGRATIONS[..4] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            tx.execute(
+                "INSERT INTO sandboxes (id, template_id, template_name, state, sandbox_env,
+                     metadata, started_at, end_at, cpu_count, memory_mb, disk_size_mb)
+                 VALUES ('old', 't', 'bb', 'running', '{}', '{}', 1, 2, 8, 16000, 90000)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let old = db.get_sandbox("old".into()).await.unwrap().unwrap();
+        assert_eq!((old.cpu_count, old.pids), (8, None));
+        let mut new = sandbox("new", "t", SandboxState::Running);
+        new.cpu_count = 1;
+        new.memory_mb = 128;
+        new.disk_size_mb = 64;
+        new.pids = Some(100);
+        db.insert_sandbox(new).await.unwrap();
+        let new = db.get_sandbox("new".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (new.cpu_count, new.memory_mb, new.disk_size_mb, new.pids),
+            (1, 128, 64, Some(100))
+        );
     }
 
     #[tokio::test]

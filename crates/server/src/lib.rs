@@ -5,7 +5,7 @@
 //! * the **control-plane REST API**, wire-compatible with E2B's
 //!   (`/sandboxes`, `/v2/sandboxes`, …; see [`api`]), so the official SDKs
 //!   work unmodified against a self-hosted Hutch;
-//! * Hutch's own routes under `/hutch/v1/` (template import, list, removal);
+//! * Hutch's own routes under `/hutch/v1/` (template import, registry pull, list, removal);
 //! * the **sandbox front door** ([`frontdoor`]): a request addressed to a
 //!   sandbox (header `E2b-Sandbox-Id`, or a `Host` of the form
 //!   `<port>-<id>.<domain>`) is proxied, streaming both ways, to that
@@ -37,14 +37,16 @@
 pub mod api;
 mod auth;
 mod base;
+mod builds;
 pub mod db;
 mod error;
 pub mod frontdoor;
-mod host;
 mod ids;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod pool;
+mod pull;
 mod state;
 mod time;
 
@@ -55,6 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ApiError;
+pub use limits::LimitMaxima;
 
 /// The envd protocol version the sandboxes report (`envdVersion`). The SDKs
 /// switch features on by it (see the wire contract), so it must name the
@@ -96,6 +99,12 @@ pub struct ServerConfig {
     pub envd: PathBuf,
     /// The `runc` binary (a path, or a name looked up in `PATH`).
     pub runc: PathBuf,
+    /// Registries (`host[:port]`) that image pulls reach over plain HTTP instead of HTTPS.
+    /// Registries on loopback always are.
+    pub insecure_registries: Vec<String>,
+    /// The largest CPU, memory, disk and pids limits a sandbox may be
+    /// given ([`LimitMaxima::for_host`] by default; see [`limits`]).
+    pub max_limits: LimitMaxima,
 }
 
 /// Why the server could not start or stopped with an error. Each message
@@ -164,6 +173,9 @@ pub enum ServerError {
     /// Serving failed.
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// A bound, ready server: state opened, sandboxes re-adopted, listener
@@ -178,6 +190,7 @@ impl Server {
     /// Opens the data directory and its state, re-adopts the sandboxes left
     /// running by a previous server, and binds the listener.
     pub async fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
+        cfg.max_limits.validate().map_err(ServerError::Config)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ServerError::Listen {

@@ -55,7 +55,21 @@
 //!
 //! Nothing else is needed from a re-adopted sandbox: its agent still holds
 //! its environment (layer 3 was delivered by `/init` and the template layers
-//! are in its boot config).
+//! are in its boot config), and its network (namespace, address, rules) is
+//! kernel state that outlived the server. Listing the host's sandboxes also
+//! removes network objects no sandbox directory records any more.
+//!
+//! # Dead agents
+//!
+//! Every live sandbox's agent is watched through a pidfd ([`watch_agent`]):
+//! if it exits while the sandbox is live, the sandbox is destroyed and
+//! marked `killed` at once.
+//!
+//! # Network policy
+//!
+//! A create's egress policy (`allow_internet_access`, `network`) is stored
+//! with the row. A cold boot gets it in its spec; a pooled sandbox (booted
+//! with the default policy) gets it at the claim, before `/init`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -63,10 +77,11 @@ use std::time::Duration;
 
 use hutch_image::TemplateMetadata;
 use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
-use hutch_runtime::{AgentClient, SandboxSpec, SandboxStatus};
+use hutch_runtime::{AgentClient, EgressPolicy, NetworkPolicy, SandboxSpec, SandboxStatus};
 
 use crate::db::{SandboxRow, SandboxState, TemplateRow};
 use crate::error::ApiError;
+use crate::limits::{self, Limits};
 use crate::pool::{self, Claim};
 use crate::state::{AppState, LiveSandbox};
 use crate::{ids, time};
@@ -83,6 +98,10 @@ pub(crate) struct CreateArgs {
     pub env: BTreeMap<String, String>,
     /// The agent access token of a `secure` sandbox.
     pub access_token: Option<String>,
+    /// What the sandbox may reach on the network.
+    pub network: EgressPolicy,
+    /// The resource limits it asks for (unchecked; see [`crate::limits`]).
+    pub limits: limits::Requested,
 }
 
 /// How long a claimed pooled sandbox's agent gets to take its environment
@@ -107,8 +126,19 @@ pub(crate) async fn create_sandbox(
             if args.template == hutch_builder::BASE_TEMPLATE
                 && st.base_building.load(std::sync::atomic::Ordering::SeqCst)
             {
+                let progress = st
+                    .builds
+                    .building(&args.template)
+                    .map(|job| {
+                        format!(
+                            " ({} s so far; now: {})",
+                            job.elapsed_secs(),
+                            job.last_line().unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_default();
                 ApiError::unavailable(format!(
-                    "template '{}' is still being built (first start of the server); try again in a minute",
+                    "template '{}' is still being built (first start of the server){progress}; try again in a minute",
                     args.template
                 ))
             } else {
@@ -122,21 +152,36 @@ pub(crate) async fn create_sandbox(
         ))
     })?;
 
-    if let Some(row) = claim_pooled(st, &template, &args).await? {
+    let defaults = limits::template_defaults(&template.name, meta.limits.as_ref(), &st.max_limits)
+        .map_err(ApiError::bad_request)?;
+    let sandbox_limits = limits::resolve(defaults, &args.limits, &st.max_limits)?;
+
+    // Pooled sandboxes have the template's default limits: a create asking
+    // for others boots its own.
+    if sandbox_limits == defaults
+        && let Some(row) = claim_pooled(st, &template, &args, &sandbox_limits).await?
+    {
         drop(layers_guard);
         pool::refill_after_create(st, &template.id);
         return Ok(row);
     }
 
     let id = ids::new_id();
-    let mut row = new_row(st, &id, &template, &args, SandboxState::Starting);
+    let mut row = new_row(
+        &id,
+        &template,
+        &args,
+        &sandbox_limits,
+        SandboxState::Starting,
+    );
     st.db.insert_sandbox(row.clone()).await?;
     drop(layers_guard);
 
-    let spec = sandbox_spec(st, &id, &template, &meta);
+    let mut spec = sandbox_spec(st, &id, &template, &meta, sandbox_limits);
+    spec.network = NetworkPolicy::Egress(args.network.clone());
     let cold_boot = st.pool.cold_boot();
     let started = async {
-        let sandbox = st.runtime.create(spec).await.map_err(|e| e.to_string())?;
+        let sandbox = boot_sandbox(st, spec, &meta).await?;
         AgentClient::new(sandbox.socket.clone())
             .init(&init_request(&args))
             .await
@@ -168,6 +213,7 @@ pub(crate) async fn create_sandbox(
         id.clone(),
         LiveSandbox::running(sandbox.socket.clone(), row.end_at),
     );
+    watch_agent(st, &id, sandbox.init_pid);
     st.db.set_running(id.clone(), row.end_at).await?;
     st.reaper_wake.notify_one();
     st.pool.record_cold(&template.id);
@@ -187,6 +233,7 @@ async fn claim_pooled(
     st: &Arc<AppState>,
     template: &TemplateRow,
     args: &CreateArgs,
+    sandbox_limits: &Limits,
 ) -> Result<Option<SandboxRow>, ApiError> {
     loop {
         let (pooled, waited) = match st.pool.take(&template.id) {
@@ -197,6 +244,24 @@ async fn claim_pooled(
             },
             Claim::Cold => return Ok(None),
         };
+        // Pooled sandboxes boot with the default policy; another one is
+        // applied before anything runs in the sandbox.
+        if !args.network.is_default()
+            && let Err(e) = st
+                .runtime
+                .set_egress_policy(&pooled.id, &args.network)
+                .await
+        {
+            tracing::warn!(
+                sandbox = %pooled.id,
+                "cannot apply the network policy to a pooled sandbox, destroying it: {e}"
+            );
+            pool::discard(st, pooled.id);
+            if waited {
+                return Ok(None);
+            }
+            continue;
+        }
         let agent = AgentClient::new(pooled.socket.clone()).with_timeout(CLAIM_TIMEOUT);
         if let Err(e) = agent.init(&init_request(args)).await {
             tracing::warn!(
@@ -211,7 +276,13 @@ async fn claim_pooled(
             continue;
         }
         // The lifetime counts from the claim.
-        let row = new_row(st, &pooled.id, template, args, SandboxState::Running);
+        let row = new_row(
+            &pooled.id,
+            template,
+            args,
+            sandbox_limits,
+            SandboxState::Running,
+        );
         if let Err(e) = st.db.insert_sandbox(row.clone()).await {
             pool::discard(st, pooled.id);
             return Err(e.into());
@@ -220,6 +291,7 @@ async fn claim_pooled(
             pooled.id.clone(),
             LiveSandbox::running(pooled.socket, row.end_at),
         );
+        watch_agent(st, &pooled.id, pooled.init_pid);
         st.reaper_wake.notify_one();
         st.pool.record_claim(&template.id);
         tracing::info!(
@@ -233,10 +305,10 @@ async fn claim_pooled(
 
 /// A new sandbox's row; its lifetime counts from now.
 fn new_row(
-    st: &AppState,
     id: &str,
     template: &TemplateRow,
     args: &CreateArgs,
+    sandbox_limits: &Limits,
     state: SandboxState,
 ) -> SandboxRow {
     let now = time::now_ms();
@@ -250,11 +322,13 @@ fn new_row(
         started_at: now,
         end_at: now.saturating_add(timeout_ms(args.timeout_secs)),
         ended_at: None,
-        cpu_count: st.host.cpu_count,
-        memory_mb: st.host.memory_mb,
-        disk_size_mb: st.host.disk_size_mb,
+        cpu_count: sandbox_limits.cpus,
+        memory_mb: limits::memory_mb(sandbox_limits),
+        disk_size_mb: sandbox_limits.disk_mb,
+        pids: u64::try_from(sandbox_limits.pids).ok(),
         paused_remaining_ms: None,
         access_token: args.access_token.clone(),
+        network: serde_json::to_string(&args.network).ok(),
     }
 }
 
@@ -268,13 +342,56 @@ fn init_request(args: &CreateArgs) -> InitRequest {
     }
 }
 
-/// How to boot sandbox `id` of `template`: the same for a cold boot and a
-/// pooled one.
+/// Boots a sandbox of a template: the runtime's boot, then the template's
+/// start command (in the background, with the template's environment and
+/// user) and its ready command, polled until it succeeds. The same for a
+/// cold boot and a pooled one, so a pooled sandbox is handed out with its
+/// start command already running. On failure nothing is left behind.
+pub(crate) async fn boot_sandbox(
+    st: &AppState,
+    spec: SandboxSpec,
+    meta: &TemplateMetadata,
+) -> Result<hutch_runtime::Sandbox, String> {
+    let id = spec.id.clone();
+    let sandbox = st.runtime.create(spec).await.map_err(|e| e.to_string())?;
+    if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
+        return Ok(sandbox);
+    }
+    let shell = ["/bin/sh".to_owned(), "-c".to_owned()];
+    let start = meta
+        .start_cmd
+        .as_deref()
+        .map(|c| hutch_runtime::Command::shell(&shell, c));
+    let ready = meta
+        .ready_cmd
+        .as_deref()
+        .map(|c| hutch_runtime::Command::shell(&shell, c));
+    match hutch_runtime::start_and_wait_ready(
+        &sandbox.socket,
+        start.as_ref(),
+        ready.as_ref(),
+        hutch_runtime::DEFAULT_READY_TIMEOUT,
+    )
+    .await
+    {
+        Ok(()) => Ok(sandbox),
+        Err(e) => {
+            if let Err(d) = st.runtime.destroy(&id).await {
+                tracing::warn!(sandbox = %id, "cleaning up a sandbox that did not get ready: {d}");
+            }
+            Err(format!("its start or ready command failed: {e}"))
+        }
+    }
+}
+
+/// How to boot sandbox `id` of `template` with `limits`: the same for a
+/// cold boot and a pooled one (whose limits are the template's defaults).
 pub(crate) fn sandbox_spec(
     st: &AppState,
     id: &str,
     template: &TemplateRow,
     meta: &TemplateMetadata,
+    limits: Limits,
 ) -> SandboxSpec {
     SandboxSpec {
         id: id.to_owned(),
@@ -290,6 +407,9 @@ pub(crate) fn sandbox_spec(
         },
         no_new_privileges: !meta.allow_privilege_escalation,
         wait_for_agent: true,
+        // Pooled sandboxes boot with the default; a claim applies another.
+        network: NetworkPolicy::default(),
+        limits,
     }
 }
 
@@ -550,6 +670,11 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
                 paused_remaining: Some(remaining),
             },
         );
+        match st.runtime.init_pid(&row.id).await {
+            Ok(Some(pid)) => watch_agent(st, &row.id, pid),
+            Ok(None) => tracing::warn!(sandbox = %row.id, "paused sandbox has no init pid"),
+            Err(e) => tracing::warn!(sandbox = %row.id, "cannot read the sandbox's init pid: {e}"),
+        }
         return Ok(());
     }
     let adopted = match st.runtime.adopt(&row.id).await {
@@ -578,7 +703,57 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
     tracing::info!(sandbox = %row.id, "re-adopted running sandbox");
     st.live()
         .insert(row.id.clone(), LiveSandbox::running(sandbox.socket, end_at));
+    watch_agent(st, &row.id, sandbox.init_pid);
     Ok(())
+}
+
+/// Watches a live sandbox's agent (its container's init, host pid `pid`)
+/// through a pidfd: if it exits while the sandbox is still live — killed
+/// from the host, crashed, or out of memory — the sandbox cannot serve
+/// anything any more, so it is destroyed and reported killed at once,
+/// instead of lingering until its expiry. A sandbox killed through the API
+/// is no longer live when its agent exits, so nothing more happens then.
+pub(crate) fn watch_agent(st: &Arc<AppState>, id: &str, pid: u32) {
+    let st = st.clone();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        let exited = async {
+            let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+                return;
+            };
+            let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+                Ok(fd) => fd,
+                // Gone already.
+                Err(_) => return,
+            };
+            // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays
+            // open and the same until the AsyncFd is dropped.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
+            match registered {
+                // Readable once the process has exited.
+                Ok(fd) => {
+                    let _ = fd.readable().await;
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, "cannot watch the sandbox's agent: {e}");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = st.reaper_stop.cancelled() => return,
+            _ = exited => {}
+        }
+        if !st.live().contains_key(&id) {
+            return;
+        }
+        tracing::warn!(sandbox = %id, "the sandbox's agent exited; destroying the sandbox");
+        if let Err(e) = kill_sandbox(&st, &id).await {
+            tracing::warn!(sandbox = %id, "{}", e.message());
+        }
+    });
 }
 
 /// Starts the task that destroys sandboxes when they expire.

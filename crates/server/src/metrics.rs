@@ -11,7 +11,8 @@
 //!   cgroup's limit (or the host's memory when lower).
 //! * **Disk**: `diskUsed` is what the sandbox wrote: the blocks used by its
 //!   overlay upper directory (hard links counted once); `diskTotal` the
-//!   size of the file system holding it.
+//!   size of the file system holding it: the sandbox's own disk, its
+//!   `diskSizeMB` limit.
 //!
 //! E2B returns a series of samples taken every few seconds; Hutch keeps no
 //! history and returns one sample, taken when asked.

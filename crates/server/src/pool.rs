@@ -4,7 +4,8 @@
 //! For every template the server keeps up to `N` sandboxes ready
 //! (`hutch serve --warm-pool N`, default [`crate::DEFAULT_WARM_POOL`]; 0
 //! turns the pool off). A pooled sandbox is booted exactly like a cold one
-//! (`lifecycle::sandbox_spec`): the template's layers, its boot
+//! (`lifecycle::sandbox_spec`), with the template's default limits
+//! ([`crate::limits`]): the template's layers, its boot
 //! config, and an id picked in advance — the id it will have when a client
 //! gets it, which is also its hostname and `E2B_SANDBOX_ID`. Its agent is up
 //! and has answered `/health`, but it has no sandbox layer yet: no user state
@@ -19,7 +20,8 @@
 //! schedules a refill. When no sandbox is ready but one is being booted for
 //! the pool, the request waits for that one instead of booting a second
 //! next to it; only one request may wait for a given boot, others boot
-//! cold.
+//! cold. A request asking for limits other than the template's defaults
+//! never claims: it boots a sandbox with its own limits.
 //!
 //! # Refill
 //!
@@ -53,7 +55,7 @@ use hutch_image::TemplateMetadata;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::ids;
-use crate::lifecycle::sandbox_spec;
+use crate::lifecycle::{boot_sandbox, sandbox_spec};
 use crate::state::AppState;
 
 /// How long [`shutdown`] waits for a boot in progress.
@@ -75,6 +77,8 @@ pub(crate) struct Pooled {
     pub id: String,
     /// Its agent's socket on the host.
     pub socket: PathBuf,
+    /// Host pid of its agent (watched once it is claimed).
+    pub init_pid: u32,
 }
 
 /// What [`Pool::take`] found.
@@ -428,17 +432,27 @@ async fn refill_task(st: Arc<AppState>, template_id: String) {
                 return;
             }
         };
+        // Pooled sandboxes have the template's default limits.
+        let limits = match crate::limits::template_defaults(
+            &template.name,
+            meta.limits.as_ref(),
+            &st.max_limits,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(template = %template.name, "warm pool: {e}");
+                st.pool.end_task(&template_id, false, Some(e));
+                return;
+            }
+        };
         if !st.pool.start_boot(&template_id) {
             st.pool.end_task(&template_id, false, None);
             return;
         }
         let id = ids::new_id();
         let started = std::time::Instant::now();
-        match st
-            .runtime
-            .create(sandbox_spec(&st, &id, &template, &meta))
-            .await
-        {
+        let spec = sandbox_spec(&st, &id, &template, &meta, limits);
+        match boot_sandbox(&st, spec, &meta).await {
             Ok(sandbox) => {
                 tracing::debug!(
                     sandbox = %id,
@@ -449,6 +463,7 @@ async fn refill_task(st: Arc<AppState>, template_id: String) {
                 let pooled = Pooled {
                     id,
                     socket: sandbox.socket,
+                    init_pid: sandbox.init_pid,
                 };
                 if let Some(p) = st.pool.deliver(&template_id, pooled) {
                     destroy(&st, &p.id).await;
@@ -460,7 +475,7 @@ async fn refill_task(st: Arc<AppState>, template_id: String) {
                     template = %template.name,
                     "warm pool: booting a sandbox failed, not retrying until the next create: {e}"
                 );
-                st.pool.end_task(&template_id, false, Some(e.to_string()));
+                st.pool.end_task(&template_id, false, Some(e));
                 return;
             }
         }
@@ -523,6 +538,7 @@ mod tests {
         Pooled {
             id: id.to_owned(),
             socket: PathBuf::from(format!("/nowhere/{id}")),
+            init_pid: 0,
         }
     }
 

@@ -11,7 +11,6 @@ use tokio::sync::{Notify, RwLock};
 
 use crate::db::Db;
 use crate::error::io_reason;
-use crate::host::HostInfo;
 use crate::pool::Pool;
 use crate::{DEFAULT_WARM_POOL, ServerConfig, ServerError, auth};
 
@@ -43,7 +42,8 @@ pub(crate) struct AppState {
     pub db: Db,
     pub store: Arc<LayerStore>,
     pub runtime: Arc<Runtime>,
-    pub host: HostInfo,
+    /// The largest limits a sandbox may be given.
+    pub max_limits: crate::LimitMaxima,
     /// Running and paused sandboxes by id: the front door routes only to
     /// the running ones.
     pub live: Mutex<HashMap<String, LiveSandbox>>,
@@ -61,6 +61,12 @@ pub(crate) struct AppState {
     pub base_building: std::sync::atomic::AtomicBool,
     /// Pre-booted sandboxes per template.
     pub pool: Pool,
+    /// Registries that image pulls reach over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Runs template builds.
+    pub builder: hutch_builder::engine::Engine,
+    /// Template builds in progress and recently finished.
+    pub builds: crate::builds::Jobs,
     /// Keeps the data directory's lock file locked for the server's life.
     _lock: File,
 }
@@ -100,11 +106,23 @@ impl AppState {
             runc: cfg.runc.clone(),
             envd: cfg.envd.clone(),
             cgroup_parent: "hutch".into(),
+            network: network_config(),
         })
         .map_err(ServerError::Runtime)?;
 
+        let builder = hutch_builder::engine::Engine::new(
+            runtime.clone(),
+            store.clone(),
+            &data_dir.join("build-cache"),
+            &data_dir.join("tmp").join("builds"),
+        )
+        .map_err(|e| ServerError::DataDir {
+            path: data_dir.join("build-cache"),
+            reason: e.to_string(),
+        })?;
+
         Ok(Arc::new(AppState {
-            host: HostInfo::measure(&data_dir),
+            max_limits: cfg.max_limits,
             data_dir,
             db,
             store: Arc::new(store),
@@ -116,6 +134,9 @@ impl AppState {
             layers_lock: RwLock::new(()),
             base_building: std::sync::atomic::AtomicBool::new(false),
             pool: Pool::new(DEFAULT_WARM_POOL),
+            insecure_registries: cfg.insecure_registries.clone(),
+            builder,
+            builds: Default::default(),
             _lock: lock,
         }))
     }
@@ -128,6 +149,28 @@ impl AppState {
     pub fn stop_reaper(&self) {
         self.reaper_stop.cancel();
     }
+}
+
+/// Sandbox networking: the defaults, with the address pool from
+/// `HUTCH_NETWORK_POOL` and the fallback nameservers (comma-separated) from
+/// `HUTCH_FALLBACK_DNS` when set.
+fn network_config() -> hutch_runtime::NetworkConfig {
+    let mut cfg = hutch_runtime::NetworkConfig::default();
+    if let Ok(pool) = std::env::var("HUTCH_NETWORK_POOL") {
+        match pool.parse() {
+            Ok(p) => cfg.pool = p,
+            Err(e) => tracing::warn!("ignoring HUTCH_NETWORK_POOL: {e}"),
+        }
+    }
+    if let Ok(dns) = std::env::var("HUTCH_FALLBACK_DNS") {
+        let servers: Result<Vec<std::net::IpAddr>, _> =
+            dns.split(',').map(|s| s.trim().parse()).collect();
+        match servers {
+            Ok(s) if !s.is_empty() => cfg.fallback_nameservers = s,
+            _ => tracing::warn!("ignoring HUTCH_FALLBACK_DNS {dns:?}: expected IP addresses"),
+        }
+    }
+    cfg
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -11,24 +11,37 @@
 //! - [`busybox_image`] / [`debian_image`]: OCI image layouts whose config matches the cases in
 //!   `environment.md` (see [`IMAGE_ENV`]); [`as_oci_archive`] / [`as_docker_archive`] convert them.
 //! - [`TestServer`]: a `hutch serve` on a free port with its own data directory.
+//! - [`HostResources`] / [`assert_no_leaks`]: what a data directory's sandboxes hold on the
+//!   host, counted from the kernel; [`FakeInternet`]: an HTTP server beyond the host, in a
+//!   network namespace of its own, for egress tests.
+//! - [`Registry`]: a real OCI registry (`docker-registry`) on a free port, anonymous or with
+//!   basic or token authentication; [`multi_arch_layout`] builds multi-platform images for it.
 
 mod bins;
+mod fakenet;
 mod fixtures;
 mod layout;
+mod leaks;
 mod mounts;
 mod paths;
+mod registry;
 mod sdk;
 mod server;
 mod testdir;
 mod wait;
 
 pub use bins::{envd_bin, hutch_bin};
+pub use fakenet::{FAKE_INTERNET_BODY, FAKE_INTERNET_PORT, FakeInternet};
 pub use fixtures::{
     FIXTURE_VERSION, IMAGE_CMD_BUSYBOX, IMAGE_CMD_DEBIAN, IMAGE_ENV, IMAGE_TAG, IMAGE_WORKDIR,
     MYTOOL_OUTPUT, as_docker_archive, as_oci_archive, busybox_image, debian_image,
 };
+pub use leaks::{HostResources, assert_no_leaks, network_force_clean};
 pub use mounts::{mounts_under, runc_force_clean, unmount_all_under};
 pub use paths::{cache_dir, target_dir, workspace_root};
+pub use registry::{
+    REGISTRY_PASSWORD, REGISTRY_USERNAME, Registry, RegistryAuthMode, multi_arch_layout,
+};
 pub use sdk::{E2B_PYTHON_NEW, E2B_PYTHON_OLD, e2b_js, e2b_python};
 pub use server::TestServer;
 pub use testdir::TestDir;

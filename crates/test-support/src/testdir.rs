@@ -116,6 +116,9 @@ impl Drop for TestDir {
                 self.path.display()
             );
         }
+        if self.runc_cleanup {
+            crate::leaks::network_force_clean(&self.path);
+        }
         if let Err(e) = unmount_all_under(&self.path) {
             eprintln!(
                 "warning: TestDir {}: {e:#}; leaving the directory in place",

@@ -13,16 +13,22 @@
 //! | `POST /sandboxes/{id}/pause` | key | freeze it (204; 409 when paused already) |
 //! | `GET /sandboxes/{id}/metrics` | key | CPU, memory and disk usage now (one sample) |
 //! | `POST /hutch/v1/templates?name=` | key | import an image tar as a template (201) |
+//! | `POST /hutch/v1/templates/pull` | key | pull an image from a registry as a template (201; NDJSON progress with `Accept: application/x-ndjson`) |
 //! | `GET /hutch/v1/templates` | key | list templates |
 //! | `DELETE /hutch/v1/templates/{name}` | key | remove a template (204) |
+//! | `POST /hutch/v1/builds?spec=` | key | build a template from a Dockerfile and a context tar; streams the build log as NDJSON |
 //! | `GET /hutch/v1/pool` | key | the warm pool: size, and per template sandboxes ready and creates served from it |
 //! | `POST /hutch/v1/api-keys` | key | create an API key (201; the key is shown only here) |
 //! | `GET /hutch/v1/api-keys` | key | list keys (ids, prefixes, dates; never the keys) |
 //! | `DELETE /hutch/v1/api-keys/{id}` | key | revoke a key (204; 409 for the last valid key) |
+//! | `POST /v3/templates`, `GET /templates/{id}/files/{hash}`, `POST /v2/templates/{id}/builds/{build}`, `GET /templates/{id}/builds/{build}/status`, `GET /templates/aliases/{name}` | key | E2B's template build API ([`e2b_templates`]) |
+//! | `PUT /hutch/v1/build-files/{hash}?token=` | upload token | a `COPY` file set of a template-API build (the URL comes from `GET /templates/{id}/files/{hash}`) |
 //!
 //! Requests for a sandbox's agent are taken by the [front
 //! door](crate::frontdoor) before any of these.
 
+mod builds;
+mod e2b_templates;
 mod keys;
 mod pool;
 mod sandboxes;
@@ -38,12 +44,14 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{auth, frontdoor};
 
+pub use builds::BuildSpec;
 pub use keys::{CreatedApiKey, ListedApiKey};
 pub use pool::{PoolStatus, TemplatePool};
 pub use sandboxes::{ListedSandbox, NewSandbox, SandboxCreated};
 pub use templates::valid_template_name;
 
 pub(crate) fn router(st: Arc<AppState>) -> Router {
+    let (e2b_templates, build_files) = e2b_templates::routes(&st);
     let authed = Router::new()
         .route(
             "/sandboxes",
@@ -68,15 +76,21 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
             post(templates::import).get(templates::list),
         )
         .route(
+            "/hutch/v1/templates/pull",
+            post(templates::pull).delete(templates::remove_pull),
+        )
+        .route(
             "/hutch/v1/templates/{name}",
             axum::routing::delete(templates::remove),
         )
+        .route("/hutch/v1/builds", post(builds::build))
         .route("/hutch/v1/pool", get(pool::status))
         .route("/hutch/v1/api-keys", post(keys::create).get(keys::list))
         .route(
             "/hutch/v1/api-keys/{id}",
             axum::routing::delete(keys::revoke),
         )
+        .merge(e2b_templates)
         .route_layer(axum::middleware::from_fn_with_state(
             st.clone(),
             auth::require_api_key,
@@ -84,6 +98,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .merge(authed)
+        .merge(build_files)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use hutch_runtime::{Cidr, EgressPolicy};
+
 use crate::db::{SandboxRow, SandboxState};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::ids;
@@ -21,8 +23,8 @@ use crate::{
     MAX_SANDBOX_TIMEOUT_SECS, time,
 };
 
-/// `POST /sandboxes` body. Other E2B fields (`autoPause`, `secure`,
-/// `allow_internet_access`, `network`, …) are accepted and ignored.
+/// `POST /sandboxes` body. Other E2B fields (`autoPause`,
+/// `network.allowPublicTraffic`, …) are accepted and ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewSandbox {
@@ -41,6 +43,67 @@ pub struct NewSandbox {
     /// Require an access token on every agent request (`envdAccessToken`).
     #[serde(default)]
     pub secure: Option<bool>,
+    /// Internet access (default on). E2B spells this one in snake case.
+    #[serde(
+        default,
+        rename = "allow_internet_access",
+        alias = "allowInternetAccess"
+    )]
+    pub allow_internet_access: Option<bool>,
+    /// Egress allow and deny lists.
+    #[serde(default)]
+    pub network: Option<NetworkBody>,
+    /// CPUs (default: the template's, else 2); at most `--max-cpus`.
+    #[serde(default)]
+    pub cpu_count: Option<i64>,
+    /// Memory, MiB (default: the template's, else 512); at most
+    /// `--max-memory-mb`.
+    #[serde(default, rename = "memoryMB")]
+    pub memory_mb: Option<i64>,
+    /// Disk (the writable layer), MiB (default: the template's, else
+    /// 2048); at most `--max-disk-mb`.
+    #[serde(default, rename = "diskSizeMB")]
+    pub disk_size_mb: Option<i64>,
+    /// Processes and threads (default: the template's, else 1024); at most
+    /// `--max-pids`. A Hutch extension.
+    #[serde(default)]
+    pub hutch_pids: Option<i64>,
+}
+
+/// E2B's `network` object of a create.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBody {
+    /// IPs or CIDR blocks re-allowed even when denied.
+    #[serde(default, alias = "allow_out")]
+    pub allow_out: Option<Vec<String>>,
+    /// IPs or CIDR blocks denied.
+    #[serde(default, alias = "deny_out")]
+    pub deny_out: Option<Vec<String>>,
+}
+
+/// The egress policy a create asks for, or a 400 naming the first entry
+/// that is not an IP address or CIDR block.
+fn egress_policy(
+    allow_internet_access: Option<bool>,
+    network: Option<NetworkBody>,
+) -> Result<EgressPolicy, ApiError> {
+    let network = network.unwrap_or_default();
+    let parse = |field: &str, list: Option<Vec<String>>| -> Result<Vec<Cidr>, ApiError> {
+        list.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<Cidr>()
+                    .map_err(|e| ApiError::bad_request(format!("network.{field}[{i}]: {e}")))
+            })
+            .collect()
+    };
+    Ok(EgressPolicy {
+        allow_internet_access: allow_internet_access.unwrap_or(true),
+        allow_out: parse("allowOut", network.allow_out)?,
+        deny_out: parse("denyOut", network.deny_out)?,
+    })
 }
 
 /// E2B's `Sandbox`: the answer to a create.
@@ -94,6 +157,10 @@ pub struct ListedSandbox {
     /// Disk it may use, MiB.
     #[serde(rename = "diskSizeMB")]
     pub disk_size_mb: u64,
+    /// Processes and threads it may have (a Hutch extension); absent for
+    /// sandboxes from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hutch_pids: Option<u64>,
     /// `running` or `paused`.
     pub state: String,
     /// Agent protocol version.
@@ -119,6 +186,7 @@ impl From<&SandboxRow> for ListedSandbox {
             cpu_count: r.cpu_count,
             memory_mb: r.memory_mb,
             disk_size_mb: r.disk_size_mb,
+            hutch_pids: r.pids,
             state: match r.state {
                 SandboxState::Paused => "paused",
                 _ => "running",
@@ -157,12 +225,20 @@ pub(super) async fn create(
     let env = body.env_vars.unwrap_or_default();
     let env_list: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     hutch_env::validate_sandbox_env(&env_list).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let network = egress_policy(body.allow_internet_access, body.network)?;
     let args = CreateArgs {
         template: body.template_id,
         timeout_secs,
         metadata: body.metadata.unwrap_or_default(),
         env,
         access_token: body.secure.unwrap_or(false).then(ids::new_access_token),
+        network,
+        limits: crate::limits::Requested {
+            cpu_count: body.cpu_count,
+            memory_mb: body.memory_mb,
+            disk_size_mb: body.disk_size_mb,
+            pids: body.hutch_pids,
+        },
     };
     // Run to completion even if the client goes away, so that no sandbox
     // is left half-made.
@@ -495,7 +571,7 @@ pub(super) async fn metrics(
     let cfg = st.runtime.config();
     let sources = metrics::Sources {
         cgroup: format!("{}/{id}", cfg.cgroup_parent.trim_matches('/')),
-        upper: cfg.state_dir.join(&id).join("upper"),
+        upper: st.runtime.upper_dir(&id),
         cpu_count: row.cpu_count,
     };
     let sample = metrics::sample(sources).await;
@@ -575,6 +651,31 @@ mod tests {
         );
         assert_eq!(parse_states(Some("")).unwrap(), vec![Running, Paused]);
         assert!(parse_states(Some("killed")).is_err());
+    }
+
+    #[test]
+    fn parses_network_policies() {
+        let p = egress_policy(None, None).unwrap();
+        assert!(p.is_default());
+        let body: NewSandbox = serde_json::from_str(
+            r#"{"templateID":"t","allow_internet_access":false,
+                "network":{"allowOut":["1.1.1.1","10.0.0.0/8"],"denyOut":["0.0.0.0/0"],"allowPublicTraffic":true}}"#,
+        )
+        .unwrap();
+        let p = egress_policy(body.allow_internet_access, body.network).unwrap();
+        assert!(!p.allow_internet_access);
+        assert_eq!(p.allow_out.len(), 2);
+        assert_eq!(p.deny_out, vec![Cidr::ALL_IPV4]);
+        let bad = NetworkBody {
+            allow_out: None,
+            deny_out: Some(vec!["10.0.0.0/8".into(), "nope".into()]),
+        };
+        let e = egress_policy(Some(true), Some(bad)).unwrap_err();
+        assert!(
+            e.message().contains("network.denyOut[1]"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Hutch's template routes: import an image as a template, list, remove.
+//! Hutch's template routes: import an image or pull one from a registry as a template,
+//! list, remove.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -6,17 +7,19 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use hutch_image::{
-    ImageError, ImportProgress, TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource,
+    ImageError, ImportProgress, ImportedImage, PullProgress, RegistryAuth, TEMPLATE_SCHEMA_VERSION,
+    TemplateMetadata, TemplateSource,
 };
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::db::TemplateRow;
-use crate::error::{ApiError, ApiQuery};
+use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::{ids, time};
 
@@ -62,19 +65,7 @@ pub(super) async fn import(
     let name = q
         .name
         .ok_or_else(|| ApiError::bad_request("missing query parameter 'name'"))?;
-    if !valid_template_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "invalid template name '{name}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
-        )));
-    }
-    if st
-        .db
-        .find_template(name.clone())
-        .await?
-        .is_some_and(|t| t.name == name)
-    {
-        return Err(exists(&name));
-    }
+    check_new_name(&st, &name).await?;
 
     // Imports share the layer store; removal of unreferenced layers waits.
     let _layers = st.layers_lock.read().await;
@@ -92,6 +83,45 @@ pub(super) async fn import(
     .map_err(|e| ApiError::internal(format!("import task failed: {e}")))?
     .map_err(|e| import_error(&name, e))?;
 
+    let value = register_image_template(
+        &st,
+        &name,
+        q.source.unwrap_or_default(),
+        imported,
+        q.allow_privilege_escalation,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+/// Checks that `name` is a valid template name no template has yet.
+async fn check_new_name(st: &AppState, name: &str) -> Result<(), ApiError> {
+    if !valid_template_name(name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid template name '{name}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+        )));
+    }
+    if st
+        .db
+        .find_template(name.to_owned())
+        .await?
+        .is_some_and(|t| t.name == name)
+    {
+        return Err(exists(name));
+    }
+    Ok(())
+}
+
+/// Registers an imported or pulled image as the template `name` (`source`: the path or
+/// reference it came from, for display), fills its warm pool, and returns its metadata as
+/// JSON. The caller holds the layers lock (read) since the image's layers were stored.
+async fn register_image_template(
+    st: &Arc<AppState>,
+    name: &str,
+    source: String,
+    imported: ImportedImage,
+    allow_privilege_escalation: bool,
+) -> Result<serde_json::Value, ApiError> {
     let id = ids::new_id();
     let now = time::now_ms();
     let user = imported.config.user.clone().filter(|u| !u.is_empty());
@@ -103,10 +133,10 @@ pub(super) async fn import(
     let meta = TemplateMetadata {
         schema_version: TEMPLATE_SCHEMA_VERSION,
         id: id.clone(),
-        name: name.clone(),
+        name: name.to_owned(),
         created_at: time::rfc3339(now),
         source: TemplateSource::Image {
-            path_or_ref: q.source.unwrap_or_default(),
+            path_or_ref: source,
             manifest_digest: imported.manifest_digest.clone(),
             config_digest: imported.config_digest.clone(),
         },
@@ -115,14 +145,17 @@ pub(super) async fn import(
         workdir,
         layers: imported.layers.clone(),
         image: imported.config,
-        allow_privilege_escalation: q.allow_privilege_escalation,
+        allow_privilege_escalation,
+        start_cmd: None,
+        ready_cmd: None,
+        limits: None,
     };
     let json = meta.to_json();
     let inserted = st
         .db
         .insert_template(TemplateRow {
             id,
-            name: name.clone(),
+            name: name.to_owned(),
             metadata: json.clone(),
             created_at: now,
         })
@@ -130,13 +163,13 @@ pub(super) async fn import(
     if !inserted {
         // Lost a race with another import of the same name; the layers it
         // stored stay for that template or go at the next removal.
-        return Err(exists(&name));
+        return Err(exists(name));
     }
     tracing::info!(template = %name, layers = meta.layers.len(), "template imported");
-    crate::pool::refill(&st, &meta.id);
+    crate::pool::refill(st, &meta.id);
     let value: serde_json::Value = serde_json::from_str(&json)
         .map_err(|e| ApiError::internal(format!("template metadata: {e}")))?;
-    Ok((StatusCode::CREATED, Json(value)).into_response())
+    Ok(value)
 }
 
 fn log_progress(name: &str, p: &ImportProgress) {
@@ -160,12 +193,149 @@ fn import_error(name: &str, e: ImageError) -> ApiError {
     }
 }
 
+/// The body of `POST /hutch/v1/templates/pull`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PullRequest {
+    /// The template's name.
+    name: String,
+    /// The image: `[REGISTRY/]NAME[:TAG|@DIGEST]`.
+    reference: String,
+    /// Registry username (with `password`); without, the server host's Docker credentials
+    /// for the registry, if any, else none.
+    #[serde(default)]
+    username: Option<String>,
+    /// Registry password or access token.
+    #[serde(default)]
+    password: Option<String>,
+    /// As for imports.
+    #[serde(default)]
+    allow_privilege_escalation: bool,
+}
+
+/// `POST /hutch/v1/templates/pull` with a JSON [`PullRequest`]: pulls the image from its
+/// registry and registers it as a template, like an import. Answers 201 with the template's
+/// metadata; or, when the request accepts `application/x-ndjson`, 200 with a stream of
+/// events, one JSON object per line: `{"event":"resolved",...}`, `{"event":"layer",...}`
+/// (per layer: `index`, `digest`, `total`, `done`, `reused`, `complete`), then
+/// `{"event":"done","template":{...}}` or `{"event":"error","code":N,"message":"..."}`. A
+/// client that goes away stops the pull.
+pub(super) async fn pull(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PullRequest>,
+) -> Result<Response, ApiError> {
+    check_new_name(&st, &req.name).await?;
+    if req.reference.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "missing 'reference': the image to pull",
+        ));
+    }
+    let auth = match (req.username.clone(), req.password.clone()) {
+        (None, None) => RegistryAuth::Anonymous,
+        (Some(username), Some(password)) if !username.is_empty() => {
+            RegistryAuth::Basic { username, password }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "registry credentials need both 'username' and 'password'",
+            ));
+        }
+    };
+    let streaming = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/x-ndjson"));
+    if !streaming {
+        let name = req.name.clone();
+        let value = pull_and_register(&st, &req, auth, &mut |p| log_pull(&name, &p)).await?;
+        return Ok((StatusCode::CREATED, Json(value)).into_response());
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        let events = tx.clone();
+        let mut send = move |p: PullProgress| {
+            let _ = events.send(ndjson(&p));
+        };
+        let outcome = tokio::select! {
+            outcome = pull_and_register(&st, &req, auth, &mut send) => outcome,
+            () = tx.closed() => {
+                tracing::info!(template = %req.name, "pull abandoned: the client went away");
+                return;
+            }
+        };
+        let last = match outcome {
+            Ok(template) => serde_json::json!({"event": "done", "template": template}),
+            Err(e) => serde_json::json!({
+                "event": "error",
+                "code": e.status().as_u16(),
+                "message": e.message(),
+            }),
+        };
+        let _ = tx.send(ndjson(&last));
+    });
+    let body =
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::convert::Infallible>);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Pulls `req.reference` and registers it as template `req.name`.
+async fn pull_and_register(
+    st: &Arc<AppState>,
+    req: &PullRequest,
+    auth: RegistryAuth,
+    progress: &mut (dyn FnMut(PullProgress) + Send),
+) -> Result<serde_json::Value, ApiError> {
+    // Pulls share the layer store; removal of unreferenced layers waits.
+    let _layers = st.layers_lock.read().await;
+    let reference = req.reference.trim();
+    let imported = crate::pull::pull_template_base(st, reference, auth, progress).await?;
+    register_image_template(
+        st,
+        &req.name,
+        reference.to_owned(),
+        imported,
+        req.allow_privilege_escalation,
+    )
+    .await
+}
+
+fn ndjson(value: &impl serde::Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn log_pull(name: &str, p: &PullProgress) {
+    match p {
+        PullProgress::Resolved {
+            reference, layers, ..
+        } => tracing::debug!(template = %name, %reference, layers, "pulling image"),
+        PullProgress::Layer {
+            index,
+            reused,
+            complete: true,
+            ..
+        } => tracing::debug!(template = %name, layer = index, reused, "layer ready"),
+        _ => {}
+    }
+}
+
 /// `GET /hutch/v1/templates`: every template's metadata, by name.
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let rows = st.db.list_templates().await?;
+    // Templates replaced by a newer build of the same name are hidden.
     rows.iter()
+        .filter(|t| !t.name.contains('@'))
         .map(|t| {
             serde_json::from_str(&t.metadata).map_err(|e| {
                 ApiError::internal(format!(
@@ -176,6 +346,12 @@ pub(super) async fn list(
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Json)
+}
+
+/// `DELETE /hutch/v1/templates/pull`: the route `POST /hutch/v1/templates/pull` takes this
+/// path, so removing a template called `pull` comes here.
+pub(super) async fn remove_pull(st: State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
+    remove(st, Path("pull".to_owned())).await
 }
 
 /// `DELETE /hutch/v1/templates/{name}` (a name or an id): 409 while
@@ -205,7 +381,10 @@ pub(super) async fn remove(
     futures::future::join_all(pooled.iter().map(|p| crate::pool::destroy(&st, &p.id))).await;
     st.db.delete_template(template.id.clone()).await?;
 
-    let mut referenced = HashSet::new();
+    crate::builds::prune_replaced(&st).await;
+    // Layers the build cache refers to stay: rebuilding is then fast.
+    let mut referenced: HashSet<String> =
+        st.builder.cache().referenced_layers().into_iter().collect();
     for t in st.db.list_templates().await? {
         match TemplateMetadata::from_json(&t.metadata) {
             Ok(m) => referenced.extend(m.layers),

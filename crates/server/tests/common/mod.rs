@@ -31,6 +31,8 @@ pub fn config(data_dir: &Path) -> ServerConfig {
         data_dir: data_dir.to_path_buf(),
         envd: fake_envd(),
         runc: PathBuf::from("runc"),
+        insecure_registries: Vec::new(),
+        max_limits: hutch_server::LimitMaxima::default(),
     }
 }
 

@@ -1,0 +1,499 @@
+//! `hutch template build`: Dockerfiles built by a real server, each RUN in a
+//! real build sandbox, and the result checked from inside sandboxes of the
+//! new template — environment, user, working directory and files — plus
+//! the layer cache, failing steps and rejected Dockerfiles.
+
+use std::path::Path;
+use std::process::Output;
+
+use hutch_test_support::{Registry, RegistryAuthMode, TestDir, TestServer, debian_image};
+
+fn run(server: &TestServer, args: &[&str]) -> Output {
+    server
+        .hutch()
+        .args(args)
+        .output()
+        .expect("running the hutch CLI")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(server: &TestServer, args: &[&str]) -> Output {
+    let out = run(server, args);
+    assert!(
+        out.status.success(),
+        "hutch {args:?} failed ({}):\nstdout: {}\nstderr: {}\nserver log tail:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr),
+        tail(&server.log()),
+    );
+    out
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Runs `script` with `sh -c` in a fresh sandbox of `template`.
+fn sh(server: &TestServer, template: &str, script: &str) -> String {
+    let out = ok(server, &["run", template, "--", "sh", "-c", script]);
+    text(&out.stdout)
+}
+
+fn write(dir: &Path, rel: &str, content: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+fn build(server: &TestServer, ctx: &Path, name: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["template", "build", "--name", name];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    run(server, &args)
+}
+
+const DOCKERFILE: &str = r#"# A Dockerfile using every step Hutch supports.
+ARG BASE=debian
+FROM ${BASE}
+ARG GREETING=hello
+ENV PYTHONPATH=$PYTHONPATH:/extra \
+    BUILT_WITH=${GREETING} \
+    QUOTED="two  spaces" \
+    LITERAL='$HOME'
+RUN echo "$GREETING from $(id -un) in $(pwd)" > /built.txt && echo step-output && echo to-stderr >&2
+COPY --chown=user:user app/ /srv/app/
+COPY --chmod=600 secret.txt /srv/
+ADD files.tar /opt/unpacked/
+RUN rm /srv/app/remove-me.txt
+USER builder
+WORKDIR /srv/work
+RUN id -un > whoami.txt && pwd > where.txt && echo "$HOME" > home.txt
+CMD ["/bin/bash"]
+"#;
+
+fn context(dir: &Path) {
+    write(dir, "Dockerfile", DOCKERFILE);
+    write(dir, "app/main.py", "print('app')\n");
+    write(dir, "app/lib/util.py", "X = 1\n");
+    write(dir, "app/remove-me.txt", "gone\n");
+    write(dir, "app/ignored.log", "not sent\n");
+    write(dir, "secret.txt", "s3cret\n");
+    write(dir, ".dockerignore", "**/*.log\n");
+    // A tar for ADD to unpack.
+    let src = dir.join("tarsrc");
+    write(&src, "inner/hello.txt", "from the archive\n");
+    let f = std::fs::File::create(dir.join("files.tar")).unwrap();
+    let mut b = tar::Builder::new(f);
+    b.append_dir_all(".", &src).unwrap();
+    b.into_inner().unwrap();
+    std::fs::remove_dir_all(&src).unwrap();
+}
+
+#[test]
+fn dockerfile_build_runtime_view_cache_and_failures() {
+    let server = TestServer::start();
+    ok(
+        &server,
+        &[
+            "template",
+            "import",
+            debian_image().to_str().unwrap(),
+            "--name",
+            "debian",
+            "--allow-privilege-escalation",
+        ],
+    );
+    let ctx = TestDir::new();
+    context(ctx.path());
+
+    // First build: every step runs.
+    let out = build(
+        &server,
+        ctx.path(),
+        "app",
+        &["--build-arg", "GREETING=bonjour"],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "build failed:\n{stdout}\n{stderr}\n{}",
+        tail(&server.log())
+    );
+    assert!(stdout.contains("built template app"), "{stdout}");
+    assert!(
+        stderr.contains("| step-output"),
+        "RUN output is shown live:\n{stderr}"
+    );
+    assert!(stderr.contains("! to-stderr"), "{stderr}");
+    assert!(stderr.contains("CMD"), "ignored CMD is noted:\n{stderr}");
+    assert!(
+        stderr.contains("0 of 8 layer steps from the cache"),
+        "{stderr}"
+    );
+
+    // The runtime view: environment (environment.md: `ENV
+    // PYTHONPATH=$PYTHONPATH:/extra` gives `/app/lib:/extra`), user and
+    // working directory from the USER and WORKDIR steps.
+    let view = sh(
+        &server,
+        "app",
+        r#"echo "pp=$PYTHONPATH"; echo "bw=$BUILT_WITH"; echo "q=$QUOTED"; echo "lit=$LITERAL"; echo "greet=${GREETING-unset}"; echo "cfg=$MY_APP_CONFIG"; echo "user=$(id -un)"; echo "pwd=$(pwd)"; echo "home=$HOME""#,
+    );
+    for want in [
+        "pp=/app/lib:/extra",
+        "bw=bonjour",
+        "q=two  spaces",
+        "lit=$HOME",
+        "greet=unset",
+        "cfg=/etc/myapp/config.json",
+        "user=builder",
+        "pwd=/srv/work",
+        "home=/home/builder",
+    ] {
+        assert!(
+            view.lines().any(|l| l == want),
+            "missing {want:?} in:\n{view}"
+        );
+    }
+    // Through the login shell the SDKs use, too.
+    let login = ok(
+        &server,
+        &[
+            "run",
+            "app",
+            "--",
+            "bash",
+            "-l",
+            "-c",
+            "echo $PYTHONPATH; pwd; id -un",
+        ],
+    );
+    assert_eq!(text(&login.stdout), "/app/lib:/extra\n/srv/work\nbuilder\n");
+
+    // The files the steps made.
+    let files = sh(
+        &server,
+        "app",
+        "cat /built.txt; stat -c '%U %a' /srv/app /srv/app/main.py /srv/secret.txt; \
+         cat /opt/unpacked/inner/hello.txt; ls /srv/app; cat /srv/work/whoami.txt /srv/work/where.txt /srv/work/home.txt; \
+         grep ^builder: /etc/passwd | cut -d: -f6,7; stat -c '%U' /home/builder /srv/work",
+    );
+    assert_eq!(
+        files,
+        "bonjour from root in /app\n\
+         user 755\nuser 644\nroot 600\n\
+         from the archive\n\
+         lib\nmain.py\n\
+         builder\n/srv/work\n/home/builder\n\
+         /home/builder:/bin/bash\n\
+         builder\nbuilder\n",
+        "removed and .dockerignored files must be absent"
+    );
+
+    // Second build, nothing changed: every layer step from the cache.
+    let out = build(
+        &server,
+        ctx.path(),
+        "app",
+        &["--build-arg", "GREETING=bonjour"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("8 of 8 layer steps from the cache"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("| step-output"),
+        "cached RUN steps do not run:\n{stderr}"
+    );
+    assert_eq!(
+        sh(&server, "app", "cat /built.txt"),
+        "bonjour from root in /app\n"
+    );
+
+    // A different build argument invalidates the RUN that sees it and
+    // everything after; the COPY before it... follows it, so it reruns too.
+    let out = build(
+        &server,
+        ctx.path(),
+        "app",
+        &["--build-arg", "GREETING=hola"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("0 of 8 layer steps from the cache"),
+        "{stderr}"
+    );
+    assert_eq!(
+        sh(&server, "app", "cat /built.txt"),
+        "hola from root in /app\n"
+    );
+
+    // Changing a copied file reruns that COPY and what follows only.
+    write(ctx.path(), "secret.txt", "changed\n");
+    let out = build(
+        &server,
+        ctx.path(),
+        "app",
+        &["--build-arg", "GREETING=hola"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 of 8 layer steps from the cache"),
+        "{stderr}"
+    );
+    let secret = ok(
+        &server,
+        &[
+            "run",
+            "app",
+            "--user",
+            "root",
+            "--",
+            "cat",
+            "/srv/secret.txt",
+        ],
+    );
+    assert_eq!(text(&secret.stdout), "changed\n");
+
+    // --no-cache runs everything.
+    let out = build(
+        &server,
+        ctx.path(),
+        "app",
+        &["--build-arg", "GREETING=hola", "--no-cache"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("0 of 8 layer steps from the cache"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("| step-output"), "{stderr}");
+
+    // Only the newest template of the name is listed.
+    let list = text(&ok(&server, &["template", "list"]).stdout);
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("app ")).count(),
+        1,
+        "{list}"
+    );
+}
+
+#[test]
+fn failing_step_keeps_nothing_but_cached_layers() {
+    let server = TestServer::start();
+    ok(
+        &server,
+        &[
+            "template",
+            "import",
+            debian_image().to_str().unwrap(),
+            "--name",
+            "debian",
+        ],
+    );
+    let ctx = TestDir::new();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM debian\nRUN echo first > /first.txt\nRUN echo about to fail && echo boom >&2 && exit 7\nRUN echo never\n",
+    );
+    let out = build(&server, ctx.path(), "broken", &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "the failing step's exit code:\n{stderr}"
+    );
+    assert!(stderr.contains("boom"), "{stderr}");
+    assert!(
+        stderr.contains("line 3"),
+        "the error names the line:\n{stderr}"
+    );
+    assert!(!stderr.contains("never"), "{stderr}");
+    let list = text(&ok(&server, &["template", "list"]).stdout);
+    assert!(!list.contains("broken"), "no half-built template:\n{list}");
+
+    // Fixed: the step before the failing one comes from the cache.
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM debian\nRUN echo first > /first.txt\nRUN echo fixed > /fixed.txt\n",
+    );
+    let out = build(&server, ctx.path(), "broken", &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 of 2 layer steps from the cache"),
+        "{stderr}"
+    );
+    assert_eq!(
+        sh(&server, "broken", "cat /first.txt /fixed.txt"),
+        "first\nfixed\n"
+    );
+
+    // Unsupported Dockerfiles are refused before anything runs, naming the line.
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM debian AS one\nRUN true\nFROM one\nRUN true\n",
+    );
+    let out = build(&server, ctx.path(), "multi", &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 3") && stderr.contains("multi-stage"),
+        "{stderr}"
+    );
+
+    // An unknown base.
+    write(ctx.path(), "Dockerfile", "FROM nosuchtemplate\nRUN true\n");
+    let out = build(&server, ctx.path(), "x", &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no template 'nosuchtemplate'"), "{stderr}");
+
+    // A COPY source that does not exist.
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM debian\nCOPY missing.txt /x\n",
+    );
+    let out = build(&server, ctx.path(), "x", &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("missing.txt") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn start_and_ready_commands_run_in_every_sandbox() {
+    let server = TestServer::start();
+    ok(
+        &server,
+        &[
+            "template",
+            "import",
+            debian_image().to_str().unwrap(),
+            "--name",
+            "debian",
+        ],
+    );
+    let ctx = TestDir::new();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM debian\nENV MARK=from-template\n",
+    );
+    let out = build(
+        &server,
+        ctx.path(),
+        "svc",
+        &[
+            "--start-cmd",
+            "sleep 0.3; echo \"$MARK\" > /tmp/started; exec sleep 100000",
+            "--ready-cmd",
+            "test -s /tmp/started",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Ready before it is handed out: the file exists at once.
+    assert_eq!(sh(&server, "svc", "cat /tmp/started"), "from-template\n");
+    let ps = sh(&server, "svc", "ps -eo args");
+    assert!(
+        ps.contains("sleep 100000"),
+        "the start command keeps running:\n{ps}"
+    );
+
+    // A ready command that never succeeds fails the build.
+    let out = build(
+        &server,
+        ctx.path(),
+        "never",
+        &["--ready-cmd", "false", "--ready-timeout", "2"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("ready command"), "{stderr}");
+}
+
+/// The issue's definition of done: `FROM` a registry image, `ENV`, `ARG`,
+/// `RUN`, `COPY`, `USER`, `WORKDIR`; sandboxes show the expected
+/// environment, user and working directory; a second build comes from the
+/// cache.
+#[test]
+fn from_a_registry_image() {
+    let registry = Registry::start(RegistryAuthMode::Anonymous);
+    registry.push(&debian_image(), "library/debian:test");
+    let server = TestServer::start();
+    let ctx = TestDir::new();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!(
+            "FROM {}\nARG WHO=world\nENV PYTHONPATH=$PYTHONPATH:/extra GREETING=\"hello ${{WHO}}\"\n\
+             RUN echo \"$GREETING\" > /greeting.txt\nCOPY app.txt /srv/app.txt\nUSER user\n\
+             WORKDIR /home/user/work\nRUN touch made-by-user\n",
+            registry.reference("library/debian:test")
+        ),
+    );
+    write(ctx.path(), "app.txt", "payload\n");
+    let out = build(
+        &server,
+        ctx.path(),
+        "fromreg",
+        &["--build-arg", "WHO=hutch"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", tail(&server.log()));
+    assert!(stderr.contains("pulling 127.0.0.1:"), "{stderr}");
+
+    let view = sh(
+        &server,
+        "fromreg",
+        "echo $PYTHONPATH; echo $GREETING; echo ${WHO-unset}; id -un; pwd; cat /greeting.txt /srv/app.txt; stat -c %U made-by-user",
+    );
+    assert_eq!(
+        view,
+        "/app/lib:/extra\nhello hutch\nunset\nuser\n/home/user/work\nhello hutch\npayload\nuser\n"
+    );
+
+    let out = build(
+        &server,
+        ctx.path(),
+        "fromreg",
+        &["--build-arg", "WHO=hutch"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("already stored"),
+        "layers are not downloaded again:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("5 of 5 layer steps from the cache"),
+        "{stderr}"
+    );
+
+    // An image the registry does not have.
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {}\n", registry.reference("library/nope:1")),
+    );
+    let out = build(&server, ctx.path(), "nope", &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not found"), "{stderr}");
+}

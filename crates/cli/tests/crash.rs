@@ -1,0 +1,264 @@
+//! Crash safety: `kill -9` of the server with sandboxes running and paused,
+//! and `kill -9` of a sandbox's agent. Afterwards every sandbox is either
+//! re-adopted (running or paused as before, reachable, its network and
+//! policy intact) or cleaned up and reported killed, and nothing else is
+//! left on the host — counted from the kernel and the file system.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use hutch_test_support::{
+    FAKE_INTERNET_BODY, FakeInternet, HostResources, TestServer, busybox_image, wait_until,
+};
+
+fn run(server: &TestServer, args: &[&str]) -> Output {
+    server.hutch().args(args).output().expect("running hutch")
+}
+
+fn ok(server: &TestServer, args: &[&str]) -> String {
+    let out = run(server, args);
+    assert!(
+        out.status.success(),
+        "hutch {args:?}: {}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn server(args: &[&str]) -> TestServer {
+    let server = TestServer::start_with_args(args);
+    let image = busybox_image();
+    ok(
+        &server,
+        &[
+            "template",
+            "import",
+            image.to_str().unwrap(),
+            "--name",
+            "bb",
+        ],
+    );
+    server
+}
+
+fn create(server: &TestServer, extra: &[&str]) -> String {
+    let mut args = vec!["sandbox", "create", "bb"];
+    args.extend_from_slice(extra);
+    ok(server, &args).trim().to_owned()
+}
+
+fn sh(server: &TestServer, id: &str, script: &str) -> (i32, String) {
+    let out = run(server, &["exec", id, "--", "sh", "-c", script]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn fetches(server: &TestServer, id: &str, url: &str) -> bool {
+    let (code, out) = sh(server, id, &format!("timeout 5 wget -q -O - {url}"));
+    code == 0 && out.contains(FAKE_INTERNET_BODY)
+}
+
+fn address(server: &TestServer, id: &str) -> String {
+    let (code, out) = sh(server, id, "ip -4 -o addr show dev eth0");
+    assert_eq!(code, 0, "{out}");
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address: {out}"))
+        .to_owned()
+}
+
+/// `(id, state)` of every listed sandbox.
+fn listed(server: &TestServer) -> BTreeSet<(String, String)> {
+    let out = ok(server, &["sandbox", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["sandboxID"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap_or("running").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn state(server: &TestServer, id: &str) -> Option<String> {
+    listed(server)
+        .into_iter()
+        .find(|(i, _)| i == id)
+        .map(|(_, s)| s)
+}
+
+/// Host pid of a sandbox's agent, from runc's state.
+fn agent_pid(server: &TestServer, id: &str) -> i32 {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(server.data_dir().join("runc"))
+        .args(["state", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runc state {id}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["pid"].as_i64().unwrap() as i32
+}
+
+fn kill9(pid: i32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -9 {pid}");
+}
+
+/// Asserts that exactly the sandboxes `live` hold resources on the host:
+/// one state directory, runc container, interface, chain, map entry,
+/// address claim and network namespace each, mounts only under their
+/// directories, and no cgroup of any of `gone`.
+fn assert_holds_exactly(server: &TestServer, live: &[&str], gone: &[String]) {
+    let mut all: Vec<String> = live.iter().map(|s| (*s).to_owned()).collect();
+    all.extend(gone.iter().cloned());
+    let r = HostResources::measure(server.data_dir(), &all);
+    let mut want: Vec<String> = live.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    assert_eq!(r.state_dirs, want, "state dirs:\n{r}");
+    assert_eq!(r.runc_state, want, "runc containers:\n{r}");
+    for (kind, n) in [
+        ("interfaces", r.interfaces.len()),
+        ("nft chains", r.nft_chains.len()),
+        ("nft map entries", r.nft_elements.len()),
+        ("address claims", r.address_claims.len()),
+        ("network namespaces", r.netns.len()),
+    ] {
+        assert_eq!(n, live.len(), "{kind}:\n{r}");
+    }
+    let sandboxes = server.data_dir().join("sandboxes");
+    for m in r.mounts.iter().chain(&r.loop_devices) {
+        assert!(
+            live.iter()
+                .any(|id| m.contains(&sandboxes.join(id).display().to_string())),
+            "{m} belongs to no live sandbox:\n{r}"
+        );
+    }
+    for id in gone {
+        assert!(
+            !r.cgroups.iter().any(|c| c.ends_with(&format!("/{id}"))),
+            "cgroup of {id} left:\n{r}"
+        );
+    }
+}
+
+#[test]
+fn server_kill9_readopts_running_and_paused_sandboxes_with_their_network() {
+    let net = FakeInternet::start();
+    let url = net.url();
+    // A pooled sandbox is left unclaimed by the crash too.
+    let server = server(&["--warm-pool", "1"]);
+    let open = create(&server, &[]);
+    let closed = create(&server, &["--no-internet"]);
+    let paused = create(&server, &[]);
+    assert!(fetches(&server, &open, &url));
+    assert!(!fetches(&server, &closed, &url));
+    let addresses = [
+        address(&server, &open),
+        address(&server, &closed),
+        address(&server, &paused),
+    ];
+    ok(&server, &["sandbox", "pause", &paused]);
+    // A process that keeps running across the crash.
+    let (code, out) = sh(&server, &open, "(sleep 1000 > /dev/null 2>&1 &)");
+    assert_eq!(code, 0, "{out}");
+
+    let dir = server.kill9();
+    let server = TestServer::restart_with_args(dir, &["--warm-pool", "0"]);
+
+    assert_eq!(state(&server, &open).as_deref(), Some("running"));
+    assert_eq!(state(&server, &closed).as_deref(), Some("running"));
+    assert_eq!(state(&server, &paused).as_deref(), Some("paused"));
+    assert_eq!(listed(&server).len(), 3, "{:?}", listed(&server));
+    // Only the three: the orphaned pooled sandbox is gone.
+    assert_holds_exactly(&server, &[&open, &closed, &paused], &[]);
+
+    // Network and policy intact.
+    assert_eq!(address(&server, &open), addresses[0]);
+    assert_eq!(address(&server, &closed), addresses[1]);
+    assert!(fetches(&server, &open, &url));
+    assert!(!fetches(&server, &closed, &url));
+    let (code, out) = sh(&server, &open, "ps | grep -v grep | grep 'sleep 1000'");
+    assert_eq!(code, 0, "the process survived: {out}");
+
+    ok(&server, &["sandbox", "resume", &paused]);
+    assert_eq!(address(&server, &paused), addresses[2]);
+    assert!(fetches(&server, &paused, &url));
+
+    // Templates are intact: a new sandbox boots.
+    let fresh = create(&server, &[]);
+    assert!(fetches(&server, &fresh, &url));
+
+    let ids = [open, closed, paused, fresh];
+    for id in &ids {
+        ok(&server, &["sandbox", "kill", id]);
+    }
+    assert_holds_exactly(&server, &[], &ids);
+}
+
+#[test]
+fn sandboxes_whose_agent_died_while_the_server_was_down_are_cleaned_up() {
+    let server = server(&["--warm-pool", "0"]);
+    let dead = create(&server, &[]);
+    let alive = create(&server, &["--deny-out", "198.51.100.0/24"]);
+    let pid = agent_pid(&server, &dead);
+    let dir = server.kill9();
+    kill9(pid);
+    let server = TestServer::restart_with_args(dir, &["--warm-pool", "0"]);
+
+    assert_eq!(state(&server, &dead), None, "reported killed");
+    let out = run(&server, &["exec", &dead, "--", "true"]);
+    assert!(!out.status.success());
+    assert_eq!(state(&server, &alive).as_deref(), Some("running"));
+    assert_holds_exactly(&server, &[&alive], std::slice::from_ref(&dead));
+    assert!(server.log().contains(&dead));
+
+    ok(&server, &["sandbox", "kill", &alive]);
+    assert_holds_exactly(&server, &[], &[dead, alive]);
+}
+
+#[test]
+fn killing_an_agent_kills_its_sandbox() {
+    let server = server(&["--warm-pool", "0"]);
+    let victim = create(&server, &[]);
+    let bystander = create(&server, &[]);
+    let paused = create(&server, &[]);
+    ok(&server, &["sandbox", "pause", &paused]);
+
+    kill9(agent_pid(&server, &victim));
+    wait_until("the server notices", Duration::from_secs(10), || {
+        state(&server, &victim).is_none()
+    });
+    wait_until("the sandbox is cleaned up", Duration::from_secs(10), || {
+        !server.data_dir().join("sandboxes").join(&victim).exists()
+    });
+    assert!(
+        server.log().contains("agent exited"),
+        "the log says why:\n{}",
+        server.log()
+    );
+    assert_eq!(state(&server, &bystander).as_deref(), Some("running"));
+    assert_eq!(state(&server, &paused).as_deref(), Some("paused"));
+    assert_holds_exactly(
+        &server,
+        &[&bystander, &paused],
+        std::slice::from_ref(&victim),
+    );
+
+    ok(&server, &["sandbox", "kill", &paused]);
+    ok(&server, &["sandbox", "kill", &bystander]);
+    assert_holds_exactly(&server, &[], &[victim, bystander, paused]);
+}

@@ -1,0 +1,178 @@
+//! `POST /hutch/v1/builds`: build a template from a Dockerfile.
+//!
+//! The query parameter `spec` holds the build as JSON
+//! ([`BuildSpec`]: name, Dockerfile text, build arguments, `noCache`, start
+//! and ready commands); the body is the build context as a tar (what
+//! `hutch template build` packs, `.dockerignore` applied). The answer is a
+//! stream of newline-delimited JSON objects, one per log line
+//! (`{"type":"step"|"cached"|"output"|"note", "message", ...}`), ending with
+//! `{"type":"done","template":{...}}` or
+//! `{"type":"error","message":...,"exitCode":...}`. The build goes on if the
+//! client disconnects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::builds::{self, Job, Status};
+use crate::error::{ApiError, ApiQuery};
+use crate::ids;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct BuildQuery {
+    spec: Option<String>,
+}
+
+/// A Dockerfile build, as the CLI sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BuildSpec {
+    /// Template name.
+    pub name: String,
+    /// The Dockerfile's text.
+    pub dockerfile: String,
+    /// `--build-arg` values, in order.
+    #[serde(default)]
+    pub build_args: Vec<(String, String)>,
+    /// Ignore the layer cache.
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Start command for every sandbox of the template.
+    pub start_cmd: Option<String>,
+    /// Ready command.
+    pub ready_cmd: Option<String>,
+    /// How long the ready command may take, in seconds (default 120).
+    pub ready_timeout_secs: Option<u64>,
+}
+
+pub(super) async fn build(
+    State(st): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<BuildQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let spec = q
+        .spec
+        .ok_or_else(|| ApiError::bad_request("missing query parameter 'spec'"))?;
+    let spec: BuildSpec = serde_json::from_str(&spec)
+        .map_err(|e| ApiError::bad_request(format!("invalid build spec: {e}")))?;
+    if !super::valid_template_name(&spec.name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid template name '{}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+            spec.name
+        )));
+    }
+    if st.builds.building(&spec.name).is_some() {
+        return Err(ApiError::conflict(format!(
+            "template '{}' is being built already",
+            spec.name
+        )));
+    }
+    let mut recipe = hutch_builder::dockerfile::parse(&spec.dockerfile, &spec.build_args)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    recipe.start_cmd = spec.start_cmd.filter(|c| !c.trim().is_empty());
+    recipe.ready_cmd = spec.ready_cmd.filter(|c| !c.trim().is_empty());
+
+    let dir = st
+        .data_dir
+        .join("tmp")
+        .join(format!("context-{}", ids::new_id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let mut reader = SyncIoBridge::new(reader);
+    let target = dir.clone();
+    let unpacked =
+        tokio::task::spawn_blocking(move || hutch_builder::context::unpack(&mut reader, &target))
+            .await
+            .map_err(|e| ApiError::internal(format!("context task failed: {e}")))?;
+    if let Err(e) = unpacked {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(ApiError::bad_request(e.to_string()));
+    }
+
+    let job = builds::start(
+        &st,
+        builds::Request {
+            name: spec.name,
+            template_id: None,
+            build_id: None,
+            frontend: "dockerfile",
+            recipe,
+            build_args: spec.build_args,
+            no_cache: spec.no_cache,
+            context: Some(dir),
+            files: Default::default(),
+            ready_timeout: Duration::from_secs(
+                spec.ready_timeout_secs
+                    .unwrap_or(hutch_runtime::DEFAULT_READY_TIMEOUT.as_secs()),
+            ),
+        },
+    );
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(ndjson(job)),
+    )
+        .into_response())
+}
+
+/// The job's log as NDJSON, from the first line to the end.
+fn ndjson(
+    job: Arc<Job>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> {
+    let seen = job.subscribe();
+    futures::stream::unfold(
+        (job, seen, 0usize, false),
+        |(job, mut seen, offset, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                // Read the status before the lines: a line pushed after
+                // this read is still sent before the final object.
+                let status = job.status();
+                let lines = job.lines(offset, 1000);
+                if !lines.is_empty() {
+                    let mut out = Vec::new();
+                    for l in &lines {
+                        serde_json::to_writer(&mut out, l).expect("log lines serialize");
+                        out.push(b'\n');
+                    }
+                    let next = offset + lines.len();
+                    return Some((Ok(out.into()), (job, seen, next, false)));
+                }
+                match status {
+                    Status::Building => job.changed(&mut seen).await,
+                    Status::Ready(meta) => {
+                        let value = serde_json::json!({
+                            "type": "done",
+                            "template": serde_json::from_str::<serde_json::Value>(&meta.to_json())
+                                .unwrap_or_default(),
+                        });
+                        let mut out = serde_json::to_vec(&value).expect("json");
+                        out.push(b'\n');
+                        return Some((Ok(out.into()), (job, seen, offset, true)));
+                    }
+                    Status::Failed { message, exit_code } => {
+                        let value = serde_json::json!({
+                            "type": "error",
+                            "message": message,
+                            "exitCode": exit_code,
+                        });
+                        let mut out = serde_json::to_vec(&value).expect("json");
+                        out.push(b'\n');
+                        return Some((Ok(out.into()), (job, seen, offset, true)));
+                    }
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,263 @@
+//! Counting, from the host, what the sandboxes of one Hutch data directory
+//! hold — and removing the network objects a test server leaves behind.
+//!
+//! Everything is read from the kernel and the file system, never from
+//! Hutch's own bookkeeping: mounts under the data directory (overlays,
+//! network namespaces, disks), host interfaces, nftables chains and map
+//! entries, address claims, cgroup directories, runc state, sandbox state
+//! directories and loop devices. Host-side network objects carry the data
+//! directory's instance tag ([`hutch_runtime::network::instance_tag`]), so
+//! servers of parallel tests never count each other's.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hutch_runtime::network::{
+    CHAIN_PREFIX, DEFAULT_RUN_DIR, INTERFACE_PREFIX, TABLE, instance_tag,
+};
+
+use crate::mounts::mounts_under;
+
+/// What one data directory's sandboxes hold on the host, by kind; each list
+/// names the objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostResources {
+    /// Mount points under `<data>/sandboxes` (overlays, disks, network
+    /// namespaces).
+    pub mounts: Vec<String>,
+    /// Of those, network namespace bind mounts.
+    pub netns: Vec<String>,
+    /// Host-side sandbox interfaces (`hv<tag>…`).
+    pub interfaces: Vec<String>,
+    /// Per-sandbox nftables chains (`sbx_<tag>_…`).
+    pub nft_chains: Vec<String>,
+    /// Entries of the `sandboxes` verdict map for this data directory.
+    pub nft_elements: Vec<String>,
+    /// Address claims in the host-wide registry.
+    pub address_claims: Vec<String>,
+    /// Cgroup directories `<hierarchy>/hutch/<id>` of the ids asked about.
+    pub cgroups: Vec<String>,
+    /// Containers in `<data>/runc`.
+    pub runc_state: Vec<String>,
+    /// Directories in `<data>/sandboxes`.
+    pub state_dirs: Vec<String>,
+    /// Loop devices backed by files under the data directory.
+    pub loop_devices: Vec<String>,
+}
+
+impl HostResources {
+    /// Measures the data directory `data_dir`; cgroups are looked up for
+    /// `ids` (sandbox ids cannot be told from other servers' otherwise).
+    pub fn measure(data_dir: &Path, ids: &[String]) -> HostResources {
+        let state_dir = state_dir(data_dir);
+        let tag = instance_tag(&state_dir);
+        let iface_prefix = format!("{INTERFACE_PREFIX}{tag}");
+        let chain_prefix = format!("{CHAIN_PREFIX}{tag}_");
+
+        let mounts: Vec<PathBuf> = if state_dir.exists() {
+            mounts_under(&state_dir)
+        } else {
+            Vec::new()
+        };
+        let netns = mounts
+            .iter()
+            .filter(|m| m.file_name().is_some_and(|n| n == "netns"))
+            .map(|m| m.display().to_string())
+            .collect();
+
+        let interfaces = names_in(Path::new("/sys/class/net"))
+            .into_iter()
+            .filter(|n| n.starts_with(&iface_prefix))
+            .collect();
+
+        let (mut nft_chains, mut nft_elements) = (Vec::new(), Vec::new());
+        if let Ok(out) = Command::new("nft")
+            .args(["-j", "list", "table", "inet", TABLE])
+            .output()
+            && out.status.success()
+            && let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        {
+            for item in json["nftables"].as_array().into_iter().flatten() {
+                if let Some(name) = item["chain"]["name"].as_str()
+                    && name.starts_with(&chain_prefix)
+                {
+                    nft_chains.push(name.to_owned());
+                }
+                for e in item["map"]["elem"].as_array().into_iter().flatten() {
+                    if let Some(key) = e[0].as_str()
+                        && key.starts_with(&iface_prefix)
+                    {
+                        nft_elements.push(key.to_owned());
+                    }
+                }
+            }
+        }
+
+        let address_claims = claims_of(&tag)
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect();
+
+        let mut cgroups = Vec::new();
+        for hierarchy in cgroup_mountpoints() {
+            for id in ids {
+                let dir = hierarchy.join("hutch").join(id);
+                if dir.exists() {
+                    cgroups.push(dir.display().to_string());
+                }
+            }
+        }
+
+        let data = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let mut loop_devices = Vec::new();
+        for dev in names_in(Path::new("/sys/block")) {
+            if let Ok(backing) = std::fs::read_to_string(
+                Path::new("/sys/block").join(&dev).join("loop/backing_file"),
+            ) && Path::new(backing.trim()).starts_with(&data)
+            {
+                loop_devices.push(format!("{dev} ({})", backing.trim()));
+            }
+        }
+
+        HostResources {
+            mounts: mounts.iter().map(|m| m.display().to_string()).collect(),
+            netns,
+            interfaces,
+            nft_chains,
+            nft_elements,
+            address_claims,
+            cgroups,
+            runc_state: names_in(&data_dir.join("runc")),
+            state_dirs: names_in(&state_dir),
+            loop_devices,
+        }
+    }
+
+    /// How many objects of every kind (network namespaces counted once, as
+    /// mounts).
+    pub fn total(&self) -> usize {
+        self.kinds().iter().map(|(_, v)| v.len()).sum::<usize>() - self.netns.len()
+    }
+
+    /// Nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    fn kinds(&self) -> [(&'static str, &Vec<String>); 10] {
+        [
+            ("mounts", &self.mounts),
+            ("network namespaces", &self.netns),
+            ("interfaces", &self.interfaces),
+            ("nft chains", &self.nft_chains),
+            ("nft map entries", &self.nft_elements),
+            ("address claims", &self.address_claims),
+            ("cgroups", &self.cgroups),
+            ("runc containers", &self.runc_state),
+            ("state dirs", &self.state_dirs),
+            ("loop devices", &self.loop_devices),
+        ]
+    }
+}
+
+impl fmt::Display for HostResources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return write!(f, "nothing");
+        }
+        for (kind, list) in self.kinds() {
+            if !list.is_empty() {
+                writeln!(f, "{} {kind}: {}", list.len(), list.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Panics, listing them, unless the data directory's sandboxes hold nothing
+/// on the host.
+pub fn assert_no_leaks(data_dir: &Path, ids: &[String]) {
+    let r = HostResources::measure(data_dir, ids);
+    assert!(r.is_empty(), "leaked on the host:\n{r}");
+}
+
+/// Removes every host-side network object of the data directory's
+/// sandboxes (interfaces, nftables chains and map entries, address claims).
+/// Test cleanup: a test server stopped or killed leaves its sandboxes, and
+/// their network, for the next start, which a test never makes.
+pub fn network_force_clean(data_dir: &Path) {
+    let state_dir = state_dir(data_dir);
+    let tag = instance_tag(&state_dir);
+    let r = HostResources::measure(data_dir, &[]);
+    for iface in &r.interfaces {
+        let _ = Command::new("ip").args(["link", "del", iface]).output();
+    }
+    let mut script = String::new();
+    for e in &r.nft_elements {
+        script += &format!("delete element inet {TABLE} sandboxes {{ \"{e}\" }}\n");
+    }
+    for c in &r.nft_chains {
+        script += &format!("flush chain inet {TABLE} {c}\ndelete chain inet {TABLE} {c}\n");
+    }
+    if !script.is_empty() {
+        use std::io::Write;
+        if let Ok(mut child) = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+        {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(script.as_bytes());
+            }
+            let _ = child.wait();
+        }
+    }
+    for claim in claims_of(&tag) {
+        let _ = std::fs::remove_file(claim);
+    }
+}
+
+/// The runtime's state directory, absolute as the runtime makes it.
+fn state_dir(data_dir: &Path) -> PathBuf {
+    let dir = data_dir.join("sandboxes");
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// Address-claim files of instance `tag`.
+fn claims_of(tag: &str) -> Vec<PathBuf> {
+    let slots = Path::new(DEFAULT_RUN_DIR).join("slots");
+    names_in(&slots)
+        .into_iter()
+        .map(|n| slots.join(n))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|s| s.lines().next() == Some(tag)))
+        .collect()
+}
+
+/// Names in a directory, sorted; none if it does not exist.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Mount points of every cgroup hierarchy (v1 and v2).
+fn cgroup_mountpoints() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| {
+            let mountpoint = line.split(' ').nth(4)?;
+            let (_, after) = line.split_once(" - ")?;
+            let fstype = after.split(' ').next()?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(mountpoint))
+        })
+        .collect()
+}
