@@ -27,6 +27,8 @@ pub(crate) struct BuildArgs {
     pub start_cmd: Option<String>,
     pub ready_cmd: Option<String>,
     pub ready_timeout: Option<u64>,
+    /// Default limits of the template's sandboxes, as JSON.
+    pub limits: Option<serde_json::Value>,
 }
 
 /// One NDJSON object of the build log.
@@ -77,6 +79,7 @@ pub(crate) async fn build(api: &Api, args: BuildArgs) -> anyhow::Result<u8> {
         "startCmd": args.start_cmd,
         "readyCmd": args.ready_cmd,
         "readyTimeoutSecs": args.ready_timeout,
+        "limits": args.limits,
     });
     let file = tokio::fs::File::open(packed.path())
         .await

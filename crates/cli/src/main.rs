@@ -143,6 +143,18 @@ enum TemplateCommand {
         /// How long the ready command may take to succeed, in seconds.
         #[arg(long, value_name = "SECONDS")]
         ready_timeout: Option<u64>,
+        /// Default CPUs of the template's sandboxes.
+        #[arg(long, value_name = "N")]
+        cpus: Option<u32>,
+        /// Default memory limit of the template's sandboxes, MiB.
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u64>,
+        /// Default disk (writable layer) size of the template's sandboxes, MiB.
+        #[arg(long, value_name = "MIB")]
+        disk: Option<u64>,
+        /// Default process limit of the template's sandboxes.
+        #[arg(long, value_name = "N")]
+        pids: Option<u64>,
         /// The build context directory COPY and ADD read from.
         #[arg(default_value = ".")]
         context: PathBuf,
@@ -413,6 +425,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     start_cmd,
                     ready_cmd,
                     ready_timeout,
+                    cpus,
+                    memory,
+                    disk,
+                    pids,
                     context,
                 } => {
                     let args = build::BuildArgs {
@@ -424,6 +440,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         start_cmd,
                         ready_cmd,
                         ready_timeout,
+                        limits: [cpus.map(u64::from), memory, disk, pids]
+                            .iter()
+                            .any(Option::is_some)
+                            .then(|| {
+                                serde_json::json!({
+                                    "cpuCount": cpus,
+                                    "memoryMB": memory,
+                                    "diskSizeMB": disk,
+                                    "pids": pids,
+                                })
+                            }),
                     };
                     return build::build(&api, args).await;
                 }

@@ -405,9 +405,30 @@ fn start_and_ready_commands_run_in_every_sandbox() {
             "sleep 0.3; echo \"$MARK\" > /tmp/started; exec sleep 100000",
             "--ready-cmd",
             "test -s /tmp/started",
+            "--memory",
+            "256",
+            "--pids",
+            "300",
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // The template's default limits apply to its sandboxes.
+    assert_eq!(
+        sh(
+            &server,
+            "svc",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max"
+        ),
+        format!("{}\n300\n", 256u64 << 20)
+    );
+    // Limits above the server's maximum are refused before building.
+    let out = build(&server, ctx.path(), "toobig", &["--memory", "99999999"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("memoryMB") && stderr.contains("maximum"),
+        "{stderr}"
+    );
     // Ready before it is handed out: the file exists at once.
     assert_eq!(sh(&server, "svc", "cat /tmp/started"), "from-template\n");
     let ps = sh(&server, "svc", "ps -eo args");

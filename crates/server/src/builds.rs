@@ -231,6 +231,8 @@ pub(crate) struct Request {
     /// Uploaded file sets by hash.
     pub files: HashMap<String, PathBuf>,
     pub ready_timeout: Duration,
+    /// Default limits of the template's sandboxes (validated already).
+    pub limits: Option<hutch_image::TemplateLimits>,
 }
 
 /// Starts a build in the background; returns its job at once.
@@ -373,7 +375,7 @@ async fn run(
         allow_privilege_escalation: built.allow_privilege_escalation,
         start_cmd: built.start_cmd,
         ready_cmd: built.ready_cmd,
-        limits: None,
+        limits: req.limits,
     };
     let replaced = st
         .db

@@ -51,6 +51,9 @@ pub struct BuildSpec {
     pub ready_cmd: Option<String>,
     /// How long the ready command may take, in seconds (default 120).
     pub ready_timeout_secs: Option<u64>,
+    /// Default limits of the template's sandboxes (E2B field names).
+    #[serde(default)]
+    pub limits: Option<hutch_image::TemplateLimits>,
 }
 
 pub(super) async fn build(
@@ -74,6 +77,10 @@ pub(super) async fn build(
             "template '{}' is being built already",
             spec.name
         )));
+    }
+    if let Some(limits) = &spec.limits {
+        crate::limits::template_defaults(&spec.name, Some(limits), &st.max_limits)
+            .map_err(ApiError::bad_request)?;
     }
     let mut recipe = hutch_builder::dockerfile::parse(&spec.dockerfile, &spec.build_args)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -114,6 +121,7 @@ pub(super) async fn build(
                 spec.ready_timeout_secs
                     .unwrap_or(hutch_runtime::DEFAULT_READY_TIMEOUT.as_secs()),
             ),
+            limits: spec.limits,
         },
     );
     Ok((

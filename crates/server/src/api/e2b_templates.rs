@@ -91,6 +91,8 @@ struct Pending {
     since: Instant,
     /// Things the request asked for that Hutch does not apply.
     notes: Vec<String>,
+    /// `cpuCount` / `memoryMB`: the template's default limits.
+    limits: Option<hutch_image::TemplateLimits>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,8 +185,8 @@ fn check_hash(hash: &str) -> Result<(), ApiError> {
 
 // ----- 1. request a build ------------------------------------------------
 
-/// `POST /v3/templates` body. `cpuCount`, `memoryMB` and `minFreeDiskMB`
-/// are accepted and not applied.
+/// `POST /v3/templates` body. `cpuCount` and `memoryMB` become the
+/// template's default limits; `minFreeDiskMB` is accepted and not applied.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct BuildRequest {
@@ -243,11 +245,17 @@ pub(super) async fn request_build(
             "template '{name}' is being built already"
         )));
     }
-    let mut notes = Vec::new();
-    if body.cpu_count.is_some() || body.memory_mb.is_some() {
-        notes.push(
-            "cpuCount and memoryMB are not applied: sandboxes get the server's limits".to_owned(),
-        );
+    let notes = Vec::new();
+    let limits = (body.cpu_count.is_some() || body.memory_mb.is_some()).then(|| {
+        hutch_image::TemplateLimits {
+            cpu_count: body.cpu_count.map(|c| u32::try_from(c).unwrap_or(u32::MAX)),
+            memory_mb: body.memory_mb,
+            ..Default::default()
+        }
+    });
+    if let Some(l) = &limits {
+        crate::limits::template_defaults(&name, Some(l), &st.max_limits)
+            .map_err(ApiError::bad_request)?;
     }
     let existing = st
         .db
@@ -275,6 +283,7 @@ pub(super) async fn request_build(
                 name: name.clone(),
                 since: Instant::now(),
                 notes,
+                limits,
             },
         );
         template_id
@@ -728,6 +737,7 @@ pub(super) async fn start_build(
             context: None,
             files,
             ready_timeout: hutch_runtime::DEFAULT_READY_TIMEOUT,
+            limits: pending.limits,
         },
     );
     tracing::info!(template = %pending.name, build = %build_id, "template build started");
