@@ -8,40 +8,23 @@ use std::process::Output;
 
 use hutch_test_support::{Registry, RegistryAuthMode, TestDir, TestServer, debian_image};
 
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server
-        .hutch()
-        .args(args)
-        .output()
-        .expect("running the hutch CLI")
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn ok(server: &TestServer, args: &[&str]) -> Output {
-    let out = run(server, args);
-    assert!(
-        out.status.success(),
-        "hutch {args:?} failed ({}):\nstdout: {}\nstderr: {}\nserver log tail:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr),
-        tail(&server.log()),
-    );
-    out
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 /// Runs `script` with `sh -c` in a fresh sandbox of `template`.
 fn sh(server: &TestServer, template: &str, script: &str) -> String {
-    let out = ok(server, &["run", template, "--", "sh", "-c", script]);
-    text(&out.stdout)
+    server.cli_ok(&["run", template, "--", "sh", "-c", script])
+}
+
+/// Imports the Debian test image as template `debian`.
+fn import_debian(server: &TestServer, allow_privilege_escalation: bool) {
+    let extra: &[&str] = if allow_privilege_escalation {
+        &["--allow-privilege-escalation"]
+    } else {
+        &[]
+    };
+    server.import(&debian_image(), "debian", extra);
 }
 
 fn write(dir: &Path, rel: &str, content: &str) {
@@ -54,7 +37,7 @@ fn build(server: &TestServer, ctx: &Path, name: &str, extra: &[&str]) -> Output 
     let mut args = vec!["template", "build", "--name", name];
     args.extend_from_slice(extra);
     args.push(ctx.to_str().unwrap());
-    run(server, &args)
+    server.cli(&args)
 }
 
 const DOCKERFILE: &str = r#"# A Dockerfile using every step Hutch supports.
@@ -97,17 +80,7 @@ fn context(dir: &Path) {
 #[test]
 fn dockerfile_build_runtime_view_cache_and_failures() {
     let server = TestServer::start();
-    ok(
-        &server,
-        &[
-            "template",
-            "import",
-            debian_image().to_str().unwrap(),
-            "--name",
-            "debian",
-            "--allow-privilege-escalation",
-        ],
-    );
+    import_debian(&server, true);
     let ctx = TestDir::new();
     context(ctx.path());
 
@@ -122,7 +95,7 @@ fn dockerfile_build_runtime_view_cache_and_failures() {
     assert!(
         out.status.success(),
         "build failed:\n{stdout}\n{stderr}\n{}",
-        tail(&server.log())
+        server.log_tail(40)
     );
     assert!(stdout.contains("built template app"), "{stdout}");
     assert!(
@@ -161,19 +134,16 @@ fn dockerfile_build_runtime_view_cache_and_failures() {
         );
     }
     // Through the login shell the SDKs use, too.
-    let login = ok(
-        &server,
-        &[
-            "run",
-            "app",
-            "--",
-            "bash",
-            "-l",
-            "-c",
-            "echo $PYTHONPATH; pwd; id -un",
-        ],
-    );
-    assert_eq!(text(&login.stdout), "/app/lib:/extra\n/srv/work\nbuilder\n");
+    let login = server.cli_ok(&[
+        "run",
+        "app",
+        "--",
+        "bash",
+        "-l",
+        "-c",
+        "echo $PYTHONPATH; pwd; id -un",
+    ]);
+    assert_eq!(login, "/app/lib:/extra\n/srv/work\nbuilder\n");
 
     // The files the steps made.
     let files = sh(
@@ -250,19 +220,16 @@ fn dockerfile_build_runtime_view_cache_and_failures() {
         stderr.contains("2 of 8 layer steps from the cache"),
         "{stderr}"
     );
-    let secret = ok(
-        &server,
-        &[
-            "run",
-            "app",
-            "--user",
-            "root",
-            "--",
-            "cat",
-            "/srv/secret.txt",
-        ],
-    );
-    assert_eq!(text(&secret.stdout), "changed\n");
+    let secret = server.cli_ok(&[
+        "run",
+        "app",
+        "--user",
+        "root",
+        "--",
+        "cat",
+        "/srv/secret.txt",
+    ]);
+    assert_eq!(secret, "changed\n");
 
     // --no-cache runs everything.
     let out = build(
@@ -280,7 +247,7 @@ fn dockerfile_build_runtime_view_cache_and_failures() {
     assert!(stderr.contains("| step-output"), "{stderr}");
 
     // Only the newest template of the name is listed.
-    let list = text(&ok(&server, &["template", "list"]).stdout);
+    let list = server.cli_ok(&["template", "list"]);
     assert_eq!(
         list.lines().filter(|l| l.starts_with("app ")).count(),
         1,
@@ -291,16 +258,7 @@ fn dockerfile_build_runtime_view_cache_and_failures() {
 #[test]
 fn failing_step_keeps_nothing_but_cached_layers() {
     let server = TestServer::start();
-    ok(
-        &server,
-        &[
-            "template",
-            "import",
-            debian_image().to_str().unwrap(),
-            "--name",
-            "debian",
-        ],
-    );
+    import_debian(&server, false);
     let ctx = TestDir::new();
     write(
         ctx.path(),
@@ -320,7 +278,7 @@ fn failing_step_keeps_nothing_but_cached_layers() {
         "the error names the line:\n{stderr}"
     );
     assert!(!stderr.contains("never"), "{stderr}");
-    let list = text(&ok(&server, &["template", "list"]).stdout);
+    let list = server.cli_ok(&["template", "list"]);
     assert!(!list.contains("broken"), "no half-built template:\n{list}");
 
     // Fixed: the step before the failing one comes from the cache.
@@ -380,16 +338,7 @@ fn failing_step_keeps_nothing_but_cached_layers() {
 #[test]
 fn start_and_ready_commands_run_in_every_sandbox() {
     let server = TestServer::start();
-    ok(
-        &server,
-        &[
-            "template",
-            "import",
-            debian_image().to_str().unwrap(),
-            "--name",
-            "debian",
-        ],
-    );
+    import_debian(&server, false);
     let ctx = TestDir::new();
     write(
         ctx.path(),
@@ -477,7 +426,7 @@ fn from_a_registry_image() {
         &["--build-arg", "WHO=hutch"],
     );
     let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}\n{}", tail(&server.log()));
+    assert!(out.status.success(), "{stderr}\n{}", server.log_tail(40));
     assert!(stderr.contains("pulling 127.0.0.1:"), "{stderr}");
 
     let view = sh(

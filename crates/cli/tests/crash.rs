@@ -5,52 +5,34 @@
 //! left on the host — counted from the kernel and the file system.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use hutch_test_support::{
     FAKE_INTERNET_BODY, FakeInternet, HostResources, TestServer, busybox_image, wait_until,
 };
 
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server.hutch().args(args).output().expect("running hutch")
-}
-
-fn ok(server: &TestServer, args: &[&str]) -> String {
-    let out = run(server, args);
-    assert!(
-        out.status.success(),
-        "hutch {args:?}: {}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn server(args: &[&str]) -> TestServer {
     let server = TestServer::start_with_args(args);
     let image = busybox_image();
-    ok(
-        &server,
-        &[
-            "template",
-            "import",
-            image.to_str().unwrap(),
-            "--name",
-            "bb",
-        ],
-    );
+    server.cli_ok(&[
+        "template",
+        "import",
+        image.to_str().unwrap(),
+        "--name",
+        "bb",
+    ]);
     server
 }
 
 fn create(server: &TestServer, extra: &[&str]) -> String {
     let mut args = vec!["sandbox", "create", "bb"];
     args.extend_from_slice(extra);
-    ok(server, &args).trim().to_owned()
+    server.cli_ok(&args).trim().to_owned()
 }
 
 fn sh(server: &TestServer, id: &str, script: &str) -> (i32, String) {
-    let out = run(server, &["exec", id, "--", "sh", "-c", script]);
+    let out = server.cli(&["exec", id, "--", "sh", "-c", script]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -76,7 +58,7 @@ fn address(server: &TestServer, id: &str) -> String {
 
 /// `(id, state)` of every listed sandbox.
 fn listed(server: &TestServer) -> BTreeSet<(String, String)> {
-    let out = ok(server, &["sandbox", "list", "--json"]);
+    let out = server.cli_ok(&["sandbox", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v.as_array()
         .unwrap()
@@ -171,7 +153,7 @@ fn server_kill9_readopts_running_and_paused_sandboxes_with_their_network() {
         address(&server, &closed),
         address(&server, &paused),
     ];
-    ok(&server, &["sandbox", "pause", &paused]);
+    server.cli_ok(&["sandbox", "pause", &paused]);
     // A process that keeps running across the crash.
     let (code, out) = sh(&server, &open, "(sleep 1000 > /dev/null 2>&1 &)");
     assert_eq!(code, 0, "{out}");
@@ -194,7 +176,7 @@ fn server_kill9_readopts_running_and_paused_sandboxes_with_their_network() {
     let (code, out) = sh(&server, &open, "ps | grep -v grep | grep 'sleep 1000'");
     assert_eq!(code, 0, "the process survived: {out}");
 
-    ok(&server, &["sandbox", "resume", &paused]);
+    server.cli_ok(&["sandbox", "resume", &paused]);
     assert_eq!(address(&server, &paused), addresses[2]);
     assert!(fetches(&server, &paused, &url));
 
@@ -204,7 +186,7 @@ fn server_kill9_readopts_running_and_paused_sandboxes_with_their_network() {
 
     let ids = [open, closed, paused, fresh];
     for id in &ids {
-        ok(&server, &["sandbox", "kill", id]);
+        server.cli_ok(&["sandbox", "kill", id]);
     }
     assert_holds_exactly(&server, &[], &ids);
 }
@@ -220,13 +202,13 @@ fn sandboxes_whose_agent_died_while_the_server_was_down_are_cleaned_up() {
     let server = TestServer::restart_with_args(dir, &["--warm-pool", "0"]);
 
     assert_eq!(state(&server, &dead), None, "reported killed");
-    let out = run(&server, &["exec", &dead, "--", "true"]);
+    let out = server.cli(&["exec", &dead, "--", "true"]);
     assert!(!out.status.success());
     assert_eq!(state(&server, &alive).as_deref(), Some("running"));
     assert_holds_exactly(&server, &[&alive], std::slice::from_ref(&dead));
     assert!(server.log().contains(&dead));
 
-    ok(&server, &["sandbox", "kill", &alive]);
+    server.cli_ok(&["sandbox", "kill", &alive]);
     assert_holds_exactly(&server, &[], &[dead, alive]);
 }
 
@@ -236,7 +218,7 @@ fn killing_an_agent_kills_its_sandbox() {
     let victim = create(&server, &[]);
     let bystander = create(&server, &[]);
     let paused = create(&server, &[]);
-    ok(&server, &["sandbox", "pause", &paused]);
+    server.cli_ok(&["sandbox", "pause", &paused]);
 
     kill9(agent_pid(&server, &victim));
     wait_until("the server notices", Duration::from_secs(10), || {
@@ -258,7 +240,7 @@ fn killing_an_agent_kills_its_sandbox() {
         std::slice::from_ref(&victim),
     );
 
-    ok(&server, &["sandbox", "kill", &paused]);
-    ok(&server, &["sandbox", "kill", &bystander]);
+    server.cli_ok(&["sandbox", "kill", &paused]);
+    server.cli_ok(&["sandbox", "kill", &bystander]);
     assert_holds_exactly(&server, &[], &[victim, bystander, paused]);
 }

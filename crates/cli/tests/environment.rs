@@ -2,47 +2,16 @@
 //! sandboxes from real images, driven with the `hutch` CLI as a user would.
 //! Every assertion is made from inside the sandbox.
 
-use std::process::Output;
-
 use hutch_test_support::{TestServer, busybox_image, debian_image};
 
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server
-        .hutch()
-        .args(args)
-        .output()
-        .expect("running the hutch CLI")
-}
-
-fn ok(server: &TestServer, args: &[&str]) -> String {
-    let out = run(server, args);
-    assert!(
-        out.status.success(),
-        "hutch {args:?} failed ({}):\nstdout: {}\nstderr: {}\nserver log tail:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        tail(&server.log()),
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
 fn import(server: &TestServer, image: &std::path::Path, name: &str) {
-    ok(
-        server,
-        &[
-            "template",
-            "import",
-            image.to_str().unwrap(),
-            "--name",
-            name,
-        ],
-    );
+    server.cli_ok(&[
+        "template",
+        "import",
+        image.to_str().unwrap(),
+        "--name",
+        name,
+    ]);
 }
 
 fn create(server: &TestServer, template: &str, env: &[&str]) -> String {
@@ -51,7 +20,7 @@ fn create(server: &TestServer, template: &str, env: &[&str]) -> String {
         args.push("--env");
         args.push(e);
     }
-    let id = ok(server, &args);
+    let id = server.cli_ok(&args);
     let id = id.trim().to_owned();
     assert!(
         !id.is_empty() && !id.contains(char::is_whitespace),
@@ -66,7 +35,7 @@ fn exec(server: &TestServer, id: &str, opts: &[&str], cmd: &[&str]) -> String {
     args.extend_from_slice(opts);
     args.push("--");
     args.extend_from_slice(cmd);
-    ok(server, &args)
+    server.cli_ok(&args)
 }
 
 /// Every case of the table that needs no template build step, on a
@@ -174,10 +143,7 @@ fn debian_image_every_precedence_level_and_after_restart() {
         exec(&server, &id, &[], &["printenv", "E2B_SANDBOX_ID"]),
         format!("{id}\n")
     );
-    let spoof = run(
-        &server,
-        &["exec", &id, "--env", "E2B_SANDBOX_ID=x", "--", "true"],
-    );
+    let spoof = server.cli(&["exec", &id, "--env", "E2B_SANDBOX_ID=x", "--", "true"]);
     assert!(!spoof.status.success());
     assert!(
         String::from_utf8_lossy(&spoof.stderr).contains("E2B_SANDBOX_ID"),
@@ -202,10 +168,7 @@ fn debian_image_every_precedence_level_and_after_restart() {
 
     // Imported without --allow-privilege-escalation: no_new_privs holds, so
     // a setuid sudo cannot raise an unprivileged user's privileges.
-    let sudo = run(
-        &server,
-        &["exec", &id, "--user", "user", "--", "sudo", "-n", "true"],
-    );
+    let sudo = server.cli(&["exec", &id, "--user", "user", "--", "sudo", "-n", "true"]);
     assert!(!sudo.status.success(), "sudo must fail under no_new_privs");
     assert_eq!(
         exec(
@@ -221,7 +184,7 @@ fn debian_image_every_precedence_level_and_after_restart() {
     let dir = server.stop();
     let server = TestServer::restart(dir);
     check_cases(&server, &id);
-    ok(&server, &["sandbox", "kill", &id]);
+    server.cli_ok(&["sandbox", "kill", &id]);
 }
 
 #[test]
@@ -251,7 +214,7 @@ fn busybox_image_without_bash_or_profile() {
     );
     assert_eq!(exec(&server, &id, &["--cwd", "/tmp"], &["pwd"]), "/tmp\n");
     assert_eq!(sh("env | cut -d= -f1 | sort | uniq -d"), "");
-    ok(&server, &["sandbox", "kill", &id]);
+    server.cli_ok(&["sandbox", "kill", &id]);
 }
 
 #[test]
@@ -267,19 +230,16 @@ fn every_import_format_gives_the_same_environment() {
         ),
     ] {
         import(&server, &source, name);
-        let out = run(
-            &server,
-            &[
-                "run",
-                name,
-                "--env",
-                "OVERRIDE=sandbox",
-                "--",
-                "sh",
-                "-c",
-                "echo $MY_APP_CONFIG $OVERRIDE; pwd",
-            ],
-        );
+        let out = server.cli(&[
+            "run",
+            name,
+            "--env",
+            "OVERRIDE=sandbox",
+            "--",
+            "sh",
+            "-c",
+            "echo $MY_APP_CONFIG $OVERRIDE; pwd",
+        ]);
         assert!(
             out.status.success(),
             "{name}: {}",

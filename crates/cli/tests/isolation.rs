@@ -9,28 +9,12 @@ use std::process::Output;
 
 use hutch_test_support::{TestDir, TestServer, busybox_image, debian_image};
 
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server.hutch().args(args).output().expect("running hutch")
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(server: &TestServer, args: &[&str]) -> String {
-    let out = run(server, args);
-    assert!(
-        out.status.success(),
-        "hutch {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
 }
 
 fn import(server: &TestServer, image: &std::path::Path, name: &str, extra: &[&str]) {
@@ -42,23 +26,24 @@ fn import(server: &TestServer, image: &std::path::Path, name: &str, extra: &[&st
         name,
     ];
     args.extend_from_slice(extra);
-    ok(server, &args);
+    server.cli_ok(&args);
 }
 
 fn create(server: &TestServer, template: &str) -> String {
-    ok(server, &["sandbox", "create", template])
+    server
+        .cli_ok(&["sandbox", "create", template])
         .trim()
         .to_owned()
 }
 
 /// `sh -c SCRIPT` in the sandbox; its output, whatever its exit code.
 fn sh(server: &TestServer, id: &str, script: &str) -> Output {
-    run(server, &["exec", id, "--", "sh", "-c", script])
+    server.cli(&["exec", id, "--", "sh", "-c", script])
 }
 
 /// `sh -c SCRIPT` in the sandbox, which must succeed; its stdout.
 fn sh_ok(server: &TestServer, id: &str, script: &str) -> String {
-    ok(server, &["exec", id, "--", "sh", "-c", script])
+    server.cli_ok(&["exec", id, "--", "sh", "-c", script])
 }
 
 /// `sh -c SCRIPT` must fail, and say `needle` on stderr.
@@ -144,7 +129,7 @@ for k in sorted(results):
 "#;
 
 fn probe(server: &TestServer, id: &str) -> BTreeMap<String, String> {
-    let out = ok(server, &["exec", id, "--", "python3", "-c", PROBE]);
+    let out = server.cli_ok(&["exec", id, "--", "python3", "-c", PROBE]);
     out.lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -253,19 +238,16 @@ fn system_calls_outside_the_filter_fail_and_sockets_are_limited() {
     assert_eq!(status["NoNewPrivs"], "1");
     assert_eq!(status["Seccomp"], "2");
     // A user other than root has no capabilities at all.
-    let user = ok(
-        &server,
-        &[
-            "exec",
-            &id,
-            "--user",
-            "user",
-            "--",
-            "grep",
-            "^CapEff:",
-            "/proc/self/status",
-        ],
-    );
+    let user = server.cli_ok(&[
+        "exec",
+        &id,
+        "--user",
+        "user",
+        "--",
+        "grep",
+        "^CapEff:",
+        "/proc/self/status",
+    ]);
     assert_eq!(user.split_whitespace().nth(1), Some("0000000000000000"));
 }
 
@@ -279,12 +261,8 @@ fn ordinary_programs_work_under_the_filter() {
         &["--allow-privilege-escalation"],
     );
     let id = create(&server, "deb");
-    let user = |script: &str| {
-        ok(
-            &server,
-            &["exec", &id, "--user", "user", "--", "bash", "-c", script],
-        )
-    };
+    let user =
+        |script: &str| server.cli_ok(&["exec", &id, "--user", "user", "--", "bash", "-c", script]);
 
     // bash: pipes, subshells, job control in a script, process substitution.
     assert_eq!(
@@ -302,21 +280,15 @@ with multiprocessing.Pool(2) as p:
 print("python ok")
 "#;
     assert_eq!(
-        ok(
-            &server,
-            &["exec", &id, "--user", "user", "--", "python3", "-c", py]
-        ),
+        server.cli_ok(&["exec", &id, "--user", "user", "--", "python3", "-c", py]),
         "python ok\n"
     );
     // sudo, in a template that allows privilege escalation.
     assert_eq!(user("sudo -n id -u"), "0\n");
     // ... which still gives no way out.
-    let out = run(
-        &server,
-        &[
-            "exec", &id, "--user", "user", "--", "sudo", "-n", "unshare", "--user", "true",
-        ],
-    );
+    let out = server.cli(&[
+        "exec", &id, "--user", "user", "--", "sudo", "-n", "unshare", "--user", "true",
+    ]);
     assert!(!out.status.success(), "sudo unshare must fail");
     // dpkg and apt install a package (built in the sandbox; no network
     // needed).
@@ -334,7 +306,7 @@ hutch-probe
 dpkg -s hutch-probe | grep '^Status'
 "#;
     assert_eq!(
-        ok(&server, &["exec", &id, "--", "bash", "-c", script]),
+        server.cli_ok(&["exec", &id, "--", "bash", "-c", script]),
         "probe-installed\nprobe-installed\nStatus: install ok installed\n"
     );
 }

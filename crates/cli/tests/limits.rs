@@ -15,10 +15,6 @@ use std::time::Duration;
 use hutch_test_support::{TestServer, busybox_image, wait_until};
 use serde_json::{Value, json};
 
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server.hutch().args(args).output().expect("running hutch")
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -27,45 +23,30 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn ok(server: &TestServer, args: &[&str]) -> String {
-    let out = run(server, args);
-    assert!(
-        out.status.success(),
-        "hutch {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
 fn server_with_bb(args: &[&str]) -> TestServer {
     let server = TestServer::start_with_args(args);
-    ok(
-        &server,
-        &[
-            "template",
-            "import",
-            busybox_image().to_str().unwrap(),
-            "--name",
-            "bb",
-        ],
-    );
+    server.cli_ok(&[
+        "template",
+        "import",
+        busybox_image().to_str().unwrap(),
+        "--name",
+        "bb",
+    ]);
     server
 }
 
 fn create(server: &TestServer, extra: &[&str]) -> String {
     let mut args = vec!["sandbox", "create", "bb"];
     args.extend_from_slice(extra);
-    ok(server, &args).trim().to_owned()
+    server.cli_ok(&args).trim().to_owned()
 }
 
 fn sh(server: &TestServer, id: &str, script: &str) -> Output {
-    run(server, &["exec", id, "--", "sh", "-c", script])
+    server.cli(&["exec", id, "--", "sh", "-c", script])
 }
 
 fn sh_ok(server: &TestServer, id: &str, script: &str) -> String {
-    ok(server, &["exec", id, "--", "sh", "-c", script])
+    server.cli_ok(&["exec", id, "--", "sh", "-c", script])
 }
 
 fn rt() -> &'static tokio::runtime::Runtime {
@@ -215,7 +196,8 @@ fn limits_from_the_cli_reach_the_sandbox_and_are_reported() {
         (&json!(1), &json!(128), &json!(64), &json!(100)),
         "{info}"
     );
-    let listed: Value = serde_json::from_str(&ok(&server, &["sandbox", "list", "--json"])).unwrap();
+    let listed: Value =
+        serde_json::from_str(&server.cli_ok(&["sandbox", "list", "--json"])).unwrap();
     let entry = listed
         .as_array()
         .unwrap()
@@ -224,7 +206,7 @@ fn limits_from_the_cli_reach_the_sandbox_and_are_reported() {
         .unwrap();
     assert_eq!(entry["memoryMB"], 128);
     assert_eq!(entry["hutchPids"], 100);
-    let table = ok(&server, &["sandbox", "list"]);
+    let table = server.cli_ok(&["sandbox", "list"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     let row: Vec<&str> = table
         .lines()
@@ -310,7 +292,7 @@ fn limits_outside_the_maxima_are_refused_with_the_reason() {
             "diskSizeMB 1 is invalid: it must be at least 16",
         ),
     ] {
-        let out = run(&server, &["sandbox", "create", "bb", flag, value]);
+        let out = server.cli(&["sandbox", "create", "bb", flag, value]);
         assert!(!out.status.success(), "{flag} {value} must be refused");
         let err = stderr(&out);
         assert!(err.contains(message), "{flag} {value}: {err:?}");
@@ -343,7 +325,8 @@ fn limits_outside_the_maxima_are_refused_with_the_reason() {
         );
     }
     // Nothing was created.
-    let listed: Value = serde_json::from_str(&ok(&server, &["sandbox", "list", "--json"])).unwrap();
+    let listed: Value =
+        serde_json::from_str(&server.cli_ok(&["sandbox", "list", "--json"])).unwrap();
     assert_eq!(listed, json!([]));
     assert_eq!(
         std::fs::read_dir(server.data_dir().join("sandboxes"))
@@ -481,7 +464,7 @@ fn a_memory_bomb_is_confined_and_its_agent_survives() {
     assert_eq!(sh_ok(&server, &neighbour, "echo fine"), "fine\n");
 
     // Killable, and leaves nothing.
-    ok(&server, &["sandbox", "kill", &bomb]);
+    server.cli_ok(&["sandbox", "kill", &bomb]);
     assert_gone(&server, &bomb);
     assert_eq!(sh_ok(&server, &neighbour, "echo fine"), "fine\n");
 }
@@ -522,7 +505,7 @@ fn a_fork_bomb_is_confined_to_its_pids_limit() {
         );
     }
     // The bomb's sandbox can still be killed, and leaves nothing.
-    ok(&server, &["sandbox", "kill", &bomb]);
+    server.cli_ok(&["sandbox", "kill", &bomb]);
     assert_gone(&server, &bomb);
     assert_eq!(sh_ok(&server, &neighbour, "echo fine"), "fine\n");
 }
@@ -581,7 +564,7 @@ fn a_full_disk_is_enospc_inside_and_507_on_upload() {
         (4 << 20).to_string()
     );
 
-    ok(&server, &["sandbox", "kill", &id]);
+    server.cli_ok(&["sandbox", "kill", &id]);
     assert_gone(&server, &id);
 }
 
@@ -627,7 +610,7 @@ fn no_disk_or_loop_device_outlives_a_crash() {
         loops_under(&sandboxes)
     );
 
-    ok(&server, &["sandbox", "kill", &keep]);
+    server.cli_ok(&["sandbox", "kill", &keep]);
     assert_gone(&server, &keep);
     // A clean stop destroys the pool: nothing is left.
     let dir = server.stop();

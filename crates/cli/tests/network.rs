@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -17,46 +16,28 @@ use hutch_test_support::{
 };
 use serde_json::{Value, json};
 
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server.hutch().args(args).output().expect("running hutch")
-}
-
-fn ok(server: &TestServer, args: &[&str]) -> String {
-    let out = run(server, args);
-    assert!(
-        out.status.success(),
-        "hutch {args:?}: {}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn server(args: &[&str]) -> TestServer {
     let server = TestServer::start_with_args(args);
     let image = busybox_image();
-    ok(
-        &server,
-        &[
-            "template",
-            "import",
-            image.to_str().unwrap(),
-            "--name",
-            "bb",
-        ],
-    );
+    server.cli_ok(&[
+        "template",
+        "import",
+        image.to_str().unwrap(),
+        "--name",
+        "bb",
+    ]);
     server
 }
 
 fn create(server: &TestServer, extra: &[&str]) -> String {
     let mut args = vec!["sandbox", "create", "bb"];
     args.extend_from_slice(extra);
-    ok(server, &args).trim().to_owned()
+    server.cli_ok(&args).trim().to_owned()
 }
 
 /// Runs a shell command in a sandbox: (exit code, stdout + stderr).
 fn sh(server: &TestServer, id: &str, script: &str) -> (i32, String) {
-    let out = run(server, &["exec", id, "--", "sh", "-c", script]);
+    let out = server.cli(&["exec", id, "--", "sh", "-c", script]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -192,8 +173,8 @@ fn each_sandbox_has_its_own_address_dns_and_egress() {
     );
 
     let ids = vec![a.clone(), b.clone()];
-    ok(&server, &["sandbox", "kill", &a]);
-    ok(&server, &["sandbox", "kill", &b]);
+    server.cli_ok(&["sandbox", "kill", &a]);
+    server.cli_ok(&["sandbox", "kill", &b]);
     let left = HostResources::measure(server.data_dir(), &ids);
     assert!(left.is_empty(), "leaked:\n{left}");
 }
@@ -269,7 +250,7 @@ fn invalid_lists_are_rejected() {
         assert_eq!(status, 400, "{body}");
         assert!(body.contains(field), "{body}");
     }
-    let out = run(&server, &["sandbox", "create", "bb", "--deny-out", "nope"]);
+    let out = server.cli(&["sandbox", "create", "bb", "--deny-out", "nope"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("network.denyOut[0]"),

@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 use hutch_test_support::{TestServer, busybox_image, wait_until};
 use serde_json::Value;
 
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server.hutch().args(args).output().expect("running hutch")
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -23,38 +19,24 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn ok(server: &TestServer, args: &[&str]) -> String {
-    let out = run(server, args);
-    assert!(
-        out.status.success(),
-        "hutch {args:?} failed ({}): {}",
-        out.status,
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
 fn import(server: &TestServer) {
-    ok(
-        server,
-        &[
-            "template",
-            "import",
-            busybox_image().to_str().unwrap(),
-            "--name",
-            "bb",
-        ],
-    );
+    server.cli_ok(&[
+        "template",
+        "import",
+        busybox_image().to_str().unwrap(),
+        "--name",
+        "bb",
+    ]);
 }
 
 fn create(server: &TestServer, extra: &[&str]) -> String {
     let mut args = vec!["sandbox", "create", "bb"];
     args.extend_from_slice(extra);
-    ok(server, &args).trim().to_owned()
+    server.cli_ok(&args).trim().to_owned()
 }
 
 fn listed(server: &TestServer) -> BTreeSet<String> {
-    let json: Value = serde_json::from_str(&ok(server, &["sandbox", "list", "--json"])).unwrap();
+    let json: Value = serde_json::from_str(&server.cli_ok(&["sandbox", "list", "--json"])).unwrap();
     json.as_array()
         .unwrap()
         .iter()
@@ -154,29 +136,23 @@ fn creates_come_from_the_pool_with_their_own_identity_and_env() {
         server.log().contains("from the warm pool"),
         "the log says so"
     );
-    let out = ok(
-        &server,
-        &[
-            "exec",
-            &id,
-            "--",
-            "sh",
-            "-c",
-            "echo $X; echo $HOSTNAME; hostname; echo $E2B_SANDBOX_ID",
-        ],
-    );
+    let out = server.cli_ok(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo $X; echo $HOSTNAME; hostname; echo $E2B_SANDBOX_ID",
+    ]);
     assert_eq!(out, format!("1\n{id}\n{id}\n{id}\n"));
     // Every later process gets the sandbox layer too, and a process layer
     // still overrides it.
     assert_eq!(
-        ok(
-            &server,
-            &["exec", &id, "--env", "X=2", "--", "sh", "-c", "echo $X"]
-        ),
+        server.cli_ok(&["exec", &id, "--env", "X=2", "--", "sh", "-c", "echo $X"]),
         "2\n"
     );
     assert_eq!(
-        ok(&server, &["exec", &id, "--", "sh", "-c", "echo $X"]),
+        server.cli_ok(&["exec", &id, "--", "sh", "-c", "echo $X"]),
         "1\n"
     );
 
@@ -186,10 +162,7 @@ fn creates_come_from_the_pool_with_their_own_identity_and_env() {
     assert_ne!(second, id);
     assert_eq!(bb_pool(&server).1, 2);
     assert_eq!(
-        ok(
-            &server,
-            &["exec", &second, "--", "sh", "-c", "echo ${X-unset}"]
-        ),
+        server.cli_ok(&["exec", &second, "--", "sh", "-c", "echo ${X-unset}"]),
         "unset\n"
     );
     assert_eq!(
@@ -199,7 +172,7 @@ fn creates_come_from_the_pool_with_their_own_identity_and_env() {
     );
 
     // Claimed sandboxes behave as any: killed, they leave nothing behind.
-    ok(&server, &["sandbox", "kill", &id]);
+    server.cli_ok(&["sandbox", "kill", &id]);
     assert!(!mounted(&id));
     wait_ready(&server, 1);
     let pooled: BTreeSet<String> = sandbox_dirs(server.data_dir())
@@ -229,7 +202,7 @@ fn expiry_counts_from_the_claim() {
         "expired {:?} after its claim, before its timeout",
         claimed_at.elapsed()
     );
-    ok(&server, &["exec", &id, "--", "true"]);
+    server.cli_ok(&["exec", &id, "--", "true"]);
     wait_until("the sandbox expires", Duration::from_secs(30), || {
         !dir.exists()
     });
@@ -248,10 +221,7 @@ fn two_quick_creates_both_work() {
                 let server = &server;
                 s.spawn(move || {
                     let id = create(server, &["--env", &format!("V={v}")]);
-                    let out = ok(
-                        server,
-                        &["exec", &id, "--", "sh", "-c", "echo $V $HOSTNAME"],
-                    );
+                    let out = server.cli_ok(&["exec", &id, "--", "sh", "-c", "echo $V $HOSTNAME"]);
                     assert_eq!(out, format!("{v} {id}\n"));
                     id
                 })
@@ -288,10 +258,7 @@ fn a_dead_pooled_sandbox_is_replaced_by_a_fresh_one() {
     let id = create(&server, &["--env", "X=fresh"]);
     assert_ne!(id, dead);
     assert_eq!(
-        ok(
-            &server,
-            &["exec", &id, "--", "sh", "-c", "echo $X $HOSTNAME"]
-        ),
+        server.cli_ok(&["exec", &id, "--", "sh", "-c", "echo $X $HOSTNAME"]),
         format!("fresh {id}\n")
     );
     wait_until(
@@ -311,17 +278,17 @@ fn template_rm_with_a_warm_pool() {
 
     // A user's sandbox blocks the removal; the pooled ones do not count.
     let id = create(&server, &[]);
-    let out = run(&server, &["template", "rm", "bb"]);
+    let out = server.cli(&["template", "rm", "bb"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("1 running sandbox;"),
         "{}",
         stderr(&out)
     );
-    ok(&server, &["sandbox", "kill", &id]);
+    server.cli_ok(&["sandbox", "kill", &id]);
     wait_ready(&server, 2);
 
-    ok(&server, &["template", "rm", "bb"]);
+    server.cli_ok(&["template", "rm", "bb"]);
     assert_host_holds(server.data_dir(), &BTreeSet::new());
     let status = pool_status(&server);
     assert_eq!(status["templates"], serde_json::json!([]), "{status}");
@@ -334,7 +301,7 @@ fn template_rm_with_a_warm_pool() {
     import(&server);
     wait_ready(&server, 2);
     let id = create(&server, &[]);
-    ok(&server, &["exec", &id, "--", "true"]);
+    server.cli_ok(&["exec", &id, "--", "true"]);
 }
 
 #[test]
@@ -366,7 +333,7 @@ fn killed_server_leaks_no_pooled_sandbox() {
     assert_host_holds(server.data_dir(), &on_host);
     assert_eq!(listed(&server), BTreeSet::from([user.clone()]));
     assert_eq!(
-        ok(&server, &["exec", &user, "--", "sh", "-c", "echo $KEEP"]),
+        server.cli_ok(&["exec", &user, "--", "sh", "-c", "echo $KEEP"]),
         "yes\n",
         "the re-adopted sandbox keeps its env"
     );
@@ -383,7 +350,7 @@ fn stopped_server_destroys_its_pool_and_keeps_sandboxes() {
     assert_host_holds(dir.path(), &BTreeSet::from([user.clone()]));
     let server = TestServer::restart_with_args(dir, &["--warm-pool", "0"]);
     assert_eq!(listed(&server), BTreeSet::from([user.clone()]));
-    ok(&server, &["exec", &user, "--", "true"]);
+    server.cli_ok(&["exec", &user, "--", "true"]);
     assert_host_holds(server.data_dir(), &BTreeSet::from([user]));
 }
 
@@ -395,15 +362,12 @@ fn warm_pool_zero_boots_every_sandbox() {
     assert_eq!(status["size"], 0, "{status}");
     let id = create(&server, &["--env", "X=1"]);
     assert_eq!(
-        ok(
-            &server,
-            &["exec", &id, "--", "sh", "-c", "echo $X $HOSTNAME"]
-        ),
+        server.cli_ok(&["exec", &id, "--", "sh", "-c", "echo $X $HOSTNAME"]),
         format!("1 {id}\n")
     );
     assert_eq!(bb_pool(&server), (0, 0, 1));
     assert_host_holds(server.data_dir(), &BTreeSet::from([id.clone()]));
-    let out = run(&server, &["run", "bb", "--", "echo", "hi"]);
+    let out = server.cli(&["run", "bb", "--", "echo", "hi"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "hi\n");
     assert_eq!(listed(&server), BTreeSet::from([id]));

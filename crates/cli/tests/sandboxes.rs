@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use hutch_test_support::{TestServer, busybox_image, free_port, hutch_bin, wait_until};
 
-fn run(server: &TestServer, args: &[&str]) -> Output {
-    server.hutch().args(args).output().expect("running hutch")
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -21,16 +17,13 @@ fn stderr(out: &Output) -> String {
 
 fn ready_server() -> TestServer {
     let server = TestServer::start();
-    let out = run(
-        &server,
-        &[
-            "template",
-            "import",
-            busybox_image().to_str().unwrap(),
-            "--name",
-            "bb",
-        ],
-    );
+    let out = server.cli(&[
+        "template",
+        "import",
+        busybox_image().to_str().unwrap(),
+        "--name",
+        "bb",
+    ]);
     assert!(out.status.success(), "import: {}", stderr(&out));
     server
 }
@@ -38,7 +31,7 @@ fn ready_server() -> TestServer {
 fn create(server: &TestServer, extra: &[&str]) -> String {
     let mut args = vec!["sandbox", "create", "bb"];
     args.extend_from_slice(extra);
-    let out = run(server, &args);
+    let out = server.cli(&args);
     assert!(out.status.success(), "create: {}", stderr(&out));
     stdout(&out).trim().to_owned()
 }
@@ -59,46 +52,37 @@ fn assert_clear_error(out: &Output, needle: &str) {
 fn exec_streams_stdout_and_stderr_and_exit_code() {
     let server = ready_server();
     let id = create(&server, &[]);
-    let out = run(
-        &server,
-        &[
-            "exec",
-            &id,
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; exit 7",
-        ],
-    );
+    let out = server.cli(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(stdout(&out), "out\n");
     assert_eq!(stderr(&out), "err\n");
 
     // Large output arrives complete.
-    let out = run(
-        &server,
-        &[
-            "exec",
-            &id,
-            "--",
-            "sh",
-            "-c",
-            "head -c 5000000 /dev/zero | tr '\\0' x",
-        ],
-    );
+    let out = server.cli(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "head -c 5000000 /dev/zero | tr '\\0' x",
+    ]);
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), 5_000_000);
     assert!(out.stdout.iter().all(|&b| b == b'x'));
 
     // Killed by a signal: 128 + signal number, as a shell reports it.
-    let out = run(&server, &["exec", &id, "--", "sh", "-c", "kill -9 $$"]);
+    let out = server.cli(&["exec", &id, "--", "sh", "-c", "kill -9 $$"]);
     assert_eq!(out.status.code(), Some(137));
 
     // A background child that keeps stdout open does not hold the command.
-    let out = run(
-        &server,
-        &["exec", &id, "--", "sh", "-c", "sleep 1000 & echo started"],
-    );
+    let out = server.cli(&["exec", &id, "--", "sh", "-c", "sleep 1000 & echo started"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "started\n");
 }
@@ -106,26 +90,26 @@ fn exec_streams_stdout_and_stderr_and_exit_code() {
 #[test]
 fn errors_are_one_clear_line() {
     let server = ready_server();
-    assert_clear_error(&run(&server, &["sandbox", "create", "nope"]), "nope");
+    assert_clear_error(&server.cli(&["sandbox", "create", "nope"]), "nope");
     assert_clear_error(
-        &run(&server, &["sandbox", "create", "bb", "--env", "NOEQUALS"]),
+        &server.cli(&["sandbox", "create", "bb", "--env", "NOEQUALS"]),
         "NOEQUALS",
     );
     assert_clear_error(
-        &run(&server, &["exec", "doesnotexist", "--", "true"]),
+        &server.cli(&["exec", "doesnotexist", "--", "true"]),
         "doesnotexist",
     );
     assert_clear_error(
-        &run(&server, &["sandbox", "kill", "doesnotexist"]),
+        &server.cli(&["sandbox", "kill", "doesnotexist"]),
         "doesnotexist",
     );
     let id = create(&server, &[]);
     assert_clear_error(
-        &run(&server, &["exec", &id, "--", "/no/such/binary"]),
+        &server.cli(&["exec", &id, "--", "/no/such/binary"]),
         "/no/such/binary",
     );
     assert_clear_error(
-        &run(&server, &["exec", &id, "--user", "ghost", "--", "true"]),
+        &server.cli(&["exec", &id, "--user", "ghost", "--", "true"]),
         "ghost",
     );
 
@@ -153,7 +137,7 @@ fn errors_are_one_clear_line() {
 fn list_kill_and_nothing_left_on_the_host() {
     let server = ready_server();
     let id = create(&server, &["--metadata", "owner=me"]);
-    let listed = stdout(&run(&server, &["sandbox", "list", "--json"]));
+    let listed = stdout(&server.cli(&["sandbox", "list", "--json"]));
     let listed: serde_json::Value = serde_json::from_str(&listed).expect("list --json is JSON");
     let entry = listed
         .as_array()
@@ -165,7 +149,7 @@ fn list_kill_and_nothing_left_on_the_host() {
 
     let sandbox_dir = server.data_dir().join("sandboxes").join(&id);
     assert!(sandbox_dir.exists());
-    let out = run(&server, &["sandbox", "kill", &id]);
+    let out = server.cli(&["sandbox", "kill", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!sandbox_dir.exists(), "sandbox directory removed");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -183,7 +167,7 @@ fn list_kill_and_nothing_left_on_the_host() {
             .exists(),
         "no cgroup left"
     );
-    let listed = stdout(&run(&server, &["sandbox", "list", "--json"]));
+    let listed = stdout(&server.cli(&["sandbox", "list", "--json"]));
     assert!(!listed.contains(&id));
 }
 
@@ -196,28 +180,25 @@ fn sandboxes_expire_at_their_timeout() {
     wait_until("the sandbox expires", Duration::from_secs(30), || {
         !dir.exists()
     });
-    assert_clear_error(&run(&server, &["exec", &id, "--", "true"]), &id);
+    assert_clear_error(&server.cli(&["exec", &id, "--", "true"]), &id);
 }
 
 #[test]
 fn run_creates_runs_and_kills() {
     let server = ready_server();
-    let out = run(
-        &server,
-        &[
-            "run",
-            "bb",
-            "--env",
-            "X=1",
-            "--",
-            "sh",
-            "-c",
-            "echo $X; exit 3",
-        ],
-    );
+    let out = server.cli(&[
+        "run",
+        "bb",
+        "--env",
+        "X=1",
+        "--",
+        "sh",
+        "-c",
+        "echo $X; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(stdout(&out), "1\n");
-    let listed = stdout(&run(&server, &["sandbox", "list", "--json"]));
+    let listed = stdout(&server.cli(&["sandbox", "list", "--json"]));
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 0, "run kills its sandbox");
 }
@@ -235,10 +216,10 @@ fn killed_server_restarts_without_leaks() {
         !stray.exists(),
         "unknown sandbox directories are cleaned up"
     );
-    let out = run(&server, &["exec", &keep, "--", "echo", "still here"]);
+    let out = server.cli(&["exec", &keep, "--", "echo", "still here"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "still here\n");
-    let templates = stdout(&run(&server, &["template", "list", "--json"]));
+    let templates = stdout(&server.cli(&["template", "list", "--json"]));
     assert!(
         templates.contains("\"bb\""),
         "templates intact: {templates}"
@@ -301,7 +282,7 @@ fn secure_sandboxes_require_their_access_token() {
     );
 
     // ...and the CLI, which learns the token from the sandbox's info, works.
-    let out = run(&server, &["exec", &id, "--", "echo", "secure"]);
+    let out = server.cli(&["exec", &id, "--", "echo", "secure"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "secure\n");
     let info = curl(&["-H", &key, &format!("{}/sandboxes/{id}", server.url())]);

@@ -181,9 +181,14 @@ impl Jobs {
 /// Registers a job for a build that runs elsewhere (the default `base`
 /// template's recipe), so that its progress shows like any build's.
 pub(crate) fn track(st: &Arc<AppState>, name: &str) -> Arc<Job> {
+    register(st, ids::new_id(), String::new(), name)
+}
+
+/// A new job, building, in the server's list.
+fn register(st: &Arc<AppState>, id: String, template_id: String, name: &str) -> Arc<Job> {
     let job = Arc::new(Job {
-        id: ids::new_id(),
-        template_id: String::new(),
+        id,
+        template_id,
         name: name.to_owned(),
         log: Mutex::new(Vec::new()),
         status: Mutex::new(Status::Building),
@@ -237,19 +242,12 @@ pub(crate) struct Request {
 
 /// Starts a build in the background; returns its job at once.
 pub(crate) fn start(st: &Arc<AppState>, req: Request) -> Arc<Job> {
-    let job = Arc::new(Job {
-        id: req.build_id.clone().unwrap_or_else(ids::new_id),
-        template_id: req.template_id.clone().unwrap_or_else(ids::new_id),
-        name: req.name.clone(),
-        log: Mutex::new(Vec::new()),
-        status: Mutex::new(Status::Building),
-        changed: watch::channel(0).0,
-    });
-    st.builds
-        .jobs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(job.id.clone(), job.clone());
+    let job = register(
+        st,
+        req.build_id.clone().unwrap_or_else(ids::new_id),
+        req.template_id.clone().unwrap_or_else(ids::new_id),
+        &req.name,
+    );
     let st = st.clone();
     let j = job.clone();
     tokio::spawn(async move {

@@ -207,6 +207,44 @@ impl TestServer {
         cmd
     }
 
+    /// Runs `hutch ARGS` against this server and returns what it did.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.hutch()
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("TestServer: cannot run hutch {args:?}: {e}"))
+    }
+
+    /// Runs `hutch ARGS` against this server and returns its standard output; panics,
+    /// showing both outputs and the tail of the server log, unless it succeeds.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "hutch {args:?} failed ({}):\nstdout: {}\nstderr: {}\nserver log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(40),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `hutch template import IMAGE --name NAME [EXTRA...]`, which must succeed.
+    pub fn import(&self, image: &Path, name: &str, extra: &[&str]) {
+        let image = image.to_string_lossy();
+        let mut args = vec!["template", "import", &image, "--name", name];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args);
+    }
+
+    /// The last `lines` lines of the server log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     fn log_path(&self) -> PathBuf {
         self.data_dir.join("server.log")
     }
