@@ -51,7 +51,11 @@ pub(crate) async fn exec(api: &Api, id: &str, process: &Process) -> anyhow::Resu
     let info = api
         .get_json::<serde_json::Value>(&format!("/sandboxes/{}", encode(id)))
         .await?;
-    if info["state"] == "paused" {
+    // A sandbox created with autoResume and paused in memory is resumed by
+    // the request itself.
+    let resumes_itself =
+        info["lifecycle"]["autoResume"] == true && info["pauseMode"] != "filesystem";
+    if info["state"] == "paused" && !resumes_itself {
         return Err(anyhow!(
             "sandbox {id} is paused: resume it with `hutch sandbox resume {id}`"
         ));

@@ -7,7 +7,8 @@
 //! hutch template pull REFERENCE --name NAME [--username USER --password-stdin]
 //! hutch sandbox create TEMPLATE [--env K=V]... [--timeout SECS] [--metadata K=V]...
 //!                      [--cpus N] [--memory MIB] [--disk MIB] [--pids N]
-//! hutch sandbox list [--json] | kill ID | pause ID | resume ID
+//!                      [--auto-pause] [--auto-pause-filesystem] [--auto-resume]
+//! hutch sandbox list [--json] | kill ID | pause ID [--filesystem] | resume ID
 //! hutch api-key create [--json] | list [--json] | revoke ID
 //! hutch exec ID [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
 //! hutch run TEMPLATE [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
@@ -253,6 +254,19 @@ enum SandboxCommand {
         /// template's, else 1024].
         #[arg(long, value_name = "N")]
         pids: Option<u64>,
+        /// Pause it at its timeout instead of killing it (frozen in
+        /// memory; `hutch sandbox resume` resumes it).
+        #[arg(long)]
+        auto_pause: bool,
+        /// Pause it at its timeout keeping only its files: its processes
+        /// are stopped, and a resume boots it again on its files. Implies
+        /// --auto-pause; cannot be combined with --auto-resume.
+        #[arg(long, conflicts_with = "auto_resume")]
+        auto_pause_filesystem: bool,
+        /// Resume it, while paused in memory, when a request for it comes
+        /// through the server (`hutch exec`, an SDK call, a user port).
+        #[arg(long)]
+        auto_resume: bool,
     },
     /// List running and paused sandboxes.
     #[command(alias = "ls")]
@@ -266,12 +280,18 @@ enum SandboxCommand {
         /// Sandbox id.
         id: String,
     },
-    /// Pause a sandbox: freeze its processes and stop its clock.
+    /// Pause a sandbox and stop its clock: freeze its processes, or with
+    /// --filesystem stop them and keep only its files.
     Pause {
         /// Sandbox id.
         id: String,
+        /// Keep only its files: every process is stopped and its memory
+        /// freed; a resume boots it again on its files.
+        #[arg(long)]
+        filesystem: bool,
     },
-    /// Resume a paused sandbox.
+    /// Resume a paused sandbox (a filesystem-paused one boots again on its
+    /// files).
     Resume {
         /// Sandbox id.
         id: String,
@@ -493,25 +513,33 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     memory,
                     disk,
                     pids,
+                    auto_pause,
+                    auto_pause_filesystem,
+                    auto_resume,
                 } => {
                     let env = parse_pairs("env", &env)?;
                     let metadata = parse_pairs("metadata", &metadata)?;
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;
-                    let network = sandbox::NetworkOpts {
-                        no_internet,
-                        allow_out,
-                        deny_out,
+                    let opts = sandbox::CreateOpts {
+                        network: sandbox::NetworkOpts {
+                            no_internet,
+                            allow_out,
+                            deny_out,
+                        },
+                        limits: sandbox::LimitOpts {
+                            cpus,
+                            memory_mb: memory,
+                            disk_mb: disk,
+                            pids,
+                        },
+                        lifecycle: sandbox::LifecycleOpts {
+                            auto_pause,
+                            auto_pause_filesystem,
+                            auto_resume,
+                        },
                     };
-                    let limits = sandbox::LimitOpts {
-                        cpus,
-                        memory_mb: memory,
-                        disk_mb: disk,
-                        pids,
-                    };
-                    let id = sandbox::create_with_network(
-                        &api, &template, &env, timeout, &metadata, &network, &limits,
-                    )
-                    .await?;
+                    let id = sandbox::create_with(&api, &template, &env, timeout, &metadata, &opts)
+                        .await?;
                     println!("{id}");
                 }
                 SandboxCommand::List { json } => {
@@ -522,9 +550,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;
                     sandbox::kill(&api, &id).await?;
                 }
-                SandboxCommand::Pause { id } => {
+                SandboxCommand::Pause { id, filesystem } => {
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;
-                    sandbox::pause(&api, &id).await?;
+                    sandbox::pause(&api, &id, filesystem).await?;
                 }
                 SandboxCommand::Resume { id } => {
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;

@@ -36,6 +36,8 @@ struct Listed {
     disk_size_mb: u64,
     #[serde(default)]
     hutch_pids: Option<u64>,
+    #[serde(default)]
+    pause_mode: Option<String>,
 }
 
 /// Resource limits a created sandbox asks for (`None`: the template's
@@ -65,6 +67,31 @@ pub(crate) struct NetworkOpts {
     pub deny_out: Vec<String>,
 }
 
+/// What a created sandbox does at its timeout, and whether requests resume
+/// it (E2B's `autoPause`, `autoPauseMemory`, `autoResume`); the default is
+/// to be killed at the timeout.
+#[derive(Debug, Default)]
+pub(crate) struct LifecycleOpts {
+    /// Paused instead of killed at its timeout.
+    pub auto_pause: bool,
+    /// That pause keeps only the filesystem (`autoPauseMemory: false`).
+    pub auto_pause_filesystem: bool,
+    /// A request through the front door resumes it while paused.
+    pub auto_resume: bool,
+}
+
+/// Everything but the template, variables, timeout and metadata a create
+/// can ask for.
+#[derive(Debug, Default)]
+pub(crate) struct CreateOpts {
+    /// Its network policy.
+    pub network: NetworkOpts,
+    /// Its resource limits.
+    pub limits: LimitOpts,
+    /// Its timeout and resume behaviour.
+    pub lifecycle: LifecycleOpts,
+}
+
 /// Creates a sandbox; returns its id.
 pub(crate) async fn create(
     api: &Api,
@@ -73,28 +100,31 @@ pub(crate) async fn create(
     timeout: Option<u64>,
     metadata: &[(String, String)],
 ) -> anyhow::Result<String> {
-    create_with_network(
+    create_with(
         api,
         template,
         env,
         timeout,
         metadata,
-        &NetworkOpts::default(),
-        &LimitOpts::default(),
+        &CreateOpts::default(),
     )
     .await
 }
 
-/// [`create`] with a network policy.
-pub(crate) async fn create_with_network(
+/// [`create`] with a network policy, limits and lifecycle.
+pub(crate) async fn create_with(
     api: &Api,
     template: &str,
     env: &[(String, String)],
     timeout: Option<u64>,
     metadata: &[(String, String)],
-    network: &NetworkOpts,
-    limits: &LimitOpts,
+    opts: &CreateOpts,
 ) -> anyhow::Result<String> {
+    let CreateOpts {
+        network,
+        limits,
+        lifecycle,
+    } = opts;
     let env: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let metadata: BTreeMap<&str, &str> = metadata
         .iter()
@@ -119,6 +149,13 @@ pub(crate) async fn create_with_network(
         if let Some(v) = value {
             body[field] = json!(v);
         }
+    }
+    if lifecycle.auto_pause || lifecycle.auto_pause_filesystem {
+        body["autoPause"] = json!(true);
+        body["autoPauseMemory"] = json!(!lifecycle.auto_pause_filesystem);
+    }
+    if lifecycle.auto_resume {
+        body["autoResume"] = json!({"enabled": true});
     }
     let created: Created = post_waiting_for_template(api, &body).await?;
     Ok(created.sandbox_id)
@@ -174,10 +211,14 @@ pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
             } else {
                 s.end_at
             };
+            let state = match s.pause_mode.as_deref() {
+                Some("filesystem") if s.state == "paused" => "paused-fs".to_string(),
+                _ => s.state,
+            };
             vec![
                 s.sandbox_id,
                 s.alias.unwrap_or(s.template_id),
-                s.state,
+                state,
                 s.started_at,
                 ends,
                 s.cpu_count.to_string(),
@@ -204,9 +245,16 @@ pub(crate) async fn kill(api: &Api, id: &str) -> anyhow::Result<()> {
         .await
 }
 
-pub(crate) async fn pause(api: &Api, id: &str) -> anyhow::Result<()> {
+/// Pauses a sandbox: frozen in memory, or (`filesystem`) stopped with only
+/// its files kept.
+pub(crate) async fn pause(api: &Api, id: &str, filesystem: bool) -> anyhow::Result<()> {
     let path = format!("/sandboxes/{}/pause", crate::client::encode(id));
-    api.send(api.request(reqwest::Method::POST, &path).json(&json!({})))
+    let body = if filesystem {
+        json!({"memory": false})
+    } else {
+        json!({})
+    };
+    api.send(api.request(reqwest::Method::POST, &path).json(&body))
         .await?;
     Ok(())
 }

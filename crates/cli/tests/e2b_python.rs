@@ -75,3 +75,13 @@ fn python_sdk_new_lifecycle() {
 fn python_sdk_old_lifecycle() {
     run_script(E2B_PYTHON_OLD, "lifecycle.py");
 }
+
+#[test]
+fn python_sdk_new_pause() {
+    run_script(E2B_PYTHON_NEW, "pause.py");
+}
+
+#[test]
+fn python_sdk_old_pause() {
+    run_script(E2B_PYTHON_OLD, "pause.py");
+}

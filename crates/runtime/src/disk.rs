@@ -13,9 +13,11 @@
 //! The image is made to be cheap to create (a few milliseconds; see
 //! `docs/security.md`):
 //!
-//! * `mkfs.ext4` without a journal (a sandbox is disposable: after a host
-//!   crash it is destroyed, never re-adopted, so there is nothing to
-//!   recover), with no blocks reserved for root, and with lazily
+//! * `mkfs.ext4` without a journal (a running sandbox is disposable: after
+//!   a host crash it is destroyed, never re-adopted, so there is nothing to
+//!   recover; a disk kept by a filesystem pause was unmounted cleanly, and
+//!   is checked with `e2fsck -p` before it is mounted again, see
+//!   [`mount_kept`]), with no blocks reserved for root, and with lazily
 //!   initialised inode tables; it is mounted with `noinit_itable`, so the
 //!   kernel never zeroes them in the background either (the sparse file
 //!   reads as zeros);
@@ -55,6 +57,9 @@ pub const MAX_DISK_MB: u64 = 16 * 1024 * 1024;
 
 /// The `mkfs.ext4` binary, looked up in `PATH`.
 const MKFS: &str = "mkfs.ext4";
+
+/// The `e2fsck` binary, looked up in `PATH`.
+const FSCK: &str = "e2fsck";
 
 /// `mkfs.ext4` options: quiet, no journal, no reserved blocks, lazy inode
 /// tables, no discard pass over the (sparse, all-hole) file.
@@ -175,6 +180,64 @@ pub(crate) fn create(image: &Path, mountpoint: &Path, size_mb: u64) -> Result<()
     drop(file);
     mkfs(image)?;
     mount_image(image, mountpoint)
+}
+
+/// Mounts the image of a disk kept by a filesystem pause at `mountpoint`
+/// (which must exist). The image keeps its size. It was unmounted cleanly
+/// when the sandbox stopped; `e2fsck -p` checks it first anyway (it only
+/// reads the superblock of a clean file system), so that a host crash
+/// halfway through a resume cannot leave a damaged file system mounted.
+/// Blocking; the same guarantees as [`create`] on error.
+pub(crate) fn mount_kept(image: &Path, mountpoint: &Path) -> Result<(), RuntimeError> {
+    let meta = std::fs::metadata(image).ctx(|| format!("stat {}", image.display()))?;
+    if !meta.is_file() {
+        return Err(RuntimeError::io(
+            format!("open {}", image.display()),
+            std::io::Error::other("not a regular file"),
+        ));
+    }
+    fsck(image)?;
+    mount_image(image, mountpoint)
+}
+
+/// Runs `e2fsck -p` (preen: fix what is safe, without asking) on an
+/// unmounted image. Exit codes 0 (clean) and 1 (errors corrected) are
+/// fine; anything else is an error.
+fn fsck(image: &Path) -> Result<(), RuntimeError> {
+    let out = Command::new(FSCK)
+        .arg("-p")
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .ctx(|| format!("run {FSCK} (install e2fsprogs)"))?;
+    match out.status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => Err(RuntimeError::io(
+            format!("{FSCK} -p {}", image.display()),
+            std::io::Error::other(format!(
+                "{}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        )),
+    }
+}
+
+/// Waits up to `timeout` until no loop device is bound to a file under
+/// `dir` (autoclear detaches a device shortly after its file system is
+/// unmounted). Whether none is left.
+pub(crate) fn wait_loops_released(dir: &Path, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if loops_under(dir).is_empty() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Runs `mkfs.ext4` on the image.
@@ -445,5 +508,17 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(loops_under(dir.path()).is_empty());
+
+        // Kept: mounted again, the file system is checked and its files are
+        // there.
+        mount_kept(&image, &mnt).unwrap();
+        assert_eq!(loops_under(dir.path()).len(), 1);
+        assert!(mnt.join("big").exists());
+        rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::empty()).unwrap();
+        assert!(wait_loops_released(
+            dir.path(),
+            std::time::Duration::from_secs(5)
+        ));
+        assert!(mount_kept(&dir.path().join("missing.img"), &mnt).is_err());
     }
 }

@@ -223,6 +223,25 @@ pub enum RuntimeError {
         path: PathBuf,
     },
 
+    /// A boot on the kept disk ([`SandboxSpec::resume_from_disk`](crate::SandboxSpec))
+    /// or a [`Runtime::stop_keep_disk`](crate::Runtime::stop_keep_disk)
+    /// found no disk for this id.
+    #[error("sandbox {id} has no kept disk")]
+    NoKeptDisk {
+        /// The sandbox id.
+        id: String,
+    },
+
+    /// A kept disk is still in use (mounted, or bound to a loop device), so
+    /// the sandbox cannot be stopped cleanly or booted on it.
+    #[error("sandbox {id}: its disk is still in use ({detail})")]
+    DiskInUse {
+        /// The sandbox id.
+        id: String,
+        /// What holds it.
+        detail: String,
+    },
+
     /// A background task of the runtime failed unexpectedly.
     #[error("internal runtime error: {0}")]
     Internal(String),

@@ -44,6 +44,32 @@
 //! returns, the container's init is re-parented to the host's init, so
 //! sandboxes survive a server restart and can be re-adopted
 //! ([`Runtime::list_host_sandboxes`], [`Runtime::adopt`]).
+//!
+//! # Stopping a sandbox and booting it again on its files
+//!
+//! [`Runtime::stop_keep_disk`] stops a sandbox but keeps its files (a
+//! filesystem-only pause): the container is killed and deleted (its
+//! processes and cgroups go, its memory is freed), its network is released
+//! (address, link, rule chain), the overlay and the disk are unmounted
+//! (which frees the loop device), and everything in `state_dir/<id>` is
+//! removed but `disk.img`, which holds the writable layer. What is left:
+//!
+//! ```text
+//! <state_dir>/<id>/          0700
+//!     disk.img               the sandbox's disk, unmounted
+//! ```
+//!
+//! [`Runtime::create`] with [`SandboxSpec::resume_from_disk`] boots the
+//! sandbox again on that disk: the same id, and the spec the caller gives
+//! (it must name the same layers; the boot config, limits and network
+//! policy are normally the same too), a new network address, a new agent.
+//! Every file the sandbox had written is there; no process survives. A
+//! failed boot stops it again with the disk kept. Such a sandbox is still
+//! listed by [`Runtime::list_host_sandboxes`] (its directory exists);
+//! [`Runtime::destroy`] removes it, disk included. Both steps are
+//! idempotent and can be repeated after a crash halfway through:
+//! `stop_keep_disk` finishes an interrupted stop (or stops a sandbox whose
+//! resume was interrupted).
 
 use std::collections::HashMap;
 use std::fs::{DirBuilder, OpenOptions};
@@ -87,6 +113,10 @@ pub const DEFAULT_RUNC: &str = "runc";
 
 /// Longest sandbox id: ids are also hostnames (at most 64 bytes).
 pub const MAX_ID_LEN: usize = 63;
+
+/// How long stopping and resuming wait for a disk's loop device to be
+/// released after its unmount.
+const LOOP_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Per-attempt timeout of the health checks while booting and adopting.
 const HEALTH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -158,6 +188,12 @@ pub struct SandboxSpec {
     /// CPU, memory, pids and disk limits ([`spec::Limits::default`] unless
     /// set).
     pub limits: spec::Limits,
+    /// Boot on the disk a [`Runtime::stop_keep_disk`] kept for this id,
+    /// instead of a new one: the same writable layer, so the sandbox finds
+    /// every file it had. `layers` must be those it was created with;
+    /// `limits.disk_mb` is not used (the disk keeps its size). `false` (the
+    /// default) claims a fresh id.
+    pub resume_from_disk: bool,
 }
 
 impl SandboxSpec {
@@ -171,6 +207,7 @@ impl SandboxSpec {
             wait_for_agent: true,
             network: NetworkPolicy::default(),
             limits: spec::Limits::default(),
+            resume_from_disk: false,
         }
     }
 }
@@ -366,8 +403,9 @@ impl Runtime {
     /// Host path of a sandbox's writable layer (the overlay upper
     /// directory, `state_dir/<id>/disk/upper`, on the sandbox's own disk).
     /// Valid from the moment [`Runtime::create`] returns until the sandbox
-    /// is destroyed. Template builds read it once a step's command has
-    /// finished, before destroying the sandbox, to turn it into a layer.
+    /// is destroyed or stopped ([`Runtime::stop_keep_disk`] unmounts it).
+    /// Template builds read it once a step's command has finished, before
+    /// destroying the sandbox, to turn it into a layer.
     pub fn upper_dir(&self, id: &str) -> PathBuf {
         self.paths(id).upper
     }
@@ -427,8 +465,15 @@ impl Runtime {
     /// root), write `boot.json`, the login-PATH script (if the rootfs has
     /// `/etc/profile.d`) and `config.json`, then `runc run --detach`.
     ///
+    /// With [`SandboxSpec::resume_from_disk`], the id must instead hold a
+    /// disk kept by [`Runtime::stop_keep_disk`] and nothing else (no runc
+    /// container: [`RuntimeError::AlreadyExists`]; no disk:
+    /// [`RuntimeError::NoKeptDisk`]); the disk is checked and mounted
+    /// instead of made, and its upper directory is used as it is.
+    ///
     /// On any failure everything done so far is undone (container killed
-    /// and deleted, overlay unmounted, state directory removed). The work
+    /// and deleted, overlay unmounted, state directory removed; when
+    /// resuming, everything but the kept disk). The work
     /// runs in its own task, so dropping the returned future does not
     /// interrupt it halfway: a failed boot is still cleaned up, and a
     /// sandbox that booted after its caller went away is found by
@@ -470,10 +515,15 @@ impl Runtime {
         let paths = self.paths(&spec.id);
         let runc_state = self.inner.cfg.runc_root.join(&spec.id);
         let dir = paths.dir.clone();
+        let disk_image = paths.disk_image.clone();
         let id = spec.id.clone();
+        let resume = spec.resume_from_disk;
         blocking(move || {
             if runc_state.exists() {
                 return Err(RuntimeError::AlreadyExists(id));
+            }
+            if resume {
+                return claim_kept_disk(&id, &dir, &disk_image);
             }
             match DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => Ok(()),
@@ -489,7 +539,12 @@ impl Runtime {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
                 tracing::warn!(id = %spec.id, error = %e, "sandbox boot failed; cleaning up");
-                if let Err(cleanup) = self.teardown(&spec.id).await {
+                let cleanup = if resume {
+                    self.teardown_keep_disk(&spec.id).await
+                } else {
+                    self.teardown(&spec.id).await
+                };
+                if let Err(cleanup) = cleanup {
                     tracing::error!(id = %spec.id, error = %cleanup, "cleanup after failed boot failed");
                 }
                 Err(e)
@@ -535,6 +590,11 @@ impl Runtime {
                 limits: spec.limits,
                 limit_swap: self.inner.limit_swap,
             };
+            let disk = if spec.resume_from_disk {
+                DiskSource::Kept
+            } else {
+                DiskSource::New
+            };
             blocking(move || {
                 prepare(
                     &id,
@@ -543,6 +603,7 @@ impl Runtime {
                     &envd,
                     &cgroups_path,
                     confinement,
+                    disk,
                     &paths,
                 )
             })
@@ -660,8 +721,90 @@ impl Runtime {
         .await
     }
 
+    /// Stops a sandbox but keeps its disk (see the module docs): kills and
+    /// deletes the container (`runc delete --force`: every process, the
+    /// cgroups, the memory), removes its network (the address is released),
+    /// unmounts its overlay and its disk (freeing the loop device), and
+    /// removes everything in `state_dir/<id>` but `disk.img`.
+    /// [`Runtime::create`] with [`SandboxSpec::resume_from_disk`] boots it
+    /// again on that disk; [`Runtime::destroy`] removes it.
+    ///
+    /// Idempotent: stopping a stopped sandbox changes nothing, and a stop
+    /// (or a resume) interrupted by a crash is finished. Fails with
+    /// [`RuntimeError::NoKeptDisk`], touching nothing, if the id has no
+    /// disk; with [`RuntimeError::DiskInUse`] if the disk cannot be
+    /// unmounted (it is then left mounted, and nothing is deleted). Runs to
+    /// completion even if its future is dropped; serialized with `create`
+    /// and `destroy` of the same id.
+    pub async fn stop_keep_disk(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let this = self.clone();
+        let id = id.to_owned();
+        join(tokio::spawn(async move {
+            let lock = this.id_lock(&id);
+            let _guard = lock.lock().await;
+            this.teardown_keep_disk(&id).await
+        }))
+        .await
+    }
+
+    /// [`Runtime::stop_keep_disk`], under the id's lock.
+    async fn teardown_keep_disk(&self, id: &str) -> Result<(), RuntimeError> {
+        let paths = self.paths(id);
+        if !paths.disk_image.is_file() {
+            return Err(RuntimeError::NoKeptDisk { id: id.to_owned() });
+        }
+        self.inner.runc.delete_force(id).await?;
+        let cgroups_path = self.cgroups_path(id);
+        let runc_state = self.inner.cfg.runc_root.join(id);
+        let id = id.to_owned();
+        let this = self.clone();
+        blocking(move || {
+            if let Err(e) = this.inner.network.teardown(&id, &paths.dir) {
+                tracing::warn!(%id, error = %e, "cannot remove the sandbox's network");
+            }
+            remove_cgroups(&cgroups_path);
+            if let Some(path) = mounts::unmount_all_under(&paths.dir)? {
+                return Err(RuntimeError::DiskInUse {
+                    id,
+                    detail: format!("{} is still mounted", path.display()),
+                });
+            }
+            // Autoclear frees the loop device once the disk is unmounted; a
+            // device still bound after that is freed by force.
+            if !disk::wait_loops_released(&paths.dir, LOOP_RELEASE_TIMEOUT) {
+                disk::detach_loops_under(&paths.dir);
+            }
+            let entries =
+                std::fs::read_dir(&paths.dir).ctx(|| format!("list {}", paths.dir.display()))?;
+            for entry in entries {
+                let entry = entry.ctx(|| format!("list {}", paths.dir.display()))?;
+                let path = entry.path();
+                if path == paths.disk_image {
+                    continue;
+                }
+                let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match removed {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(RuntimeError::io(format!("remove {}", path.display()), e));
+                    }
+                }
+            }
+            remove_dir_if_exists(&runc_state)
+        })
+        .await
+    }
+
     /// Ids with anything left on the host: a runc container under
     /// `runc_root` or a directory under `state_dir`. Sorted, no duplicates.
+    /// Sandboxes stopped with their disk kept ([`Runtime::stop_keep_disk`])
+    /// are listed too: their directory holds the disk.
     /// Names that are not valid sandbox ids are skipped (with a warning).
     /// Loop devices bound to the disk image of a sandbox directory that no
     /// longer exists are detached here.
@@ -858,6 +1001,17 @@ struct Confinement {
     limit_swap: bool,
 }
 
+/// Where a booting sandbox's disk comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskSource {
+    /// A new, empty one of `limits.disk_mb`.
+    New,
+    /// The one [`Runtime::stop_keep_disk`] kept
+    /// ([`SandboxSpec::resume_from_disk`]).
+    Kept,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     id: &str,
     layers: &[PathBuf],
@@ -865,6 +1019,7 @@ fn prepare(
     envd: &Path,
     cgroups_path: &str,
     confinement: Confinement,
+    disk: DiskSource,
     paths: &Paths,
 ) -> Result<(), RuntimeError> {
     let Confinement {
@@ -887,9 +1042,24 @@ fn prepare(
         mkdir(dir, mode)?;
     }
     // The writable layer lives on the sandbox's own disk.
-    disk::create(&paths.disk_image, &paths.disk, limits.disk_mb)?;
-    mkdir(&paths.upper, 0o755)?;
-    mkdir(&paths.work, 0o700)?;
+    match disk {
+        DiskSource::New => {
+            disk::create(&paths.disk_image, &paths.disk, limits.disk_mb)?;
+            mkdir(&paths.upper, 0o755)?;
+            mkdir(&paths.work, 0o700)?;
+        }
+        DiskSource::Kept => {
+            disk::mount_kept(&paths.disk_image, &paths.disk)?;
+            for dir in [&paths.upper, &paths.work] {
+                if !is_real_dir(dir) {
+                    return Err(RuntimeError::io(
+                        format!("use the kept disk's {}", dir.display()),
+                        std::io::Error::other("missing or not a directory"),
+                    ));
+                }
+            }
+        }
+    }
 
     for layer in layers {
         match std::fs::metadata(layer) {
@@ -910,16 +1080,19 @@ fn prepare(
     }
 
     // The overlay's root directory takes its attributes from the upper
-    // directory; give it the template's (top layer's) root mode and owner.
-    let top = layers.last().expect("layers checked non-empty");
-    let top_meta = std::fs::metadata(top).ctx(|| format!("stat {}", top.display()))?;
-    std::os::unix::fs::chown(&paths.upper, Some(top_meta.uid()), Some(top_meta.gid()))
-        .ctx(|| format!("chown {}", paths.upper.display()))?;
-    std::fs::set_permissions(
-        &paths.upper,
-        std::fs::Permissions::from_mode(top_meta.mode() & 0o7777),
-    )
-    .ctx(|| format!("chmod {}", paths.upper.display()))?;
+    // directory; give a new one the template's (top layer's) root mode and
+    // owner. A kept one keeps what the sandbox made of it.
+    if disk == DiskSource::New {
+        let top = layers.last().expect("layers checked non-empty");
+        let top_meta = std::fs::metadata(top).ctx(|| format!("stat {}", top.display()))?;
+        std::os::unix::fs::chown(&paths.upper, Some(top_meta.uid()), Some(top_meta.gid()))
+            .ctx(|| format!("chown {}", paths.upper.display()))?;
+        std::fs::set_permissions(
+            &paths.upper,
+            std::fs::Permissions::from_mode(top_meta.mode() & 0o7777),
+        )
+        .ctx(|| format!("chmod {}", paths.upper.display()))?;
+    }
 
     mounts::mount_overlay(layers, &paths.upper, &paths.work, &paths.rootfs)?;
 
@@ -977,6 +1150,46 @@ fn prepare(
     })?;
     write_file(&paths.config_json, &config, 0o600)?;
     write_file(&paths.console_log, b"", 0o600)?;
+    Ok(())
+}
+
+/// Claims `dir` for a boot on its kept disk ([`SandboxSpec::resume_from_disk`]):
+/// it must hold the disk image, and the disk must be free (not mounted,
+/// no loop device bound to it). Leftovers of an interrupted boot (bundle
+/// files, empty mountpoints) are removed. Blocking.
+fn claim_kept_disk(id: &str, dir: &Path, disk_image: &Path) -> Result<(), RuntimeError> {
+    if !disk_image.is_file() {
+        return Err(RuntimeError::NoKeptDisk { id: id.to_owned() });
+    }
+    if let Some(path) = mounts::mounts_under(dir)?.into_iter().next() {
+        return Err(RuntimeError::DiskInUse {
+            id: id.to_owned(),
+            detail: format!("{} is mounted", path.display()),
+        });
+    }
+    if !disk::wait_loops_released(dir, LOOP_RELEASE_TIMEOUT) {
+        let devices: Vec<String> = disk::loops_under(dir)
+            .into_iter()
+            .map(|(dev, _)| dev.display().to_string())
+            .collect();
+        return Err(RuntimeError::DiskInUse {
+            id: id.to_owned(),
+            detail: format!("still bound to {}", devices.join(", ")),
+        });
+    }
+    let entries = std::fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        let path = entry.path();
+        if path == disk_image {
+            continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_dir_if_exists(&path)?;
+        } else {
+            std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+        }
+    }
     Ok(())
 }
 

@@ -766,3 +766,112 @@ async fn pause_freezes_every_process_and_resume_thaws_them() {
         Err(hutch_runtime::RuntimeError::NotFound { .. })
     ));
 }
+
+/// Names in a directory, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn stop_keep_disk_keeps_the_files_and_a_resume_boots_on_them() {
+    require_runc!();
+    let fx = Fixture::new(RECORDING_AGENT);
+    let id = unique("rt-keep");
+    let first = fx.rt.create(fx.spec(&id, false)).await.unwrap();
+    let evidence = fx.state_dir(&id).join("sock/evidence");
+    let ev = parse_evidence(&wait_for_file(&evidence, &fx.rt.console_log(&id)).await);
+    // The stand-in agent read the template's /etc/layer, then wrote its own.
+    assert_eq!(ev["layer"], "top");
+    assert_eq!(ev["layer_write"], "ok");
+
+    // A resume needs a stopped sandbox.
+    let mut resume = fx.spec(&id, false);
+    resume.resume_from_disk = true;
+    assert!(matches!(
+        fx.rt.create(resume.clone()).await,
+        Err(RuntimeError::AlreadyExists(_))
+    ));
+
+    fx.rt.stop_keep_disk(&id).await.unwrap();
+    assert!(!process_alive(first.init_pid));
+    assert!(runc_state(&fx.rt, &id).is_none());
+    assert!(!fx.rt.config().runc_root.join(&id).exists());
+    assert_eq!(names_in(&fx.state_dir(&id)), ["disk.img"]);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(fx.state_dir(&id).to_str().unwrap()));
+    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
+            assert!(!backing.starts_with(fx.state_dir(&id).to_str().unwrap()));
+        }
+    }
+    for c in ["memory", "pids", "freezer"] {
+        let p = Path::new("/sys/fs/cgroup")
+            .join(c)
+            .join(CGROUP_PARENT)
+            .join(&id);
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    // Still listed: the disk is the sandbox's.
+    assert!(fx.rt.list_host_sandboxes().await.unwrap().contains(&id));
+    // Idempotent; a fresh create cannot take the id.
+    fx.rt.stop_keep_disk(&id).await.unwrap();
+    assert!(matches!(
+        fx.rt.create(fx.spec(&id, false)).await,
+        Err(RuntimeError::AlreadyExists(_))
+    ));
+
+    // A resume that fails (a layer is missing) keeps the disk.
+    let mut broken = resume.clone();
+    broken.layers.push(fx.tmp.path().join("layers/missing"));
+    assert!(matches!(
+        fx.rt.create(broken).await,
+        Err(RuntimeError::Layer { .. })
+    ));
+    assert_eq!(names_in(&fx.state_dir(&id)), ["disk.img"]);
+
+    // Booted again on its files: what it wrote before is there.
+    let second = fx.rt.create(resume).await.unwrap();
+    assert_ne!(second.init_pid, first.init_pid);
+    let ev = parse_evidence(&wait_for_file(&evidence, &fx.rt.console_log(&id)).await);
+    assert_eq!(ev["layer"], "changed");
+    assert_eq!(ev["hostname"], id);
+    assert_eq!(ev["pid"], "1");
+    assert_eq!(
+        read(&fx.rt.upper_dir(&id).join("written-in-sandbox")),
+        "from-sandbox\n"
+    );
+    assert_eq!(read(&fx.top.join("etc/layer")), "top\n");
+
+    // Destroying it removes the disk too.
+    fx.rt.destroy(&id).await.unwrap();
+    fx.assert_gone(&id);
+
+    // No disk, no resume.
+    let none = unique("rt-nodisk");
+    assert!(matches!(
+        fx.rt.stop_keep_disk(&none).await,
+        Err(RuntimeError::NoKeptDisk { .. })
+    ));
+    let mut spec = fx.spec(&none, false);
+    spec.resume_from_disk = true;
+    assert!(matches!(
+        fx.rt.create(spec).await,
+        Err(RuntimeError::NoKeptDisk { .. })
+    ));
+    assert!(!fx.state_dir(&none).exists());
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X")
+    })
+}

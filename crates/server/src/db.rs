@@ -57,6 +57,11 @@ const MIGRATIONS: &[&str] = &[
     // limits (they held the host's figures before); its pids limit joins
     // them (NULL in older rows).
     "ALTER TABLE sandboxes ADD COLUMN pids INTEGER;",
+    // 6: how a paused sandbox was paused (older paused rows were frozen:
+    // NULL reads as 'memory'), and what its timeout does.
+    "ALTER TABLE sandboxes ADD COLUMN pause_mode TEXT; -- 'memory' | 'filesystem' while paused
+    ALTER TABLE sandboxes ADD COLUMN auto_pause TEXT; -- at its timeout: NULL kills it, else pause mode
+    ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A database failure.
@@ -120,6 +125,48 @@ impl SandboxState {
     }
 }
 
+/// How a sandbox is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseMode {
+    /// Frozen: its processes keep their memory and resume where they were
+    /// (E2B's `full`).
+    Memory,
+    /// Stopped with only its files kept; resuming boots it again on them
+    /// (E2B's `filesystem`).
+    Filesystem,
+}
+
+impl PauseMode {
+    /// The mode's name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseMode::Memory => "memory",
+            PauseMode::Filesystem => "filesystem",
+        }
+    }
+
+    /// A stored name; anything unknown (or NULL, in rows from before modes)
+    /// was a memory pause.
+    fn parse(s: Option<&str>) -> PauseMode {
+        match s {
+            Some("filesystem") => PauseMode::Filesystem,
+            _ => PauseMode::Memory,
+        }
+    }
+}
+
+/// What happens to a sandbox at its timeout, and to a paused sandbox when
+/// a request comes for it through the front door.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// `None`: its timeout kills it (the default); else it is paused this
+    /// way (E2B's `autoPause`, `autoPauseMemory`).
+    pub auto_pause: Option<PauseMode>,
+    /// A request through the front door resumes it while it is paused in
+    /// memory (E2B's `autoResume.enabled`).
+    pub auto_resume: bool,
+}
+
 /// A template row.
 #[derive(Debug, Clone)]
 pub struct TemplateRow {
@@ -165,6 +212,10 @@ pub struct SandboxRow {
     pub pids: Option<u64>,
     /// While paused: the lifetime it had left, in ms.
     pub paused_remaining_ms: Option<i64>,
+    /// While paused: how.
+    pub pause_mode: Option<PauseMode>,
+    /// Its timeout and auto-resume behaviour.
+    pub lifecycle: Lifecycle,
     /// The agent's access token (`secure: true` sandboxes), which every
     /// agent request must carry as `X-Access-Token`.
     pub access_token: Option<String>,
@@ -449,8 +500,9 @@ impl Db {
             c.execute(
                 "INSERT INTO sandboxes (id, template_id, template_name, state, sandbox_env,
                      metadata, started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb,
-                     access_token, network, pids)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     access_token, network, pids, auto_pause, auto_resume)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     ?16, ?17)",
                 params![
                     s.id,
                     s.template_id,
@@ -467,6 +519,8 @@ impl Db {
                     s.access_token,
                     s.network,
                     s.pids.map(|p| i64::try_from(p).unwrap_or(i64::MAX)),
+                    s.lifecycle.auto_pause.map(PauseMode::as_str),
+                    s.lifecycle.auto_resume,
                 ],
             )?;
             Ok(())
@@ -478,7 +532,8 @@ impl Db {
     pub async fn set_running(&self, id: String, end_at: i64) -> Result<(), DbError> {
         self.call(move |c| {
             c.execute(
-                "UPDATE sandboxes SET state = 'running', end_at = ?2, paused_remaining_ms = NULL
+                "UPDATE sandboxes SET state = 'running', end_at = ?2, paused_remaining_ms = NULL,
+                     pause_mode = NULL
                  WHERE id = ?1",
                 params![id, end_at],
             )?;
@@ -487,14 +542,19 @@ impl Db {
         .await
     }
 
-    /// Marks a running sandbox paused with `remaining_ms` of its lifetime
-    /// left.
-    pub async fn set_paused(&self, id: String, remaining_ms: i64) -> Result<(), DbError> {
+    /// Marks a running or paused sandbox paused `mode`, with `remaining_ms`
+    /// of its lifetime left.
+    pub async fn set_paused(
+        &self,
+        id: String,
+        remaining_ms: i64,
+        mode: PauseMode,
+    ) -> Result<(), DbError> {
         self.call(move |c| {
             c.execute(
-                "UPDATE sandboxes SET state = 'paused', paused_remaining_ms = ?2
-                 WHERE id = ?1 AND state = 'running'",
-                params![id, remaining_ms],
+                "UPDATE sandboxes SET state = 'paused', paused_remaining_ms = ?2, pause_mode = ?3
+                 WHERE id = ?1 AND state IN ('running', 'paused')",
+                params![id, remaining_ms, mode.as_str()],
             )?;
             Ok(())
         })
@@ -585,7 +645,7 @@ impl Db {
 
 const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
      started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms, \
-     access_token, network, pids";
+     access_token, network, pids, pause_mode, auto_pause, auto_resume";
 
 fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
     Ok(TemplateRow {
@@ -603,6 +663,9 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SandboxRow, DbE
     let metadata: String = r.get(5)?;
     let memory_mb: i64 = r.get(10)?;
     let disk_size_mb: i64 = r.get(11)?;
+    let state = SandboxState::parse(&state);
+    let pause_mode = r.get::<_, Option<String>>(16)?;
+    let auto_pause = r.get::<_, Option<String>>(17)?;
     let parse = |what, text: &str| {
         serde_json::from_str::<BTreeMap<String, String>>(text)
             .map_err(|cause| DbError::Corrupt { what, cause })
@@ -615,7 +678,7 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SandboxRow, DbE
         id: r.get(0)?,
         template_id: r.get(1)?,
         template_name: r.get(2)?,
-        state: SandboxState::parse(&state),
+        state,
         sandbox_env,
         metadata,
         started_at: r.get(6)?,
@@ -630,6 +693,12 @@ fn sandbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SandboxRow, DbE
         pids: r
             .get::<_, Option<i64>>(15)?
             .map(|p| u64::try_from(p).unwrap_or(0)),
+        pause_mode: (state == SandboxState::Paused)
+            .then(|| PauseMode::parse(pause_mode.as_deref())),
+        lifecycle: Lifecycle {
+            auto_pause: auto_pause.map(|m| PauseMode::parse(Some(&m))),
+            auto_resume: r.get(18)?,
+        },
     }))
 }
 
@@ -681,6 +750,8 @@ mod tests {
             access_token: None,
             network: Some(r#"{"allowInternetAccess":false}"#.into()),
             pids: Some(1024),
+            pause_mode: None,
+            lifecycle: Lifecycle::default(),
         }
     }
 
@@ -738,12 +809,20 @@ mod tests {
         assert_eq!(s.pids, Some(1024));
         let running = db.sandboxes_in(&[SandboxState::Running]).await.unwrap();
         assert_eq!(running.len(), 1);
-        db.set_paused("s1".into(), 42).await.unwrap();
+        db.set_paused("s1".into(), 42, PauseMode::Memory)
+            .await
+            .unwrap();
         let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
         assert_eq!(
-            (s.state, s.paused_remaining_ms),
-            (SandboxState::Paused, Some(42))
+            (s.state, s.paused_remaining_ms, s.pause_mode),
+            (SandboxState::Paused, Some(42), Some(PauseMode::Memory))
         );
+        // A memory pause can become a filesystem one.
+        db.set_paused("s1".into(), 42, PauseMode::Filesystem)
+            .await
+            .unwrap();
+        let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+        assert_eq!(s.pause_mode, Some(PauseMode::Filesystem));
         assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 1);
         assert!(
             db.sandboxes_in(&[SandboxState::Running])
@@ -754,13 +833,70 @@ mod tests {
         db.set_running("s1".into(), 120).await.unwrap();
         let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
         assert_eq!(
-            (s.state, s.end_at, s.paused_remaining_ms),
-            (SandboxState::Running, 120, None)
+            (s.state, s.end_at, s.paused_remaining_ms, s.pause_mode),
+            (SandboxState::Running, 120, None, None)
         );
         db.mark_killed("s1".into(), 100).await.unwrap();
         assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 0);
         let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
         assert_eq!((s.state, s.ended_at), (SandboxState::Killed, Some(100)));
+        // A killed sandbox cannot be paused.
+        db.set_paused("s1".into(), 1, PauseMode::Memory)
+            .await
+            .unwrap();
+        let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+        assert_eq!(s.state, SandboxState::Killed);
+    }
+
+    #[tokio::test]
+    async fn lifecycles_round_trip_and_old_paused_rows_were_frozen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch.db");
+        // A database at schema 5 with a paused row.
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for sql in &MIGRATIONS[..5] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 5).unwrap();
+            tx.execute(
+                "INSERT INTO sandboxes (id, template_id, template_name, state, sandbox_env,
+                     metadata, started_at, end_at, cpu_count, memory_mb, disk_size_mb,
+                     paused_remaining_ms)
+                 VALUES ('old', 't', 'bb', 'paused', '{}', '{}', 1, 2, 2, 512, 2048, 7)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let old = db.get_sandbox("old".into()).await.unwrap().unwrap();
+        assert_eq!(old.pause_mode, Some(PauseMode::Memory));
+        assert_eq!(old.lifecycle, Lifecycle::default());
+
+        for (id, lifecycle) in [
+            (
+                "fs",
+                Lifecycle {
+                    auto_pause: Some(PauseMode::Filesystem),
+                    auto_resume: false,
+                },
+            ),
+            (
+                "mem",
+                Lifecycle {
+                    auto_pause: Some(PauseMode::Memory),
+                    auto_resume: true,
+                },
+            ),
+        ] {
+            let mut row = sandbox(id, "t", SandboxState::Running);
+            row.lifecycle = lifecycle;
+            db.insert_sandbox(row).await.unwrap();
+            let back = db.get_sandbox(id.into()).await.unwrap().unwrap();
+            assert_eq!((back.lifecycle, back.pause_mode), (lifecycle, None));
+        }
     }
 
     #[tokio::test]

@@ -19,8 +19,10 @@
 //! A sandbox that is unknown, killed or whose agent does not answer is
 //! answered 502 with a message containing `was not found`, which the SDKs
 //! turn into "sandbox not running". A paused sandbox is answered 502 with a
-//! message saying it is paused; it is not resumed by a request (`connect`
-//! does that).
+//! message saying it is paused and naming `connect` — unless it was created
+//! with `autoResume` and is paused in memory: then the request resumes it
+//! first (as `connect` with the default lifetime would; see
+//! [`crate::lifecycle`]), and is served.
 
 use std::sync::Arc;
 
@@ -34,8 +36,11 @@ use hutch_protocol::ENVD_PORT;
 use hutch_protocol::relay::{strip_hop_by_hop, upgrade_protocol};
 use hyper_util::rt::TokioIo;
 
+use crate::DEFAULT_SANDBOX_TIMEOUT_SECS;
+use crate::db::PauseMode;
 use crate::error::ApiError;
 use crate::ids::looks_like_id;
+use crate::lifecycle::{self, ResumeOutcome};
 use crate::state::AppState;
 
 /// Header naming the sandbox a request is for.
@@ -104,13 +109,13 @@ fn not_found(id: &str) -> Response {
     ApiError::bad_gateway(format!("The sandbox {id} was not found")).into_response()
 }
 
-async fn proxy(st: &AppState, target: Target, mut req: Request) -> Response {
+async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response {
     let id = target.sandbox_id;
     let entry = st
         .live()
         .get(&id)
-        .map(|s| (s.socket.clone(), s.paused_remaining.is_some()));
-    let Some((socket, paused)) = entry else {
+        .map(|s| (s.socket.clone(), s.paused, s.lifecycle.auto_resume));
+    let Some((mut socket, paused, auto_resume)) = entry else {
         return not_found(&id);
     };
     let Some(port) = target.port.filter(|&p| p != 0) else {
@@ -122,11 +127,21 @@ async fn proxy(st: &AppState, target: Target, mut req: Request) -> Response {
         return ApiError::bad_gateway(format!("'{port}' is not a port of sandbox {id}"))
             .into_response();
     };
-    if paused {
-        return ApiError::bad_gateway(format!(
-            "The sandbox {id} is paused: resume it with POST /sandboxes/{id}/connect"
-        ))
-        .into_response();
+    if let Some(paused) = paused {
+        if !auto_resume || paused.mode == PauseMode::Filesystem {
+            let how = match paused.mode {
+                PauseMode::Memory => "paused",
+                PauseMode::Filesystem => "paused (filesystem only)",
+            };
+            return ApiError::bad_gateway(format!(
+                "The sandbox {id} is {how}: resume it with POST /sandboxes/{id}/connect"
+            ))
+            .into_response();
+        }
+        match auto_resume_sandbox(st, &id).await {
+            Ok(s) => socket = s,
+            Err(response) => return response,
+        }
     }
 
     let stream = match tokio::net::UnixStream::connect(&socket).await {
@@ -215,6 +230,33 @@ async fn proxy(st: &AppState, target: Target, mut req: Request) -> Response {
             ApiError::bad_gateway(format!("the agent of sandbox {id} did not answer: {e}"))
                 .into_response()
         }
+    }
+}
+
+/// Resumes a paused sandbox for a request (`autoResume`); the agent's
+/// socket, or the response to give instead.
+async fn auto_resume_sandbox(st: &Arc<AppState>, id: &str) -> Result<std::path::PathBuf, Response> {
+    tracing::info!(sandbox = %id, "a request resumes the paused sandbox");
+    let task_st = st.clone();
+    let task_id = id.to_owned();
+    // Run to completion even if the client goes away.
+    let resumed = tokio::spawn(async move {
+        lifecycle::resume_sandbox(&task_st, &task_id, Some(DEFAULT_SANDBOX_TIMEOUT_SECS), None)
+            .await
+    })
+    .await;
+    match resumed {
+        Ok(Ok(ResumeOutcome::Resumed | ResumeOutcome::WasRunning)) => {}
+        Ok(Ok(ResumeOutcome::NotFound)) => return Err(not_found(id)),
+        Ok(Err(e)) => return Err(e.into_response()),
+        Err(e) => {
+            return Err(ApiError::internal(format!("resume task failed: {e}")).into_response());
+        }
+    }
+    match st.live().get(id) {
+        Some(s) if s.paused.is_none() => Ok(s.socket.clone()),
+        // Killed, or paused again, meanwhile.
+        _ => Err(not_found(id)),
     }
 }
 

@@ -4,9 +4,9 @@
 //! # States
 //!
 //! A sandbox row is `starting` while the runtime boots it and the agent is
-//! initialised, `running` once it serves requests, `paused` while its
-//! processes are frozen (`POST /sandboxes/{id}/pause`, until `connect`
-//! resumes it), and `killed` once it is destroyed (by
+//! initialised, `running` once it serves requests, `paused` while it is
+//! paused (`POST /sandboxes/{id}/pause` or its timeout, until `connect` or
+//! a request resumes it), and `killed` once it is destroyed (by
 //! `DELETE /sandboxes/{id}`, by expiry, or because it could not be kept
 //! across a restart). Killed rows are kept as history. A sandbox claimed
 //! from the warm pool gets its row at the claim, already `running`; pooled
@@ -14,20 +14,46 @@
 //!
 //! # Pause and resume
 //!
-//! Pausing freezes every process of the sandbox (the freezer cgroup, `runc
-//! pause`): they keep their memory, open files and connections — a client
-//! streaming a process's output just sees nothing until the resume — and
-//! use no CPU. The sandbox's clock stops too: the lifetime it had left is
-//! stored (`paused_remaining_ms`) and re-armed when `connect` resumes it,
-//! so a paused sandbox never expires. The front door answers requests for
-//! a paused sandbox with 502 (it does not resume it by itself).
+//! A pause has a mode (`pause_mode` in the row; E2B's `memory` flag):
+//!
+//! * **memory** (the default, E2B's `full`): every process of the sandbox
+//!   is frozen (the freezer cgroup, `runc pause`): they keep their memory,
+//!   open files and connections — a client streaming a process's output
+//!   just sees nothing until the resume — and use no CPU. `connect` thaws
+//!   them.
+//! * **filesystem** (`memory: false`): the sandbox is stopped with its
+//!   files kept (`Runtime::stop_keep_disk`): every process is killed, its
+//!   cgroup and memory are freed, its network address is released; its
+//!   disk (the writable layer) stays. `connect` boots it again on the same
+//!   files (`SandboxSpec::resume_from_disk`): the same id, template layers,
+//!   boot config, limits and network policy, then the same `/init` (its
+//!   variables and access token) and the template's start command, as a
+//!   cold boot. `connect` with `memory: false` does the same to a
+//!   sandbox paused in memory (E2B's "reboot").
+//!
+//! Either way the sandbox's clock stops: the lifetime it had left is stored
+//! (`paused_remaining_ms`) and re-armed at the resume (nothing left, as
+//! after a pause at its timeout: the default lifetime), so a paused sandbox
+//! never expires. A filesystem pause is recorded before the sandbox is
+//! stopped, and a resume only after it runs again, so a server that dies in
+//! between leaves a sandbox recorded paused, which the next start stops
+//! (again) with its disk kept.
+//!
+//! The front door answers requests for a paused sandbox with 502, naming
+//! `connect` — unless the sandbox was created with `autoResume` and is
+//! paused in memory: then the request resumes it (as `connect` would, with
+//! the default lifetime) and is served. A filesystem-paused sandbox is
+//! never resumed by a request (as in E2B: it has no running state to wake;
+//! a create asking for both is refused).
 //!
 //! # Expiry
 //!
 //! Every running sandbox has an `end_at`. One reaper task sleeps until the
 //! earliest `end_at` (or until woken because one moved) and destroys what has
-//! expired. `POST /sandboxes/{id}/timeout` sets `end_at = now + timeout`;
-//! `POST /sandboxes/{id}/refreshes` only ever extends it.
+//! expired — or pauses it, in the mode it asked for, if it was created with
+//! `autoPause` (its [`Lifecycle`]). `POST /sandboxes/{id}/timeout` sets
+//! `end_at = now + timeout`; `POST /sandboxes/{id}/refreshes` only ever
+//! extends it.
 //!
 //! # Re-adoption at startup
 //!
@@ -43,6 +69,9 @@
 //! * a sandbox the database has as `paused` whose container runc reports
 //!   paused is kept paused, with the lifetime it had left (its frozen agent
 //!   is not health-checked);
+//! * a sandbox the database has as paused filesystem-only is stopped again
+//!   with its disk kept (which finishes a pause or undoes a resume the
+//!   server was in the middle of) and kept paused, unless its disk is gone;
 //! * one whose `end_at` has passed while the server was down is destroyed
 //!   and marked `killed`;
 //! * one the runtime cannot adopt (its agent or container is gone), one the
@@ -79,12 +108,12 @@ use hutch_image::TemplateMetadata;
 use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
 use hutch_runtime::{AgentClient, EgressPolicy, NetworkPolicy, SandboxSpec, SandboxStatus};
 
-use crate::db::{SandboxRow, SandboxState, TemplateRow};
+use crate::db::{Lifecycle, PauseMode, SandboxRow, SandboxState, TemplateRow};
 use crate::error::ApiError;
 use crate::limits::{self, Limits};
 use crate::pool::{self, Claim};
-use crate::state::{AppState, LiveSandbox};
-use crate::{ids, time};
+use crate::state::{AppState, LiveSandbox, Paused};
+use crate::{DEFAULT_SANDBOX_TIMEOUT_SECS, ids, time};
 
 /// What a create request asks for (validated by the caller).
 pub(crate) struct CreateArgs {
@@ -102,6 +131,8 @@ pub(crate) struct CreateArgs {
     pub network: EgressPolicy,
     /// The resource limits it asks for (unchecked; see [`crate::limits`]).
     pub limits: limits::Requested,
+    /// What its timeout does; whether requests resume it.
+    pub lifecycle: Lifecycle,
 }
 
 /// How long a claimed pooled sandbox's agent gets to take its environment
@@ -183,7 +214,7 @@ pub(crate) async fn create_sandbox(
     let started = async {
         let sandbox = boot_sandbox(st, spec, &meta).await?;
         AgentClient::new(sandbox.socket.clone())
-            .init(&init_request(&args))
+            .init(&init_request(&args.env, &args.access_token))
             .await
             .map_err(|e| format!("initialising its agent failed: {e}"))?;
         Ok::<_, String>(sandbox)
@@ -211,7 +242,12 @@ pub(crate) async fn create_sandbox(
     row.state = SandboxState::Running;
     st.live().insert(
         id.clone(),
-        LiveSandbox::running(sandbox.socket.clone(), row.end_at),
+        LiveSandbox::running(
+            sandbox.socket.clone(),
+            row.end_at,
+            sandbox.init_pid,
+            args.lifecycle,
+        ),
     );
     watch_agent(st, &id, sandbox.init_pid);
     st.db.set_running(id.clone(), row.end_at).await?;
@@ -263,7 +299,10 @@ async fn claim_pooled(
             continue;
         }
         let agent = AgentClient::new(pooled.socket.clone()).with_timeout(CLAIM_TIMEOUT);
-        if let Err(e) = agent.init(&init_request(args)).await {
+        if let Err(e) = agent
+            .init(&init_request(&args.env, &args.access_token))
+            .await
+        {
             tracing::warn!(
                 sandbox = %pooled.id,
                 template = %template.name,
@@ -289,7 +328,7 @@ async fn claim_pooled(
         }
         st.live().insert(
             pooled.id.clone(),
-            LiveSandbox::running(pooled.socket, row.end_at),
+            LiveSandbox::running(pooled.socket, row.end_at, pooled.init_pid, args.lifecycle),
         );
         watch_agent(st, &pooled.id, pooled.init_pid);
         st.reaper_wake.notify_one();
@@ -327,16 +366,19 @@ fn new_row(
         disk_size_mb: sandbox_limits.disk_mb,
         pids: u64::try_from(sandbox_limits.pids).ok(),
         paused_remaining_ms: None,
+        pause_mode: None,
+        lifecycle: args.lifecycle,
         access_token: args.access_token.clone(),
         network: serde_json::to_string(&args.network).ok(),
     }
 }
 
-/// The `POST /init` that hands a sandbox its layer 3.
-fn init_request(args: &CreateArgs) -> InitRequest {
+/// The `POST /init` that hands a sandbox its layer 3 (`env`) and its
+/// access token.
+fn init_request(env: &BTreeMap<String, String>, access_token: &Option<String>) -> InitRequest {
     InitRequest {
-        env_vars: Some(args.env.clone()),
-        access_token: args.access_token.clone(),
+        env_vars: Some(env.clone()),
+        access_token: access_token.clone(),
         timestamp: Some(serde_json::Value::String(time::rfc3339(time::now_ms()))),
         ..InitRequest::default()
     }
@@ -346,13 +388,15 @@ fn init_request(args: &CreateArgs) -> InitRequest {
 /// start command (in the background, with the template's environment and
 /// user) and its ready command, polled until it succeeds. The same for a
 /// cold boot and a pooled one, so a pooled sandbox is handed out with its
-/// start command already running. On failure nothing is left behind.
+/// start command already running. On failure nothing is left behind (but
+/// the kept disk of a sandbox booted on it, [`SandboxSpec::resume_from_disk`]).
 pub(crate) async fn boot_sandbox(
     st: &AppState,
     spec: SandboxSpec,
     meta: &TemplateMetadata,
 ) -> Result<hutch_runtime::Sandbox, String> {
     let id = spec.id.clone();
+    let resume = spec.resume_from_disk;
     let sandbox = st.runtime.create(spec).await.map_err(|e| e.to_string())?;
     if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
         return Ok(sandbox);
@@ -376,7 +420,12 @@ pub(crate) async fn boot_sandbox(
     {
         Ok(()) => Ok(sandbox),
         Err(e) => {
-            if let Err(d) = st.runtime.destroy(&id).await {
+            let cleanup = if resume {
+                st.runtime.stop_keep_disk(&id).await
+            } else {
+                st.runtime.destroy(&id).await
+            };
+            if let Err(d) = cleanup {
                 tracing::warn!(sandbox = %id, "cleaning up a sandbox that did not get ready: {d}");
             }
             Err(format!("its start or ready command failed: {e}"))
@@ -410,6 +459,7 @@ pub(crate) fn sandbox_spec(
         // Pooled sandboxes boot with the default; a claim applies another.
         network: NetworkPolicy::default(),
         limits,
+        resume_from_disk: false,
     }
 }
 
@@ -448,7 +498,7 @@ pub(crate) async fn set_end_at(
         let Some(entry) = live.get_mut(id) else {
             return Ok(false);
         };
-        if entry.paused_remaining.is_some() {
+        if entry.paused.is_some() {
             return Err(paused_error(id));
         }
         entry.end_at = end_at(entry.end_at);
@@ -469,7 +519,7 @@ pub(crate) fn paused_error(id: &str) -> ApiError {
 /// What [`pause_sandbox`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PauseOutcome {
-    /// Frozen now.
+    /// Paused now.
     Paused,
     /// It was paused already.
     AlreadyPaused,
@@ -477,20 +527,47 @@ pub(crate) enum PauseOutcome {
     NotFound,
 }
 
-/// Freezes every process of a running sandbox and stops its clock: the
-/// lifetime it has left is kept (in the database too) and re-armed by
-/// [`resume_sandbox`].
-pub(crate) async fn pause_sandbox(st: &Arc<AppState>, id: &str) -> Result<PauseOutcome, ApiError> {
+/// Pauses a running sandbox `mode` (see the module doc) and stops its
+/// clock: the lifetime it has left is kept (in the database too) and
+/// re-armed by [`resume_sandbox`].
+pub(crate) async fn pause_sandbox(
+    st: &Arc<AppState>,
+    id: &str,
+    mode: PauseMode,
+) -> Result<PauseOutcome, ApiError> {
     let _transition = st.transitions.lock().await;
     match st.live().get(id) {
         None => return Ok(PauseOutcome::NotFound),
-        Some(e) if e.paused_remaining.is_some() => return Ok(PauseOutcome::AlreadyPaused),
+        Some(e) if e.paused.is_some() => return Ok(PauseOutcome::AlreadyPaused),
         Some(_) => {}
     }
+    let remaining = match mode {
+        PauseMode::Memory => match freeze(st, id).await? {
+            Some(remaining) => remaining,
+            None => return Ok(PauseOutcome::NotFound),
+        },
+        PauseMode::Filesystem => {
+            let remaining = match st.live().get(id) {
+                Some(e) => e.end_at.saturating_sub(time::now_ms()).max(0),
+                None => return Ok(PauseOutcome::NotFound),
+            };
+            if !stop_keeping_files(st, id, remaining).await? {
+                return Ok(PauseOutcome::NotFound);
+            }
+            remaining
+        }
+    };
+    tracing::info!(sandbox = %id, mode = mode.as_str(), remaining_ms = remaining, "sandbox paused");
+    Ok(PauseOutcome::Paused)
+}
+
+/// A memory pause: freezes every process of a running sandbox and records
+/// it paused. The lifetime it had left; `None` if it is gone.
+async fn freeze(st: &Arc<AppState>, id: &str) -> Result<Option<i64>, ApiError> {
     match st.runtime.pause(id).await {
         Ok(()) => {}
         // Killed (or expired) meanwhile.
-        Err(hutch_runtime::RuntimeError::NotFound { .. }) => return Ok(PauseOutcome::NotFound),
+        Err(hutch_runtime::RuntimeError::NotFound { .. }) => return Ok(None),
         Err(e) => {
             return Err(ApiError::internal(format!(
                 "cannot pause sandbox {id}: {e}"
@@ -501,16 +578,62 @@ pub(crate) async fn pause_sandbox(st: &Arc<AppState>, id: &str) -> Result<PauseO
         let mut live = st.live();
         let Some(entry) = live.get_mut(id) else {
             // Killed meanwhile; the kill destroys the frozen container.
-            return Ok(PauseOutcome::NotFound);
+            return Ok(None);
         };
         let remaining = entry.end_at.saturating_sub(time::now_ms()).max(0);
-        entry.paused_remaining = Some(remaining);
+        entry.paused = Some(Paused {
+            remaining_ms: remaining,
+            mode: PauseMode::Memory,
+        });
         remaining
     };
-    st.db.set_paused(id.to_string(), remaining).await?;
+    st.db
+        .set_paused(id.to_string(), remaining, PauseMode::Memory)
+        .await?;
     st.reaper_wake.notify_one();
-    tracing::info!(sandbox = %id, remaining_ms = remaining, "sandbox paused");
-    Ok(PauseOutcome::Paused)
+    Ok(Some(remaining))
+}
+
+/// A filesystem pause of a running sandbox, or of one paused in memory
+/// (whose memory is then dropped): records it paused filesystem-only with
+/// `remaining` ms of its lifetime left — from then on the front door does
+/// not route to it and its agent's exit is expected — then stops it with
+/// its disk kept. `Ok(false)` if it is gone (killed meanwhile, or its disk
+/// is missing: it is then destroyed and marked killed). If the stop fails
+/// it stays recorded paused; a `connect` tries again.
+async fn stop_keeping_files(
+    st: &Arc<AppState>,
+    id: &str,
+    remaining: i64,
+) -> Result<bool, ApiError> {
+    {
+        let mut live = st.live();
+        let Some(entry) = live.get_mut(id) else {
+            return Ok(false);
+        };
+        entry.paused = Some(Paused {
+            remaining_ms: remaining,
+            mode: PauseMode::Filesystem,
+        });
+        entry.agent_pid = None;
+    }
+    st.db
+        .set_paused(id.to_string(), remaining, PauseMode::Filesystem)
+        .await?;
+    st.reaper_wake.notify_one();
+    match st.runtime.stop_keep_disk(id).await {
+        Ok(()) => Ok(true),
+        Err(hutch_runtime::RuntimeError::NoKeptDisk { .. }) => {
+            if st.live().contains_key(id) {
+                tracing::warn!(sandbox = %id, "the sandbox has no disk any more; destroying it");
+                kill_sandbox(st, id).await?;
+            }
+            Ok(false)
+        }
+        Err(e) => Err(ApiError::internal(format!(
+            "cannot stop sandbox {id} (it stays paused; connect tries again): {e}"
+        ))),
+    }
 }
 
 /// What [`resume_sandbox`] did.
@@ -524,22 +647,26 @@ pub(crate) enum ResumeOutcome {
     NotFound,
 }
 
-/// `connect`: thaws a paused sandbox and re-arms its expiry, at now + the
-/// lifetime it had left, or now + `timeout_secs` when given. A running
-/// sandbox's life is extended to at least now + `timeout_secs`.
+/// `connect`: resumes a paused sandbox — thaws one paused in memory, boots
+/// one paused filesystem-only again on its files (and so one paused in
+/// memory when `memory` is `Some(false)`, E2B's "reboot") — and re-arms
+/// its expiry, at now + the lifetime it had left (the default lifetime if
+/// none was left), or now + `timeout_secs` when given. A running sandbox's
+/// life is extended to at least now + `timeout_secs`.
 pub(crate) async fn resume_sandbox(
     st: &Arc<AppState>,
     id: &str,
     timeout_secs: Option<u64>,
+    memory: Option<bool>,
 ) -> Result<ResumeOutcome, ApiError> {
     let _transition = st.transitions.lock().await;
     let now = time::now_ms();
     let wanted_end = timeout_secs.map(|s| now.saturating_add(timeout_ms(s)));
-    let remaining = match st.live().get(id) {
+    let paused = match st.live().get(id) {
         None => return Ok(ResumeOutcome::NotFound),
-        Some(e) => e.paused_remaining,
+        Some(e) => e.paused,
     };
-    let Some(remaining) = remaining else {
+    let Some(paused) = paused else {
         if let Some(end) = wanted_end
             && !set_end_at(st, id, |current| current.max(end)).await?
         {
@@ -547,6 +674,53 @@ pub(crate) async fn resume_sandbox(
         }
         return Ok(ResumeOutcome::WasRunning);
     };
+    let end_at = || {
+        wanted_end.unwrap_or_else(|| {
+            let lifetime = if paused.remaining_ms > 0 {
+                paused.remaining_ms
+            } else {
+                timeout_ms(DEFAULT_SANDBOX_TIMEOUT_SECS)
+            };
+            time::now_ms().saturating_add(lifetime)
+        })
+    };
+    if paused.mode == PauseMode::Memory && memory != Some(false) {
+        return thaw(st, id, end_at).await;
+    }
+    if paused.mode == PauseMode::Memory {
+        tracing::info!(sandbox = %id, "dropping the memory of a paused sandbox to reboot it");
+        if !stop_keeping_files(st, id, paused.remaining_ms).await? {
+            return Ok(ResumeOutcome::NotFound);
+        }
+    }
+    let Some(sandbox) = boot_on_files(st, id).await? else {
+        return Ok(ResumeOutcome::NotFound);
+    };
+    let end_at = end_at();
+    {
+        let mut live = st.live();
+        let Some(entry) = live.get_mut(id) else {
+            // Killed meanwhile: the kill destroys what was booted.
+            return Ok(ResumeOutcome::NotFound);
+        };
+        entry.paused = None;
+        entry.end_at = end_at;
+        entry.socket = sandbox.socket.clone();
+        entry.agent_pid = Some(sandbox.init_pid);
+    }
+    watch_agent(st, id, sandbox.init_pid);
+    st.db.set_running(id.to_string(), end_at).await?;
+    st.reaper_wake.notify_one();
+    tracing::info!(sandbox = %id, "sandbox resumed (booted again on its files)");
+    Ok(ResumeOutcome::Resumed)
+}
+
+/// Thaws a sandbox paused in memory; it then expires at `end_at()`.
+async fn thaw(
+    st: &Arc<AppState>,
+    id: &str,
+    end_at: impl FnOnce() -> i64,
+) -> Result<ResumeOutcome, ApiError> {
     match st.runtime.resume(id).await {
         Ok(()) => {}
         Err(hutch_runtime::RuntimeError::NotFound { .. }) => return Ok(ResumeOutcome::NotFound),
@@ -556,19 +730,116 @@ pub(crate) async fn resume_sandbox(
             )));
         }
     }
-    let end_at = wanted_end.unwrap_or_else(|| time::now_ms().saturating_add(remaining));
+    let end_at = end_at();
     {
         let mut live = st.live();
         let Some(entry) = live.get_mut(id) else {
             return Ok(ResumeOutcome::NotFound);
         };
-        entry.paused_remaining = None;
+        entry.paused = None;
         entry.end_at = end_at;
     }
     st.db.set_running(id.to_string(), end_at).await?;
     st.reaper_wake.notify_one();
     tracing::info!(sandbox = %id, "sandbox resumed");
     Ok(ResumeOutcome::Resumed)
+}
+
+/// Boots a sandbox paused filesystem-only again on its files, as it was
+/// created: its template's layers and boot config, its limits and network
+/// policy (from its row), then its `/init` (variables, access token).
+/// `Ok(None)` if it is gone (killed meanwhile, or its disk is missing: it
+/// is then destroyed and marked killed). On failure it stays paused.
+async fn boot_on_files(
+    st: &Arc<AppState>,
+    id: &str,
+) -> Result<Option<hutch_runtime::Sandbox>, ApiError> {
+    let Some(row) = st
+        .db
+        .get_sandbox(id.to_string())
+        .await?
+        .filter(|r| r.state == SandboxState::Paused)
+    else {
+        return Ok(None);
+    };
+    // The template's layers must stay while the sandbox boots on them.
+    let layers_guard = st.layers_lock.read().await;
+    let template = st
+        .db
+        .find_template(row.template_id.clone())
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "cannot resume sandbox {id}: its template {} is gone",
+                row.template_id
+            ))
+        })?;
+    let meta = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
+        ApiError::internal(format!(
+            "template '{}' has unreadable metadata: {e}",
+            template.name
+        ))
+    })?;
+    let defaults = limits::template_defaults(&template.name, meta.limits.as_ref(), &st.max_limits)
+        .unwrap_or_default();
+    let mut spec = sandbox_spec(st, id, &template, &meta, limits::recorded(&row, defaults));
+    spec.network = NetworkPolicy::Egress(recorded_policy(&row));
+    spec.resume_from_disk = true;
+
+    // Stopped for sure: this also finishes a pause that failed or was
+    // interrupted halfway, and tells whether its disk is still there.
+    match st.runtime.stop_keep_disk(id).await {
+        Ok(()) => {}
+        Err(hutch_runtime::RuntimeError::NoKeptDisk { .. }) => {
+            drop(layers_guard);
+            tracing::warn!(sandbox = %id, "the paused sandbox has no disk any more; destroying it");
+            kill_sandbox(st, id).await?;
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "cannot resume sandbox {id}: {e}"
+            )));
+        }
+    }
+    let cold_boot = st.pool.cold_boot();
+    let booted = async {
+        let sandbox = boot_sandbox(st, spec, &meta).await?;
+        if let Err(e) = AgentClient::new(sandbox.socket.clone())
+            .init(&init_request(&row.sandbox_env, &row.access_token))
+            .await
+        {
+            if let Err(e) = st.runtime.stop_keep_disk(id).await {
+                tracing::warn!(sandbox = %id, "stopping a sandbox whose resume failed: {e}");
+            }
+            return Err(format!("initialising its agent failed: {e}"));
+        }
+        Ok::<_, String>(sandbox)
+    }
+    .await;
+    drop(cold_boot);
+    drop(layers_guard);
+    match booted {
+        Ok(sandbox) => Ok(Some(sandbox)),
+        // Killed while it booted.
+        Err(_) if !st.live().contains_key(id) => Ok(None),
+        Err(cause) => Err(ApiError::internal(format!(
+            "cannot resume sandbox {id} (it stays paused): {cause}"
+        ))),
+    }
+}
+
+/// The egress policy a sandbox was created with (the default for rows from
+/// before it was recorded).
+fn recorded_policy(row: &SandboxRow) -> hutch_runtime::EgressPolicy {
+    match row.network.as_deref().map(serde_json::from_str) {
+        None => hutch_runtime::EgressPolicy::default(),
+        Some(Ok(policy)) => policy,
+        Some(Err(e)) => {
+            tracing::warn!(sandbox = %row.id, "unreadable network policy, using the default: {e}");
+            hutch_runtime::EgressPolicy::default()
+        }
+    }
 }
 
 /// `secs` as milliseconds.
@@ -641,6 +912,9 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
     if row.state == SandboxState::Starting {
         return Err("it was still starting when the server stopped");
     }
+    if row.state == SandboxState::Paused && row.pause_mode == Some(PauseMode::Filesystem) {
+        return readopt_stopped(st, row, now).await;
+    }
     let status = match st.runtime.status(&row.id).await {
         Ok(s) => s,
         Err(e) => {
@@ -657,23 +931,41 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
             if remaining <= 0 {
                 return Err("it expired while the server was down");
             }
-            if let Err(e) = st.db.set_paused(row.id.clone(), remaining).await {
+            if let Err(e) = st
+                .db
+                .set_paused(row.id.clone(), remaining, PauseMode::Memory)
+                .await
+            {
                 tracing::warn!(sandbox = %row.id, "cannot record sandbox paused: {e}");
             }
         }
         tracing::info!(sandbox = %row.id, "re-adopted paused sandbox");
+        let agent_pid = match st.runtime.init_pid(&row.id).await {
+            Ok(Some(pid)) => Some(pid),
+            Ok(None) => {
+                tracing::warn!(sandbox = %row.id, "paused sandbox has no init pid");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %row.id, "cannot read the sandbox's init pid: {e}");
+                None
+            }
+        };
         st.live().insert(
             row.id.clone(),
             LiveSandbox {
                 socket: st.runtime.agent_socket(&row.id),
                 end_at: now.saturating_add(remaining),
-                paused_remaining: Some(remaining),
+                paused: Some(Paused {
+                    remaining_ms: remaining,
+                    mode: PauseMode::Memory,
+                }),
+                agent_pid,
+                lifecycle: row.lifecycle,
             },
         );
-        match st.runtime.init_pid(&row.id).await {
-            Ok(Some(pid)) => watch_agent(st, &row.id, pid),
-            Ok(None) => tracing::warn!(sandbox = %row.id, "paused sandbox has no init pid"),
-            Err(e) => tracing::warn!(sandbox = %row.id, "cannot read the sandbox's init pid: {e}"),
+        if let Some(pid) = agent_pid {
+            watch_agent(st, &row.id, pid);
         }
         return Ok(());
     }
@@ -701,9 +993,44 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
         return Err("it expired while the server was down");
     }
     tracing::info!(sandbox = %row.id, "re-adopted running sandbox");
-    st.live()
-        .insert(row.id.clone(), LiveSandbox::running(sandbox.socket, end_at));
+    st.live().insert(
+        row.id.clone(),
+        LiveSandbox::running(sandbox.socket, end_at, sandbox.init_pid, row.lifecycle),
+    );
     watch_agent(st, &row.id, sandbox.init_pid);
+    Ok(())
+}
+
+/// Re-adopts a sandbox paused filesystem-only: stops it with its disk kept
+/// — a no-op if it was stopped, else it finishes the pause, or undoes the
+/// resume, the server was in the middle of — and keeps it paused with the
+/// lifetime it had left. Destroyed only if its disk is gone; a stop that
+/// fails otherwise keeps it paused (a `connect` tries again).
+async fn readopt_stopped(
+    st: &Arc<AppState>,
+    row: &SandboxRow,
+    now: i64,
+) -> Result<(), &'static str> {
+    match st.runtime.stop_keep_disk(&row.id).await {
+        Ok(()) => {}
+        Err(hutch_runtime::RuntimeError::NoKeptDisk { .. }) => return Err("its disk is gone"),
+        Err(e) => tracing::warn!(sandbox = %row.id, "cannot stop the paused sandbox: {e}"),
+    }
+    let remaining = row.paused_remaining_ms.unwrap_or(0).max(0);
+    tracing::info!(sandbox = %row.id, "re-adopted sandbox paused filesystem-only");
+    st.live().insert(
+        row.id.clone(),
+        LiveSandbox {
+            socket: st.runtime.agent_socket(&row.id),
+            end_at: now.saturating_add(remaining),
+            paused: Some(Paused {
+                remaining_ms: remaining,
+                mode: PauseMode::Filesystem,
+            }),
+            agent_pid: None,
+            lifecycle: row.lifecycle,
+        },
+    );
     Ok(())
 }
 
@@ -712,7 +1039,9 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
 /// from the host, crashed, or out of memory — the sandbox cannot serve
 /// anything any more, so it is destroyed and reported killed at once,
 /// instead of lingering until its expiry. A sandbox killed through the API
-/// is no longer live when its agent exits, so nothing more happens then.
+/// is no longer live when its agent exits, and one paused filesystem-only
+/// (or booted again since) no longer has this agent, so nothing more
+/// happens then.
 pub(crate) fn watch_agent(st: &Arc<AppState>, id: &str, pid: u32) {
     let st = st.clone();
     let id = id.to_owned();
@@ -746,7 +1075,8 @@ pub(crate) fn watch_agent(st: &Arc<AppState>, id: &str, pid: u32) {
             _ = st.reaper_stop.cancelled() => return,
             _ = exited => {}
         }
-        if !st.live().contains_key(&id) {
+        let ours = st.live().get(&id).is_some_and(|e| e.agent_pid == Some(pid));
+        if !ours {
             return;
         }
         tracing::warn!(sandbox = %id, "the sandbox's agent exited; destroying the sandbox");
@@ -756,7 +1086,8 @@ pub(crate) fn watch_agent(st: &Arc<AppState>, id: &str, pid: u32) {
     });
 }
 
-/// Starts the task that destroys sandboxes when they expire.
+/// Starts the task that destroys sandboxes when they expire, or pauses
+/// those created with `autoPause`.
 pub(crate) fn spawn_reaper(st: Arc<AppState>) {
     tokio::spawn(async move {
         loop {
@@ -764,7 +1095,7 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
             let (expired, next): (Vec<String>, Option<i64>) = {
                 let live = st.live();
                 // Paused sandboxes do not expire.
-                let running = || live.iter().filter(|(_, s)| s.paused_remaining.is_none());
+                let running = || live.iter().filter(|(_, s)| s.paused.is_none());
                 let expired = running()
                     .filter(|(_, s)| s.end_at <= now)
                     .map(|(id, _)| id.clone())
@@ -773,7 +1104,22 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
                 (expired, next)
             };
             for id in expired {
-                tracing::info!(sandbox = %id, "sandbox timed out");
+                let auto_pause = st.live().get(&id).and_then(|e| e.lifecycle.auto_pause);
+                if let Some(mode) = auto_pause {
+                    tracing::info!(sandbox = %id, mode = mode.as_str(), "sandbox timed out; pausing it");
+                    let Err(e) = pause_sandbox(&st, &id, mode).await else {
+                        continue;
+                    };
+                    // One left running would time out again at once.
+                    let running = st.live().get(&id).is_some_and(|e| e.paused.is_none());
+                    if !running {
+                        tracing::warn!(sandbox = %id, "{}", e.message());
+                        continue;
+                    }
+                    tracing::warn!(sandbox = %id, "cannot pause the sandbox, killing it: {}", e.message());
+                } else {
+                    tracing::info!(sandbox = %id, "sandbox timed out");
+                }
                 if let Err(e) = kill_sandbox(&st, &id).await {
                     tracing::warn!(sandbox = %id, "{}", e.message());
                 }

@@ -252,6 +252,22 @@ pub(crate) fn memory_mb(limits: &Limits) -> u64 {
     u64::try_from(limits.memory_bytes).unwrap_or(0) / MIB
 }
 
+/// The limits a sandbox's row records (to boot it again after a
+/// filesystem pause): its own, or `defaults` (its template's) for a row from
+/// before they were recorded (no pids limit; the other figures were the
+/// host's then).
+pub(crate) fn recorded(row: &crate::db::SandboxRow, defaults: Limits) -> Limits {
+    let Some(pids) = row.pids else {
+        return defaults;
+    };
+    Limits {
+        cpus: row.cpu_count,
+        memory_bytes: i64::try_from(row.memory_mb.saturating_mul(MIB)).unwrap_or(i64::MAX),
+        pids: i64::try_from(pids).unwrap_or(i64::MAX),
+        disk_mb: row.disk_size_mb,
+    }
+}
+
 fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }

@@ -9,7 +9,7 @@ use hutch_image::LayerStore;
 use hutch_runtime::{Runtime, RuntimeConfig};
 use tokio::sync::{Notify, RwLock};
 
-use crate::db::Db;
+use crate::db::{Db, Lifecycle, PauseMode};
 use crate::error::io_reason;
 use crate::pool::Pool;
 use crate::{DEFAULT_WARM_POOL, ServerConfig, ServerError, auth};
@@ -21,18 +21,35 @@ pub(crate) struct LiveSandbox {
     pub socket: PathBuf,
     /// Unix ms: when it expires (while running).
     pub end_at: i64,
-    /// While paused: the lifetime it had left, in ms. A paused sandbox does
-    /// not expire and is not routed to.
-    pub paused_remaining: Option<i64>,
+    /// While paused: how, and the lifetime it had left. A paused sandbox
+    /// does not expire and is not routed to (unless a request resumes it:
+    /// [`Lifecycle::auto_resume`]).
+    pub paused: Option<Paused>,
+    /// Host pid of its agent while it has one (not while paused
+    /// filesystem-only): the one [`crate::lifecycle::watch_agent`] watches.
+    pub agent_pid: Option<u32>,
+    /// What its timeout does; whether requests resume it.
+    pub lifecycle: Lifecycle,
+}
+
+/// How a paused sandbox is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Paused {
+    /// The lifetime it had left, in ms.
+    pub remaining_ms: i64,
+    /// Frozen in memory, or stopped with its files kept.
+    pub mode: PauseMode,
 }
 
 impl LiveSandbox {
-    /// A running sandbox that expires at `end_at`.
-    pub fn running(socket: PathBuf, end_at: i64) -> LiveSandbox {
+    /// A running sandbox whose agent is `agent_pid`, expiring at `end_at`.
+    pub fn running(socket: PathBuf, end_at: i64, agent_pid: u32, lifecycle: Lifecycle) -> Self {
         LiveSandbox {
             socket,
             end_at,
-            paused_remaining: None,
+            paused: None,
+            agent_pid: Some(agent_pid),
+            lifecycle,
         }
     }
 }

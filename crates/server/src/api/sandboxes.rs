@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use hutch_runtime::{Cidr, EgressPolicy};
 
-use crate::db::{SandboxRow, SandboxState};
+use crate::db::{Lifecycle, PauseMode, SandboxRow, SandboxState};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::ids;
 use crate::lifecycle::{self, CreateArgs, PauseOutcome, ResumeOutcome, timeout_ms};
@@ -23,8 +23,8 @@ use crate::{
     MAX_SANDBOX_TIMEOUT_SECS, time,
 };
 
-/// `POST /sandboxes` body. Other E2B fields (`autoPause`,
-/// `network.allowPublicTraffic`, …) are accepted and ignored.
+/// `POST /sandboxes` body. Other E2B fields (`network.allowPublicTraffic`,
+/// `volumeMounts`, …) are accepted and ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewSandbox {
@@ -68,6 +68,51 @@ pub struct NewSandbox {
     /// `--max-pids`. A Hutch extension.
     #[serde(default)]
     pub hutch_pids: Option<i64>,
+    /// Pause instead of kill at the timeout.
+    #[serde(default)]
+    pub auto_pause: Option<bool>,
+    /// With `autoPause`: keep memory (the default) or only the filesystem.
+    #[serde(default)]
+    pub auto_pause_memory: Option<bool>,
+    /// Resume on a request through the front door while paused.
+    #[serde(default)]
+    pub auto_resume: Option<AutoResumeBody>,
+}
+
+/// E2B's `autoResume` object of a create.
+#[derive(Debug, Default, Deserialize)]
+pub struct AutoResumeBody {
+    /// Whether requests resume the sandbox.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// The lifecycle a create asks for, or a 400: a sandbox that auto-pauses
+/// filesystem-only cannot auto-resume (a request has nothing running to
+/// wake; `connect` boots it again).
+fn lifecycle_of(
+    auto_pause: Option<bool>,
+    auto_pause_memory: Option<bool>,
+    auto_resume: Option<AutoResumeBody>,
+) -> Result<Lifecycle, ApiError> {
+    let auto_pause = auto_pause.unwrap_or(false).then(|| {
+        if auto_pause_memory.unwrap_or(true) {
+            PauseMode::Memory
+        } else {
+            PauseMode::Filesystem
+        }
+    });
+    let auto_resume = auto_resume.is_some_and(|r| r.enabled);
+    if auto_resume && auto_pause == Some(PauseMode::Filesystem) {
+        return Err(ApiError::bad_request(
+            "autoResume cannot be combined with autoPauseMemory: false: a sandbox paused \
+             filesystem-only is resumed with connect",
+        ));
+    }
+    Ok(Lifecycle {
+        auto_pause,
+        auto_resume,
+    })
 }
 
 /// E2B's `network` object of a create.
@@ -172,6 +217,34 @@ pub struct ListedSandbox {
     /// The agent access token of a `secure` sandbox.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envd_access_token: Option<String>,
+    /// What its timeout does; whether requests resume it.
+    #[serde(default)]
+    pub lifecycle: LifecycleInfo,
+    /// While paused: `full` (memory) or `filesystem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<String>,
+    /// With `autoPause`: whether the pause keeps memory (a Hutch
+    /// extension; E2B reports only `lifecycle.onTimeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hutch_auto_pause_memory: Option<bool>,
+}
+
+/// E2B's `SandboxLifecycle`, as sandbox info reports it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleInfo {
+    /// `kill` or `pause`.
+    pub on_timeout: String,
+    /// Whether a request resumes it while paused.
+    pub auto_resume: bool,
+}
+
+/// E2B's name for a pause mode.
+fn pause_mode_name(mode: PauseMode) -> &'static str {
+    match mode {
+        PauseMode::Memory => "full",
+        PauseMode::Filesystem => "filesystem",
+    }
 }
 
 impl From<&SandboxRow> for ListedSandbox {
@@ -196,6 +269,20 @@ impl From<&SandboxRow> for ListedSandbox {
             metadata: r.metadata.clone(),
             domain: None,
             envd_access_token: r.access_token.clone(),
+            lifecycle: LifecycleInfo {
+                on_timeout: if r.lifecycle.auto_pause.is_some() {
+                    "pause"
+                } else {
+                    "kill"
+                }
+                .to_string(),
+                auto_resume: r.lifecycle.auto_resume,
+            },
+            pause_mode: r
+                .pause_mode
+                .filter(|_| r.state == SandboxState::Paused)
+                .map(|m| pause_mode_name(m).to_string()),
+            hutch_auto_pause_memory: r.lifecycle.auto_pause.map(|m| m == PauseMode::Memory),
         }
     }
 }
@@ -226,6 +313,7 @@ pub(super) async fn create(
     let env_list: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     hutch_env::validate_sandbox_env(&env_list).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let network = egress_policy(body.allow_internet_access, body.network)?;
+    let lifecycle = lifecycle_of(body.auto_pause, body.auto_pause_memory, body.auto_resume)?;
     let args = CreateArgs {
         template: body.template_id,
         timeout_secs,
@@ -239,6 +327,7 @@ pub(super) async fn create(
             disk_size_mb: body.disk_size_mb,
             pids: body.hutch_pids,
         },
+        lifecycle,
     };
     // Run to completion even if the client goes away, so that no sandbox
     // is left half-made.
@@ -455,19 +544,24 @@ pub(super) async fn kill(
     }
 }
 
-/// `connect` body. E2B's `memory` (resume from the memory snapshot or
-/// reboot) is accepted and ignored: a paused sandbox's memory is never
-/// dropped.
+/// `connect` body.
 #[derive(Debug, Deserialize)]
 pub(super) struct ConnectBody {
     #[serde(default)]
     timeout: Option<u64>,
+    /// `false`: boot a sandbox paused in memory again on its files instead
+    /// of thawing it (E2B's "reboot"). No effect on a running sandbox or
+    /// one paused filesystem-only.
+    #[serde(default)]
+    memory: Option<bool>,
 }
 
 /// `POST /sandboxes/{id}/connect` (and `/v2/...`): 200 with the sandbox
 /// while it runs (a given `timeout` extends its life to at least now +
 /// timeout); 201 after resuming a paused one (its expiry re-armed at now +
-/// the lifetime it had left, or now + `timeout` when given).
+/// the lifetime it had left, or the default lifetime when none was left,
+/// or now + `timeout` when given). A sandbox paused filesystem-only is
+/// booted again on its files (see [`crate::lifecycle`]).
 pub(super) async fn connect(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -481,10 +575,12 @@ pub(super) async fn connect(
     let task_id = id.clone();
     // Run to completion even if the client goes away, so that the record
     // never lags behind the container.
-    let resumed =
-        tokio::spawn(async move { lifecycle::resume_sandbox(&task_st, &task_id, timeout).await })
-            .await
-            .map_err(|e| ApiError::internal(format!("resume task failed: {e}")))??;
+    let memory = body.memory;
+    let resumed = tokio::spawn(async move {
+        lifecycle::resume_sandbox(&task_st, &task_id, timeout, memory).await
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("resume task failed: {e}")))??;
     let status = match resumed {
         ResumeOutcome::WasRunning => StatusCode::OK,
         ResumeOutcome::Resumed => StatusCode::CREATED,
@@ -508,12 +604,12 @@ pub(super) async fn connect(
     Ok((status, Json(body)).into_response())
 }
 
-/// `pause` body. E2B's `memory` (keep memory or only the filesystem) is
-/// accepted and ignored: pausing always keeps memory.
+/// `pause` body. E2B's `requireHealthyGuest` is accepted and ignored.
 #[derive(Debug, Deserialize)]
 pub(super) struct PauseBody {
+    /// `false`: keep only the filesystem (stop every process); else keep
+    /// memory too (freeze them).
     #[serde(default)]
-    #[allow(dead_code)]
     memory: Option<bool>,
 }
 
@@ -521,13 +617,19 @@ pub(super) struct PauseBody {
 pub(super) async fn pause(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
-    ApiJson(_body): ApiJson<PauseBody>,
+    ApiJson(body): ApiJson<PauseBody>,
 ) -> Result<StatusCode, ApiError> {
+    let mode = if body.memory == Some(false) {
+        PauseMode::Filesystem
+    } else {
+        PauseMode::Memory
+    };
     let task_st = st.clone();
     let task_id = id.clone();
-    let paused = tokio::spawn(async move { lifecycle::pause_sandbox(&task_st, &task_id).await })
-        .await
-        .map_err(|e| ApiError::internal(format!("pause task failed: {e}")))??;
+    let paused =
+        tokio::spawn(async move { lifecycle::pause_sandbox(&task_st, &task_id, mode).await })
+            .await
+            .map_err(|e| ApiError::internal(format!("pause task failed: {e}")))??;
     match paused {
         PauseOutcome::Paused => Ok(StatusCode::NO_CONTENT),
         PauseOutcome::AlreadyPaused => Err(ApiError::conflict(format!(
@@ -546,7 +648,8 @@ pub(super) struct MetricsQuery {
 }
 
 /// `GET /sandboxes/{id}/metrics`: one sample taken now (see
-/// [`crate::metrics`]), whatever the `start`–`end` range.
+/// [`crate::metrics`]), whatever the `start`–`end` range; none for a
+/// sandbox paused filesystem-only (nothing of it runs).
 pub(super) async fn metrics(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -559,8 +662,12 @@ pub(super) async fn metrics(
             "start ({start}) is after end ({end})"
         )));
     }
-    if !st.live().contains_key(&id) {
-        return Err(sandbox_not_found(&id));
+    let stopped = match st.live().get(&id) {
+        None => return Err(sandbox_not_found(&id)),
+        Some(e) => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
+    };
+    if stopped {
+        return Ok(Json(Vec::new()));
     }
     let row = st
         .db
@@ -676,6 +783,48 @@ mod tests {
             "{}",
             e.message()
         );
+    }
+
+    #[test]
+    fn parses_lifecycles() {
+        let body = |json: &str| -> Result<Lifecycle, ApiError> {
+            let b: NewSandbox = serde_json::from_str(json).unwrap();
+            lifecycle_of(b.auto_pause, b.auto_pause_memory, b.auto_resume)
+        };
+        assert_eq!(body(r#"{"templateID":"t"}"#).unwrap(), Lifecycle::default());
+        assert_eq!(
+            body(r#"{"templateID":"t","autoPause":true}"#).unwrap(),
+            Lifecycle {
+                auto_pause: Some(PauseMode::Memory),
+                auto_resume: false
+            }
+        );
+        assert_eq!(
+            body(r#"{"templateID":"t","autoPause":true,"autoPauseMemory":false}"#).unwrap(),
+            Lifecycle {
+                auto_pause: Some(PauseMode::Filesystem),
+                auto_resume: false
+            }
+        );
+        // autoPauseMemory alone changes nothing.
+        assert_eq!(
+            body(r#"{"templateID":"t","autoPauseMemory":false,"autoResume":{"enabled":true}}"#)
+                .unwrap(),
+            Lifecycle {
+                auto_pause: None,
+                auto_resume: true
+            }
+        );
+        assert!(
+            !body(r#"{"templateID":"t","autoPause":true,"autoResume":{"enabled":false}}"#)
+                .unwrap()
+                .auto_resume
+        );
+        let e = body(
+            r#"{"templateID":"t","autoPause":true,"autoPauseMemory":false,"autoResume":{"enabled":true}}"#,
+        )
+        .unwrap_err();
+        assert!(e.message().contains("autoResume"), "{}", e.message());
     }
 
     #[test]
