@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
@@ -147,6 +147,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 pub(super) fn routes(st: &Arc<AppState>) -> (Router<Arc<AppState>>, Router<Arc<AppState>>) {
     // Uploads interrupted by a crash or a stop.
     let _ = std::fs::remove_dir_all(files_root(st).join(".tmp"));
+    prune_file_sets(&files_root(st), FILE_SET_TTL);
     let api = Arc::new(TemplateApi::default());
     let authed = Router::new()
         .route("/v3/templates", post(request_build))
@@ -165,6 +166,32 @@ pub(super) fn routes(st: &Arc<AppState>) -> (Router<Arc<AppState>>, Router<Arc<A
         .route("/hutch/v1/build-files/{hash}", put(upload))
         .layer(Extension(api));
     (authed, uploads)
+}
+
+/// Uploaded file sets not asked for this long are removed when the server
+/// starts (the SDK uploads them again when it needs them).
+const FILE_SET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Removes file sets under `root` whose directory was last touched more
+/// than `ttl` ago (asking whether a set is present touches it).
+fn prune_file_sets(root: &FsPath, ttl: Duration) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ttl);
+        if stale
+            && e.file_name() != ".tmp"
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            tracing::warn!(path = %e.path().display(), "cannot remove a stale file set: {err}");
+        }
+    }
 }
 
 /// Where uploaded file sets live: `DATA/build-files/<hash>/`.
@@ -358,7 +385,12 @@ pub(super) async fn file_link(
 ) -> Result<Response, ApiError> {
     check_hash(&hash)?;
     known_template(&st, &api, &template_id).await?;
-    let present = files_root(&st).join(&hash).is_dir();
+    let dir = files_root(&st).join(&hash);
+    let present = dir.is_dir();
+    if present {
+        // In use: keep it from being pruned as stale.
+        let _ = std::fs::File::open(&dir).and_then(|f| f.set_modified(SystemTime::now()));
+    }
     let url = format!(
         "{}/hutch/v1/build-files/{hash}?token={}",
         public_base(&headers, &uri)?,
@@ -895,6 +927,23 @@ pub(super) async fn alias(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_file_sets_are_pruned() {
+        let t = tempfile::tempdir().unwrap();
+        let fresh = t.path().join("a".repeat(64));
+        let stale = t.path().join("b".repeat(64));
+        std::fs::create_dir_all(fresh.join("x")).unwrap();
+        std::fs::create_dir_all(stale.join("y")).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        prune_file_sets(t.path(), Duration::from_secs(60));
+        assert!(fresh.exists());
+        assert!(!stale.exists());
+    }
 
     fn step(kind: &str, args: &[&str]) -> StepBody {
         StepBody {
