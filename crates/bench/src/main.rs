@@ -25,6 +25,8 @@
 //! * **idle memory** — an idle sandbox's agent RSS and its memory cgroup's
 //!   usage, for a claimed sandbox and an unclaimed one in the pool (what
 //!   the pool costs per sandbox), against a runc container running `sleep`.
+//! * **template build** — a small Dockerfile built with every step run
+//!   (`noCache`) and unchanged (every layer from the cache).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -306,7 +308,7 @@ RUN for i in $(seq 1 200); do echo $i > /tmp/file$i; done
 COPY files/ /srv/app/
 WORKDIR /srv/app
 USER user
-RUN ls > listing.txt
+RUN ls > /tmp/listing.txt
 ";
 
 /// A build context with 100 small files under `files/`.
