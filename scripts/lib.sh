@@ -26,10 +26,11 @@ apt_install() {
 }
 
 # Runtime needs: runc to run sandboxes, iproute2 and nftables for their
-# networks, mmdebstrap to build the default template; build needs: protoc for
+# networks, e2fsprogs for their disks (mkfs.ext4, e2fsck),
+# mmdebstrap to build the default template; build needs: protoc for
 # the agent protocol, a C compiler for SQLite.
 install_runtime_deps() {
-    apt_install runc iproute2 nftables mmdebstrap ca-certificates curl protobuf-compiler gcc libc6-dev pkg-config
+    apt_install runc iproute2 nftables e2fsprogs mmdebstrap ca-certificates curl protobuf-compiler gcc libc6-dev pkg-config
 }
 
 install_rust() {

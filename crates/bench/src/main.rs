@@ -136,8 +136,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // one without.
     let warm = Target::start(tmp.path().join("w"), envd.clone(), 1).await?;
     let cold = Target::start(tmp.path().join("c"), envd, 0).await?;
-    let template = warm.api.import(&image).await?;
-    cold.api.import(&image).await?;
+    // The servers stop (and destroy their pooled sandboxes) also when a
+    // scenario fails.
+    let result = scenarios(&args, &image, tmp.path(), &warm, &cold).await;
+    warm.shutdown().await;
+    cold.shutdown().await;
+    result
+}
+
+async fn scenarios(
+    args: &Args,
+    image: &Path,
+    tmp: &Path,
+    warm: &Target,
+    cold: &Target,
+) -> anyhow::Result<()> {
+    let template = warm.api.import(image).await?;
+    cold.api.import(image).await?;
     let layers: Vec<PathBuf> = template["layers"]
         .as_array()
         .ok_or_else(|| anyhow!("template has no layers"))?
@@ -147,7 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             warm.data_dir.join("images").join("sha256").join(hex)
         })
         .collect();
-    let baseline = RuncBaseline::new(tmp.path().join("runc"), &layers)?;
+    let baseline = RuncBaseline::new(tmp.join("runc"), &layers)?;
 
     let n = args.iterations;
     let w = args.warmup;
@@ -295,8 +310,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    warm.shutdown().await;
-    cold.shutdown().await;
     drop(baseline);
     Ok(())
 }

@@ -291,15 +291,24 @@ async fn what_a_lost_sandbox_leaves_is_removed_when_sandboxes_are_listed() {
         .unwrap();
     assert!(status.success());
     let dir = fx.rt.config().state_dir.join(&id);
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut mounts: Vec<&str> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| Path::new(p).starts_with(&dir))
-        .collect();
-    mounts.reverse();
-    for m in mounts {
-        let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+    // Unmount everything under the directory, innermost first; a mount
+    // stacked under another shows up once the upper one is gone, so go
+    // round until none is left (a mount left here would keep its loop
+    // device attached after the test).
+    for _ in 0..8 {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(&dir))
+            .collect();
+        if mounts.is_empty() {
+            break;
+        }
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
     assert_ne!(fx.host_objects(), (0, 0, 0, 0));
