@@ -554,31 +554,35 @@ impl Runtime {
 
     async fn boot(&self, spec: &SandboxSpec, paths: Paths) -> Result<Sandbox, RuntimeError> {
         let paths = Arc::new(paths);
-        // The network first: `prepare` joins the namespace it made.
-        let address = match &spec.network {
-            NetworkPolicy::Loopback => None,
-            NetworkPolicy::Egress(policy) => {
-                let this = self.clone();
-                let id = spec.id.clone();
-                let dir = paths.dir.clone();
-                let policy = policy.clone();
-                let started = std::time::Instant::now();
-                let address = blocking(move || {
-                    let net = &this.inner.network;
-                    let record = net.setup(&id, &dir, &policy)?;
-                    write_file(
-                        &dir.join(network::RESOLV_CONF_FILE),
-                        net.resolv_conf().as_bytes(),
-                        0o644,
-                    )?;
-                    Ok(record.address)
-                })
-                .await?;
-                tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), %address, "sandbox network set up");
-                Some(address)
+        // The network (namespace, links, rules) and the file system (disk,
+        // overlay, bundle) are independent until runc joins them: set both
+        // up at once.
+        let network = async {
+            match &spec.network {
+                NetworkPolicy::Loopback => Ok(None),
+                NetworkPolicy::Egress(policy) => {
+                    let this = self.clone();
+                    let id = spec.id.clone();
+                    let dir = paths.dir.clone();
+                    let policy = policy.clone();
+                    let started = std::time::Instant::now();
+                    let address = blocking(move || {
+                        let net = &this.inner.network;
+                        let record = net.setup(&id, &dir, &policy)?;
+                        write_file(
+                            &dir.join(network::RESOLV_CONF_FILE),
+                            net.resolv_conf().as_bytes(),
+                            0o644,
+                        )?;
+                        Ok(record.address)
+                    })
+                    .await?;
+                    tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), %address, "sandbox network set up");
+                    Ok::<_, RuntimeError>(Some(address))
+                }
             }
         };
-        {
+        let files = {
             let paths = paths.clone();
             let layers = spec.layers.clone();
             let boot = spec.boot.clone();
@@ -589,6 +593,7 @@ impl Runtime {
                 no_new_privileges: spec.no_new_privileges,
                 limits: spec.limits,
                 limit_swap: self.inner.limit_swap,
+                networked: !matches!(spec.network, NetworkPolicy::Loopback),
             };
             let disk = if spec.resume_from_disk {
                 DiskSource::Kept
@@ -607,8 +612,12 @@ impl Runtime {
                     &paths,
                 )
             })
-            .await?;
-        }
+        };
+        // Both always finish (a failed boot's cleanup must not race a setup
+        // still running), then the first error counts.
+        let (address, files) = tokio::join!(network, files);
+        let address = address?;
+        files?;
 
         self.inner
             .runc
@@ -999,6 +1008,9 @@ struct Confinement {
     limits: spec::Limits,
     /// Whether the memory limit covers swap (the host accounts it).
     limit_swap: bool,
+    /// Whether it has a network namespace of its own (made by the network
+    /// setup, which runs alongside [`prepare`]).
+    networked: bool,
 }
 
 /// Where a booting sandbox's disk comes from.
@@ -1026,6 +1038,7 @@ fn prepare(
         no_new_privileges,
         limits,
         limit_swap,
+        networked,
     } = confinement;
     let mkdir = |dir: &Path, mode| {
         DirBuilder::new()
@@ -1114,7 +1127,8 @@ fn prepare(
         None
     };
 
-    // Made by the network setup when the sandbox has a network.
+    // Made by the network setup (running alongside) when the sandbox has a
+    // network; both are in place before runc starts the container.
     let netns = paths.dir.join(network::NETNS_FILE);
     let resolv_conf = paths.dir.join(network::RESOLV_CONF_FILE);
     let etc_files = if is_real_dir(&paths.rootfs.join("etc")) {
@@ -1123,7 +1137,7 @@ fn prepare(
         Some(spec::EtcFiles {
             hosts: &paths.hosts,
             hostname: &paths.hostname,
-            resolv_conf: resolv_conf.exists().then_some(resolv_conf.as_path()),
+            resolv_conf: networked.then_some(resolv_conf.as_path()),
         })
     } else {
         None
@@ -1142,7 +1156,7 @@ fn prepare(
         limit_swap,
         seccomp: Some(seccomp::profile(&spec::DEFAULT_CAPABILITIES)),
         no_new_privileges,
-        network_ns: netns.exists().then_some(netns.as_path()),
+        network_ns: networked.then_some(netns.as_path()),
     });
     let config = serde_json::to_vec_pretty(&oci).map_err(|source| RuntimeError::Json {
         context: "serialize config.json".to_owned(),
