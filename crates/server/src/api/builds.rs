@@ -17,7 +17,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
+use hutch_builder::recipe::Recipe;
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -61,32 +62,16 @@ pub(super) async fn build(
     ApiQuery(q): ApiQuery<BuildQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let spec = q
-        .spec
-        .ok_or_else(|| ApiError::bad_request("missing query parameter 'spec'"))?;
-    let spec: BuildSpec = serde_json::from_str(&spec)
-        .map_err(|e| ApiError::bad_request(format!("invalid build spec: {e}")))?;
-    if !super::valid_template_name(&spec.name) {
-        return Err(ApiError::bad_request(format!(
-            "invalid template name '{}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
-            spec.name
-        )));
-    }
-    if st.builds.building(&spec.name).is_some() {
-        return Err(ApiError::conflict(format!(
-            "template '{}' is being built already",
-            spec.name
-        )));
-    }
-    if let Some(limits) = &spec.limits {
-        crate::limits::template_defaults(&spec.name, Some(limits), &st.max_limits)
-            .map_err(ApiError::bad_request)?;
-    }
-    let mut recipe = hutch_builder::dockerfile::parse(&spec.dockerfile, &spec.build_args)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    recipe.start_cmd = spec.start_cmd.filter(|c| !c.trim().is_empty());
-    recipe.ready_cmd = spec.ready_cmd.filter(|c| !c.trim().is_empty());
-
+    let (spec, recipe) = match check(&st, q) {
+        Ok(checked) => checked,
+        Err(e) => {
+            // Read the context anyway: a client still sending it would see
+            // its connection closed mid-upload instead of this answer.
+            let mut stream = body.into_data_stream();
+            while let Some(Ok(_)) = stream.next().await {}
+            return Err(e);
+        }
+    };
     let dir = st
         .data_dir
         .join("tmp")
@@ -130,6 +115,37 @@ pub(super) async fn build(
         Body::from_stream(ndjson(job)),
     )
         .into_response())
+}
+
+/// Everything about a build request that can be checked before its
+/// context arrives: the spec, the name, the limits and the Dockerfile.
+fn check(st: &AppState, q: BuildQuery) -> Result<(BuildSpec, Recipe), ApiError> {
+    let spec = q
+        .spec
+        .ok_or_else(|| ApiError::bad_request("missing query parameter 'spec'"))?;
+    let spec: BuildSpec = serde_json::from_str(&spec)
+        .map_err(|e| ApiError::bad_request(format!("invalid build spec: {e}")))?;
+    if !super::valid_template_name(&spec.name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid template name '{}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+            spec.name
+        )));
+    }
+    if st.builds.building(&spec.name).is_some() {
+        return Err(ApiError::conflict(format!(
+            "template '{}' is being built already",
+            spec.name
+        )));
+    }
+    if let Some(limits) = &spec.limits {
+        crate::limits::template_defaults(&spec.name, Some(limits), &st.max_limits)
+            .map_err(ApiError::bad_request)?;
+    }
+    let mut recipe = hutch_builder::dockerfile::parse(&spec.dockerfile, &spec.build_args)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    recipe.start_cmd = spec.start_cmd.clone().filter(|c| !c.trim().is_empty());
+    recipe.ready_cmd = spec.ready_cmd.clone().filter(|c| !c.trim().is_empty());
+    Ok((spec, recipe))
 }
 
 /// The job's log as NDJSON, from the first line to the end.
