@@ -533,12 +533,12 @@ async fn post_files_inner(
         .trim()
         .to_ascii_lowercase();
 
-    let raw: ByteStream = Box::pin(
+    let raw = read_to_the_end(Box::pin(
         request
             .into_body()
             .into_data_stream()
             .map(|r| r.map_err(io::Error::other)),
-    );
+    ));
     let body = if gzip { gunzip(raw) } else { raw };
 
     let written = if media_type == "application/octet-stream" {
@@ -585,6 +585,26 @@ async fn post_files_inner(
     };
     let reply: Vec<serde_json::Value> = written.iter().map(Written::json).collect();
     Ok((StatusCode::OK, axum::Json(reply)).into_response())
+}
+
+/// The request body, read by a task of its own that goes on reading (and
+/// discarding) it to the end when the upload stops early — a full disk, a
+/// bad part. The client (the SDK, or the server's front door relaying it)
+/// then finishes sending and reads the error, instead of finding the
+/// connection closed under its upload.
+fn read_to_the_end(mut body: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        while let Some(chunk) = body.next().await {
+            if tx.send(chunk).await.is_err() {
+                while body.next().await.is_some() {}
+                return;
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }))
 }
 
 /// `X-Metadata-<key>: <value>` headers, keys lowercased (E2B's rules).
