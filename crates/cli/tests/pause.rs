@@ -411,10 +411,12 @@ fn auto_pause_at_the_timeout_then_connect_resumes() {
     });
     assert_eq!(info(&server, &mem)["pauseMode"], "full");
     assert_eq!(info(&server, &fs)["pauseMode"], "filesystem");
-    assert_only_the_disk_is_left(&server, &fs);
+    // Counted once the plain one's teardown (which runs at the same moment)
+    // is over.
     wait_until("the plain one killed", Duration::from_secs(20), || {
         !state_dir(&server, &plain).exists()
     });
+    assert_only_the_disk_is_left(&server, &fs);
     let frozen = number_in_upper(&server, &mem, "/tmp/counter");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(number_in_upper(&server, &mem, "/tmp/counter"), frozen);
