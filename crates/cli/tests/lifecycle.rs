@@ -4,10 +4,10 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hutch_test_support::{TestServer, busybox_image, debian_image, wait_until};
+use hutch_test_support::{TestServer, busybox_image, debian_image, http, wait_until};
 use serde_json::Value;
 
 fn run(server: &TestServer, args: &[&str]) -> Output {
@@ -52,41 +52,6 @@ fn create(server: &TestServer, template: &str, extra: &[&str]) -> String {
     let mut args = vec!["sandbox", "create", template];
     args.extend_from_slice(extra);
     ok(server, &args).trim().to_owned()
-}
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
-/// A request to the server: `(status, body)`.
-fn http(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> (u16, String) {
-    rt().block_on(async {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", server.url()))
-            .header("X-API-Key", server.api_key());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("sending a request");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
-    })
 }
 
 fn get_json(server: &TestServer, path: &str) -> Value {

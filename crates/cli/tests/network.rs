@@ -8,11 +8,10 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use hutch_test_support::{
-    FAKE_INTERNET_BODY, FakeInternet, HostResources, TestServer, busybox_image, wait_until,
+    FAKE_INTERNET_BODY, FakeInternet, HostResources, TestServer, busybox_image, http, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -111,40 +110,6 @@ fn host_address() -> Ipv4Addr {
             w.get(i + 1)?.split('/').next()?.parse().ok()
         })
         .expect("the host has a global IPv4 address")
-}
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
-fn http(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> (u16, String) {
-    rt().block_on(async {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", server.url()))
-            .header("X-API-Key", server.api_key());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("sending a request");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
-    })
 }
 
 #[test]

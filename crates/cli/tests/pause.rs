@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hutch_test_support::{HostResources, TestServer, assert_no_leaks, busybox_image, wait_until};
+use hutch_test_support::{
+    HostResources, TestServer, assert_no_leaks, busybox_image, http, wait_until,
+};
 use serde_json::{Value, json};
 
 fn stderr(out: &Output) -> String {
@@ -31,41 +32,6 @@ fn create(server: &TestServer, extra: &[&str]) -> String {
 /// `hutch exec ID -- sh -c SCRIPT`, which must succeed; its output.
 fn sh(server: &TestServer, id: &str, script: &str) -> String {
     server.cli_ok(&["exec", id, "--", "sh", "-c", script])
-}
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
-/// A request to the server: `(status, body)`.
-fn http(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> (u16, String) {
-    rt().block_on(async {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", server.url()))
-            .header("X-API-Key", server.api_key());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("sending a request");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
-    })
 }
 
 fn post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {

@@ -377,3 +377,37 @@ fn health_status(addr: SocketAddr) -> std::io::Result<u16> {
             )
         })
 }
+
+/// A request to `server` with its API key (and `body` as JSON, if any):
+/// `(status, body text)`. For tests that check status codes and bodies the
+/// CLI does not show.
+pub fn http(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("TestServer: cannot build a tokio runtime")
+    });
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", server.url()))
+            .header("X-API-Key", server.api_key());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("sending a request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    })
+}
