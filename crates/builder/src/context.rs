@@ -91,7 +91,7 @@ fn glob(pattern: &str) -> Result<Glob, globset::Error> {
 
 /// A pattern or path made relative and normalized: no leading `/` or `./`,
 /// no `.` components, `..` resolved (never above the root).
-fn clean(p: &str) -> String {
+pub(crate) fn clean(p: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for c in p.split('/') {
         match c {

@@ -691,17 +691,7 @@ fn current_owner(stack: &LayerStack, user: Option<&str>) -> Owner {
 
 /// An absolute path with `.` and `..` resolved and no trailing slash.
 fn clean_abs(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    format!("/{}", context::clean(path))
 }
 
 fn build_sandbox_id() -> String {
