@@ -637,19 +637,10 @@ impl Engine {
             .create(spec)
             .await
             .map_err(BuildError::Runtime)?;
-        let shell: Vec<String> = DEFAULT_SHELL.iter().map(|s| (*s).to_owned()).collect();
-        let start = built
-            .start_cmd
-            .as_deref()
-            .map(|c| Command::shell(&shell, c));
-        let ready = built
-            .ready_cmd
-            .as_deref()
-            .map(|c| Command::shell(&shell, c));
         let result = hutch_runtime::start_and_wait_ready(
             &sandbox.socket,
-            start.as_ref(),
-            ready.as_ref(),
+            built.start_cmd.as_deref(),
+            built.ready_cmd.as_deref(),
             opts.ready_timeout,
         )
         .await

@@ -226,21 +226,24 @@ fn rpc_error(socket: &Path, e: &connectrpc::ConnectError) -> RuntimeError {
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Starts a template's start command (in the background) and polls its
-/// ready command until it exits 0, for at most `timeout`. Each ready check
+/// ready command until it exits 0, for at most `timeout`; both are command
+/// lines run by `/bin/sh -c` with the template's defaults. Each ready check
 /// is itself bounded by what is left of `timeout`. On a timeout the error
 /// carries the last check's exit and output.
 pub async fn start_and_wait_ready(
     socket: &Path,
-    start: Option<&Command>,
-    ready: Option<&Command>,
+    start: Option<&str>,
+    ready: Option<&str>,
     timeout: Duration,
 ) -> Result<(), RuntimeError> {
+    let shell = ["/bin/sh".to_owned(), "-c".to_owned()];
     if let Some(start) = start {
-        spawn_command(socket, start).await?;
+        spawn_command(socket, &Command::shell(&shell, start)).await?;
     }
     let Some(ready) = ready else {
         return Ok(());
     };
+    let ready = &Command::shell(&shell, ready);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut interval = Duration::from_millis(50);
     let mut last = String::from("it never finished");

@@ -401,19 +401,10 @@ pub(crate) async fn boot_sandbox(
     if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
         return Ok(sandbox);
     }
-    let shell = ["/bin/sh".to_owned(), "-c".to_owned()];
-    let start = meta
-        .start_cmd
-        .as_deref()
-        .map(|c| hutch_runtime::Command::shell(&shell, c));
-    let ready = meta
-        .ready_cmd
-        .as_deref()
-        .map(|c| hutch_runtime::Command::shell(&shell, c));
     match hutch_runtime::start_and_wait_ready(
         &sandbox.socket,
-        start.as_ref(),
-        ready.as_ref(),
+        meta.start_cmd.as_deref(),
+        meta.ready_cmd.as_deref(),
         hutch_runtime::DEFAULT_READY_TIMEOUT,
     )
     .await
