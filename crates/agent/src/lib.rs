@@ -16,6 +16,7 @@
 //! configuration ([`hutch_protocol::boot::BootConfig`]), the sandbox layer
 //! from `/init`, and the request.
 
+pub mod console;
 pub mod filesystem;
 pub mod forward;
 pub mod fsops;
@@ -139,8 +140,15 @@ impl Agent {
         axum::serve(listener, self.router()).await
     }
 
-    /// Serves on TCP until the listener fails.
+    /// Serves on TCP until the listener fails, with `TCP_NODELAY` on every
+    /// accepted connection.
     pub async fn serve_tcp(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
         axum::serve(listener, self.router()).await
     }
 
@@ -171,6 +179,41 @@ pub fn ensure_workdir(boot: &BootConfig) -> io::Result<()> {
             .create(dir),
         _ => Ok(()),
     }
+}
+
+/// Takes over the listening unix socket the host passed on descriptor `fd`
+/// (see `hutch_protocol::boot::AGENT_LISTEN_FD`). Checks that it is a
+/// listening stream socket of the unix family, and marks it close-on-exec so
+/// that no process the agent starts inherits it.
+pub fn inherited_listener(fd: i32) -> io::Result<UnixListener> {
+    use rustix::net::sockopt;
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    // SAFETY: only borrowed for the checks below; nothing else in the agent
+    // uses or closes this descriptor, which the host opened for it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = rustix::io::fcntl_getfd(borrowed)?;
+    rustix::io::fcntl_setfd(borrowed, flags | rustix::io::FdFlags::CLOEXEC)?;
+    let not_ours = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is {what}"),
+        )
+    };
+    if sockopt::socket_domain(borrowed)? != rustix::net::AddressFamily::UNIX {
+        return Err(not_ours("not a unix socket"));
+    }
+    if sockopt::socket_type(borrowed)? != rustix::net::SocketType::STREAM {
+        return Err(not_ours("not a stream socket"));
+    }
+    if !sockopt::socket_acceptconn(borrowed)? {
+        return Err(not_ours("not listening"));
+    }
+    // SAFETY: the descriptor is open (the checks above succeeded on it) and
+    // from here on owned by the listener alone.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let std_listener = std::os::unix::net::UnixListener::from(owned);
+    std_listener.set_nonblocking(true)?;
+    UnixListener::from_std(std_listener)
 }
 
 /// Binds the agent's unix socket: creates its directory (mode 0700),

@@ -1,25 +1,30 @@
 //! `hutch-envd`: the agent, run by the host as the sandbox's PID 1.
 //!
 //! ```text
-//! hutch-envd --boot /run/hutch/boot.json [--socket PATH | --no-socket] [--listen ADDR:PORT]...
+//! hutch-envd --boot /run/hutch/boot.json [--listen-fd N] [--socket PATH] [--listen ADDR:PORT]...
 //! ```
 //!
-//! `--listen` additionally serves on TCP (to run the agent on its own, for
-//! debugging or tests). `HUTCH_LOG=debug|info|warn|error` sets the log level.
+//! In a sandbox the host starts it with `--listen-fd 3`: a unix socket the
+//! host bound and listens on, inherited by the agent (see
+//! `hutch_protocol::boot`). `--socket` binds a socket of its own and
+//! `--listen` serves on TCP (to run the agent on its own, for debugging or
+//! tests). `HUTCH_LOG=debug|info|warn|error` sets the log level.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hutch_envd::{Agent, AgentConfig, bind_socket, ensure_workdir};
-use hutch_protocol::boot::{AGENT_SOCKET, BOOT_SCHEMA_VERSION, BootConfig};
+use hutch_envd::console::{self, ConsoleLog};
+use hutch_envd::{Agent, AgentConfig, bind_socket, ensure_workdir, inherited_listener};
+use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 const USAGE: &str =
-    "usage: hutch-envd --boot PATH [--socket PATH | --no-socket] [--listen ADDR:PORT]...";
+    "usage: hutch-envd --boot PATH [--listen-fd N] [--socket PATH] [--listen ADDR:PORT]...";
 
 struct Args {
     boot: Option<PathBuf>,
+    listen_fd: Option<i32>,
     socket: Option<PathBuf>,
     listen: Vec<String>,
 }
@@ -27,7 +32,8 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         boot: None,
-        socket: Some(PathBuf::from(AGENT_SOCKET)),
+        listen_fd: None,
+        socket: None,
         listen: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -44,14 +50,21 @@ fn parse_args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--boot" => args.boot = Some(PathBuf::from(value()?)),
+            "--listen-fd" => {
+                let v = value()?;
+                let fd =
+                    v.parse::<i32>().ok().filter(|fd| *fd > 2).ok_or_else(|| {
+                        format!("--listen-fd {v:?}: expected a descriptor above 2")
+                    })?;
+                args.listen_fd = Some(fd);
+            }
             "--socket" => args.socket = Some(PathBuf::from(value()?)),
-            "--no-socket" => args.socket = None,
             "--listen" => args.listen.push(value()?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if args.socket.is_none() && args.listen.is_empty() {
+    if args.listen_fd.is_none() && args.socket.is_none() && args.listen.is_empty() {
         return Err(format!("nothing to listen on\n{USAGE}"));
     }
     Ok(args)
@@ -92,9 +105,12 @@ fn init_logging() {
         Ok("error") => tracing::Level::ERROR,
         _ => tracing::Level::INFO,
     };
+    // A bounded log that no write error can turn into a panic (a sandbox
+    // may fill its disk, where its console log lives).
     tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(ConsoleLog::stderr(console::DEFAULT_LIMIT))
+        .log_internal_errors(false)
         .with_ansi(false)
         .with_target(false)
         .init();
@@ -162,6 +178,13 @@ async fn run(args: Args, boot: BootConfig) -> Result<(), String> {
         signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
 
     let mut servers = tokio::task::JoinSet::new();
+    if let Some(fd) = args.listen_fd {
+        let listener = inherited_listener(fd)
+            .map_err(|e| format!("using the inherited socket on descriptor {fd}: {e}"))?;
+        tracing::info!("listening on the host's socket (descriptor {fd})");
+        let agent = agent.clone();
+        servers.spawn(async move { agent.serve_unix(listener).await });
+    }
     if let Some(path) = &args.socket {
         let listener = bind_socket(path)
             .map_err(|e| format!("binding unix socket {}: {e}", path.display()))?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use connectrpc::client::{ClientConfig, Http2Connection, SharedHttp2Connection};
+use hutch_protocol::boot::BOOT_SCHEMA_VERSION;
 use hutch_protocol::envd::process::ProcessClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hutch-envd");
@@ -143,13 +144,7 @@ async fn pid1_reaps_orphans_and_stops_on_sigterm() {
 fn bad_boot_configuration_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args([
-            "--boot",
-            "/no/such/boot.json",
-            "--no-socket",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--boot", "/no/such/boot.json", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -163,7 +158,7 @@ fn bad_boot_configuration_is_reported() {
     let out = Command::new(BIN)
         .arg("--boot")
         .arg(&path)
-        .args(["--no-socket", "--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -172,4 +167,19 @@ fn bad_boot_configuration_is_reported() {
 
     let out = Command::new(BIN).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+
+    // The inherited socket must be there, and be a listening unix socket.
+    boot["schemaVersion"] = BOOT_SCHEMA_VERSION.into();
+    std::fs::write(&path, boot.to_string()).unwrap();
+    for (fd, needle) in [("2", "above 2"), ("9", "descriptor 9")] {
+        let out = Command::new(BIN)
+            .arg("--boot")
+            .arg(&path)
+            .args(["--listen-fd", fd])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "--listen-fd {fd}: {stderr}");
+    }
 }

@@ -92,6 +92,7 @@ impl Target {
             runc: PathBuf::from("runc"),
             insecure_registries: Vec::new(),
             max_limits: hutch_server::LimitMaxima::default(),
+            http: hutch_server::http::Limits::default(),
         })
         .await?;
         server.set_warm_pool(warm_pool);
@@ -233,7 +234,7 @@ async fn scenarios(
         .data_dir
         .join("sandboxes")
         .join(&id)
-        .join("sock")
+        .join("hutch")
         .join(hutch_protocol::boot::AGENT_SOCKET_NAME);
     let uri: http::Uri = "http://envd".parse()?;
     let direct = ProcessClient::new(

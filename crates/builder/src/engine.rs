@@ -565,6 +565,10 @@ impl Engine {
                     output: tail,
                 });
             }
+            // Nothing the step left running may change the tree while it
+            // is read (swapping a directory for a symlink to a host path
+            // between a check and a read, say): stop every process first.
+            self.runtime.halt(&id).await.map_err(BuildError::Runtime)?;
             let upper = self.runtime.upper_dir(&id);
             let stack = self.stack(&state.layers);
             let store = self.store.clone();

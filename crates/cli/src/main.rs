@@ -114,6 +114,16 @@ struct ServeArgs {
     /// Most processes and threads a sandbox may be given.
     #[arg(long, env = "HUTCH_MAX_PIDS", value_name = "N", default_value_t = hutch_server::limits::DEFAULT_MAX_PIDS)]
     max_pids: u64,
+    /// Most open client connections at once; more are answered 429.
+    #[arg(long, env = "HUTCH_MAX_CONNECTIONS", value_name = "N", default_value_t = hutch_server::http::Limits::default().max_connections)]
+    max_connections: usize,
+    /// Most open connections at once from one client address.
+    #[arg(long, env = "HUTCH_MAX_CONNECTIONS_PER_CLIENT", value_name = "N", default_value_t = hutch_server::http::Limits::default().max_per_client)]
+    max_connections_per_client: usize,
+    /// Seconds a client has to send a request's headers (and the longest an
+    /// HTTP/1 connection may idle between requests).
+    #[arg(long, env = "HUTCH_HEADER_READ_TIMEOUT", value_name = "SECS", default_value_t = hutch_server::http::Limits::default().header_read_timeout.as_secs())]
+    header_read_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -50,6 +50,12 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
             disk_mb: args.max_disk_mb,
             pids: args.max_pids,
         },
+        http: hutch_server::http::Limits {
+            max_connections: args.max_connections.max(1),
+            max_per_client: args.max_connections_per_client.max(1),
+            header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout.max(1)),
+            ..hutch_server::http::Limits::default()
+        },
     };
     let mut server = Server::bind(cfg).await?;
     server.set_warm_pool(args.warm_pool);

@@ -29,6 +29,7 @@ async fn start() -> TestServer {
         runc: PathBuf::from("runc"),
         insecure_registries: Vec::new(),
         max_limits: hutch_server::LimitMaxima::default(),
+        http: hutch_server::http::Limits::default(),
     })
     .await
     .unwrap();

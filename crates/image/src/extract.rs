@@ -6,6 +6,10 @@
 //!   the root, and symlinks met while walking to an entry's parent are resolved *inside* the
 //!   layer directory (as if it were `/`), never on the host. The entry itself is never
 //!   followed: whatever is in its place is removed first.
+//! * Device nodes are not extracted, but for character devices 0:0 (whiteouts written as
+//!   such): a sandbox's `/dev` is a file system of its own, and its device cgroup would refuse
+//!   to open them anyway — except `/dev/net/tun`, which runc's default rules let through and
+//!   which a layer must not hand to a sandbox. FIFOs are kept.
 //! * Ownership (numeric), permission bits including setuid/setgid/sticky, mtimes and xattrs
 //!   are kept. A directory's metadata is applied after everything else (so creating its
 //!   children does not disturb its mtime), taken from the last entry naming it.
@@ -245,12 +249,16 @@ fn unpack_entry<R: Read>(
                         .device_minor()
                         .map_err(ExtractError::Read)?
                         .unwrap_or(0);
-                    let file_type = if kind == T::Char {
-                        FileType::CharacterDevice
-                    } else {
-                        FileType::BlockDevice
-                    };
-                    (file_type, rustix::fs::makedev(major, minor))
+                    if kind != T::Char || (major, minor) != (0, 0) {
+                        tracing::debug!(
+                            path = %String::from_utf8_lossy(&entry.path_bytes()),
+                            major,
+                            minor,
+                            "not extracting a device node"
+                        );
+                        return Ok(());
+                    }
+                    (FileType::CharacterDevice, rustix::fs::makedev(major, minor))
                 }
             };
             remove_existing(&path)?;

@@ -44,10 +44,10 @@ fn add_layer_tar_computes_the_diff_id_for_any_compression() {
         fs::read_link(dir.join("etc/alias")).unwrap(),
         Path::new("hostname")
     );
-    let null = fs::symlink_metadata(dir.join("dev/null")).unwrap();
-    assert!(null.file_type().is_char_device());
-    assert_eq!(null.mode() & 0o7777, 0o666);
-    assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+    // Device nodes are not extracted (a sandbox's /dev is its own); the
+    // digest still covers them.
+    assert!(fs::symlink_metadata(dir.join("dev/null")).is_err());
+    assert!(dir.join("dev").is_dir());
     let fifo = fs::symlink_metadata(dir.join("run/fifo")).unwrap();
     assert!(fifo.file_type().is_fifo());
     let wh = fs::symlink_metadata(dir.join("usr/removed")).unwrap();

@@ -8,8 +8,12 @@
 //! delivered afterwards with `POST /init` ([`InitRequest`], E2B-compatible),
 //! so that a pre-booted sandbox can be handed to a user.
 //!
-//! The agent listens on a unix socket at [`AGENT_SOCKET`] inside the sandbox;
-//! the host reaches it through the bind-mounted directory that holds it.
+//! The agent serves on a unix socket that the *host* binds, in a host
+//! directory the sandbox cannot see, and hands to the agent as an inherited
+//! listening file descriptor ([`AGENT_LISTEN_FD`], passed with
+//! `--listen-fd`). Nothing inside the sandbox can replace, move or redirect
+//! that socket: the path the host connects to is not in any directory the
+//! sandbox can reach (see `docs/security.md`).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,11 +23,11 @@ pub const HUTCH_DIR: &str = "/run/hutch";
 pub const AGENT_BINARY: &str = "/run/hutch/bin/hutch-envd";
 /// Path of the boot configuration inside the sandbox (read-only bind mount).
 pub const BOOT_CONFIG: &str = "/run/hutch/boot.json";
-/// Directory holding the agent's socket inside the sandbox (mode 0700, root).
-pub const SOCKET_DIR: &str = "/run/hutch/sock";
-/// The agent's unix socket inside the sandbox.
-pub const AGENT_SOCKET: &str = "/run/hutch/sock/envd.sock";
-/// File name of the socket inside [`SOCKET_DIR`] (and its host-side twin).
+/// The file descriptor on which the agent finds its listening unix socket
+/// (bound by the host, inherited through `runc run --preserve-fds 1`).
+pub const AGENT_LISTEN_FD: i32 = 3;
+/// File name of the agent's socket in the sandbox's host-side bundle
+/// directory.
 pub const AGENT_SOCKET_NAME: &str = "envd.sock";
 
 /// Header with which the host asks the agent to relay a request to

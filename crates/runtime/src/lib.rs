@@ -12,9 +12,11 @@
 //! * its init process is the agent, `hutch-envd`, bind-mounted read-only
 //!   from the host together with its [`BootConfig`] (see
 //!   [`hutch_protocol::boot`] for the paths);
-//! * the host talks to the agent over a unix socket the agent creates in a
-//!   directory shared with the host ([`Runtime::agent_socket`],
-//!   [`AgentClient`]).
+//! * the host talks to the agent over a unix socket that the host binds in
+//!   the sandbox's bundle directory, which the sandbox cannot see, and hands
+//!   to the agent as an inherited descriptor ([`Runtime::agent_socket`],
+//!   [`AgentClient`]); no path the host follows is one a sandbox can write
+//!   (see `confined.rs` for the few host-side writes into a sandbox's tree).
 //!
 //! The container's configuration is built by [`spec::build`]; its module
 //! docs explain the isolation choices.
@@ -26,17 +28,23 @@
 //!     disk.img               sparse ext4 image, `limits.disk_mb` long
 //!     disk/                  its mountpoint (through an autoclear loop device)
 //!         upper/  work/      overlay upper and work directories
+//!         console.log        the container's stdout and stderr: on the
+//!                            sandbox's own disk, so inside its quota
 //!     rootfs/                the overlay mountpoint (the container's root)
-//!     sock/                  0700; bound to /run/hutch/sock; holds envd.sock
 //!     hutch/                 0700; the runc bundle: config.json, boot.json,
-//!                            00-hutch-path.sh, init.pid
-//!     console.log            the container's stdout and stderr
+//!                            00-hutch-path.sh, init.pid, and envd.sock (the
+//!                            agent's socket, bound by the host)
 //!     netns                  its network namespace (a bind mount), unless
 //!                            loopback-only; see [`network`]
 //!     network.json           its address, interface, rule chain, policy
-//!     resolv.conf            bound to /etc/resolv.conf
 //! <runc_root>/<id>/          runc's own state for the container
 //! ```
+//!
+//! Nothing under `<state_dir>/<id>` is bind-mounted into the sandbox
+//! writable: only the agent binary, `boot.json` and the login-PATH script,
+//! read-only. The sandbox's `/etc/hosts`, `/etc/hostname` and
+//! `/etc/resolv.conf` are written into its root file system (so onto its
+//! disk) before it first starts.
 //!
 //! The container's cgroup is `/<cgroup_parent>/<id>` in every hierarchy.
 //!
@@ -82,6 +90,7 @@ use std::time::Duration;
 use hutch_protocol::boot::{AGENT_SOCKET_NAME, BootConfig};
 
 mod agent;
+mod confined;
 mod disk;
 mod error;
 mod mounts;
@@ -264,13 +273,10 @@ struct Paths {
     upper: PathBuf,
     work: PathBuf,
     rootfs: PathBuf,
-    sock: PathBuf,
     bundle: PathBuf,
     config_json: PathBuf,
     boot_json: PathBuf,
     profile_script: PathBuf,
-    hosts: PathBuf,
-    hostname: PathBuf,
     pid_file: PathBuf,
     console_log: PathBuf,
     socket: PathBuf,
@@ -390,7 +396,7 @@ impl Runtime {
     }
 
     /// Host path of a sandbox's agent socket
-    /// (`state_dir/<id>/sock/envd.sock`).
+    /// (`state_dir/<id>/hutch/envd.sock`).
     pub fn agent_socket(&self, id: &str) -> PathBuf {
         self.paths(id).socket
     }
@@ -410,25 +416,27 @@ impl Runtime {
         self.paths(id).upper
     }
 
+    /// Host path where a sandbox's own disk is mounted while it runs
+    /// (`state_dir/<id>/disk`): its writable layer and console log.
+    pub fn disk_dir(&self, id: &str) -> PathBuf {
+        self.paths(id).disk
+    }
+
     fn paths(&self, id: &str) -> Paths {
         let dir = self.inner.cfg.state_dir.join(id);
         let bundle = dir.join("hutch");
-        let sock = dir.join("sock");
         Paths {
             disk_image: dir.join("disk.img"),
             upper: dir.join("disk/upper"),
             work: dir.join("disk/work"),
             disk: dir.join("disk"),
             rootfs: dir.join("rootfs"),
-            socket: sock.join(AGENT_SOCKET_NAME),
-            sock,
+            socket: bundle.join(AGENT_SOCKET_NAME),
             config_json: bundle.join("config.json"),
             boot_json: bundle.join("boot.json"),
             profile_script: bundle.join("00-hutch-path.sh"),
-            hosts: bundle.join("hosts"),
-            hostname: bundle.join("hostname"),
             pid_file: bundle.join("init.pid"),
-            console_log: dir.join("console.log"),
+            console_log: dir.join("disk/console.log"),
             bundle,
             dir,
         }
@@ -566,17 +574,9 @@ impl Runtime {
                     let dir = paths.dir.clone();
                     let policy = policy.clone();
                     let started = std::time::Instant::now();
-                    let address = blocking(move || {
-                        let net = &this.inner.network;
-                        let record = net.setup(&id, &dir, &policy)?;
-                        write_file(
-                            &dir.join(network::RESOLV_CONF_FILE),
-                            net.resolv_conf().as_bytes(),
-                            0o644,
-                        )?;
-                        Ok(record.address)
-                    })
-                    .await?;
+                    let address =
+                        blocking(move || Ok(this.inner.network.setup(&id, &dir, &policy)?.address))
+                            .await?;
                     tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), %address, "sandbox network set up");
                     Ok::<_, RuntimeError>(Some(address))
                 }
@@ -600,6 +600,9 @@ impl Runtime {
             } else {
                 DiskSource::New
             };
+            let resolv_conf = confinement
+                .networked
+                .then(|| self.inner.network.resolv_conf());
             blocking(move || {
                 prepare(
                     &id,
@@ -609,6 +612,7 @@ impl Runtime {
                     &cgroups_path,
                     confinement,
                     disk,
+                    resolv_conf.as_deref(),
                     &paths,
                 )
             })
@@ -619,9 +623,20 @@ impl Runtime {
         let address = address?;
         files?;
 
+        // The agent's socket: bound here, where the sandbox cannot reach,
+        // and inherited by the agent; the host's copy closes once runc has
+        // handed it over.
+        let listener = std::os::unix::net::UnixListener::bind(&paths.socket)
+            .ctx(|| format!("bind {}", paths.socket.display()))?;
         self.inner
             .runc
-            .run_detached(&spec.id, &paths.bundle, &paths.pid_file, &paths.console_log)
+            .run_detached(
+                &spec.id,
+                &paths.bundle,
+                &paths.pid_file,
+                &paths.console_log,
+                listener.into(),
+            )
             .await?;
         let pid_text = tokio::fs::read_to_string(&paths.pid_file)
             .await
@@ -891,6 +906,33 @@ impl Runtime {
         network::Network::read_record(&self.paths(id).dir).map(|r| r.address)
     }
 
+    /// Kills every process of the sandbox and waits until none is left,
+    /// keeping its files mounted: afterwards nothing can change its writable
+    /// layer ([`Runtime::upper_dir`]), which the host can then read as a
+    /// still tree. [`Runtime::destroy`] removes the rest. Template builds
+    /// halt a step's sandbox before turning its changes into a layer.
+    pub async fn halt(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let lock = self.id_lock(id);
+        let _guard = lock.lock().await;
+        self.inner.runc.kill_all(id).await?;
+        let deadline = tokio::time::Instant::now() + AGENT_BOOT_TIMEOUT;
+        let mut interval = Duration::from_millis(1);
+        loop {
+            match self.status(id).await? {
+                None | Some(SandboxStatus::Stopped) => return Ok(()),
+                Some(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(RuntimeError::Internal(format!(
+                        "sandbox {id} still has processes {AGENT_BOOT_TIMEOUT:?} after SIGKILL"
+                    )));
+                }
+                Some(_) => {}
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(HEALTH_POLL_INTERVAL);
+        }
+    }
+
     /// Freezes every process of the sandbox (`runc pause`, the freezer
     /// cgroup): they use no CPU, keep their memory, and their open streams
     /// stay open. Pausing a paused sandbox is not an error.
@@ -1032,6 +1074,7 @@ fn prepare(
     cgroups_path: &str,
     confinement: Confinement,
     disk: DiskSource,
+    resolv_conf: Option<&str>,
     paths: &Paths,
 ) -> Result<(), RuntimeError> {
     let Confinement {
@@ -1049,7 +1092,6 @@ fn prepare(
     for (dir, mode) in [
         (&paths.disk, 0o700),
         (&paths.rootfs, 0o755),
-        (&paths.sock, 0o700),
         (&paths.bundle, 0o700),
     ] {
         mkdir(dir, mode)?;
@@ -1127,30 +1169,33 @@ fn prepare(
         None
     };
 
+    // The sandbox's name and resolver, as Docker writes them, but in its
+    // own root file system (so on its disk, writable like any file of it)
+    // rather than bound from host files. A kept disk has them already.
+    if disk == DiskSource::New {
+        let hostname = format!("{id}\n");
+        let etc = [
+            ("hosts", Some(spec::hosts_file(id))),
+            ("hostname", Some(hostname)),
+            ("resolv.conf", resolv_conf.map(str::to_owned)),
+        ];
+        for (name, content) in etc {
+            if let Some(content) = content {
+                confined::replace_file(&paths.rootfs, "etc", name, content.as_bytes(), 0o644)?;
+            }
+        }
+    }
+
     // Made by the network setup (running alongside) when the sandbox has a
-    // network; both are in place before runc starts the container.
+    // network; in place before runc starts the container.
     let netns = paths.dir.join(network::NETNS_FILE);
-    let resolv_conf = paths.dir.join(network::RESOLV_CONF_FILE);
-    let etc_files = if is_real_dir(&paths.rootfs.join("etc")) {
-        write_file(&paths.hosts, spec::hosts_file(id).as_bytes(), 0o644)?;
-        write_file(&paths.hostname, format!("{id}\n").as_bytes(), 0o644)?;
-        Some(spec::EtcFiles {
-            hosts: &paths.hosts,
-            hostname: &paths.hostname,
-            resolv_conf: networked.then_some(resolv_conf.as_path()),
-        })
-    } else {
-        None
-    };
 
     let oci = spec::build(&spec::SpecInput {
         id,
         rootfs: &paths.rootfs,
         envd,
         boot_json: &paths.boot_json,
-        socket_dir: &paths.sock,
         profile_script,
-        etc_files,
         cgroups_path,
         limits,
         limit_swap,
@@ -1163,7 +1208,13 @@ fn prepare(
         source,
     })?;
     write_file(&paths.config_json, &config, 0o600)?;
-    write_file(&paths.console_log, b"", 0o600)?;
+    // A kept disk keeps its log; a resumed sandbox appends to it.
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&paths.console_log)
+        .ctx(|| format!("create {}", paths.console_log.display()))?;
     Ok(())
 }
 
@@ -1226,10 +1277,10 @@ fn swap_accounting() -> bool {
     })
 }
 
-/// Whether the rootfs has a real `/etc/profile.d` directory. Symlinks are
-/// not followed: they would resolve against the host's root.
+/// Whether the rootfs has a `/etc/profile.d` directory, symlinks resolved
+/// inside the rootfs.
 fn has_profile_d(rootfs: &Path) -> bool {
-    is_real_dir(&rootfs.join("etc")) && is_real_dir(&rootfs.join("etc/profile.d"))
+    confined::is_dir(rootfs, "etc/profile.d")
 }
 
 /// A directory, not a symlink to one.

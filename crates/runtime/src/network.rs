@@ -120,9 +120,6 @@ pub const NETNS_FILE: &str = "netns";
 /// A sandbox's network record, relative to its directory.
 pub const RECORD_FILE: &str = "network.json";
 
-/// The sandbox's generated `/etc/resolv.conf`, relative to its directory.
-pub const RESOLV_CONF_FILE: &str = "resolv.conf";
-
 /// Destinations no sandbox may reach, whatever its policy: "this network",
 /// loopback, link-local (cloud metadata services live there), multicast,
 /// reserved and broadcast.

@@ -1,5 +1,6 @@
 //! Invoking `runc` with Hutch's private state root.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -79,16 +80,21 @@ impl Runc {
 
     /// `runc run --detach`: creates and starts the container. runc hands its
     /// own stdio to the container's init, so stdin is `/dev/null` and
-    /// stdout/stderr go to `log` (runc's own errors land there too).
+    /// stdout/stderr go to `log` (runc's own errors land there too), and
+    /// `listener` becomes the init's descriptor
+    /// [`hutch_protocol::boot::AGENT_LISTEN_FD`] (`--preserve-fds 1`).
     pub async fn run_detached(
         &self,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
         log: &Path,
+        listener: OwnedFd,
     ) -> Result<(), RuntimeError> {
         let open_log = || {
+            // Readable too: the agent keeps it bounded by rotating it.
             std::fs::OpenOptions::new()
+                .read(true)
                 .append(true)
                 .open(log)
                 .ctx(|| format!("open {}", log.display()))
@@ -98,12 +104,34 @@ impl Runc {
             .arg("--detach")
             .arg("--pid-file")
             .arg(pid_file)
+            .arg("--preserve-fds")
+            .arg("1")
             .arg("--bundle")
             .arg(bundle)
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::from(open_log()?))
             .stderr(Stdio::from(open_log()?));
+        let raw = listener.as_raw_fd();
+        let target = hutch_protocol::boot::AGENT_LISTEN_FD;
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe calls (dup2, fcntl) on descriptors that
+        // stay open until `cmd` has been spawned (`listener` lives to the
+        // end of this function).
+        unsafe {
+            cmd.pre_exec(move || {
+                if raw == target {
+                    // Already in place: only its close-on-exec flag goes.
+                    let flags = libc::fcntl(raw, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(raw, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let status = match tokio::time::timeout(RUNC_TIMEOUT, cmd.status()).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -121,6 +149,7 @@ impl Runc {
                 });
             }
         };
+        drop(listener);
         if status.success() {
             Ok(())
         } else {
@@ -174,6 +203,33 @@ impl Runc {
             Err(RuntimeError::Runc {
                 id: id.to_owned(),
                 command: "delete",
+                status: out.status,
+                output: tail(&out.stderr),
+            })
+        }
+    }
+}
+
+impl Runc {
+    /// `runc kill --all <id> KILL`: SIGKILL to every process of the
+    /// container (runc freezes the cgroup while it signals, so none can fork
+    /// away). A container runc does not know is not found.
+    pub async fn kill_all(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.command();
+        cmd.arg("kill")
+            .arg("--all")
+            .arg(id)
+            .arg("KILL")
+            .stdin(Stdio::null());
+        let out = self.finish(cmd, id, "kill").await?;
+        if out.success || out.stderr.contains("not running") {
+            Ok(())
+        } else if is_not_exist(&out.stderr) {
+            Err(RuntimeError::NotFound { id: id.to_owned() })
+        } else {
+            Err(RuntimeError::Runc {
+                id: id.to_owned(),
+                command: "kill",
                 status: out.status,
                 output: tail(&out.stderr),
             })

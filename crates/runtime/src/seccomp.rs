@@ -28,6 +28,11 @@
 //! * **`socketcall`**, the 32-bit x86 multiplexer whose arguments the
 //!   filter cannot inspect (modern 32-bit C libraries call `socket` and
 //!   friends directly);
+//! * **device nodes** other than FIFOs, sockets, overlay whiteouts (0:0)
+//!   and the standard devices (majors 1, 5 and 136: `null`, `zero`,
+//!   `full`, `random`, `urandom`, `tty`, `ptmx`, terminals): runc's device
+//!   cgroup lets every sandbox open `/dev/net/tun` (10:200), which Hutch
+//!   does not grant, so such nodes cannot be made in the first place;
 //! * **`modify_ldt`**, NUMA placement (`mbind`, `set_mempolicy`, …),
 //!   `kcmp`, `pidfd_getfd`, `process_madvise`: they need capabilities a
 //!   sandbox does not have.
@@ -182,10 +187,8 @@ pub const ALLOWED: &[&str] = &[
     "unlinkat",
     "symlink",
     "symlinkat",
-    // Device nodes: creating one needs CAP_MKNOD, opening one the device
-    // cgroup's permission.
-    "mknod",
-    "mknodat",
+    // Device nodes (`mknod`, `mknodat`) are conditional: see
+    // CREATABLE_DEVICE_MAJORS.
     // Extended attributes.
     "getxattr",
     "lgetxattr",
@@ -560,6 +563,17 @@ pub const NEVER_ALLOWED: &[&str] = &[
     "query_module",
 ];
 
+/// Device majors `mknod` and `mknodat` may create: 0 (FIFOs, sockets,
+/// regular files, overlay whiteouts), 1 (`null`, `zero`, `full`, `random`,
+/// `urandom`), 5 (`tty`, `console`, `ptmx`) and 136 (terminals). Anything
+/// else, the misc major 10 of `/dev/net/tun`, `fuse` and `kvm` among them,
+/// fails with `EPERM`.
+pub const CREATABLE_DEVICE_MAJORS: [u64; 4] = [0, 1, 5, 136];
+
+/// Where the kernel reads a device major from the `dev` argument of
+/// `mknod` (bits 8–19 of its 32-bit `new_encode_dev` form).
+const DEV_MAJOR_MASK: u64 = 0xfff00;
+
 /// One rule.
 fn rule(
     names: &[&str],
@@ -650,6 +664,18 @@ pub fn profile(caps: &[Capability]) -> LinuxSeccomp {
         None,
         vec![arg(0, Ne, AF_VSOCK, None)],
     ));
+
+    // `dev` is the third argument of mknod, the fourth of mknodat.
+    for major in CREATABLE_DEVICE_MAJORS {
+        for (name, index) in [("mknod", 2), ("mknodat", 3)] {
+            rules.push(rule(
+                &[name],
+                Allow,
+                None,
+                vec![arg(index, MaskedEq, DEV_MAJOR_MASK, Some(major << 8))],
+            ));
+        }
+    }
 
     let mut seccomp = LinuxSeccomp::default();
     seccomp
@@ -767,7 +793,6 @@ mod tests {
             "fchownat",
             "fsetxattr",
             "renameat2",
-            "mknodat",
             "mmap",
             "mprotect",
             "accept4",
@@ -867,6 +892,48 @@ mod tests {
             (args[0].index(), args[0].op(), args[0].value()),
             (0, LinuxSeccompOperator::ScmpCmpNe, AF_VSOCK)
         );
+    }
+
+    #[test]
+    fn mknod_makes_standard_devices_only() {
+        let p = default_profile();
+        // The kernel's 32-bit encoding of major:minor.
+        let dev = |major: u64, minor: u64| (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        // Whether some allow rule of `name` matches `dev` at its index.
+        let allows = |name: &str, dev: u64| {
+            rules_for(&p, name).iter().any(|r| {
+                r.action() == LinuxSeccompAction::ScmpActAllow
+                    && r.args().as_ref().is_some_and(|args| {
+                        args.iter().all(|a| {
+                            assert_eq!(a.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+                            assert_eq!(a.index(), if name == "mknod" { 2 } else { 3 });
+                            dev & a.value() == a.value_two().unwrap()
+                        })
+                    })
+            })
+        };
+        for name in ["mknod", "mknodat"] {
+            assert!(!allowed(&p).contains(name), "{name} must be conditional");
+            for (major, minor) in [(0, 0), (1, 3), (1, 9), (5, 0), (5, 2), (136, 4)] {
+                assert!(allows(name, dev(major, minor)), "{name} {major}:{minor}");
+            }
+            // tun, fuse, kvm, loop-control, a disk, a high minor of misc.
+            for (major, minor) in [
+                (10, 200),
+                (10, 229),
+                (10, 232),
+                (10, 237),
+                (8, 0),
+                (10, 4000),
+            ] {
+                assert!(!allows(name, dev(major, minor)), "{name} {major}:{minor}");
+                // Bits above the 32 the kernel reads change nothing.
+                assert!(
+                    !allows(name, dev(major, minor) | (1 << 40)),
+                    "{name} {major}:{minor}"
+                );
+            }
+        }
     }
 
     #[test]

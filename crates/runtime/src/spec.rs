@@ -50,7 +50,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use hutch_protocol::boot::{AGENT_BINARY, BOOT_CONFIG, SOCKET_DIR};
+use hutch_protocol::boot::{AGENT_BINARY, AGENT_LISTEN_FD, BOOT_CONFIG};
 use oci_spec::runtime::{
     Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType,
     LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp,
@@ -98,6 +98,10 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// Size of a sandbox's `/dev/shm` (a tmpfs of its own, charged to its
 /// memory limit), in KiB: 64 MiB, as Docker.
 pub const SHM_SIZE_KIB: u64 = 65_536;
+
+/// Most files (and POSIX semaphores and shared memory objects) in a
+/// sandbox's `/dev/shm`.
+pub const SHM_INODES: u32 = 16384;
 
 /// Docker's default capability set (moby `oci/caps.DefaultCapabilities`)
 /// without `NET_RAW`: raw and packet sockets would let a sandbox forge
@@ -226,18 +230,6 @@ pub const MIN_PIDS: i64 = 16;
 /// Smallest disk [`Limits::validate`] accepts, MiB.
 pub const MIN_DISK_MB: u64 = crate::disk::MIN_DISK_MB;
 
-/// Host files bound over `/etc/hosts` and `/etc/hostname`.
-#[derive(Debug, Clone, Copy)]
-pub struct EtcFiles<'a> {
-    /// Bound to `/etc/hosts`.
-    pub hosts: &'a Path,
-    /// Bound to `/etc/hostname`.
-    pub hostname: &'a Path,
-    /// Bound to `/etc/resolv.conf` when the sandbox has a network (see
-    /// [`crate::network`]); `None` leaves the image's file.
-    pub resolv_conf: Option<&'a Path>,
-}
-
 /// The contents of a sandbox's `/etc/hosts`: loopback names and the
 /// sandbox's own hostname, so tools such as `sudo` can resolve it.
 pub fn hosts_file(hostname: &str) -> String {
@@ -258,15 +250,9 @@ pub struct SpecInput<'a> {
     pub envd: &'a Path,
     /// The sandbox's `boot.json`, bound to [`BOOT_CONFIG`].
     pub boot_json: &'a Path,
-    /// The host side of [`SOCKET_DIR`], where the agent creates its socket.
-    pub socket_dir: &'a Path,
     /// The login-PATH script, bound to [`PROFILE_SCRIPT_PATH`]; `None` when
     /// the rootfs has no `/etc/profile.d` directory.
     pub profile_script: Option<&'a Path>,
-    /// The sandbox's `/etc/hosts` and `/etc/hostname` (naming the sandbox's
-    /// hostname, as Docker writes them), bound read-write over the image's;
-    /// `None` when the rootfs has no `/etc` directory.
-    pub etc_files: Option<EtcFiles<'a>>,
     /// The container's cgroup path, e.g. `/hutch/<id>`. Absolute, so it is
     /// resolved from the root of each hierarchy (cgroup v1) or of the
     /// unified hierarchy (v2), not from the server's own cgroup.
@@ -330,6 +316,8 @@ fn process(no_new_privileges: bool) -> Process {
             AGENT_BINARY.to_owned(),
             "--boot".to_owned(),
             BOOT_CONFIG.to_owned(),
+            "--listen-fd".to_owned(),
+            AGENT_LISTEN_FD.to_string(),
         ]))
         .set_env(Some(vec![AGENT_PATH_ENV.to_owned()]))
         .set_cwd(PathBuf::from("/"))
@@ -359,7 +347,14 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
             "/dev",
             "tmpfs",
             p("tmpfs"),
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            &[
+                "nosuid",
+                "strictatime",
+                "mode=755",
+                "size=65536k",
+                // Inodes cost kernel memory whatever their size: bounded.
+                "nr_inodes=4096",
+            ],
         ),
         mount(
             "/dev/pts",
@@ -404,6 +399,7 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
                 "nodev",
                 "mode=1777",
                 &format!("size={SHM_SIZE_KIB}k"),
+                &format!("nr_inodes={SHM_INODES}"),
             ],
         ),
         // Hutch's own files. runc creates the mountpoints (in the sandbox's
@@ -424,31 +420,10 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
             input.boot_json,
             &["rbind", "ro", "nosuid", "nodev", "noexec"],
         ),
-        // The agent's socket directory: the host connects to the socket the
-        // agent creates here. Mode 0700 root on the host, so only root in
-        // the sandbox can reach the agent directly.
-        mount(
-            SOCKET_DIR,
-            "bind",
-            input.socket_dir,
-            &["rbind", "rw", "nosuid", "nodev", "noexec"],
-        ),
+        // Nothing of the host is bound writable: the agent's socket is an
+        // inherited descriptor, and /etc/hosts, /etc/hostname and
+        // /etc/resolv.conf are files of the sandbox's own root.
     ];
-    if let Some(etc) = input.etc_files {
-        // Writable, as with Docker: a user may add names to /etc/hosts.
-        let resolv = etc.resolv_conf.map(|r| ("/etc/resolv.conf", r));
-        for (dest, src) in [("/etc/hosts", etc.hosts), ("/etc/hostname", etc.hostname)]
-            .into_iter()
-            .chain(resolv)
-        {
-            mounts.push(mount(
-                dest,
-                "bind",
-                src,
-                &["bind", "rw", "nosuid", "nodev", "noexec"],
-            ));
-        }
-    }
     if let Some(script) = input.profile_script {
         // Only when the template has /etc/profile.d: see PROFILE_SCRIPT.
         mounts.push(mount(
@@ -575,9 +550,7 @@ mod tests {
             rootfs: Path::new("/data/sandboxes/sbx-1/rootfs"),
             envd: Path::new("/usr/lib/hutch/hutch-envd"),
             boot_json: Path::new("/data/sandboxes/sbx-1/hutch/boot.json"),
-            socket_dir: Path::new("/data/sandboxes/sbx-1/sock"),
             profile_script: profile,
-            etc_files: None,
             cgroups_path: "/hutch/sbx-1",
             limits: Limits::default(),
             limit_swap: false,
@@ -588,16 +561,10 @@ mod tests {
     }
 
     #[test]
-    fn joins_a_network_namespace_and_binds_resolv_conf() {
+    fn joins_a_network_namespace() {
         let mut i = input(None);
         let netns = Path::new("/data/sandboxes/sbx-1/netns");
         i.network_ns = Some(netns);
-        let resolv = Path::new("/data/sandboxes/sbx-1/hutch/resolv.conf");
-        i.etc_files = Some(EtcFiles {
-            hosts: Path::new("/h"),
-            hostname: Path::new("/n"),
-            resolv_conf: Some(resolv),
-        });
         let spec = build(&i);
         let ns = spec
             .linux()
@@ -611,10 +578,6 @@ mod tests {
             .find(|n| n.typ() == LinuxNamespaceType::Network)
             .unwrap();
         assert_eq!(net.path().as_deref(), Some(netns));
-        assert_eq!(
-            find(&spec, "/etc/resolv.conf").source().as_deref(),
-            Some(resolv)
-        );
     }
 
     fn find<'a>(spec: &'a Spec, dest: &str) -> &'a Mount {
@@ -650,7 +613,9 @@ mod tests {
             &[
                 "/run/hutch/bin/hutch-envd".to_owned(),
                 "--boot".to_owned(),
-                "/run/hutch/boot.json".to_owned()
+                "/run/hutch/boot.json".to_owned(),
+                "--listen-fd".to_owned(),
+                "3".to_owned()
             ]
         );
         assert_eq!(p.cwd(), Path::new("/"));
@@ -862,13 +827,9 @@ mod tests {
             Some(Path::new("/data/sandboxes/sbx-1/hutch/boot.json"))
         );
         assert!(opts(boot).contains(&"ro"));
-        let sock = find(&spec, "/run/hutch/sock");
-        assert_eq!(
-            sock.source().as_deref(),
-            Some(Path::new("/data/sandboxes/sbx-1/sock"))
-        );
-        let o = opts(sock);
-        assert!(o.contains(&"rbind") && o.contains(&"rw"));
+        // The agent's socket is inherited, not bound in.
+        let args = spec.process().as_ref().unwrap().args().clone().unwrap();
+        assert_eq!(args[args.len() - 2..], ["--listen-fd", "3"]);
         assert!(
             !spec
                 .mounts()
@@ -883,6 +844,13 @@ mod tests {
         let m = find(&spec, PROFILE_SCRIPT_PATH);
         assert_eq!(m.source().as_deref(), Some(script));
         assert!(opts(m).contains(&"ro"));
+
+        // No host path is bound writable into a sandbox.
+        for m in spec.mounts().as_ref().unwrap() {
+            if m.typ().as_deref() == Some("bind") {
+                assert!(opts(m).contains(&"ro"), "{:?} is writable", m.destination());
+            }
+        }
     }
 
     #[test]

@@ -1,26 +1,21 @@
 //! End-to-end tests with the real runc and real overlayfs.
 //!
-//! They need root and runc; without them each test prints why it is skipped
-//! and passes. The test rootfs is built from the host's static busybox. The
-//! agent is a stand-in: either a `#!/bin/sh` script that records what it
-//! sees inside the sandbox into the shared socket directory and then
-//! sleeps, or (for the health/`/init` path) a fake agent served from the
-//! test process itself on the host side of the socket directory.
+//! They need root, runc and the host's static busybox (`scripts/test.sh`
+//! installs them); without them they fail, naming what is missing. The
+//! test rootfs is built from busybox. The agent is either a stand-in, a
+//! `#!/bin/sh` script that records what it sees inside the sandbox into a
+//! file of the sandbox's root (read from the host through the rootfs
+//! mount) and then sleeps, or (for the health/`/init` path) the real
+//! `hutch-envd`, serving on the socket the runtime hands it.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
 use hutch_runtime::{Runtime, RuntimeConfig, RuntimeError, SandboxSpec};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 
 const BUSYBOX: &str = "/bin/busybox";
 const CGROUP_PARENT: &str = "hutch-test";
@@ -43,8 +38,7 @@ fn skip_reason() -> Option<String> {
 macro_rules! require_runc {
     () => {
         if let Some(reason) = skip_reason() {
-            eprintln!("SKIPPED: {reason}");
-            return;
+            panic!("cannot run the runtime tests: {reason}");
         }
     };
 }
@@ -52,7 +46,10 @@ macro_rules! require_runc {
 /// The evidence-writing stand-in agent.
 const RECORDING_AGENT: &str = r#"#!/bin/sh
 echo "stand-in agent started: $0 $*"
-out=/run/hutch/sock/evidence
+# One file per boot of the same disk: /evidence.1, /evidence.2, ...
+n=$(( $(cat /boots 2>/dev/null || echo 0) + 1 ))
+echo $n > /boots
+out=/evidence.$n
 {
   echo "uid=$(id -u)"
   echo "hostname=$(hostname)"
@@ -112,6 +109,8 @@ impl Fixture {
             }
         }
         std::fs::write(base.join("etc/layer"), "base\n").unwrap();
+        // The real agent, for the stand-ins that hand over to it.
+        std::fs::copy(hutch_test_support::envd_bin(), base.join("bin/hutch-envd")).unwrap();
         std::fs::write(base.join("base-only"), "base\n").unwrap();
         std::fs::create_dir_all(top.join("etc/profile.d")).unwrap();
         std::fs::write(top.join("etc/layer"), "top\n").unwrap();
@@ -137,6 +136,11 @@ impl Fixture {
 
     fn state_dir(&self, id: &str) -> PathBuf {
         self.rt.config().state_dir.join(id)
+    }
+
+    /// Host path of a file the stand-in agent writes at `/<name>`.
+    fn in_root(&self, id: &str, name: &str) -> PathBuf {
+        self.state_dir(id).join("rootfs").join(name)
     }
 
     /// Asserts nothing of sandbox `id` is left on the host.
@@ -264,13 +268,13 @@ async fn boots_an_isolated_sandbox_and_destroys_it() {
     assert_eq!(sandbox.id, id);
     assert_eq!(sandbox.rootfs, fx.state_dir(&id).join("rootfs"));
     assert_eq!(sandbox.socket, fx.rt.agent_socket(&id));
-    assert_eq!(sandbox.socket, fx.state_dir(&id).join("sock/envd.sock"));
+    assert_eq!(sandbox.socket, fx.state_dir(&id).join("hutch/envd.sock"));
 
     let state = runc_state(&fx.rt, &id).expect("runc knows the container");
     assert_eq!(state["status"], "running");
     assert_eq!(state["pid"], sandbox.init_pid);
 
-    let evidence_path = fx.state_dir(&id).join("sock/evidence");
+    let evidence_path = fx.in_root(&id, "evidence.1");
     let raw = wait_for_file(&evidence_path, &fx.rt.console_log(&id)).await;
     let ev = parse_evidence(&raw);
     let get = |k: &str| {
@@ -285,7 +289,7 @@ async fn boots_an_isolated_sandbox_and_destroys_it() {
         "1",
         "the agent is pid 1 of its own pid namespace"
     );
-    assert_eq!(get("args"), "--boot /run/hutch/boot.json");
+    assert_eq!(get("args"), "--boot /run/hutch/boot.json --listen-fd 3");
     // Docker's default capability set without NET_RAW, nothing
     // inheritable or ambient.
     assert_eq!(get("CapBnd"), "00000000a80405fb");
@@ -409,11 +413,10 @@ async fn runc_failure_leaves_nothing_behind() {
     require_runc!();
     let fx = Fixture::new(SLEEPING_AGENT);
     let id = unique("rt-runcfail");
-    // A regular file where the socket directory must be mounted: runc
+    // A directory where the boot configuration file must be mounted: runc
     // cannot set up the container.
     let bad = fx.tmp.path().join("layers/bad");
-    std::fs::create_dir_all(bad.join("run/hutch")).unwrap();
-    std::fs::write(bad.join("run/hutch/sock"), "").unwrap();
+    std::fs::create_dir_all(bad.join("run/hutch/boot.json/x")).unwrap();
     let mut spec = fx.spec(&id, true);
     spec.layers.push(bad);
     let err = fx.rt.create(spec).await.unwrap_err();
@@ -423,7 +426,7 @@ async fn runc_failure_leaves_nothing_behind() {
             command, output, ..
         } => {
             assert_eq!(*command, "run");
-            assert!(output.contains("/run/hutch/sock"), "{output}");
+            assert!(output.contains("/run/hutch/boot.json"), "{output}");
         }
         other => panic!("unexpected error: {other}"),
     }
@@ -471,75 +474,88 @@ async fn silent_agent_times_out_with_log_tail_and_cleans_up() {
     fx.assert_gone(&id);
 }
 
-/// Serves the agent's plain-HTTP endpoints on `socket` from the host side:
-/// `GET /health` -> 204, `POST /init` -> records the body, 204.
-async fn serve_fake_agent(socket: PathBuf, inits: Arc<Mutex<Vec<Bytes>>>) {
-    let dir = socket.parent().unwrap().to_owned();
-    while !dir.exists() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    loop {
-        let (stream, _) = listener.accept().await.unwrap();
-        let inits = inits.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let inits = inits.clone();
-                async move {
-                    let status = match (req.method().as_str(), req.uri().path()) {
-                        ("GET", "/health") => StatusCode::NO_CONTENT,
-                        ("POST", "/init") => {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            inits.lock().unwrap().push(body);
-                            StatusCode::NO_CONTENT
-                        }
-                        _ => StatusCode::NOT_FOUND,
-                    };
-                    let mut resp = Response::new(Full::new(Bytes::new()));
-                    *resp.status_mut() = status;
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+/// A stand-in that hands over to the real agent (in the base layer) with
+/// the arguments and the inherited socket the runtime gave it.
+const REAL_AGENT: &str = "#!/bin/sh\nexec /bin/hutch-envd \"$@\"\n";
+
+/// The same after a second, keeping the boot busy.
+const SLOW_REAL_AGENT: &str = "#!/bin/sh\nsleep 1\nexec /bin/hutch-envd \"$@\"\n";
+
+/// Runs `script` with `sh -c` in the sandbox behind `socket`; its stdout.
+async fn sh(socket: &Path, script: &str) -> String {
+    let mut out = Vec::new();
+    let cmd = hutch_runtime::Command::shell(&[], script);
+    let exit =
+        hutch_runtime::run_command(socket, &cmd, &mut |_, bytes| out.extend_from_slice(bytes))
+            .await
+            .unwrap();
+    assert!(exit.success(), "{script}: {}", exit.status);
+    String::from_utf8(out).unwrap()
 }
 
 #[tokio::test]
 async fn waits_for_health_then_init_adopt_and_destroy() {
     require_runc!();
-    let fx = Fixture::new(SLEEPING_AGENT);
+    let fx = Fixture::new(REAL_AGENT);
     let id = unique("rt-health");
-    let socket = fx.rt.agent_socket(&id);
-    let inits = Arc::new(Mutex::new(Vec::new()));
-    let server = tokio::spawn(serve_fake_agent(socket.clone(), inits.clone()));
 
     let sandbox = fx.rt.create(fx.spec(&id, true)).await.unwrap();
     sandbox.agent().health().await.unwrap();
     let req = InitRequest {
-        env_vars: Some([("A".to_owned(), "1".to_owned())].into()),
-        access_token: Some("secret".to_owned()),
+        env_vars: Some([("A".to_owned(), "from-init".to_owned())].into()),
         ..Default::default()
     };
     sandbox.agent().init(&req).await.unwrap();
-    let got: InitRequest = serde_json::from_slice(&inits.lock().unwrap()[0]).unwrap();
-    assert_eq!(got, req);
+    assert_eq!(sh(&sandbox.socket, "echo $A $FOO").await, "from-init bar\n");
+    // The agent holds the socket the host bound; no process it starts
+    // inherits it (only the standard descriptors are open in a command).
+    let fds = sh(&sandbox.socket, "ls /proc/self/fd").await;
+    let above_stdio = fds
+        .split_whitespace()
+        .filter(|fd| fd.parse::<u32>().unwrap() > 2)
+        .count();
+    assert_eq!(above_stdio, 1, "only ls's own directory is open: {fds}");
 
     // A new server process would find and re-adopt it.
     assert_eq!(fx.rt.list_host_sandboxes().await.unwrap(), vec![id.clone()]);
     let adopted = fx.rt.adopt(&id).await.unwrap().expect("adoptable");
     assert_eq!(adopted, sandbox);
 
-    // Without an answering agent it is not adopted.
-    server.abort();
-    let _ = server.await;
+    // Without an answering agent (stopped by a signal, so runc still says
+    // running) it is not adopted.
+    let stop = |signal: &str| {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(sandbox.init_pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    stop("-STOP");
     assert!(fx.rt.adopt(&id).await.unwrap().is_none());
-    assert!(matches!(
-        sandbox.agent().health().await,
-        Err(RuntimeError::AgentUnreachable { .. })
-    ));
+    let silent = sandbox
+        .agent()
+        .with_timeout(Duration::from_millis(500))
+        .health()
+        .await;
+    assert!(silent.is_err(), "{silent:?}");
+    stop("-CONT");
+    // Killed, it is unreachable at once: nothing holds its socket any more.
+    stop("-KILL");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone = sandbox
+            .agent()
+            .with_timeout(Duration::from_millis(500))
+            .health()
+            .await;
+        if matches!(gone, Err(RuntimeError::AgentUnreachable { .. })) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still reachable: {gone:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!process_alive(sandbox.init_pid));
     // Nor when it is not known to runc.
     assert!(fx.rt.adopt("rt-unknown").await.unwrap().is_none());
 
@@ -682,14 +698,9 @@ async fn awkward_and_many_layers() {
 #[tokio::test]
 async fn destroy_during_boot_waits_then_destroys() {
     require_runc!();
-    let fx = Fixture::new(SLEEPING_AGENT);
+    // The agent answers only after a second, keeping the boot busy.
+    let fx = Fixture::new(SLOW_REAL_AGENT);
     let id = unique("rt-race");
-    let socket = fx.rt.agent_socket(&id);
-    // The fake agent answers only after a second, keeping the boot busy.
-    let server = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        serve_fake_agent(socket, Default::default()).await
-    });
     let create = tokio::spawn({
         let rt = fx.rt.clone();
         let spec = fx.spec(&id, true);
@@ -703,26 +714,19 @@ async fn destroy_during_boot_waits_then_destroys() {
     let sandbox = create.await.unwrap().expect("the boot itself succeeded");
     assert_eq!(sandbox.id, id);
     fx.assert_gone(&id);
-    server.abort();
 }
 
 #[tokio::test]
 async fn pause_freezes_every_process_and_resume_thaws_them() {
     require_runc!();
-    // The stand-in agent counts, one line every 20 ms, into the shared socket
-    // directory, so progress is visible from the host.
+    // The stand-in agent counts, one line every 20 ms, into a file of its
+    // root, so progress is visible from the host.
     let fx = Fixture::new(
-        "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo $i > /run/hutch/sock/count; sleep 0.02; done\n",
+        "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo $i > /count; sleep 0.02; done\n",
     );
     let id = unique("rt-pause");
     fx.rt.create(fx.spec(&id, false)).await.unwrap();
-    let count = fx
-        .rt
-        .config()
-        .state_dir
-        .join(&id)
-        .join("sock")
-        .join("count");
+    let count = fx.in_root(&id, "count");
     let read_count = || -> u64 {
         std::fs::read_to_string(&count)
             .ok()
@@ -784,7 +788,7 @@ async fn stop_keep_disk_keeps_the_files_and_a_resume_boots_on_them() {
     let fx = Fixture::new(RECORDING_AGENT);
     let id = unique("rt-keep");
     let first = fx.rt.create(fx.spec(&id, false)).await.unwrap();
-    let evidence = fx.state_dir(&id).join("sock/evidence");
+    let evidence = fx.in_root(&id, "evidence.1");
     let ev = parse_evidence(&wait_for_file(&evidence, &fx.rt.console_log(&id)).await);
     // The stand-in agent read the template's /etc/layer, then wrote its own.
     assert_eq!(ev["layer"], "top");
@@ -838,6 +842,7 @@ async fn stop_keep_disk_keeps_the_files_and_a_resume_boots_on_them() {
     // Booted again on its files: what it wrote before is there.
     let second = fx.rt.create(resume).await.unwrap();
     assert_ne!(second.init_pid, first.init_pid);
+    let evidence = fx.in_root(&id, "evidence.2");
     let ev = parse_evidence(&wait_for_file(&evidence, &fx.rt.console_log(&id)).await);
     assert_eq!(ev["layer"], "changed");
     assert_eq!(ev["hostname"], id);

@@ -111,21 +111,24 @@ fn not_found(id: &str) -> Response {
 
 async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response {
     let id = target.sandbox_id;
+    // A malformed request is the client's error, whatever the sandbox.
+    let Some(port) = target.port.filter(|&p| p != 0) else {
+        let port = req
+            .headers()
+            .get(SANDBOX_PORT_HEADER)
+            .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned())
+            .unwrap_or_default();
+        return ApiError::bad_request(format!(
+            "{SANDBOX_PORT_HEADER} {port:?} is not a port number (1-65535)"
+        ))
+        .into_response();
+    };
     let entry = st
         .live()
         .get(&id)
         .map(|s| (s.socket.clone(), s.paused, s.lifecycle.auto_resume));
     let Some((mut socket, paused, auto_resume)) = entry else {
         return not_found(&id);
-    };
-    let Some(port) = target.port.filter(|&p| p != 0) else {
-        let port = req
-            .headers()
-            .get(SANDBOX_PORT_HEADER)
-            .and_then(|p| p.to_str().ok())
-            .unwrap_or_default();
-        return ApiError::bad_gateway(format!("'{port}' is not a port of sandbox {id}"))
-            .into_response();
     };
     if let Some(paused) = paused {
         if !auto_resume || paused.mode == PauseMode::Filesystem {

@@ -41,6 +41,7 @@ mod builds;
 pub mod db;
 mod error;
 pub mod frontdoor;
+pub mod http;
 mod ids;
 pub mod lifecycle;
 pub mod limits;
@@ -105,6 +106,8 @@ pub struct ServerConfig {
     /// The largest CPU, memory, disk and pids limits a sandbox may be
     /// given ([`LimitMaxima::for_host`] by default; see [`limits`]).
     pub max_limits: LimitMaxima,
+    /// Connection limits and timeouts of the listener (see [`http`]).
+    pub http: http::Limits,
 }
 
 /// Why the server could not start or stopped with an error. Each message
@@ -182,6 +185,7 @@ pub enum ServerError {
 /// bound. [`Server::run`] serves until SIGTERM/SIGINT.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    http: http::Limits,
     state: Arc<state::AppState>,
     local_addr: SocketAddr,
 }
@@ -203,6 +207,7 @@ impl Server {
         lifecycle::spawn_reaper(state.clone());
         Ok(Server {
             listener,
+            http: cfg.http,
             state,
             local_addr,
         })
@@ -251,22 +256,12 @@ impl Server {
             let st = self.state.clone();
             tokio::spawn(async move { pool::fill_all(&st).await });
         }
-        let app = api::router(self.state.clone());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = axum::serve(self.listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(());
-        });
-        let mut serving = std::pin::pin!(serving.into_future());
-        tokio::select! {
-            res = &mut serving => res.map_err(ServerError::Serve)?,
-            _ = async {
-                let _ = stop_rx.await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => {
-                tracing::info!("open connections did not finish in {SHUTDOWN_GRACE:?}; closing them");
-            }
-        }
+        let max_header_bytes = self.http.max_header_bytes;
+        let app =
+            api::router(self.state.clone()).layer(axum::middleware::from_fn(move |req, next| {
+                http::check_headers(max_header_bytes, req, next)
+            }));
+        http::serve(self.listener, app, self.http, shutdown, SHUTDOWN_GRACE).await;
         self.state.stop_reaper();
         let destroyed = pool::shutdown(&self.state).await;
         if destroyed > 0 {

@@ -101,6 +101,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .merge(build_files)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             st.clone(),
             frontdoor::front_door,

@@ -678,7 +678,7 @@ pub(super) async fn metrics(
     let cfg = st.runtime.config();
     let sources = metrics::Sources {
         cgroup: format!("{}/{id}", cfg.cgroup_parent.trim_matches('/')),
-        upper: st.runtime.upper_dir(&id),
+        disk: st.runtime.disk_dir(&id),
         cpu_count: row.cpu_count,
     };
     let sample = metrics::sample(sources).await;

@@ -33,6 +33,7 @@ pub fn config(data_dir: &Path) -> ServerConfig {
         runc: PathBuf::from("runc"),
         insecure_registries: Vec::new(),
         max_limits: hutch_server::LimitMaxima::default(),
+        http: hutch_server::http::Limits::default(),
     }
 }
 
@@ -46,9 +47,26 @@ impl TestServer {
         s
     }
 
+    /// A server on a fresh data directory, its configuration changed by
+    /// `tune` first.
+    pub async fn start_with(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(&tmp.path().join("data"));
+        tune(&mut cfg);
+        let mut s = TestServer::start_cfg(cfg).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// A server on `data_dir` (which may hold a previous server's state).
     pub async fn start_in(data_dir: &Path) -> TestServer {
-        let mut server = Server::bind(config(data_dir)).await.expect("server starts");
+        TestServer::start_cfg(config(data_dir)).await
+    }
+
+    async fn start_cfg(cfg: ServerConfig) -> TestServer {
+        let data_dir = cfg.data_dir.clone();
+        let data_dir = data_dir.as_path();
+        let mut server = Server::bind(cfg).await.expect("server starts");
         // The fake agent cannot run a sandbox: no warm pool.
         server.set_warm_pool(0);
         let addr = server.local_addr();
