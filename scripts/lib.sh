@@ -27,10 +27,12 @@ apt_install() {
 
 # Runtime needs: runc to run sandboxes, iproute2 and nftables for their
 # networks, e2fsprogs for their disks (mkfs.ext4, e2fsck),
-# mmdebstrap to build the default template; build needs: protoc for
-# the agent protocol, a C compiler for SQLite.
+# mmdebstrap to build the default template; build needs: a C compiler
+# (SQLite and zstd are compiled from source; the agent protocol needs no
+# protoc). crates/cli/tests/quick_start.rs builds Hutch on a fresh Debian 12
+# with exactly these.
 install_runtime_deps() {
-    apt_install runc iproute2 nftables e2fsprogs mmdebstrap ca-certificates curl protobuf-compiler gcc libc6-dev pkg-config
+    apt_install runc iproute2 nftables e2fsprogs mmdebstrap ca-certificates curl gcc libc6-dev
 }
 
 install_rust() {

@@ -21,17 +21,29 @@ struct Listed {
     revoked_at: Option<String>,
 }
 
-/// Creates a key and prints it (the only time it can be seen) and its id.
-pub(crate) async fn create(api: &Api, as_json: bool) -> anyhow::Result<()> {
+/// Creates a key (or, with `access_token`, an access token for
+/// `Authorization: Bearer`) and prints it (the only time it can be seen)
+/// and its id.
+pub(crate) async fn create(api: &Api, as_json: bool, access_token: bool) -> anyhow::Result<()> {
+    let body = if access_token {
+        json!({"kind": "accessToken"})
+    } else {
+        json!({})
+    };
     if as_json {
-        let value: serde_json::Value = api.post_json("/hutch/v1/api-keys", &json!({})).await?;
+        let value: serde_json::Value = api.post_json("/hutch/v1/api-keys", &body).await?;
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let created: Created = api.post_json("/hutch/v1/api-keys", &json!({})).await?;
+    let created: Created = api.post_json("/hutch/v1/api-keys", &body).await?;
     println!("{}", created.key);
+    let what = if access_token {
+        "access token"
+    } else {
+        "API key"
+    };
     eprintln!(
-        "API key {} created; it is shown only this once (revoke it with `hutch api-key revoke {}`)",
+        "{what} {} created; it is shown only this once (revoke it with `hutch api-key revoke {}`)",
         created.id, created.id
     );
     Ok(())

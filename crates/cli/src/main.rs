@@ -310,11 +310,16 @@ enum SandboxCommand {
 
 #[derive(Debug, Subcommand)]
 enum ApiKeyCommand {
-    /// Create an API key; prints the key (shown only this once).
+    /// Create an API key (`e2b_…`, sent as `X-API-Key`); prints the key
+    /// (shown only this once).
     Create {
         /// Print JSON (id, key, prefix, createdAt) instead of the key.
         #[arg(long)]
         json: bool,
+        /// Create an access token instead (`sk_e2b_…`, sent as
+        /// `Authorization: Bearer`, as E2B's CLI does).
+        #[arg(long)]
+        access_token: bool,
     },
     /// List API keys (ids and prefixes, never the keys).
     #[command(alias = "ls")]
@@ -574,7 +579,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::ApiKey(cmd) => {
             let api = client::Api::new(&cli.server, &cli.data_dir)?;
             match cmd {
-                ApiKeyCommand::Create { json } => apikey::create(&api, json).await?,
+                ApiKeyCommand::Create { json, access_token } => {
+                    apikey::create(&api, json, access_token).await?
+                }
                 ApiKeyCommand::List { json } => apikey::list(&api, json).await?,
                 ApiKeyCommand::Revoke { id } => apikey::revoke(&api, &id).await?,
             }

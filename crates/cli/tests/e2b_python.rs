@@ -1,10 +1,12 @@
 //! The official E2B Python SDK, at pinned versions, unmodified, against a
-//! real Hutch server: one release from before the `/v2/sandboxes` route
+//! real Hutch server: one release that checks the API key's shape, one from before the `/v2/sandboxes` route
 //! change and one from after. The scripts live in `tests/sdk/`.
 
 use std::path::Path;
 
-use hutch_test_support::{E2B_PYTHON_NEW, E2B_PYTHON_OLD, TestServer, debian_image, e2b_python};
+use hutch_test_support::{
+    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, TestServer, debian_image, e2b_python,
+};
 
 fn run_script(version: &str, script: &str) {
     let python = e2b_python(version);
@@ -44,6 +46,18 @@ fn run_script(version: &str, script: &str) {
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );
+}
+
+/// A release that validates the key's shape client-side: Hutch's keys
+/// pass with the check on.
+#[test]
+fn python_sdk_with_key_check_commands() {
+    run_script(E2B_PYTHON_KEY_CHECK, "commands.py");
+}
+
+#[test]
+fn python_sdk_with_key_check_files() {
+    run_script(E2B_PYTHON_KEY_CHECK, "files.py");
 }
 
 #[test]

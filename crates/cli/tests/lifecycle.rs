@@ -484,7 +484,13 @@ fn front_door_reaches_user_ports() {
 fn api_keys_from_the_cli() {
     let server = TestServer::start();
     let key = ok(&server, &["api-key", "create"]).trim().to_owned();
-    assert!(key.starts_with("hutch_"), "{key}");
+    // E2B's shape: `e2b_` and 40 lowercase hex digits.
+    assert!(key.starts_with("e2b_") && key.len() == 44, "{key}");
+    assert!(
+        key[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
     let listed: Value = serde_json::from_str(&ok(&server, &["api-key", "list", "--json"])).unwrap();
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 2);
@@ -522,6 +528,27 @@ fn api_keys_from_the_cli() {
     assert!(stderr(&out).contains("last"), "{}", stderr(&out));
     let out = with_new(&["api-key", "create", "--json"]);
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(created["key"].as_str().unwrap().starts_with("hutch_"));
+    assert!(created["key"].as_str().unwrap().starts_with("e2b_"));
     assert!(created["createdAt"].is_string());
+
+    // An access token, sent as `Authorization: Bearer` (E2B's CLI style).
+    let out = with_new(&["api-key", "create", "--access-token"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_owned();
+    assert!(token.starts_with("sk_e2b_") && token.len() == 47, "{token}");
+    let status = |authorization: &str| {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        write!(
+            conn,
+            "GET /hutch/v1/templates HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    assert_eq!(status(&format!("Bearer {token}")), "200");
+    assert_eq!(status(&format!("Bearer {token}x")), "401");
+    assert_eq!(status(&format!("Basic {token}")), "401");
 }

@@ -70,17 +70,30 @@ fn write_key_file(path: &Path, key: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Middleware: 401 unless `X-API-Key` holds a valid key.
+/// Middleware: 401 unless `X-API-Key` holds a valid key, or
+/// `Authorization: Bearer` a valid access token (as E2B's CLI sends it).
 pub(crate) async fn require_api_key(
     State(st): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(value) = req.headers().get(API_KEY_HEADER) else {
-        return ApiError::unauthorized("missing API key: send it in the X-API-Key header")
-            .into_response();
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .and_then(|v| v.strip_prefix(b"Bearer "));
+    let api_key = req
+        .headers()
+        .get(API_KEY_HEADER)
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty());
+    let Some(value) = api_key.or(bearer) else {
+        return ApiError::unauthorized(
+            "missing API key: send it in the X-API-Key header (or an access token as Authorization: Bearer)",
+        )
+        .into_response();
     };
-    let Ok(key) = value.to_str() else {
+    let Ok(key) = std::str::from_utf8(value) else {
         return ApiError::unauthorized("invalid API key").into_response();
     };
     match st.db.api_key_valid(hash_key(key.trim())).await {

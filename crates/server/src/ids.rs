@@ -12,10 +12,27 @@ pub(crate) fn new_id() -> String {
         .collect()
 }
 
-/// A fresh API key: `hutch_` and 32 hex digits (128 random bits).
+/// What an API key starts with (E2B's shape, which the SDKs check).
+pub(crate) const API_KEY_PREFIX: &str = "e2b_";
+
+/// What an access token (for `Authorization: Bearer`) starts with.
+pub(crate) const ACCESS_TOKEN_PREFIX: &str = "sk_e2b_";
+
+/// 40 lowercase hex digits (160 random bits), E2B's length.
+fn secret_hex() -> String {
+    let bytes: [u8; 20] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+/// A fresh API key: `e2b_` and 40 lowercase hex digits, the shape every
+/// official SDK release accepts with its key validation on.
 pub(crate) fn new_api_key() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    format!("hutch_{}", hex::encode(bytes))
+    format!("{API_KEY_PREFIX}{}", secret_hex())
+}
+
+/// A fresh access token: `sk_e2b_` and 40 lowercase hex digits.
+pub(crate) fn new_user_access_token() -> String {
+    format!("{ACCESS_TOKEN_PREFIX}{}", secret_hex())
 }
 
 /// A sandbox's agent access token: 32 hex digits (128 random bits).
@@ -39,9 +56,18 @@ mod tests {
         assert_eq!(id.len(), 20);
         assert!(looks_like_id(&id));
         assert_ne!(new_id(), id);
-        let key = new_api_key();
-        assert!(key.starts_with("hutch_"));
-        assert_eq!(key.len(), 6 + 32);
-        assert!(key[6..].bytes().all(|b| b.is_ascii_hexdigit()));
+        for (secret, prefix) in [
+            (new_api_key(), "e2b_"),
+            (new_user_access_token(), "sk_e2b_"),
+        ] {
+            let hex = secret.strip_prefix(prefix).expect(prefix);
+            assert_eq!(hex.len(), 40, "{secret}");
+            assert!(
+                hex.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{secret}"
+            );
+        }
+        assert_ne!(new_api_key(), new_api_key());
     }
 }

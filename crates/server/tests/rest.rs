@@ -26,11 +26,7 @@ async fn api_key_is_generated_private_and_required() {
     let file = s.data_dir.join("api-key");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert!(
-        s.key.starts_with("hutch_") && s.key.len() == 38,
-        "{}",
-        s.key
-    );
+    assert!(s.key.starts_with("e2b_") && s.key.len() == 44, "{}", s.key);
     // Only the hash is stored.
     let db = std::fs::read(s.data_dir.join("hutch.db")).unwrap();
     assert!(!db.windows(s.key.len()).any(|w| w == s.key.as_bytes()));
@@ -40,7 +36,7 @@ async fn api_key_is_generated_private_and_required() {
     assert!(msg.contains("X-API-Key"), "{msg}");
     let wrong = client
         .get(s.url("/hutch/v1/templates"))
-        .header("X-API-Key", "hutch_00000000000000000000000000000000")
+        .header("X-API-Key", "e2b_0000000000000000000000000000000000000000")
         .send()
         .await
         .unwrap();
@@ -112,7 +108,7 @@ async fn api_keys_are_created_listed_and_revoked() {
     let new_key = created["key"].as_str().unwrap().to_string();
     let new_id = created["id"].as_str().unwrap().to_string();
     assert!(
-        new_key.starts_with("hutch_") && new_key.len() == 38,
+        new_key.starts_with("e2b_") && new_key.len() == 44,
         "{new_key}"
     );
     assert_eq!(created["prefix"], new_key[..10]);

@@ -8,6 +8,9 @@ use crate::paths::{FileLock, cache_dir, run};
 
 /// The E2B Python SDK release from before the `/v2/sandboxes` route change.
 pub const E2B_PYTHON_OLD: &str = "2.50.0";
+/// The last E2B Python SDK release line that checks an API key's shape
+/// (`e2b_` and hex) before sending anything; its check stays on.
+pub const E2B_PYTHON_KEY_CHECK: &str = "2.45.1";
 /// A recent E2B Python SDK release (uses `/v2/sandboxes`).
 pub const E2B_PYTHON_NEW: &str = "2.63.0";
 

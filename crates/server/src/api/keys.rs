@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::db::{ApiKeyRow, Revoke};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiJson};
 use crate::state::AppState;
 use crate::{auth, ids, time};
 
@@ -56,10 +56,29 @@ impl From<&ApiKeyRow> for ListedApiKey {
     }
 }
 
+/// `POST /hutch/v1/api-keys` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct CreateBody {
+    /// `apiKey` (the default: `e2b_…`, for `X-API-Key`) or `accessToken`
+    /// (`sk_e2b_…`, for `Authorization: Bearer`).
+    #[serde(default)]
+    kind: Option<String>,
+}
+
 pub(super) async fn create(
     State(st): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
-    let key = ids::new_api_key();
+    let key = match body.kind.as_deref() {
+        None | Some("apiKey") => ids::new_api_key(),
+        Some("accessToken") => ids::new_user_access_token(),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "kind {other:?}: expected \"apiKey\" or \"accessToken\""
+            )));
+        }
+    };
     let prefix: String = key.chars().take(PREFIX_CHARS).collect();
     let row = st
         .db
