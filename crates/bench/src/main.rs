@@ -27,6 +27,13 @@
 //!   the pool costs per sandbox), against a runc container running `sleep`.
 //! * **template build** — a small Dockerfile built with every step run
 //!   (`noCache`) and unchanged (every layer from the cache).
+//!
+//! `--density N` runs the density benchmark instead (`density.rs`): N idle
+//! sandboxes of a Debian image on one server, create latency at the first,
+//! middle and last 50, host memory per sandbox, and a teardown that must
+//! leave nothing on the host.
+
+mod density;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -52,6 +59,14 @@ struct Args {
     /// The static agent binary (default: built on demand).
     #[arg(long, env = "HUTCH_ENVD_BIN")]
     envd: Option<PathBuf>,
+    /// Run the density benchmark instead: this many idle sandboxes on one
+    /// server (see `density.rs`).
+    #[arg(long, value_name = "N")]
+    density: Option<usize>,
+    /// The image of the density benchmark's sandboxes: `debian` (Debian 12
+    /// with bash and python3, like the `base` template) or `busybox`.
+    #[arg(long, default_value = "debian")]
+    density_image: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -129,6 +144,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .envd
         .clone()
         .unwrap_or_else(hutch_test_support::envd_bin);
+    if let Some(n) = args.density {
+        let image = match args.density_image.as_str() {
+            "debian" => hutch_test_support::debian_image(),
+            "busybox" => hutch_test_support::busybox_image(),
+            other => bail!("--density-image {other:?}: expected debian or busybox"),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix("hb")
+            .tempdir_in("/var/tmp")?;
+        let target = Target::start(tmp.path().join("d"), envd, 0).await?;
+        let result = async {
+            target.api.import(&image).await?;
+            density::run(&target, n).await
+        }
+        .await;
+        target.shutdown().await;
+        return result;
+    }
     let image = hutch_test_support::busybox_image();
     let tmp = tempfile::Builder::new()
         .prefix("hb")
@@ -154,16 +187,7 @@ async fn scenarios(
 ) -> anyhow::Result<()> {
     let template = warm.api.import(image).await?;
     cold.api.import(image).await?;
-    let layers: Vec<PathBuf> = template["layers"]
-        .as_array()
-        .ok_or_else(|| anyhow!("template has no layers"))?
-        .iter()
-        .map(|d| {
-            let hex = d.as_str().unwrap_or_default().trim_start_matches("sha256:");
-            warm.data_dir.join("images").join("sha256").join(hex)
-        })
-        .collect();
-    let baseline = RuncBaseline::new(tmp.join("runc"), &layers)?;
+    let baseline = RuncBaseline::new(tmp.join("runc"), &layer_dirs(&warm.data_dir, &template)?)?;
 
     let n = args.iterations;
     let w = args.warmup;
@@ -312,6 +336,125 @@ async fn scenarios(
     }
 
     drop(baseline);
+    sdk_scenarios(args, tmp, warm).await
+}
+
+/// A template's layer directories in a server's layer store, lowest first.
+fn layer_dirs(data_dir: &Path, template: &serde_json::Value) -> anyhow::Result<Vec<PathBuf>> {
+    Ok(template["layers"]
+        .as_array()
+        .ok_or_else(|| anyhow!("template has no layers"))?
+        .iter()
+        .map(|d| {
+            let hex = d.as_str().unwrap_or_default().trim_start_matches("sha256:");
+            data_dir.join("images").join("sha256").join(hex)
+        })
+        .collect())
+}
+
+/// Through the official Python SDK (`sdk_bench.py`), on a Debian template
+/// served from the warm pool, against runc running the same commands the
+/// SDK runs (`/bin/bash -l -c …`) on the same root file system.
+async fn sdk_scenarios(args: &Args, tmp: &Path, warm: &Target) -> anyhow::Result<()> {
+    let image = hutch_test_support::debian_image();
+    let template = warm.api.import_as(&image, "bench-deb").await?;
+    let baseline = RuncBaseline::new(
+        tmp.join("runc-deb"),
+        &layer_dirs(&warm.data_dir, &template)?,
+    )?;
+    let python = hutch_test_support::e2b_python(hutch_test_support::E2B_PYTHON_NEW);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk_bench.py");
+    let n = args.iterations;
+    let w = args.warmup;
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([n.to_string(), w.to_string(), "bench-deb".to_owned()])
+        .env("E2B_API_URL", &warm.api.base)
+        .env("E2B_SANDBOX_URL", &warm.api.base)
+        .env("E2B_API_KEY", &warm.api.key)
+        .env_remove("E2B_VALIDATE_API_KEY")
+        .env_remove("E2B_DEBUG")
+        .env_remove("E2B_DOMAIN")
+        .output()
+        .await
+        .context("running the SDK benchmark")?;
+    if !out.status.success() {
+        bail!(
+            "sdk_bench.py failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let samples: std::collections::HashMap<String, Vec<f64>> =
+        serde_json::from_slice(&out.stdout).context("parsing sdk_bench.py's output")?;
+    let durations = |name: &str| -> Vec<Duration> {
+        samples
+            .get(name)
+            .map(|v| v.iter().map(|s| Duration::from_secs_f64(*s)).collect())
+            .unwrap_or_default()
+    };
+
+    let (_, runc_id) = baseline.run_detached_args(20_000, &["sleep", "100000"])?;
+    let mut runc_lifecycle = Vec::new();
+    let mut runc_exec = Vec::new();
+    for i in 0..n + w {
+        let r = baseline.run_to_exit(30_000 + i, &["/bin/bash", "-l", "-c", "echo hi"])?;
+        let e = baseline.exec(&runc_id, &["/bin/bash", "-l", "-c", "true"])?;
+        if i >= w {
+            runc_lifecycle.push(r);
+            runc_exec.push(e);
+        }
+    }
+    baseline.delete(&runc_id)?;
+
+    let lifecycle = durations("create_run_kill");
+    let run_true = durations("run_true");
+    let raw = durations("raw_health");
+    println!(
+        "\nThrough the official Python SDK (e2b {}), Debian template, warm pool of 1 ({n} iterations)",
+        hutch_test_support::E2B_PYTHON_NEW
+    );
+    println!(
+        "{:<46} {:>8} {:>8} {:>8}   {:<34} {:>8} {:>7}",
+        "hutch", "p50 ms", "p95 ms", "p99 ms", "baseline", "p50 ms", "ratio"
+    );
+    let row = |name: &str, h: &[Duration], base_name: &str, b: &[Duration]| {
+        let hp = percentile(h, 50.0);
+        let bp = percentile(b, 50.0);
+        println!(
+            "{name:<46} {:>8} {:>8} {:>8}   {base_name:<34} {:>8} {:>7.2}",
+            ms(hp),
+            ms(percentile(h, 95.0)),
+            ms(percentile(h, 99.0)),
+            ms(bp),
+            hp.as_secs_f64() / bp.as_secs_f64()
+        );
+    };
+    row(
+        "create → commands.run(\"echo hi\") → kill",
+        &lifecycle,
+        "runc run bash -l -c 'echo hi' + delete",
+        &runc_lifecycle,
+    );
+    row(
+        "commands.run(\"true\") on a live sandbox",
+        &run_true,
+        "runc exec bash -l -c true",
+        &runc_exec,
+    );
+    row(
+        "commands.run(\"true\") on a live sandbox",
+        &run_true,
+        "raw GET /health via the front door",
+        &raw,
+    );
+    println!(
+        "{:<46} {:>8} {:>8} {:>8}",
+        "raw GET /health via the front door (keep-alive)",
+        ms(percentile(&raw, 50.0)),
+        ms(percentile(&raw, 95.0)),
+        ms(percentile(&raw, 99.0))
+    );
     Ok(())
 }
 
@@ -408,13 +551,17 @@ struct Api {
 
 impl Api {
     async fn import(&self, layout: &Path) -> anyhow::Result<serde_json::Value> {
+        self.import_as(layout, "bench").await
+    }
+
+    async fn import_as(&self, layout: &Path, name: &str) -> anyhow::Result<serde_json::Value> {
         let mut builder = tar::Builder::new(Vec::new());
         builder.follow_symlinks(false);
         builder.append_dir_all(".", layout)?;
         let body = builder.into_inner()?;
         let resp = self
             .http
-            .post(format!("{}/hutch/v1/templates?name=bench", self.base))
+            .post(format!("{}/hutch/v1/templates?name={name}", self.base))
             .header("x-api-key", &self.key)
             .body(body)
             .send()
@@ -675,7 +822,12 @@ impl RuncBaseline {
 
     /// `runc run --detach` of a sleeping container; the time until runc returns.
     fn run_detached(&self, i: usize) -> anyhow::Result<(Duration, String)> {
-        let bundle = self.bundle("sleep", &["sleep", "100000"])?;
+        self.run_detached_args(i, &["sleep", "100000"])
+    }
+
+    /// `runc run --detach` of `args`; the time until runc returns.
+    fn run_detached_args(&self, i: usize, args: &[&str]) -> anyhow::Result<(Duration, String)> {
+        let bundle = self.bundle(&args.join("-").replace('/', "_"), args)?;
         let id = format!("bench-d{i}");
         let t = Instant::now();
         check(
@@ -714,6 +866,26 @@ impl RuncBaseline {
             bail!("runc run echo: {status}, {got} bytes");
         }
         Ok(d)
+    }
+
+    /// `runc run` of `args` until it exits, then `runc delete`: a container's
+    /// whole life.
+    fn run_to_exit(&self, i: usize, args: &[&str]) -> anyhow::Result<Duration> {
+        let bundle = self.bundle(&format!("once-{}", args.len()), args)?;
+        let id = format!("bench-x{i}");
+        let t = Instant::now();
+        check(
+            self.runc()
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "runc run",
+        )?;
+        self.delete(&id)?;
+        Ok(t.elapsed())
     }
 
     /// `runc exec` of `args` in a running container, until it exits.

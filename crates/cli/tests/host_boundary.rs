@@ -282,3 +282,15 @@ fn only_standard_devices_can_be_made_and_opened() {
     );
     server.cli_ok(&["sandbox", "kill", &id]);
 }
+
+/// The idle timeout that cuts off silent clients never cuts a request in
+/// flight: a command that prints nothing for longer than the timeout still
+/// streams its output and exit code through the front door.
+#[test]
+fn quiet_commands_outlive_the_idle_timeout() {
+    let server = TestServer::start_with_args(&["--warm-pool", "0", "--header-read-timeout", "1"]);
+    server.import(&busybox_image(), "bb", &[]);
+    let id = create(&server, &[]);
+    assert_eq!(sh(&server, &id, "sleep 4; echo awake"), "awake\n");
+    server.cli_ok(&["sandbox", "kill", &id]);
+}

@@ -475,28 +475,29 @@ fn a_fork_bomb_is_confined_to_its_pids_limit() {
     let bomb = create(&server, &["--pids", "64", "--cpus", "1"]);
     let neighbour = create(&server, &[]);
 
-    // Every process starts copies of itself, forever, retrying when a fork
-    // fails.
+    // Every process starts copies of itself, forever. (A busybox shell whose
+    // fork fails exits, so the bomb may burn out after filling the limit:
+    // what counts is that the limit was hit, and held.)
     let _ = sh(
         &server,
         &bomb,
         "f() { while :; do f & done; }; f >/dev/null 2>&1 &",
     );
-    let current = cgroup("pids", &bomb).join("pids.current");
-    let count = || -> u64 {
-        std::fs::read_to_string(&current)
-            .map(|s| s.trim().parse().unwrap_or(0))
+    let dir = cgroup("pids", &bomb);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let refused = || -> u64 {
+        read("pids.events")
+            .strip_prefix("max ")
+            .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     };
     wait_until(
         "the bomb fills its pids limit",
         Duration::from_secs(30),
-        || count() >= 60,
+        || refused() > 0,
     );
-    assert!(count() <= 64, "never above the limit: {}", count());
-    let failcnt =
-        std::fs::read_to_string(cgroup("pids", &bomb).join("pids.events")).unwrap_or_default();
-    assert!(failcnt.contains("max"), "{failcnt}");
+    let current: u64 = read("pids.current").trim().parse().unwrap();
+    assert!(current <= 64, "never above the limit: {current}");
     // The neighbour keeps answering, again and again.
     for i in 0..5 {
         assert_eq!(

@@ -37,8 +37,15 @@
 //!     netns                  its network namespace (a bind mount), unless
 //!                            loopback-only; see [`network`]
 //!     network.json           its address, interface, rule chain, policy
+//! <state_dir>.runc-view/     root/ and netns: where `runc run`'s own mount
+//!                            namespace binds the sandbox it starts (see
+//!                            `runc::MountView`)
 //! <runc_root>/<id>/          runc's own state for the container
 //! ```
+//!
+//! `<state_dir>` itself is a private bind mount of itself while sandboxes
+//! run ([`Runtime::release_host_mounts`] removes it when none is left), so
+//! that runc's namespace can drop every sandbox's mounts at once.
 //!
 //! Nothing under `<state_dir>/<id>` is bind-mounted into the sandbox
 //! writable: only the agent binary, `boot.json` and the login-PATH script,
@@ -109,7 +116,7 @@ pub use process::{
 };
 
 use error::IoContext;
-use runc::Runc;
+use runc::{MountView, Runc};
 
 /// How long [`Runtime::create`] waits for the agent to answer `GET /health`.
 pub const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -263,6 +270,12 @@ struct Inner {
     network: network::Network,
     /// Per-id locks serializing `create` and `destroy` of the same id.
     locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// Where `runc run`'s own mount namespace has a sandbox's root
+    /// (`root`) and network namespace (`netns`); see [`MountView`].
+    view_dir: PathBuf,
+    /// Whether `state_dir` is a mount point of its own, so that runc's
+    /// namespace can drop every sandbox's mounts at once.
+    anchored: bool,
 }
 
 /// The host paths of one sandbox.
@@ -367,6 +380,27 @@ impl Runtime {
         }
 
         let network = network::Network::new(cfg.network.clone(), &state_dir)?;
+
+        // runc's view of a sandbox (see `MountView`): fixed paths outside
+        // the state directory, mounted over only in runc's own namespace.
+        let view_dir = state_dir.with_extension("runc-view");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(view_dir.join("root"))
+            .ctx(|| format!("create {}", view_dir.display()))?;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(view_dir.join("netns"))
+            .ctx(|| format!("create {}", view_dir.join("netns").display()))?;
+        let anchored = mounts::ensure_anchor(&state_dir).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot make the state directory a mount point; runc will see every host mount");
+            false
+        });
+
         let runc = Runc {
             binary: runc_bin.clone(),
             root: runc_root.clone(),
@@ -386,8 +420,26 @@ impl Runtime {
                 limit_swap: swap_accounting(),
                 network,
                 locks: Default::default(),
+                view_dir,
+                anchored,
             }),
         })
+    }
+
+    /// Removes the state directory's own mount point (made at
+    /// [`Runtime::new`] so that runc's namespace can drop every sandbox's
+    /// mounts at once) when no sandbox is mounted below it any more, so that
+    /// a server that stops with nothing running leaves no mount behind.
+    /// With sandboxes left (for the next server to re-adopt) it stays.
+    pub fn release_host_mounts(&self) {
+        if !self.inner.anchored {
+            return;
+        }
+        match mounts::release_anchor(&self.inner.cfg.state_dir) {
+            Ok(true) => tracing::debug!("state directory mount point removed"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot remove the state directory's mount point"),
+        }
     }
 
     /// The (absolute) configuration in use.
@@ -582,8 +634,25 @@ impl Runtime {
                 }
             }
         };
+        let boot_started = std::time::Instant::now();
+        let networked = !matches!(spec.network, NetworkPolicy::Loopback);
+        let view = MountView {
+            rootfs: paths.rootfs.clone(),
+            view_rootfs: self.inner.view_dir.join("root"),
+            netns: networked.then(|| {
+                (
+                    paths.dir.join(network::NETNS_FILE),
+                    self.inner.view_dir.join("netns"),
+                )
+            }),
+            hide: self
+                .inner
+                .anchored
+                .then(|| self.inner.cfg.state_dir.clone()),
+        };
         let files = {
             let paths = paths.clone();
+            let view = view.clone();
             let layers = spec.layers.clone();
             let boot = spec.boot.clone();
             let id = spec.id.clone();
@@ -593,7 +662,7 @@ impl Runtime {
                 no_new_privileges: spec.no_new_privileges,
                 limits: spec.limits,
                 limit_swap: self.inner.limit_swap,
-                networked: !matches!(spec.network, NetworkPolicy::Loopback),
+                networked,
             };
             let disk = if spec.resume_from_disk {
                 DiskSource::Kept
@@ -614,6 +683,7 @@ impl Runtime {
                     disk,
                     resolv_conf.as_deref(),
                     &paths,
+                    &view,
                 )
             })
         };
@@ -622,6 +692,7 @@ impl Runtime {
         let (address, files) = tokio::join!(network, files);
         let address = address?;
         files?;
+        let set_up = boot_started.elapsed();
 
         // The agent's socket: bound here, where the sandbox cannot reach,
         // and inherited by the agent; the host's copy closes once runc has
@@ -636,8 +707,10 @@ impl Runtime {
                 &paths.pid_file,
                 &paths.console_log,
                 listener.into(),
+                &view,
             )
             .await?;
+        let ran = boot_started.elapsed();
         let pid_text = tokio::fs::read_to_string(&paths.pid_file)
             .await
             .ctx(|| format!("read {}", paths.pid_file.display()))?;
@@ -651,6 +724,13 @@ impl Runtime {
         if spec.wait_for_agent {
             self.wait_for_agent(&spec.id, init_pid, &paths).await?;
         }
+        tracing::debug!(
+            id = %spec.id,
+            set_up = ?set_up,
+            runc = ?ran - set_up,
+            agent = ?boot_started.elapsed() - ran,
+            "sandbox booted"
+        );
         Ok(Sandbox {
             id: spec.id.clone(),
             init_pid,
@@ -1076,12 +1156,13 @@ fn prepare(
     disk: DiskSource,
     resolv_conf: Option<&str>,
     paths: &Paths,
+    view: &MountView,
 ) -> Result<(), RuntimeError> {
     let Confinement {
         no_new_privileges,
         limits,
         limit_swap,
-        networked,
+        networked: _,
     } = confinement;
     let mkdir = |dir: &Path, mode| {
         DirBuilder::new()
@@ -1186,13 +1267,13 @@ fn prepare(
         }
     }
 
-    // Made by the network setup (running alongside) when the sandbox has a
-    // network; in place before runc starts the container.
-    let netns = paths.dir.join(network::NETNS_FILE);
+    // The spec names runc's view of the root and the network namespace
+    // (made by the network setup, running alongside; in place before runc
+    // starts the container).
 
     let oci = spec::build(&spec::SpecInput {
         id,
-        rootfs: &paths.rootfs,
+        rootfs: &view.view_rootfs,
         envd,
         boot_json: &paths.boot_json,
         profile_script,
@@ -1201,7 +1282,7 @@ fn prepare(
         limit_swap,
         seccomp: Some(seccomp::profile(&spec::DEFAULT_CAPABILITIES)),
         no_new_privileges,
-        network_ns: networked.then_some(netns.as_path()),
+        network_ns: view.netns.as_ref().map(|(_, in_view)| in_view.as_path()),
     });
     let config = serde_json::to_vec_pretty(&oci).map_err(|source| RuntimeError::Json {
         context: "serialize config.json".to_owned(),

@@ -145,6 +145,56 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Makes `dir` a mount point of its own — a private bind mount of itself —
+/// so that everything mounted below it can be hidden from a mount namespace
+/// in one `umount2(dir, MNT_DETACH)` (see [`crate::runc`]). Done only when
+/// nothing is mounted at or below `dir` yet: a bind over existing mounts
+/// would hide them from their own teardown. Returns whether `dir` is such a
+/// mount point afterwards.
+pub(crate) fn ensure_anchor(dir: &Path) -> Result<bool, RuntimeError> {
+    // As mountinfo names it.
+    let dir = &dir
+        .canonicalize()
+        .ctx(|| format!("resolve {}", dir.display()))?;
+    let under = mounts_under(dir)?;
+    if under.iter().any(|p| p == dir) {
+        return Ok(true);
+    }
+    if !under.is_empty() {
+        tracing::info!(
+            dir = %dir.display(),
+            "sandboxes of an earlier version are mounted here; runc will see every host mount until they are gone and the server restarts"
+        );
+        return Ok(false);
+    }
+    rustix::mount::mount_bind(dir, dir)
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("bind-mount {} onto itself", dir.display()))?;
+    rustix::mount::mount_change(dir, rustix::mount::MountPropagationFlags::PRIVATE)
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("make {} a private mount", dir.display()))?;
+    Ok(true)
+}
+
+/// Undoes [`ensure_anchor`] when nothing else is mounted below `dir`;
+/// whether `dir` is no mount point afterwards.
+pub(crate) fn release_anchor(dir: &Path) -> Result<bool, RuntimeError> {
+    let dir = &dir
+        .canonicalize()
+        .ctx(|| format!("resolve {}", dir.display()))?;
+    let under = mounts_under(dir)?;
+    if under.iter().any(|p| p != dir) {
+        return Ok(false);
+    }
+    if under.is_empty() {
+        return Ok(true);
+    }
+    rustix::mount::unmount(dir, UnmountFlags::NOFOLLOW)
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("unmount {}", dir.display()))?;
+    Ok(true)
+}
+
 /// Unmounts everything at or below `dir`: a plain unmount first, a lazy
 /// detach if the mount is busy. Returns the first mount point that is still
 /// mounted afterwards, if any.

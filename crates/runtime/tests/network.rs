@@ -64,6 +64,14 @@ struct Fixture {
     tag: String,
 }
 
+impl Drop for Fixture {
+    /// Sandboxes are destroyed by each test; the state directory's own
+    /// mount point goes here.
+    fn drop(&mut self) {
+        self.rt.release_host_mounts();
+    }
+}
+
 impl Fixture {
     fn new() -> Fixture {
         let tmp = tempfile::Builder::new()

@@ -194,6 +194,7 @@ impl Drop for Fixture {
                     }
                 }
             });
+            rt.release_host_mounts();
         });
         let _ = cleanup.join();
     }

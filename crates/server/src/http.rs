@@ -7,8 +7,11 @@
 //!   delayed ACK, about 40 ms per SDK call.
 //! * **Header read timeout** ([`Limits::header_read_timeout`]): a client
 //!   must send a request's headers within it, one byte at a time or not.
-//!   It also closes an HTTP/1 keep-alive connection that stays idle that
-//!   long between requests.
+//! * **Idle timeout** (the same duration): a connection with no request in
+//!   flight that sends and receives nothing for that long is closed — a
+//!   connection opened and never used, or a keep-alive connection left
+//!   idle. A request in flight (a command streaming its
+//!   output, say, however quiet) keeps its connection open.
 //! * **Header size**: headers above [`Limits::max_header_bytes`] are
 //!   answered `431` with E2B's JSON error body (by [`check_headers`]);
 //!   hyper's own buffer ([`HYPER_MAX_BUF`]) is larger, so the JSON answer
@@ -149,6 +152,182 @@ impl Drop for Slot {
     }
 }
 
+/// What one connection is doing: requests in flight, and when it last
+/// moved a byte.
+#[derive(Debug)]
+struct Activity {
+    started: std::time::Instant,
+    /// Milliseconds since `started` of the last byte read or written.
+    last: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: std::time::Instant::now(),
+            last: Default::default(),
+            in_flight: Default::default(),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the connection has been idle: zero while a request is in
+    /// flight.
+    fn idle_for(&self) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.in_flight.load(Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last.load(Relaxed)))
+    }
+}
+
+/// Counts a request in flight until its response body is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> InFlight {
+        activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted in flight.
+struct TrackedBody {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `app`, counting each request in flight on `activity` from its arrival
+/// to the end of its response body.
+fn track_requests(
+    app: Router,
+    activity: Arc<Activity>,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send,
+> + Clone
++ Send {
+    use tower::ServiceExt;
+    tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let in_flight = InFlight::start(activity.clone());
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
+            Ok(resp.map(|inner| {
+                axum::body::Body::new(TrackedBody {
+                    inner,
+                    _in_flight: in_flight,
+                })
+            }))
+        }
+    })
+}
+
+/// The connection's socket, noting every byte moved.
+struct ActivityIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        res
+    }
+}
+
+impl tokio::io::AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Hands the allocator's free memory back to the system.
 fn release_free_memory() {
     #[cfg(target_env = "gnu")]
@@ -228,13 +407,32 @@ pub(crate) async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
         }
-        let service = TowerToHyperService::new(app.clone());
+        let activity = Arc::new(Activity::new());
+        let service = TowerToHyperService::new(track_requests(app.clone(), activity.clone()));
+        let io = TokioIo::new(ActivityIo {
+            inner: stream,
+            activity: activity.clone(),
+        });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let idle = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let ended = loop {
+                tokio::select! {
+                    ended = conn.as_mut() => break ended,
+                    () = tokio::time::sleep(idle / 4) => {
+                        if activity.idle_for() >= idle {
+                            // Nothing in flight: dropping it closes it.
+                            tracing::debug!(%peer, "closing an idle connection");
+                            break Ok(());
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
             drop(slot);

@@ -267,6 +267,7 @@ impl Server {
         if destroyed > 0 {
             tracing::info!("destroyed {destroyed} pooled sandbox(es)");
         }
+        self.state.runtime.release_host_mounts();
         tracing::info!("server stopped; sandboxes left running will be re-adopted at next start");
         Ok(())
     }

@@ -23,8 +23,8 @@ use crate::mounts::mounts_under;
 /// names the objects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostResources {
-    /// Mount points under `<data>/sandboxes` (overlays, disks, network
-    /// namespaces).
+    /// Mount points below `<data>/sandboxes` (overlays, disks, network
+    /// namespaces; not the directory's own mount point).
     pub mounts: Vec<String>,
     /// Of those, network namespace bind mounts.
     pub netns: Vec<String>,
@@ -55,8 +55,16 @@ impl HostResources {
         let iface_prefix = format!("{INTERFACE_PREFIX}{tag}");
         let chain_prefix = format!("{CHAIN_PREFIX}{tag}_");
 
+        // The state directory's own mount point is the server's, not a
+        // sandbox's (see `hutch_runtime::Runtime::release_host_mounts`).
         let mounts: Vec<PathBuf> = if state_dir.exists() {
+            let own = state_dir
+                .canonicalize()
+                .unwrap_or_else(|_| state_dir.clone());
             mounts_under(&state_dir)
+                .into_iter()
+                .filter(|m| *m != own)
+                .collect()
         } else {
             Vec::new()
         };
