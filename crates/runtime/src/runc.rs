@@ -281,7 +281,8 @@ impl Runc {
 impl Runc {
     /// `runc kill --all <id> KILL`: SIGKILL to every process of the
     /// container (runc freezes the cgroup while it signals, so none can fork
-    /// away). A container runc does not know is not found.
+    /// away). A container runc does not know is not found; one already
+    /// stopped is fine.
     pub async fn kill_all(&self, id: &str) -> Result<(), RuntimeError> {
         let mut cmd = self.command();
         cmd.arg("kill")
@@ -290,22 +291,12 @@ impl Runc {
             .arg("KILL")
             .stdin(Stdio::null());
         let out = self.finish(cmd, id, "kill").await?;
-        if out.success || out.stderr.contains("not running") {
-            Ok(())
-        } else if is_not_exist(&out.stderr) {
-            Err(RuntimeError::NotFound { id: id.to_owned() })
-        } else {
-            Err(RuntimeError::Runc {
-                id: id.to_owned(),
-                command: "kill",
-                status: out.status,
-                output: tail(&out.stderr),
-            })
+        if out.stderr.contains("not running") {
+            return Ok(());
         }
+        found_or_failed(out, id, "kill")
     }
-}
 
-impl Runc {
     /// `runc pause` / `runc resume`: freezes or thaws every process of the
     /// container through the freezer cgroup.
     pub async fn freeze(&self, id: &str, freeze: bool) -> Result<(), RuntimeError> {
@@ -313,18 +304,24 @@ impl Runc {
         let mut cmd = self.command();
         cmd.arg(what).arg(id).stdin(Stdio::null());
         let out = self.finish(cmd, id, what).await?;
-        if out.success {
-            Ok(())
-        } else if is_not_exist(&out.stderr) {
-            Err(RuntimeError::NotFound { id: id.to_owned() })
-        } else {
-            Err(RuntimeError::Runc {
-                id: id.to_owned(),
-                command: what,
-                status: out.status,
-                output: tail(&out.stderr),
-            })
-        }
+        found_or_failed(out, id, what)
+    }
+}
+
+/// A container command's outcome: success, [`RuntimeError::NotFound`] when
+/// runc does not know the container, else the command's failure.
+fn found_or_failed(out: Finished, id: &str, what: &'static str) -> Result<(), RuntimeError> {
+    if out.success {
+        Ok(())
+    } else if is_not_exist(&out.stderr) {
+        Err(RuntimeError::NotFound { id: id.to_owned() })
+    } else {
+        Err(RuntimeError::Runc {
+            id: id.to_owned(),
+            command: what,
+            status: out.status,
+            output: tail(&out.stderr),
+        })
     }
 }
 
