@@ -25,12 +25,6 @@ fn server(args: &[&str]) -> TestServer {
     server
 }
 
-fn create(server: &TestServer, extra: &[&str]) -> String {
-    let mut args = vec!["sandbox", "create", "bb"];
-    args.extend_from_slice(extra);
-    server.cli_ok(&args).trim().to_owned()
-}
-
 fn sh(server: &TestServer, id: &str, script: &str) -> (i32, String) {
     let out = server.cli(&["exec", id, "--", "sh", "-c", script]);
     let text = format!(
@@ -143,9 +137,9 @@ fn server_kill9_readopts_running_and_paused_sandboxes_with_their_network() {
     let url = net.url();
     // A pooled sandbox is left unclaimed by the crash too.
     let server = server(&["--warm-pool", "1"]);
-    let open = create(&server, &[]);
-    let closed = create(&server, &["--no-internet"]);
-    let paused = create(&server, &[]);
+    let open = server.create_sandbox("bb", &[]);
+    let closed = server.create_sandbox("bb", &["--no-internet"]);
+    let paused = server.create_sandbox("bb", &[]);
     assert!(fetches(&server, &open, &url));
     assert!(!fetches(&server, &closed, &url));
     let addresses = [
@@ -181,7 +175,7 @@ fn server_kill9_readopts_running_and_paused_sandboxes_with_their_network() {
     assert!(fetches(&server, &paused, &url));
 
     // Templates are intact: a new sandbox boots.
-    let fresh = create(&server, &[]);
+    let fresh = server.create_sandbox("bb", &[]);
     assert!(fetches(&server, &fresh, &url));
 
     let ids = [open, closed, paused, fresh];
@@ -194,8 +188,8 @@ fn server_kill9_readopts_running_and_paused_sandboxes_with_their_network() {
 #[test]
 fn sandboxes_whose_agent_died_while_the_server_was_down_are_cleaned_up() {
     let server = server(&["--warm-pool", "0"]);
-    let dead = create(&server, &[]);
-    let alive = create(&server, &["--deny-out", "198.51.100.0/24"]);
+    let dead = server.create_sandbox("bb", &[]);
+    let alive = server.create_sandbox("bb", &["--deny-out", "198.51.100.0/24"]);
     let pid = agent_pid(&server, &dead);
     let dir = server.kill9();
     kill9(pid);
@@ -215,9 +209,9 @@ fn sandboxes_whose_agent_died_while_the_server_was_down_are_cleaned_up() {
 #[test]
 fn killing_an_agent_kills_its_sandbox() {
     let server = server(&["--warm-pool", "0"]);
-    let victim = create(&server, &[]);
-    let bystander = create(&server, &[]);
-    let paused = create(&server, &[]);
+    let victim = server.create_sandbox("bb", &[]);
+    let bystander = server.create_sandbox("bb", &[]);
+    let paused = server.create_sandbox("bb", &[]);
     server.cli_ok(&["sandbox", "pause", &paused]);
 
     kill9(agent_pid(&server, &victim));

@@ -12,12 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hutch_test_support::{TestDir, TestServer, busybox_image, http};
 
-fn create(server: &TestServer, extra: &[&str]) -> String {
-    let mut args = vec!["sandbox", "create", "bb"];
-    args.extend_from_slice(extra);
-    server.cli_ok(&args).trim().to_owned()
-}
-
 /// `sh -c SCRIPT` in the sandbox as root; must succeed; its stdout.
 fn sh(server: &TestServer, id: &str, script: &str) -> String {
     server.cli_ok(&["exec", id, "--", "sh", "-c", script])
@@ -107,7 +101,7 @@ fn the_agent_channel_cannot_be_redirected_to_a_host_socket() {
     let victim = Victim::listen(host.path());
     let server = TestServer::start_with_args(&["--warm-pool", "0"]);
     server.import(&busybox_image(), "bb", &[]);
-    let id = create(&server, &[]);
+    let id = server.create_sandbox("bb", &[]);
 
     // Nothing of the host's is writable here: the agent's socket is not in
     // the sandbox's file system at all.
@@ -182,7 +176,7 @@ fn writes_and_inode_floods_stay_inside_the_sandbox_quota() {
     let server = TestServer::start_with_args(&["--warm-pool", "0"]);
     server.import(&busybox_image(), "bb", &[]);
     let disk_mb = 64;
-    let id = create(&server, &["--disk", &disk_mb.to_string()]);
+    let id = server.create_sandbox("bb", &["--disk", &disk_mb.to_string()]);
     let dir = server.data_dir().join("sandboxes").join(&id);
     let (_, inodes_before) = host_footprint(&dir);
 
@@ -244,7 +238,7 @@ fn writes_and_inode_floods_stay_inside_the_sandbox_quota() {
 fn only_standard_devices_can_be_made_and_opened() {
     let server = TestServer::start_with_args(&["--warm-pool", "0"]);
     server.import(&busybox_image(), "bb", &[]);
-    let id = create(&server, &[]);
+    let id = server.create_sandbox("bb", &[]);
     assert_eq!(
         sh(
             &server,
@@ -290,7 +284,7 @@ fn only_standard_devices_can_be_made_and_opened() {
 fn quiet_commands_outlive_the_idle_timeout() {
     let server = TestServer::start_with_args(&["--warm-pool", "0", "--header-read-timeout", "1"]);
     server.import(&busybox_image(), "bb", &[]);
-    let id = create(&server, &[]);
+    let id = server.create_sandbox("bb", &[]);
     assert_eq!(sh(&server, &id, "sleep 4; echo awake"), "awake\n");
     server.cli_ok(&["sandbox", "kill", &id]);
 }

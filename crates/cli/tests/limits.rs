@@ -35,12 +35,6 @@ fn server_with_bb(args: &[&str]) -> TestServer {
     server
 }
 
-fn create(server: &TestServer, extra: &[&str]) -> String {
-    let mut args = vec!["sandbox", "create", "bb"];
-    args.extend_from_slice(extra);
-    server.cli_ok(&args).trim().to_owned()
-}
-
 fn sh(server: &TestServer, id: &str, script: &str) -> Output {
     server.cli(&["exec", id, "--", "sh", "-c", script])
 }
@@ -146,8 +140,8 @@ fn limits_from_the_cli_reach_the_sandbox_and_are_reported() {
         "--max-pids",
         "500",
     ]);
-    let id = create(
-        &server,
+    let id = server.create_sandbox(
+        "bb",
         &[
             "--cpus", "1", "--memory", "128", "--disk", "64", "--pids", "100",
         ],
@@ -222,7 +216,7 @@ fn limits_from_the_cli_reach_the_sandbox_and_are_reported() {
     );
 
     // The defaults, lowered to this server's pids maximum.
-    let plain = create(&server, &[]);
+    let plain = server.create_sandbox("bb", &[]);
     let info = get_json(&server, &format!("/sandboxes/{plain}"));
     assert_eq!(
         (
@@ -358,10 +352,10 @@ fn only_creates_with_the_default_limits_come_from_the_warm_pool() {
     let server = server_with_bb(&["--warm-pool", "1"]);
     let ready = || bb_pool(&server).0 == 1;
     wait_until("a pooled sandbox", Duration::from_secs(30), ready);
-    let pooled = create(&server, &[]);
+    let pooled = server.create_sandbox("bb", &[]);
     assert_eq!(bb_pool(&server).1, 1, "the default limits: from the pool");
     wait_until("the pool refills", Duration::from_secs(30), ready);
-    let custom = create(&server, &["--memory", "256"]);
+    let custom = server.create_sandbox("bb", &["--memory", "256"]);
     let (_, claimed, cold) = bb_pool(&server);
     assert_eq!((claimed, cold), (1, 1), "other limits: booted cold");
     assert_eq!(
@@ -384,8 +378,8 @@ fn only_creates_with_the_default_limits_come_from_the_warm_pool() {
     );
     // Asking explicitly for the defaults is the same as asking for nothing.
     wait_until("the pool is ready", Duration::from_secs(30), ready);
-    create(
-        &server,
+    server.create_sandbox(
+        "bb",
         &[
             "--cpus", "2", "--memory", "512", "--disk", "2048", "--pids", "1024",
         ],
@@ -406,8 +400,8 @@ fn oom_kills(id: &str) -> u64 {
 #[test]
 fn a_memory_bomb_is_confined_and_its_agent_survives() {
     let server = server_with_bb(&["--warm-pool", "0"]);
-    let bomb = create(&server, &["--memory", "64"]);
-    let neighbour = create(&server, &[]);
+    let bomb = server.create_sandbox("bb", &["--memory", "64"]);
+    let neighbour = server.create_sandbox("bb", &[]);
     // Its processes are the OOM killer's first choice, ahead of the agent.
     let agent_adj: i32 = sh_ok(&server, &bomb, "cat /proc/1/oom_score_adj")
         .trim()
@@ -472,8 +466,8 @@ fn a_memory_bomb_is_confined_and_its_agent_survives() {
 #[test]
 fn a_fork_bomb_is_confined_to_its_pids_limit() {
     let server = server_with_bb(&["--warm-pool", "0"]);
-    let bomb = create(&server, &["--pids", "64", "--cpus", "1"]);
-    let neighbour = create(&server, &[]);
+    let bomb = server.create_sandbox("bb", &["--pids", "64", "--cpus", "1"]);
+    let neighbour = server.create_sandbox("bb", &[]);
 
     // Every process starts copies of itself, forever. (A busybox shell whose
     // fork fails exits, so the bomb may burn out after filling the limit:
@@ -514,7 +508,7 @@ fn a_fork_bomb_is_confined_to_its_pids_limit() {
 #[test]
 fn a_full_disk_is_enospc_inside_and_507_on_upload() {
     let server = server_with_bb(&["--warm-pool", "0"]);
-    let id = create(&server, &["--disk", "64"]);
+    let id = server.create_sandbox("bb", &["--disk", "64"]);
     let image = server
         .data_dir()
         .join("sandboxes")
@@ -572,7 +566,7 @@ fn a_full_disk_is_enospc_inside_and_507_on_upload() {
 #[test]
 fn no_disk_or_loop_device_outlives_a_crash() {
     let server = server_with_bb(&["--warm-pool", "1"]);
-    let keep = create(&server, &["--disk", "64"]);
+    let keep = server.create_sandbox("bb", &["--disk", "64"]);
     wait_until("a pooled sandbox", Duration::from_secs(30), || {
         bb_pool(&server).0 == 1
     });

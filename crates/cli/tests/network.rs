@@ -28,12 +28,6 @@ fn server(args: &[&str]) -> TestServer {
     server
 }
 
-fn create(server: &TestServer, extra: &[&str]) -> String {
-    let mut args = vec!["sandbox", "create", "bb"];
-    args.extend_from_slice(extra);
-    server.cli_ok(&args).trim().to_owned()
-}
-
 /// Runs a shell command in a sandbox: (exit code, stdout + stderr).
 fn sh(server: &TestServer, id: &str, script: &str) -> (i32, String) {
     let out = server.cli(&["exec", id, "--", "sh", "-c", script]);
@@ -116,8 +110,8 @@ fn host_address() -> Ipv4Addr {
 fn each_sandbox_has_its_own_address_dns_and_egress() {
     let net = FakeInternet::start();
     let server = server(&["--warm-pool", "0"]);
-    let a = create(&server, &[]);
-    let b = create(&server, &[]);
+    let a = server.create_sandbox("bb", &[]);
+    let b = server.create_sandbox("bb", &[]);
     let (addr_a, addr_b) = (address(&server, &a), address(&server, &b));
     assert_ne!(addr_a, addr_b);
     for addr in [addr_a, addr_b] {
@@ -151,7 +145,7 @@ fn allow_internet_access_and_allow_and_deny_lists() {
     let fake = net.addr.to_string();
     let url = net.url();
 
-    let closed = create(&server, &["--no-internet"]);
+    let closed = server.create_sandbox("bb", &["--no-internet"]);
     assert!(!fetches(&server, &closed, &url, FAKE_INTERNET_BODY));
     // The failure is a rejection, not a timeout.
     let started = std::time::Instant::now();
@@ -159,19 +153,19 @@ fn allow_internet_access_and_allow_and_deny_lists() {
     assert_ne!(code, 0, "{out}");
     assert!(started.elapsed() < Duration::from_secs(4), "{out}");
 
-    let hole = create(&server, &["--no-internet", "--allow-out", &fake]);
+    let hole = server.create_sandbox("bb", &["--no-internet", "--allow-out", &fake]);
     assert!(fetches(&server, &hole, &url, FAKE_INTERNET_BODY));
 
-    let denied = create(&server, &["--deny-out", &format!("{fake}/32")]);
+    let denied = server.create_sandbox("bb", &["--deny-out", &format!("{fake}/32")]);
     assert!(!fetches(&server, &denied, &url, FAKE_INTERNET_BODY));
 
-    let punched = create(
-        &server,
+    let punched = server.create_sandbox(
+        "bb",
         &["--deny-out", "198.51.100.0/24", "--allow-out", &fake],
     );
     assert!(fetches(&server, &punched, &url, FAKE_INTERNET_BODY));
 
-    let other = create(&server, &["--deny-out", "203.0.113.0/24"]);
+    let other = server.create_sandbox("bb", &["--deny-out", "203.0.113.0/24"]);
     assert!(fetches(&server, &other, &url, FAKE_INTERNET_BODY));
 
     // E2B's body, straight to the API.
@@ -228,8 +222,8 @@ fn invalid_lists_are_rejected() {
 fn sandboxes_reach_neither_each_other_nor_the_host() {
     let server = server(&["--warm-pool", "0"]);
     let host = HostServer::start();
-    let a = create(&server, &[]);
-    let b = create(&server, &[]);
+    let a = server.create_sandbox("bb", &[]);
+    let b = server.create_sandbox("bb", &[]);
     let addr_a = address(&server, &a);
     let (code, out) = sh(
         &server,
@@ -278,7 +272,7 @@ fn sandboxes_reach_neither_each_other_nor_the_host() {
 #[test]
 fn user_ports_are_reached_through_the_front_door_without_internet() {
     let server = server(&["--warm-pool", "0"]);
-    let id = create(&server, &["--no-internet"]);
+    let id = server.create_sandbox("bb", &["--no-internet"]);
     let (code, out) = sh(
         &server,
         &id,
@@ -331,7 +325,7 @@ fn a_pooled_sandbox_takes_the_policy_of_the_create_that_claims_it() {
         body.contains("\"ready\":1")
     });
     let before = pool_claims(&server);
-    let id = create(&server, &["--no-internet"]);
+    let id = server.create_sandbox("bb", &["--no-internet"]);
     assert_eq!(pool_claims(&server), before + 1, "served from the pool");
     assert!(!fetches(&server, &id, &net.url(), FAKE_INTERNET_BODY));
     let open = {
@@ -339,7 +333,7 @@ fn a_pooled_sandbox_takes_the_policy_of_the_create_that_claims_it() {
             let (_, body) = http(&server, reqwest::Method::GET, "/hutch/v1/pool", &[], None);
             body.contains("\"ready\":1")
         });
-        create(&server, &[])
+        server.create_sandbox("bb", &[])
     };
     assert!(fetches(&server, &open, &net.url(), FAKE_INTERNET_BODY));
 }

@@ -23,12 +23,6 @@ fn server(warm_pool: u32) -> TestServer {
     server
 }
 
-fn create(server: &TestServer, extra: &[&str]) -> String {
-    let mut args = vec!["sandbox", "create", "bb"];
-    args.extend_from_slice(extra);
-    server.cli_ok(&args).trim().to_owned()
-}
-
 /// `hutch exec ID -- sh -c SCRIPT`, which must succeed; its output.
 fn sh(server: &TestServer, id: &str, script: &str) -> String {
     server.cli_ok(&["exec", id, "--", "sh", "-c", script])
@@ -133,7 +127,7 @@ fn assert_only_the_disk_is_left(server: &TestServer, id: &str) {
 #[test]
 fn memory_pause_freezes_a_counter_outlives_the_timeout_and_resumes_it() {
     let server = server(0);
-    let id = create(&server, &["--timeout", "3"]);
+    let id = server.create_sandbox("bb", &["--timeout", "3"]);
     let created = Instant::now();
     sh(&server, &id, COUNTER);
     wait_until("the counter runs", Duration::from_secs(10), || {
@@ -306,11 +300,11 @@ fn filesystem_pause_keeps_files_env_and_policy_but_no_process() {
 fn paused_sandboxes_survive_a_kill_9_and_connect_resumes_them() {
     // From the warm pool: claimed sandboxes resume like cold ones.
     let server = server(1);
-    let stopped = create(&server, &[]);
+    let stopped = server.create_sandbox("bb", &[]);
     sh(&server, &stopped, "echo before-crash > /root/note");
     server.cli_ok(&["sandbox", "pause", "--filesystem", &stopped]);
     // A memory-paused one, rebooted from its files by `memory: false`.
-    let frozen = create(&server, &[]);
+    let frozen = server.create_sandbox("bb", &[]);
     sh(
         &server,
         &frozen,
@@ -356,16 +350,16 @@ fn paused_sandboxes_survive_a_kill_9_and_connect_resumes_them() {
 fn auto_pause_at_the_timeout_then_connect_resumes() {
     let server = server(0);
     // In memory: the counter is frozen at the timeout and goes on after.
-    let mem = create(&server, &["--timeout", "4", "--auto-pause"]);
+    let mem = server.create_sandbox("bb", &["--timeout", "4", "--auto-pause"]);
     sh(&server, &mem, COUNTER);
     let lifecycle = &info(&server, &mem)["lifecycle"];
     assert_eq!(lifecycle["onTimeout"], "pause");
     assert_eq!(lifecycle["autoResume"], false);
     // Filesystem only: stopped at the timeout, its files kept.
-    let fs = create(&server, &["--timeout", "4", "--auto-pause-filesystem"]);
+    let fs = server.create_sandbox("bb", &["--timeout", "4", "--auto-pause-filesystem"]);
     sh(&server, &fs, "echo written > /root/f");
     // Neither: killed.
-    let plain = create(&server, &["--timeout", "4"]);
+    let plain = server.create_sandbox("bb", &["--timeout", "4"]);
     assert_eq!(info(&server, &plain)["lifecycle"]["onTimeout"], "kill");
 
     // The row says paused from the moment the pause starts; a filesystem
@@ -401,7 +395,7 @@ fn auto_pause_at_the_timeout_then_connect_resumes() {
     assert_eq!(info(&server, &fs)["state"], "running");
 
     // Honoured after a restart: the new server pauses it at its timeout.
-    let later = create(&server, &["--timeout", "4", "--auto-pause"]);
+    let later = server.create_sandbox("bb", &["--timeout", "4", "--auto-pause"]);
     let server = TestServer::restart_with_args(server.kill9(), &["--warm-pool", "0"]);
     wait_until(
         "auto-paused after the restart",
@@ -417,7 +411,7 @@ fn auto_pause_at_the_timeout_then_connect_resumes() {
 #[test]
 fn auto_resume_through_the_front_door() {
     let server = server(0);
-    let id = create(&server, &["--auto-resume"]);
+    let id = server.create_sandbox("bb", &["--auto-resume"]);
     assert_eq!(info(&server, &id)["lifecycle"]["autoResume"], true);
     sh(&server, &id, COUNTER);
 
@@ -483,7 +477,7 @@ fn auto_resume_through_the_front_door() {
     assert!(body.contains("connect"), "{body}");
 
     // Without autoResume: 502 naming connect.
-    let other = create(&server, &[]);
+    let other = server.create_sandbox("bb", &[]);
     server.cli_ok(&["sandbox", "pause", &other]);
     let (status, body) = http(
         &server,

@@ -29,12 +29,6 @@ fn import(server: &TestServer) {
     ]);
 }
 
-fn create(server: &TestServer, extra: &[&str]) -> String {
-    let mut args = vec!["sandbox", "create", "bb"];
-    args.extend_from_slice(extra);
-    server.cli_ok(&args).trim().to_owned()
-}
-
 fn listed(server: &TestServer) -> BTreeSet<String> {
     let json: Value = serde_json::from_str(&server.cli_ok(&["sandbox", "list", "--json"])).unwrap();
     json.as_array()
@@ -130,7 +124,7 @@ fn creates_come_from_the_pool_with_their_own_identity_and_env() {
         "pooled sandboxes are not listed"
     );
 
-    let id = create(&server, &["--env", "X=1"]);
+    let id = server.create_sandbox("bb", &["--env", "X=1"]);
     assert_eq!(bb_pool(&server).1, 1, "served from the pool");
     assert!(
         server.log().contains("from the warm pool"),
@@ -158,7 +152,7 @@ fn creates_come_from_the_pool_with_their_own_identity_and_env() {
 
     // The pool refills; the next sandbox has no trace of the first's env.
     wait_ready(&server, 1);
-    let second = create(&server, &[]);
+    let second = server.create_sandbox("bb", &[]);
     assert_ne!(second, id);
     assert_eq!(bb_pool(&server).1, 2);
     assert_eq!(
@@ -193,7 +187,7 @@ fn expiry_counts_from_the_claim() {
     // The pooled sandbox has been up for a while before it is claimed.
     std::thread::sleep(Duration::from_secs(3));
     let claimed_at = Instant::now();
-    let id = create(&server, &["--timeout", "3"]);
+    let id = server.create_sandbox("bb", &["--timeout", "3"]);
     assert_eq!(bb_pool(&server).1, 1, "served from the pool");
     let dir = server.data_dir().join("sandboxes").join(&id);
     std::thread::sleep(Duration::from_millis(1500));
@@ -220,7 +214,7 @@ fn two_quick_creates_both_work() {
             .map(|v| {
                 let server = &server;
                 s.spawn(move || {
-                    let id = create(server, &["--env", &format!("V={v}")]);
+                    let id = server.create_sandbox("bb", &["--env", &format!("V={v}")]);
                     let out = server.cli_ok(&["exec", &id, "--", "sh", "-c", "echo $V $HOSTNAME"]);
                     assert_eq!(out, format!("{v} {id}\n"));
                     id
@@ -255,7 +249,7 @@ fn a_dead_pooled_sandbox_is_replaced_by_a_fresh_one() {
         .unwrap();
     assert!(out.status.success(), "runc kill: {}", stderr(&out));
 
-    let id = create(&server, &["--env", "X=fresh"]);
+    let id = server.create_sandbox("bb", &["--env", "X=fresh"]);
     assert_ne!(id, dead);
     assert_eq!(
         server.cli_ok(&["exec", &id, "--", "sh", "-c", "echo $X $HOSTNAME"]),
@@ -277,7 +271,7 @@ fn template_rm_with_a_warm_pool() {
     wait_ready(&server, 2);
 
     // A user's sandbox blocks the removal; the pooled ones do not count.
-    let id = create(&server, &[]);
+    let id = server.create_sandbox("bb", &[]);
     let out = server.cli(&["template", "rm", "bb"]);
     assert!(!out.status.success());
     assert!(
@@ -300,7 +294,7 @@ fn template_rm_with_a_warm_pool() {
     // Importing it again fills its pool again.
     import(&server);
     wait_ready(&server, 2);
-    let id = create(&server, &[]);
+    let id = server.create_sandbox("bb", &[]);
     server.cli_ok(&["exec", &id, "--", "true"]);
 }
 
@@ -309,7 +303,7 @@ fn killed_server_leaks_no_pooled_sandbox() {
     let server = TestServer::start_with_args(&["--warm-pool", "2"]);
     import(&server);
     wait_ready(&server, 2);
-    let user = create(&server, &["--env", "KEEP=yes"]);
+    let user = server.create_sandbox("bb", &["--env", "KEEP=yes"]);
     wait_ready(&server, 2);
     let old_pool: BTreeSet<String> = sandbox_dirs(server.data_dir())
         .into_iter()
@@ -344,7 +338,7 @@ fn stopped_server_destroys_its_pool_and_keeps_sandboxes() {
     let server = TestServer::start_with_args(&["--warm-pool", "1"]);
     import(&server);
     wait_ready(&server, 1);
-    let user = create(&server, &[]);
+    let user = server.create_sandbox("bb", &[]);
     wait_ready(&server, 1);
     let dir = server.stop();
     assert_host_holds(dir.path(), &BTreeSet::from([user.clone()]));
@@ -360,7 +354,7 @@ fn warm_pool_zero_boots_every_sandbox() {
     import(&server);
     let status = pool_status(&server);
     assert_eq!(status["size"], 0, "{status}");
-    let id = create(&server, &["--env", "X=1"]);
+    let id = server.create_sandbox("bb", &["--env", "X=1"]);
     assert_eq!(
         server.cli_ok(&["exec", &id, "--", "sh", "-c", "echo $X $HOSTNAME"]),
         format!("1 {id}\n")

@@ -230,6 +230,14 @@ impl TestServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `hutch sandbox create TEMPLATE [EXTRA...]`, which must succeed; the
+    /// new sandbox's id.
+    pub fn create_sandbox(&self, template: &str, extra: &[&str]) -> String {
+        let mut args = vec!["sandbox", "create", template];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args).trim().to_owned()
+    }
+
     /// `hutch template import IMAGE --name NAME [EXTRA...]`, which must succeed.
     pub fn import(&self, image: &Path, name: &str, extra: &[&str]) {
         let image = image.to_string_lossy();
