@@ -62,28 +62,37 @@ fn open_dir_in(
     }
 }
 
-/// Replaces (or creates) the file `dir/name` inside the tree rooted at
-/// `root` with `data`, owned by root with `mode`. `dir` is resolved inside
-/// the tree; `name` is a plain file name. Whatever was at `dir/name` is
-/// replaced without being opened. Returns `false`, writing nothing, when
-/// `dir` does not exist in the tree.
-pub(crate) fn replace_file(
+/// Replaces (or creates) each file `dir/name` of `files` inside the tree
+/// rooted at `root` with its data, owned by root with `mode`. `dir` is
+/// resolved inside the tree (once, for all the files); each `name` is a
+/// plain file name. Whatever was at `dir/name` is replaced without being
+/// opened. Returns `false`, writing nothing, when `dir` does not exist in
+/// the tree.
+pub(crate) fn replace_files(
     root: &Path,
     dir: &str,
-    name: &str,
-    data: &[u8],
+    files: &[(&str, &[u8])],
     mode: u32,
 ) -> Result<bool, RuntimeError> {
-    debug_assert!(!name.contains('/') && name != "." && name != "..");
     let root_fd = open_root(root)?;
     let Some(dir_fd) = open_dir_in(&root_fd, root, dir)? else {
         return Ok(false);
     };
-    let what = || format!("/{dir}/{name} in {}", root.display());
+    for (name, data) in files {
+        let what = || format!("/{dir}/{name} in {}", root.display());
+        replace_in(&dir_fd, name, data, mode)
+            .map_err(|e| RuntimeError::io(format!("write {}", what()), e))?;
+    }
+    Ok(true)
+}
+
+/// [`replace_files`] of one file in the open directory `dir_fd`.
+fn replace_in(dir_fd: &OwnedFd, name: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
+    debug_assert!(!name.contains('/') && name != "." && name != "..");
     let temp = format!(".{name}.hutch-new");
     let create = || {
         rustix::fs::openat(
-            &dir_fd,
+            dir_fd,
             temp.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(mode),
@@ -93,13 +102,11 @@ pub(crate) fn replace_file(
         Err(Errno::EXIST) => {
             // Left by an interrupted write, or planted: remove the name
             // (never following it) and try once more.
-            rustix::fs::unlinkat(&dir_fd, temp.as_str(), rustix::fs::AtFlags::empty())
-                .map_err(|e| RuntimeError::io(format!("replace {}", what()), e.into()))?;
+            rustix::fs::unlinkat(dir_fd, temp.as_str(), rustix::fs::AtFlags::empty())?;
             create()
         }
         other => other,
-    }
-    .map_err(|e| RuntimeError::io(format!("create {}", what()), e.into()))?;
+    }?;
     let written = (|| {
         rustix::fs::fchown(
             &file,
@@ -109,16 +116,13 @@ pub(crate) fn replace_file(
         rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))?;
         let mut f = std::fs::File::from(file);
         f.write_all(data)?;
+        rustix::fs::renameat(dir_fd, temp.as_str(), dir_fd, name)?;
         Ok::<_, std::io::Error>(())
     })();
-    let renamed = written.and_then(|()| {
-        rustix::fs::renameat(&dir_fd, temp.as_str(), &dir_fd, name).map_err(std::io::Error::from)
-    });
-    if let Err(e) = renamed {
-        let _ = rustix::fs::unlinkat(&dir_fd, temp.as_str(), rustix::fs::AtFlags::empty());
-        return Err(RuntimeError::io(format!("write {}", what()), e));
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(dir_fd, temp.as_str(), rustix::fs::AtFlags::empty());
     }
-    Ok(true)
+    written
 }
 
 /// Whether `dir` (relative to the tree's root, resolved inside it) is a
@@ -148,7 +152,7 @@ mod tests {
     #[test]
     fn writes_a_new_file_with_its_mode() {
         let (_tmp, root) = tree();
-        assert!(replace_file(&root, "etc", "hosts", b"127.0.0.1 x\n", 0o644).unwrap());
+        assert!(replace_files(&root, "etc", &[("hosts", b"127.0.0.1 x\n")], 0o644).unwrap());
         let p = root.join("etc/hosts");
         assert_eq!(std::fs::read(&p).unwrap(), b"127.0.0.1 x\n");
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o644);
@@ -167,16 +171,16 @@ mod tests {
         symlink(tmp.path(), root.join("dirlink")).unwrap();
         symlink("../../..", root.join("etc/up")).unwrap();
 
-        assert!(replace_file(&root, "etc", "hosts", b"new\n", 0o644).unwrap());
+        assert!(replace_files(&root, "etc", &[("hosts", b"new\n")], 0o644).unwrap());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file\n");
         assert!(root.join("etc/hosts").symlink_metadata().unwrap().is_file());
 
         // A directory given through a symlink to a host path resolves to the
         // tree's own path of that name (absent here): nothing is written.
-        assert!(!replace_file(&root, "dirlink", "victim", b"x", 0o644).unwrap());
+        assert!(!replace_files(&root, "dirlink", &[("victim", b"x")], 0o644).unwrap());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file\n");
         // `..` cannot climb out either: etc/up/etc is the tree's own etc.
-        assert!(replace_file(&root, "etc/up/etc", "hostname", b"h\n", 0o644).unwrap());
+        assert!(replace_files(&root, "etc/up/etc", &[("hostname", b"h\n")], 0o644).unwrap());
         assert_eq!(std::fs::read(root.join("etc/hostname")).unwrap(), b"h\n");
     }
 
@@ -192,13 +196,21 @@ mod tests {
         )
         .unwrap();
         // Would block forever if opened for writing.
-        assert!(replace_file(&root, "etc", "resolv.conf", b"nameserver 1.1.1.1\n", 0o644).unwrap());
+        assert!(
+            replace_files(
+                &root,
+                "etc",
+                &[("resolv.conf", b"nameserver 1.1.1.1\n")],
+                0o644
+            )
+            .unwrap()
+        );
         assert!(root.join("etc/resolv.conf").metadata().unwrap().is_file());
 
         let other = tmp.path().join("other");
         std::fs::write(&other, "untouched").unwrap();
         std::fs::hard_link(&other, root.join("etc/hostname")).unwrap();
-        assert!(replace_file(&root, "etc", "hostname", b"h\n", 0o644).unwrap());
+        assert!(replace_files(&root, "etc", &[("hostname", b"h\n")], 0o644).unwrap());
         assert_eq!(std::fs::read_to_string(&other).unwrap(), "untouched");
     }
 
@@ -208,7 +220,7 @@ mod tests {
         let victim = tmp.path().join("victim");
         std::fs::write(&victim, "host file\n").unwrap();
         symlink(&victim, root.join("etc/.hosts.hutch-new")).unwrap();
-        assert!(replace_file(&root, "etc", "hosts", b"new\n", 0o644).unwrap());
+        assert!(replace_files(&root, "etc", &[("hosts", b"new\n")], 0o644).unwrap());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file\n");
         assert_eq!(std::fs::read(root.join("etc/hosts")).unwrap(), b"new\n");
     }
@@ -216,13 +228,13 @@ mod tests {
     #[test]
     fn missing_directory_writes_nothing_and_root_must_be_real() {
         let (tmp, root) = tree();
-        assert!(!replace_file(&root, "nope", "x", b"x", 0o644).unwrap());
+        assert!(!replace_files(&root, "nope", &[("x", b"x")], 0o644).unwrap());
         std::fs::write(root.join("file"), "").unwrap();
-        assert!(!replace_file(&root, "file", "x", b"x", 0o644).unwrap());
+        assert!(!replace_files(&root, "file", &[("x", b"x")], 0o644).unwrap());
         assert!(is_dir(&root, "etc"));
         assert!(!is_dir(&root, "file"));
         let link = tmp.path().join("rootlink");
         symlink(&root, &link).unwrap();
-        assert!(replace_file(&link, "etc", "x", b"x", 0o644).is_err());
+        assert!(replace_files(&link, "etc", &[("x", b"x")], 0o644).is_err());
     }
 }

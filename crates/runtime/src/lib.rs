@@ -662,16 +662,13 @@ impl Runtime {
                 no_new_privileges: spec.no_new_privileges,
                 limits: spec.limits,
                 limit_swap: self.inner.limit_swap,
-                networked,
             };
             let disk = if spec.resume_from_disk {
                 DiskSource::Kept
             } else {
                 DiskSource::New
             };
-            let resolv_conf = confinement
-                .networked
-                .then(|| self.inner.network.resolv_conf());
+            let resolv_conf = networked.then(|| self.inner.network.resolv_conf());
             blocking(move || {
                 prepare(
                     &id,
@@ -1130,9 +1127,6 @@ struct Confinement {
     limits: spec::Limits,
     /// Whether the memory limit covers swap (the host accounts it).
     limit_swap: bool,
-    /// Whether it has a network namespace of its own (made by the network
-    /// setup, which runs alongside [`prepare`]).
-    networked: bool,
 }
 
 /// Where a booting sandbox's disk comes from.
@@ -1162,7 +1156,6 @@ fn prepare(
         no_new_privileges,
         limits,
         limit_swap,
-        networked: _,
     } = confinement;
     let mkdir = |dir: &Path, mode| {
         DirBuilder::new()
@@ -1254,23 +1247,21 @@ fn prepare(
     // own root file system (so on its disk, writable like any file of it)
     // rather than bound from host files. A kept disk has them already.
     if disk == DiskSource::New {
+        let hosts = spec::hosts_file(id);
         let hostname = format!("{id}\n");
-        let etc = [
-            ("hosts", Some(spec::hosts_file(id))),
-            ("hostname", Some(hostname)),
-            ("resolv.conf", resolv_conf.map(str::to_owned)),
+        let mut etc = vec![
+            ("hosts", hosts.as_bytes()),
+            ("hostname", hostname.as_bytes()),
         ];
-        for (name, content) in etc {
-            if let Some(content) = content {
-                confined::replace_file(&paths.rootfs, "etc", name, content.as_bytes(), 0o644)?;
-            }
+        if let Some(resolv_conf) = resolv_conf {
+            etc.push(("resolv.conf", resolv_conf.as_bytes()));
         }
+        confined::replace_files(&paths.rootfs, "etc", &etc, 0o644)?;
     }
 
-    // The spec names runc's view of the root and the network namespace
+    // The spec names runc's view of the root and of the network namespace
     // (made by the network setup, running alongside; in place before runc
     // starts the container).
-
     let oci = spec::build(&spec::SpecInput {
         id,
         rootfs: &view.view_rootfs,
