@@ -60,13 +60,7 @@ impl ConsoleLog {
         {
             self.rotate(stat.st_size as u64);
         }
-        let mut rest = line;
-        while !rest.is_empty() {
-            match rustix::io::write(fd, rest) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => rest = &rest[n..],
-            }
-        }
+        write_all(fd, line);
     }
 
     /// Keeps the newest half of the file. Best effort: a descriptor opened
@@ -91,16 +85,19 @@ impl ConsoleLog {
         if rustix::fs::ftruncate(fd, 0).is_err() {
             return;
         }
-        for part in [ROTATED_MARKER.as_bytes(), &tail[start..]] {
-            let mut rest = part;
-            while !rest.is_empty() {
-                match rustix::io::write(fd, rest) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => rest = &rest[n..],
-                }
-            }
+        let _ = write_all(fd, ROTATED_MARKER.as_bytes()) && write_all(fd, &tail[start..]);
+    }
+}
+
+/// Writes all of `data` to `fd`; whether it could (errors are dropped).
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => data = &data[n..],
         }
     }
+    true
 }
 
 /// A [`Write`] handle for `tracing-subscriber`: each event's text is
