@@ -5,7 +5,7 @@
 //! memory each idle sandbox costs (from `/proc/meminfo` and from the
 //! sandboxes' memory cgroups), then kills them all and checks, from the
 //! kernel and the file system, that nothing is left on the host (mounts,
-//! loop devices, network namespaces, interfaces, nftables chains and map
+//! loop devices, network namespaces, interfaces, nftables set
 //! entries, address claims, cgroups, runc state, sandbox directories).
 
 use std::path::Path;

@@ -108,12 +108,24 @@ fn assert_holds_exactly(server: &TestServer, live: &[&str], gone: &[String]) {
     assert_eq!(r.runc_state, want, "runc containers:\n{r}");
     for (kind, n) in [
         ("interfaces", r.interfaces.len()),
-        ("nft chains", r.nft_chains.len()),
-        ("nft map entries", r.nft_elements.len()),
+        (
+            "nft source elements",
+            r.nft_elements
+                .iter()
+                .filter(|e| e.starts_with("sources "))
+                .count(),
+        ),
         ("address claims", r.address_claims.len()),
         ("network namespaces", r.netns.len()),
     ] {
         assert_eq!(n, live.len(), "{kind}:\n{r}");
+    }
+    // Policy elements only of live interfaces.
+    for e in &r.nft_elements {
+        assert!(
+            r.interfaces.iter().any(|i| e.contains(&format!("\"{i}\""))),
+            "{e} belongs to no live sandbox:\n{r}"
+        );
     }
     let sandboxes = server.data_dir().join("sandboxes");
     for m in r.mounts.iter().chain(&r.loop_devices) {

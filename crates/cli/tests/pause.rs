@@ -114,10 +114,15 @@ fn assert_only_the_disk_is_left(server: &TestServer, id: &str) {
                 .exists()
         })
         .count();
+    let sources: Vec<String> = held
+        .nft_elements
+        .iter()
+        .filter(|e| e.starts_with("sources "))
+        .cloned()
+        .collect();
     for (kind, list) in [
         ("interfaces", &held.interfaces),
-        ("nft chains", &held.nft_chains),
-        ("nft map entries", &held.nft_elements),
+        ("nft source elements", &sources),
         ("address claims", &held.address_claims),
     ] {
         assert_eq!(list.len(), networked, "{kind}:\n{held}");

@@ -3,8 +3,8 @@
 //!
 //! Everything is read from the kernel and the file system, never from
 //! Hutch's own bookkeeping: mounts under the data directory (overlays,
-//! network namespaces, disks), host interfaces, nftables chains and map
-//! entries, address claims, cgroup directories, runc state, sandbox state
+//! network namespaces, disks), host interfaces, nftables set elements,
+//! address claims, cgroup directories, runc state, sandbox state
 //! directories and loop devices. Host-side network objects carry the data
 //! directory's instance tag ([`hutch_runtime::network::instance_tag`]), so
 //! servers of parallel tests never count each other's.
@@ -13,9 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hutch_runtime::network::{
-    CHAIN_PREFIX, DEFAULT_RUN_DIR, INTERFACE_PREFIX, TABLE, instance_tag,
-};
+use hutch_runtime::network::{DEFAULT_RUN_DIR, INTERFACE_PREFIX, TABLE, instance_tag};
 
 use crate::mounts::mounts_under;
 
@@ -30,9 +28,8 @@ pub struct HostResources {
     pub netns: Vec<String>,
     /// Host-side sandbox interfaces (`hv<tag>…`).
     pub interfaces: Vec<String>,
-    /// Per-sandbox nftables chains (`sbx_<tag>_…`).
-    pub nft_chains: Vec<String>,
-    /// Entries of the `sandboxes` verdict map for this data directory.
+    /// Elements of the firewall's sets keyed by this data directory's
+    /// interfaces (`<set> <interface> . <address>`).
     pub nft_elements: Vec<String>,
     /// Address claims in the host-wide registry.
     pub address_claims: Vec<String>,
@@ -53,7 +50,6 @@ impl HostResources {
         let state_dir = state_dir(data_dir);
         let tag = instance_tag(&state_dir);
         let iface_prefix = format!("{INTERFACE_PREFIX}{tag}");
-        let chain_prefix = format!("{CHAIN_PREFIX}{tag}_");
 
         // The state directory's own mount point is the server's, not a
         // sandbox's (see `hutch_runtime::Runtime::release_host_mounts`).
@@ -79,28 +75,7 @@ impl HostResources {
             .filter(|n| n.starts_with(&iface_prefix))
             .collect();
 
-        let (mut nft_chains, mut nft_elements) = (Vec::new(), Vec::new());
-        if let Ok(out) = Command::new("nft")
-            .args(["-j", "list", "table", "inet", TABLE])
-            .output()
-            && out.status.success()
-            && let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        {
-            for item in json["nftables"].as_array().into_iter().flatten() {
-                if let Some(name) = item["chain"]["name"].as_str()
-                    && name.starts_with(&chain_prefix)
-                {
-                    nft_chains.push(name.to_owned());
-                }
-                for e in item["map"]["elem"].as_array().into_iter().flatten() {
-                    if let Some(key) = e[0].as_str()
-                        && key.starts_with(&iface_prefix)
-                    {
-                        nft_elements.push(key.to_owned());
-                    }
-                }
-            }
-        }
+        let nft_elements = nft_elements_of(&iface_prefix);
 
         let address_claims = claims_of(&tag)
             .into_iter()
@@ -132,7 +107,6 @@ impl HostResources {
             mounts: mounts.iter().map(|m| m.display().to_string()).collect(),
             netns,
             interfaces,
-            nft_chains,
             nft_elements,
             address_claims,
             cgroups,
@@ -153,13 +127,12 @@ impl HostResources {
         self.total() == 0
     }
 
-    fn kinds(&self) -> [(&'static str, &Vec<String>); 10] {
+    fn kinds(&self) -> [(&'static str, &Vec<String>); 9] {
         [
             ("mounts", &self.mounts),
             ("network namespaces", &self.netns),
             ("interfaces", &self.interfaces),
-            ("nft chains", &self.nft_chains),
-            ("nft map entries", &self.nft_elements),
+            ("nft set elements", &self.nft_elements),
             ("address claims", &self.address_claims),
             ("cgroups", &self.cgroups),
             ("runc containers", &self.runc_state),
@@ -191,7 +164,7 @@ pub fn assert_no_leaks(data_dir: &Path, ids: &[String]) {
 }
 
 /// Removes every host-side network object of the data directory's
-/// sandboxes (interfaces, nftables chains and map entries, address claims).
+/// sandboxes (interfaces, nftables set elements, address claims).
 /// Test cleanup: a test server stopped or killed leaves its sandboxes, and
 /// their network, for the next start, which a test never makes.
 pub fn network_force_clean(data_dir: &Path) {
@@ -203,10 +176,9 @@ pub fn network_force_clean(data_dir: &Path) {
     }
     let mut script = String::new();
     for e in &r.nft_elements {
-        script += &format!("delete element inet {TABLE} sandboxes {{ \"{e}\" }}\n");
-    }
-    for c in &r.nft_chains {
-        script += &format!("flush chain inet {TABLE} {c}\ndelete chain inet {TABLE} {c}\n");
+        if let Some((set, element)) = e.split_once(' ') {
+            script += &format!("delete element inet {TABLE} {set} {{ {element} }}\n");
+        }
     }
     if !script.is_empty() {
         use std::io::Write;
@@ -224,6 +196,39 @@ pub fn network_force_clean(data_dir: &Path) {
     for claim in claims_of(&tag) {
         let _ = std::fs::remove_file(claim);
     }
+}
+
+/// Elements of the firewall table's sets whose interface starts with
+/// `iface_prefix`, as `<set> "<interface>" . <address or block>`.
+fn nft_elements_of(iface_prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(listing) = Command::new("nft")
+        .args(["-j", "list", "table", "inet", TABLE])
+        .output()
+    else {
+        return out;
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&listing.stdout) else {
+        return out;
+    };
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        let Some(set) = item["set"]["name"].as_str() else {
+            continue;
+        };
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            let (iface, value) = (&e["concat"][0], &e["concat"][1]);
+            let Some(iface) = iface.as_str().filter(|i| i.starts_with(iface_prefix)) else {
+                continue;
+            };
+            let value = match (value.as_str(), &value["prefix"]) {
+                (Some(addr), _) => addr.to_owned(),
+                (None, p) => format!("{}/{}", p["addr"].as_str().unwrap_or("?"), p["len"]),
+            };
+            out.push(format!("{set} \"{iface}\" . {value}"));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The runtime's state directory, absolute as the runtime makes it.

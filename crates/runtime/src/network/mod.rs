@@ -23,7 +23,7 @@
 //!   and a pool. The registry lives in `/run` (tmpfs): it disappears with
 //!   the interfaces it describes at reboot.
 //! * **Names**: `<tag>` is six hex digits derived from the state directory
-//!   ([`instance_tag`]), so each server's interfaces and rule chains are
+//!   ([`instance_tag`]), so each server's interfaces and rule elements are
 //!   recognisable and nothing of another server is ever touched.
 //! * **Rules** live in one nftables table, `inet hutch` ([`TABLE`]), shared by
 //!   every server on the host; nothing outside it is changed except
@@ -35,22 +35,26 @@
 //!   - `forward`: traffic from a sandbox goes through `from_sandbox`; traffic
 //!     to a sandbox is accepted only as part of a connection the sandbox
 //!     opened (nothing from outside can connect in).
-//!   - `from_sandbox`: IPv6 is dropped (sandboxes have IPv4 only); anything
-//!     routed to another sandbox interface is rejected (sandboxes cannot
-//!     reach each other); loopback, link-local (cloud metadata services),
-//!     multicast and broadcast destinations are rejected; then the packet
-//!     jumps to its sandbox's own chain through the verdict map `sandboxes`
-//!     (keyed by interface name); an interface without an entry is rejected.
-//!   - `sbx_<tag>_<slot>` (one per sandbox): drops packets whose source is
-//!     not the sandbox's address (no spoofing), then applies the policy:
-//!     `allowOut` accepts, then `denyOut` rejects, then everything else is
-//!     accepted.
+//!   - `from_sandbox`: IPv6 is dropped (sandboxes have IPv4 only); a packet
+//!     whose interface and source address are not a pair of the set
+//!     `sources` is dropped (no spoofing; no interface Hutch did not set
+//!     up); anything routed to another sandbox interface is rejected
+//!     (sandboxes cannot reach each other); loopback, link-local (cloud
+//!     metadata services), multicast and broadcast destinations are
+//!     rejected; then the sandbox's policy: destinations in its elements of
+//!     the set `allow` (`allowOut`) are accepted, then those in `deny`
+//!     (`denyOut`, or everything without internet access) rejected, then
+//!     everything else is accepted.
 //!   - `postrouting` (nat): traffic from sandbox interfaces leaving through
 //!     any other interface is masqueraded.
 //!
+//!   A sandbox has no chain or rule of its own, only set elements keyed by
+//!   its interface ([`firewall`]): adding, changing or removing one costs
+//!   the same whatever the number of sandboxes.
+//!
 //!   The rules are evaluated for every packet a sandbox sends, not only for
-//!   new connections, so replacing a sandbox's chain (a policy applied when
-//!   a pooled sandbox is claimed) takes effect at once. Rejections use ICMP
+//!   new connections, so replacing a sandbox's elements (a policy applied
+//!   when a pooled sandbox is claimed) takes effect at once. Rejections use ICMP
 //!   "administratively prohibited", so a denied connection fails at once
 //!   instead of timing out.
 //! * **Why this is safe**: the rules live on the host, outside the sandbox's
@@ -70,7 +74,8 @@
 //! reads that record and removes what it names, each step idempotent.
 //! [`Network::reconcile`] (run when the server lists the host's sandboxes at
 //! start) removes whatever of this server's objects no recorded sandbox owns:
-//! interfaces, rule chains, map entries and registry files.
+//! interfaces, set elements and registry files, and restores the elements of
+//! recorded sandboxes that lost them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -90,6 +95,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RuntimeError;
 
+mod firewall;
+
 /// Default address pool: one /30 per sandbox.
 pub const DEFAULT_POOL: &str = "10.200.0.0/16";
 
@@ -108,9 +115,6 @@ pub const TABLE: &str = "hutch";
 /// Prefix of every host-side sandbox interface.
 pub const INTERFACE_PREFIX: &str = "hv";
 
-/// Prefix of every per-sandbox rule chain.
-pub const CHAIN_PREFIX: &str = "sbx_";
-
 /// The sandbox's interface name inside its namespace.
 pub const SANDBOX_INTERFACE: &str = "eth0";
 
@@ -119,14 +123,6 @@ pub const NETNS_FILE: &str = "netns";
 
 /// A sandbox's network record, relative to its directory.
 pub const RECORD_FILE: &str = "network.json";
-
-/// Destinations no sandbox may reach, whatever its policy: "this network",
-/// loopback, link-local (cloud metadata services live there), multicast,
-/// reserved and broadcast.
-const ALWAYS_DENIED: &str = "0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3";
-
-/// How nftables rejects what a policy denies.
-const REJECT: &str = "reject with icmpx type admin-prohibited";
 
 /// An IPv4 or IPv6 address block (`10.0.0.0/8`, `1.1.1.1`), with the host
 /// bits cleared.
@@ -393,7 +389,7 @@ impl Default for NetworkConfig {
 }
 
 /// Six hex digits naming a Hutch instance (its state directory) in host-side
-/// object names: interfaces `hv<tag>…`, chains `sbx_<tag>_…`.
+/// object names: interfaces `hv<tag>…` (and so their firewall elements).
 pub fn instance_tag(state_dir: &Path) -> String {
     // FNV-1a: stable across builds and platforms.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -411,14 +407,19 @@ pub(crate) struct Record {
     pub slot: u32,
     /// Host-side interface.
     pub interface: String,
-    /// Per-sandbox rule chain.
-    pub chain: String,
     /// The sandbox's address.
     pub address: Ipv4Addr,
     /// The host side's address: the sandbox's default gateway.
     pub gateway: Ipv4Addr,
     /// The policy in force.
     pub policy: EgressPolicy,
+}
+
+impl Record {
+    /// The firewall elements this sandbox has.
+    fn elements(&self) -> BTreeSet<firewall::Element> {
+        firewall::sandbox_elements(&self.interface, self.address, &self.policy)
+    }
 }
 
 /// Host-side networking of one runtime.
@@ -465,10 +466,6 @@ impl Network {
 
     fn interface(&self, slot: u32) -> String {
         format!("{INTERFACE_PREFIX}{}{slot:x}", self.tag)
-    }
-
-    fn chain(&self, slot: u32) -> String {
-        format!("{CHAIN_PREFIX}{}_{slot:x}", self.tag)
     }
 
     fn slot_net(&self, slot: u32) -> u32 {
@@ -528,7 +525,7 @@ impl Network {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| net_err(format!("lock {}: {e}", lock_path.display())))?;
         let exists = Command::new(&self.cfg.nft)
-            .args(["list", "chain", "inet", TABLE, "from_sandbox"])
+            .args(["list", "set", "inet", TABLE, firewall::LAYOUT_MARKER_SET])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -536,7 +533,11 @@ impl Network {
             .map_err(|e| tool_missing(&self.cfg.nft, "nftables", &e))?
             .success();
         if !exists {
-            self.nft(&base_rules(), "create the nftables table")?;
+            // Absent, or made by an older Hutch with another layout: (re)made
+            // in one transaction. Sandboxes of other servers on the host lose
+            // their rules until those servers reconcile (their traffic is
+            // dropped meanwhile, never let through).
+            self.nft(&firewall::base_rules(), "create the nftables table")?;
             tracing::info!(table = TABLE, "created the sandbox firewall table");
         }
         enable_forwarding()?;
@@ -559,7 +560,6 @@ impl Network {
         let record = Record {
             slot,
             interface: self.interface(slot),
-            chain: self.chain(slot),
             address: Ipv4Addr::from(net + 2),
             gateway: Ipv4Addr::from(net + 1),
             policy: policy.clone(),
@@ -569,7 +569,8 @@ impl Network {
         let netns = dir.join(NETNS_FILE);
         create_netns(&netns)?;
         // The rules first: the link comes up already governed by them.
-        if let Err(e) = self.nft(&sandbox_rules(&record), "install the sandbox's rules") {
+        let elements = record.elements();
+        if let Err(e) = self.nft(&firewall::add(&elements), "install the sandbox's rules") {
             // The table may have been removed behind Hutch's back (a host
             // firewall reload that flushes the whole ruleset): recreate it
             // once.
@@ -579,7 +580,7 @@ impl Network {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = false;
             self.ensure_base()?;
-            self.nft(&sandbox_rules(&record), "install the sandbox's rules")?;
+            self.nft(&firewall::add(&elements), "install the sandbox's rules")?;
         }
         let ns =
             File::open(&netns).map_err(|e| net_err(format!("open {}: {e}", netns.display())))?;
@@ -615,8 +616,12 @@ impl Network {
         let mut record = Network::read_record(dir)
             .ok_or_else(|| net_err("the sandbox has no network to apply a policy to".to_owned()))?;
         self.ensure_base()?;
+        let old = record.elements();
         record.policy = policy.clone();
-        self.nft(&sandbox_rules(&record), "replace the sandbox's rules")?;
+        self.nft(
+            &firewall::replace(&old, &record.elements()),
+            "replace the sandbox's rules",
+        )?;
         std::fs::remove_file(Network::record_path(dir))
             .map_err(|e| net_err(format!("replace the network record: {e}")))?;
         write_record(dir, &record)?;
@@ -634,14 +639,17 @@ impl Network {
             return Ok(());
         };
         self.ensure_base()?;
-        self.nft(&remove_rules(&record), "remove the sandbox's rules")?;
+        self.nft(
+            &firewall::remove(&record.elements()),
+            "remove the sandbox's rules",
+        )?;
         self.delete_interfaces(std::slice::from_ref(&record.interface))?;
         self.release_slot(record.slot, id);
         Ok(())
     }
 
     /// Removes this instance's host-side objects that no sandbox directory
-    /// records: interfaces, rule chains and map entries, registry files.
+    /// records: interfaces, firewall elements, registry files.
     pub fn reconcile(&self) -> Result<(), RuntimeError> {
         let _ops = self.ops.write().unwrap_or_else(PoisonError::into_inner);
         // slot -> id, from the records of existing sandbox directories.
@@ -700,65 +708,49 @@ impl Network {
         }
         self.delete_interfaces(&stale_ifaces)?;
 
-        // Rules, if the table exists at all.
-        let mut stale_rules = 0;
-        let listing = self.list_table()?;
-        // Sandboxes whose rules are gone (the host's firewall was reloaded
-        // with a flush of the whole ruleset) get them back.
-        let lost: Vec<&Record> = records
-            .iter()
-            .filter(|r| {
-                listing.as_ref().is_none_or(|t| {
-                    !t.chains.contains(&r.chain)
-                        || !t
-                            .elements
-                            .iter()
-                            .any(|(i, c)| *i == r.interface && *c == r.chain)
-                })
-            })
-            .collect();
-        if !lost.is_empty() {
-            if listing.is_none() {
-                *self
-                    .base_ready
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = false;
-            }
+        // Rules: every live sandbox's elements exactly as its record says
+        // (restored if the host's firewall was reloaded with a flush of the
+        // whole ruleset, or if a crash fell between a policy change and its
+        // record), and none of this server's other elements.
+        let mut listing = self.list_table()?;
+        if listing.as_ref().is_none_or(|t| !t.current_layout) {
+            *self
+                .base_ready
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = false;
             self.ensure_base()?;
-            for r in &lost {
-                self.nft(&sandbox_rules(r), "restore a sandbox's rules")?;
+            listing = self.list_table()?;
+        }
+        let listing = listing.unwrap_or_default();
+        let mut script = String::new();
+        let mut restored = 0;
+        for r in &records {
+            let want = r.elements();
+            let have = listing.of(&r.interface);
+            if want != have {
+                let stale: BTreeSet<firewall::Element> = have.difference(&want).cloned().collect();
+                script += &firewall::delete(&stale);
+                script += &firewall::add(&want);
+                restored += 1;
             }
+        }
+        let live_ifaces: BTreeSet<String> = live.keys().map(|s| self.interface(*s)).collect();
+        let stale: BTreeSet<firewall::Element> = listing
+            .elements
+            .iter()
+            .filter(|e| e.interface.starts_with(&prefix) && !live_ifaces.contains(&e.interface))
+            .cloned()
+            .collect();
+        let stale_rules = stale.len();
+        script += &firewall::delete(&stale);
+        if !script.is_empty() {
+            self.nft(&script, "reconcile the sandboxes' rules")?;
+        }
+        if restored > 0 {
             tracing::warn!(
-                sandboxes = lost.len(),
+                sandboxes = restored,
                 "restored the firewall rules of running sandboxes"
             );
-        }
-        if let Some(table) = listing {
-            let chain_prefix = format!("{CHAIN_PREFIX}{}_", self.tag);
-            let live_chains: BTreeSet<String> = live.keys().map(|s| self.chain(*s)).collect();
-            let live_ifaces: BTreeSet<String> = live.keys().map(|s| self.interface(*s)).collect();
-            let mut script = String::new();
-            for (iface, _) in table
-                .elements
-                .iter()
-                .filter(|(i, _)| i.starts_with(&prefix))
-            {
-                if !live_ifaces.contains(iface) {
-                    script += &format!("delete element inet {TABLE} sandboxes {{ \"{iface}\" }}\n");
-                    stale_rules += 1;
-                }
-            }
-            for chain in table.chains.iter().filter(|c| c.starts_with(&chain_prefix)) {
-                if !live_chains.contains(chain) {
-                    script += &format!(
-                        "flush chain inet {TABLE} {chain}\ndelete chain inet {TABLE} {chain}\n"
-                    );
-                    stale_rules += 1;
-                }
-            }
-            if !script.is_empty() {
-                self.nft(&script, "remove leftover rules")?;
-            }
         }
         if stale_files + stale_ifaces.len() + stale_rules > 0 {
             tracing::info!(
@@ -771,8 +763,8 @@ impl Network {
         Ok(())
     }
 
-    /// The chains and map entries of the table; `None` if it does not exist.
-    fn list_table(&self) -> Result<Option<TableListing>, RuntimeError> {
+    /// The table's per-sandbox elements; `None` if it does not exist.
+    fn list_table(&self) -> Result<Option<firewall::Listing>, RuntimeError> {
         let out = Command::new(&self.cfg.nft)
             .args(["-j", "list", "table", "inet", TABLE])
             .stdin(Stdio::null())
@@ -788,7 +780,7 @@ impl Network {
         }
         let json: serde_json::Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| net_err(format!("cannot parse `nft -j list table`: {e}")))?;
-        Ok(Some(TableListing::parse(&json)))
+        Ok(Some(firewall::Listing::parse(&json)))
     }
 
     /// Claims a free /30 in the host-wide registry.
@@ -904,115 +896,6 @@ impl Network {
         let host = std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default();
         sandbox_resolv_conf(&host, is_host_address, &self.cfg.fallback_nameservers)
     }
-}
-
-/// Chains and verdict-map keys of the `hutch` table.
-#[derive(Debug, Default)]
-struct TableListing {
-    chains: Vec<String>,
-    /// (interface, jump target).
-    elements: Vec<(String, String)>,
-}
-
-impl TableListing {
-    fn parse(json: &serde_json::Value) -> TableListing {
-        let mut out = TableListing::default();
-        let items = json["nftables"].as_array().cloned().unwrap_or_default();
-        for item in items {
-            if let Some(name) = item["chain"]["name"].as_str() {
-                out.chains.push(name.to_owned());
-            }
-            if item["map"]["name"] == "sandboxes"
-                && let Some(elems) = item["map"]["elem"].as_array()
-            {
-                for e in elems {
-                    let key = e[0].as_str().unwrap_or_default().to_owned();
-                    let target = e[1]["jump"]["target"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    out.elements.push((key, target));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// The base table (see the module docs).
-fn base_rules() -> String {
-    let hv = format!("\"{INTERFACE_PREFIX}*\"");
-    format!(
-        "add table inet {TABLE}\n\
-         add map inet {TABLE} sandboxes {{ type ifname : verdict ; }}\n\
-         add chain inet {TABLE} input {{ type filter hook input priority -10 ; policy accept ; }}\n\
-         add chain inet {TABLE} forward {{ type filter hook forward priority -10 ; policy accept ; }}\n\
-         add chain inet {TABLE} postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}\n\
-         add chain inet {TABLE} from_sandbox\n\
-         add rule inet {TABLE} input iifname {hv} {REJECT}\n\
-         add rule inet {TABLE} forward iifname {hv} jump from_sandbox\n\
-         add rule inet {TABLE} forward oifname {hv} ct state established,related accept\n\
-         add rule inet {TABLE} forward oifname {hv} drop\n\
-         add rule inet {TABLE} from_sandbox meta nfproto ipv6 drop\n\
-         add rule inet {TABLE} from_sandbox oifname {hv} {REJECT}\n\
-         add rule inet {TABLE} from_sandbox ip daddr {{ {ALWAYS_DENIED} }} {REJECT}\n\
-         add rule inet {TABLE} from_sandbox iifname vmap @sandboxes\n\
-         add rule inet {TABLE} from_sandbox {REJECT}\n\
-         add rule inet {TABLE} postrouting iifname {hv} oifname != {hv} masquerade\n"
-    )
-}
-
-fn set_of(blocks: &[Cidr]) -> String {
-    blocks
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Creates or replaces a sandbox's chain and map entry (one transaction).
-fn sandbox_rules(r: &Record) -> String {
-    let c = &r.chain;
-    let mut s = format!(
-        "add chain inet {TABLE} {c}\n\
-         flush chain inet {TABLE} {c}\n\
-         add rule inet {TABLE} {c} ip saddr != {addr} drop\n",
-        addr = r.address
-    );
-    let allow = r.policy.allowed_blocks();
-    let deny = r.policy.denied_blocks();
-    if !allow.is_empty() {
-        s += &format!(
-            "add rule inet {TABLE} {c} ip daddr {{ {} }} accept\n",
-            set_of(&allow)
-        );
-    }
-    if !deny.is_empty() {
-        s += &format!(
-            "add rule inet {TABLE} {c} ip daddr {{ {} }} {REJECT}\n",
-            set_of(&deny)
-        );
-    }
-    s += &format!(
-        "add rule inet {TABLE} {c} accept\n\
-         add element inet {TABLE} sandboxes {{ \"{iface}\" : jump {c} }}\n",
-        iface = r.interface
-    );
-    s
-}
-
-/// Removes a sandbox's chain and map entry, whether or not they exist (one
-/// transaction: each is created first if missing).
-fn remove_rules(r: &Record) -> String {
-    let c = &r.chain;
-    let iface = &r.interface;
-    format!(
-        "add chain inet {TABLE} {c}\n\
-         add element inet {TABLE} sandboxes {{ \"{iface}\" : jump {c} }}\n\
-         delete element inet {TABLE} sandboxes {{ \"{iface}\" }}\n\
-         flush chain inet {TABLE} {c}\n\
-         delete chain inet {TABLE} {c}\n"
-    )
 }
 
 fn write_record(dir: &Path, record: &Record) -> Result<(), RuntimeError> {
@@ -1265,36 +1148,6 @@ mod tests {
         assert_eq!(m, vec![c("10.0.0.0/8"), c("192.168.1.1")]);
     }
 
-    fn record(policy: EgressPolicy) -> Record {
-        Record {
-            slot: 5,
-            interface: "hvabcdef5".into(),
-            chain: "sbx_abcdef_5".into(),
-            address: "10.200.0.22".parse().unwrap(),
-            gateway: "10.200.0.21".parse().unwrap(),
-            policy,
-        }
-    }
-
-    #[test]
-    fn sandbox_chain_rules() {
-        let s = sandbox_rules(&record(EgressPolicy::default()));
-        assert!(s.contains("ip saddr != 10.200.0.22 drop"), "{s}");
-        assert!(!s.contains("daddr"), "{s}");
-        assert!(s.contains("\"hvabcdef5\" : jump sbx_abcdef_5"), "{s}");
-
-        let s = sandbox_rules(&record(EgressPolicy {
-            allow_internet_access: false,
-            allow_out: vec![c("198.51.100.2")],
-            deny_out: vec![c("10.0.0.0/8")],
-        }));
-        let allow = s.find("{ 198.51.100.2/32 } accept").expect(&s);
-        let deny = s.find("{ 0.0.0.0/0 } reject").expect(&s);
-        assert!(allow < deny, "{s}");
-        let r = remove_rules(&record(EgressPolicy::default()));
-        assert!(r.contains("delete chain inet hutch sbx_abcdef_5"), "{r}");
-    }
-
     #[test]
     fn names_fit_interface_limits() {
         let net = Network::new(
@@ -1352,22 +1205,5 @@ mod tests {
         );
         assert!(is_host_address(ip("127.0.0.1")));
         assert!(!is_host_address(ip("198.51.100.77")));
-    }
-
-    #[test]
-    fn parses_table_listings() {
-        let json = serde_json::json!({"nftables": [
-            {"metainfo": {}},
-            {"table": {"family": "inet", "name": "hutch"}},
-            {"map": {"name": "sandboxes", "elem": [["hvabcdef1", {"jump": {"target": "sbx_abcdef_1"}}]]}},
-            {"chain": {"name": "from_sandbox"}},
-            {"chain": {"name": "sbx_abcdef_1"}},
-        ]});
-        let t = TableListing::parse(&json);
-        assert_eq!(t.chains, vec!["from_sandbox", "sbx_abcdef_1"]);
-        assert_eq!(
-            t.elements,
-            vec![("hvabcdef1".to_owned(), "sbx_abcdef_1".to_owned())]
-        );
     }
 }
