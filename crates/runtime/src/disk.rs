@@ -46,6 +46,7 @@ use std::process::{Command, Stdio};
 use rustix::mount::MountFlags;
 
 use crate::error::{IoContext, RuntimeError};
+use crate::toolns::ToolNamespace;
 
 /// Smallest disk a sandbox can have, in MiB: ext4's own metadata takes a
 /// few hundred KiB, and a template's first writes need room.
@@ -166,7 +167,12 @@ pub(crate) fn check_size(size_mb: u64) -> Result<(), String> {
 /// it at `mountpoint` (which must exist). Blocking. On error, whatever was
 /// mounted stays mounted (the caller's teardown unmounts everything under
 /// the sandbox directory) and no loop device is left bound.
-pub(crate) fn create(image: &Path, mountpoint: &Path, size_mb: u64) -> Result<(), RuntimeError> {
+pub(crate) fn create(
+    image: &Path,
+    mountpoint: &Path,
+    size_mb: u64,
+    tools: &ToolNamespace,
+) -> Result<(), RuntimeError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -178,7 +184,7 @@ pub(crate) fn create(image: &Path, mountpoint: &Path, size_mb: u64) -> Result<()
     file.set_len(size_mb * 1024 * 1024)
         .ctx(|| format!("size {}", image.display()))?;
     drop(file);
-    mkfs(image)?;
+    mkfs(image, tools)?;
     mount_image(image, mountpoint)
 }
 
@@ -188,7 +194,11 @@ pub(crate) fn create(image: &Path, mountpoint: &Path, size_mb: u64) -> Result<()
 /// reads the superblock of a clean file system), so that a host crash
 /// halfway through a resume cannot leave a damaged file system mounted.
 /// Blocking; the same guarantees as [`create`] on error.
-pub(crate) fn mount_kept(image: &Path, mountpoint: &Path) -> Result<(), RuntimeError> {
+pub(crate) fn mount_kept(
+    image: &Path,
+    mountpoint: &Path,
+    tools: &ToolNamespace,
+) -> Result<(), RuntimeError> {
     let meta = std::fs::metadata(image).ctx(|| format!("stat {}", image.display()))?;
     if !meta.is_file() {
         return Err(RuntimeError::io(
@@ -196,15 +206,17 @@ pub(crate) fn mount_kept(image: &Path, mountpoint: &Path) -> Result<(), RuntimeE
             std::io::Error::other("not a regular file"),
         ));
     }
-    fsck(image)?;
+    fsck(image, tools)?;
     mount_image(image, mountpoint)
 }
 
 /// Runs `e2fsck -p` (preen: fix what is safe, without asking) on an
 /// unmounted image. Exit codes 0 (clean) and 1 (errors corrected) are
 /// fine; anything else is an error.
-fn fsck(image: &Path) -> Result<(), RuntimeError> {
-    let out = Command::new(FSCK)
+fn fsck(image: &Path, tools: &ToolNamespace) -> Result<(), RuntimeError> {
+    let mut cmd = Command::new(FSCK);
+    tools.apply(&mut cmd);
+    let out = cmd
         .arg("-p")
         .arg(image)
         .stdin(Stdio::null())
@@ -240,9 +252,12 @@ pub(crate) fn wait_loops_released(dir: &Path, timeout: std::time::Duration) -> b
     }
 }
 
-/// Runs `mkfs.ext4` on the image.
-fn mkfs(image: &Path) -> Result<(), RuntimeError> {
-    let out = Command::new(MKFS)
+/// Runs `mkfs.ext4` on the image (in the tools' namespace: it reads the
+/// whole mount table).
+fn mkfs(image: &Path, tools: &ToolNamespace) -> Result<(), RuntimeError> {
+    let mut cmd = Command::new(MKFS);
+    tools.apply(&mut cmd);
+    let out = cmd
         .args(MKFS_ARGS)
         .arg(image)
         .stdin(Stdio::null())
@@ -456,6 +471,10 @@ pub(crate) fn detach_orphan_loops(state_dir: &Path) {
 mod tests {
     use super::*;
 
+    fn host_tools() -> ToolNamespace {
+        ToolNamespace::host(Path::new("/nonexistent"))
+    }
+
     #[test]
     fn sizes() {
         assert!(check_size(MIN_DISK_MB).is_ok());
@@ -485,7 +504,7 @@ mod tests {
         let image = dir.path().join("disk.img");
         let mnt = dir.path().join("disk");
         std::fs::create_dir(&mnt).unwrap();
-        create(&image, &mnt, 16).unwrap();
+        create(&image, &mnt, 16, &host_tools()).unwrap();
         assert_eq!(loops_under(dir.path()).len(), 1);
         // Sparse: far less than 16 MiB used on the host.
         use std::os::unix::fs::MetadataExt;
@@ -511,7 +530,7 @@ mod tests {
 
         // Kept: mounted again, the file system is checked and its files are
         // there.
-        mount_kept(&image, &mnt).unwrap();
+        mount_kept(&image, &mnt, &host_tools()).unwrap();
         assert_eq!(loops_under(dir.path()).len(), 1);
         assert!(mnt.join("big").exists());
         rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::empty()).unwrap();
@@ -519,6 +538,6 @@ mod tests {
             dir.path(),
             std::time::Duration::from_secs(5)
         ));
-        assert!(mount_kept(&dir.path().join("missing.img"), &mnt).is_err());
+        assert!(mount_kept(&dir.path().join("missing.img"), &mnt, &host_tools()).is_err());
     }
 }

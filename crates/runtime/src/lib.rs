@@ -36,16 +36,17 @@
 //!                            agent's socket, bound by the host)
 //!     netns                  its network namespace (a bind mount), unless
 //!                            loopback-only; see [`network`]
-//!     network.json           its address, interface, rule chain, policy
-//! <state_dir>.runc-view/     root/ and netns: where `runc run`'s own mount
-//!                            namespace binds the sandbox it starts (see
-//!                            `runc::MountView`)
+//!     network.json           its address, interface, policy
+//! <state_dir>.runc-view/     a shared mount: `<id>/root` and `<id>/netns`
+//!                            show a sandbox to the tools' mount namespace
+//!                            while `runc run` starts it (see `toolns`)
 //! <runc_root>/<id>/          runc's own state for the container
 //! ```
 //!
 //! `<state_dir>` itself is a private bind mount of itself while sandboxes
 //! run ([`Runtime::release_host_mounts`] removes it when none is left), so
-//! that runc's namespace can drop every sandbox's mounts at once.
+//! that the mount namespace host tools run in (runc, `mkfs.ext4`, `e2fsck`)
+//! holds none of the sandboxes' mounts.
 //!
 //! Nothing under `<state_dir>/<id>` is bind-mounted into the sandbox
 //! writable: only the agent binary, `boot.json` and the login-PATH script,
@@ -106,6 +107,7 @@ mod process;
 mod runc;
 pub mod seccomp;
 pub mod spec;
+mod toolns;
 
 pub use agent::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
 pub use error::RuntimeError;
@@ -116,7 +118,8 @@ pub use process::{
 };
 
 use error::IoContext;
-use runc::{MountView, Runc};
+use runc::Runc;
+use toolns::{ToolNamespace, ToolView};
 
 /// How long [`Runtime::create`] waits for the agent to answer `GET /health`.
 pub const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -270,10 +273,9 @@ struct Inner {
     network: network::Network,
     /// Per-id locks serializing `create` and `destroy` of the same id.
     locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-    /// Where `runc run`'s own mount namespace has a sandbox's root
-    /// (`root`) and network namespace (`netns`); see [`MountView`].
-    view_dir: PathBuf,
-    /// Whether `state_dir` is a mount point of its own, so that runc's
+    /// Where runc, `mkfs.ext4` and `e2fsck` run.
+    tools: Arc<ToolNamespace>,
+    /// Whether `state_dir` is a mount point of its own, so that the tools'
     /// namespace can drop every sandbox's mounts at once.
     anchored: bool,
 }
@@ -381,29 +383,25 @@ impl Runtime {
 
         let network = network::Network::new(cfg.network.clone(), &state_dir)?;
 
-        // runc's view of a sandbox (see `MountView`): fixed paths outside
-        // the state directory, mounted over only in runc's own namespace.
-        let view_dir = state_dir.with_extension("runc-view");
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(view_dir.join("root"))
-            .ctx(|| format!("create {}", view_dir.display()))?;
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(view_dir.join("netns"))
-            .ctx(|| format!("create {}", view_dir.join("netns").display()))?;
         let anchored = mounts::ensure_anchor(&state_dir).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot make the state directory a mount point; runc will see every host mount");
+            tracing::warn!(error = %e, "cannot make the state directory a mount point; host tools will see every sandbox's mounts");
             false
         });
+        let stage_dir = state_dir.with_extension("runc-view");
+        let tools = if anchored {
+            ToolNamespace::new(&state_dir, &stage_dir).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot make the tools' mount namespace; host tools will see every sandbox's mounts");
+                ToolNamespace::host(&stage_dir)
+            })
+        } else {
+            ToolNamespace::host(&stage_dir)
+        };
+        let tools = Arc::new(tools);
 
         let runc = Runc {
             binary: runc_bin.clone(),
             root: runc_root.clone(),
+            tools: tools.clone(),
         };
         Ok(Runtime {
             inner: Arc::new(Inner {
@@ -420,7 +418,7 @@ impl Runtime {
                 limit_swap: swap_accounting(),
                 network,
                 locks: Default::default(),
-                view_dir,
+                tools,
                 anchored,
             }),
         })
@@ -432,6 +430,7 @@ impl Runtime {
     /// a server that stops with nothing running leaves no mount behind.
     /// With sandboxes left (for the next server to re-adopt) it stays.
     pub fn release_host_mounts(&self) {
+        self.inner.tools.release();
         if !self.inner.anchored {
             return;
         }
@@ -636,20 +635,11 @@ impl Runtime {
         };
         let boot_started = std::time::Instant::now();
         let networked = !matches!(spec.network, NetworkPolicy::Loopback);
-        let view = MountView {
-            rootfs: paths.rootfs.clone(),
-            view_rootfs: self.inner.view_dir.join("root"),
-            netns: networked.then(|| {
-                (
-                    paths.dir.join(network::NETNS_FILE),
-                    self.inner.view_dir.join("netns"),
-                )
-            }),
-            hide: self
-                .inner
-                .anchored
-                .then(|| self.inner.cfg.state_dir.clone()),
-        };
+        let netns = networked.then(|| paths.dir.join(network::NETNS_FILE));
+        let view = self
+            .inner
+            .tools
+            .view(&spec.id, &paths.rootfs, netns.as_deref());
         let files = {
             let paths = paths.clone();
             let view = view.clone();
@@ -657,6 +647,7 @@ impl Runtime {
             let boot = spec.boot.clone();
             let id = spec.id.clone();
             let envd = self.inner.cfg.envd.clone();
+            let tools = self.inner.tools.clone();
             let cgroups_path = self.cgroups_path(&spec.id);
             let confinement = Confinement {
                 no_new_privileges: spec.no_new_privileges,
@@ -681,6 +672,7 @@ impl Runtime {
                     resolv_conf.as_deref(),
                     &paths,
                     &view,
+                    &tools,
                 )
             })
         };
@@ -696,7 +688,14 @@ impl Runtime {
         // handed it over.
         let listener = std::os::unix::net::UnixListener::bind(&paths.socket)
             .ctx(|| format!("bind {}", paths.socket.display()))?;
-        self.inner
+        // runc sees the root and network namespace at the spec's paths for
+        // as long as it runs.
+        let staged = self
+            .inner
+            .tools
+            .stage(&spec.id, &paths.rootfs, netns.as_deref())?;
+        let run = self
+            .inner
             .runc
             .run_detached(
                 &spec.id,
@@ -704,9 +703,10 @@ impl Runtime {
                 &paths.pid_file,
                 &paths.console_log,
                 listener.into(),
-                &view,
             )
-            .await?;
+            .await;
+        drop(staged);
+        run?;
         let ran = boot_started.elapsed();
         let pid_text = tokio::fs::read_to_string(&paths.pid_file)
             .await
@@ -1150,7 +1150,8 @@ fn prepare(
     disk: DiskSource,
     resolv_conf: Option<&str>,
     paths: &Paths,
-    view: &MountView,
+    view: &ToolView,
+    tools: &ToolNamespace,
 ) -> Result<(), RuntimeError> {
     let Confinement {
         no_new_privileges,
@@ -1173,12 +1174,12 @@ fn prepare(
     // The writable layer lives on the sandbox's own disk.
     match disk {
         DiskSource::New => {
-            disk::create(&paths.disk_image, &paths.disk, limits.disk_mb)?;
+            disk::create(&paths.disk_image, &paths.disk, limits.disk_mb, tools)?;
             mkdir(&paths.upper, 0o755)?;
             mkdir(&paths.work, 0o700)?;
         }
         DiskSource::Kept => {
-            disk::mount_kept(&paths.disk_image, &paths.disk)?;
+            disk::mount_kept(&paths.disk_image, &paths.disk, tools)?;
             for dir in [&paths.upper, &paths.work] {
                 if !is_real_dir(dir) {
                     return Err(RuntimeError::io(
@@ -1264,7 +1265,7 @@ fn prepare(
     // starts the container).
     let oci = spec::build(&spec::SpecInput {
         id,
-        rootfs: &view.view_rootfs,
+        rootfs: &view.rootfs,
         envd,
         boot_json: &paths.boot_json,
         profile_script,
@@ -1273,7 +1274,7 @@ fn prepare(
         limit_swap,
         seccomp: Some(seccomp::profile(&spec::DEFAULT_CAPABILITIES)),
         no_new_privileges,
-        network_ns: view.netns.as_ref().map(|(_, in_view)| in_view.as_path()),
+        network_ns: view.netns.as_deref(),
     });
     let config = serde_json::to_vec_pretty(&oci).map_err(|source| RuntimeError::Json {
         context: "serialize config.json".to_owned(),

@@ -1,45 +1,19 @@
 //! Invoking `runc` with Hutch's private state root.
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::process::Command;
 
 use crate::error::{IoContext, RuntimeError};
+use crate::toolns::ToolNamespace;
 
 /// Upper bound for one runc invocation; runc normally takes milliseconds.
 const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What `runc run` sees of the host's mounts.
-///
-/// runc parses `/proc/self/mountinfo` several times per container (cgroup
-/// mount points, the root's parent mount), and the container's mount
-/// namespace starts as a copy of runc's: with every sandbox's disk, overlay
-/// and network namespace mounted on the host, each create would cost more
-/// the more sandboxes run. So `runc run` gets a mount namespace of its own,
-/// private, in which the sandbox's root and network namespace are bound at
-/// fixed paths of [`MountView`] and the whole state directory's mounts —
-/// every other sandbox — are detached in one call. The container's spec
-/// names those fixed paths; the namespace goes away when runc returns.
-#[derive(Debug, Clone)]
-pub(crate) struct MountView {
-    /// The sandbox's root (its overlay mount) on the host.
-    pub rootfs: PathBuf,
-    /// Where runc's namespace has it (the spec's `root.path`).
-    pub view_rootfs: PathBuf,
-    /// The sandbox's network namespace file on the host and where runc's
-    /// namespace has it, if it has one.
-    pub netns: Option<(PathBuf, PathBuf)>,
-    /// A mount point holding every sandbox's mounts, detached in runc's
-    /// namespace; `None` when the state directory is not one (see
-    /// `mounts::ensure_anchor`).
-    pub hide: Option<PathBuf>,
-}
 
 /// The part of `runc state` output Hutch uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +31,8 @@ pub(crate) struct RuncState {
 pub(crate) struct Runc {
     pub binary: PathBuf,
     pub root: PathBuf,
+    /// Where runc runs (see [`ToolNamespace`]).
+    pub tools: Arc<ToolNamespace>,
 }
 
 /// Output of a finished runc command.
@@ -70,6 +46,7 @@ struct Finished {
 impl Runc {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
+        self.tools.apply_async(&mut cmd);
         cmd.arg("--root").arg(&self.root);
         cmd.kill_on_drop(true);
         cmd
@@ -118,7 +95,6 @@ impl Runc {
         pid_file: &Path,
         log: &Path,
         listener: OwnedFd,
-        view: &MountView,
     ) -> Result<(), RuntimeError> {
         let open_log = || {
             // Readable too: the agent keeps it bounded by rotating it.
@@ -143,51 +119,12 @@ impl Runc {
             .stderr(Stdio::from(open_log()?));
         let raw = listener.as_raw_fd();
         let target = hutch_protocol::boot::AGENT_LISTEN_FD;
-        let cstr = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| RuntimeError::Internal(format!("NUL in path {}", p.display())))
-        };
-        let binds: Vec<(CString, CString)> = std::iter::once((&view.rootfs, &view.view_rootfs))
-            .chain(view.netns.as_ref().map(|(a, b)| (a, b)))
-            .map(|(from, to)| Ok((cstr(from)?, cstr(to)?)))
-            .collect::<Result<_, RuntimeError>>()?;
-        let hide = view.hide.as_deref().map(cstr).transpose()?;
-        let root = c"/";
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe system calls (unshare, mount, umount2,
-        // dup2, fcntl) on memory allocated before the fork and on
-        // descriptors that stay open until `cmd` has been spawned
+        // makes async-signal-safe system calls (dup2, fcntl) on a
+        // descriptor that stays open until `cmd` has been spawned
         // (`listener` lives to the end of this function).
         unsafe {
             cmd.pre_exec(move || {
-                let check = |r: libc::c_int| {
-                    if r < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(())
-                    }
-                };
-                // runc's own mount namespace (see `MountView`).
-                check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ))?;
-                for (from, to) in &binds {
-                    check(libc::mount(
-                        from.as_ptr(),
-                        to.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ))?;
-                }
-                if let Some(hide) = &hide {
-                    check(libc::umount2(hide.as_ptr(), libc::MNT_DETACH))?;
-                }
                 if raw == target {
                     // Already in place: only its close-on-exec flag goes.
                     let flags = libc::fcntl(raw, libc::F_GETFD);
