@@ -117,6 +117,8 @@ pub(crate) async fn run(target: &Target, n: usize) -> anyhow::Result<()> {
         mib(cgroups) / n as f64
     );
 
+    let per_sandbox = cgroups / n as u64;
+
     let t = Instant::now();
     let mut kills = Vec::with_capacity(n);
     for id in &ids {
@@ -130,8 +132,19 @@ pub(crate) async fn run(target: &Target, n: usize) -> anyhow::Result<()> {
         ms(percentile(&kills, 50.0)),
         ms(percentile(&kills, 99.0))
     );
-    leftovers(&target.data_dir, &ids).await
+    leftovers(&target.data_dir, &ids).await?;
+    if per_sandbox > MEMORY_BUDGET {
+        bail!(
+            "an idle sandbox is charged {:.2} MiB, over the budget of {:.0} MiB",
+            mib(per_sandbox),
+            mib(MEMORY_BUDGET)
+        );
+    }
+    Ok(())
 }
+
+/// Host memory an idle sandbox may cost (charged to its cgroup).
+const MEMORY_BUDGET: u64 = 8 * 1024 * 1024;
 
 /// Fails unless nothing of the sandboxes is left on the host (waiting a
 /// little for teardowns finishing behind the kills).
