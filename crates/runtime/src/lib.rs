@@ -87,12 +87,11 @@
 //! `stop_keep_disk` finishes an interrupted stop (or stops a sandbox whose
 //! resume was interrupted).
 
-use std::collections::HashMap;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hutch_protocol::boot::{AGENT_SOCKET_NAME, BootConfig};
@@ -101,6 +100,7 @@ mod agent;
 mod confined;
 mod disk;
 mod error;
+mod keyed;
 mod mounts;
 pub mod network;
 mod process;
@@ -118,6 +118,7 @@ pub use process::{
 };
 
 use error::IoContext;
+pub use keyed::KeyedLocks;
 use runc::Runc;
 use toolns::{ToolNamespace, ToolView};
 
@@ -272,7 +273,7 @@ struct Inner {
     /// Host-side networking.
     network: network::Network,
     /// Per-id locks serializing `create` and `destroy` of the same id.
-    locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    locks: KeyedLocks,
     /// Where runc, `mkfs.ext4` and `e2fsck` run.
     tools: Arc<ToolNamespace>,
     /// Whether `state_dir` is a mount point of its own, so that the tools'
@@ -493,22 +494,6 @@ impl Runtime {
         }
     }
 
-    /// The lock serializing `create` and `destroy` of `id`.
-    fn id_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .inner
-            .locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(lock) = locks.get(id).and_then(Weak::upgrade) {
-            return lock;
-        }
-        locks.retain(|_, w| w.strong_count() > 0);
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        locks.insert(id.to_owned(), Arc::downgrade(&lock));
-        lock
-    }
-
     /// The container's cgroup path.
     fn cgroups_path(&self, id: &str) -> String {
         format!("/{}/{id}", self.inner.cgroup_parent)
@@ -566,8 +551,7 @@ impl Runtime {
             });
         }
 
-        let lock = self.id_lock(&spec.id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.lock(&spec.id).await;
 
         // Claim the id. Nothing is cleaned up on these errors: whatever
         // exists belongs to someone else.
@@ -785,8 +769,7 @@ impl Runtime {
         let this = self.clone();
         let id = id.to_owned();
         join(tokio::spawn(async move {
-            let lock = this.id_lock(&id);
-            let _guard = lock.lock().await;
+            let _guard = this.inner.locks.lock(&id).await;
             this.teardown(&id).await
         }))
         .await
@@ -842,8 +825,7 @@ impl Runtime {
         let this = self.clone();
         let id = id.to_owned();
         join(tokio::spawn(async move {
-            let lock = this.id_lock(&id);
-            let _guard = lock.lock().await;
+            let _guard = this.inner.locks.lock(&id).await;
             this.teardown_keep_disk(&id).await
         }))
         .await
@@ -970,8 +952,7 @@ impl Runtime {
         policy: &EgressPolicy,
     ) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.id_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.lock(id).await;
         let this = self.clone();
         let dir = self.paths(id).dir;
         let policy = policy.clone();
@@ -990,8 +971,7 @@ impl Runtime {
     /// halt a step's sandbox before turning its changes into a layer.
     pub async fn halt(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.id_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.lock(id).await;
         self.inner.runc.kill_all(id).await?;
         let deadline = tokio::time::Instant::now() + AGENT_BOOT_TIMEOUT;
         let mut interval = Duration::from_millis(1);
@@ -1015,8 +995,7 @@ impl Runtime {
     /// stay open. Pausing a paused sandbox is not an error.
     pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.id_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.lock(id).await;
         match self.status(id).await? {
             Some(SandboxStatus::Paused) => Ok(()),
             Some(_) => self.inner.runc.freeze(id, true).await,
@@ -1028,8 +1007,7 @@ impl Runtime {
     /// is not an error.
     pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.id_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.lock(id).await;
         match self.status(id).await? {
             Some(SandboxStatus::Running) => Ok(()),
             Some(_) => self.inner.runc.freeze(id, false).await,

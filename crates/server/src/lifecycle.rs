@@ -526,7 +526,7 @@ pub(crate) async fn pause_sandbox(
     id: &str,
     mode: PauseMode,
 ) -> Result<PauseOutcome, ApiError> {
-    let _transition = st.transitions.lock().await;
+    let _transition = st.transitions.lock(id).await;
     match st.live().get(id) {
         None => return Ok(PauseOutcome::NotFound),
         Some(e) if e.paused.is_some() => return Ok(PauseOutcome::AlreadyPaused),
@@ -650,7 +650,7 @@ pub(crate) async fn resume_sandbox(
     timeout_secs: Option<u64>,
     memory: Option<bool>,
 ) -> Result<ResumeOutcome, ApiError> {
-    let _transition = st.transitions.lock().await;
+    let _transition = st.transitions.lock(id).await;
     let now = time::now_ms();
     let wanted_end = timeout_secs.map(|s| now.saturating_add(timeout_ms(s)));
     let paused = match st.live().get(id) {

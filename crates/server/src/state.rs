@@ -64,9 +64,10 @@ pub(crate) struct AppState {
     /// Running and paused sandboxes by id: the front door routes only to
     /// the running ones.
     pub live: Mutex<HashMap<String, LiveSandbox>>,
-    /// Held while a sandbox is paused or resumed, so that two such
-    /// transitions never interleave.
-    pub transitions: tokio::sync::Mutex<()>,
+    /// One lock per sandbox, held while it is paused or resumed, so that
+    /// two transitions of the same sandbox never interleave (those of
+    /// different sandboxes run side by side).
+    pub transitions: hutch_runtime::KeyedLocks,
     /// Wakes the reaper when an expiry moves.
     pub reaper_wake: Notify,
     /// Set on shutdown; the reaper stops.
@@ -145,7 +146,7 @@ impl AppState {
             store: Arc::new(store),
             runtime: Arc::new(runtime),
             live: Mutex::new(HashMap::new()),
-            transitions: tokio::sync::Mutex::new(()),
+            transitions: hutch_runtime::KeyedLocks::default(),
             reaper_wake: Notify::new(),
             reaper_stop: tokio_util::sync::CancellationToken::new(),
             layers_lock: RwLock::new(()),
