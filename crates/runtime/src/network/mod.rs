@@ -49,7 +49,7 @@
 //!     any other interface is masqueraded.
 //!
 //!   A sandbox has no chain or rule of its own, only set elements keyed by
-//!   its interface ([`firewall`]): adding, changing or removing one costs
+//!   its interface (`network/firewall.rs`): adding, changing or removing one costs
 //!   the same whatever the number of sandboxes.
 //!
 //!   The rules are evaluated for every packet a sandbox sends, not only for
@@ -72,7 +72,7 @@
 //! names are written to `network.json` in the sandbox directory right
 //! after the slot is claimed and before anything is created. A teardown
 //! reads that record and removes what it names, each step idempotent.
-//! [`Network::reconcile`] (run when the server lists the host's sandboxes at
+//! `Network::reconcile` (run when the server lists the host's sandboxes at
 //! start) removes whatever of this server's objects no recorded sandbox owns:
 //! interfaces, set elements and registry files, and restores the elements of
 //! recorded sandboxes that lost them.
@@ -430,7 +430,7 @@ pub(crate) struct Network {
     tag: String,
     pool_base: u32,
     slots: u32,
-    /// Shared by per-sandbox operations, exclusive for [`Network::reconcile`].
+    /// Shared by per-sandbox operations, exclusive for `Network::reconcile`.
     ops: RwLock<()>,
     /// The base table and registry exist.
     base_ready: Mutex<bool>,

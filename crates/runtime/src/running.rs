@@ -1,0 +1,228 @@
+//! Sandboxes that exist: listing and re-adopting them, freezing, halting,
+//! their state and their network policy.
+
+use crate::*;
+
+impl Runtime {
+    /// Ids with anything left on the host: a runc container under
+    /// `runc_root` or a directory under `state_dir`. Sorted, no duplicates.
+    /// Sandboxes stopped with their disk kept ([`Runtime::stop_keep_disk`])
+    /// are listed too: their directory holds the disk.
+    /// Names that are not valid sandbox ids are skipped (with a warning).
+    /// Loop devices bound to the disk image of a sandbox directory that no
+    /// longer exists are detached here.
+    ///
+    /// Network objects of this runtime that no sandbox directory records
+    /// any more (left by a crash: interfaces, rule chains, address claims;
+    /// see [`network`]) have no id to report: they are removed here.
+    pub async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let this = self.clone();
+        blocking(move || {
+            if let Err(e) = this.inner.network.reconcile() {
+                tracing::warn!(error = %e, "cannot remove leftover sandbox network objects");
+            }
+            // Loop devices still bound to the disk of a sandbox whose
+            // directory is gone have no id to report either.
+            disk::detach_orphan_loops(&this.inner.cfg.state_dir);
+            Ok(())
+        })
+        .await?;
+        let dirs = [
+            self.inner.cfg.runc_root.clone(),
+            self.inner.cfg.state_dir.clone(),
+        ];
+        blocking(move || {
+            let mut ids = std::collections::BTreeSet::new();
+            for dir in &dirs {
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(RuntimeError::io(format!("list {}", dir.display()), e)),
+                };
+                for entry in entries {
+                    let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+                    if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
+                    match entry.file_name().into_string() {
+                        Ok(name) if validate_id(&name).is_ok() => {
+                            ids.insert(name);
+                        }
+                        Ok(name) => {
+                            tracing::warn!(dir = %dir.display(), %name, "ignoring entry that is not a sandbox id");
+                        }
+                        Err(name) => {
+                            tracing::warn!(dir = %dir.display(), ?name, "ignoring non-UTF-8 entry");
+                        }
+                    }
+                }
+            }
+            Ok(ids.into_iter().collect())
+        })
+        .await
+    }
+
+    /// Replaces the egress policy of a sandbox that has a network, at once
+    /// and atomically (one nftables transaction); used when a sandbox from
+    /// the warm pool is claimed with a policy of its own. Fails for a
+    /// loopback-only sandbox.
+    pub async fn set_egress_policy(
+        &self,
+        id: &str,
+        policy: &EgressPolicy,
+    ) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let _guard = self.inner.locks.lock(id).await;
+        let this = self.clone();
+        let dir = self.paths(id).dir;
+        let policy = policy.clone();
+        blocking(move || this.inner.network.set_policy(&dir, &policy).map(|_| ())).await
+    }
+
+    /// A sandbox's address, if it has a network.
+    pub fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        network::Network::read_record(&self.paths(id).dir).map(|r| r.address)
+    }
+
+    /// Kills every process of the sandbox and waits until none is left,
+    /// keeping its files mounted: afterwards nothing can change its writable
+    /// layer ([`Runtime::upper_dir`]), which the host can then read as a
+    /// still tree. [`Runtime::destroy`] removes the rest. Template builds
+    /// halt a step's sandbox before turning its changes into a layer.
+    pub async fn halt(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let _guard = self.inner.locks.lock(id).await;
+        self.inner.runc.kill_all(id).await?;
+        let deadline = tokio::time::Instant::now() + AGENT_BOOT_TIMEOUT;
+        let mut interval = Duration::from_millis(1);
+        loop {
+            match self.status(id).await? {
+                None | Some(SandboxStatus::Stopped) => return Ok(()),
+                Some(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(RuntimeError::Internal(format!(
+                        "sandbox {id} still has processes {AGENT_BOOT_TIMEOUT:?} after SIGKILL"
+                    )));
+                }
+                Some(_) => {}
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(HEALTH_POLL_INTERVAL);
+        }
+    }
+
+    /// Freezes every process of the sandbox (`runc pause`, the freezer
+    /// cgroup): they use no CPU, keep their memory, and their open streams
+    /// stay open. Pausing a paused sandbox is not an error.
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let _guard = self.inner.locks.lock(id).await;
+        match self.status(id).await? {
+            Some(SandboxStatus::Paused) => Ok(()),
+            Some(_) => self.inner.runc.freeze(id, true).await,
+            None => Err(RuntimeError::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    /// Thaws a paused sandbox (`runc resume`). Resuming a running sandbox
+    /// is not an error.
+    pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let _guard = self.inner.locks.lock(id).await;
+        match self.status(id).await? {
+            Some(SandboxStatus::Running) => Ok(()),
+            Some(_) => self.inner.runc.freeze(id, false).await,
+            None => Err(RuntimeError::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    /// Host pid of the sandbox's init (its agent), as runc records it;
+    /// `None` if it has no container or no live init.
+    pub async fn init_pid(&self, id: &str) -> Result<Option<u32>, RuntimeError> {
+        validate_id(id)?;
+        Ok(self
+            .inner
+            .runc
+            .state(id)
+            .await?
+            .map(|s| s.pid)
+            .filter(|&pid| pid != 0 && process_alive(pid)))
+    }
+
+    /// What runc says of the sandbox's container; `None` if it has none.
+    pub async fn status(&self, id: &str) -> Result<Option<SandboxStatus>, RuntimeError> {
+        validate_id(id)?;
+        Ok(self
+            .inner
+            .runc
+            .state(id)
+            .await?
+            .map(|s| match s.status.as_str() {
+                "running" => SandboxStatus::Running,
+                "paused" => SandboxStatus::Paused,
+                "created" | "creating" => SandboxStatus::Created,
+                _ => SandboxStatus::Stopped,
+            }))
+    }
+
+    /// Re-adopts a sandbox left by a previous server process: `Some` if
+    /// runc reports it `running` and its agent answers `GET /health`;
+    /// `None` otherwise (the caller then destroys it).
+    pub async fn adopt(&self, id: &str) -> Result<Option<Sandbox>, RuntimeError> {
+        validate_id(id)?;
+        let Some(state) = self.inner.runc.state(id).await? else {
+            return Ok(None);
+        };
+        if state.status != "running" || state.pid == 0 {
+            tracing::info!(%id, status = %state.status, "not adopting sandbox: not running");
+            return Ok(None);
+        }
+        let paths = self.paths(id);
+        let client = AgentClient::new(paths.socket.clone()).with_timeout(HEALTH_ATTEMPT_TIMEOUT);
+        // A few attempts: the agent may be busy right after a host hiccup.
+        let mut last = None;
+        for _ in 0..3 {
+            match client.health().await {
+                Ok(()) => {
+                    return Ok(Some(Sandbox {
+                        id: id.to_owned(),
+                        init_pid: state.pid,
+                        socket: paths.socket,
+                        rootfs: paths.rootfs,
+                        address: network::Network::read_record(&paths.dir).map(|r| r.address),
+                    }));
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(e) = last {
+            tracing::info!(%id, error = %e, "not adopting sandbox: agent does not answer");
+        }
+        Ok(None)
+    }
+}
+
+/// A sandbox container's state, as runc reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStatus {
+    /// Created but its init not started.
+    Created,
+    /// Running.
+    Running,
+    /// Frozen by [`Runtime::pause`].
+    Paused,
+    /// Its init has exited.
+    Stopped,
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,168 @@
+//! Removing a sandbox from the host — all of it, or all but its disk.
+
+use std::path::Path;
+
+use crate::error::IoContext;
+use crate::*;
+
+/// What a teardown leaves of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Nothing.
+    Nothing,
+    /// Its disk image: a filesystem pause ([`Runtime::stop_keep_disk`]).
+    Disk,
+}
+
+impl Runtime {
+    /// Force-kills and removes a sandbox: `runc delete --force` (an unknown
+    /// container is fine), unmounts the rootfs (lazily if busy), removes
+    /// leftover cgroup directories and `state_dir/<id>`. Idempotent: a
+    /// sandbox that does not exist is destroyed already.
+    ///
+    /// A `destroy` racing a [`Runtime::create`] of the same id waits until
+    /// the boot has finished (or failed), then destroys the result. Like
+    /// `create`, it runs to completion even if its future is dropped.
+    ///
+    /// If a mount under the state directory cannot be removed, the
+    /// directory is left alone ([`RuntimeError::StillMounted`]): deleting it
+    /// would delete through the mount.
+    pub async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let this = self.clone();
+        let id = id.to_owned();
+        join(tokio::spawn(async move {
+            let _guard = this.inner.locks.lock(&id).await;
+            this.teardown(&id, Keep::Nothing).await
+        }))
+        .await
+    }
+
+    /// Stops a sandbox but keeps its disk (see the module docs): kills and
+    /// deletes the container (`runc delete --force`: every process, the
+    /// cgroups, the memory), removes its network (the address is released),
+    /// unmounts its overlay and its disk (freeing the loop device), and
+    /// removes everything in `state_dir/<id>` but `disk.img`.
+    /// [`Runtime::create`] with [`SandboxSpec::resume_from_disk`] boots it
+    /// again on that disk; [`Runtime::destroy`] removes it.
+    ///
+    /// Idempotent: stopping a stopped sandbox changes nothing, and a stop
+    /// (or a resume) interrupted by a crash is finished. Fails with
+    /// [`RuntimeError::NoKeptDisk`], touching nothing, if the id has no
+    /// disk; with [`RuntimeError::DiskInUse`] if the disk cannot be
+    /// unmounted (it is then left mounted, and nothing is deleted). Runs to
+    /// completion even if its future is dropped; serialized with `create`
+    /// and `destroy` of the same id.
+    pub async fn stop_keep_disk(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let this = self.clone();
+        let id = id.to_owned();
+        join(tokio::spawn(async move {
+            let _guard = this.inner.locks.lock(&id).await;
+            this.teardown(&id, Keep::Disk).await
+        }))
+        .await
+    }
+
+    /// Removes sandbox `id` from the host, under the id's lock: kills and
+    /// deletes its container (`runc delete --force`: every process, the
+    /// cgroups, the memory), removes its network, unmounts everything in
+    /// its directory (its overlay and its disk, which frees the loop
+    /// device), then deletes the directory — all of it, or with
+    /// [`Keep::Disk`] all but `disk.img`, which must exist.
+    pub(crate) async fn teardown(&self, id: &str, keep: Keep) -> Result<(), RuntimeError> {
+        let paths = self.paths(id);
+        if keep == Keep::Disk && !paths.disk_image.is_file() {
+            return Err(RuntimeError::NoKeptDisk { id: id.to_owned() });
+        }
+        self.inner.runc.delete_force(id).await?;
+        let cgroups_path = self.cgroups_path(id);
+        let runc_state = self.inner.cfg.runc_root.join(id);
+        let id = id.to_owned();
+        let this = self.clone();
+        blocking(move || {
+            // Before the unmount: the namespace's bind mount keeps the
+            // sandbox's end of the link alive until the host end is gone.
+            if let Err(e) = this.inner.network.teardown(&id, &paths.dir) {
+                // Whatever is left has no record once the directory is
+                // gone; `list_host_sandboxes` removes it.
+                tracing::warn!(%id, error = %e, "cannot remove the sandbox's network");
+            }
+            remove_cgroups(&cgroups_path);
+            if let Some(path) = mounts::unmount_all_under(&paths.dir)? {
+                return Err(match keep {
+                    Keep::Nothing => RuntimeError::StillMounted { id, path },
+                    Keep::Disk => RuntimeError::DiskInUse {
+                        id,
+                        detail: format!("{} is still mounted", path.display()),
+                    },
+                });
+            }
+            match keep {
+                Keep::Nothing => {
+                    // Unmounting the disk freed its loop device
+                    // (autoclear); this catches one bound some other way.
+                    disk::detach_loops_under(&paths.dir);
+                    remove_dir_if_exists(&paths.dir)?;
+                }
+                Keep::Disk => {
+                    // The disk is used again soon: wait for autoclear to
+                    // free its device, then free one still bound by force.
+                    if !disk::wait_loops_released(&paths.dir, LOOP_RELEASE_TIMEOUT) {
+                        disk::detach_loops_under(&paths.dir);
+                    }
+                    remove_all_but(&paths.dir, &paths.disk_image)?;
+                }
+            }
+            // runc removes its state on delete; this covers a crash between
+            // runc creating the directory and writing its state.
+            remove_dir_if_exists(&runc_state)
+        })
+        .await
+    }
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::io(format!("remove {}", dir.display()), e)),
+    }
+}
+
+/// Removes the container's cgroup directories runc left behind (normally
+/// none: `runc delete` removes them). Best effort.
+fn remove_cgroups(cgroups_path: &str) {
+    let rel = cgroups_path.trim_start_matches('/');
+    for mountpoint in mounts::cgroup_mountpoints() {
+        let dir = mountpoint.join(rel);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::debug!(dir = %dir.display(), "removed leftover cgroup"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove cgroup"),
+        }
+    }
+}
+
+/// Removes everything in `dir` but `keep`.
+pub(crate) fn remove_all_but(dir: &Path, keep: &Path) -> Result<(), RuntimeError> {
+    let entries = std::fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        let path = entry.path();
+        if path == keep {
+            continue;
+        }
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::io(format!("remove {}", path.display()), e)),
+        }
+    }
+    Ok(())
+}
