@@ -36,25 +36,6 @@ impl RuntimeConfig {
     }
 }
 
-/// Whether the host accounts swap per memory cgroup (`memory.memsw.*` on
-/// cgroup v1, `memory.swap.max` on v2): only then can a spec limit swap.
-pub(crate) fn swap_accounting() -> bool {
-    let root = Path::new("/sys/fs/cgroup");
-    if root.join("memory/memory.memsw.limit_in_bytes").exists() {
-        return true;
-    }
-    if !root.join("cgroup.controllers").exists() {
-        return false;
-    }
-    // cgroup v2: the file exists in every non-root cgroup when swap
-    // accounting is on.
-    std::fs::read_dir(root).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.path().join("memory.swap.max").exists())
-    })
-}
-
 /// Checks a sandbox id: it becomes a path component, a hostname and a runc
 /// container id.
 pub fn validate_id(id: &str) -> Result<(), RuntimeError> {

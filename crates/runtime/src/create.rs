@@ -153,7 +153,7 @@ impl Runtime {
             let confinement = Confinement {
                 no_new_privileges: spec.no_new_privileges,
                 limits: spec.limits,
-                limit_swap: self.inner.limit_swap,
+                limit_swap: self.inner.cgroups.swap_accounting,
             };
             let disk = if spec.resume_from_disk {
                 DiskSource::Kept

@@ -24,6 +24,7 @@
 //! |---|---|
 //! | `lib.rs` | [`Runtime`], its construction and the host layout below |
 //! | `config.rs` | [`RuntimeConfig`] and the checks made on it |
+//! | `cgroups.rs` | the host's cgroup layout, a sandbox's usage |
 //! | `create.rs` | a sandbox's preparation, `runc run`, the agent's start |
 //! | `teardown.rs` | removing a sandbox, whole or all but its disk |
 //! | `running.rs` | listing, re-adopting, freezing, halting existing sandboxes |
@@ -114,6 +115,7 @@ use std::time::Duration;
 use hutch_protocol::boot::{AGENT_SOCKET_NAME, BootConfig};
 
 mod agent;
+mod cgroups;
 mod config;
 mod confined;
 mod create;
@@ -138,11 +140,13 @@ pub use process::{
     start_and_wait_ready,
 };
 
+pub use cgroups::CgroupUsage;
 pub use config::{RuntimeConfig, elf_interpreter, validate_id};
 pub use keyed::KeyedLocks;
 pub use running::SandboxStatus;
 
-use config::{check_cgroup_parent, swap_accounting};
+use cgroups::CgroupLayout;
+use config::check_cgroup_parent;
 use error::IoContext;
 use runc::Runc;
 use toolns::ToolNamespace;
@@ -260,9 +264,8 @@ struct Inner {
     runc: Runc,
     /// `cfg.cgroup_parent` without surrounding slashes.
     cgroup_parent: String,
-    /// Whether the host accounts swap per cgroup, so that the memory limit
-    /// can cover swap too.
-    limit_swap: bool,
+    /// The host's cgroups.
+    cgroups: CgroupLayout,
     /// Host-side networking.
     network: network::Network,
     /// Per-id locks serializing `create` and `destroy` of the same id.
@@ -409,7 +412,7 @@ impl Runtime {
                 },
                 runc,
                 cgroup_parent,
-                limit_swap: swap_accounting(),
+                cgroups: CgroupLayout::detect(),
                 network,
                 locks: Default::default(),
                 tools,

@@ -1,6 +1,7 @@
 //! Sandboxes that exist: listing and re-adopting them, freezing, halting,
 //! their state and their network policy.
 
+use crate::error::IoContext;
 use crate::*;
 
 impl Runtime {
@@ -79,6 +80,16 @@ impl Runtime {
         blocking(move || this.inner.network.set_policy(&dir, &policy).map(|_| ())).await
     }
 
+    /// What sandbox `id`'s cgroup reports of its CPU and memory.
+    pub fn cgroup_usage(&self, id: &str) -> Result<CgroupUsage, RuntimeError> {
+        validate_id(id)?;
+        let cgroup = self.cgroups_path(id);
+        self.inner
+            .cgroups
+            .usage(cgroup.trim_start_matches('/'))
+            .ctx(|| format!("read the usage of cgroup {cgroup}"))
+    }
+
     /// A sandbox's address, if it has a network.
     pub fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
         network::Network::read_record(&self.paths(id).dir).map(|r| r.address)
@@ -114,23 +125,27 @@ impl Runtime {
     /// cgroup): they use no CPU, keep their memory, and their open streams
     /// stay open. Pausing a paused sandbox is not an error.
     pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
-        validate_id(id)?;
-        let _guard = self.inner.locks.lock(id).await;
-        match self.status(id).await? {
-            Some(SandboxStatus::Paused) => Ok(()),
-            Some(_) => self.inner.runc.freeze(id, true).await,
-            None => Err(RuntimeError::NotFound { id: id.to_owned() }),
-        }
+        self.set_frozen(id, true).await
     }
 
     /// Thaws a paused sandbox (`runc resume`). Resuming a running sandbox
     /// is not an error.
     pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.set_frozen(id, false).await
+    }
+
+    /// Freezes or thaws the sandbox unless it is so already.
+    async fn set_frozen(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
         validate_id(id)?;
         let _guard = self.inner.locks.lock(id).await;
+        let already = if frozen {
+            SandboxStatus::Paused
+        } else {
+            SandboxStatus::Running
+        };
         match self.status(id).await? {
-            Some(SandboxStatus::Running) => Ok(()),
-            Some(_) => self.inner.runc.freeze(id, false).await,
+            Some(s) if s == already => Ok(()),
+            Some(_) => self.inner.runc.freeze(id, frozen).await,
             None => Err(RuntimeError::NotFound { id: id.to_owned() }),
         }
     }

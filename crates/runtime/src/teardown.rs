@@ -88,7 +88,7 @@ impl Runtime {
                 // gone; `list_host_sandboxes` removes it.
                 tracing::warn!(%id, error = %e, "cannot remove the sandbox's network");
             }
-            remove_cgroups(&cgroups_path);
+            this.inner.cgroups.remove(&cgroups_path);
             if let Some(path) = mounts::unmount_all_under(&paths.dir)? {
                 return Err(match keep {
                     Keep::Nothing => RuntimeError::StillMounted { id, path },
@@ -127,20 +127,6 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), RuntimeError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RuntimeError::io(format!("remove {}", dir.display()), e)),
-    }
-}
-
-/// Removes the container's cgroup directories runc left behind (normally
-/// none: `runc delete` removes them). Best effort.
-fn remove_cgroups(cgroups_path: &str) {
-    let rel = cgroups_path.trim_start_matches('/');
-    for mountpoint in mounts::cgroup_mountpoints() {
-        let dir = mountpoint.join(rel);
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => tracing::debug!(dir = %dir.display(), "removed leftover cgroup"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove cgroup"),
-        }
     }
 }
 
