@@ -98,21 +98,18 @@ impl Runtime {
                     },
                 });
             }
+            // Unmounting the disk lets its loop device go (autoclear) when
+            // the last reference to its file system is dropped, which can
+            // come after the unmount returns: under concurrent teardowns a
+            // device is seen still bound for a few milliseconds. Wait for
+            // that (not detaching it by force, with a warning, at once);
+            // detach one still bound after the timeout.
+            if !disk::wait_loops_released(&paths.dir, LOOP_RELEASE_TIMEOUT) {
+                disk::detach_loops_under(&paths.dir);
+            }
             match keep {
-                Keep::Nothing => {
-                    // Unmounting the disk freed its loop device
-                    // (autoclear); this catches one bound some other way.
-                    disk::detach_loops_under(&paths.dir);
-                    remove_dir_if_exists(&paths.dir)?;
-                }
-                Keep::Disk => {
-                    // The disk is used again soon: wait for autoclear to
-                    // free its device, then free one still bound by force.
-                    if !disk::wait_loops_released(&paths.dir, LOOP_RELEASE_TIMEOUT) {
-                        disk::detach_loops_under(&paths.dir);
-                    }
-                    remove_all_but(&paths.dir, &paths.disk_image)?;
-                }
+                Keep::Nothing => remove_dir_if_exists(&paths.dir)?,
+                Keep::Disk => remove_all_but(&paths.dir, &paths.disk_image)?,
             }
             // runc removes its state on delete; this covers a crash between
             // runc creating the directory and writing its state.
