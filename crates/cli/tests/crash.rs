@@ -101,11 +101,35 @@ fn kill9(pid: i32) {
 fn assert_holds_exactly(server: &TestServer, live: &[&str], gone: &[String]) {
     let mut all: Vec<String> = live.iter().map(|s| (*s).to_owned()).collect();
     all.extend(gone.iter().cloned());
-    let r = HostResources::measure(server.data_dir(), &all);
+    // Killed sandboxes are torn down after their kill answers: wait for
+    // what they held to go (and fail on what stays).
+    let (r, _) = HostResources::settle(server.data_dir(), &all, |r| {
+        holds_exactly(server, live, gone, r).is_ok()
+    });
+    if let Err(e) = holds_exactly(server, live, gone, &r) {
+        panic!("{e}\n{r}");
+    }
+}
+
+/// Whether `r` is exactly what the sandboxes `live` hold (see
+/// [`assert_holds_exactly`]); what differs if not.
+fn holds_exactly(
+    server: &TestServer,
+    live: &[&str],
+    gone: &[String],
+    r: &HostResources,
+) -> Result<(), String> {
     let mut want: Vec<String> = live.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
-    assert_eq!(r.state_dirs, want, "state dirs:\n{r}");
-    assert_eq!(r.runc_state, want, "runc containers:\n{r}");
+    if r.state_dirs != want {
+        return Err(format!("state dirs: {:?}, want {want:?}", r.state_dirs));
+    }
+    if r.runc_state != want {
+        return Err(format!(
+            "runc containers: {:?}, want {want:?}",
+            r.runc_state
+        ));
+    }
     for (kind, n) in [
         ("interfaces", r.interfaces.len()),
         (
@@ -118,29 +142,31 @@ fn assert_holds_exactly(server: &TestServer, live: &[&str], gone: &[String]) {
         ("address claims", r.address_claims.len()),
         ("network namespaces", r.netns.len()),
     ] {
-        assert_eq!(n, live.len(), "{kind}:\n{r}");
+        if n != live.len() {
+            return Err(format!("{kind}: {n}, want {}", live.len()));
+        }
     }
     // Policy elements only of live interfaces.
     for e in &r.nft_elements {
-        assert!(
-            r.interfaces.iter().any(|i| e.contains(&format!("\"{i}\""))),
-            "{e} belongs to no live sandbox:\n{r}"
-        );
+        if !r.interfaces.iter().any(|i| e.contains(&format!("\"{i}\""))) {
+            return Err(format!("{e} belongs to no live sandbox"));
+        }
     }
     let sandboxes = server.data_dir().join("sandboxes");
     for m in r.mounts.iter().chain(&r.loop_devices) {
-        assert!(
-            live.iter()
-                .any(|id| m.contains(&sandboxes.join(id).display().to_string())),
-            "{m} belongs to no live sandbox:\n{r}"
-        );
+        if !live
+            .iter()
+            .any(|id| m.contains(&sandboxes.join(id).display().to_string()))
+        {
+            return Err(format!("{m} belongs to no live sandbox"));
+        }
     }
     for id in gone {
-        assert!(
-            !r.cgroups.iter().any(|c| c.ends_with(&format!("/{id}"))),
-            "cgroup of {id} left:\n{r}"
-        );
+        if r.cgroups.iter().any(|c| c.ends_with(&format!("/{id}"))) {
+            return Err(format!("a cgroup of {id} is left"));
+        }
     }
+    Ok(())
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hutch_test_support::{TestDir, TestServer, busybox_image, http};
+use hutch_test_support::{TestDir, TestServer, busybox_image, http, wait_torn_down};
 
 /// `sh -c SCRIPT` in the sandbox as root; must succeed; its stdout.
 fn sh(server: &TestServer, id: &str, script: &str) -> String {
@@ -231,6 +231,7 @@ fn writes_and_inode_floods_stay_inside_the_sandbox_quota() {
         server.log_tail(30)
     );
     server.cli_ok(&["sandbox", "kill", &id]);
+    wait_torn_down(server.data_dir(), &id);
     assert!(!dir.exists());
 }
 

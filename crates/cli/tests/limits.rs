@@ -12,7 +12,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use hutch_test_support::{TestServer, busybox_image, wait_until};
+use hutch_test_support::{TestServer, busybox_image, wait_torn_down, wait_until};
 use serde_json::{Value, json};
 
 fn stdout(out: &Output) -> String {
@@ -117,6 +117,7 @@ fn loops_under(dir: &Path) -> Vec<String> {
 
 /// Nothing of sandbox `id` is left on the host.
 fn assert_gone(server: &TestServer, id: &str) {
+    wait_torn_down(server.data_dir(), id);
     let dir = server.data_dir().join("sandboxes").join(id);
     assert!(!dir.exists(), "{} left behind", dir.display());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

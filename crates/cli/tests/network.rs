@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 use hutch_test_support::{
-    FAKE_INTERNET_BODY, FakeInternet, HostResources, TestServer, busybox_image, http, wait_until,
+    FAKE_INTERNET_BODY, FakeInternet, TestServer, assert_no_leaks, busybox_image, http, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -134,8 +134,7 @@ fn each_sandbox_has_its_own_address_dns_and_egress() {
     let ids = vec![a.clone(), b.clone()];
     server.cli_ok(&["sandbox", "kill", &a]);
     server.cli_ok(&["sandbox", "kill", &b]);
-    let left = HostResources::measure(server.data_dir(), &ids);
-    assert!(left.is_empty(), "leaked:\n{left}");
+    assert_no_leaks(server.data_dir(), &ids);
 }
 
 #[test]

@@ -103,29 +103,41 @@ fn assert_only_the_disk_is_left(server: &TestServer, id: &str) {
     assert!(mine(&held.loop_devices).is_empty(), "{held}");
     assert!(mine(&held.runc_state).is_empty(), "{held}");
     assert!(held.cgroups.is_empty(), "{held}");
-    let networked = names_in(&server.data_dir().join("sandboxes"))
-        .iter()
-        .filter(|s| {
-            server
-                .data_dir()
-                .join("sandboxes")
-                .join(s)
-                .join("network.json")
-                .exists()
-        })
-        .count();
-    let sources: Vec<String> = held
-        .nft_elements
-        .iter()
-        .filter(|e| e.starts_with("sources "))
-        .cloned()
-        .collect();
-    for (kind, list) in [
-        ("interfaces", &held.interfaces),
-        ("nft source elements", &sources),
-        ("address claims", &held.address_claims),
-    ] {
-        assert_eq!(list.len(), networked, "{kind}:\n{held}");
+    // Other sandboxes killed just before may still be being torn down:
+    // wait for the counts to agree.
+    let networked = || {
+        names_in(&server.data_dir().join("sandboxes"))
+            .iter()
+            .filter(|s| {
+                server
+                    .data_dir()
+                    .join("sandboxes")
+                    .join(s)
+                    .join("network.json")
+                    .exists()
+            })
+            .count()
+    };
+    let counts = |r: &HostResources| {
+        [
+            ("interfaces", r.interfaces.len()),
+            (
+                "nft source elements",
+                r.nft_elements
+                    .iter()
+                    .filter(|e| e.starts_with("sources "))
+                    .count(),
+            ),
+            ("address claims", r.address_claims.len()),
+        ]
+    };
+    let (held, _) = HostResources::settle(server.data_dir(), &[id.to_owned()], |r| {
+        let n = networked();
+        counts(r).iter().all(|(_, c)| *c == n)
+    });
+    let n = networked();
+    for (kind, count) in counts(&held) {
+        assert_eq!(count, n, "{kind}:\n{held}");
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use hutch_test_support::{TestServer, busybox_image, wait_until};
+use hutch_test_support::{TestServer, busybox_image, wait_torn_down, wait_until};
 use serde_json::Value;
 
 fn stdout(out: &Output) -> String {
@@ -167,6 +167,7 @@ fn creates_come_from_the_pool_with_their_own_identity_and_env() {
 
     // Claimed sandboxes behave as any: killed, they leave nothing behind.
     server.cli_ok(&["sandbox", "kill", &id]);
+    wait_torn_down(server.data_dir(), &id);
     assert!(!mounted(&id));
     wait_ready(&server, 1);
     let pooled: BTreeSet<String> = sandbox_dirs(server.data_dir())

@@ -5,7 +5,9 @@
 use std::process::Output;
 use std::time::Duration;
 
-use hutch_test_support::{TestServer, busybox_image, free_port, hutch_bin, wait_until};
+use hutch_test_support::{
+    TestServer, busybox_image, free_port, hutch_bin, wait_torn_down, wait_until,
+};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -151,6 +153,7 @@ fn list_kill_and_nothing_left_on_the_host() {
     assert!(sandbox_dir.exists());
     let out = server.cli(&["sandbox", "kill", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
+    wait_torn_down(server.data_dir(), &id);
     assert!(!sandbox_dir.exists(), "sandbox directory removed");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&id), "no mount left for {id}");

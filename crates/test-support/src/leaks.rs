@@ -156,11 +156,64 @@ impl fmt::Display for HostResources {
     }
 }
 
+/// How long a killed sandbox's teardown, which finishes after the kill
+/// has answered, may take before what it left counts as leaked.
+pub const TEARDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl HostResources {
+    /// Measures until `ok` holds of the measurement or
+    /// [`TEARDOWN_TIMEOUT`] has passed; the last measurement, and whether
+    /// `ok` held of it.
+    pub fn settle(
+        data_dir: &Path,
+        ids: &[String],
+        ok: impl Fn(&HostResources) -> bool,
+    ) -> (HostResources, bool) {
+        let deadline = std::time::Instant::now() + TEARDOWN_TIMEOUT;
+        loop {
+            let r = HostResources::measure(data_dir, ids);
+            if ok(&r) {
+                return (r, true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return (r, false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// Panics, listing what is left, unless sandbox `id` of the data directory
+/// holds nothing on the host (its directory, mounts, cgroups, container,
+/// loop devices) once its teardown, which finishes after its kill has
+/// answered, has had time to finish. Other sandboxes may hold anything.
+pub fn wait_torn_down(data_dir: &Path, id: &str) {
+    let ids = [id.to_owned()];
+    let (r, gone) = HostResources::settle(data_dir, &ids, |r| !r.names(id));
+    assert!(gone, "sandbox {id} left on the host:\n{r}");
+}
+
+impl HostResources {
+    /// Whether any object listed names `id` (its path or name has it).
+    pub fn names(&self, id: &str) -> bool {
+        [
+            &self.mounts,
+            &self.cgroups,
+            &self.runc_state,
+            &self.state_dirs,
+            &self.loop_devices,
+        ]
+        .iter()
+        .any(|list| list.iter().any(|o| o.contains(id)))
+    }
+}
+
 /// Panics, listing them, unless the data directory's sandboxes hold nothing
-/// on the host.
+/// on the host once the teardowns of those just killed have had time to
+/// finish.
 pub fn assert_no_leaks(data_dir: &Path, ids: &[String]) {
-    let r = HostResources::measure(data_dir, ids);
-    assert!(r.is_empty(), "leaked on the host:\n{r}");
+    let (r, empty) = HostResources::settle(data_dir, ids, HostResources::is_empty);
+    assert!(empty, "leaked on the host:\n{r}");
 }
 
 /// Removes every host-side network object of the data directory's

@@ -36,7 +36,7 @@ pub use fixtures::{
     FIXTURE_VERSION, IMAGE_CMD_BUSYBOX, IMAGE_CMD_DEBIAN, IMAGE_ENV, IMAGE_TAG, IMAGE_WORKDIR,
     MYTOOL_OUTPUT, as_docker_archive, as_oci_archive, busybox_image, debian_image,
 };
-pub use leaks::{HostResources, assert_no_leaks, network_force_clean};
+pub use leaks::{HostResources, assert_no_leaks, network_force_clean, wait_torn_down};
 pub use mounts::{mounts_under, runc_force_clean, unmount_all_under};
 pub use paths::{cache_dir, target_dir, workspace_root};
 pub use registry::{
