@@ -108,6 +108,7 @@ impl Target {
             insecure_registries: Vec::new(),
             max_limits: hutch_server::LimitMaxima::default(),
             http: hutch_server::http::Limits::default(),
+            network: hutch_server::NetworkConfig::default(),
         })
         .await?;
         server.set_warm_pool(warm_pool);

@@ -1,41 +1,22 @@
 //! `hutch api-key create | list | revoke`.
 
-use serde::Deserialize;
-use serde_json::json;
+use hutch_protocol::api::{CreatedApiKey, ListedApiKey, NewApiKey};
 
 use crate::client::Api;
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Created {
-    id: String,
-    key: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Listed {
-    id: String,
-    prefix: String,
-    created_at: String,
-    revoked_at: Option<String>,
-}
 
 /// Creates a key (or, with `access_token`, an access token for
 /// `Authorization: Bearer`) and prints it (the only time it can be seen)
 /// and its id.
 pub(crate) async fn create(api: &Api, as_json: bool, access_token: bool) -> anyhow::Result<()> {
-    let body = if access_token {
-        json!({"kind": "accessToken"})
-    } else {
-        json!({})
+    let body = NewApiKey {
+        kind: access_token.then(|| NewApiKey::ACCESS_TOKEN.to_owned()),
     };
     if as_json {
         let value: serde_json::Value = api.post_json("/hutch/v1/api-keys", &body).await?;
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let created: Created = api.post_json("/hutch/v1/api-keys", &body).await?;
+    let created: CreatedApiKey = api.post_json("/hutch/v1/api-keys", &body).await?;
     println!("{}", created.key);
     let what = if access_token {
         "access token"
@@ -55,7 +36,7 @@ pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let keys: Vec<Listed> = api.get_json("/hutch/v1/api-keys").await?;
+    let keys: Vec<ListedApiKey> = api.get_json("/hutch/v1/api-keys").await?;
     let rows: Vec<Vec<String>> = keys
         .into_iter()
         .map(|k| {

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use futures::StreamExt;
+use hutch_protocol::api::{
+    BuildEnd, BuildLogKind, BuildSpec, BuildStreamLine, LogLevel, LogStream, TemplateLimits,
+};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 
 use crate::client::{Api, encode};
 
@@ -27,26 +29,8 @@ pub(crate) struct BuildArgs {
     pub start_cmd: Option<String>,
     pub ready_cmd: Option<String>,
     pub ready_timeout: Option<u64>,
-    /// Default limits of the template's sandboxes, as JSON.
-    pub limits: Option<serde_json::Value>,
-}
-
-/// One NDJSON object of the build log.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LogObject {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    level: String,
-    #[serde(default)]
-    stream: Option<String>,
-    #[serde(default)]
-    template: Option<serde_json::Value>,
-    #[serde(default)]
-    exit_code: Option<u8>,
+    /// Default limits of the template's sandboxes.
+    pub limits: Option<TemplateLimits>,
 }
 
 /// Runs the build; returns the exit code (0, or the failing step's).
@@ -71,16 +55,17 @@ pub(crate) async fn build(api: &Api, args: BuildArgs) -> anyhow::Result<u8> {
     })?;
 
     let packed = pack_context(context).await?;
-    let spec = serde_json::json!({
-        "name": args.name,
-        "dockerfile": dockerfile,
-        "buildArgs": args.build_args,
-        "noCache": args.no_cache,
-        "startCmd": args.start_cmd,
-        "readyCmd": args.ready_cmd,
-        "readyTimeoutSecs": args.ready_timeout,
-        "limits": args.limits,
-    });
+    let spec = BuildSpec {
+        name: args.name.clone(),
+        dockerfile,
+        build_args: args.build_args,
+        no_cache: args.no_cache,
+        start_cmd: args.start_cmd,
+        ready_cmd: args.ready_cmd,
+        ready_timeout_secs: args.ready_timeout,
+        limits: args.limits,
+    };
+    let spec = serde_json::to_string(&spec).context("encoding the build spec")?;
     let file = tokio::fs::File::open(packed.path())
         .await
         .context("reopening the packed context")?;
@@ -88,7 +73,7 @@ pub(crate) async fn build(api: &Api, args: BuildArgs) -> anyhow::Result<u8> {
     let request = api
         .request(
             reqwest::Method::POST,
-            &format!("/hutch/v1/builds?spec={}", encode(&spec.to_string())),
+            &format!("/hutch/v1/builds?spec={}", encode(&spec)),
         )
         .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
         .timeout(Duration::from_secs(24 * 3600))
@@ -132,11 +117,32 @@ async fn show_log(resp: reqwest::Response, name: &str) -> anyhow::Result<u8> {
         buf.extend_from_slice(&chunk);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            let Ok(obj) = serde_json::from_slice::<LogObject>(&line) else {
+            let Ok(obj) = serde_json::from_slice::<BuildStreamLine>(&line) else {
                 continue;
             };
-            match obj.kind.as_str() {
-                "step" => {
+            let line = match obj {
+                BuildStreamLine::Log(line) => line,
+                BuildStreamLine::End(BuildEnd::Done { template }) => {
+                    if let Some(b) = bar.take() {
+                        b.finish();
+                    }
+                    println!(
+                        "built template {name} (id {}) in {:.1} s",
+                        template.id,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(0);
+                }
+                BuildStreamLine::End(BuildEnd::Error { message, exit_code }) => {
+                    if let Some(b) = bar.take() {
+                        b.abandon();
+                    }
+                    eprintln!("error: build of template '{name}' failed: {message}");
+                    return Ok(exit_code.filter(|c| *c != 0).unwrap_or(1));
+                }
+            };
+            match line.kind {
+                BuildLogKind::Step { .. } => {
                     if let Some(b) = bar.take() {
                         b.finish();
                     }
@@ -145,52 +151,27 @@ async fn show_log(resp: reqwest::Response, name: &str) -> anyhow::Result<u8> {
                             ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed:.dim}")
                                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                         );
-                        b.set_message(obj.message.clone());
+                        b.set_message(line.message);
                         b.enable_steady_tick(Duration::from_millis(120));
                         bar = Some(b);
                     } else {
-                        eprintln!("{}", obj.message);
+                        eprintln!("{}", line.message);
                     }
                 }
-                "cached" => match &bar {
+                BuildLogKind::Cached => match &bar {
                     Some(b) => b.set_message(format!("{} (cached)", b.message())),
                     None => eprintln!("  cached"),
                 },
-                "output" => {
-                    let marker = if obj.stream.as_deref() == Some("stderr") {
-                        "!"
-                    } else {
-                        "|"
+                BuildLogKind::Output { stream } => {
+                    let marker = match stream {
+                        LogStream::Stderr => "!",
+                        LogStream::Stdout => "|",
                     };
-                    print(&bar, format!("  {marker} {}", obj.message));
+                    print(&bar, format!("  {marker} {}", line.message));
                 }
                 // The final `error` object repeats the failure.
-                "note" if obj.level == "error" => {}
-                "note" => print(&bar, obj.message),
-                "done" => {
-                    if let Some(b) = bar.take() {
-                        b.finish();
-                    }
-                    let id = obj
-                        .template
-                        .as_ref()
-                        .and_then(|t| t["id"].as_str())
-                        .unwrap_or("?")
-                        .to_owned();
-                    println!(
-                        "built template {name} (id {id}) in {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                    return Ok(0);
-                }
-                "error" => {
-                    if let Some(b) = bar.take() {
-                        b.abandon();
-                    }
-                    eprintln!("error: build of template '{name}' failed: {}", obj.message);
-                    return Ok(obj.exit_code.filter(|c| *c != 0).unwrap_or(1));
-                }
-                _ => {}
+                BuildLogKind::Note if line.level == LogLevel::Error => {}
+                BuildLogKind::Note => print(&bar, line.message),
             }
         }
     }

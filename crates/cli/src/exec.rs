@@ -12,6 +12,7 @@ use base64::Engine;
 use connectrpc::ConnectError;
 use connectrpc::client::{ClientConfig, HttpClient};
 use hutch_protocol::ENVD_PORT;
+use hutch_protocol::api::ListedSandbox;
 use hutch_protocol::envd::process::process_event::data_event::Output;
 use hutch_protocol::envd::process::process_event::{EndEvent, Event};
 use hutch_protocol::envd::process::{ProcessClient, ProcessConfig, StartRequest, StartResponse};
@@ -48,19 +49,16 @@ impl Process {
 pub(crate) async fn exec(api: &Api, id: &str, process: &Process) -> anyhow::Result<u8> {
     // A clear "sandbox 'x' not found" (and the API key checked) before the
     // front door, which only knows "was not found".
-    let info = api
-        .get_json::<serde_json::Value>(&format!("/sandboxes/{}", encode(id)))
-        .await?;
+    let info: ListedSandbox = api.get_json(&format!("/sandboxes/{}", encode(id))).await?;
     // A sandbox created with autoResume and paused in memory is resumed by
     // the request itself.
-    let resumes_itself =
-        info["lifecycle"]["autoResume"] == true && info["pauseMode"] != "filesystem";
-    if info["state"] == "paused" && !resumes_itself {
+    let resumes_itself = info.lifecycle.auto_resume && !info.is_paused_filesystem();
+    if info.is_paused() && !resumes_itself {
         return Err(anyhow!(
             "sandbox {id} is paused: resume it with `hutch sandbox resume {id}`"
         ));
     }
-    start(api, id, process, info["envdAccessToken"].as_str()).await
+    start(api, id, process, info.envd_access_token.as_deref()).await
 }
 
 /// `hutch run`: creates a sandbox from `template`, runs the command, kills

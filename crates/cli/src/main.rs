@@ -114,6 +114,14 @@ struct ServeArgs {
     /// Most processes and threads a sandbox may be given.
     #[arg(long, env = "HUTCH_MAX_PIDS", value_name = "N", default_value_t = hutch_server::limits::DEFAULT_MAX_PIDS)]
     max_pids: u64,
+    /// IPv4 block the sandboxes' addresses come from (/8 to /28; must not
+    /// overlap the host's networks).
+    #[arg(long, env = "HUTCH_NETWORK_POOL", value_name = "CIDR", default_value_t = hutch_runtime::NetworkConfig::default().pool)]
+    network_pool: hutch_runtime::Cidr,
+    /// Nameservers sandboxes use when the host has none they can reach
+    /// (comma-separated).
+    #[arg(long, env = "HUTCH_FALLBACK_DNS", value_name = "IP,...", value_delimiter = ',', default_values_t = hutch_runtime::NetworkConfig::default().fallback_nameservers)]
+    fallback_dns: Vec<std::net::IpAddr>,
     /// Most open client connections at once; more are answered 429.
     #[arg(long, env = "HUTCH_MAX_CONNECTIONS", value_name = "N", default_value_t = hutch_server::http::Limits::default().max_connections)]
     max_connections: usize,
@@ -475,17 +483,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         start_cmd,
                         ready_cmd,
                         ready_timeout,
-                        limits: [cpus.map(u64::from), memory, disk, pids]
-                            .iter()
-                            .any(Option::is_some)
-                            .then(|| {
-                                serde_json::json!({
-                                    "cpuCount": cpus,
-                                    "memoryMB": memory,
-                                    "diskSizeMB": disk,
-                                    "pids": pids,
-                                })
-                            }),
+                        limits: Some(hutch_protocol::api::TemplateLimits {
+                            cpu_count: cpus,
+                            memory_mb: memory,
+                            disk_size_mb: disk,
+                            pids,
+                        })
+                        .filter(|l| !l.is_empty()),
                     };
                     return build::build(&api, args).await;
                 }

@@ -1,44 +1,11 @@
 //! `hutch sandbox create | list | kill | pause | resume`.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-use serde_json::json;
+use hutch_protocol::api::{
+    AutoResume, ConnectSandbox, ListedSandbox, NewSandbox, PauseSandbox, SandboxCreated,
+    SandboxNetwork,
+};
 
 use crate::client::Api;
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Created {
-    #[serde(rename = "sandboxID")]
-    sandbox_id: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Listed {
-    #[serde(rename = "sandboxID")]
-    sandbox_id: String,
-    #[serde(rename = "templateID")]
-    template_id: String,
-    alias: Option<String>,
-    started_at: String,
-    end_at: String,
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    cpu_count: u64,
-    #[serde(default, rename = "memoryMB")]
-    memory_mb: u64,
-    #[serde(default, rename = "diskSizeMB")]
-    disk_size_mb: u64,
-    #[serde(default)]
-    hutch_pids: Option<u64>,
-    #[serde(default)]
-    pause_mode: Option<String>,
-}
 
 /// Resource limits a created sandbox asks for (`None`: the template's
 /// default).
@@ -125,40 +92,38 @@ pub(crate) async fn create_with(
         limits,
         lifecycle,
     } = opts;
-    let env: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let metadata: BTreeMap<&str, &str> = metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let mut body = json!({"templateID": template, "envVars": env, "metadata": metadata});
-    if let Some(t) = timeout {
-        body["timeout"] = json!(t);
-    }
-    if network.no_internet {
-        body["allow_internet_access"] = json!(false);
-    }
-    if !network.allow_out.is_empty() || !network.deny_out.is_empty() {
-        body["network"] = json!({"allowOut": network.allow_out, "denyOut": network.deny_out});
-    }
-    for (field, value) in [
-        ("cpuCount", limits.cpus),
-        ("memoryMB", limits.memory_mb),
-        ("diskSizeMB", limits.disk_mb),
-        ("hutchPids", limits.pids),
-    ] {
-        if let Some(v) = value {
-            body[field] = json!(v);
-        }
-    }
-    if lifecycle.auto_pause || lifecycle.auto_pause_filesystem {
-        body["autoPause"] = json!(true);
-        body["autoPauseMemory"] = json!(!lifecycle.auto_pause_filesystem);
-    }
-    if lifecycle.auto_resume {
-        body["autoResume"] = json!({"enabled": true});
-    }
-    let created: Created = post_waiting_for_template(api, &body).await?;
+    let auto_pause = lifecycle.auto_pause || lifecycle.auto_pause_filesystem;
+    let body = NewSandbox {
+        template_id: template.to_owned(),
+        timeout,
+        metadata: Some(metadata.iter().cloned().collect()),
+        env_vars: Some(env.iter().cloned().collect()),
+        secure: None,
+        allow_internet_access: network.no_internet.then_some(false),
+        network: (!network.allow_out.is_empty() || !network.deny_out.is_empty()).then(|| {
+            SandboxNetwork {
+                allow_out: Some(network.allow_out.clone()),
+                deny_out: Some(network.deny_out.clone()),
+            }
+        }),
+        cpu_count: limits.cpus.map(signed),
+        memory_mb: limits.memory_mb.map(signed),
+        disk_size_mb: limits.disk_mb.map(signed),
+        hutch_pids: limits.pids.map(signed),
+        auto_pause: auto_pause.then_some(true),
+        auto_pause_memory: auto_pause.then_some(!lifecycle.auto_pause_filesystem),
+        auto_resume: lifecycle
+            .auto_resume
+            .then_some(AutoResume { enabled: true }),
+    };
+    let created = post_waiting_for_template(api, &body).await?;
     Ok(created.sandbox_id)
+}
+
+/// A limit as the create body takes it (a value beyond its range is
+/// refused by the server as above the maximum).
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Every running and paused sandbox, following `x-next-token` pages.
@@ -193,7 +158,7 @@ pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&values)?);
         return Ok(());
     }
-    let sandboxes: Vec<Listed> = values
+    let sandboxes: Vec<ListedSandbox> = values
         .into_iter()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()?;
@@ -206,14 +171,15 @@ pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            let ends = if s.state == "paused" {
+            let ends = if s.is_paused() {
                 "-".to_string()
             } else {
-                s.end_at
+                s.end_at.clone()
             };
-            let state = match s.pause_mode.as_deref() {
-                Some("filesystem") if s.state == "paused" => "paused-fs".to_string(),
-                _ => s.state,
+            let state = if s.is_paused_filesystem() {
+                "paused-fs".to_string()
+            } else {
+                s.state.clone()
             };
             vec![
                 s.sandbox_id,
@@ -249,10 +215,8 @@ pub(crate) async fn kill(api: &Api, id: &str) -> anyhow::Result<()> {
 /// its files kept.
 pub(crate) async fn pause(api: &Api, id: &str, filesystem: bool) -> anyhow::Result<()> {
     let path = format!("/sandboxes/{}/pause", crate::client::encode(id));
-    let body = if filesystem {
-        json!({"memory": false})
-    } else {
-        json!({})
+    let body = PauseSandbox {
+        memory: filesystem.then_some(false),
     };
     api.send(api.request(reqwest::Method::POST, &path).json(&body))
         .await?;
@@ -261,8 +225,11 @@ pub(crate) async fn pause(api: &Api, id: &str, filesystem: bool) -> anyhow::Resu
 
 pub(crate) async fn resume(api: &Api, id: &str) -> anyhow::Result<()> {
     let path = format!("/sandboxes/{}/connect", crate::client::encode(id));
-    api.send(api.request(reqwest::Method::POST, &path).json(&json!({})))
-        .await?;
+    api.send(
+        api.request(reqwest::Method::POST, &path)
+            .json(&ConnectSandbox::default()),
+    )
+    .await?;
     Ok(())
 }
 
@@ -273,13 +240,13 @@ const TEMPLATE_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// `POST /sandboxes`; while the server answers that the template is still
 /// being built, waits (showing the server's progress on a terminal) and
 /// tries again.
-async fn post_waiting_for_template(api: &Api, body: &serde_json::Value) -> anyhow::Result<Created> {
+async fn post_waiting_for_template(api: &Api, body: &NewSandbox) -> anyhow::Result<SandboxCreated> {
     use std::io::IsTerminal;
     let deadline = std::time::Instant::now() + TEMPLATE_BUILD_WAIT;
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut told = false;
     loop {
-        match api.post_json::<Created>("/sandboxes", body).await {
+        match api.post_json::<SandboxCreated>("/sandboxes", body).await {
             Err(e)
                 if e.to_string().contains("is still being built")
                     && std::time::Instant::now() < deadline =>

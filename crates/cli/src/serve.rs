@@ -50,6 +50,11 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
             disk_mb: args.max_disk_mb,
             pids: args.max_pids,
         },
+        network: hutch_runtime::NetworkConfig {
+            pool: args.network_pool,
+            fallback_nameservers: args.fallback_dns,
+            ..hutch_runtime::NetworkConfig::default()
+        },
         http: hutch_server::http::Limits {
             max_connections: args.max_connections.max(1),
             max_per_client: args.max_connections_per_client.max(1),

@@ -5,25 +5,14 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
+use hutch_protocol::api::{PullEvent, Template, TemplatePullRequest};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::client::{Api, ServerReplied, encode};
 
 /// Size of the chunks the upload is sent in.
 const CHUNK: usize = 256 * 1024;
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TemplateInfo {
-    id: String,
-    name: String,
-    #[serde(default)]
-    layers: Vec<String>,
-    #[serde(default)]
-    created_at: String,
-}
 
 /// Feeds the request body from a blocking producer thread, counting bytes.
 struct ChannelWriter {
@@ -169,7 +158,7 @@ pub(crate) async fn import(
         }
         (sent, _) => sent?,
     };
-    let info: TemplateInfo = resp.json().await.context("reading the server's answer")?;
+    let info: Template = resp.json().await.context("reading the server's answer")?;
     println!("imported template {} (id {})", info.name, info.id);
     Ok(())
 }
@@ -185,31 +174,6 @@ pub(crate) fn read_password() -> anyhow::Result<String> {
         return Err(crate::UsageError("--password-stdin: stdin holds no password".into()).into());
     }
     Ok(password)
-}
-
-/// One line of the server's NDJSON pull stream.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "event", rename_all = "camelCase")]
-enum PullEvent {
-    Resolved {
-        layers: usize,
-    },
-    Layer {
-        index: usize,
-        digest: String,
-        total: u64,
-        done: u64,
-        reused: bool,
-        complete: bool,
-    },
-    Done {
-        template: TemplateInfo,
-    },
-    Error {
-        message: String,
-    },
-    #[serde(other)]
-    Other,
 }
 
 /// A progress bar per layer, drawn on stderr when it is a terminal.
@@ -282,15 +246,14 @@ pub(crate) async fn pull(
     credentials: Option<(String, String)>,
     allow_privilege_escalation: bool,
 ) -> anyhow::Result<()> {
-    let mut body = serde_json::json!({
-        "name": name,
-        "reference": reference,
-        "allowPrivilegeEscalation": allow_privilege_escalation,
-    });
-    if let Some((username, password)) = credentials {
-        body["username"] = username.into();
-        body["password"] = password.into();
-    }
+    let (username, password) = credentials.unzip();
+    let body = TemplatePullRequest {
+        name: name.to_owned(),
+        reference: reference.to_owned(),
+        username,
+        password,
+        allow_privilege_escalation,
+    };
     let request = api
         .request(reqwest::Method::POST, "/hutch/v1/templates/pull")
         .header(reqwest::header::ACCEPT, "application/x-ndjson")
@@ -298,7 +261,7 @@ pub(crate) async fn pull(
     let mut resp = api.send(request).await?;
     let mut bars = LayerBars::new();
     let mut pending: Vec<u8> = Vec::new();
-    let mut outcome: Option<Result<TemplateInfo, String>> = None;
+    let mut outcome: Option<Result<Box<Template>, String>> = None;
     while outcome.is_none() {
         let chunk = resp.chunk().await.map_err(|e| api.transport_error(&e))?;
         let Some(chunk) = chunk else { break };
@@ -315,7 +278,7 @@ pub(crate) async fn pull(
                 )
             })?;
             match event {
-                PullEvent::Resolved { layers } => bars.layers(layers),
+                PullEvent::Resolved { layers, .. } => bars.layers(layers),
                 PullEvent::Layer {
                     index,
                     digest,
@@ -325,8 +288,8 @@ pub(crate) async fn pull(
                     complete,
                 } => bars.update(index, &digest, total, done, reused, complete),
                 PullEvent::Done { template } => outcome = Some(Ok(template)),
-                PullEvent::Error { message } => outcome = Some(Err(message)),
-                PullEvent::Other => {}
+                PullEvent::Error { message, .. } => outcome = Some(Err(message)),
+                PullEvent::Unknown => {}
             }
         }
     }
@@ -349,7 +312,7 @@ pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let templates: Vec<TemplateInfo> = api.get_json("/hutch/v1/templates").await?;
+    let templates: Vec<Template> = api.get_json("/hutch/v1/templates").await?;
     let rows: Vec<Vec<String>> = templates
         .into_iter()
         .map(|t| vec![t.name, t.id, t.layers.len().to_string(), t.created_at])

@@ -30,6 +30,7 @@ async fn start() -> TestServer {
         insecure_registries: Vec::new(),
         max_limits: hutch_server::LimitMaxima::default(),
         http: hutch_server::http::Limits::default(),
+        network: hutch_server::NetworkConfig::default(),
     })
     .await
     .unwrap();

@@ -5,7 +5,10 @@
 //!   the E2B agent so the official SDKs work unmodified.
 //! * [`boot`] — the host → agent contract: how the agent is configured when
 //!   its sandbox starts and when a sandbox is handed to a user.
+//! * [`api`] — the REST API's request bodies and answers, E2B-compatible
+//!   where E2B has the route, shared by the server and the CLI.
 
+pub mod api;
 pub mod boot;
 pub mod exit;
 pub mod relay;

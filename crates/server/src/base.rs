@@ -10,7 +10,7 @@ use hutch_builder::{BASE_SUITE, BASE_TEMPLATE};
 use hutch_image::{TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource};
 
 use crate::builds::{Job, LogKind, Status};
-use crate::db::TemplateRow;
+use crate::catalog::Registration;
 use crate::state::AppState;
 use crate::{ids, time};
 
@@ -136,15 +136,8 @@ async fn build_in(
         ready_cmd: None,
         limits: None,
     };
-    st.db
-        .insert_template(TemplateRow {
-            id: id.clone(),
-            name: BASE_TEMPLATE.to_owned(),
-            metadata: meta.to_json(),
-            created_at: now,
-        })
+    crate::catalog::register(st, &meta, Registration::New)
         .await
         .map_err(|e| format!("cannot record the template: {e}"))?;
-    crate::pool::refill(st, &id);
     Ok(meta)
 }

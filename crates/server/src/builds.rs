@@ -19,11 +19,11 @@ use std::time::Duration;
 use hutch_builder::engine::{Base, Event, Options};
 use hutch_builder::recipe::Recipe;
 use hutch_image::{TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource};
+use hutch_protocol::api::{BuildLogKind, BuildLogLine, LogLevel, LogStream};
 use hutch_runtime::OutputStream;
-use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::db::TemplateRow;
+use crate::catalog::Registration;
 use crate::state::AppState;
 use crate::{ids, time};
 
@@ -33,24 +33,9 @@ const MAX_LOG_LINES: usize = 100_000;
 /// How long a finished job's log stays available.
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 
-/// One log line.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct LogLine {
-    /// Unix ms.
-    pub timestamp: i64,
-    /// `info`, `warn` or `error`.
-    pub level: &'static str,
-    /// The text.
-    pub message: String,
-    /// What produced it, for clients that show structure.
-    #[serde(flatten)]
-    pub kind: LogKind,
-}
-
-/// What a log line is.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
+/// What a log line is, as the build code reports it to [`Job::push`]; the
+/// log keeps it as the API's [`BuildLogKind`].
+#[derive(Debug, Clone)]
 pub(crate) enum LogKind {
     /// A step starts.
     Step {
@@ -70,6 +55,28 @@ pub(crate) enum LogKind {
     Note,
 }
 
+impl LogKind {
+    fn into_wire(self) -> BuildLogKind {
+        match self {
+            LogKind::Step { index, total } => BuildLogKind::Step { index, total },
+            LogKind::Cached => BuildLogKind::Cached,
+            LogKind::Output { stream } => BuildLogKind::Output {
+                stream: if stream == "stderr" {
+                    LogStream::Stderr
+                } else {
+                    LogStream::Stdout
+                },
+            },
+            LogKind::Note => BuildLogKind::Note,
+        }
+    }
+}
+
+/// A log level by name (`info`, `warn`, `error`); `info` for any other.
+fn level(name: &str) -> LogLevel {
+    LogLevel::from_name(name).unwrap_or(LogLevel::Info)
+}
+
 /// Where a job is.
 #[derive(Debug, Clone)]
 pub(crate) enum Status {
@@ -86,27 +93,28 @@ pub(crate) struct Job {
     pub id: String,
     pub template_id: String,
     pub name: String,
-    log: Mutex<Vec<LogLine>>,
+    log: Mutex<Vec<BuildLogLine>>,
     status: Mutex<Status>,
     /// Bumped on every new line and on the end.
     changed: watch::Sender<u64>,
 }
 
 impl Job {
-    pub fn push(&self, level: &'static str, message: String, kind: LogKind) {
+    /// Adds a line at `level_name` (`info`, `warn` or `error`).
+    pub fn push(&self, level_name: &'static str, message: String, kind: LogKind) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() >= MAX_LOG_LINES {
             // Step output beyond the cap is dropped (the failing step's last
             // lines still reach its error); steps and notes always go in.
             if matches!(kind, LogKind::Output { .. }) {
                 if log.len() == MAX_LOG_LINES {
-                    log.push(LogLine {
+                    log.push(BuildLogLine {
                         timestamp: time::now_ms(),
-                        level: "warn",
+                        level: LogLevel::Warn,
                         message: format!(
                             "(the build log is over {MAX_LOG_LINES} lines: further output is not kept)"
                         ),
-                        kind: LogKind::Note,
+                        kind: BuildLogKind::Note,
                     });
                     drop(log);
                     self.changed.send_modify(|n| *n += 1);
@@ -114,18 +122,18 @@ impl Job {
                 return;
             }
         }
-        log.push(LogLine {
+        log.push(BuildLogLine {
             timestamp: time::now_ms(),
-            level,
+            level: level(level_name),
             message,
-            kind,
+            kind: kind.into_wire(),
         });
         drop(log);
         self.changed.send_modify(|n| *n += 1);
     }
 
     /// Log lines from `offset` on, at most `limit`.
-    pub fn lines(&self, offset: usize, limit: usize) -> Vec<LogLine> {
+    pub fn lines(&self, offset: usize, limit: usize) -> Vec<BuildLogLine> {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         log.iter().skip(offset).take(limit).cloned().collect()
     }
@@ -335,8 +343,11 @@ async fn run(
         files: req.files.clone(),
         ready_timeout: req.ready_timeout,
     };
-    let built = st
+    let builder = st
         .builder
+        .as_ref()
+        .ok_or_else(|| ("this server cannot build templates".to_owned(), None))?;
+    let built = builder
         .build(base, &req.recipe, &opts, report)
         .await
         .map_err(|e| {
@@ -375,28 +386,16 @@ async fn run(
         ready_cmd: built.ready_cmd,
         limits: req.limits,
     };
-    let replaced = st
-        .db
-        .replace_template(TemplateRow {
-            id: meta.id.clone(),
-            name: meta.name.clone(),
-            metadata: meta.to_json(),
-            created_at: now,
-        })
+    let replaced = crate::catalog::register(st, &meta, Registration::Replace)
         .await
         .map_err(|e| fail(format!("cannot record the template: {e}")))?;
-    if let Some(old) = replaced {
-        // Its warm sandboxes would hand out the old template.
-        let pooled = st.pool.remove_template(&old);
-        futures::future::join_all(pooled.iter().map(|p| crate::pool::destroy(st, &p.id))).await;
+    if replaced {
         job.push(
             "info",
             format!("replaced the previous template '{}'", meta.name),
             LogKind::Note,
         );
     }
-    prune_replaced(st).await;
-    crate::pool::refill(st, &meta.id);
     tracing::info!(template = %meta.name, build = %job.id, "template built");
     Ok(meta)
 }
@@ -477,26 +476,4 @@ async fn resolve_base(st: &Arc<AppState>, job: &Arc<Job>, from: &str) -> Result<
         allow_privilege_escalation: false,
         image: image.config,
     })
-}
-
-/// Deletes templates replaced by a newer build of the same name once no
-/// sandbox uses them any more (their layers go at the next collection).
-pub(crate) async fn prune_replaced(st: &Arc<AppState>) {
-    let Ok(rows) = st.db.list_templates().await else {
-        return;
-    };
-    for t in rows.into_iter().filter(|t| t.name.contains('@')) {
-        match st.db.live_sandboxes_of(t.id.clone()).await {
-            Ok(0) => {
-                let pooled = st.pool.remove_template(&t.id);
-                futures::future::join_all(pooled.iter().map(|p| crate::pool::destroy(st, &p.id)))
-                    .await;
-                if let Err(e) = st.db.delete_template(t.id.clone()).await {
-                    tracing::warn!(template = %t.name, "cannot delete a replaced template: {e}");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(template = %t.name, "cannot count its sandboxes: {e}"),
-        }
-    }
 }

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use hutch_runtime::{Cidr, EgressPolicy};
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 
 /// Schema migrations, in order. `user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -219,10 +221,66 @@ pub struct SandboxRow {
     /// The agent's access token (`secure: true` sandboxes), which every
     /// agent request must carry as `X-Access-Token`.
     pub access_token: Option<String>,
-    /// The egress policy it was created with (JSON of
-    /// `hutch_runtime::EgressPolicy`); `None` for rows from before it was
-    /// recorded (they had the default).
+    /// The egress policy it was created with, a [`NetworkRecord`] as
+    /// JSON ([`NetworkRecord::encode`], [`NetworkRecord::decode`]); `None`
+    /// for rows from before it was recorded (they had the default).
     pub network: Option<String>,
+}
+
+/// A sandbox's egress policy as the `network` column stores it:
+/// `{"allowInternetAccess":false,"allowOut":["10.0.0.0/8"],"denyOut":[]}`
+/// (the lists may be absent). The database keeps this record, not the
+/// runtime's [`EgressPolicy`], so that the stored form stays the same
+/// whatever that type becomes; the two convert into each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRecord {
+    /// Internet access.
+    pub allow_internet_access: bool,
+    /// Address blocks re-allowed even when denied (`addr/prefix`).
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    /// Address blocks denied (`addr/prefix`).
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+impl NetworkRecord {
+    /// The record of `policy`.
+    pub fn of(policy: &EgressPolicy) -> NetworkRecord {
+        let blocks = |list: &[Cidr]| list.iter().map(Cidr::to_string).collect();
+        NetworkRecord {
+            allow_internet_access: policy.allow_internet_access,
+            allow_out: blocks(&policy.allow_out),
+            deny_out: blocks(&policy.deny_out),
+        }
+    }
+
+    /// The policy it records, or why an address block does not parse.
+    pub fn policy(&self) -> Result<EgressPolicy, String> {
+        let blocks = |field: &str, list: &[String]| -> Result<Vec<Cidr>, String> {
+            list.iter()
+                .map(|b| b.parse::<Cidr>().map_err(|e| format!("{field}: {e}")))
+                .collect()
+        };
+        Ok(EgressPolicy {
+            allow_internet_access: self.allow_internet_access,
+            allow_out: blocks("allowOut", &self.allow_out)?,
+            deny_out: blocks("denyOut", &self.deny_out)?,
+        })
+    }
+
+    /// `policy` as the `network` column stores it.
+    pub fn encode(policy: &EgressPolicy) -> String {
+        serde_json::to_string(&NetworkRecord::of(policy)).expect("a network record serializes")
+    }
+
+    /// The policy a `network` column holds, or why it cannot be read.
+    pub fn decode(text: &str) -> Result<EgressPolicy, String> {
+        serde_json::from_str::<NetworkRecord>(text)
+            .map_err(|e| e.to_string())?
+            .policy()
+    }
 }
 
 /// An API key as listed (never the key itself).
@@ -731,6 +789,44 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Network columns written before the record type existed (the
+    /// runtime's own JSON) still read, and new ones are written the same
+    /// way.
+    #[test]
+    fn network_records_keep_their_stored_form() {
+        let stored = r#"{"allowInternetAccess":false,"allowOut":["1.1.1.1/32","10.0.0.0/8"],"denyOut":["0.0.0.0/0"]}"#;
+        let policy = NetworkRecord::decode(stored).unwrap();
+        assert!(!policy.allow_internet_access);
+        assert_eq!(
+            policy.allow_out,
+            vec![
+                "1.1.1.1".parse::<Cidr>().unwrap(),
+                "10.0.0.0/8".parse().unwrap()
+            ]
+        );
+        assert_eq!(policy.deny_out, vec![Cidr::ALL_IPV4]);
+        assert_eq!(NetworkRecord::encode(&policy), stored);
+        assert_eq!(
+            NetworkRecord::encode(&policy),
+            serde_json::to_string(&policy).unwrap(),
+            "the same JSON as the runtime's policy"
+        );
+
+        let default = r#"{"allowInternetAccess":true,"allowOut":[],"denyOut":[]}"#;
+        assert_eq!(
+            NetworkRecord::decode(default).unwrap(),
+            EgressPolicy::default()
+        );
+        assert_eq!(NetworkRecord::encode(&EgressPolicy::default()), default);
+        // Lists may be absent.
+        let policy = NetworkRecord::decode(r#"{"allowInternetAccess":false}"#).unwrap();
+        assert!(!policy.allow_internet_access && policy.allow_out.is_empty());
+        assert!(NetworkRecord::decode(r#"{"allowOut":[]}"#).is_err());
+        let e = NetworkRecord::decode(r#"{"allowInternetAccess":true,"denyOut":["nope"]}"#)
+            .unwrap_err();
+        assert!(e.starts_with("denyOut: "), "{e}");
+    }
 
     fn sandbox(id: &str, template_id: &str, state: SandboxState) -> SandboxRow {
         SandboxRow {

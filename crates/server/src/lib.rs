@@ -34,10 +34,13 @@
 //! ([`Server::set_warm_pool`], default [`DEFAULT_WARM_POOL`]), so that a
 //! create is a claim of a running sandbox rather than a boot. See [`pool`].
 
+pub use hutch_runtime::NetworkConfig;
+
 pub mod api;
 mod auth;
 mod base;
 mod builds;
+mod catalog;
 pub mod db;
 mod error;
 pub mod frontdoor;
@@ -46,9 +49,12 @@ mod ids;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+mod node;
 pub mod pool;
 mod pull;
 mod state;
+#[cfg(test)]
+mod testing;
 mod time;
 
 use std::future::Future;
@@ -85,6 +91,9 @@ pub const CLIENT_ID: &str = "hutch";
 /// [`Server::set_warm_pool`] says otherwise.
 pub const DEFAULT_WARM_POOL: usize = 1;
 
+/// How long a shutdown waits for the teardowns of killed sandboxes.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(60);
+
 /// How long a shutdown waits for open connections (e.g. live `exec`
 /// streams) before it stops serving them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -108,6 +117,8 @@ pub struct ServerConfig {
     pub max_limits: LimitMaxima,
     /// Connection limits and timeouts of the listener (see [`http`]).
     pub http: http::Limits,
+    /// Sandbox networking: the address pool, fallback nameservers, tools.
+    pub network: NetworkConfig,
 }
 
 /// Why the server could not start or stopped with an error. Each message
@@ -267,7 +278,18 @@ impl Server {
         if destroyed > 0 {
             tracing::info!("destroyed {destroyed} pooled sandbox(es)");
         }
-        self.state.runtime.release_host_mounts();
+        // Killed sandboxes' teardowns still running finish first (what one
+        // cut short leaves is removed at the next start).
+        self.state.teardowns.close();
+        if tokio::time::timeout(TEARDOWN_GRACE, self.state.teardowns.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "teardowns of killed sandboxes still running after {TEARDOWN_GRACE:?}; the next start finishes them"
+            );
+        }
+        self.state.node.release_host_mounts();
         tracing::info!("server stopped; sandboxes left running will be re-adopted at next start");
         Ok(())
     }

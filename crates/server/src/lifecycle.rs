@@ -12,6 +12,16 @@
 //! from the warm pool gets its row at the claim, already `running`; pooled
 //! sandboxes have no row.
 //!
+//! # Kill
+//!
+//! A kill answers as soon as the sandbox can no longer run or be reached:
+//! the front door stops routing to it, its init is sent SIGKILL (which ends
+//! its whole PID namespace; `Runtime::kill_init`), and its row is marked
+//! `killed`. Its host objects — container, cgroups, network, mounts, disk —
+//! are torn down behind the answer (`Runtime::destroy`, 100–300 ms), in
+//! tasks a shutdown waits for. A teardown cut short by a crash leaves a
+//! directory whose row is not `running`, which the next start destroys.
+//!
 //! # Pause and resume
 //!
 //! A pause has a mode (`pause_mode` in the row; E2B's `memory` flag):
@@ -108,9 +118,10 @@ use hutch_image::TemplateMetadata;
 use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
 use hutch_runtime::{AgentClient, EgressPolicy, NetworkPolicy, SandboxSpec, SandboxStatus};
 
-use crate::db::{Lifecycle, PauseMode, SandboxRow, SandboxState, TemplateRow};
+use crate::db::{Lifecycle, NetworkRecord, PauseMode, SandboxRow, SandboxState, TemplateRow};
 use crate::error::ApiError;
 use crate::limits::{self, Limits};
+use crate::node::{Booted, NodeError};
 use crate::pool::{self, Claim};
 use crate::state::{AppState, LiveSandbox, Paused};
 use crate::{DEFAULT_SANDBOX_TIMEOUT_SECS, ids, time};
@@ -224,7 +235,7 @@ pub(crate) async fn create_sandbox(
     let sandbox = match started {
         Ok(s) => s,
         Err(cause) => {
-            if let Err(e) = st.runtime.destroy(&id).await {
+            if let Err(e) = st.node.destroy(&id).await {
                 tracing::warn!(sandbox = %id, "cleaning up a failed sandbox: {e}");
             }
             if let Err(e) = st.db.delete_sandbox(id.clone()).await {
@@ -240,8 +251,9 @@ pub(crate) async fn create_sandbox(
     // The lifetime counts from when the sandbox is usable.
     row.end_at = time::now_ms().saturating_add(timeout_ms(args.timeout_secs));
     row.state = SandboxState::Running;
-    st.live().insert(
-        id.clone(),
+    route_running(
+        st,
+        &id,
         LiveSandbox::running(
             sandbox.socket.clone(),
             row.end_at,
@@ -249,9 +261,7 @@ pub(crate) async fn create_sandbox(
             args.lifecycle,
         ),
     );
-    watch_agent(st, &id, sandbox.init_pid);
     st.db.set_running(id.clone(), row.end_at).await?;
-    st.reaper_wake.notify_one();
     st.pool.record_cold(&template.id);
     tracing::info!(sandbox = %id, template = %template.name, "sandbox started");
     // Refill only now, so that the pool's boot does not compete with this
@@ -283,10 +293,7 @@ async fn claim_pooled(
         // Pooled sandboxes boot with the default policy; another one is
         // applied before anything runs in the sandbox.
         if !args.network.is_default()
-            && let Err(e) = st
-                .runtime
-                .set_egress_policy(&pooled.id, &args.network)
-                .await
+            && let Err(e) = st.node.set_egress_policy(&pooled.id, &args.network).await
         {
             tracing::warn!(
                 sandbox = %pooled.id,
@@ -326,12 +333,11 @@ async fn claim_pooled(
             pool::discard(st, pooled.id);
             return Err(e.into());
         }
-        st.live().insert(
-            pooled.id.clone(),
+        route_running(
+            st,
+            &pooled.id,
             LiveSandbox::running(pooled.socket, row.end_at, pooled.init_pid, args.lifecycle),
         );
-        watch_agent(st, &pooled.id, pooled.init_pid);
-        st.reaper_wake.notify_one();
         st.pool.record_claim(&template.id);
         tracing::info!(
             sandbox = %pooled.id,
@@ -369,7 +375,7 @@ fn new_row(
         pause_mode: None,
         lifecycle: args.lifecycle,
         access_token: args.access_token.clone(),
-        network: serde_json::to_string(&args.network).ok(),
+        network: Some(NetworkRecord::encode(&args.network)),
     }
 }
 
@@ -394,10 +400,10 @@ pub(crate) async fn boot_sandbox(
     st: &AppState,
     spec: SandboxSpec,
     meta: &TemplateMetadata,
-) -> Result<hutch_runtime::Sandbox, String> {
+) -> Result<Booted, String> {
     let id = spec.id.clone();
     let resume = spec.resume_from_disk;
-    let sandbox = st.runtime.create(spec).await.map_err(|e| e.to_string())?;
+    let sandbox = st.node.create(spec).await.map_err(|e| e.to_string())?;
     if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
         return Ok(sandbox);
     }
@@ -412,9 +418,9 @@ pub(crate) async fn boot_sandbox(
         Ok(()) => Ok(sandbox),
         Err(e) => {
             let cleanup = if resume {
-                st.runtime.stop_keep_disk(&id).await
+                st.node.stop_keep_disk(&id).await
             } else {
-                st.runtime.destroy(&id).await
+                st.node.destroy(&id).await
             };
             if let Err(d) = cleanup {
                 tracing::warn!(sandbox = %id, "cleaning up a sandbox that did not get ready: {d}");
@@ -454,26 +460,37 @@ pub(crate) fn sandbox_spec(
     }
 }
 
-/// Destroys a running sandbox. `Ok(false)` if it is not running.
+/// Kills a running or paused sandbox: it is no longer routed to, its
+/// processes are killed and it is recorded killed before this returns; its
+/// host objects (container, network, mounts, disk) are torn down behind
+/// it ([`AppState::teardowns`]). `Ok(false)` if it is neither running nor
+/// paused.
 pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, ApiError> {
     // Whoever removes the entry owns the kill: the front door stops routing
     // to it at once, and a concurrent kill or expiry sees it gone.
-    if st.live().remove(id).is_none() {
+    let Some(entry) = st.live().remove(id) else {
         return Ok(false);
+    };
+    // It stops running now (a frozen one cannot run anyway; one paused
+    // filesystem-only has no process)...
+    if let Some(pid) = entry.agent_pid
+        && let Err(e) = st.node.kill_now(id, pid)
+    {
+        tracing::warn!(sandbox = %id, "cannot kill the sandbox's processes at once: {e}");
     }
-    let destroyed = st.runtime.destroy(id).await;
     st.db.mark_killed(id.to_string(), time::now_ms()).await?;
-    match destroyed {
-        Ok(()) => {
-            tracing::info!(sandbox = %id, "sandbox killed");
-            Ok(true)
+    tracing::info!(sandbox = %id, "sandbox killed");
+    // ...and leaves the host behind the answer. A teardown that fails, or
+    // that a crash cuts short, leaves a directory the next start destroys
+    // (its row is no longer `running`).
+    let st2 = st.clone();
+    let id = id.to_owned();
+    st.teardowns.spawn(async move {
+        if let Err(e) = st2.node.destroy(&id).await {
+            tracing::error!(sandbox = %id, "cannot tear down the killed sandbox: {e}");
         }
-        // The row is killed either way; whatever is left on the host is
-        // destroyed at next start (it is no longer `running` in the DB).
-        Err(e) => Err(ApiError::internal(format!(
-            "cannot destroy sandbox {id}: {e}"
-        ))),
-    }
+    });
+    Ok(true)
 }
 
 /// Sets when a running sandbox expires. `Ok(false)` if it is neither
@@ -555,10 +572,10 @@ pub(crate) async fn pause_sandbox(
 /// A memory pause: freezes every process of a running sandbox and records
 /// it paused. The lifetime it had left; `None` if it is gone.
 async fn freeze(st: &Arc<AppState>, id: &str) -> Result<Option<i64>, ApiError> {
-    match st.runtime.pause(id).await {
+    match st.node.pause(id).await {
         Ok(()) => {}
         // Killed (or expired) meanwhile.
-        Err(hutch_runtime::RuntimeError::NotFound { .. }) => return Ok(None),
+        Err(NodeError::NotFound(_)) => return Ok(None),
         Err(e) => {
             return Err(ApiError::internal(format!(
                 "cannot pause sandbox {id}: {e}"
@@ -612,9 +629,9 @@ async fn stop_keeping_files(
         .set_paused(id.to_string(), remaining, PauseMode::Filesystem)
         .await?;
     st.reaper_wake.notify_one();
-    match st.runtime.stop_keep_disk(id).await {
+    match st.node.stop_keep_disk(id).await {
         Ok(()) => Ok(true),
-        Err(hutch_runtime::RuntimeError::NoKeptDisk { .. }) => {
+        Err(NodeError::NoKeptDisk(_)) => {
             if st.live().contains_key(id) {
                 tracing::warn!(sandbox = %id, "the sandbox has no disk any more; destroying it");
                 kill_sandbox(st, id).await?;
@@ -687,21 +704,10 @@ pub(crate) async fn resume_sandbox(
     let Some(sandbox) = boot_on_files(st, id).await? else {
         return Ok(ResumeOutcome::NotFound);
     };
-    let end_at = end_at();
-    {
-        let mut live = st.live();
-        let Some(entry) = live.get_mut(id) else {
-            // Killed meanwhile: the kill destroys what was booted.
-            return Ok(ResumeOutcome::NotFound);
-        };
-        entry.paused = None;
-        entry.end_at = end_at;
-        entry.socket = sandbox.socket.clone();
-        entry.agent_pid = Some(sandbox.init_pid);
+    // Killed meanwhile: the kill destroys what was booted.
+    if !mark_resumed(st, id, end_at(), Some(&sandbox)).await? {
+        return Ok(ResumeOutcome::NotFound);
     }
-    watch_agent(st, id, sandbox.init_pid);
-    st.db.set_running(id.to_string(), end_at).await?;
-    st.reaper_wake.notify_one();
     tracing::info!(sandbox = %id, "sandbox resumed (booted again on its files)");
     Ok(ResumeOutcome::Resumed)
 }
@@ -712,26 +718,18 @@ async fn thaw(
     id: &str,
     end_at: impl FnOnce() -> i64,
 ) -> Result<ResumeOutcome, ApiError> {
-    match st.runtime.resume(id).await {
+    match st.node.resume(id).await {
         Ok(()) => {}
-        Err(hutch_runtime::RuntimeError::NotFound { .. }) => return Ok(ResumeOutcome::NotFound),
+        Err(NodeError::NotFound(_)) => return Ok(ResumeOutcome::NotFound),
         Err(e) => {
             return Err(ApiError::internal(format!(
                 "cannot resume sandbox {id}: {e}"
             )));
         }
     }
-    let end_at = end_at();
-    {
-        let mut live = st.live();
-        let Some(entry) = live.get_mut(id) else {
-            return Ok(ResumeOutcome::NotFound);
-        };
-        entry.paused = None;
-        entry.end_at = end_at;
+    if !mark_resumed(st, id, end_at(), None).await? {
+        return Ok(ResumeOutcome::NotFound);
     }
-    st.db.set_running(id.to_string(), end_at).await?;
-    st.reaper_wake.notify_one();
     tracing::info!(sandbox = %id, "sandbox resumed");
     Ok(ResumeOutcome::Resumed)
 }
@@ -741,10 +739,7 @@ async fn thaw(
 /// policy (from its row), then its `/init` (variables, access token).
 /// `Ok(None)` if it is gone (killed meanwhile, or its disk is missing: it
 /// is then destroyed and marked killed). On failure it stays paused.
-async fn boot_on_files(
-    st: &Arc<AppState>,
-    id: &str,
-) -> Result<Option<hutch_runtime::Sandbox>, ApiError> {
+async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, ApiError> {
     let Some(row) = st
         .db
         .get_sandbox(id.to_string())
@@ -779,9 +774,9 @@ async fn boot_on_files(
 
     // Stopped for sure: this also finishes a pause that failed or was
     // interrupted halfway, and tells whether its disk is still there.
-    match st.runtime.stop_keep_disk(id).await {
+    match st.node.stop_keep_disk(id).await {
         Ok(()) => {}
-        Err(hutch_runtime::RuntimeError::NoKeptDisk { .. }) => {
+        Err(NodeError::NoKeptDisk(_)) => {
             drop(layers_guard);
             tracing::warn!(sandbox = %id, "the paused sandbox has no disk any more; destroying it");
             kill_sandbox(st, id).await?;
@@ -800,7 +795,7 @@ async fn boot_on_files(
             .init(&init_request(&row.sandbox_env, &row.access_token))
             .await
         {
-            if let Err(e) = st.runtime.stop_keep_disk(id).await {
+            if let Err(e) = st.node.stop_keep_disk(id).await {
                 tracing::warn!(sandbox = %id, "stopping a sandbox whose resume failed: {e}");
             }
             return Err(format!("initialising its agent failed: {e}"));
@@ -821,14 +816,18 @@ async fn boot_on_files(
 }
 
 /// The egress policy a sandbox was created with (the default for rows from
-/// before it was recorded).
-fn recorded_policy(row: &SandboxRow) -> hutch_runtime::EgressPolicy {
-    match row.network.as_deref().map(serde_json::from_str) {
-        None => hutch_runtime::EgressPolicy::default(),
+/// before it was recorded). A record that cannot be read fails closed: no
+/// internet access.
+fn recorded_policy(row: &SandboxRow) -> EgressPolicy {
+    match row.network.as_deref().map(NetworkRecord::decode) {
+        None => EgressPolicy::default(),
         Some(Ok(policy)) => policy,
         Some(Err(e)) => {
-            tracing::warn!(sandbox = %row.id, "unreadable network policy, using the default: {e}");
-            hutch_runtime::EgressPolicy::default()
+            tracing::warn!(sandbox = %row.id, "unreadable network policy, denying internet access: {e}");
+            EgressPolicy {
+                allow_internet_access: false,
+                ..EgressPolicy::default()
+            }
         }
     }
 }
@@ -855,7 +854,7 @@ pub(crate) async fn readopt(st: &Arc<AppState>) {
             Vec::new()
         }
     };
-    let on_host: BTreeSet<String> = match st.runtime.list_host_sandboxes().await {
+    let on_host: BTreeSet<String> = match st.node.list().await {
         Ok(ids) => ids.into_iter().collect(),
         Err(e) => {
             tracing::error!("cannot list the sandboxes on this host: {e}");
@@ -871,7 +870,7 @@ pub(crate) async fn readopt(st: &Arc<AppState>) {
             Err(why) => why,
         };
         tracing::info!(sandbox = %row.id, "destroying sandbox: {why}");
-        if let Err(e) = st.runtime.destroy(&row.id).await {
+        if let Err(e) = st.node.destroy(&row.id).await {
             tracing::warn!(sandbox = %row.id, "cannot destroy sandbox: {e}");
         }
         if let Err(e) = st.db.mark_killed(row.id.clone(), now).await {
@@ -880,7 +879,7 @@ pub(crate) async fn readopt(st: &Arc<AppState>) {
     }
     for id in on_host.difference(&known) {
         tracing::info!(sandbox = %id, "destroying a sandbox the database does not know");
-        if let Err(e) = st.runtime.destroy(id).await {
+        if let Err(e) = st.node.destroy(id).await {
             tracing::warn!(sandbox = %id, "cannot destroy sandbox: {e}");
         }
         if let Err(e) = st.db.mark_killed(id.clone(), now).await {
@@ -906,7 +905,7 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
     if row.state == SandboxState::Paused && row.pause_mode == Some(PauseMode::Filesystem) {
         return readopt_stopped(st, row, now).await;
     }
-    let status = match st.runtime.status(&row.id).await {
+    let status = match st.node.status(&row.id).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(sandbox = %row.id, "cannot read the sandbox's state: {e}");
@@ -931,7 +930,7 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
             }
         }
         tracing::info!(sandbox = %row.id, "re-adopted paused sandbox");
-        let agent_pid = match st.runtime.init_pid(&row.id).await {
+        let agent_pid = match st.node.agent_pid(&row.id).await {
             Ok(Some(pid)) => Some(pid),
             Ok(None) => {
                 tracing::warn!(sandbox = %row.id, "paused sandbox has no init pid");
@@ -942,25 +941,10 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
                 None
             }
         };
-        st.live().insert(
-            row.id.clone(),
-            LiveSandbox {
-                socket: st.runtime.agent_socket(&row.id),
-                end_at: now.saturating_add(remaining),
-                paused: Some(Paused {
-                    remaining_ms: remaining,
-                    mode: PauseMode::Memory,
-                }),
-                agent_pid,
-                lifecycle: row.lifecycle,
-            },
-        );
-        if let Some(pid) = agent_pid {
-            watch_agent(st, &row.id, pid);
-        }
+        route_paused(st, row, now, remaining, PauseMode::Memory, agent_pid);
         return Ok(());
     }
-    let adopted = match st.runtime.adopt(&row.id).await {
+    let adopted = match st.node.adopt(&row.id).await {
         Ok(adopted) => adopted,
         Err(e) => {
             tracing::warn!(sandbox = %row.id, "cannot adopt sandbox: {e}");
@@ -984,11 +968,11 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
         return Err("it expired while the server was down");
     }
     tracing::info!(sandbox = %row.id, "re-adopted running sandbox");
-    st.live().insert(
-        row.id.clone(),
+    route_running(
+        st,
+        &row.id,
         LiveSandbox::running(sandbox.socket, end_at, sandbox.init_pid, row.lifecycle),
     );
-    watch_agent(st, &row.id, sandbox.init_pid);
     Ok(())
 }
 
@@ -1002,27 +986,84 @@ async fn readopt_stopped(
     row: &SandboxRow,
     now: i64,
 ) -> Result<(), &'static str> {
-    match st.runtime.stop_keep_disk(&row.id).await {
+    match st.node.stop_keep_disk(&row.id).await {
         Ok(()) => {}
-        Err(hutch_runtime::RuntimeError::NoKeptDisk { .. }) => return Err("its disk is gone"),
+        Err(NodeError::NoKeptDisk(_)) => return Err("its disk is gone"),
         Err(e) => tracing::warn!(sandbox = %row.id, "cannot stop the paused sandbox: {e}"),
     }
     let remaining = row.paused_remaining_ms.unwrap_or(0).max(0);
     tracing::info!(sandbox = %row.id, "re-adopted sandbox paused filesystem-only");
+    route_paused(st, row, now, remaining, PauseMode::Filesystem, None);
+    Ok(())
+}
+
+/// Routes to running sandbox `id` (the front door serves it from now on),
+/// watches its agent and arms its expiry. The caller records it running.
+fn route_running(st: &Arc<AppState>, id: &str, sandbox: LiveSandbox) {
+    let pid = sandbox.agent_pid;
+    st.live().insert(id.to_owned(), sandbox);
+    if let Some(pid) = pid {
+        watch_agent(st, id, pid);
+    }
+    st.reaper_wake.notify_one();
+}
+
+/// Knows re-adopted sandbox `row` paused `mode` with `remaining` ms of its
+/// lifetime left (not routed to; its frozen agent, if any, watched).
+fn route_paused(
+    st: &Arc<AppState>,
+    row: &SandboxRow,
+    now: i64,
+    remaining: i64,
+    mode: PauseMode,
+    agent_pid: Option<u32>,
+) {
     st.live().insert(
         row.id.clone(),
         LiveSandbox {
-            socket: st.runtime.agent_socket(&row.id),
+            socket: st.node.agent_socket(&row.id),
             end_at: now.saturating_add(remaining),
             paused: Some(Paused {
                 remaining_ms: remaining,
-                mode: PauseMode::Filesystem,
+                mode,
             }),
-            agent_pid: None,
+            agent_pid,
             lifecycle: row.lifecycle,
         },
     );
-    Ok(())
+    if let Some(pid) = agent_pid {
+        watch_agent(st, &row.id, pid);
+    }
+}
+
+/// Marks paused sandbox `id` running again until `end_at`: routed to,
+/// recorded, its expiry re-armed — with the new agent of `booted` if it
+/// was booted again on its files (else its thawed agent stays watched).
+/// `Ok(false)` if it was killed meanwhile.
+async fn mark_resumed(
+    st: &Arc<AppState>,
+    id: &str,
+    end_at: i64,
+    booted: Option<&Booted>,
+) -> Result<bool, ApiError> {
+    {
+        let mut live = st.live();
+        let Some(entry) = live.get_mut(id) else {
+            return Ok(false);
+        };
+        entry.paused = None;
+        entry.end_at = end_at;
+        if let Some(sandbox) = booted {
+            entry.socket = sandbox.socket.clone();
+            entry.agent_pid = Some(sandbox.init_pid);
+        }
+    }
+    if let Some(sandbox) = booted {
+        watch_agent(st, id, sandbox.init_pid);
+    }
+    st.db.set_running(id.to_string(), end_at).await?;
+    st.reaper_wake.notify_one();
+    Ok(true)
 }
 
 /// Watches a live sandbox's agent (its container's init, host pid `pid`)
@@ -1127,3 +1168,6 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests;

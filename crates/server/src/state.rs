@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use hutch_image::LayerStore;
 use hutch_runtime::{Runtime, RuntimeConfig};
+
+use crate::node::Node;
 use tokio::sync::{Notify, RwLock};
 
 use crate::db::{Db, Lifecycle, PauseMode};
@@ -58,7 +60,8 @@ pub(crate) struct AppState {
     pub data_dir: PathBuf,
     pub db: Db,
     pub store: Arc<LayerStore>,
-    pub runtime: Arc<Runtime>,
+    /// The node that runs the sandboxes.
+    pub node: Arc<dyn Node>,
     /// The largest limits a sandbox may be given.
     pub max_limits: crate::LimitMaxima,
     /// Running and paused sandboxes by id: the front door routes only to
@@ -68,6 +71,9 @@ pub(crate) struct AppState {
     /// two transitions of the same sandbox never interleave (those of
     /// different sandboxes run side by side).
     pub transitions: hutch_runtime::KeyedLocks,
+    /// Teardowns of killed sandboxes, finishing behind their kill; a
+    /// shutdown waits for them.
+    pub teardowns: tokio_util::task::TaskTracker,
     /// Wakes the reaper when an expiry moves.
     pub reaper_wake: Notify,
     /// Set on shutdown; the reaper stops.
@@ -81,8 +87,8 @@ pub(crate) struct AppState {
     pub pool: Pool,
     /// Registries that image pulls reach over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// Runs template builds.
-    pub builder: hutch_builder::engine::Engine,
+    /// Runs template builds (`None` on a server whose node cannot build).
+    pub builder: Option<hutch_builder::engine::Engine>,
     /// Template builds in progress and recently finished.
     pub builds: crate::builds::Jobs,
     /// Keeps the data directory's lock file locked for the server's life.
@@ -90,63 +96,59 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// Opens the data directory and sets up the local node (the runtime)
+    /// and the template builder on it.
     pub async fn open(cfg: &ServerConfig) -> Result<Arc<AppState>, ServerError> {
-        let data_dir = cfg.data_dir.clone();
-        let dir_err = |e: std::io::Error| ServerError::DataDir {
-            path: data_dir.clone(),
-            reason: io_reason(&e),
-        };
-        create_private_dir(&data_dir).map_err(dir_err)?;
-        probe_writable(&data_dir).map_err(dir_err)?;
-        let lock = lock_data_dir(&data_dir)?;
+        let data = DataDir::open(&cfg.data_dir)?;
         if let Err(e) = std::fs::metadata(&cfg.envd) {
             return Err(ServerError::Envd {
                 path: cfg.envd.clone(),
                 reason: io_reason(&e),
             });
         }
-
-        let db_path = data_dir.join("hutch.db");
-        let db = Db::open(&db_path).map_err(|cause| ServerError::Database {
-            path: db_path.clone(),
-            cause,
-        })?;
-        auth::ensure_api_key(&db, &data_dir)?;
-
-        let store_root = data_dir.join("images");
-        let store = LayerStore::open(&store_root).map_err(|cause| ServerError::Store {
-            path: store_root.clone(),
-            cause,
-        })?;
         let runtime = Runtime::new(RuntimeConfig {
-            state_dir: data_dir.join("sandboxes"),
-            runc_root: data_dir.join("runc"),
+            state_dir: data.path.join("sandboxes"),
+            runc_root: data.path.join("runc"),
             runc: cfg.runc.clone(),
             envd: cfg.envd.clone(),
             cgroup_parent: "hutch".into(),
-            network: network_config(),
+            network: cfg.network.clone(),
         })
         .map_err(ServerError::Runtime)?;
-
         let builder = hutch_builder::engine::Engine::new(
             runtime.clone(),
-            store.clone(),
-            &data_dir.join("build-cache"),
-            &data_dir.join("tmp").join("builds"),
+            (*data.store).clone(),
+            &data.path.join("build-cache"),
+            &data.path.join("tmp").join("builds"),
         )
         .map_err(|e| ServerError::DataDir {
-            path: data_dir.join("build-cache"),
+            path: data.path.join("build-cache"),
             reason: e.to_string(),
         })?;
+        Ok(AppState::assemble(
+            cfg,
+            data,
+            Arc::new(runtime),
+            Some(builder),
+        ))
+    }
 
-        Ok(Arc::new(AppState {
+    /// A server's state over the data directory `data` and `node`.
+    fn assemble(
+        cfg: &ServerConfig,
+        data: DataDir,
+        node: Arc<dyn Node>,
+        builder: Option<hutch_builder::engine::Engine>,
+    ) -> Arc<AppState> {
+        Arc::new(AppState {
             max_limits: cfg.max_limits,
-            data_dir,
-            db,
-            store: Arc::new(store),
-            runtime: Arc::new(runtime),
+            data_dir: data.path,
+            db: data.db,
+            store: data.store,
+            node,
             live: Mutex::new(HashMap::new()),
             transitions: hutch_runtime::KeyedLocks::default(),
+            teardowns: tokio_util::task::TaskTracker::new(),
             reaper_wake: Notify::new(),
             reaper_stop: tokio_util::sync::CancellationToken::new(),
             layers_lock: RwLock::new(()),
@@ -155,8 +157,23 @@ impl AppState {
             insecure_registries: cfg.insecure_registries.clone(),
             builder,
             builds: Default::default(),
-            _lock: lock,
-        }))
+            _lock: data.lock,
+        })
+    }
+
+    /// State over `cfg`'s data directory whose sandboxes run on `node`,
+    /// without a builder: for tests of the control side.
+    #[cfg(test)]
+    pub fn with_node(
+        cfg: &ServerConfig,
+        node: Arc<dyn Node>,
+    ) -> Result<Arc<AppState>, ServerError> {
+        Ok(AppState::assemble(
+            cfg,
+            DataDir::open(&cfg.data_dir)?,
+            node,
+            None,
+        ))
     }
 
     /// The running sandboxes (locked briefly; never held across an await).
@@ -169,26 +186,41 @@ impl AppState {
     }
 }
 
-/// Sandbox networking: the defaults, with the address pool from
-/// `HUTCH_NETWORK_POOL` and the fallback nameservers (comma-separated) from
-/// `HUTCH_FALLBACK_DNS` when set.
-fn network_config() -> hutch_runtime::NetworkConfig {
-    let mut cfg = hutch_runtime::NetworkConfig::default();
-    if let Ok(pool) = std::env::var("HUTCH_NETWORK_POOL") {
-        match pool.parse() {
-            Ok(p) => cfg.pool = p,
-            Err(e) => tracing::warn!("ignoring HUTCH_NETWORK_POOL: {e}"),
-        }
+/// A data directory, opened: locked, its database and layer store open.
+struct DataDir {
+    path: PathBuf,
+    db: Db,
+    store: Arc<LayerStore>,
+    lock: File,
+}
+
+impl DataDir {
+    fn open(path: &Path) -> Result<DataDir, ServerError> {
+        let dir_err = |e: std::io::Error| ServerError::DataDir {
+            path: path.to_path_buf(),
+            reason: io_reason(&e),
+        };
+        create_private_dir(path).map_err(dir_err)?;
+        probe_writable(path).map_err(dir_err)?;
+        let lock = lock_data_dir(path)?;
+        let db_path = path.join("hutch.db");
+        let db = Db::open(&db_path).map_err(|cause| ServerError::Database {
+            path: db_path.clone(),
+            cause,
+        })?;
+        auth::ensure_api_key(&db, path)?;
+        let store_root = path.join("images");
+        let store = LayerStore::open(&store_root).map_err(|cause| ServerError::Store {
+            path: store_root.clone(),
+            cause,
+        })?;
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            db,
+            store: Arc::new(store),
+            lock,
+        })
     }
-    if let Ok(dns) = std::env::var("HUTCH_FALLBACK_DNS") {
-        let servers: Result<Vec<std::net::IpAddr>, _> =
-            dns.split(',').map(|s| s.trim().parse()).collect();
-        match servers {
-            Ok(s) if !s.is_empty() => cfg.fallback_nameservers = s,
-            _ => tracing::warn!("ignoring HUTCH_FALLBACK_DNS {dns:?}: expected IP addresses"),
-        }
-    }
-    cfg
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -7,8 +7,9 @@
 //! stream of newline-delimited JSON objects, one per log line
 //! (`{"type":"step"|"cached"|"output"|"note", "message", ...}`), ending with
 //! `{"type":"done","template":{...}}` or
-//! `{"type":"error","message":...,"exitCode":...}`. The build goes on if the
-//! client disconnects.
+//! `{"type":"error","message":...,"exitCode":...}` (see
+//! [`hutch_protocol::api::builds`]). The build goes on if the client
+//! disconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use hutch_builder::recipe::Recipe;
+use hutch_protocol::api::{BuildEnd, BuildSpec, TemplateLimits};
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -30,31 +32,6 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize)]
 pub(super) struct BuildQuery {
     spec: Option<String>,
-}
-
-/// A Dockerfile build, as the CLI sends it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BuildSpec {
-    /// Template name.
-    pub name: String,
-    /// The Dockerfile's text.
-    pub dockerfile: String,
-    /// `--build-arg` values, in order.
-    #[serde(default)]
-    pub build_args: Vec<(String, String)>,
-    /// Ignore the layer cache.
-    #[serde(default)]
-    pub no_cache: bool,
-    /// Start command for every sandbox of the template.
-    pub start_cmd: Option<String>,
-    /// Ready command.
-    pub ready_cmd: Option<String>,
-    /// How long the ready command may take, in seconds (default 120).
-    pub ready_timeout_secs: Option<u64>,
-    /// Default limits of the template's sandboxes (E2B field names).
-    #[serde(default)]
-    pub limits: Option<hutch_image::TemplateLimits>,
 }
 
 pub(super) async fn build(
@@ -106,7 +83,7 @@ pub(super) async fn build(
                 spec.ready_timeout_secs
                     .unwrap_or(hutch_runtime::DEFAULT_READY_TIMEOUT.as_secs()),
             ),
-            limits: spec.limits,
+            limits: spec.limits.map(image_limits),
         },
     );
     Ok((
@@ -137,8 +114,8 @@ fn check(st: &AppState, q: BuildQuery) -> Result<(BuildSpec, Recipe), ApiError> 
             spec.name
         )));
     }
-    if let Some(limits) = &spec.limits {
-        crate::limits::template_defaults(&spec.name, Some(limits), &st.max_limits)
+    if let Some(limits) = spec.limits {
+        crate::limits::template_defaults(&spec.name, Some(&image_limits(limits)), &st.max_limits)
             .map_err(ApiError::bad_request)?;
     }
     let mut recipe = hutch_builder::dockerfile::parse(&spec.dockerfile, &spec.build_args)
@@ -146,6 +123,42 @@ fn check(st: &AppState, q: BuildQuery) -> Result<(BuildSpec, Recipe), ApiError> 
     recipe.start_cmd = spec.start_cmd.clone().filter(|c| !c.trim().is_empty());
     recipe.ready_cmd = spec.ready_cmd.clone().filter(|c| !c.trim().is_empty());
     Ok((spec, recipe))
+}
+
+/// A template's default limits as the template metadata records them.
+fn image_limits(l: TemplateLimits) -> hutch_image::TemplateLimits {
+    let TemplateLimits {
+        cpu_count,
+        memory_mb,
+        disk_size_mb,
+        pids,
+    } = l;
+    hutch_image::TemplateLimits {
+        cpu_count,
+        memory_mb,
+        disk_size_mb,
+        pids,
+    }
+}
+
+/// The last line of a job's stream.
+fn end_of(status: Status) -> Option<BuildEnd> {
+    match status {
+        Status::Building => None,
+        Status::Ready(meta) => Some(match super::templates::wire_template(&meta.to_json()) {
+            Ok(template) => BuildEnd::Done {
+                template: Box::new(template),
+            },
+            Err(e) => BuildEnd::Error {
+                message: format!(
+                    "template '{}' was built but cannot be described: {e}",
+                    meta.name
+                ),
+                exit_code: None,
+            },
+        }),
+        Status::Failed { message, exit_code } => Some(BuildEnd::Error { message, exit_code }),
+    }
 }
 
 /// The job's log as NDJSON, from the first line to the end.
@@ -173,25 +186,10 @@ fn ndjson(
                     let next = offset + lines.len();
                     return Some((Ok(out.into()), (job, seen, next, false)));
                 }
-                match status {
-                    Status::Building => job.changed(&mut seen).await,
-                    Status::Ready(meta) => {
-                        let value = serde_json::json!({
-                            "type": "done",
-                            "template": serde_json::from_str::<serde_json::Value>(&meta.to_json())
-                                .unwrap_or_default(),
-                        });
-                        let mut out = serde_json::to_vec(&value).expect("json");
-                        out.push(b'\n');
-                        return Some((Ok(out.into()), (job, seen, offset, true)));
-                    }
-                    Status::Failed { message, exit_code } => {
-                        let value = serde_json::json!({
-                            "type": "error",
-                            "message": message,
-                            "exitCode": exit_code,
-                        });
-                        let mut out = serde_json::to_vec(&value).expect("json");
+                match end_of(status) {
+                    None => job.changed(&mut seen).await,
+                    Some(end) => {
+                        let mut out = serde_json::to_vec(&end).expect("the end serializes");
                         out.push(b'\n');
                         return Some((Ok(out.into()), (job, seen, offset, true)));
                     }

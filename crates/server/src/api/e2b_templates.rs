@@ -41,11 +41,16 @@ use axum::{Json, Router};
 use futures::TryStreamExt;
 use hutch_builder::recipe::{Copy, Recipe, RunCommand, Step, StepKind};
 use hutch_image::TemplateMetadata;
+use hutch_protocol::api::{
+    BuildFilesUploaded, BuildLogEntry, BuildLogKind, BuildLogLine, BuildStatusReason, LogLevel,
+    TemplateAliasInfo, TemplateBuildRequest, TemplateBuildRequested, TemplateBuildStart,
+    TemplateBuildStatus, TemplateFileLink,
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::builds::{self, LogKind, LogLine, Status};
+use crate::builds::{self, Status};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::{ids, time};
@@ -212,24 +217,10 @@ fn check_hash(hash: &str) -> Result<(), ApiError> {
 
 // ----- 1. request a build ------------------------------------------------
 
-/// `POST /v3/templates` body. `cpuCount` and `memoryMB` become the
-/// template's default limits; `minFreeDiskMB` is accepted and not applied.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct BuildRequest {
-    name: Option<String>,
-    /// What SDKs before `name` sent.
-    alias: Option<String>,
-    tags: Option<Vec<String>>,
-    cpu_count: Option<u64>,
-    #[serde(rename = "memoryMB")]
-    memory_mb: Option<u64>,
-}
-
 /// The template name of a request and the tags it asks for: `name:tag`
 /// is split, and only E2B's implicit tag `default` is accepted (Hutch keeps
 /// the latest build of each name, nothing else).
-fn name_and_tags(body: &BuildRequest) -> Result<(String, Vec<String>), ApiError> {
+fn name_and_tags(body: &TemplateBuildRequest) -> Result<(String, Vec<String>), ApiError> {
     let raw = [&body.name, &body.alias]
         .into_iter()
         .flatten()
@@ -261,10 +252,12 @@ fn name_and_tags(body: &BuildRequest) -> Result<(String, Vec<String>), ApiError>
     Ok((name.to_owned(), tags))
 }
 
+/// `POST /v3/templates`: `cpuCount` and `memoryMB` become the template's
+/// default limits; `minFreeDiskMB` is accepted and not applied.
 pub(super) async fn request_build(
     State(st): State<Arc<AppState>>,
     Extension(api): Extension<Arc<TemplateApi>>,
-    ApiJson(body): ApiJson<BuildRequest>,
+    ApiJson(body): ApiJson<TemplateBuildRequest>,
 ) -> Result<Response, ApiError> {
     let (name, tags) = name_and_tags(&body)?;
     if st.builds.building(&name).is_some() {
@@ -318,14 +311,14 @@ pub(super) async fn request_build(
     tracing::info!(template = %name, build = %build_id, "template build requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "templateID": template_id,
-            "buildID": build_id,
-            "public": false,
-            "names": [name],
-            "tags": tags,
-            "aliases": [name],
-        })),
+        Json(TemplateBuildRequested {
+            template_id,
+            build_id,
+            public: false,
+            names: vec![name.clone()],
+            tags,
+            aliases: vec![name],
+        }),
     )
         .into_response())
 }
@@ -396,11 +389,7 @@ pub(super) async fn file_link(
         public_base(&headers, &uri)?,
         api.grant(&hash)
     );
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"present": present, "url": url})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(TemplateFileLink { present, url })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -465,7 +454,7 @@ pub(super) async fn upload(
     };
     placed?;
     tracing::debug!(hash = %hash, "build files uploaded");
-    Ok((StatusCode::OK, Json(json!({"present": true}))).into_response())
+    Ok((StatusCode::OK, Json(BuildFilesUploaded { present: true })).into_response())
 }
 
 /// Moves the unpacked directory `tmp` to `dest`, replacing what is there
@@ -491,34 +480,9 @@ fn place(tmp: &FsPath, dest: &FsPath, old: &FsPath) -> std::io::Result<()> {
 
 // ----- 3. start a build ----------------------------------------------------
 
-/// `POST /v2/templates/{templateID}/builds/{buildID}` body
-/// (E2B's `TemplateBuildStartV2`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct BuildStart {
-    from_image: Option<String>,
-    from_template: Option<String>,
-    from_image_registry: Option<Value>,
-    force: Option<bool>,
-    steps: Option<Vec<StepBody>>,
-    start_cmd: Option<String>,
-    ready_cmd: Option<String>,
-}
-
-/// One step (E2B's `TemplateStep`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StepBody {
-    #[serde(rename = "type")]
-    kind: String,
-    args: Option<Vec<String>>,
-    files_hash: Option<String>,
-    force: Option<bool>,
-}
-
 /// What a build starts from: the template or image reference, as given;
 /// E2B's default base image is Hutch's `base` template.
-fn base_of(body: &BuildStart) -> Result<String, ApiError> {
+fn base_of(body: &TemplateBuildStart) -> Result<String, ApiError> {
     if let Some(registry) = &body.from_image_registry {
         let kind = registry
             .get("type")
@@ -572,7 +536,7 @@ fn run_argv(cmd: &str) -> Vec<String> {
 ///   user, as with E2B (`base_user` is the base template's user); `mode`
 ///   is octal.
 fn to_recipe(
-    body: &BuildStart,
+    body: &TemplateBuildStart,
     from: String,
     base_user: Option<String>,
     files_root: &FsPath,
@@ -719,11 +683,13 @@ async fn template_user(st: &AppState, from: &str) -> Result<Option<String>, ApiE
         .and_then(|m| m.user))
 }
 
+/// `POST /v2/templates/{templateID}/builds/{buildID}`: starts a requested
+/// build (`202`).
 pub(super) async fn start_build(
     State(st): State<Arc<AppState>>,
     Extension(api): Extension<Arc<TemplateApi>>,
     Path((template_id, build_id)): Path<(String, String)>,
-    ApiJson(body): ApiJson<BuildStart>,
+    ApiJson(body): ApiJson<TemplateBuildStart>,
 ) -> Result<StatusCode, ApiError> {
     let pending = api
         .pending()
@@ -786,13 +752,6 @@ pub(super) struct StatusQuery {
     level: Option<String>,
 }
 
-/// E2B's log levels, lowest first.
-const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
-
-fn level_rank(level: &str) -> usize {
-    LEVELS.iter().position(|l| *l == level).unwrap_or(1)
-}
-
 /// RFC 3339 with milliseconds.
 fn timestamp(ms: i64) -> String {
     let s = time::rfc3339(ms);
@@ -803,14 +762,14 @@ fn timestamp(ms: i64) -> String {
 /// Each log line with the E2B step it belongs to: `base` before the first
 /// step, the step's number (1-based, as the SDK counts) during it,
 /// `finalize` from the start/ready check on.
-fn with_steps(lines: Vec<LogLine>) -> Vec<(LogLine, String)> {
+fn with_steps(lines: Vec<BuildLogLine>) -> Vec<(BuildLogLine, String)> {
     let mut step = "base".to_owned();
     lines
         .into_iter()
         .map(|l| {
             match &l.kind {
-                LogKind::Step { index, .. } => step = index.to_string(),
-                LogKind::Note if l.message.starts_with(FINALIZE_NOTE) => {
+                BuildLogKind::Step { index, .. } => step = index.to_string(),
+                BuildLogKind::Note if l.message.starts_with(FINALIZE_NOTE) => {
                     step = "finalize".to_owned()
                 }
                 _ => {}
@@ -820,13 +779,13 @@ fn with_steps(lines: Vec<LogLine>) -> Vec<(LogLine, String)> {
         .collect()
 }
 
-fn entry(line: &LogLine, step: &str) -> Value {
-    json!({
-        "timestamp": timestamp(line.timestamp),
-        "level": line.level,
-        "message": line.message,
-        "step": step,
-    })
+fn entry(line: &BuildLogLine, step: &str) -> BuildLogEntry {
+    BuildLogEntry {
+        timestamp: timestamp(line.timestamp),
+        level: line.level,
+        message: line.message.clone(),
+        step: step.to_owned(),
+    }
 }
 
 /// `GET /templates/{templateID}/builds/{buildID}/status`: the status and
@@ -837,15 +796,14 @@ pub(super) async fn status(
     Extension(api): Extension<Arc<TemplateApi>>,
     Path((template_id, build_id)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<StatusQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TemplateBuildStatus>, ApiError> {
     let min_level = match q.level.as_deref().filter(|l| !l.is_empty()) {
-        None => 0,
-        Some(l) if LEVELS.contains(&l) => level_rank(l),
-        Some(l) => {
-            return Err(ApiError::bad_request(format!(
+        None => LogLevel::Debug,
+        Some(l) => LogLevel::from_name(l).ok_or_else(|| {
+            ApiError::bad_request(format!(
                 "unknown log level '{l}': expected debug, info, warn or error"
-            )));
-        }
+            ))
+        })?,
     };
     let Some(job) = st
         .builds
@@ -857,13 +815,14 @@ pub(super) async fn status(
             .get(&build_id)
             .is_some_and(|p| p.template_id == template_id || p.name == template_id);
         if waiting {
-            return Ok(Json(json!({
-                "templateID": template_id,
-                "buildID": build_id,
-                "status": "waiting",
-                "logs": [],
-                "logEntries": [],
-            })));
+            return Ok(Json(TemplateBuildStatus {
+                template_id,
+                build_id,
+                status: TemplateBuildStatus::WAITING.to_owned(),
+                logs: Vec::new(),
+                log_entries: Vec::new(),
+                reason: None,
+            }));
         }
         return Err(ApiError::not_found(format!(
             "build '{build_id}' of template '{template_id}' not found"
@@ -871,42 +830,47 @@ pub(super) async fn status(
     };
     // The status first: lines pushed before the end are then all there.
     let status = job.status();
-    let lines: Vec<(LogLine, String)> = with_steps(job.lines(0, usize::MAX))
+    let lines: Vec<(BuildLogLine, String)> = with_steps(job.lines(0, usize::MAX))
         .into_iter()
-        .filter(|(l, _)| level_rank(l.level) >= min_level)
+        .filter(|(l, _)| l.level >= min_level)
         .collect();
-    let page: Vec<&(LogLine, String)> = lines
+    let page: Vec<&(BuildLogLine, String)> = lines
         .iter()
         .skip(q.logs_offset.unwrap_or(0))
         .take(q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))
         .collect();
-    let mut answer = json!({
-        "templateID": job.template_id,
-        "buildID": job.id,
-        "status": match status {
-            Status::Building => "building",
-            Status::Ready(_) => "ready",
-            Status::Failed { .. } => "error",
-        },
-        "logs": page.iter().map(|(l, _)| l.message.clone()).collect::<Vec<_>>(),
-        "logEntries": page.iter().map(|(l, s)| entry(l, s)).collect::<Vec<_>>(),
-    });
-    if let Status::Failed { message, .. } = status {
-        let step = lines
-            .last()
-            .map_or_else(|| "base".to_owned(), |(_, s)| s.clone());
-        let of_step: Vec<Value> = lines
-            .iter()
-            .filter(|(l, s)| *s == step && matches!(l.kind, LogKind::Output { .. }))
-            .map(|(l, s)| entry(l, s))
-            .collect();
-        let tail = of_step[of_step.len().saturating_sub(REASON_ENTRIES)..].to_vec();
-        answer["reason"] = json!({
-            "message": message,
-            "step": step,
-            "logEntries": tail,
-        });
-    }
+    let reason = match &status {
+        Status::Failed { message, .. } => {
+            let step = lines
+                .last()
+                .map_or_else(|| "base".to_owned(), |(_, s)| s.clone());
+            let of_step: Vec<BuildLogEntry> = lines
+                .iter()
+                .filter(|(l, s)| *s == step && matches!(l.kind, BuildLogKind::Output { .. }))
+                .map(|(l, s)| entry(l, s))
+                .collect();
+            let tail = of_step[of_step.len().saturating_sub(REASON_ENTRIES)..].to_vec();
+            Some(BuildStatusReason {
+                message: message.clone(),
+                step,
+                log_entries: tail,
+            })
+        }
+        _ => None,
+    };
+    let answer = TemplateBuildStatus {
+        template_id: job.template_id.clone(),
+        build_id: job.id.clone(),
+        status: match status {
+            Status::Building => TemplateBuildStatus::BUILDING,
+            Status::Ready(_) => TemplateBuildStatus::READY,
+            Status::Failed { .. } => TemplateBuildStatus::ERROR,
+        }
+        .to_owned(),
+        logs: page.iter().map(|(l, _)| l.message.clone()).collect(),
+        log_entries: page.iter().map(|(l, s)| entry(l, s)).collect(),
+        reason,
+    };
     Ok(Json(answer))
 }
 
@@ -917,9 +881,12 @@ pub(super) async fn status(
 pub(super) async fn alias(
     State(st): State<Arc<AppState>>,
     Path(alias): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TemplateAliasInfo>, ApiError> {
     match st.db.find_template(alias.clone()).await? {
-        Some(t) if t.name == alias => Ok(Json(json!({"templateID": t.id, "public": false}))),
+        Some(t) if t.name == alias => Ok(Json(TemplateAliasInfo {
+            template_id: t.id,
+            public: false,
+        })),
         _ => Err(ApiError::not_found(format!("template '{alias}' not found"))),
     }
 }
@@ -927,6 +894,8 @@ pub(super) async fn alias(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hutch_protocol::api::{LogStream, TemplateStep};
+    use serde_json::json;
 
     #[test]
     fn stale_file_sets_are_pruned() {
@@ -945,8 +914,8 @@ mod tests {
         assert!(!stale.exists());
     }
 
-    fn step(kind: &str, args: &[&str]) -> StepBody {
-        StepBody {
+    fn step(kind: &str, args: &[&str]) -> TemplateStep {
+        TemplateStep {
             kind: kind.to_owned(),
             args: Some(args.iter().map(|a| (*a).to_owned()).collect()),
             files_hash: None,
@@ -956,7 +925,7 @@ mod tests {
 
     #[test]
     fn names_and_tags() {
-        let req = |name: &str, tags: Option<Vec<&str>>| BuildRequest {
+        let req = |name: &str, tags: Option<Vec<&str>>| TemplateBuildRequest {
             name: Some(name.to_owned()),
             alias: None,
             tags: tags.map(|t| t.into_iter().map(str::to_owned).collect()),
@@ -975,7 +944,7 @@ mod tests {
         assert!(e.message().contains("tags are not supported"), "{e}");
         assert!(name_and_tags(&req("app", Some(vec!["stable"]))).is_err());
         assert!(name_and_tags(&req("App", None)).is_err());
-        let old = BuildRequest {
+        let old = TemplateBuildRequest {
             name: None,
             alias: Some("legacy".into()),
             tags: None,
@@ -987,7 +956,7 @@ mod tests {
 
     #[test]
     fn bases() {
-        let b = |t: Option<&str>, i: Option<&str>| BuildStart {
+        let b = |t: Option<&str>, i: Option<&str>| TemplateBuildStart {
             from_template: t.map(str::to_owned),
             from_image: i.map(str::to_owned),
             ..Default::default()
@@ -1015,7 +984,7 @@ mod tests {
         owned.files_hash = Some(hash.clone());
         let mut forced = step("RUN", &["make", "root"]);
         forced.force = Some(true);
-        let body = BuildStart {
+        let body = TemplateBuildStart {
             steps: Some(vec![
                 step("ENV", &["A", "1", "B", "$A:2"]),
                 copy,
@@ -1072,7 +1041,7 @@ mod tests {
         assert!(r.steps[4].force && !r.steps[3].force);
         assert_eq!(r.steps[5].kind, StepKind::Workdir("/srv".into()));
 
-        let bad = BuildStart {
+        let bad = TemplateBuildStart {
             steps: Some(vec![step("ENV", &["A", "1"]), step("HEALTHCHECK", &["x"])]),
             ..Default::default()
         };
@@ -1081,12 +1050,12 @@ mod tests {
             e.message().contains("unknown step type 'HEALTHCHECK'"),
             "{e}"
         );
-        let odd = BuildStart {
+        let odd = TemplateBuildStart {
             steps: Some(vec![step("ENV", &["A"])]),
             ..Default::default()
         };
         assert!(to_recipe(&odd, "base".into(), None, t.path()).is_err());
-        let mode = BuildStart {
+        let mode = TemplateBuildStart {
             steps: Some(vec![{
                 let mut s = step("COPY", &["a", "b", "", "9"]);
                 s.files_hash = Some(hash.clone());
@@ -1099,21 +1068,26 @@ mod tests {
 
     #[test]
     fn log_lines_get_their_steps() {
-        let line = |message: &str, kind: LogKind| LogLine {
+        let line = |message: &str, kind: BuildLogKind| BuildLogLine {
             timestamp: 1_700_000_000_123,
-            level: "info",
+            level: LogLevel::Info,
             message: message.to_owned(),
             kind,
         };
         let lines = vec![
-            line("FROM debian", LogKind::Note),
-            line("[1/2] RUN x", LogKind::Step { index: 1, total: 2 }),
-            line("out", LogKind::Output { stream: "stdout" }),
-            line("[2/2] RUN y", LogKind::Step { index: 2, total: 2 }),
-            line("cached", LogKind::Cached),
+            line("FROM debian", BuildLogKind::Note),
+            line("[1/2] RUN x", BuildLogKind::Step { index: 1, total: 2 }),
+            line(
+                "out",
+                BuildLogKind::Output {
+                    stream: LogStream::Stdout,
+                },
+            ),
+            line("[2/2] RUN y", BuildLogKind::Step { index: 2, total: 2 }),
+            line("cached", BuildLogKind::Cached),
             line(
                 "checking the start and ready commands in a sandbox of the template",
-                LogKind::Note,
+                BuildLogKind::Note,
             ),
         ];
         let steps: Vec<String> = with_steps(lines).into_iter().map(|(_, s)| s).collect();

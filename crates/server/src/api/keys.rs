@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use hutch_protocol::api::{CreatedApiKey, ListedApiKey, NewApiKey};
 
 use crate::db::{ApiKeyRow, Revoke};
 use crate::error::{ApiError, ApiJson};
@@ -16,34 +16,6 @@ use crate::{auth, ids, time};
 
 /// Characters of a key kept for display.
 const PREFIX_CHARS: usize = 10;
-
-/// The answer to `POST /hutch/v1/api-keys`: the only time the key is shown.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CreatedApiKey {
-    /// The key's id (for revoking it).
-    pub id: String,
-    /// The key itself.
-    pub key: String,
-    /// Its first characters, as listed.
-    pub prefix: String,
-    /// RFC 3339.
-    pub created_at: String,
-}
-
-/// A key as `GET /hutch/v1/api-keys` lists it: never the key itself.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListedApiKey {
-    /// The key's id.
-    pub id: String,
-    /// Its first characters.
-    pub prefix: String,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339; null while the key is valid.
-    pub revoked_at: Option<String>,
-}
 
 impl From<&ApiKeyRow> for ListedApiKey {
     fn from(k: &ApiKeyRow) -> Self {
@@ -56,26 +28,18 @@ impl From<&ApiKeyRow> for ListedApiKey {
     }
 }
 
-/// `POST /hutch/v1/api-keys` body (optional).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(super) struct CreateBody {
-    /// `apiKey` (the default: `e2b_…`, for `X-API-Key`) or `accessToken`
-    /// (`sk_e2b_…`, for `Authorization: Bearer`).
-    #[serde(default)]
-    kind: Option<String>,
-}
-
 pub(super) async fn create(
     State(st): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<CreateBody>,
+    ApiJson(body): ApiJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     let key = match body.kind.as_deref() {
-        None | Some("apiKey") => ids::new_api_key(),
-        Some("accessToken") => ids::new_user_access_token(),
+        None | Some(NewApiKey::API_KEY) => ids::new_api_key(),
+        Some(NewApiKey::ACCESS_TOKEN) => ids::new_user_access_token(),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "kind {other:?}: expected \"apiKey\" or \"accessToken\""
+                "kind {other:?}: expected {:?} or {:?}",
+                NewApiKey::API_KEY,
+                NewApiKey::ACCESS_TOKEN
             )));
         }
     };

@@ -25,7 +25,8 @@
 //! | `PUT /hutch/v1/build-files/{hash}?token=` | upload token | a `COPY` file set of a template-API build (the URL comes from `GET /templates/{id}/files/{hash}`) |
 //!
 //! Requests for a sandbox's agent are taken by the [front
-//! door](crate::frontdoor) before any of these.
+//! door](crate::frontdoor) before any of these. The bodies and answers are
+//! the types of [`hutch_protocol::api`], which the CLI uses too.
 
 mod builds;
 mod e2b_templates;
@@ -44,10 +45,6 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{auth, frontdoor};
 
-pub use builds::BuildSpec;
-pub use keys::{CreatedApiKey, ListedApiKey};
-pub use pool::{PoolStatus, TemplatePool};
-pub use sandboxes::{ListedSandbox, NewSandbox, SandboxCreated};
 pub use templates::valid_template_name;
 
 pub(crate) fn router(st: Arc<AppState>) -> Router {

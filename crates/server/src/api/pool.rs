@@ -4,41 +4,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use hutch_protocol::api::{PoolStatus, TemplatePool};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// The warm pool.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolStatus {
-    /// Sandboxes kept ready per template (0: the pool is off).
-    pub size: usize,
-    /// Every template, by name.
-    pub templates: Vec<TemplatePool>,
-}
-
-/// One template's pool.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplatePool {
-    /// Template id.
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    /// Template name.
-    pub alias: String,
-    /// Sandboxes ready to be claimed.
-    pub ready: usize,
-    /// Whether one is being booted for the pool.
-    pub booting: bool,
-    /// Creates served from the pool since the server started.
-    pub claimed: u64,
-    /// Creates that booted their sandbox since the server started.
-    pub cold: u64,
-    /// Why the last boot for the pool failed, if it did.
-    pub last_error: Option<String>,
-}
 
 pub(super) async fn status(State(st): State<Arc<AppState>>) -> Result<Json<PoolStatus>, ApiError> {
     let templates = st.db.list_templates().await?;

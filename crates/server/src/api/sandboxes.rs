@@ -1,16 +1,18 @@
 //! E2B's sandbox routes. Field names, status codes and error bodies follow
 //! E2B's control-plane API so the official SDKs work unchanged.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-
+use hutch_protocol::api::{
+    AutoResume, ConnectSandbox, LifecycleInfo, ListedSandbox, NewSandbox, PauseSandbox,
+    SandboxCreated, SandboxNetwork,
+};
 use hutch_runtime::{Cidr, EgressPolicy};
+use serde::Deserialize;
 
 use crate::db::{Lifecycle, PauseMode, SandboxRow, SandboxState};
 use crate::error::{ApiError, ApiJson, ApiQuery};
@@ -23,77 +25,13 @@ use crate::{
     MAX_SANDBOX_TIMEOUT_SECS, time,
 };
 
-/// `POST /sandboxes` body. Other E2B fields (`network.allowPublicTraffic`,
-/// `volumeMounts`, …) are accepted and ignored.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewSandbox {
-    /// Template id or name.
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    /// Lifetime in seconds.
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    /// User metadata.
-    #[serde(default)]
-    pub metadata: Option<BTreeMap<String, String>>,
-    /// Sandbox-level environment variables (layer 3).
-    #[serde(default)]
-    pub env_vars: Option<BTreeMap<String, String>>,
-    /// Require an access token on every agent request (`envdAccessToken`).
-    #[serde(default)]
-    pub secure: Option<bool>,
-    /// Internet access (default on). E2B spells this one in snake case.
-    #[serde(
-        default,
-        rename = "allow_internet_access",
-        alias = "allowInternetAccess"
-    )]
-    pub allow_internet_access: Option<bool>,
-    /// Egress allow and deny lists.
-    #[serde(default)]
-    pub network: Option<NetworkBody>,
-    /// CPUs (default: the template's, else 2); at most `--max-cpus`.
-    #[serde(default)]
-    pub cpu_count: Option<i64>,
-    /// Memory, MiB (default: the template's, else 512); at most
-    /// `--max-memory-mb`.
-    #[serde(default, rename = "memoryMB")]
-    pub memory_mb: Option<i64>,
-    /// Disk (the writable layer), MiB (default: the template's, else
-    /// 2048); at most `--max-disk-mb`.
-    #[serde(default, rename = "diskSizeMB")]
-    pub disk_size_mb: Option<i64>,
-    /// Processes and threads (default: the template's, else 1024); at most
-    /// `--max-pids`. A Hutch extension.
-    #[serde(default)]
-    pub hutch_pids: Option<i64>,
-    /// Pause instead of kill at the timeout.
-    #[serde(default)]
-    pub auto_pause: Option<bool>,
-    /// With `autoPause`: keep memory (the default) or only the filesystem.
-    #[serde(default)]
-    pub auto_pause_memory: Option<bool>,
-    /// Resume on a request through the front door while paused.
-    #[serde(default)]
-    pub auto_resume: Option<AutoResumeBody>,
-}
-
-/// E2B's `autoResume` object of a create.
-#[derive(Debug, Default, Deserialize)]
-pub struct AutoResumeBody {
-    /// Whether requests resume the sandbox.
-    #[serde(default)]
-    pub enabled: bool,
-}
-
 /// The lifecycle a create asks for, or a 400: a sandbox that auto-pauses
 /// filesystem-only cannot auto-resume (a request has nothing running to
 /// wake; `connect` boots it again).
 fn lifecycle_of(
     auto_pause: Option<bool>,
     auto_pause_memory: Option<bool>,
-    auto_resume: Option<AutoResumeBody>,
+    auto_resume: Option<AutoResume>,
 ) -> Result<Lifecycle, ApiError> {
     let auto_pause = auto_pause.unwrap_or(false).then(|| {
         if auto_pause_memory.unwrap_or(true) {
@@ -115,23 +53,11 @@ fn lifecycle_of(
     })
 }
 
-/// E2B's `network` object of a create.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkBody {
-    /// IPs or CIDR blocks re-allowed even when denied.
-    #[serde(default, alias = "allow_out")]
-    pub allow_out: Option<Vec<String>>,
-    /// IPs or CIDR blocks denied.
-    #[serde(default, alias = "deny_out")]
-    pub deny_out: Option<Vec<String>>,
-}
-
 /// The egress policy a create asks for, or a 400 naming the first entry
 /// that is not an IP address or CIDR block.
 fn egress_policy(
     allow_internet_access: Option<bool>,
-    network: Option<NetworkBody>,
+    network: Option<SandboxNetwork>,
 ) -> Result<EgressPolicy, ApiError> {
     let network = network.unwrap_or_default();
     let parse = |field: &str, list: Option<Vec<String>>| -> Result<Vec<Cidr>, ApiError> {
@@ -151,99 +77,11 @@ fn egress_policy(
     })
 }
 
-/// E2B's `Sandbox`: the answer to a create.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxCreated {
-    /// Template id.
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    /// Sandbox id.
-    #[serde(rename = "sandboxID")]
-    pub sandbox_id: String,
-    /// Client id.
-    #[serde(rename = "clientID")]
-    pub client_id: String,
-    /// Agent protocol version.
-    pub envd_version: String,
-    /// Template name.
-    pub alias: Option<String>,
-    /// Always null: the SDKs then use `E2B_SANDBOX_URL` or `E2B_DOMAIN`.
-    pub domain: Option<String>,
-    /// The agent access token of a `secure` sandbox.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub envd_access_token: Option<String>,
-}
-
-/// E2B's `ListedSandbox` / `SandboxDetail`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListedSandbox {
-    /// Template id.
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    /// Template name.
-    pub alias: Option<String>,
-    /// Sandbox id.
-    #[serde(rename = "sandboxID")]
-    pub sandbox_id: String,
-    /// Client id.
-    #[serde(rename = "clientID")]
-    pub client_id: String,
-    /// RFC 3339.
-    pub started_at: String,
-    /// RFC 3339: when it expires.
-    pub end_at: String,
-    /// CPUs it may use.
-    pub cpu_count: u32,
-    /// Memory it may use, MiB.
-    #[serde(rename = "memoryMB")]
-    pub memory_mb: u64,
-    /// Disk it may use, MiB.
-    #[serde(rename = "diskSizeMB")]
-    pub disk_size_mb: u64,
-    /// Processes and threads it may have (a Hutch extension); absent for
-    /// sandboxes from before it was recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hutch_pids: Option<u64>,
-    /// `running` or `paused`.
-    pub state: String,
-    /// Agent protocol version.
-    pub envd_version: String,
-    /// User metadata.
-    pub metadata: BTreeMap<String, String>,
-    /// Always null.
-    pub domain: Option<String>,
-    /// The agent access token of a `secure` sandbox.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub envd_access_token: Option<String>,
-    /// What its timeout does; whether requests resume it.
-    #[serde(default)]
-    pub lifecycle: LifecycleInfo,
-    /// While paused: `full` (memory) or `filesystem`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pause_mode: Option<String>,
-    /// With `autoPause`: whether the pause keeps memory (a Hutch
-    /// extension; E2B reports only `lifecycle.onTimeout`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hutch_auto_pause_memory: Option<bool>,
-}
-
-/// E2B's `SandboxLifecycle`, as sandbox info reports it.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LifecycleInfo {
-    /// `kill` or `pause`.
-    pub on_timeout: String,
-    /// Whether a request resumes it while paused.
-    pub auto_resume: bool,
-}
-
 /// E2B's name for a pause mode.
 fn pause_mode_name(mode: PauseMode) -> &'static str {
     match mode {
-        PauseMode::Memory => "full",
-        PauseMode::Filesystem => "filesystem",
+        PauseMode::Memory => ListedSandbox::PAUSED_FULL,
+        PauseMode::Filesystem => ListedSandbox::PAUSED_FILESYSTEM,
     }
 }
 
@@ -261,8 +99,8 @@ impl From<&SandboxRow> for ListedSandbox {
             disk_size_mb: r.disk_size_mb,
             hutch_pids: r.pids,
             state: match r.state {
-                SandboxState::Paused => "paused",
-                _ => "running",
+                SandboxState::Paused => ListedSandbox::PAUSED,
+                _ => ListedSandbox::RUNNING,
             }
             .to_string(),
             envd_version: ENVD_VERSION.to_string(),
@@ -284,6 +122,19 @@ impl From<&SandboxRow> for ListedSandbox {
                 .map(|m| pause_mode_name(m).to_string()),
             hutch_auto_pause_memory: r.lifecycle.auto_pause.map(|m| m == PauseMode::Memory),
         }
+    }
+}
+
+/// The answer to a create or a connect.
+fn created(row: SandboxRow) -> SandboxCreated {
+    SandboxCreated {
+        template_id: row.template_id,
+        sandbox_id: row.id,
+        client_id: CLIENT_ID.to_string(),
+        envd_version: ENVD_VERSION.to_string(),
+        alias: Some(row.template_name),
+        domain: None,
+        envd_access_token: row.access_token,
     }
 }
 
@@ -335,16 +186,7 @@ pub(super) async fn create(
     let row = tokio::spawn(async move { lifecycle::create_sandbox(&task_st, args).await })
         .await
         .map_err(|e| ApiError::internal(format!("sandbox creation task failed: {e}")))??;
-    let created = SandboxCreated {
-        template_id: row.template_id,
-        sandbox_id: row.id,
-        client_id: CLIENT_ID.to_string(),
-        envd_version: ENVD_VERSION.to_string(),
-        alias: Some(row.template_name),
-        domain: None,
-        envd_access_token: row.access_token,
-    };
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok((StatusCode::CREATED, Json(created(row))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -544,18 +386,6 @@ pub(super) async fn kill(
     }
 }
 
-/// `connect` body.
-#[derive(Debug, Deserialize)]
-pub(super) struct ConnectBody {
-    #[serde(default)]
-    timeout: Option<u64>,
-    /// `false`: boot a sandbox paused in memory again on its files instead
-    /// of thawing it (E2B's "reboot"). No effect on a running sandbox or
-    /// one paused filesystem-only.
-    #[serde(default)]
-    memory: Option<bool>,
-}
-
 /// `POST /sandboxes/{id}/connect` (and `/v2/...`): 200 with the sandbox
 /// while it runs (a given `timeout` extends its life to at least now +
 /// timeout); 201 after resuming a paused one (its expiry re-armed at now +
@@ -565,7 +395,7 @@ pub(super) struct ConnectBody {
 pub(super) async fn connect(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<ConnectBody>,
+    ApiJson(body): ApiJson<ConnectSandbox>,
 ) -> Result<Response, ApiError> {
     let timeout = body
         .timeout
@@ -592,32 +422,14 @@ pub(super) async fn connect(
         .await?
         .filter(|r| r.state == SandboxState::Running)
         .ok_or_else(|| sandbox_not_found(&id))?;
-    let body = SandboxCreated {
-        template_id: row.template_id,
-        sandbox_id: row.id,
-        client_id: CLIENT_ID.to_string(),
-        envd_version: ENVD_VERSION.to_string(),
-        alias: Some(row.template_name),
-        domain: None,
-        envd_access_token: row.access_token,
-    };
-    Ok((status, Json(body)).into_response())
-}
-
-/// `pause` body. E2B's `requireHealthyGuest` is accepted and ignored.
-#[derive(Debug, Deserialize)]
-pub(super) struct PauseBody {
-    /// `false`: keep only the filesystem (stop every process); else keep
-    /// memory too (freeze them).
-    #[serde(default)]
-    memory: Option<bool>,
+    Ok((status, Json(created(row))).into_response())
 }
 
 /// `POST /sandboxes/{id}/pause`: 204; 409 when paused already.
 pub(super) async fn pause(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<PauseBody>,
+    ApiJson(body): ApiJson<PauseSandbox>,
 ) -> Result<StatusCode, ApiError> {
     let mode = if body.memory == Some(false) {
         PauseMode::Filesystem
@@ -675,10 +487,9 @@ pub(super) async fn metrics(
         .await?
         .filter(|r| matches!(r.state, SandboxState::Running | SandboxState::Paused))
         .ok_or_else(|| sandbox_not_found(&id))?;
-    let cfg = st.runtime.config();
     let sources = metrics::Sources {
-        cgroup: format!("{}/{id}", cfg.cgroup_parent.trim_matches('/')),
-        disk: st.runtime.disk_dir(&id),
+        node: st.node.clone(),
+        id: id.clone(),
         cpu_count: row.cpu_count,
     };
     let sample = metrics::sample(sources).await;
@@ -773,7 +584,7 @@ mod tests {
         assert!(!p.allow_internet_access);
         assert_eq!(p.allow_out.len(), 2);
         assert_eq!(p.deny_out, vec![Cidr::ALL_IPV4]);
-        let bad = NetworkBody {
+        let bad = SandboxNetwork {
             allow_out: None,
             deny_out: Some(vec!["10.0.0.0/8".into(), "nope".into()]),
         };

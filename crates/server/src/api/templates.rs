@@ -1,7 +1,6 @@
 //! Hutch's template routes: import an image or pull one from a registry as a template,
 //! list, remove.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Json;
@@ -15,10 +14,11 @@ use hutch_image::{
     ImageError, ImportProgress, ImportedImage, PullProgress, RegistryAuth, TEMPLATE_SCHEMA_VERSION,
     TemplateMetadata, TemplateSource,
 };
+use hutch_protocol::api::{PullEvent, Template, TemplatePullRequest};
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::db::TemplateRow;
+use crate::catalog::Registration;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::{ids, time};
@@ -32,6 +32,11 @@ pub fn valid_template_name(name: &str) -> bool {
         && b[1..].iter().all(|&c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
         })
+}
+
+/// A template's stored metadata (JSON) as the API shows it.
+pub(super) fn wire_template(metadata: &str) -> Result<Template, serde_json::Error> {
+    serde_json::from_str(metadata)
 }
 
 fn exists(name: &str) -> ApiError {
@@ -113,15 +118,15 @@ async fn check_new_name(st: &AppState, name: &str) -> Result<(), ApiError> {
 }
 
 /// Registers an imported or pulled image as the template `name` (`source`: the path or
-/// reference it came from, for display), fills its warm pool, and returns its metadata as
-/// JSON. The caller holds the layers lock (read) since the image's layers were stored.
+/// reference it came from, for display), fills its warm pool, and returns it. The caller
+/// holds the layers lock (read) since the image's layers were stored.
 async fn register_image_template(
     st: &Arc<AppState>,
     name: &str,
     source: String,
     imported: ImportedImage,
     allow_privilege_escalation: bool,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<Template, ApiError> {
     let id = ids::new_id();
     let now = time::now_ms();
     let user = imported.config.user.clone().filter(|u| !u.is_empty());
@@ -150,26 +155,10 @@ async fn register_image_template(
         ready_cmd: None,
         limits: None,
     };
-    let json = meta.to_json();
-    let inserted = st
-        .db
-        .insert_template(TemplateRow {
-            id,
-            name: name.to_owned(),
-            metadata: json.clone(),
-            created_at: now,
-        })
-        .await?;
-    if !inserted {
-        // Lost a race with another import of the same name; the layers it
-        // stored stay for that template or go at the next removal.
-        return Err(exists(name));
-    }
+    crate::catalog::register(st, &meta, Registration::New).await?;
     tracing::info!(template = %name, layers = meta.layers.len(), "template imported");
-    crate::pool::refill(st, &meta.id);
-    let value: serde_json::Value = serde_json::from_str(&json)
-        .map_err(|e| ApiError::internal(format!("template metadata: {e}")))?;
-    Ok(value)
+    wire_template(&meta.to_json())
+        .map_err(|e| ApiError::internal(format!("template metadata: {e}")))
 }
 
 fn log_progress(name: &str, p: &ImportProgress) {
@@ -193,37 +182,17 @@ fn import_error(name: &str, e: ImageError) -> ApiError {
     }
 }
 
-/// The body of `POST /hutch/v1/templates/pull`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct PullRequest {
-    /// The template's name.
-    name: String,
-    /// The image: `[REGISTRY/]NAME[:TAG|@DIGEST]`.
-    reference: String,
-    /// Registry username (with `password`); without, the server host's Docker credentials
-    /// for the registry, if any, else none.
-    #[serde(default)]
-    username: Option<String>,
-    /// Registry password or access token.
-    #[serde(default)]
-    password: Option<String>,
-    /// As for imports.
-    #[serde(default)]
-    allow_privilege_escalation: bool,
-}
-
-/// `POST /hutch/v1/templates/pull` with a JSON [`PullRequest`]: pulls the image from its
+/// `POST /hutch/v1/templates/pull` with a JSON [`TemplatePullRequest`]: pulls the image from its
 /// registry and registers it as a template, like an import. Answers 201 with the template's
 /// metadata; or, when the request accepts `application/x-ndjson`, 200 with a stream of
-/// events, one JSON object per line: `{"event":"resolved",...}`, `{"event":"layer",...}`
-/// (per layer: `index`, `digest`, `total`, `done`, `reused`, `complete`), then
-/// `{"event":"done","template":{...}}` or `{"event":"error","code":N,"message":"..."}`. A
-/// client that goes away stops the pull.
+/// [`PullEvent`]s, one JSON object per line: `{"event":"resolved",...}`,
+/// `{"event":"layer",...}` (per layer: `index`, `digest`, `total`, `done`, `reused`,
+/// `complete`), then `{"event":"done","template":{...}}` or
+/// `{"event":"error","code":N,"message":"..."}`. A client that goes away stops the pull.
 pub(super) async fn pull(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<PullRequest>,
+    ApiJson(req): ApiJson<TemplatePullRequest>,
 ) -> Result<Response, ApiError> {
     check_new_name(&st, &req.name).await?;
     if req.reference.trim().is_empty() {
@@ -257,7 +226,9 @@ pub(super) async fn pull(
     tokio::spawn(async move {
         let events = tx.clone();
         let mut send = move |p: PullProgress| {
-            let _ = events.send(ndjson(&p));
+            if let Some(event) = pull_event(p) {
+                let _ = events.send(ndjson(&event));
+            }
         };
         let outcome = tokio::select! {
             outcome = pull_and_register(&st, &req, auth, &mut send) => outcome,
@@ -267,12 +238,13 @@ pub(super) async fn pull(
             }
         };
         let last = match outcome {
-            Ok(template) => serde_json::json!({"event": "done", "template": template}),
-            Err(e) => serde_json::json!({
-                "event": "error",
-                "code": e.status().as_u16(),
-                "message": e.message(),
-            }),
+            Ok(template) => PullEvent::Done {
+                template: Box::new(template),
+            },
+            Err(e) => PullEvent::Error {
+                code: e.status().as_u16(),
+                message: e.message().to_owned(),
+            },
         };
         let _ = tx.send(ndjson(&last));
     });
@@ -289,10 +261,10 @@ pub(super) async fn pull(
 /// Pulls `req.reference` and registers it as template `req.name`.
 async fn pull_and_register(
     st: &Arc<AppState>,
-    req: &PullRequest,
+    req: &TemplatePullRequest,
     auth: RegistryAuth,
     progress: &mut (dyn FnMut(PullProgress) + Send),
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<Template, ApiError> {
     // Pulls share the layer store; removal of unreferenced layers waits.
     let _layers = st.layers_lock.read().await;
     let reference = req.reference.trim();
@@ -305,6 +277,37 @@ async fn pull_and_register(
         req.allow_privilege_escalation,
     )
     .await
+}
+
+/// A pull's progress as a line of its stream (`None` for progress the API does not show).
+fn pull_event(p: PullProgress) -> Option<PullEvent> {
+    match p {
+        PullProgress::Resolved {
+            reference,
+            manifest_digest,
+            layers,
+        } => Some(PullEvent::Resolved {
+            reference,
+            manifest_digest,
+            layers,
+        }),
+        PullProgress::Layer {
+            index,
+            digest,
+            total,
+            done,
+            reused,
+            complete,
+        } => Some(PullEvent::Layer {
+            index,
+            digest,
+            total,
+            done,
+            reused,
+            complete,
+        }),
+        _ => None,
+    }
 }
 
 fn ndjson(value: &impl serde::Serialize) -> Bytes {
@@ -329,15 +332,13 @@ fn log_pull(name: &str, p: &PullProgress) {
 }
 
 /// `GET /hutch/v1/templates`: every template's metadata, by name.
-pub(super) async fn list(
-    State(st): State<Arc<AppState>>,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+pub(super) async fn list(State(st): State<Arc<AppState>>) -> Result<Json<Vec<Template>>, ApiError> {
     let rows = st.db.list_templates().await?;
     // Templates replaced by a newer build of the same name are hidden.
     rows.iter()
         .filter(|t| !t.name.contains('@'))
         .map(|t| {
-            serde_json::from_str(&t.metadata).map_err(|e| {
+            wire_template(&t.metadata).map_err(|e| {
                 ApiError::internal(format!(
                     "template '{}' has unreadable metadata: {e}",
                     t.name
@@ -361,49 +362,7 @@ pub(super) async fn remove(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let layers_guard = st.layers_lock.write().await;
-    let template = st
-        .db
-        .find_template(name.clone())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("template '{name}' not found")))?;
-    let running = st.db.live_sandboxes_of(template.id.clone()).await?;
-    if running > 0 {
-        return Err(ApiError::conflict(format!(
-            "template '{}' has {running} running sandbox{}; kill {} first",
-            template.name,
-            if running == 1 { "" } else { "es" },
-            if running == 1 { "it" } else { "them" },
-        )));
-    }
-    // No claim can take one meanwhile: a claim holds the layers lock.
-    let pooled = st.pool.remove_template(&template.id);
-    futures::future::join_all(pooled.iter().map(|p| crate::pool::destroy(&st, &p.id))).await;
-    st.db.delete_template(template.id.clone()).await?;
-
-    crate::builds::prune_replaced(&st).await;
-    // Layers the build cache refers to stay: rebuilding is then fast.
-    let mut referenced: HashSet<String> =
-        st.builder.cache().referenced_layers().into_iter().collect();
-    for t in st.db.list_templates().await? {
-        match TemplateMetadata::from_json(&t.metadata) {
-            Ok(m) => referenced.extend(m.layers),
-            Err(e) => {
-                // Without knowing its layers, removing any could break it.
-                tracing::warn!(template = %t.name, "unreadable metadata, keeping all layers: {e}");
-                return Ok(StatusCode::NO_CONTENT);
-            }
-        }
-    }
-    let store = st.store.clone();
-    let removed = tokio::task::spawn_blocking(move || store.remove_unreferenced(&referenced))
-        .await
-        .map_err(|e| ApiError::internal(format!("layer cleanup task failed: {e}")))?;
-    drop(layers_guard);
-    match removed {
-        Ok(n) => tracing::info!(template = %template.name, layers_removed = n, "template removed"),
-        Err(e) => tracing::warn!(template = %template.name, "removing unused layers: {e}"),
-    }
+    crate::catalog::remove(&st, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -418,6 +377,97 @@ mod tests {
         }
         for bad in ["", "-a", ".a", "A", "a b", "a/b", "é", &"a".repeat(64)] {
             assert!(!valid_template_name(bad), "{bad}");
+        }
+    }
+
+    /// Pull progress reads on the wire as the image crate describes it.
+    #[test]
+    fn pull_events_match_the_progress() {
+        for p in [
+            PullProgress::Resolved {
+                reference: "registry.example/app:1".into(),
+                manifest_digest: format!("sha256:{}", "a".repeat(64)),
+                layers: 3,
+            },
+            PullProgress::Layer {
+                index: 1,
+                digest: format!("sha256:{}", "b".repeat(64)),
+                total: 1000,
+                done: 400,
+                reused: false,
+                complete: false,
+            },
+        ] {
+            let progress = serde_json::to_value(&p).unwrap();
+            let event = serde_json::to_value(pull_event(p).unwrap()).unwrap();
+            assert_eq!(event, progress);
+        }
+    }
+
+    /// The API shows a template's stored metadata unchanged, whatever it
+    /// came from and whichever optional fields it has.
+    #[test]
+    fn templates_show_their_metadata_unchanged() {
+        let full = TemplateMetadata {
+            schema_version: TEMPLATE_SCHEMA_VERSION,
+            id: "tpl1".into(),
+            name: "app".into(),
+            created_at: "2025-01-02T03:04:05Z".into(),
+            source: TemplateSource::Image {
+                path_or_ref: "registry.example/app:1".into(),
+                manifest_digest: format!("sha256:{}", "a".repeat(64)),
+                config_digest: format!("sha256:{}", "b".repeat(64)),
+            },
+            image: hutch_image::ImageConfig {
+                env: vec!["PATH=/bin".into(), "EMPTY=".into()],
+                working_dir: Some("/srv".into()),
+                user: Some("1000:1000".into()),
+                entrypoint: Some(vec![]),
+                cmd: Some(vec!["sh".into()]),
+            },
+            env: vec![("PATH".into(), "/bin".into()), ("EMPTY".into(), "".into())],
+            user: Some("app".into()),
+            workdir: Some("/srv".into()),
+            layers: vec![format!("sha256:{}", "c".repeat(64))],
+            allow_privilege_escalation: true,
+            start_cmd: Some("serve".into()),
+            ready_cmd: Some("true".into()),
+            limits: Some(hutch_image::TemplateLimits {
+                cpu_count: Some(1),
+                memory_mb: Some(256),
+                disk_size_mb: Some(1024),
+                pids: Some(64),
+            }),
+        };
+        let bare = TemplateMetadata {
+            source: TemplateSource::Build {
+                frontend: "dockerfile".into(),
+                from: "base".into(),
+                steps: 2,
+            },
+            image: hutch_image::ImageConfig::default(),
+            env: vec![],
+            user: None,
+            workdir: None,
+            allow_privilege_escalation: false,
+            start_cmd: None,
+            ready_cmd: None,
+            limits: Some(hutch_image::TemplateLimits::default()),
+            ..full.clone()
+        };
+        let recipe = TemplateMetadata {
+            source: TemplateSource::Recipe {
+                recipe: "debian-base".into(),
+                description: "mmdebstrap bookworm".into(),
+            },
+            limits: None,
+            ..bare.clone()
+        };
+        for meta in [full, bare, recipe] {
+            let json = meta.to_json();
+            let stored: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let shown = serde_json::to_value(wire_template(&json).unwrap()).unwrap();
+            assert_eq!(shown, stored, "{json}");
         }
     }
 }

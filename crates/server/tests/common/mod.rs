@@ -34,6 +34,7 @@ pub fn config(data_dir: &Path) -> ServerConfig {
         insecure_registries: Vec::new(),
         max_limits: hutch_server::LimitMaxima::default(),
         http: hutch_server::http::Limits::default(),
+        network: hutch_server::NetworkConfig::default(),
     }
 }
 

@@ -1,0 +1,312 @@
+//! The template catalog: registering a template (one path for imports,
+//! pulls, builds and the default `base` template), removing one, and
+//! collecting the layers no template uses any more.
+//!
+//! A registered template gets its warm pool at once. A build of a name
+//! that exists replaces the template: the old one is renamed
+//! `name@<id>` by the store and deleted once none of its sandboxes is left
+//! ([`prune_replaced`]); its pooled sandboxes, which would hand out the old
+//! template, are destroyed. Layers are removed only when a template is
+//! removed, under the layers lock held exclusively, so that no create,
+//! import or build can be using one.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use hutch_image::TemplateMetadata;
+
+use crate::db::{DbError, TemplateRow};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::time;
+
+/// How a new template meets one of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Registration {
+    /// It must not exist ([`CatalogError::Exists`]).
+    New,
+    /// It replaces the existing one.
+    Replace,
+}
+
+/// Why the catalog could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CatalogError {
+    /// A template of that name exists.
+    #[error("template '{0}' already exists; remove it first with `hutch template rm {0}`")]
+    Exists(String),
+    /// No template has that name or id.
+    #[error("template '{0}' not found")]
+    NotFound(String),
+    /// Sandboxes of the template run.
+    #[error(
+        "template '{name}' has {running} running sandbox{}; kill {} first",
+        if *running == 1 { "" } else { "es" },
+        if *running == 1 { "it" } else { "them" }
+    )]
+    InUse {
+        /// The template.
+        name: String,
+        /// How many.
+        running: u64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Exists(_) | CatalogError::InUse { .. } => {
+                ApiError::conflict(e.to_string())
+            }
+            CatalogError::NotFound(_) => ApiError::not_found(e.to_string()),
+            CatalogError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// Records `meta` (whose layers are stored) as a template and fills its
+/// warm pool. `Ok(true)` if it replaced a template of the same name
+/// ([`Registration::Replace`]).
+pub(crate) async fn register(
+    st: &Arc<AppState>,
+    meta: &TemplateMetadata,
+    how: Registration,
+) -> Result<bool, CatalogError> {
+    let row = TemplateRow {
+        id: meta.id.clone(),
+        name: meta.name.clone(),
+        metadata: meta.to_json(),
+        created_at: time::now_ms(),
+    };
+    let replaced = match how {
+        Registration::New => {
+            if !st.db.insert_template(row).await? {
+                return Err(CatalogError::Exists(meta.name.clone()));
+            }
+            false
+        }
+        Registration::Replace => match st.db.replace_template(row).await? {
+            Some(old) => {
+                drain_pool(st, &old).await;
+                prune_replaced(st).await;
+                true
+            }
+            None => false,
+        },
+    };
+    crate::pool::refill(st, &meta.id);
+    Ok(replaced)
+}
+
+/// Removes template `name` (a name or an id) unless sandboxes of it run
+/// (its pooled sandboxes do not count: they are destroyed), then the
+/// layers no template and no cached build step uses any more. The
+/// template's name, as found.
+pub(crate) async fn remove(st: &Arc<AppState>, name: &str) -> Result<String, CatalogError> {
+    let _layers = st.layers_lock.write().await;
+    let template = st
+        .db
+        .find_template(name.to_owned())
+        .await?
+        .ok_or_else(|| CatalogError::NotFound(name.to_owned()))?;
+    let running = st.db.live_sandboxes_of(template.id.clone()).await?;
+    if running > 0 {
+        return Err(CatalogError::InUse {
+            name: template.name,
+            running,
+        });
+    }
+    // No claim can take one meanwhile: a claim holds the layers lock.
+    drain_pool(st, &template.id).await;
+    st.db.delete_template(template.id.clone()).await?;
+    prune_replaced(st).await;
+    match collect_layers(st).await {
+        Ok(Some(n)) => {
+            tracing::info!(template = %template.name, layers_removed = n, "template removed")
+        }
+        Ok(None) => tracing::info!(template = %template.name, "template removed"),
+        Err(e) => tracing::warn!(template = %template.name, "removing unused layers: {e}"),
+    }
+    Ok(template.name)
+}
+
+/// Deletes templates replaced by a newer build of the same name once no
+/// sandbox uses them any more (their layers go at the next collection).
+pub(crate) async fn prune_replaced(st: &Arc<AppState>) {
+    let Ok(rows) = st.db.list_templates().await else {
+        return;
+    };
+    for t in rows.into_iter().filter(|t| t.name.contains('@')) {
+        match st.db.live_sandboxes_of(t.id.clone()).await {
+            Ok(0) => {
+                drain_pool(st, &t.id).await;
+                if let Err(e) = st.db.delete_template(t.id.clone()).await {
+                    tracing::warn!(template = %t.name, "cannot delete a replaced template: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(template = %t.name, "cannot count its sandboxes: {e}"),
+        }
+    }
+}
+
+/// Destroys the warm pool of template `id`.
+async fn drain_pool(st: &Arc<AppState>, id: &str) {
+    let pooled = st.pool.remove_template(id);
+    futures::future::join_all(pooled.iter().map(|p| crate::pool::destroy(st, &p.id))).await;
+}
+
+/// Removes the stored layers that no template and no cached build step
+/// refers to (the cache's stay: rebuilding is then fast). The caller holds
+/// the layers lock exclusively. `Ok(None)`: nothing was removed because a
+/// template's metadata cannot be read (removing any layer could break it).
+async fn collect_layers(st: &Arc<AppState>) -> Result<Option<usize>, String> {
+    let mut referenced: HashSet<String> = st
+        .builder
+        .iter()
+        .flat_map(|b| b.cache().referenced_layers())
+        .collect();
+    for t in st.db.list_templates().await.map_err(|e| e.to_string())? {
+        match TemplateMetadata::from_json(&t.metadata) {
+            Ok(m) => referenced.extend(m.layers),
+            Err(e) => {
+                tracing::warn!(template = %t.name, "unreadable metadata, keeping all layers: {e}");
+                return Ok(None);
+            }
+        }
+    }
+    let store = st.store.clone();
+    let removed = tokio::task::spawn_blocking(move || store.remove_unreferenced(&referenced))
+        .await
+        .map_err(|e| format!("layer collection task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(Some(removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Harness;
+
+    /// A layer holding one file `name`, stored.
+    fn layer(st: &AppState, name: &str) -> String {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        tar.append_data(&mut header, name, &b"hi"[..]).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        st.store.add_layer_tar(&mut &bytes[..]).unwrap()
+    }
+
+    fn template(h: &Harness, name: &str, layers: Vec<String>) -> TemplateMetadata {
+        let app = h.template();
+        TemplateMetadata {
+            id: crate::ids::new_id(),
+            name: name.into(),
+            layers,
+            ..app
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_registered_once_unless_replaced() {
+        let h = Harness::new().await;
+        let again = template(&h, "app", vec![]);
+        let e = register(&h.st, &again, Registration::New)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, CatalogError::Exists(ref n) if n == "app"),
+            "{e}"
+        );
+        assert_eq!(ApiError::from(e).status().as_u16(), 409);
+
+        // A replacement takes the name; the old template, unused, goes.
+        assert!(
+            register(&h.st, &again, Registration::Replace)
+                .await
+                .unwrap()
+        );
+        let found = h.st.db.find_template("app".into()).await.unwrap().unwrap();
+        assert_eq!(found.id, again.id);
+        let names: Vec<String> =
+            h.st.db
+                .list_templates()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+        assert_eq!(names, vec!["app".to_owned()]);
+
+        let fresh = template(&h, "other", vec![]);
+        assert!(
+            !register(&h.st, &fresh, Registration::Replace)
+                .await
+                .unwrap()
+        );
+    }
+
+    /// A replaced template whose sandboxes still run stays until they are
+    /// gone.
+    #[tokio::test]
+    async fn a_replaced_template_stays_while_its_sandboxes_run() {
+        let h = Harness::new().await;
+        let id = h.create().await;
+        let old = h.template().id;
+        register(&h.st, &template(&h, "app", vec![]), Registration::Replace)
+            .await
+            .unwrap();
+        let kept = h.st.db.find_template(old.clone()).await.unwrap().unwrap();
+        assert!(kept.name.starts_with("app@"), "{}", kept.name);
+        assert!(crate::lifecycle::kill_sandbox(&h.st, &id).await.unwrap());
+        prune_replaced(&h.st).await;
+        assert!(h.st.db.find_template(old).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn removing_a_template_collects_the_layers_nothing_else_uses() {
+        let h = Harness::new().await;
+        let shared = layer(&h.st, "shared");
+        let own = layer(&h.st, "own");
+        let first = template(&h, "first", vec![shared.clone(), own.clone()]);
+        let second = template(&h, "second", vec![shared.clone()]);
+        register(&h.st, &first, Registration::New).await.unwrap();
+        register(&h.st, &second, Registration::New).await.unwrap();
+
+        let e = remove(&h.st, "nope").await.unwrap_err();
+        assert_eq!(e.to_string(), "template 'nope' not found");
+
+        assert_eq!(remove(&h.st, &first.id).await.unwrap(), "first");
+        assert!(
+            h.st.db
+                .find_template("first".into())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(!h.st.store.layer_dir(&own).exists(), "its own layer goes");
+        assert!(h.st.store.layer_dir(&shared).exists(), "a shared one stays");
+    }
+
+    #[tokio::test]
+    async fn a_template_in_use_is_not_removed() {
+        let h = Harness::new().await;
+        let id = h.create().await;
+        let e = remove(&h.st, "app").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "template 'app' has 1 running sandbox; kill it first"
+        );
+        assert!(h.st.db.find_template("app".into()).await.unwrap().is_some());
+        assert!(crate::lifecycle::kill_sandbox(&h.st, &id).await.unwrap());
+        remove(&h.st, "app").await.unwrap();
+    }
+}

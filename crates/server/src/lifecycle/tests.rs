@@ -1,0 +1,226 @@
+//! The sandbox state machine on a [`FakeNode`]: no root, no runc, seconds.
+
+use std::time::Duration;
+
+use super::*;
+use crate::node::Node;
+use crate::node::fake::FakeState;
+use crate::testing::{Harness, patiently};
+
+#[tokio::test]
+async fn a_sandbox_goes_through_every_state() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    assert_eq!(h.row_state(&id).await, SandboxState::Running);
+    assert!(h.routed(&id));
+    assert_eq!(h.node.state(&id), Some(FakeState::Running));
+
+    assert_eq!(
+        pause_sandbox(&h.st, &id, PauseMode::Memory).await.unwrap(),
+        PauseOutcome::Paused
+    );
+    assert_eq!(h.row_state(&id).await, SandboxState::Paused);
+    assert!(!h.routed(&id), "a paused sandbox is not routed to");
+    assert_eq!(h.node.state(&id), Some(FakeState::Paused));
+    assert_eq!(
+        pause_sandbox(&h.st, &id, PauseMode::Memory).await.unwrap(),
+        PauseOutcome::AlreadyPaused
+    );
+
+    assert_eq!(
+        resume_sandbox(&h.st, &id, None, None).await.unwrap(),
+        ResumeOutcome::Resumed
+    );
+    assert_eq!(h.row_state(&id).await, SandboxState::Running);
+    assert!(h.routed(&id));
+    assert_eq!(h.node.state(&id), Some(FakeState::Running));
+
+    // Filesystem-only: the node keeps only the disk; a resume boots it
+    // again on it, with a new agent.
+    let first_pid = h.node.init_pid(&id).unwrap();
+    assert_eq!(
+        pause_sandbox(&h.st, &id, PauseMode::Filesystem)
+            .await
+            .unwrap(),
+        PauseOutcome::Paused
+    );
+    assert_eq!(h.node.state(&id), Some(FakeState::DiskOnly));
+    assert_eq!(
+        resume_sandbox(&h.st, &id, Some(60), None).await.unwrap(),
+        ResumeOutcome::Resumed
+    );
+    assert_eq!(h.node.state(&id), Some(FakeState::Running));
+    let second_pid = h.node.init_pid(&id).unwrap();
+    assert_ne!(first_pid, second_pid);
+    assert_eq!(
+        h.st.live().get(&id).unwrap().agent_pid,
+        Some(second_pid),
+        "the new agent is the one watched"
+    );
+
+    assert!(kill_sandbox(&h.st, &id).await.unwrap());
+    assert_eq!(h.row_state(&id).await, SandboxState::Killed);
+    assert!(!h.st.live().contains_key(&id));
+    assert!(!kill_sandbox(&h.st, &id).await.unwrap(), "killed once");
+    h.st.teardowns.close();
+    patiently("teardown", h.st.teardowns.wait()).await;
+    assert_eq!(h.node.state(&id), None, "torn down");
+}
+
+/// A kill answers before the node's teardown finishes: the sandbox's
+/// processes are dead, it is not routed to and it is recorded killed while
+/// its teardown is still held.
+#[tokio::test]
+async fn a_kill_answers_before_the_teardown() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    let pid = h.node.init_pid(&id).unwrap();
+    let teardown = h.node.hold("destroy", &id);
+
+    assert!(kill_sandbox(&h.st, &id).await.unwrap());
+    assert_eq!(h.row_state(&id).await, SandboxState::Killed);
+    assert!(!h.routed(&id));
+    patiently("the teardown to start", teardown.reached()).await;
+    assert_eq!(
+        h.node.state(&id),
+        Some(FakeState::Running),
+        "not torn down yet"
+    );
+    let calls = h.node.calls();
+    let killed = calls.iter().position(|c| *c == format!("kill_now {id}"));
+    let destroyed = calls.iter().position(|c| *c == format!("destroy {id}"));
+    assert!(killed.is_some() && killed < destroyed, "{calls:?}");
+    // The stand-in init got SIGKILL.
+    patiently("the init to die", async {
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    teardown.release();
+    h.st.teardowns.close();
+    patiently("teardown", h.st.teardowns.wait()).await;
+    assert_eq!(h.node.state(&id), None);
+}
+
+/// Transitions of different sandboxes do not wait for each other; those of
+/// one sandbox do.
+#[tokio::test]
+async fn pauses_of_different_sandboxes_run_side_by_side() {
+    let h = Harness::new().await;
+    let a = h.create().await;
+    let b = h.create().await;
+    let held = h.node.hold("pause", &a);
+    let st = h.st.clone();
+    let a2 = a.clone();
+    let pause_a = tokio::spawn(async move { pause_sandbox(&st, &a2, PauseMode::Memory).await });
+    patiently("a's pause to reach the node", held.reached()).await;
+
+    // b pauses and resumes while a's pause is in the middle.
+    let outcome = patiently("b's pause", pause_sandbox(&h.st, &b, PauseMode::Memory)).await;
+    assert_eq!(outcome.unwrap(), PauseOutcome::Paused);
+    let outcome = patiently("b's resume", resume_sandbox(&h.st, &b, None, None)).await;
+    assert_eq!(outcome.unwrap(), ResumeOutcome::Resumed);
+
+    // A resume of a waits for a's pause: it then finds a paused.
+    let st = h.st.clone();
+    let a2 = a.clone();
+    let resume_a = tokio::spawn(async move { resume_sandbox(&st, &a2, None, None).await });
+    // Time for it to reach a's lock: were it not to wait there, it would
+    // find a still running and answer `WasRunning`.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!resume_a.is_finished(), "a's resume waits for its pause");
+    held.release();
+    assert_eq!(
+        patiently("a's pause", pause_a).await.unwrap().unwrap(),
+        PauseOutcome::Paused
+    );
+    assert_eq!(
+        patiently("a's resume", resume_a).await.unwrap().unwrap(),
+        ResumeOutcome::Resumed
+    );
+    assert_eq!(h.node.state(&a), Some(FakeState::Running));
+    assert_eq!(h.row_state(&a).await, SandboxState::Running);
+}
+
+/// A kill that comes while a pause is at the node wins: the sandbox ends
+/// killed, not paused, and nothing of it is left.
+#[tokio::test]
+async fn a_kill_during_a_pause_wins() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    let held = h.node.hold("pause", &id);
+    let st = h.st.clone();
+    let id2 = id.clone();
+    let pause = tokio::spawn(async move { pause_sandbox(&st, &id2, PauseMode::Memory).await });
+    patiently("the pause to reach the node", held.reached()).await;
+
+    assert!(kill_sandbox(&h.st, &id).await.unwrap());
+    held.release();
+    let outcome = patiently("the pause", pause).await.unwrap();
+    assert_eq!(outcome.unwrap(), PauseOutcome::NotFound);
+    assert_eq!(h.row_state(&id).await, SandboxState::Killed);
+    assert!(!h.st.live().contains_key(&id));
+    h.st.teardowns.close();
+    patiently("teardown", h.st.teardowns.wait()).await;
+    assert_eq!(h.node.state(&id), None);
+}
+
+/// A sandbox whose agent dies is destroyed and recorded killed at once.
+#[tokio::test]
+async fn a_dead_agent_kills_its_sandbox() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    let pid = h.node.init_pid(&id).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    patiently("the sandbox to be recorded killed", async {
+        while h.row_state(&id).await != SandboxState::Killed {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(!h.st.live().contains_key(&id));
+    h.st.teardowns.close();
+    patiently("teardown", h.st.teardowns.wait()).await;
+    assert_eq!(h.node.state(&id), None);
+}
+
+/// A create the node cannot boot leaves no row and nothing on the node,
+/// and says why.
+#[tokio::test]
+async fn a_failed_create_leaves_nothing() {
+    let h = Harness::new().await;
+    h.node.fail_creates();
+    let args = CreateArgs {
+        template: "app".into(),
+        timeout_secs: 300,
+        metadata: BTreeMap::new(),
+        env: BTreeMap::new(),
+        access_token: None,
+        network: EgressPolicy::default(),
+        limits: limits::Requested::default(),
+        lifecycle: Lifecycle::default(),
+    };
+    let e = create_sandbox(&h.st, args).await.unwrap_err();
+    assert!(e.message().contains("the disk is full"), "{}", e.message());
+    let rows =
+        h.st.db
+            .sandboxes_in(&[
+                SandboxState::Starting,
+                SandboxState::Running,
+                SandboxState::Paused,
+                SandboxState::Killed,
+            ])
+            .await
+            .unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+    assert!(h.node.list().await.unwrap().is_empty());
+    assert!(h.st.live().is_empty());
+}

@@ -1,0 +1,123 @@
+//! A server's state on a [`FakeNode`], for tests of the control side
+//! (no root, no runc): one template, `app`, with no layers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hutch_image::{ImageConfig, TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource};
+use hutch_runtime::EgressPolicy;
+
+use crate::ServerConfig;
+use crate::db::{Lifecycle, SandboxState, TemplateRow};
+use crate::lifecycle::{CreateArgs, create_sandbox};
+use crate::limits;
+use crate::node::fake::FakeNode;
+use crate::state::AppState;
+
+/// Long enough for anything that should happen to happen; a test waiting
+/// this long has found a deadlock.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct Harness {
+    pub st: Arc<AppState>,
+    pub node: Arc<FakeNode>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = FakeNode::new(&tmp.path().join("node"));
+        let cfg = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: tmp.path().join("data"),
+            envd: PathBuf::from("/nonexistent"),
+            runc: PathBuf::from("/nonexistent"),
+            insecure_registries: Vec::new(),
+            max_limits: crate::LimitMaxima::default(),
+            http: crate::http::Limits::default(),
+            network: crate::NetworkConfig::default(),
+        };
+        let st = AppState::with_node(&cfg, node.clone()).unwrap();
+        st.pool.set_target(0);
+        let meta = template_app();
+        st.db
+            .insert_template(TemplateRow {
+                id: meta.id.clone(),
+                name: meta.name.clone(),
+                metadata: meta.to_json(),
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+        Harness {
+            st,
+            node,
+            _tmp: tmp,
+        }
+    }
+
+    /// The template `app`, as registered.
+    pub fn template(&self) -> TemplateMetadata {
+        template_app()
+    }
+
+    pub async fn create(&self) -> String {
+        let args = CreateArgs {
+            template: "app".into(),
+            timeout_secs: 300,
+            metadata: BTreeMap::new(),
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            access_token: None,
+            network: EgressPolicy::default(),
+            limits: limits::Requested::default(),
+            lifecycle: Lifecycle::default(),
+        };
+        create_sandbox(&self.st, args).await.unwrap().id
+    }
+
+    pub async fn row_state(&self, id: &str) -> SandboxState {
+        self.st
+            .db
+            .get_sandbox(id.to_owned())
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+    }
+
+    pub fn routed(&self, id: &str) -> bool {
+        self.st.live().get(id).is_some_and(|e| e.paused.is_none())
+    }
+}
+
+pub async fn patiently<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after {PATIENCE:?}"))
+}
+
+/// The template `app`.
+fn template_app() -> TemplateMetadata {
+    TemplateMetadata {
+        schema_version: TEMPLATE_SCHEMA_VERSION,
+        id: "tpl".into(),
+        name: "app".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        source: TemplateSource::Recipe {
+            recipe: "test".into(),
+            description: "none".into(),
+        },
+        image: ImageConfig::default(),
+        env: vec![],
+        user: None,
+        workdir: None,
+        layers: vec![],
+        allow_privilege_escalation: false,
+        start_cmd: None,
+        ready_cmd: None,
+        limits: None,
+    }
+}
