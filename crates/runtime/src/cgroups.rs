@@ -21,6 +21,9 @@ pub(crate) struct CgroupLayout {
     pub swap_accounting: bool,
 }
 
+/// How long a freeze or thaw may take before it counts as failed.
+const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a sandbox's cgroup reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupUsage {
@@ -106,6 +109,62 @@ impl CgroupLayout {
         }
     }
 
+    /// Freezes (or thaws) every process of cgroup `cgroup` and waits until
+    /// the kernel reports it so: `freezer.state` on v1 (`FROZEN` once every
+    /// task is stopped; `FREEZING` meanwhile), `cgroup.freeze` and the
+    /// `frozen` line of `cgroup.events` on v2. The same writes `runc pause`
+    /// and `runc resume` make, without starting runc: runc reads the state
+    /// back from the same files. `NotFound` if the cgroup does not exist.
+    pub fn set_frozen(&self, cgroup: &str, frozen: bool) -> std::io::Result<()> {
+        let rel = cgroup.trim_start_matches('/');
+        let (file, value) = match (self.v2, frozen) {
+            (true, true) => (self.root.join(rel).join("cgroup.freeze"), "1"),
+            (true, false) => (self.root.join(rel).join("cgroup.freeze"), "0"),
+            (false, true) => (
+                self.root.join("freezer").join(rel).join("freezer.state"),
+                "FROZEN",
+            ),
+            (false, false) => (
+                self.root.join("freezer").join(rel).join("freezer.state"),
+                "THAWED",
+            ),
+        };
+        let reached = || -> std::io::Result<bool> {
+            if self.v2 {
+                let want = if frozen { "frozen 1" } else { "frozen 0" };
+                let events = std::fs::read_to_string(self.root.join(rel).join("cgroup.events"))?;
+                Ok(events.lines().any(|l| l == want))
+            } else {
+                Ok(std::fs::read_to_string(&file)?.trim() == value)
+            }
+        };
+        let deadline = std::time::Instant::now() + FREEZE_TIMEOUT;
+        let mut pause = std::time::Duration::from_micros(100);
+        loop {
+            // Written again on every round, as runc does: a task forking
+            // while the freeze began can leave the cgroup `FREEZING`.
+            write_existing(&file, value)?;
+            if reached()? {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                if frozen {
+                    // Not left half frozen.
+                    let _ = write_existing(&file, if self.v2 { "0" } else { "THAWED" });
+                }
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} did not become {value} within {FREEZE_TIMEOUT:?}",
+                        file.display()
+                    ),
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Removes cgroup `cgroup`'s directories that runc left behind
     /// (normally none: `runc delete` removes them). Best effort.
     pub fn remove(&self, cgroup: &str) {
@@ -119,6 +178,16 @@ impl CgroupLayout {
             }
         }
     }
+}
+
+/// Writes `value` to the existing file `path` (a cgroup file: never
+/// created).
+fn write_existing(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(value.as_bytes())
 }
 
 fn invalid(what: &str) -> std::io::Error {

@@ -233,16 +233,6 @@ impl Runc {
         }
         found_or_failed(out, id, "kill")
     }
-
-    /// `runc pause` / `runc resume`: freezes or thaws every process of the
-    /// container through the freezer cgroup.
-    pub async fn freeze(&self, id: &str, freeze: bool) -> Result<(), RuntimeError> {
-        let what = if freeze { "pause" } else { "resume" };
-        let mut cmd = self.command();
-        cmd.arg(what).arg(id).stdin(Stdio::null());
-        let out = self.finish(cmd, id, what).await?;
-        found_or_failed(out, id, what)
-    }
 }
 
 /// A container command's outcome: success, [`RuntimeError::NotFound`] when
