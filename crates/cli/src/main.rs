@@ -643,4 +643,39 @@ mod tests {
         assert!(err.is::<UsageError>());
         assert!(parse_pairs("env", &["=x".into()]).is_err());
     }
+
+    #[test]
+    fn serve_takes_the_network_settings() {
+        let serve = |extra: &[&str]| {
+            let mut argv = vec!["hutch", "serve"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Serve(args)) => Ok(args),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let defaults = serve(&[]).unwrap();
+        assert_eq!(defaults.network_pool.to_string(), "10.200.0.0/16");
+        assert_eq!(defaults.fallback_dns.len(), 2);
+        let set = serve(&[
+            "--network-pool",
+            "10.99.0.0/20",
+            "--fallback-dns",
+            "9.9.9.9,149.112.112.112",
+        ])
+        .unwrap();
+        assert_eq!(set.network_pool.to_string(), "10.99.0.0/20");
+        assert_eq!(
+            set.fallback_dns,
+            [
+                "9.9.9.9".parse::<std::net::IpAddr>().unwrap(),
+                "149.112.112.112".parse().unwrap()
+            ]
+        );
+        let e = serve(&["--network-pool", "nope"]).unwrap_err();
+        assert!(e.contains("--network-pool"), "{e}");
+        let e = serve(&["--fallback-dns", "1.1.1.1,dns.example"]).unwrap_err();
+        assert!(e.contains("--fallback-dns"), "{e}");
+    }
 }
