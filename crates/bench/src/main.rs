@@ -32,8 +32,13 @@
 //! sandboxes of a Debian image on one server, create latency at the first,
 //! middle and last 50, host memory per sandbox, and a teardown that must
 //! leave nothing on the host.
+//!
+//! `--docker` runs the comparison with Docker Engine instead (`docker.rs`):
+//! the same operations on the same Debian image through each one's official
+//! Python SDK, with a private `dockerd` (Debian's `docker.io`).
 
 mod density;
+mod docker;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -67,6 +72,16 @@ struct Args {
     /// with bash and python3, like the `base` template) or `busybox`.
     #[arg(long, default_value = "debian")]
     density_image: String,
+    /// Run the comparison with Docker Engine instead (see `docker.rs`).
+    #[arg(long)]
+    docker: bool,
+    /// With `--docker`: sandboxes (and containers) killed at once.
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// With `--docker`: idle sandboxes (and containers) during the last
+    /// creates.
+    #[arg(long, default_value_t = 100)]
+    docker_density: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -160,6 +175,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             density::run(&target, n).await
         }
         .await;
+        target.shutdown().await;
+        return result;
+    }
+    if args.docker {
+        let tmp = tempfile::Builder::new()
+            .prefix("hb")
+            .tempdir_in("/var/tmp")?;
+        // A server as `hutch serve` starts by default: a warm pool of one.
+        let target = Target::start(tmp.path().join("h"), envd, 1).await?;
+        let result = docker::run(&args, tmp.path(), &target).await;
         target.shutdown().await;
         return result;
     }

@@ -42,7 +42,9 @@ pub use paths::{cache_dir, target_dir, workspace_root};
 pub use registry::{
     REGISTRY_PASSWORD, REGISTRY_USERNAME, Registry, RegistryAuthMode, multi_arch_layout,
 };
-pub use sdk::{E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, e2b_js, e2b_python};
+pub use sdk::{
+    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, e2b_js, e2b_python, python_with,
+};
 pub use server::{TestServer, http};
 pub use testdir::TestDir;
 pub use wait::{wait_until, wait_until_async};

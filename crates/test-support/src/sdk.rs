@@ -22,31 +22,44 @@ pub fn e2b_python(version: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(&var).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let dir = cache_dir().join(format!("e2b-python-{version}"));
+    python_with(
+        &format!("e2b-python-{version}"),
+        &[&format!("e2b=={version}")],
+    )
+}
+
+/// A Python interpreter with exactly `packages` (pinned requirements such
+/// as `docker==7.1.0`) installed from PyPI, in a virtual environment
+/// `name` cached under the test cache (created on first use, under a file
+/// lock).
+pub fn python_with(name: &str, packages: &[&str]) -> PathBuf {
+    let dir = cache_dir().join(name);
     let python = dir.join("bin").join("python");
     let done = dir.join(".installed");
-    if done.exists() {
+    let wanted = packages.join("\n");
+    if std::fs::read_to_string(&done).is_ok_and(|d| d == wanted) {
         return python;
     }
     std::fs::create_dir_all(cache_dir()).expect("creating the test cache");
-    let _lock = FileLock::acquire(&cache_dir().join(format!("e2b-python-{version}.lock")))
-        .expect("locking the SDK install");
-    if done.exists() {
+    let _lock = FileLock::acquire(&cache_dir().join(format!("{name}.lock")))
+        .expect("locking the Python install");
+    if std::fs::read_to_string(&done).is_ok_and(|d| d == wanted) {
         return python;
     }
     let _ = std::fs::remove_dir_all(&dir);
     run(Command::new("python3").args(["-m", "venv"]).arg(&dir))
-        .unwrap_or_else(|e| panic!("creating a Python venv for e2b {version}: {e:#}"));
-    run(Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        &format!("e2b=={version}"),
-    ]))
-    .unwrap_or_else(|e| panic!("installing e2b=={version} from PyPI: {e:#}"));
-    std::fs::write(&done, version).expect("marking the SDK installed");
+        .unwrap_or_else(|e| panic!("creating a Python venv {name}: {e:#}"));
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages))
+    .unwrap_or_else(|e| panic!("installing {} from PyPI: {e:#}", packages.join(" ")));
+    std::fs::write(&done, wanted).expect("marking the packages installed");
     python
 }
 
