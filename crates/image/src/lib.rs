@@ -23,12 +23,12 @@ mod source;
 mod store;
 mod template;
 
-use serde::{Deserialize, Serialize};
-
 pub use error::ImageError;
 pub use pull::{PullOptions, PullProgress, RegistryAuth, pull};
 pub use store::LayerStore;
-pub use template::{TEMPLATE_SCHEMA_VERSION, TemplateLimits, TemplateMetadata, TemplateSource};
+pub use template::{
+    TEMPLATE_SCHEMA_VERSION, TemplateDocument, TemplateLimits, TemplateMetadata, TemplateSource,
+};
 
 /// Progress of an import, reported as it happens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,18 +80,7 @@ pub struct ImportedImage {
     pub layers: Vec<String>,
 }
 
-/// The runtime defaults an image config declares, recorded as they are.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageConfig {
-    /// `K=V` strings exactly as in the image config, in order, empty values kept.
-    pub env: Vec<String>,
-    /// The working directory, if set and non-empty.
-    pub working_dir: Option<String>,
-    /// The user (`name`, `uid`, `uid:gid`, ...), if set and non-empty.
-    pub user: Option<String>,
-    /// The entrypoint, if set (may be an empty list).
-    pub entrypoint: Option<Vec<String>>,
-    /// The default command, if set (may be an empty list).
-    pub cmd: Option<Vec<String>>,
-}
+/// The runtime defaults an image config declares, recorded as they are
+/// (`K=V` environment strings in order, empty values kept; the working
+/// directory and user only when set and non-empty).
+pub use hutch_protocol::api::ImageConfig;

@@ -1,123 +1,33 @@
-//! Versioned template metadata.
+//! Versioned template metadata: the document the server stores for a
+//! template, which the REST API shows unchanged. Its type is the API's
+//! ([`hutch_protocol::api::Template`]), so the stored form and the wire form
+//! cannot drift apart; this module adds its versioned (de)serialization.
 
-use serde::{Deserialize, Serialize};
+use crate::ImageError;
 
-use crate::{ImageConfig, ImageError};
+pub use hutch_protocol::api::{Template as TemplateMetadata, TemplateLimits, TemplateSource};
 
-/// The schema version [`TemplateMetadata::to_json`] writes and [`TemplateMetadata::from_json`]
-/// accepts.
+/// The schema version [`TemplateDocument::to_json`] writes and
+/// [`TemplateDocument::from_json`] accepts.
 pub const TEMPLATE_SCHEMA_VERSION: u32 = 1;
 
-/// What a template is and what it was made from; stored by the server as JSON.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateMetadata {
-    /// Always [`TEMPLATE_SCHEMA_VERSION`] for metadata made by this build.
-    pub schema_version: u32,
-    /// Template id.
-    pub id: String,
-    /// Human-facing name.
-    pub name: String,
-    /// Creation time, RFC 3339.
-    pub created_at: String,
-    /// Where the template came from.
-    pub source: TemplateSource,
-    /// What the image config said, recorded as is.
-    pub image: ImageConfig,
-    /// The template's environment (image and template layers resolved once), in order.
-    pub env: Vec<(String, String)>,
-    /// Default user (resolved).
-    pub user: Option<String>,
-    /// Default working directory (resolved).
-    pub workdir: Option<String>,
-    /// Diff ids of the layers, base first.
-    pub layers: Vec<String>,
-    /// Whether processes may gain privileges through setuid binaries such
-    /// as `sudo` (no `no_new_privs`). Off unless the template asks for it.
-    #[serde(default)]
-    pub allow_privilege_escalation: bool,
-    /// Command started in the background in every sandbox of the template
-    /// (with the template's environment), before the sandbox is handed out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_cmd: Option<String>,
-    /// Command run until it exits 0 before a sandbox of the template counts
-    /// as ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_cmd: Option<String>,
-    /// Resource limits its sandboxes get unless a create asks for others;
-    /// `None` (and every unset field) means the server's defaults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<TemplateLimits>,
-}
-
-/// A template's default resource limits, in the units and names of E2B's
-/// create body. Each field left `None` falls back to the server's default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateLimits {
-    /// CPUs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_count: Option<u32>,
-    /// Memory, MiB.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "memoryMB")]
-    pub memory_mb: Option<u64>,
-    /// Disk (the writable layer), MiB.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "diskSizeMB"
-    )]
-    pub disk_size_mb: Option<u64>,
-    /// Maximum number of processes and threads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pids: Option<u64>,
-}
-
-/// Where a template came from. Serialized with a `"kind"` tag: `{"kind":"image", ...}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-#[non_exhaustive]
-pub enum TemplateSource {
-    /// Imported from an image.
-    Image {
-        /// The path or reference the image was imported from.
-        path_or_ref: String,
-        /// Digest of the imported manifest.
-        manifest_digest: String,
-        /// Digest of the image config.
-        config_digest: String,
-    },
-    /// Built from a Dockerfile or through the template API.
-    Build {
-        /// `dockerfile` or `template-api`.
-        frontend: String,
-        /// What the build started from (template name or image reference).
-        from: String,
-        /// Number of steps.
-        steps: usize,
-    },
-    /// Built by Hutch from a recipe (the default `base` template).
-    Recipe {
-        /// Which recipe, e.g. `debian-base`.
-        recipe: String,
-        /// What it was built from, e.g. `mmdebstrap bookworm`.
-        description: String,
-    },
-}
-
-impl TemplateMetadata {
+/// A template's metadata as stored: JSON with a `schemaVersion`.
+pub trait TemplateDocument: Sized {
     /// Serializes to JSON (camelCase keys).
-    pub fn to_json(&self) -> String {
+    fn to_json(&self) -> String;
+
+    /// Parses JSON written by [`TemplateDocument::to_json`]. Metadata with
+    /// another `schemaVersion` is refused with
+    /// [`ImageError::UnsupportedSchemaVersion`].
+    fn from_json(s: &str) -> Result<Self, ImageError>;
+}
+
+impl TemplateDocument for TemplateMetadata {
+    fn to_json(&self) -> String {
         serde_json::to_string(self).expect("template metadata always serializes")
     }
 
-    /// Parses JSON written by [`TemplateMetadata::to_json`]. Metadata with another
-    /// `schemaVersion` is refused with [`ImageError::UnsupportedSchemaVersion`].
-    pub fn from_json(s: &str) -> Result<Self, ImageError> {
+    fn from_json(s: &str) -> Result<Self, ImageError> {
         let value: serde_json::Value =
             serde_json::from_str(s).map_err(|cause| ImageError::MetadataJson { cause })?;
         let found = value
@@ -136,6 +46,7 @@ impl TemplateMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ImageConfig;
 
     fn sample() -> TemplateMetadata {
         TemplateMetadata {

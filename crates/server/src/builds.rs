@@ -11,6 +11,7 @@
 //! replacing an older template of that name (sandboxes already running
 //! from the old one keep it until they end; see [`crate::db`]).
 
+use hutch_image::TemplateDocument as _;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

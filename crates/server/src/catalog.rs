@@ -10,6 +10,7 @@
 //! removed, under the layers lock held exclusively, so that no create,
 //! import or build can be using one.
 
+use hutch_image::TemplateDocument as _;
 use std::collections::HashSet;
 use std::sync::Arc;
 

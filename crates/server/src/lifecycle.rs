@@ -110,6 +110,7 @@
 //! with the row. A cold boot gets it in its spec; a pooled sandbox (booted
 //! with the default policy) gets it at the claim, before `/init`.
 
+use hutch_image::TemplateDocument as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

@@ -45,6 +45,7 @@
 //! start destroys it like any sandbox the database does not know (see
 //! [`crate::lifecycle`]), then boots a new pool.
 
+use hutch_image::TemplateDocument as _;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,7 @@
 //! A server's state on a [`FakeNode`], for tests of the control side
 //! (no root, no runc): one template, `app`, with no layers.
 
+use hutch_image::TemplateDocument as _;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

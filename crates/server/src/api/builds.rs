@@ -145,17 +145,8 @@ fn image_limits(l: TemplateLimits) -> hutch_image::TemplateLimits {
 fn end_of(status: Status) -> Option<BuildEnd> {
     match status {
         Status::Building => None,
-        Status::Ready(meta) => Some(match super::templates::wire_template(&meta.to_json()) {
-            Ok(template) => BuildEnd::Done {
-                template: Box::new(template),
-            },
-            Err(e) => BuildEnd::Error {
-                message: format!(
-                    "template '{}' was built but cannot be described: {e}",
-                    meta.name
-                ),
-                exit_code: None,
-            },
+        Status::Ready(meta) => Some(BuildEnd::Done {
+            template: meta,
         }),
         Status::Failed { message, exit_code } => Some(BuildEnd::Error { message, exit_code }),
     }

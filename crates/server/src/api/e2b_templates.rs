@@ -27,6 +27,7 @@
 //! 5. `GET /templates/aliases/{name}`: `200 {templateID, public}` or 404
 //!    (`Template.exists`).
 
+use hutch_image::TemplateDocument as _;
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
