@@ -20,7 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use hutch_builder::recipe::Recipe;
-use hutch_protocol::api::{BuildEnd, BuildSpec, TemplateLimits};
+use hutch_protocol::api::{BuildEnd, BuildSpec};
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -83,7 +83,7 @@ pub(super) async fn build(
                 spec.ready_timeout_secs
                     .unwrap_or(hutch_runtime::DEFAULT_READY_TIMEOUT.as_secs()),
             ),
-            limits: spec.limits.map(image_limits),
+            limits: spec.limits,
         },
     );
     Ok((
@@ -115,7 +115,7 @@ fn check(st: &AppState, q: BuildQuery) -> Result<(BuildSpec, Recipe), ApiError> 
         )));
     }
     if let Some(limits) = spec.limits {
-        crate::limits::template_defaults(&spec.name, Some(&image_limits(limits)), &st.max_limits)
+        crate::limits::template_defaults(&spec.name, Some(&limits), &st.max_limits)
             .map_err(ApiError::bad_request)?;
     }
     let mut recipe = hutch_builder::dockerfile::parse(&spec.dockerfile, &spec.build_args)
@@ -125,29 +125,11 @@ fn check(st: &AppState, q: BuildQuery) -> Result<(BuildSpec, Recipe), ApiError> 
     Ok((spec, recipe))
 }
 
-/// A template's default limits as the template metadata records them.
-fn image_limits(l: TemplateLimits) -> hutch_image::TemplateLimits {
-    let TemplateLimits {
-        cpu_count,
-        memory_mb,
-        disk_size_mb,
-        pids,
-    } = l;
-    hutch_image::TemplateLimits {
-        cpu_count,
-        memory_mb,
-        disk_size_mb,
-        pids,
-    }
-}
-
 /// The last line of a job's stream.
 fn end_of(status: Status) -> Option<BuildEnd> {
     match status {
         Status::Building => None,
-        Status::Ready(meta) => Some(BuildEnd::Done {
-            template: meta,
-        }),
+        Status::Ready(meta) => Some(BuildEnd::Done { template: meta }),
         Status::Failed { message, exit_code } => Some(BuildEnd::Error { message, exit_code }),
     }
 }
