@@ -18,8 +18,8 @@
 //! the front door stops routing to it, its init is sent SIGKILL (which ends
 //! its whole PID namespace; `Runtime::kill_init`), and its row is marked
 //! `killed`. Its host objects — container, cgroups, network, mounts, disk —
-//! are torn down behind the answer (`Runtime::destroy`, 100–300 ms), in
-//! tasks a shutdown waits for. A teardown cut short by a crash leaves a
+//! are torn down behind the answer (`Node::destroy`, 100–300 ms), in
+//! tasks a shutdown waits for, [`TEARDOWN_CONCURRENCY`] at a time. A teardown cut short by a crash leaves a
 //! directory whose row is not `running`, which the next start destroys.
 //!
 //! # Pause and resume
@@ -146,6 +146,10 @@ pub(crate) struct CreateArgs {
     /// What its timeout does; whether requests resume it.
     pub lifecycle: Lifecycle,
 }
+
+/// How many killed sandboxes are torn down at once; more wait their turn
+/// (they are already dead and unreachable).
+pub(crate) const TEARDOWN_CONCURRENCY: usize = 8;
 
 /// How long a claimed pooled sandbox's agent gets to take its environment
 /// before the claim gives up on it (and boots a fresh sandbox instead).
@@ -487,6 +491,7 @@ pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, A
     let st2 = st.clone();
     let id = id.to_owned();
     st.teardowns.spawn(async move {
+        let _slot = st2.teardown_slots.acquire().await;
         if let Err(e) = st2.node.destroy(&id).await {
             tracing::error!(sandbox = %id, "cannot tear down the killed sandbox: {e}");
         }

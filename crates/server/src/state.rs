@@ -74,6 +74,10 @@ pub(crate) struct AppState {
     /// Teardowns of killed sandboxes, finishing behind their kill; a
     /// shutdown waits for them.
     pub teardowns: tokio_util::task::TaskTracker,
+    /// How many of those run at once ([`crate::lifecycle::TEARDOWN_CONCURRENCY`]):
+    /// a burst of kills answers at once and its teardowns queue here
+    /// instead of competing for the host all together.
+    pub teardown_slots: tokio::sync::Semaphore,
     /// Wakes the reaper when an expiry moves.
     pub reaper_wake: Notify,
     /// Set on shutdown; the reaper stops.
@@ -149,6 +153,7 @@ impl AppState {
             live: Mutex::new(HashMap::new()),
             transitions: hutch_runtime::KeyedLocks::default(),
             teardowns: tokio_util::task::TaskTracker::new(),
+            teardown_slots: tokio::sync::Semaphore::new(crate::lifecycle::TEARDOWN_CONCURRENCY),
             reaper_wake: Notify::new(),
             reaper_stop: tokio_util::sync::CancellationToken::new(),
             layers_lock: RwLock::new(()),

@@ -224,3 +224,44 @@ async fn a_failed_create_leaves_nothing() {
     assert!(h.node.list().await.unwrap().is_empty());
     assert!(h.st.live().is_empty());
 }
+
+/// A burst of kills answers at once; their teardowns run at most
+/// [`TEARDOWN_CONCURRENCY`] at a time and all finish.
+#[tokio::test]
+async fn teardowns_run_a_bounded_number_at_a_time() {
+    let h = Harness::new().await;
+    let n = TEARDOWN_CONCURRENCY + 4;
+    let mut ids = Vec::new();
+    let mut holds = Vec::new();
+    for _ in 0..n {
+        let id = h.create().await;
+        holds.push(h.node.hold("destroy", &id));
+        ids.push(id);
+    }
+    for id in &ids {
+        assert!(kill_sandbox(&h.st, id).await.unwrap());
+    }
+    let destroys = || {
+        h.node
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("destroy "))
+            .count()
+    };
+    patiently("the first teardowns to start", async {
+        while destroys() < TEARDOWN_CONCURRENCY {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Time for a teardown past the bound to start, were it allowed to.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(destroys(), TEARDOWN_CONCURRENCY);
+    for hold in &holds {
+        hold.release();
+    }
+    h.st.teardowns.close();
+    patiently("every teardown", h.st.teardowns.wait()).await;
+    assert_eq!(destroys(), n);
+    assert!(h.node.list().await.unwrap().is_empty());
+}
