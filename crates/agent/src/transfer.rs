@@ -227,9 +227,16 @@ async fn get_file_inner(
             ));
         }
     };
-    let file = tokio::fs::File::open(&path)
+    let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| FsError::io(format!("opening {}", path.display()), &e))?;
+    // A client that takes gzip gets it only where it pays (identity is
+    // always allowed unless refused).
+    let gzip = gzip
+        && (!identity_acceptable(headers.get(header::ACCEPT_ENCODING))
+            || compresses_well(&mut file)
+                .await
+                .map_err(|e| FsError::io(format!("reading {}", path.display()), &e))?);
 
     let mut response = Response::builder()
         .status(StatusCode::OK)
@@ -260,30 +267,10 @@ async fn get_file_inner(
 /// identity unless excluded. `Some(true)` = gzip, `Some(false)` = identity,
 /// `None` = nothing acceptable (406).
 fn negotiate(accept: Option<&HeaderValue>) -> Option<bool> {
-    let Some(header) = accept
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| !h.trim().is_empty())
-    else {
+    let Some(mut codings) = codings(accept) else {
         return Some(false);
     };
-    let mut codings: Vec<(String, f32)> = header
-        .split(',')
-        .map(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-            let mut q = 1.0;
-            for p in parts {
-                let p = p.trim();
-                if let Some(v) = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")) {
-                    q = v.trim().parse().unwrap_or(q);
-                }
-            }
-            (name, q)
-        })
-        .collect();
-    let identity_explicit_ok = codings.iter().any(|(n, q)| n == "identity" && *q > 0.0);
-    let identity_rejected = codings.iter().any(|(n, q)| n == "identity" && *q == 0.0)
-        || (codings.iter().any(|(n, q)| n == "*" && *q == 0.0) && !identity_explicit_ok);
+    let identity_rejected = identity_rejected(&codings);
     // Stable: equal qualities keep header order.
     codings.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
     for (name, q) in &codings {
@@ -298,6 +285,67 @@ fn negotiate(accept: Option<&HeaderValue>) -> Option<bool> {
         }
     }
     (!identity_rejected).then_some(false)
+}
+
+/// Whether `Accept-Encoding` lets the answer go uncompressed (it does
+/// unless it refuses `identity`, by name or through `*;q=0`).
+fn identity_acceptable(accept: Option<&HeaderValue>) -> bool {
+    codings(accept).is_none_or(|c| !identity_rejected(&c))
+}
+
+/// The codings of a non-empty `Accept-Encoding`, with their qualities.
+fn codings(accept: Option<&HeaderValue>) -> Option<Vec<(String, f32)>> {
+    let header = accept
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.trim().is_empty())?;
+    Some(
+        header
+            .split(',')
+            .map(|item| {
+                let mut parts = item.split(';');
+                let name = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+                let mut q = 1.0;
+                for p in parts {
+                    let p = p.trim();
+                    if let Some(v) = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")) {
+                        q = v.trim().parse().unwrap_or(q);
+                    }
+                }
+                (name, q)
+            })
+            .collect(),
+    )
+}
+
+fn identity_rejected(codings: &[(String, f32)]) -> bool {
+    let identity_explicit_ok = codings.iter().any(|(n, q)| n == "identity" && *q > 0.0);
+    codings.iter().any(|(n, q)| n == "identity" && *q == 0.0)
+        || (codings.iter().any(|(n, q)| n == "*" && *q == 0.0) && !identity_explicit_ok)
+}
+
+/// How much of a file [`compresses_well`] tries.
+const COMPRESSION_SAMPLE: usize = 64 << 10;
+
+/// Whether gzip is worth it for `file`: its first [`COMPRESSION_SAMPLE`]
+/// bytes shrink by a tenth or more at the fastest level. Compressed or
+/// random data (archives, images, model weights) does not, and gzipping it
+/// anyway costs ~20 ns a byte for nothing — seconds for a large file. The
+/// file is left at its start.
+async fn compresses_well(file: &mut tokio::fs::File) -> io::Result<bool> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let mut sample = Vec::with_capacity(COMPRESSION_SAMPLE);
+    (&mut *file)
+        .take(COMPRESSION_SAMPLE as u64)
+        .read_to_end(&mut sample)
+        .await?;
+    file.seek(io::SeekFrom::Start(0)).await?;
+    if sample.is_empty() {
+        return Ok(false);
+    }
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(&sample)?;
+    let compressed = encoder.finish()?;
+    Ok(compressed.len() * 10 <= sample.len() * 9)
 }
 
 /// `inline; filename=...` as Go's `mime.FormatMediaType` writes it: a bare
@@ -906,6 +954,12 @@ mod tests {
         assert_eq!(n("*, identity;q=0"), Some(true));
         assert_eq!(n("br, identity;q=0"), None);
         assert_eq!(n("br, *;q=0"), None);
+        let ok = |h: &str| identity_acceptable(Some(&HeaderValue::from_str(h).unwrap()));
+        assert!(identity_acceptable(None));
+        assert!(ok("gzip, deflate"));
+        assert!(!ok("gzip, identity;q=0"));
+        assert!(!ok("gzip, *;q=0"));
+        assert!(ok("gzip, identity, *;q=0"));
     }
 
     #[test]

@@ -80,6 +80,49 @@ fn assert_only(dir: &Path, expected: &[&str]) {
     assert_eq!(names, expected, "in {}", dir.display());
 }
 
+/// Data gzip cannot shrink (random bytes here; archives, media, weights in
+/// life) goes uncompressed to a client that accepts gzip — unless the
+/// client refuses anything else.
+#[tokio::test]
+async fn incompressible_downloads_are_not_gzipped() {
+    let t = TestAgent::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("random.bin");
+    let mut data = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&file, &data).unwrap();
+    let url = format!("{}/files?path={}", t.url(), q(&s(&file)));
+
+    let (status, headers, body) = raw(
+        "GET",
+        &url,
+        &[("accept-encoding", "gzip, deflate")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-encoding").is_none(), "{headers:?}");
+    assert_eq!(headers["content-length"], data.len().to_string().as_str());
+    assert_eq!(body, data);
+
+    let (status, headers, body) = raw(
+        "GET",
+        &url,
+        &[("accept-encoding", "gzip, identity;q=0")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(gunzip(&body), data);
+}
+
 #[tokio::test]
 async fn download_plain_and_gzip() {
     let t = TestAgent::start().await;
