@@ -31,6 +31,10 @@ is what `commands.run` does):
   kill timed
 * create_at_1, create_at_n: creates (without a command) when nothing else
   runs and when DENSITY idle ones run
+* memory per idle: the fall of MemAvailable (once settled) over DENSITY
+  idle sandboxes / containers, divided by DENSITY: everything each costs
+  the host (Docker's includes its per-container shim and daemon state,
+  Hutch's its pooled sandbox and server state)
 """
 
 import concurrent.futures
@@ -61,6 +65,20 @@ def mem_available():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     raise SystemExit("no MemAvailable in /proc/meminfo")
+
+
+def settled_mem_available():
+    """MemAvailable once it has stopped moving (teardowns and daemons done
+    releasing memory): two readings a second apart within 1 MiB, or after
+    60 s the last reading."""
+    last = mem_available()
+    for _ in range(60):
+        time.sleep(1)
+        now = mem_available()
+        if abs(now - last) < (1 << 20):
+            return now
+        last = now
+    return last
 
 
 class Hutch:
@@ -220,13 +238,11 @@ def measure(side, cfg):
         at_1.append(took)
         side.kill(box)
     samples["create_at_1"] = at_1
-    time.sleep(2)
-    before = mem_available()
+    before = settled_mem_available()
     idle = []
     for _ in range(d):
         idle.append(side.create())
-    time.sleep(5)
-    after = mem_available()
+    after = settled_mem_available()
     memory["per_idle_bytes"] = max(0, before - after) // max(d, 1)
     at_n = []
     for _ in range(10):

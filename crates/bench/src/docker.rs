@@ -174,7 +174,55 @@ pub(crate) async fn run(args: &Args, tmp: &Path, hutch: &Target) -> anyhow::Resu
     let result: Report =
         serde_json::from_slice(&out.stdout).context("parsing docker_bench.py's output")?;
     result.print(args);
+    let raw = concurrent_kills(hutch, args.concurrency).await?;
+    println!(
+        "{:<42} {:>8} {:>8} {:>8}   (DELETE by hand, {} tasks of one Rust client: the server's share)",
+        format!("kill, {} at once, raw HTTP", args.concurrency),
+        ms(percentile(&raw, 50.0)),
+        ms(percentile(&raw, 95.0)),
+        ms(percentile(&raw, 99.0)),
+        args.concurrency
+    );
     Ok(())
+}
+
+/// `n` sandboxes killed at once by `n` tasks of one HTTP client (no SDK):
+/// each kill's latency.
+async fn concurrent_kills(hutch: &Target, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(hutch.api.create_from("bench-deb").await?);
+    }
+    // Every request's connection is open before the clock starts.
+    let clients: Vec<crate::Api> = ids
+        .iter()
+        .map(|_| crate::Api {
+            http: reqwest::Client::new(),
+            ..hutch.api.clone()
+        })
+        .collect();
+    for c in &clients {
+        c.http.get(format!("{}/health", c.base)).send().await?;
+    }
+    let start = tokio::sync::Barrier::new(n);
+    let start = std::sync::Arc::new(start);
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .zip(clients)
+        .map(|(id, api)| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                let t = Instant::now();
+                api.kill(&id).await.map(|()| t.elapsed())
+            })
+        })
+        .collect();
+    let mut took = Vec::with_capacity(n);
+    for t in tasks {
+        took.push(t.await??);
+    }
+    Ok(took)
 }
 
 /// What `docker_bench.py` prints.

@@ -579,6 +579,7 @@ fn print_report(results: &[Samples], n: usize, memory: &[(&str, &Memory)]) {
     }
 }
 
+#[derive(Clone)]
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -647,11 +648,15 @@ impl Api {
     }
 
     async fn create(&self) -> anyhow::Result<String> {
+        self.create_from("bench").await
+    }
+
+    async fn create_from(&self, template: &str) -> anyhow::Result<String> {
         let resp = self
             .http
             .post(format!("{}/v2/sandboxes", self.base))
             .header("x-api-key", &self.key)
-            .json(&serde_json::json!({"templateID": "bench", "timeout": 600}))
+            .json(&serde_json::json!({"templateID": template, "timeout": 600}))
             .send()
             .await?;
         let status = resp.status();
