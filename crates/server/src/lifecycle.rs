@@ -27,7 +27,7 @@
 //! A pause has a mode (`pause_mode` in the row; E2B's `memory` flag):
 //!
 //! * **memory** (the default, E2B's `full`): every process of the sandbox
-//!   is frozen (the freezer cgroup, `runc pause`): they keep their memory,
+//!   is frozen (the freezer cgroup, as `runc pause` does): they keep their memory,
 //!   open files and connections — a client streaming a process's output
 //!   just sees nothing until the resume — and use no CPU. `connect` thaws
 //!   them.
