@@ -232,6 +232,9 @@ def measure(side, cfg):
     # Density: creates at 1 live, then DENSITY idle, then creates again.
     d = cfg["density"]
     memory = {}
+    # Hutch's kills answer before their teardowns end: let those finish so
+    # that "nothing else running" holds on both sides.
+    settled_mem_available()
     at_1 = []
     for _ in range(10):
         took, box = timed(side.create)

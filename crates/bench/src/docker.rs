@@ -163,13 +163,18 @@ pub(crate) async fn run(args: &Args, tmp: &Path, hutch: &Target) -> anyhow::Resu
         .env_remove("E2B_VALIDATE_API_KEY")
         .env_remove("E2B_DEBUG")
         .env_remove("E2B_DOMAIN")
-        .stderr(Stdio::inherit())
         .output()
         .await
         .context("running docker_bench.py")?;
     drop(dockerd);
     if !out.status.success() {
-        bail!("docker_bench.py failed ({})", out.status);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+        bail!(
+            "docker_bench.py failed ({}):\n{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     let result: Report =
         serde_json::from_slice(&out.stdout).context("parsing docker_bench.py's output")?;
