@@ -311,6 +311,18 @@ pub enum Revoke {
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    /// The hashes of the valid API keys, read once and kept until a key is
+    /// added or revoked: every authenticated request checks one.
+    keys: Arc<Mutex<KeyCache>>,
+}
+
+/// See [`Db::api_key_valid`].
+#[derive(Default)]
+struct KeyCache {
+    /// Bumped by every change to the keys; a set read before a change is
+    /// not kept after it.
+    generation: u64,
+    valid: Option<std::collections::HashSet<String>>,
 }
 
 impl Db {
@@ -324,6 +336,7 @@ impl Db {
         migrate(&mut conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            keys: Arc::default(),
         })
     }
 
@@ -366,25 +379,47 @@ impl Db {
 
     /// Stores a key's hash.
     pub fn insert_api_key(&self, hash: &str, prefix: &str, now: i64) -> Result<(), DbError> {
-        self.blocking(|c| {
+        let result = self.blocking(|c| {
             c.execute(
                 "INSERT OR IGNORE INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
                 params![hash, prefix, now],
             )?;
             Ok(())
-        })
+        });
+        self.keys_changed();
+        result
     }
 
-    /// Whether `hash` belongs to a key that is not revoked.
+    /// Whether `hash` belongs to a key that is not revoked (from memory once
+    /// the valid keys have been read).
     pub async fn api_key_valid(&self, hash: String) -> Result<bool, DbError> {
-        self.call(move |c| {
-            Ok(c.query_row(
-                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL)",
-                [hash],
-                |r| r.get::<_, bool>(0),
-            )?)
-        })
-        .await
+        let generation = {
+            let cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(valid) = &cache.valid {
+                return Ok(valid.contains(&hash));
+            }
+            cache.generation
+        };
+        let valid = self
+            .call(|c| {
+                let mut st = c.prepare("SELECT hash FROM api_keys WHERE revoked_at IS NULL")?;
+                let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<std::collections::HashSet<_>, _>>()?)
+            })
+            .await?;
+        let found = valid.contains(&hash);
+        let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            cache.valid = Some(valid);
+        }
+        Ok(found)
+    }
+
+    /// Forgets the valid keys read so far (after any change to them).
+    fn keys_changed(&self) {
+        let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        cache.generation += 1;
+        cache.valid = None;
     }
 
     /// Stores a new key's hash; returns its row.
@@ -394,19 +429,22 @@ impl Db {
         prefix: String,
         now: i64,
     ) -> Result<ApiKeyRow, DbError> {
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
-                params![hash, prefix, now],
-            )?;
-            Ok(ApiKeyRow {
-                id: c.last_insert_rowid(),
-                prefix,
-                created_at: now,
-                revoked_at: None,
+        let result = self
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
+                    params![hash, prefix, now],
+                )?;
+                Ok(ApiKeyRow {
+                    id: c.last_insert_rowid(),
+                    prefix,
+                    created_at: now,
+                    revoked_at: None,
+                })
             })
-        })
-        .await
+            .await;
+        self.keys_changed();
+        result
     }
 
     /// Every key, revoked or not, oldest first.
@@ -430,32 +468,35 @@ impl Db {
 
     /// Revokes a valid key at `now`, unless it is the last valid one.
     pub async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoke, DbError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let valid: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = ?1 AND revoked_at IS NULL)",
-                [id],
-                |r| r.get(0),
-            )?;
-            if !valid {
-                return Ok(Revoke::NotFound);
-            }
-            let others: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM api_keys WHERE id != ?1 AND revoked_at IS NULL",
-                [id],
-                |r| r.get(0),
-            )?;
-            if others == 0 {
-                return Ok(Revoke::LastKey);
-            }
-            tx.execute(
-                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
-                params![id, now],
-            )?;
-            tx.commit()?;
-            Ok(Revoke::Revoked)
-        })
-        .await
+        let result = self
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let valid: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = ?1 AND revoked_at IS NULL)",
+                    [id],
+                    |r| r.get(0),
+                )?;
+                if !valid {
+                    return Ok(Revoke::NotFound);
+                }
+                let others: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM api_keys WHERE id != ?1 AND revoked_at IS NULL",
+                    [id],
+                    |r| r.get(0),
+                )?;
+                if others == 0 {
+                    return Ok(Revoke::LastKey);
+                }
+                tx.execute(
+                    "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )?;
+                tx.commit()?;
+                Ok(Revoke::Revoked)
+            })
+            .await;
+        self.keys_changed();
+        result
     }
 
     // ----- templates --------------------------------------------------
@@ -1072,12 +1113,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("hutch.db")).unwrap();
         db.insert_api_key("h1", "hutch_1", 1).unwrap();
+        // Read (and kept in memory) before the changes below: each change
+        // is seen by the next check.
+        assert!(db.api_key_valid("h1".into()).await.unwrap());
+        assert!(!db.api_key_valid("h2".into()).await.unwrap());
         let first = db.list_api_keys().await.unwrap()[0].id;
         assert_eq!(db.revoke_api_key(first, 5).await.unwrap(), Revoke::LastKey);
         let second = db
             .create_api_key("h2".into(), "hutch_2".into(), 2)
             .await
             .unwrap();
+        assert!(db.api_key_valid("h2".into()).await.unwrap());
         assert_eq!(second.prefix, "hutch_2");
         assert_eq!(db.list_api_keys().await.unwrap().len(), 2);
         assert_eq!(db.revoke_api_key(first, 5).await.unwrap(), Revoke::Revoked);
