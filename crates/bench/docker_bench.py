@@ -177,6 +177,16 @@ class Docker:
         box.remove(force=True)
 
 
+def timed_creates(side, n):
+    """n creates, each timed and killed before the next."""
+    took = []
+    for _ in range(n):
+        t, box = timed(side.create)
+        took.append(t)
+        side.kill(box)
+    return took
+
+
 def measure(side, cfg):
     n, w = cfg["iterations"], cfg["warmup"]
     samples = {}
@@ -235,24 +245,14 @@ def measure(side, cfg):
     # Hutch's kills answer before their teardowns end: let those finish so
     # that "nothing else running" holds on both sides.
     settled_mem_available()
-    at_1 = []
-    for _ in range(10):
-        took, box = timed(side.create)
-        at_1.append(took)
-        side.kill(box)
-    samples["create_at_1"] = at_1
+    samples["create_at_1"] = timed_creates(side, 10)
     before = settled_mem_available()
     idle = []
     for _ in range(d):
         idle.append(side.create())
     after = settled_mem_available()
     memory["per_idle_bytes"] = max(0, before - after) // max(d, 1)
-    at_n = []
-    for _ in range(10):
-        took, box = timed(side.create)
-        at_n.append(took)
-        side.kill(box)
-    samples["create_at_n"] = at_n
+    samples["create_at_n"] = timed_creates(side, 10)
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(side.kill, idle))
     return samples, memory

@@ -130,18 +130,7 @@ fn holds_exactly(
             r.runc_state
         ));
     }
-    for (kind, n) in [
-        ("interfaces", r.interfaces.len()),
-        (
-            "nft source elements",
-            r.nft_elements
-                .iter()
-                .filter(|e| e.starts_with("sources "))
-                .count(),
-        ),
-        ("address claims", r.address_claims.len()),
-        ("network namespaces", r.netns.len()),
-    ] {
+    for (kind, n) in r.network_counts() {
         if n != live.len() {
             return Err(format!("{kind}: {n}, want {}", live.len()));
         }

@@ -65,8 +65,9 @@ impl Harness {
         template_app()
     }
 
-    pub async fn create(&self) -> String {
-        let args = CreateArgs {
+    /// A create of `app` with one variable and every default.
+    pub fn create_args(&self) -> CreateArgs {
+        CreateArgs {
             template: "app".into(),
             timeout_secs: 300,
             metadata: BTreeMap::new(),
@@ -75,8 +76,15 @@ impl Harness {
             network: EgressPolicy::default(),
             limits: limits::Requested::default(),
             lifecycle: Lifecycle::default(),
-        };
-        create_sandbox(&self.st, args).await.unwrap().id
+        }
+    }
+
+    /// Creates a sandbox of `app`; its id.
+    pub async fn create(&self) -> String {
+        create_sandbox(&self.st, self.create_args())
+            .await
+            .unwrap()
+            .id
     }
 
     pub async fn row_state(&self, id: &str) -> SandboxState {

@@ -194,6 +194,24 @@ pub fn wait_torn_down(data_dir: &Path, id: &str) {
 }
 
 impl HostResources {
+    /// How many network objects of each kind there are (one of each per
+    /// sandbox with a network): host interfaces, `sources` set elements,
+    /// address claims, network namespaces.
+    pub fn network_counts(&self) -> [(&'static str, usize); 4] {
+        [
+            ("interfaces", self.interfaces.len()),
+            (
+                "nft source elements",
+                self.nft_elements
+                    .iter()
+                    .filter(|e| e.starts_with("sources "))
+                    .count(),
+            ),
+            ("address claims", self.address_claims.len()),
+            ("network namespaces", self.netns.len()),
+        ]
+    }
+
     /// Whether any object listed names `id` (its path or name has it).
     pub fn names(&self, id: &str) -> bool {
         [

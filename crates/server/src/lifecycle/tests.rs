@@ -198,17 +198,7 @@ async fn a_dead_agent_kills_its_sandbox() {
 async fn a_failed_create_leaves_nothing() {
     let h = Harness::new().await;
     h.node.fail_creates();
-    let args = CreateArgs {
-        template: "app".into(),
-        timeout_secs: 300,
-        metadata: BTreeMap::new(),
-        env: BTreeMap::new(),
-        access_token: None,
-        network: EgressPolicy::default(),
-        limits: limits::Requested::default(),
-        lifecycle: Lifecycle::default(),
-    };
-    let e = create_sandbox(&h.st, args).await.unwrap_err();
+    let e = create_sandbox(&h.st, h.create_args()).await.unwrap_err();
     assert!(e.message().contains("the disk is full"), "{}", e.message());
     let rows =
         h.st.db

@@ -8,7 +8,7 @@
 //! ([`FakeNode::hold`]) to interleave transitions deterministically, and
 //! reads what the node did from [`FakeNode::calls`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -83,8 +83,8 @@ pub(crate) struct FakeNode {
     sandboxes: Mutex<HashMap<String, FakeSandbox>>,
     holds: Mutex<HashMap<(String, String), Hold>>,
     calls: Mutex<Vec<String>>,
-    /// Ids whose create fails.
-    failing: Mutex<HashSet<String>>,
+    /// Whether creates fail.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl FakeNode {
@@ -96,7 +96,7 @@ impl FakeNode {
             sandboxes: Mutex::default(),
             holds: Mutex::default(),
             calls: Mutex::default(),
-            failing: Mutex::default(),
+            failing: Default::default(),
         })
     }
 
@@ -137,7 +137,8 @@ impl FakeNode {
 
     /// Makes the create of any sandbox fail.
     pub fn fail_creates(&self) {
-        self.failing.lock().unwrap().insert("*".into());
+        self.failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Records `op` on `id` and waits there while it is held.
@@ -187,7 +188,7 @@ impl Node for FakeNode {
     async fn create(&self, spec: SandboxSpec) -> Result<Booted, NodeError> {
         let id = spec.id.clone();
         self.enter("create", &id).await;
-        if self.failing.lock().unwrap().contains("*") {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(NodeError::Failed(format!("sandbox {id}: the disk is full")));
         }
         if spec.resume_from_disk {
