@@ -115,16 +115,11 @@ struct Target {
 impl Target {
     /// A server on `data_dir` keeping `warm_pool` sandboxes per template.
     async fn start(data_dir: PathBuf, envd: PathBuf, warm_pool: usize) -> anyhow::Result<Target> {
-        let mut server = Server::bind(ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            data_dir: data_dir.clone(),
+        let mut server = Server::bind(ServerConfig::new(
+            "127.0.0.1:0".parse()?,
+            data_dir.clone(),
             envd,
-            runc: PathBuf::from("runc"),
-            insecure_registries: Vec::new(),
-            max_limits: hutch_server::LimitMaxima::default(),
-            http: hutch_server::http::Limits::default(),
-            network: hutch_server::NetworkConfig::default(),
-        })
+        ))
         .await?;
         server.set_warm_pool(warm_pool);
         let base = format!("http://{}", server.local_addr());

@@ -122,6 +122,16 @@ struct ServeArgs {
     /// (comma-separated).
     #[arg(long, env = "HUTCH_FALLBACK_DNS", value_name = "IP,...", value_delimiter = ',', default_values_t = hutch_runtime::NetworkConfig::default().fallback_nameservers)]
     fallback_dns: Vec<std::net::IpAddr>,
+    /// Keep the server's state in this PostgreSQL database
+    /// (postgres://user:password@host:port/db) instead of SQLite in the
+    /// data directory. One server per database.
+    #[arg(
+        long,
+        env = "HUTCH_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
     /// Most open client connections at once; more are answered 429.
     #[arg(long, env = "HUTCH_MAX_CONNECTIONS", value_name = "N", default_value_t = hutch_server::http::Limits::default().max_connections)]
     max_connections: usize,

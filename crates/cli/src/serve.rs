@@ -61,6 +61,7 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
             header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout.max(1)),
             ..hutch_server::http::Limits::default()
         },
+        database_url: args.database_url,
     };
     let mut server = Server::bind(cfg).await?;
     server.set_warm_pool(args.warm_pool);

@@ -22,16 +22,11 @@ async fn start() -> TestServer {
     let data_dir = tmp.path().join("data");
     // A static stand-in for the agent: these tests start no sandbox, so
     // there is no warm pool either.
-    let mut server = Server::bind(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.clone(),
-        envd: PathBuf::from("/bin/busybox"),
-        runc: PathBuf::from("runc"),
-        insecure_registries: Vec::new(),
-        max_limits: hutch_server::LimitMaxima::default(),
-        http: hutch_server::http::Limits::default(),
-        network: hutch_server::NetworkConfig::default(),
-    })
+    let mut server = Server::bind(ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        data_dir.clone(),
+        PathBuf::from("/bin/busybox"),
+    ))
     .await
     .unwrap();
     server.set_warm_pool(0);

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use hutch_test_support::{
-    FAKE_INTERNET_BODY, FakeInternet, HostResources, TestServer, busybox_image, wait_until,
+    FAKE_INTERNET_BODY, FakeInternet, HostResources, Postgres, TestServer, busybox_image,
+    wait_until,
 };
 
 fn server(args: &[&str]) -> TestServer {
@@ -210,6 +211,47 @@ fn server_kill9_readopts_running_and_paused_sandboxes_with_their_network() {
         server.cli_ok(&["sandbox", "kill", id]);
     }
     assert_holds_exactly(&server, &[], &ids);
+}
+
+/// The same with the server's state in PostgreSQL: the restarted server
+/// finds its sandboxes, templates and key there, and the data directory
+/// holds no database.
+#[test]
+fn server_kill9_on_postgres_readopts_running_and_paused_sandboxes() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let args = ["--warm-pool", "0", "--database-url", url.as_str()];
+    let server = server(&args);
+    let running = server.create_sandbox("bb", &[]);
+    let paused = server.create_sandbox("bb", &[]);
+    server.cli_ok(&["sandbox", "pause", &paused]);
+    let (code, out) = sh(&server, &running, "echo kept > /tmp/mark");
+    assert_eq!(code, 0, "{out}");
+    assert!(!server.data_dir().join("hutch.db").exists());
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM sandboxes WHERE state IN ('running', 'paused')"),
+        "2"
+    );
+
+    let dir = server.kill9();
+    let server = TestServer::restart_with_args(dir, &args);
+    assert_eq!(state(&server, &running).as_deref(), Some("running"));
+    assert_eq!(state(&server, &paused).as_deref(), Some("paused"));
+    let (code, out) = sh(&server, &running, "cat /tmp/mark");
+    assert_eq!((code, out.trim()), (0, "kept"));
+    server.cli_ok(&["sandbox", "resume", &paused]);
+    let fresh = server.create_sandbox("bb", &[]);
+    let ids = [running, paused, fresh];
+    for id in &ids {
+        let (code, out) = sh(&server, id, "true");
+        assert_eq!(code, 0, "{id}: {out}");
+        server.cli_ok(&["sandbox", "kill", id]);
+    }
+    assert_holds_exactly(&server, &[], &ids);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM sandboxes WHERE state != 'killed'"),
+        "0"
+    );
 }
 
 #[test]

@@ -119,6 +119,30 @@ pub struct ServerConfig {
     pub http: http::Limits,
     /// Sandbox networking: the address pool, fallback nameservers, tools.
     pub network: NetworkConfig,
+    /// The PostgreSQL database to keep the server's state in
+    /// (`postgres://user:password@host:port/db`); `None` keeps it in SQLite
+    /// at `DATA/hutch.db`.
+    pub database_url: Option<String>,
+}
+
+impl ServerConfig {
+    /// A server on `listen` over `data_dir` with the agent binary `envd`,
+    /// everything else at its default: `runc` from `PATH`, no plain-HTTP
+    /// registries, the default limits, listener and network settings, and
+    /// SQLite in the data directory.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, envd: PathBuf) -> ServerConfig {
+        ServerConfig {
+            listen,
+            data_dir,
+            envd,
+            runc: PathBuf::from("runc"),
+            insecure_registries: Vec::new(),
+            max_limits: LimitMaxima::default(),
+            http: http::Limits::default(),
+            network: NetworkConfig::default(),
+            database_url: None,
+        }
+    }
 }
 
 /// Why the server could not start or stopped with an error. Each message
@@ -158,10 +182,10 @@ pub enum ServerError {
         reason: String,
     },
     /// The database could not be opened or migrated.
-    #[error("cannot open the database {path}: {cause}")]
+    #[error("cannot open the database {location}: {cause}")]
     Database {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or its URL without a password.
+        location: String,
         /// The cause.
         cause: db::DbError,
     },

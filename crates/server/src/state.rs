@@ -11,10 +11,10 @@ use hutch_runtime::{Runtime, RuntimeConfig};
 use crate::node::Node;
 use tokio::sync::{Notify, RwLock};
 
-use crate::db::{Db, Lifecycle, PauseMode};
+use crate::db::{self, Db, Lifecycle, PauseMode};
 use crate::error::io_reason;
 use crate::pool::Pool;
-use crate::{DEFAULT_WARM_POOL, ServerConfig, ServerError, auth};
+use crate::{DEFAULT_WARM_POOL, ServerConfig, ServerError};
 
 /// A running or paused sandbox, as the front door and the reaper see it.
 #[derive(Debug, Clone)]
@@ -58,7 +58,10 @@ impl LiveSandbox {
 
 pub(crate) struct AppState {
     pub data_dir: PathBuf,
+    /// API keys, templates and sandboxes.
     pub db: Db,
+    /// The API keys service (every authenticated request checks one).
+    pub keys: crate::auth::Keys,
     pub store: Arc<LayerStore>,
     /// The node that runs the sandboxes.
     pub node: Arc<dyn Node>,
@@ -103,7 +106,7 @@ impl AppState {
     /// Opens the data directory and sets up the local node (the runtime)
     /// and the template builder on it.
     pub async fn open(cfg: &ServerConfig) -> Result<Arc<AppState>, ServerError> {
-        let data = DataDir::open(&cfg.data_dir)?;
+        let data = DataDir::open(cfg).await?;
         if let Err(e) = std::fs::metadata(&cfg.envd) {
             return Err(ServerError::Envd {
                 path: cfg.envd.clone(),
@@ -147,6 +150,7 @@ impl AppState {
         Arc::new(AppState {
             max_limits: cfg.max_limits,
             data_dir: data.path,
+            keys: crate::auth::Keys::new(data.db.clone()),
             db: data.db,
             store: data.store,
             node,
@@ -169,13 +173,13 @@ impl AppState {
     /// State over `cfg`'s data directory whose sandboxes run on `node`,
     /// without a builder: for tests of the control side.
     #[cfg(test)]
-    pub fn with_node(
+    pub async fn with_node(
         cfg: &ServerConfig,
         node: Arc<dyn Node>,
     ) -> Result<Arc<AppState>, ServerError> {
         Ok(AppState::assemble(
             cfg,
-            DataDir::open(&cfg.data_dir)?,
+            DataDir::open(cfg).await?,
             node,
             None,
         ))
@@ -200,7 +204,11 @@ struct DataDir {
 }
 
 impl DataDir {
-    fn open(path: &Path) -> Result<DataDir, ServerError> {
+    /// Opens `cfg`'s data directory and its store (the database named by
+    /// `cfg.database_url`, else `DATA/hutch.db`), setting up the first API
+    /// key.
+    async fn open(cfg: &ServerConfig) -> Result<DataDir, ServerError> {
+        let path = cfg.data_dir.as_path();
         let dir_err = |e: std::io::Error| ServerError::DataDir {
             path: path.to_path_buf(),
             reason: io_reason(&e),
@@ -208,12 +216,22 @@ impl DataDir {
         create_private_dir(path).map_err(dir_err)?;
         probe_writable(path).map_err(dir_err)?;
         let lock = lock_data_dir(path)?;
-        let db_path = path.join("hutch.db");
-        let db = Db::open(&db_path).map_err(|cause| ServerError::Database {
-            path: db_path.clone(),
-            cause,
+        let location = db::Location::new(cfg.database_url.as_deref(), path).map_err(|cause| {
+            ServerError::Database {
+                location: "--database-url".into(),
+                cause,
+            }
         })?;
-        auth::ensure_api_key(&db, path)?;
+        let db = db::open(&location)
+            .await
+            .map_err(|cause| ServerError::Database {
+                location: location.to_string(),
+                cause,
+            })?;
+        tracing::info!(backend = db.backend(), "database {location} open");
+        crate::auth::Keys::new(db.clone())
+            .ensure_first(path)
+            .await?;
         let store_root = path.join("images");
         let store = LayerStore::open(&store_root).map_err(|cause| ServerError::Store {
             path: store_root.clone(),

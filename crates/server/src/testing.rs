@@ -25,23 +25,35 @@ pub struct Harness {
     pub st: Arc<AppState>,
     pub node: Arc<FakeNode>,
     _tmp: tempfile::TempDir,
+    /// The PostgreSQL server of [`Harness::on_postgres`].
+    _postgres: Option<hutch_test_support::Postgres>,
 }
 
 impl Harness {
+    /// State in SQLite, in the data directory.
     pub async fn new() -> Harness {
+        Harness::with_database(None).await
+    }
+
+    /// State in a PostgreSQL server of its own.
+    pub async fn on_postgres() -> Harness {
+        let postgres = tokio::task::spawn_blocking(hutch_test_support::Postgres::start)
+            .await
+            .unwrap();
+        Harness::with_database(Some(postgres)).await
+    }
+
+    async fn with_database(postgres: Option<hutch_test_support::Postgres>) -> Harness {
         let tmp = tempfile::tempdir().unwrap();
         let node = FakeNode::new(&tmp.path().join("node"));
-        let cfg = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: tmp.path().join("data"),
-            envd: PathBuf::from("/nonexistent"),
-            runc: PathBuf::from("/nonexistent"),
-            insecure_registries: Vec::new(),
-            max_limits: crate::LimitMaxima::default(),
-            http: crate::http::Limits::default(),
-            network: crate::NetworkConfig::default(),
-        };
-        let st = AppState::with_node(&cfg, node.clone()).unwrap();
+        let mut cfg = ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            tmp.path().join("data"),
+            PathBuf::from("/nonexistent"),
+        );
+        cfg.runc = PathBuf::from("/nonexistent");
+        cfg.database_url = postgres.as_ref().map(|p| p.url());
+        let st = AppState::with_node(&cfg, node.clone()).await.unwrap();
         st.pool.set_target(0);
         let meta = template_app();
         st.db
@@ -57,6 +69,7 @@ impl Harness {
             st,
             node,
             _tmp: tmp,
+            _postgres: postgres,
         }
     }
 

@@ -68,6 +68,56 @@ async fn api_key_survives_a_restart() {
     s.stop().await;
 }
 
+/// With the state in PostgreSQL: the key, the templates and the keys made
+/// through the API are there after a restart, and nothing is in SQLite.
+#[tokio::test]
+async fn the_state_survives_a_restart_on_postgres() {
+    let pg = tokio::task::spawn_blocking(hutch_test_support::Postgres::start)
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut cfg = common::config(&data);
+    cfg.database_url = Some(pg.url());
+    let s = TestServer::start_cfg(cfg.clone()).await;
+    let key = s.key.clone();
+    let resp = s
+        .req(Method::POST, "/hutch/v1/api-keys")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let second: Value = resp.json().await.unwrap();
+    s.stop().await;
+    assert!(!data.join("hutch.db").exists());
+    // The key file goes: the key is found in the database.
+    std::fs::remove_file(data.join("api-key")).unwrap();
+    let s = TestServer::start_cfg_with_key(cfg, &key).await;
+    let keys = s
+        .req(Method::GET, "/hutch/v1/api-keys")
+        .send()
+        .await
+        .unwrap()
+        .json::<Vec<Value>>()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = keys.iter().map(|k| k["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{keys:?}");
+    assert_eq!(ids[1], second["id"].as_str().unwrap());
+    let resp = reqwest::Client::new()
+        .get(s.url("/sandboxes"))
+        .header("X-API-Key", second["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL"),
+        "2"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn api_keys_are_created_listed_and_revoked() {
     let s = TestServer::start().await;
@@ -544,7 +594,26 @@ async fn startup_errors_are_clear() {
     // A missing agent binary.
     cfg.data_dir = tmp.path().join("third");
     cfg.envd = tmp.path().join("no-such-envd");
-    let err = Server::bind(cfg).await.err().expect("missing envd");
+    let err = Server::bind(cfg.clone()).await.err().expect("missing envd");
     assert!(err.to_string().contains("no-such-envd"), "{err}");
+
+    // A database URL of another kind, and a PostgreSQL server that is not
+    // there: named, without the password.
+    cfg = common::config(&tmp.path().join("fourth"));
+    cfg.database_url = Some("mysql://me:pw@127.0.0.1/hutch".into());
+    let err = Server::bind(cfg.clone()).await.err().expect("bad URL");
+    let text = err.to_string();
+    assert!(text.contains("only postgres://"), "{text}");
+    assert!(!text.contains("pw"), "{text}");
+    let closed = hutch_test_support::free_port();
+    cfg.database_url = Some(format!("postgres://me:pw@127.0.0.1:{closed}/hutch"));
+    let err = Server::bind(cfg).await.err().expect("no database");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "cannot open the database postgres://me:***@127.0.0.1:{closed}/hutch: "
+        )),
+        "{text}"
+    );
     s.stop().await;
 }

@@ -16,6 +16,7 @@
 //!   network namespace of its own, for egress tests.
 //! - [`Registry`]: a real OCI registry (`docker-registry`) on a free port, anonymous or with
 //!   basic or token authentication; [`multi_arch_layout`] builds multi-platform images for it.
+//! - [`Postgres`]: a private PostgreSQL cluster on a free loopback port, removed on drop.
 
 mod bins;
 mod fakenet;
@@ -24,6 +25,7 @@ mod layout;
 mod leaks;
 mod mounts;
 mod paths;
+mod postgres;
 mod registry;
 mod sdk;
 mod server;
@@ -39,6 +41,7 @@ pub use fixtures::{
 pub use leaks::{HostResources, assert_no_leaks, network_force_clean, wait_torn_down};
 pub use mounts::{mounts_under, runc_force_clean, unmount_all_under};
 pub use paths::{cache_dir, target_dir, workspace_root};
+pub use postgres::{POSTGRES_USER, Postgres};
 pub use registry::{
     REGISTRY_PASSWORD, REGISTRY_USERNAME, Registry, RegistryAuthMode, multi_arch_layout,
 };

@@ -9,13 +9,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hutch_protocol::api::{CreatedApiKey, ListedApiKey, NewApiKey};
 
+use crate::auth::KeyKind;
 use crate::db::{ApiKeyRow, Revoke};
 use crate::error::{ApiError, ApiJson};
 use crate::state::AppState;
-use crate::{auth, ids, time};
-
-/// Characters of a key kept for display.
-const PREFIX_CHARS: usize = 10;
+use crate::time;
 
 impl From<&ApiKeyRow> for ListedApiKey {
     fn from(k: &ApiKeyRow) -> Self {
@@ -32,9 +30,9 @@ pub(super) async fn create(
     State(st): State<Arc<AppState>>,
     ApiJson(body): ApiJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
-    let key = match body.kind.as_deref() {
-        None | Some(NewApiKey::API_KEY) => ids::new_api_key(),
-        Some(NewApiKey::ACCESS_TOKEN) => ids::new_user_access_token(),
+    let kind = match body.kind.as_deref() {
+        None | Some(NewApiKey::API_KEY) => KeyKind::ApiKey,
+        Some(NewApiKey::ACCESS_TOKEN) => KeyKind::AccessToken,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "kind {other:?}: expected {:?} or {:?}",
@@ -43,12 +41,7 @@ pub(super) async fn create(
             )));
         }
     };
-    let prefix: String = key.chars().take(PREFIX_CHARS).collect();
-    let row = st
-        .db
-        .create_api_key(auth::hash_key(&key), prefix, time::now_ms())
-        .await?;
-    tracing::info!(key_id = row.id, "API key created");
+    let (key, row) = st.keys.create(kind).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
@@ -63,7 +56,7 @@ pub(super) async fn create(
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
 ) -> Result<Json<Vec<ListedApiKey>>, ApiError> {
-    let keys = st.db.list_api_keys().await?;
+    let keys = st.keys.list().await?;
     Ok(Json(keys.iter().map(ListedApiKey::from).collect()))
 }
 
@@ -75,11 +68,8 @@ pub(super) async fn revoke(
     let Ok(key_id) = id.parse::<i64>() else {
         return Err(not_found());
     };
-    match st.db.revoke_api_key(key_id, time::now_ms()).await? {
-        Revoke::Revoked => {
-            tracing::info!(key_id, "API key revoked");
-            Ok(StatusCode::NO_CONTENT)
-        }
+    match st.keys.revoke(key_id).await? {
+        Revoke::Revoked => Ok(StatusCode::NO_CONTENT),
         Revoke::NotFound => Err(not_found()),
         Revoke::LastKey => Err(ApiError::conflict(format!(
             "API key '{id}' is the last valid key: create another one before revoking it"

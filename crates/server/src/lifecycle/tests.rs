@@ -9,7 +9,16 @@ use crate::testing::{Harness, patiently};
 
 #[tokio::test]
 async fn a_sandbox_goes_through_every_state() {
-    let h = Harness::new().await;
+    every_state(Harness::new().await).await;
+}
+
+/// The same, with the server's state in PostgreSQL.
+#[tokio::test]
+async fn a_sandbox_goes_through_every_state_on_postgres() {
+    every_state(Harness::on_postgres().await).await;
+}
+
+async fn every_state(h: Harness) {
     let id = h.create().await;
     assert_eq!(h.row_state(&id).await, SandboxState::Running);
     assert!(h.routed(&id));
@@ -110,7 +119,16 @@ async fn a_kill_answers_before_the_teardown() {
 /// one sandbox do.
 #[tokio::test]
 async fn pauses_of_different_sandboxes_run_side_by_side() {
-    let h = Harness::new().await;
+    side_by_side(Harness::new().await).await;
+}
+
+/// The same, with the server's state in PostgreSQL.
+#[tokio::test]
+async fn pauses_of_different_sandboxes_run_side_by_side_on_postgres() {
+    side_by_side(Harness::on_postgres().await).await;
+}
+
+async fn side_by_side(h: Harness) {
     let a = h.create().await;
     let b = h.create().await;
     let held = h.node.hold("pause", &a);

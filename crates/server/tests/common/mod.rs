@@ -26,16 +26,11 @@ pub fn fake_envd() -> PathBuf {
 }
 
 pub fn config(data_dir: &Path) -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.to_path_buf(),
-        envd: fake_envd(),
-        runc: PathBuf::from("runc"),
-        insecure_registries: Vec::new(),
-        max_limits: hutch_server::LimitMaxima::default(),
-        http: hutch_server::http::Limits::default(),
-        network: hutch_server::NetworkConfig::default(),
-    }
+    ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        data_dir.to_path_buf(),
+        fake_envd(),
+    )
 }
 
 impl TestServer {
@@ -64,17 +59,30 @@ impl TestServer {
         TestServer::start_cfg(config(data_dir)).await
     }
 
-    async fn start_cfg(cfg: ServerConfig) -> TestServer {
+    /// A server over `cfg`, whose API key is `key` (its data directory may
+    /// have no key file).
+    pub async fn start_cfg_with_key(cfg: ServerConfig, key: &str) -> TestServer {
+        TestServer::launch(cfg, Some(key.to_string())).await
+    }
+
+    /// A server over `cfg`, whose API key is in its data directory.
+    pub async fn start_cfg(cfg: ServerConfig) -> TestServer {
+        TestServer::launch(cfg, None).await
+    }
+
+    async fn launch(cfg: ServerConfig, key: Option<String>) -> TestServer {
         let data_dir = cfg.data_dir.clone();
         let data_dir = data_dir.as_path();
         let mut server = Server::bind(cfg).await.expect("server starts");
         // The fake agent cannot run a sandbox: no warm pool.
         server.set_warm_pool(0);
         let addr = server.local_addr();
-        let key = std::fs::read_to_string(server.api_key_file())
-            .expect("api key file")
-            .trim()
-            .to_string();
+        let key = key.unwrap_or_else(|| {
+            std::fs::read_to_string(server.api_key_file())
+                .expect("api key file")
+                .trim()
+                .to_string()
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server

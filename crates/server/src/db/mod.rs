@@ -1,0 +1,510 @@
+//! The server's state: API keys, templates and sandboxes, behind the
+//! [`Store`] trait. Two backends implement it — [`sqlite`], the embedded
+//! default (`DATA/hutch.db`), and [`postgres`] (`--database-url
+//! postgres://…`) — and all SQL lives in those two modules: the rest of the
+//! server sees the trait and the row types below.
+//!
+//! Each backend keeps its own list of schema migrations, applied in order
+//! when it opens; never edit a shipped migration, append one. The same
+//! tests (`tests.rs`) run against both backends, PostgreSQL being a real
+//! server started for each test.
+
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hutch_runtime::{Cidr, EgressPolicy};
+use serde::{Deserialize, Serialize};
+
+/// The store, shared by everything in the server.
+pub type Db = Arc<dyn Store>;
+
+/// Where the store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server: a `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// The store a server uses: `url` when one is given (only PostgreSQL
+    /// URLs are), else `DATA/hutch.db`.
+    pub fn new(url: Option<&str>, data_dir: &Path) -> Result<Location, DbError> {
+        match url {
+            None => Ok(Location::Sqlite(data_dir.join("hutch.db"))),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(Location::Postgres(u.to_string()))
+            }
+            Some(u) => Err(DbError::Url(redact(u))),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    /// The file, or the URL without its password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Opens (creating and migrating as needed) the store at `location`.
+pub async fn open(location: &Location) -> Result<Db, DbError> {
+    Ok(match location {
+        Location::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path)?),
+        Location::Postgres(url) => Arc::new(postgres::PostgresStore::open(url).await?),
+    })
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite reported an error.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL (or the connection to it) reported an error.
+    #[error(transparent)]
+    Postgres(#[from] sqlx::Error),
+    /// The database was made by a newer Hutch.
+    #[error("schema version {found} is newer than this server's ({known}); upgrade hutch")]
+    TooNew {
+        /// The version found.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
+    /// Another server holds the database.
+    #[error(
+        "another Hutch server is using this database; one server per database \
+         (stop the other one, or give this one its own database)"
+    )]
+    InUse,
+    /// The URL names no supported database.
+    #[error("unsupported database URL {0:?}: only postgres:// (or postgresql://) URLs are")]
+    Url(String),
+    /// A stored JSON column does not parse.
+    #[error("corrupt {what} in the database: {cause}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// The parse error.
+        cause: serde_json::Error,
+    },
+    /// A query task panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// The server's state, whatever holds it. Every method is one atomic
+/// change or one consistent read.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Which backend this is (`sqlite` or `postgresql`), for logs.
+    fn backend(&self) -> &'static str;
+
+    // ----- API keys ---------------------------------------------------
+
+    /// Whether any API key, revoked or not, was ever stored.
+    async fn has_api_keys(&self) -> Result<bool, DbError>;
+    /// Stores a key's hash, unless it is stored already.
+    async fn insert_api_key(&self, hash: String, prefix: String, now: i64) -> Result<(), DbError>;
+    /// The hashes of the keys not revoked.
+    async fn valid_api_key_hashes(&self) -> Result<HashSet<String>, DbError>;
+    /// Stores a new key's hash; returns its row.
+    async fn create_api_key(
+        &self,
+        hash: String,
+        prefix: String,
+        now: i64,
+    ) -> Result<ApiKeyRow, DbError>;
+    /// Every key, revoked or not, oldest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, DbError>;
+    /// Revokes a valid key at `now`, unless it is the last valid one (two
+    /// revokes at once never leave no valid key).
+    async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoke, DbError>;
+
+    // ----- templates --------------------------------------------------
+
+    /// Inserts a template; `Ok(false)` when its name is taken.
+    async fn insert_template(&self, t: TemplateRow) -> Result<bool, DbError>;
+    /// Inserts a template, replacing one of the same name: the old row is
+    /// kept under the hidden name `<name>@<old id>` (no valid template name
+    /// contains `@`), so sandboxes still running from it keep working and
+    /// its layers stay referenced until it is pruned. Returns the old id.
+    ///
+    /// When the new row keeps the old id (E2B's template API keeps a
+    /// template's id across builds), the old row moves to a fresh hidden id
+    /// and the sandboxes still running from it follow it there.
+    async fn replace_template(&self, t: TemplateRow) -> Result<Option<String>, DbError>;
+    /// The template with this id or, failing that, this name.
+    async fn find_template(&self, id_or_name: String) -> Result<Option<TemplateRow>, DbError>;
+    /// Every template, by name.
+    async fn list_templates(&self) -> Result<Vec<TemplateRow>, DbError>;
+    /// Deletes a template row.
+    async fn delete_template(&self, id: String) -> Result<(), DbError>;
+
+    // ----- sandboxes --------------------------------------------------
+
+    /// Inserts a sandbox row.
+    async fn insert_sandbox(&self, s: SandboxRow) -> Result<(), DbError>;
+    /// Marks a sandbox running until `end_at`.
+    async fn set_running(&self, id: String, end_at: i64) -> Result<(), DbError>;
+    /// Marks a running or paused sandbox paused `mode`, with
+    /// `remaining_ms` of its lifetime left (a killed one stays killed).
+    async fn set_paused(
+        &self,
+        id: String,
+        remaining_ms: i64,
+        mode: PauseMode,
+    ) -> Result<(), DbError>;
+    /// Moves a sandbox's expiry.
+    async fn set_end_at(&self, id: String, end_at: i64) -> Result<(), DbError>;
+    /// Marks a sandbox killed at `now` (once: a second kill keeps the
+    /// first time).
+    async fn mark_killed(&self, id: String, now: i64) -> Result<(), DbError>;
+    /// Deletes a sandbox row (one that never started).
+    async fn delete_sandbox(&self, id: String) -> Result<(), DbError>;
+    /// A sandbox in any state.
+    async fn get_sandbox(&self, id: String) -> Result<Option<SandboxRow>, DbError>;
+    /// Sandboxes in `states`, oldest first.
+    async fn sandboxes_in(&self, states: &[SandboxState]) -> Result<Vec<SandboxRow>, DbError>;
+    /// How many sandboxes of a template are starting, running or paused.
+    async fn live_sandboxes_of(&self, template_id: String) -> Result<u64, DbError>;
+}
+
+/// The states a sandbox counts as live in (its template is in use).
+const LIVE_STATES: &str = "('starting', 'running', 'paused')";
+
+/// The columns of a sandbox row, in [`SANDBOX_COLUMNS`]' order, as both
+/// backends store them: one conversion each way for both.
+struct SandboxColumns {
+    id: String,
+    template_id: String,
+    template_name: String,
+    state: String,
+    sandbox_env: String,
+    metadata: String,
+    started_at: i64,
+    end_at: i64,
+    ended_at: Option<i64>,
+    cpu_count: i64,
+    memory_mb: i64,
+    disk_size_mb: i64,
+    paused_remaining_ms: Option<i64>,
+    access_token: Option<String>,
+    network: Option<String>,
+    pids: Option<i64>,
+    pause_mode: Option<String>,
+    auto_pause: Option<String>,
+    auto_resume: bool,
+}
+
+/// The sandbox columns every query reads, in [`SandboxColumns`]' order.
+const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
+     started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms, \
+     access_token, network, pids, pause_mode, auto_pause, auto_resume";
+
+impl SandboxColumns {
+    fn of(s: SandboxRow) -> SandboxColumns {
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        SandboxColumns {
+            state: s.state.as_str().to_string(),
+            sandbox_env: to_json(&s.sandbox_env),
+            metadata: to_json(&s.metadata),
+            cpu_count: i64::from(s.cpu_count),
+            memory_mb: int(s.memory_mb),
+            disk_size_mb: int(s.disk_size_mb),
+            pids: s.pids.map(int),
+            pause_mode: s.pause_mode.map(|m| m.as_str().to_string()),
+            auto_pause: s.lifecycle.auto_pause.map(|m| m.as_str().to_string()),
+            auto_resume: s.lifecycle.auto_resume,
+            id: s.id,
+            template_id: s.template_id,
+            template_name: s.template_name,
+            started_at: s.started_at,
+            end_at: s.end_at,
+            ended_at: s.ended_at,
+            paused_remaining_ms: s.paused_remaining_ms,
+            access_token: s.access_token,
+            network: s.network,
+        }
+    }
+
+    fn into_row(self) -> Result<SandboxRow, DbError> {
+        let parse = |what, text: &str| {
+            serde_json::from_str::<BTreeMap<String, String>>(text)
+                .map_err(|cause| DbError::Corrupt { what, cause })
+        };
+        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+        let state = SandboxState::parse(&self.state);
+        Ok(SandboxRow {
+            sandbox_env: parse("sandbox_env", &self.sandbox_env)?,
+            metadata: parse("metadata", &self.metadata)?,
+            cpu_count: u32::try_from(self.cpu_count).unwrap_or(0),
+            memory_mb: unsigned(self.memory_mb),
+            disk_size_mb: unsigned(self.disk_size_mb),
+            pids: self.pids.map(unsigned),
+            pause_mode: (state == SandboxState::Paused)
+                .then(|| PauseMode::parse(self.pause_mode.as_deref())),
+            lifecycle: Lifecycle {
+                auto_pause: self.auto_pause.map(|m| PauseMode::parse(Some(&m))),
+                auto_resume: self.auto_resume,
+            },
+            state,
+            id: self.id,
+            template_id: self.template_id,
+            template_name: self.template_name,
+            started_at: self.started_at,
+            end_at: self.end_at,
+            ended_at: self.ended_at,
+            paused_remaining_ms: self.paused_remaining_ms,
+            access_token: self.access_token,
+            network: self.network,
+        })
+    }
+}
+
+fn to_json(map: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    /// Being created; counts as live (its template cannot be removed).
+    Starting,
+    /// Running.
+    Running,
+    /// Frozen (`POST /sandboxes/{id}/pause`); does not expire.
+    Paused,
+    /// Destroyed (expired or killed).
+    Killed,
+}
+
+impl SandboxState {
+    /// The state's name, as stored and as E2B reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Starting => "starting",
+            SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+            SandboxState::Killed => "killed",
+        }
+    }
+
+    fn parse(s: &str) -> SandboxState {
+        match s {
+            "starting" => SandboxState::Starting,
+            "running" => SandboxState::Running,
+            "paused" => SandboxState::Paused,
+            _ => SandboxState::Killed,
+        }
+    }
+}
+
+/// How a sandbox is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseMode {
+    /// Frozen: its processes keep their memory and resume where they were
+    /// (E2B's `full`).
+    Memory,
+    /// Stopped with only its files kept; resuming boots it again on them
+    /// (E2B's `filesystem`).
+    Filesystem,
+}
+
+impl PauseMode {
+    /// The mode's name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseMode::Memory => "memory",
+            PauseMode::Filesystem => "filesystem",
+        }
+    }
+
+    /// A stored name; anything unknown (or NULL, in rows from before modes)
+    /// was a memory pause.
+    fn parse(s: Option<&str>) -> PauseMode {
+        match s {
+            Some("filesystem") => PauseMode::Filesystem,
+            _ => PauseMode::Memory,
+        }
+    }
+}
+
+/// What happens to a sandbox at its timeout, and to a paused sandbox when
+/// a request comes for it through the front door.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// `None`: its timeout kills it (the default); else it is paused this
+    /// way (E2B's `autoPause`, `autoPauseMemory`).
+    pub auto_pause: Option<PauseMode>,
+    /// A request through the front door resumes it while it is paused in
+    /// memory (E2B's `autoResume.enabled`).
+    pub auto_resume: bool,
+}
+
+/// A template row.
+#[derive(Debug, Clone)]
+pub struct TemplateRow {
+    /// Template id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// `TemplateMetadata` as JSON.
+    pub metadata: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A sandbox row.
+#[derive(Debug, Clone)]
+pub struct SandboxRow {
+    /// Sandbox id.
+    pub id: String,
+    /// Its template's id.
+    pub template_id: String,
+    /// Its template's name (E2B's `alias`).
+    pub template_name: String,
+    /// Where it is in its life.
+    pub state: SandboxState,
+    /// Layer 3: the variables given at creation.
+    pub sandbox_env: BTreeMap<String, String>,
+    /// User metadata given at creation.
+    pub metadata: BTreeMap<String, String>,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms: when it expires.
+    pub end_at: i64,
+    /// Unix ms: when it was killed.
+    pub ended_at: Option<i64>,
+    /// Its CPU limit (`cpuCount`).
+    pub cpu_count: u32,
+    /// Its memory limit, MiB (`memoryMB`).
+    pub memory_mb: u64,
+    /// Its disk size, MiB (`diskSizeMB`).
+    pub disk_size_mb: u64,
+    /// Its pids limit (`hutchPids`); `None` in rows from before it was
+    /// recorded.
+    pub pids: Option<u64>,
+    /// While paused: the lifetime it had left, in ms.
+    pub paused_remaining_ms: Option<i64>,
+    /// While paused: how.
+    pub pause_mode: Option<PauseMode>,
+    /// Its timeout and auto-resume behaviour.
+    pub lifecycle: Lifecycle,
+    /// The agent's access token (`secure: true` sandboxes), which every
+    /// agent request must carry as `X-Access-Token`.
+    pub access_token: Option<String>,
+    /// The egress policy it was created with, a [`NetworkRecord`] as
+    /// JSON ([`NetworkRecord::encode`], [`NetworkRecord::decode`]); `None`
+    /// for rows from before it was recorded (they had the default).
+    pub network: Option<String>,
+}
+
+/// A sandbox's egress policy as the `network` column stores it:
+/// `{"allowInternetAccess":false,"allowOut":["10.0.0.0/8"],"denyOut":[]}`
+/// (the lists may be absent). The database keeps this record, not the
+/// runtime's [`EgressPolicy`], so that the stored form stays the same
+/// whatever that type becomes; the two convert into each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRecord {
+    /// Internet access.
+    pub allow_internet_access: bool,
+    /// Address blocks re-allowed even when denied (`addr/prefix`).
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    /// Address blocks denied (`addr/prefix`).
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+impl NetworkRecord {
+    /// The record of `policy`.
+    pub fn of(policy: &EgressPolicy) -> NetworkRecord {
+        let blocks = |list: &[Cidr]| list.iter().map(Cidr::to_string).collect();
+        NetworkRecord {
+            allow_internet_access: policy.allow_internet_access,
+            allow_out: blocks(&policy.allow_out),
+            deny_out: blocks(&policy.deny_out),
+        }
+    }
+
+    /// The policy it records, or why an address block does not parse.
+    pub fn policy(&self) -> Result<EgressPolicy, String> {
+        let blocks = |field: &str, list: &[String]| -> Result<Vec<Cidr>, String> {
+            list.iter()
+                .map(|b| b.parse::<Cidr>().map_err(|e| format!("{field}: {e}")))
+                .collect()
+        };
+        Ok(EgressPolicy {
+            allow_internet_access: self.allow_internet_access,
+            allow_out: blocks("allowOut", &self.allow_out)?,
+            deny_out: blocks("denyOut", &self.deny_out)?,
+        })
+    }
+
+    /// `policy` as the `network` column stores it.
+    pub fn encode(policy: &EgressPolicy) -> String {
+        serde_json::to_string(&NetworkRecord::of(policy)).expect("a network record serializes")
+    }
+
+    /// The policy a `network` column holds, or why it cannot be read.
+    pub fn decode(text: &str) -> Result<EgressPolicy, String> {
+        serde_json::from_str::<NetworkRecord>(text)
+            .map_err(|e| e.to_string())?
+            .policy()
+    }
+}
+
+/// An API key as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// Its id.
+    pub id: i64,
+    /// The first characters of the key.
+    pub prefix: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms; `None` while valid.
+    pub revoked_at: Option<i64>,
+}
+
+/// What [`Store::revoke_api_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    /// The key is revoked now.
+    Revoked,
+    /// No key has this id, or it was revoked already.
+    NotFound,
+    /// It is the last valid key: refused.
+    LastKey,
+}

@@ -1,0 +1,497 @@
+//! The PostgreSQL store (`--database-url postgres://…`): a connection pool,
+//! and the schema in `MIGRATIONS`, applied in order when the store opens
+//! (`hutch_schema.version` is the number applied; a transaction-level
+//! advisory lock keeps two servers from migrating at once).
+//!
+//! One server per database: the store holds a session-level advisory lock
+//! on a connection of its own for its whole life, so that a second server
+//! pointed at the same database fails to start instead of adopting (and
+//! reaping) the first one's sandboxes.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
+use tokio::sync::Mutex;
+
+use super::{
+    ApiKeyRow, DbError, LIVE_STATES, PauseMode, Revoke, SANDBOX_COLUMNS, SandboxColumns,
+    SandboxRow, SandboxState, Store, TemplateRow,
+};
+
+/// Schema migrations, in order; `hutch_schema.version` is the number
+/// applied. The same tables as the SQLite store's, in PostgreSQL's types.
+const MIGRATIONS: &[&str] = &[
+    // 1: API keys, templates, sandboxes.
+    "CREATE TABLE api_keys (
+        id          BIGSERIAL PRIMARY KEY,
+        hash        TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the key
+        prefix      TEXT NOT NULL,          -- first characters, for display
+        created_at  BIGINT NOT NULL,        -- Unix ms
+        revoked_at  BIGINT                  -- Unix ms; NULL while valid
+    );
+    CREATE TABLE templates (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        metadata    TEXT NOT NULL,          -- TemplateMetadata::to_json
+        created_at  BIGINT NOT NULL
+    );
+    CREATE TABLE sandboxes (
+        id                  TEXT PRIMARY KEY,
+        template_id         TEXT NOT NULL,
+        template_name       TEXT NOT NULL,
+        state               TEXT NOT NULL,  -- starting | running | paused | killed
+        sandbox_env         TEXT NOT NULL,  -- JSON object: layer 3
+        metadata            TEXT NOT NULL,  -- JSON object: user metadata
+        started_at          BIGINT NOT NULL,
+        end_at              BIGINT NOT NULL,
+        ended_at            BIGINT,
+        cpu_count           BIGINT NOT NULL,
+        memory_mb           BIGINT NOT NULL,
+        disk_size_mb        BIGINT NOT NULL,
+        paused_remaining_ms BIGINT,         -- while paused
+        access_token        TEXT,
+        network             TEXT,           -- JSON NetworkRecord
+        pids                BIGINT,
+        pause_mode          TEXT,           -- 'memory' | 'filesystem' while paused
+        auto_pause          TEXT,           -- at its timeout: NULL kills it, else pause mode
+        auto_resume         BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX sandboxes_state ON sandboxes (state);
+    CREATE INDEX sandboxes_template ON sandboxes (template_id, state);",
+];
+
+/// The advisory lock keys (`pg_advisory_lock(bigint)`): "hutch" in ASCII,
+/// then one for migrations and one for the server holding the database.
+const MIGRATION_LOCK: i64 = 0x6875_7463_6800_0001;
+const SERVER_LOCK: i64 = 0x6875_7463_6800_0002;
+
+/// How long opening waits for another server's hold on the database to go.
+const HOLDER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a query waits for a free connection before failing.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: PgPool,
+    /// Holds [`SERVER_LOCK`] for the store's life.
+    _holder: Mutex<PgConnection>,
+}
+
+impl PostgresStore {
+    /// Connects, takes the database for this server, and migrates it.
+    pub async fn open(url: &str) -> Result<PostgresStore, DbError> {
+        let options: PgConnectOptions = url.parse()?;
+        let options = options.application_name("hutch");
+        let mut holder = PgConnection::connect_with(&options).await?;
+        // A server restarted at once after a crash may find its previous
+        // session not yet closed by PostgreSQL: it waits a little.
+        let deadline = tokio::time::Instant::now() + HOLDER_WAIT;
+        loop {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(SERVER_LOCK)
+                .fetch_one(&mut holder)
+                .await?;
+            if taken {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DbError::InUse);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        migrate(&pool).await?;
+        Ok(PostgresStore {
+            pool,
+            _holder: Mutex::new(holder),
+        })
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    let known = MIGRATIONS.len() as i64;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS hutch_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM hutch_schema")
+        .fetch_optional(&mut *tx)
+        .await?;
+    let version = version.unwrap_or(0);
+    if version > known {
+        return Err(DbError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    if version == known {
+        return Ok(());
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        tracing::info!("database schema migrated to version {}", i + 1);
+    }
+    sqlx::query("DELETE FROM hutch_schema")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO hutch_schema (version) VALUES ($1)")
+        .bind(known)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgresql"
+    }
+
+    async fn has_api_keys(&self) -> Result<bool, DbError> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn insert_api_key(&self, hash: String, prefix: String, now: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO api_keys (hash, prefix, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash)
+        .bind(prefix)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn valid_api_key_hashes(&self) -> Result<HashSet<String>, DbError> {
+        let hashes: Vec<String> =
+            sqlx::query_scalar("SELECT hash FROM api_keys WHERE revoked_at IS NULL")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(hashes.into_iter().collect())
+    }
+
+    async fn create_api_key(
+        &self,
+        hash: String,
+        prefix: String,
+        now: i64,
+    ) -> Result<ApiKeyRow, DbError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO api_keys (hash, prefix, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(hash)
+        .bind(&prefix)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ApiKeyRow {
+            id,
+            prefix,
+            created_at: now,
+            revoked_at: None,
+        })
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiKeyRow {
+                    id: r.try_get(0)?,
+                    prefix: r.try_get(1)?,
+                    created_at: r.try_get(2)?,
+                    revoked_at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoke, DbError> {
+        let mut tx = self.pool.begin().await?;
+        // Locks every valid key: a concurrent revoke waits, then sees this
+        // one's outcome.
+        let valid: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM api_keys WHERE revoked_at IS NULL FOR UPDATE")
+                .fetch_all(&mut *tx)
+                .await?;
+        if !valid.contains(&id) {
+            return Ok(Revoke::NotFound);
+        }
+        if valid.len() == 1 {
+            return Ok(Revoke::LastKey);
+        }
+        sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Revoke::Revoked)
+    }
+
+    async fn insert_template(&self, t: TemplateRow) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO templates (id, name, metadata, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(t.id)
+        .bind(t.name)
+        .bind(t.metadata)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn replace_template(&self, t: TemplateRow) -> Result<Option<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<String> =
+            sqlx::query_scalar("SELECT id FROM templates WHERE name = $1 FOR UPDATE")
+                .bind(&t.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if old.as_ref() == Some(&t.id) {
+            let hidden = crate::ids::new_id();
+            sqlx::query("UPDATE templates SET id = $2, name = name || '@' || $2 WHERE id = $1")
+                .bind(&t.id)
+                .bind(&hidden)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!(
+                "UPDATE sandboxes SET template_id = $2
+                 WHERE template_id = $1 AND state IN {LIVE_STATES}"
+            ))
+            .bind(&t.id)
+            .bind(&hidden)
+            .execute(&mut *tx)
+            .await?;
+        } else if let Some(old) = &old {
+            sqlx::query("UPDATE templates SET name = name || '@' || id WHERE id = $1")
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO templates (id, name, metadata, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(t.id)
+        .bind(t.name)
+        .bind(t.metadata)
+        .bind(t.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(old)
+    }
+
+    async fn find_template(&self, id_or_name: String) -> Result<Option<TemplateRow>, DbError> {
+        sqlx::query(
+            "SELECT id, name, metadata, created_at FROM templates
+             WHERE id = $1 OR name = $1 ORDER BY (id = $1) DESC LIMIT 1",
+        )
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(template_row)
+        .transpose()
+    }
+
+    async fn list_templates(&self) -> Result<Vec<TemplateRow>, DbError> {
+        sqlx::query("SELECT id, name, metadata, created_at FROM templates ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(template_row)
+            .collect()
+    }
+
+    async fn delete_template(&self, id: String) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM templates WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_sandbox(&self, s: SandboxRow) -> Result<(), DbError> {
+        let s = SandboxColumns::of(s);
+        sqlx::query(&format!(
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                 $17, $18, $19)"
+        ))
+        .bind(s.id)
+        .bind(s.template_id)
+        .bind(s.template_name)
+        .bind(s.state)
+        .bind(s.sandbox_env)
+        .bind(s.metadata)
+        .bind(s.started_at)
+        .bind(s.end_at)
+        .bind(s.ended_at)
+        .bind(s.cpu_count)
+        .bind(s.memory_mb)
+        .bind(s.disk_size_mb)
+        .bind(s.paused_remaining_ms)
+        .bind(s.access_token)
+        .bind(s.network)
+        .bind(s.pids)
+        .bind(s.pause_mode)
+        .bind(s.auto_pause)
+        .bind(s.auto_resume)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_running(&self, id: String, end_at: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'running', end_at = $2, paused_remaining_ms = NULL,
+                 pause_mode = NULL
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(end_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_paused(
+        &self,
+        id: String,
+        remaining_ms: i64,
+        mode: PauseMode,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'paused', paused_remaining_ms = $2, pause_mode = $3
+             WHERE id = $1 AND state IN ('running', 'paused')",
+        )
+        .bind(id)
+        .bind(remaining_ms)
+        .bind(mode.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_end_at(&self, id: String, end_at: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE sandboxes SET end_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(end_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_killed(&self, id: String, now: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'killed', ended_at = $2
+             WHERE id = $1 AND state != 'killed'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_sandbox(&self, id: String) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM sandboxes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_sandbox(&self, id: String) -> Result<Option<SandboxRow>, DbError> {
+        sqlx::query(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(|r| sandbox_columns(r)?.into_row())
+        .transpose()
+    }
+
+    async fn sandboxes_in(&self, states: &[SandboxState]) -> Result<Vec<SandboxRow>, DbError> {
+        let states: Vec<&'static str> = states.iter().map(|s| s.as_str()).collect();
+        sqlx::query(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state = ANY($1)
+             ORDER BY started_at, id"
+        ))
+        .bind(states)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| sandbox_columns(r)?.into_row())
+        .collect()
+    }
+
+    async fn live_sandboxes_of(&self, template_id: String) -> Result<u64, DbError> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM sandboxes WHERE template_id = $1 AND state IN {LIVE_STATES}"
+        ))
+        .bind(template_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+fn template_row(r: &PgRow) -> Result<TemplateRow, DbError> {
+    Ok(TemplateRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        metadata: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+    })
+}
+
+fn sandbox_columns(r: &PgRow) -> Result<SandboxColumns, DbError> {
+    Ok(SandboxColumns {
+        id: r.try_get(0)?,
+        template_id: r.try_get(1)?,
+        template_name: r.try_get(2)?,
+        state: r.try_get(3)?,
+        sandbox_env: r.try_get(4)?,
+        metadata: r.try_get(5)?,
+        started_at: r.try_get(6)?,
+        end_at: r.try_get(7)?,
+        ended_at: r.try_get(8)?,
+        cpu_count: r.try_get(9)?,
+        memory_mb: r.try_get(10)?,
+        disk_size_mb: r.try_get(11)?,
+        paused_remaining_ms: r.try_get(12)?,
+        access_token: r.try_get(13)?,
+        network: r.try_get(14)?,
+        pids: r.try_get(15)?,
+        pause_mode: r.try_get(16)?,
+        auto_pause: r.try_get(17)?,
+        auto_resume: r.try_get(18)?,
+    })
+}

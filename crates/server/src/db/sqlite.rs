@@ -1,0 +1,555 @@
+//! The embedded store: one SQLite file (`DATA/hutch.db`, WAL mode).
+//!
+//! The schema is versioned with `PRAGMA user_version`: `MIGRATIONS[i]`
+//! takes the schema from version `i` to `i + 1`; opening a database applies
+//! the missing ones in one transaction.
+//!
+//! Queries run on tokio's blocking pool, one at a time (a mutex around the
+//! single connection).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    ApiKeyRow, DbError, LIVE_STATES, PauseMode, Revoke, SANDBOX_COLUMNS, SandboxColumns,
+    SandboxRow, SandboxState, Store, TemplateRow,
+};
+
+/// Schema migrations, in order. `user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: API keys, templates, sandboxes.
+    "CREATE TABLE api_keys (
+        id          INTEGER PRIMARY KEY,
+        hash        TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the key
+        prefix      TEXT NOT NULL,          -- first characters, for display
+        created_at  INTEGER NOT NULL,       -- Unix ms
+        revoked_at  INTEGER                 -- Unix ms; NULL while valid
+    );
+    CREATE TABLE templates (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        metadata    TEXT NOT NULL,          -- TemplateMetadata::to_json
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE sandboxes (
+        id            TEXT PRIMARY KEY,
+        template_id   TEXT NOT NULL,
+        template_name TEXT NOT NULL,
+        state         TEXT NOT NULL,        -- starting | running | killed
+        sandbox_env   TEXT NOT NULL,        -- JSON object: layer 3
+        metadata      TEXT NOT NULL,        -- JSON object: user metadata
+        started_at    INTEGER NOT NULL,
+        end_at        INTEGER NOT NULL,     -- when it expires
+        ended_at      INTEGER,              -- when it was killed
+        cpu_count     INTEGER NOT NULL,
+        memory_mb     INTEGER NOT NULL,
+        disk_size_mb  INTEGER NOT NULL
+    );
+    CREATE INDEX sandboxes_state ON sandboxes (state);
+    CREATE INDEX sandboxes_template ON sandboxes (template_id, state);",
+    // 2: paused sandboxes keep the lifetime they had left.
+    "ALTER TABLE sandboxes ADD COLUMN paused_remaining_ms INTEGER; -- while state = 'paused'",
+    // 3: sandboxes created with `secure: true` have an agent access token.
+    "ALTER TABLE sandboxes ADD COLUMN access_token TEXT;",
+    // 4: the egress policy a sandbox was created with.
+    "ALTER TABLE sandboxes ADD COLUMN network TEXT; -- JSON hutch_runtime::EgressPolicy",
+    // 5: cpu_count, memory_mb and disk_size_mb hold the sandbox's own
+    // limits (they held the host's figures before); its pids limit joins
+    // them (NULL in older rows).
+    "ALTER TABLE sandboxes ADD COLUMN pids INTEGER;",
+    // 6: how a paused sandbox was paused (older paused rows were frozen:
+    // NULL reads as 'memory'), and what its timeout does.
+    "ALTER TABLE sandboxes ADD COLUMN pause_mode TEXT; -- 'memory' | 'filesystem' while paused
+    ALTER TABLE sandboxes ADD COLUMN auto_pause TEXT; -- at its timeout: NULL kills it, else pause mode
+    ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;",
+];
+
+/// The SQLite store; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, DbError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, DbError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn has_api_keys(&self) -> Result<bool, DbError> {
+        self.call(|c| Ok(c.query_row("SELECT EXISTS (SELECT 1 FROM api_keys)", [], |r| r.get(0))?))
+            .await
+    }
+
+    async fn insert_api_key(&self, hash: String, prefix: String, now: i64) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
+                params![hash, prefix, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn valid_api_key_hashes(&self) -> Result<HashSet<String>, DbError> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT hash FROM api_keys WHERE revoked_at IS NULL")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<HashSet<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn create_api_key(
+        &self,
+        hash: String,
+        prefix: String,
+        now: i64,
+    ) -> Result<ApiKeyRow, DbError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
+                params![hash, prefix, now],
+            )?;
+            Ok(ApiKeyRow {
+                id: c.last_insert_rowid(),
+                prefix,
+                created_at: now,
+                revoked_at: None,
+            })
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, DbError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT id, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(ApiKeyRow {
+                    id: r.get(0)?,
+                    prefix: r.get(1)?,
+                    created_at: r.get(2)?,
+                    revoked_at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoke, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let valid: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = ?1 AND revoked_at IS NULL)",
+                [id],
+                |r| r.get(0),
+            )?;
+            if !valid {
+                return Ok(Revoke::NotFound);
+            }
+            let others: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE id != ?1 AND revoked_at IS NULL",
+                [id],
+                |r| r.get(0),
+            )?;
+            if others == 0 {
+                return Ok(Revoke::LastKey);
+            }
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            tx.commit()?;
+            Ok(Revoke::Revoked)
+        })
+        .await
+    }
+
+    async fn insert_template(&self, t: TemplateRow) -> Result<bool, DbError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO templates (id, name, metadata, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![t.id, t.name, t.metadata, t.created_at],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn replace_template(&self, t: TemplateRow) -> Result<Option<String>, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let old: Option<String> = tx
+                .query_row("SELECT id FROM templates WHERE name = ?1", [&t.name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if old.as_ref() == Some(&t.id) {
+                let hidden = crate::ids::new_id();
+                tx.execute(
+                    "UPDATE templates SET id = ?2, name = name || '@' || ?2 WHERE id = ?1",
+                    [&t.id, &hidden],
+                )?;
+                tx.execute(
+                    &format!(
+                        "UPDATE sandboxes SET template_id = ?2
+                         WHERE template_id = ?1 AND state IN {LIVE_STATES}"
+                    ),
+                    [&t.id, &hidden],
+                )?;
+            } else if let Some(old) = &old {
+                tx.execute(
+                    "UPDATE templates SET name = name || '@' || id WHERE id = ?1",
+                    [old],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO templates (id, name, metadata, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![t.id, t.name, t.metadata, t.created_at],
+            )?;
+            tx.commit()?;
+            Ok(old)
+        })
+        .await
+    }
+
+    async fn find_template(&self, id_or_name: String) -> Result<Option<TemplateRow>, DbError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, metadata, created_at FROM templates
+                 WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+                [id_or_name],
+                template_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_templates(&self) -> Result<Vec<TemplateRow>, DbError> {
+        self.call(|c| {
+            let mut st =
+                c.prepare("SELECT id, name, metadata, created_at FROM templates ORDER BY name")?;
+            let rows = st.query_map([], template_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn delete_template(&self, id: String) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute("DELETE FROM templates WHERE id = ?1", [id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_sandbox(&self, s: SandboxRow) -> Result<(), DbError> {
+        let s = SandboxColumns::of(s);
+        self.call(move |c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO sandboxes ({SANDBOX_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                         ?16, ?17, ?18, ?19)"
+                ),
+                params![
+                    s.id,
+                    s.template_id,
+                    s.template_name,
+                    s.state,
+                    s.sandbox_env,
+                    s.metadata,
+                    s.started_at,
+                    s.end_at,
+                    s.ended_at,
+                    s.cpu_count,
+                    s.memory_mb,
+                    s.disk_size_mb,
+                    s.paused_remaining_ms,
+                    s.access_token,
+                    s.network,
+                    s.pids,
+                    s.pause_mode,
+                    s.auto_pause,
+                    s.auto_resume,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_running(&self, id: String, end_at: i64) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET state = 'running', end_at = ?2, paused_remaining_ms = NULL,
+                     pause_mode = NULL
+                 WHERE id = ?1",
+                params![id, end_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_paused(
+        &self,
+        id: String,
+        remaining_ms: i64,
+        mode: PauseMode,
+    ) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET state = 'paused', paused_remaining_ms = ?2, pause_mode = ?3
+                 WHERE id = ?1 AND state IN ('running', 'paused')",
+                params![id, remaining_ms, mode.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_end_at(&self, id: String, end_at: i64) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET end_at = ?2 WHERE id = ?1",
+                params![id, end_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_killed(&self, id: String, now: i64) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET state = 'killed', ended_at = ?2
+                 WHERE id = ?1 AND state != 'killed'",
+                params![id, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_sandbox(&self, id: String) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute("DELETE FROM sandboxes WHERE id = ?1", [id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_sandbox(&self, id: String) -> Result<Option<SandboxRow>, DbError> {
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1"),
+                [id],
+                sandbox_columns,
+            )
+            .optional()?
+            .map(SandboxColumns::into_row)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn sandboxes_in(&self, states: &[SandboxState]) -> Result<Vec<SandboxRow>, DbError> {
+        let states: Vec<&'static str> = states.iter().map(|s| s.as_str()).collect();
+        self.call(move |c| {
+            let placeholders = vec!["?"; states.len()].join(", ");
+            let mut st = c.prepare(&format!(
+                "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state IN ({placeholders})
+                 ORDER BY started_at, id"
+            ))?;
+            let rows = st.query_map(rusqlite::params_from_iter(states), sandbox_columns)?;
+            rows.map(|row| row?.into_row()).collect()
+        })
+        .await
+    }
+
+    async fn live_sandboxes_of(&self, template_id: String) -> Result<u64, DbError> {
+        self.call(move |c| {
+            let n: i64 = c.query_row(
+                &format!(
+                    "SELECT COUNT(*) FROM sandboxes WHERE template_id = ?1 AND state IN {LIVE_STATES}"
+                ),
+                [template_id],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+}
+
+fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
+    Ok(TemplateRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        metadata: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+fn sandbox_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxColumns> {
+    Ok(SandboxColumns {
+        id: r.get(0)?,
+        template_id: r.get(1)?,
+        template_name: r.get(2)?,
+        state: r.get(3)?,
+        sandbox_env: r.get(4)?,
+        metadata: r.get(5)?,
+        started_at: r.get(6)?,
+        end_at: r.get(7)?,
+        ended_at: r.get(8)?,
+        cpu_count: r.get(9)?,
+        memory_mb: r.get(10)?,
+        disk_size_mb: r.get(11)?,
+        paused_remaining_ms: r.get(12)?,
+        access_token: r.get(13)?,
+        network: r.get(14)?,
+        pids: r.get(15)?,
+        pause_mode: r.get(16)?,
+        auto_pause: r.get(17)?,
+        auto_resume: r.get(18)?,
+    })
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let known = MIGRATIONS.len() as i64;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > known {
+        return Err(DbError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    if version == known {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tracing::info!("database schema migrated to version {}", i + 1);
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Databases written by older Hutch versions (the shared cases are in
+/// `tests.rs`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Lifecycle, PauseMode};
+
+    #[tokio::test]
+    async fn old_paused_rows_were_frozen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch.db");
+        // A database at schema 5 with a paused row.
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for sql in &MIGRATIONS[..5] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 5).unwrap();
+            tx.execute(
+                "INSERT INTO sandboxes (id, template_id, template_name, state, sandbox_env,
+                     metadata, started_at, end_at, cpu_count, memory_mb, disk_size_mb,
+                     paused_remaining_ms)
+                 VALUES ('old', 't', 'bb', 'paused', '{}', '{}', 1, 2, 2, 512, 2048, 7)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let db = SqliteStore::open(&path).unwrap();
+        let old = db.get_sandbox("old".into()).await.unwrap().unwrap();
+        assert_eq!(old.pause_mode, Some(PauseMode::Memory));
+        assert_eq!(old.lifecycle, Lifecycle::default());
+    }
+
+    #[tokio::test]
+    async fn old_rows_have_no_pids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch.db");
+        // A database at schema 4, with a row from before the pids column.
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for sql in &MIGRATIONS[..4] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            tx.execute(
+                "INSERT INTO sandboxes (id, template_id, template_name, state, sandbox_env,
+                     metadata, started_at, end_at, cpu_count, memory_mb, disk_size_mb)
+                 VALUES ('old', 't', 'bb', 'running', '{}', '{}', 1, 2, 8, 16000, 90000)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let db = SqliteStore::open(&path).unwrap();
+        let old = db.get_sandbox("old".into()).await.unwrap().unwrap();
+        assert_eq!((old.cpu_count, old.pids), (8, None));
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hutch.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 999).unwrap();
+        }
+        assert!(matches!(
+            SqliteStore::open(&path).map(|_| ()),
+            Err(DbError::TooNew { found: 999, .. })
+        ));
+    }
+}

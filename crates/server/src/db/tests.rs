@@ -1,0 +1,503 @@
+//! The store's behaviour, the same on both backends: every case below runs
+//! once on SQLite (`sqlite::…`) and once on a real PostgreSQL server of its
+//! own (`postgres::…`).
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// A store of one backend for one test, and what keeps it alive.
+struct Fixture {
+    location: Location,
+    _dir: Option<tempfile::TempDir>,
+    _postgres: Option<hutch_test_support::Postgres>,
+}
+
+impl Fixture {
+    fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Fixture {
+            location: Location::Sqlite(dir.path().join("hutch.db")),
+            _dir: Some(dir),
+            _postgres: None,
+        }
+    }
+
+    async fn postgres() -> Fixture {
+        let pg = tokio::task::spawn_blocking(hutch_test_support::Postgres::start)
+            .await
+            .unwrap();
+        Fixture {
+            location: Location::Postgres(pg.url()),
+            _dir: None,
+            _postgres: Some(pg),
+        }
+    }
+
+    async fn open(&self) -> Db {
+        open(&self.location).await.unwrap()
+    }
+}
+
+/// Generates `sqlite::case` and `postgres::case` for each `case(&Fixture)`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::Fixture::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::Fixture::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    migrates_once_and_round_trips_rows,
+    lifecycles_and_limits_round_trip,
+    replacing_a_template_under_its_own_id_hides_the_old_row,
+    replacing_a_template_of_another_id_keeps_the_old_one_hidden,
+    api_keys_are_listed_and_revoked_but_never_the_last,
+    concurrent_revokes_leave_a_valid_key,
+    corrupt_columns_are_reported_not_guessed,
+);
+
+fn sandbox(id: &str, template_id: &str, state: SandboxState) -> SandboxRow {
+    SandboxRow {
+        id: id.into(),
+        template_id: template_id.into(),
+        template_name: "base".into(),
+        state,
+        sandbox_env: BTreeMap::from([("A".into(), "a=b".into()), ("E".into(), String::new())]),
+        metadata: BTreeMap::from([("owner".into(), "me".into())]),
+        started_at: 1,
+        end_at: 2,
+        ended_at: None,
+        cpu_count: 2,
+        memory_mb: 1024,
+        disk_size_mb: 4096,
+        paused_remaining_ms: None,
+        access_token: None,
+        network: Some(r#"{"allowInternetAccess":false}"#.into()),
+        pids: Some(1024),
+        pause_mode: None,
+        lifecycle: Lifecycle::default(),
+    }
+}
+
+async fn migrates_once_and_round_trips_rows(f: &Fixture) {
+    drop(f.open().await);
+    // Reopening an up-to-date database is a no-op.
+    let db = f.open().await;
+
+    assert!(!db.has_api_keys().await.unwrap());
+    db.insert_api_key("abc".into(), "hutch_12".into(), 5)
+        .await
+        .unwrap();
+    // Inserting the same key again is not an error (a restart re-reads it
+    // from the key file).
+    db.insert_api_key("abc".into(), "hutch_12".into(), 6)
+        .await
+        .unwrap();
+    assert!(db.has_api_keys().await.unwrap());
+    assert_eq!(
+        db.valid_api_key_hashes().await.unwrap(),
+        HashSet::from(["abc".to_string()])
+    );
+    let t = TemplateRow {
+        id: "t1".into(),
+        name: "base".into(),
+        metadata: "{}".into(),
+        created_at: 3,
+    };
+    assert!(db.insert_template(t.clone()).await.unwrap());
+    assert!(
+        !db.insert_template(TemplateRow {
+            id: "t2".into(),
+            ..t
+        })
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        db.find_template("base".into()).await.unwrap().unwrap().id,
+        "t1"
+    );
+    assert_eq!(
+        db.find_template("t1".into()).await.unwrap().unwrap().name,
+        "base"
+    );
+    assert!(db.find_template("t2".into()).await.unwrap().is_none());
+
+    db.insert_sandbox(sandbox("s1", "t1", SandboxState::Starting))
+        .await
+        .unwrap();
+    assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 1);
+    db.set_running("s1".into(), 99).await.unwrap();
+    let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+    assert_eq!(s.state, SandboxState::Running);
+    assert_eq!(s.end_at, 99);
+    assert_eq!(s.sandbox_env["A"], "a=b");
+    assert_eq!(s.sandbox_env["E"], "");
+    assert_eq!(s.memory_mb, 1024);
+    assert_eq!(s.pids, Some(1024));
+    let running = db.sandboxes_in(&[SandboxState::Running]).await.unwrap();
+    assert_eq!(running.len(), 1);
+    db.set_paused("s1".into(), 42, PauseMode::Memory)
+        .await
+        .unwrap();
+    let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.paused_remaining_ms, s.pause_mode),
+        (SandboxState::Paused, Some(42), Some(PauseMode::Memory))
+    );
+    // A memory pause can become a filesystem one.
+    db.set_paused("s1".into(), 42, PauseMode::Filesystem)
+        .await
+        .unwrap();
+    let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+    assert_eq!(s.pause_mode, Some(PauseMode::Filesystem));
+    assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 1);
+    assert!(
+        db.sandboxes_in(&[SandboxState::Running])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db.set_running("s1".into(), 120).await.unwrap();
+    let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.end_at, s.paused_remaining_ms, s.pause_mode),
+        (SandboxState::Running, 120, None, None)
+    );
+    db.mark_killed("s1".into(), 100).await.unwrap();
+    assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 0);
+    let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+    assert_eq!((s.state, s.ended_at), (SandboxState::Killed, Some(100)));
+    // A killed sandbox cannot be paused.
+    db.set_paused("s1".into(), 1, PauseMode::Memory)
+        .await
+        .unwrap();
+    let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+    assert_eq!(s.state, SandboxState::Killed);
+}
+
+async fn lifecycles_and_limits_round_trip(f: &Fixture) {
+    let db = f.open().await;
+    for (id, lifecycle) in [
+        ("default", Lifecycle::default()),
+        (
+            "fs",
+            Lifecycle {
+                auto_pause: Some(PauseMode::Filesystem),
+                auto_resume: false,
+            },
+        ),
+        (
+            "mem",
+            Lifecycle {
+                auto_pause: Some(PauseMode::Memory),
+                auto_resume: true,
+            },
+        ),
+    ] {
+        let mut row = sandbox(id, "t", SandboxState::Running);
+        row.lifecycle = lifecycle;
+        db.insert_sandbox(row).await.unwrap();
+        let back = db.get_sandbox(id.into()).await.unwrap().unwrap();
+        assert_eq!((back.lifecycle, back.pause_mode), (lifecycle, None));
+    }
+    let mut row = sandbox("limits", "t", SandboxState::Starting);
+    row.cpu_count = 1;
+    row.memory_mb = 128;
+    row.disk_size_mb = 64;
+    row.pids = None;
+    row.access_token = Some("tok".into());
+    row.network = None;
+    db.insert_sandbox(row).await.unwrap();
+    let back = db.get_sandbox("limits".into()).await.unwrap().unwrap();
+    assert_eq!(
+        (back.cpu_count, back.memory_mb, back.disk_size_mb, back.pids),
+        (1, 128, 64, None)
+    );
+    assert_eq!(back.access_token.as_deref(), Some("tok"));
+    assert_eq!(back.network, None);
+    assert_eq!(back.metadata["owner"], "me");
+    // Oldest first, across states asked for.
+    let ids: Vec<String> = db
+        .sandboxes_in(&[SandboxState::Running, SandboxState::Starting])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["default", "fs", "limits", "mem"]);
+    db.set_end_at("fs".into(), 77).await.unwrap();
+    assert_eq!(
+        db.get_sandbox("fs".into()).await.unwrap().unwrap().end_at,
+        77
+    );
+    db.delete_sandbox("limits".into()).await.unwrap();
+    assert!(db.get_sandbox("limits".into()).await.unwrap().is_none());
+    assert_eq!(db.live_sandboxes_of("t".into()).await.unwrap(), 3);
+}
+
+async fn replacing_a_template_under_its_own_id_hides_the_old_row(f: &Fixture) {
+    let db = f.open().await;
+    let row = |metadata: &str| TemplateRow {
+        id: "t1".into(),
+        name: "app".into(),
+        metadata: metadata.into(),
+        created_at: 1,
+    };
+    assert!(db.insert_template(row("v1")).await.unwrap());
+    db.insert_sandbox(sandbox("s1", "t1", SandboxState::Running))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.replace_template(row("v2")).await.unwrap(),
+        Some("t1".into())
+    );
+    let new = db.find_template("app".into()).await.unwrap().unwrap();
+    assert_eq!((new.id.as_str(), new.metadata.as_str()), ("t1", "v2"));
+    // The sandbox of the old build counts for the hidden row, which
+    // stays until it ends.
+    let s = db.get_sandbox("s1".into()).await.unwrap().unwrap();
+    assert_ne!(s.template_id, "t1");
+    let hidden = db
+        .find_template(s.template_id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hidden.metadata, "v1");
+    assert_eq!(hidden.name, format!("app@{}", s.template_id));
+    assert_eq!(db.live_sandboxes_of("t1".into()).await.unwrap(), 0);
+    assert_eq!(db.live_sandboxes_of(s.template_id).await.unwrap(), 1);
+}
+
+async fn replacing_a_template_of_another_id_keeps_the_old_one_hidden(f: &Fixture) {
+    let db = f.open().await;
+    let row = |id: &str| TemplateRow {
+        id: id.into(),
+        name: "app".into(),
+        metadata: id.into(),
+        created_at: 1,
+    };
+    assert_eq!(db.replace_template(row("v1")).await.unwrap(), None);
+    assert_eq!(
+        db.replace_template(row("v2")).await.unwrap(),
+        Some("v1".into())
+    );
+    assert_eq!(
+        db.find_template("app".into()).await.unwrap().unwrap().id,
+        "v2"
+    );
+    let old = db.find_template("v1".into()).await.unwrap().unwrap();
+    assert_eq!(old.name, "app@v1");
+    let names: Vec<String> = db
+        .list_templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["app", "app@v1"]);
+    db.delete_template("v1".into()).await.unwrap();
+    assert!(db.find_template("v1".into()).await.unwrap().is_none());
+    assert_eq!(db.list_templates().await.unwrap().len(), 1);
+}
+
+async fn api_keys_are_listed_and_revoked_but_never_the_last(f: &Fixture) {
+    let db = f.open().await;
+    db.insert_api_key("h1".into(), "hutch_1".into(), 1)
+        .await
+        .unwrap();
+    let first = db.list_api_keys().await.unwrap()[0].id;
+    assert_eq!(db.revoke_api_key(first, 5).await.unwrap(), Revoke::LastKey);
+    let second = db
+        .create_api_key("h2".into(), "hutch_2".into(), 2)
+        .await
+        .unwrap();
+    assert_eq!(second.prefix, "hutch_2");
+    assert_ne!(second.id, first);
+    assert_eq!(db.list_api_keys().await.unwrap().len(), 2);
+    assert_eq!(db.revoke_api_key(first, 5).await.unwrap(), Revoke::Revoked);
+    assert_eq!(
+        db.valid_api_key_hashes().await.unwrap(),
+        HashSet::from(["h2".to_string()])
+    );
+    assert_eq!(db.revoke_api_key(first, 6).await.unwrap(), Revoke::NotFound);
+    assert_eq!(db.revoke_api_key(999, 6).await.unwrap(), Revoke::NotFound);
+    assert_eq!(
+        db.revoke_api_key(second.id, 6).await.unwrap(),
+        Revoke::LastKey
+    );
+    let keys = db.list_api_keys().await.unwrap();
+    assert_eq!(keys[0].revoked_at, Some(5));
+    assert_eq!(keys[1].revoked_at, None);
+}
+
+/// Revoking every key at once leaves exactly one valid.
+async fn concurrent_revokes_leave_a_valid_key(f: &Fixture) {
+    let db = f.open().await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let key = db
+            .create_api_key(format!("h{i}"), format!("p{i}"), i)
+            .await
+            .unwrap();
+        ids.push(key.id);
+    }
+    let revokes = ids.iter().map(|&id| {
+        let db = db.clone();
+        tokio::spawn(async move { db.revoke_api_key(id, 100).await.unwrap() })
+    });
+    let outcomes = futures::future::join_all(revokes).await;
+    let revoked = outcomes
+        .iter()
+        .filter(|o| *o.as_ref().unwrap() == Revoke::Revoked)
+        .count();
+    assert_eq!(revoked, 7);
+    assert_eq!(db.valid_api_key_hashes().await.unwrap().len(), 1);
+}
+
+/// A JSON column that does not parse is an error naming the column.
+async fn corrupt_columns_are_reported_not_guessed(f: &Fixture) {
+    let db = f.open().await;
+    let mut row = sandbox("bad", "t", SandboxState::Running);
+    row.metadata = BTreeMap::new();
+    db.insert_sandbox(row).await.unwrap();
+    drop(db);
+    match &f.location {
+        Location::Sqlite(path) => {
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.execute(
+                "UPDATE sandboxes SET metadata = '{oops' WHERE id = 'bad'",
+                [],
+            )
+            .unwrap();
+        }
+        Location::Postgres(_) => {
+            let pg = f._postgres.as_ref().unwrap();
+            pg.psql("UPDATE sandboxes SET metadata = '{oops' WHERE id = 'bad'");
+        }
+    }
+    let db = f.open().await;
+    let e = db.get_sandbox("bad".into()).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DbError::Corrupt {
+                what: "metadata",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = db.sandboxes_in(&[SandboxState::Running]).await.unwrap_err();
+    assert!(e.to_string().starts_with("corrupt metadata"), "{e}");
+}
+
+/// A second server on the same PostgreSQL database is refused while the
+/// first holds it, and welcome once it is gone.
+#[tokio::test]
+async fn a_postgres_database_serves_one_server_at_a_time() {
+    let f = Fixture::postgres().await;
+    let first = f.open().await;
+    let e = open(&f.location)
+        .await
+        .err()
+        .expect("a second store is refused");
+    assert!(matches!(e, DbError::InUse), "{e}");
+    drop(first);
+    // The lock goes with the first store's connection.
+    f.open().await;
+}
+
+/// A PostgreSQL database migrated by a newer Hutch is refused.
+#[tokio::test]
+async fn a_newer_postgres_schema_is_refused() {
+    let f = Fixture::postgres().await;
+    drop(f.open().await);
+    f._postgres
+        .as_ref()
+        .unwrap()
+        .psql("UPDATE hutch_schema SET version = 999");
+    let e = open(&f.location)
+        .await
+        .err()
+        .expect("a newer schema is refused");
+    assert!(matches!(e, DbError::TooNew { found: 999, .. }), "{e}");
+}
+
+#[test]
+fn locations_come_from_the_url_or_the_data_dir() {
+    let data = std::path::Path::new("/var/lib/hutch");
+    assert_eq!(
+        Location::new(None, data).unwrap(),
+        Location::Sqlite(data.join("hutch.db"))
+    );
+    let url = "postgres://hutch:s3cret@db.example:5432/hutch?sslmode=disable";
+    let at = Location::new(Some(url), data).unwrap();
+    assert_eq!(at, Location::Postgres(url.into()));
+    assert_eq!(
+        at.to_string(),
+        "postgres://hutch:***@db.example:5432/hutch?sslmode=disable"
+    );
+    assert_eq!(
+        Location::new(Some("postgresql://h/db"), data)
+            .unwrap()
+            .to_string(),
+        "postgresql://h/db"
+    );
+    let e = Location::new(Some("mysql://u:pw@h/db"), data).unwrap_err();
+    assert!(matches!(e, DbError::Url(_)), "{e}");
+    assert!(!e.to_string().contains("pw"), "{e}");
+}
+
+/// Network columns written before the record type existed (the
+/// runtime's own JSON) still read, and new ones are written the same
+/// way.
+#[test]
+fn network_records_keep_their_stored_form() {
+    let stored = r#"{"allowInternetAccess":false,"allowOut":["1.1.1.1/32","10.0.0.0/8"],"denyOut":["0.0.0.0/0"]}"#;
+    let policy = NetworkRecord::decode(stored).unwrap();
+    assert!(!policy.allow_internet_access);
+    assert_eq!(
+        policy.allow_out,
+        vec![
+            "1.1.1.1".parse::<Cidr>().unwrap(),
+            "10.0.0.0/8".parse().unwrap()
+        ]
+    );
+    assert_eq!(policy.deny_out, vec![Cidr::ALL_IPV4]);
+    assert_eq!(NetworkRecord::encode(&policy), stored);
+    assert_eq!(
+        NetworkRecord::encode(&policy),
+        serde_json::to_string(&policy).unwrap(),
+        "the same JSON as the runtime's policy"
+    );
+
+    let default = r#"{"allowInternetAccess":true,"allowOut":[],"denyOut":[]}"#;
+    assert_eq!(
+        NetworkRecord::decode(default).unwrap(),
+        EgressPolicy::default()
+    );
+    assert_eq!(NetworkRecord::encode(&EgressPolicy::default()), default);
+    // Lists may be absent.
+    let policy = NetworkRecord::decode(r#"{"allowInternetAccess":false}"#).unwrap();
+    assert!(!policy.allow_internet_access && policy.allow_out.is_empty());
+    assert!(NetworkRecord::decode(r#"{"allowOut":[]}"#).is_err());
+    let e =
+        NetworkRecord::decode(r#"{"allowInternetAccess":true,"denyOut":["nope"]}"#).unwrap_err();
+    assert!(e.starts_with("denyOut: "), "{e}");
+}
