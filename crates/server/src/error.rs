@@ -129,6 +129,20 @@ pub(crate) async fn json_errors(req: Request, next: axum::middleware::Next) -> R
     out
 }
 
+impl From<crate::lifecycle::SandboxError> for ApiError {
+    fn from(e: crate::lifecycle::SandboxError) -> Self {
+        use crate::lifecycle::SandboxError as E;
+        let status = match &e {
+            E::NotFound(_) | E::TemplateNotFound(_) => StatusCode::NOT_FOUND,
+            E::TemplateBuilding { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            E::Paused(_) => StatusCode::CONFLICT,
+            E::Invalid(_) => StatusCode::BAD_REQUEST,
+            E::Failed(_) | E::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 impl From<crate::db::DbError> for ApiError {
     fn from(e: crate::db::DbError) -> Self {
         ApiError::internal(format!("database error: {e}"))

@@ -251,7 +251,7 @@ async fn auto_resume_sandbox(st: &Arc<AppState>, id: &str) -> Result<std::path::
     match resumed {
         Ok(Ok(ResumeOutcome::Resumed | ResumeOutcome::WasRunning)) => {}
         Ok(Ok(ResumeOutcome::NotFound)) => return Err(not_found(id)),
-        Ok(Err(e)) => return Err(e.into_response()),
+        Ok(Err(e)) => return Err(ApiError::from(e).into_response()),
         Err(e) => {
             return Err(ApiError::internal(format!("resume task failed: {e}")).into_response());
         }

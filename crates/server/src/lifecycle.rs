@@ -120,12 +120,46 @@ use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
 use hutch_runtime::{AgentClient, EgressPolicy, NetworkPolicy, SandboxSpec, SandboxStatus};
 
 use crate::db::{Lifecycle, NetworkRecord, PauseMode, SandboxRow, SandboxState, TemplateRow};
-use crate::error::ApiError;
 use crate::limits::{self, Limits};
 use crate::node::{Booted, NodeError};
 use crate::pool::{self, Claim};
 use crate::state::{AppState, LiveSandbox, Paused};
 use crate::{DEFAULT_SANDBOX_TIMEOUT_SECS, ids, time};
+
+/// Why a sandbox operation failed; the HTTP layer maps each to E2B's
+/// status and error body.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SandboxError {
+    /// No running or paused sandbox has this id.
+    #[error("sandbox '{0}' not found")]
+    NotFound(String),
+    /// No template has this id or name.
+    #[error("template '{0}' not found")]
+    TemplateNotFound(String),
+    /// The template is the default one, still being built at first start.
+    #[error(
+        "template '{name}' is still being built (first start of the server){progress}; try again in a minute"
+    )]
+    TemplateBuilding {
+        /// Its name.
+        name: String,
+        /// ` (N s so far; now: …)`, or nothing.
+        progress: String,
+    },
+    /// The sandbox is paused, and the operation needs it running.
+    #[error("sandbox {0} is paused: resume it with POST /sandboxes/{0}/connect")]
+    Paused(String),
+    /// The request asks for something that cannot be (a limit out of
+    /// bounds).
+    #[error("{0}")]
+    Invalid(String),
+    /// The node or the sandbox failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The store failed.
+    #[error("database error: {0}")]
+    Db(#[from] crate::db::DbError),
+}
 
 /// What a create request asks for (validated by the caller).
 pub(crate) struct CreateArgs {
@@ -161,7 +195,7 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) async fn create_sandbox(
     st: &Arc<AppState>,
     args: CreateArgs,
-) -> Result<SandboxRow, ApiError> {
+) -> Result<SandboxRow, SandboxError> {
     // Layers must not be garbage-collected between the lookup and the
     // moment the row makes the template "in use".
     let layers_guard = st.layers_lock.read().await;
@@ -184,24 +218,25 @@ pub(crate) async fn create_sandbox(
                         )
                     })
                     .unwrap_or_default();
-                ApiError::unavailable(format!(
-                    "template '{}' is still being built (first start of the server){progress}; try again in a minute",
-                    args.template
-                ))
+                SandboxError::TemplateBuilding {
+                    name: args.template.clone(),
+                    progress,
+                }
             } else {
-                ApiError::not_found(format!("template '{}' not found", args.template))
+                SandboxError::TemplateNotFound(args.template.clone())
             }
         })?;
     let meta = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
-        ApiError::internal(format!(
+        SandboxError::Failed(format!(
             "template '{}' has unreadable metadata: {e}",
             template.name
         ))
     })?;
 
     let defaults = limits::template_defaults(&template.name, meta.limits.as_ref(), &st.max_limits)
-        .map_err(ApiError::bad_request)?;
-    let sandbox_limits = limits::resolve(defaults, &args.limits, &st.max_limits)?;
+        .map_err(SandboxError::Failed)?;
+    let sandbox_limits =
+        limits::resolve(defaults, &args.limits, &st.max_limits).map_err(SandboxError::Invalid)?;
 
     // Pooled sandboxes have the template's default limits: a create asking
     // for others boots its own.
@@ -246,7 +281,7 @@ pub(crate) async fn create_sandbox(
             if let Err(e) = st.db.delete_sandbox(id.clone()).await {
                 tracing::warn!(sandbox = %id, "removing a failed sandbox's row: {e}");
             }
-            return Err(ApiError::internal(format!(
+            return Err(SandboxError::Failed(format!(
                 "cannot start a sandbox from template '{}': {cause}",
                 template.name
             )));
@@ -285,7 +320,7 @@ async fn claim_pooled(
     template: &TemplateRow,
     args: &CreateArgs,
     sandbox_limits: &Limits,
-) -> Result<Option<SandboxRow>, ApiError> {
+) -> Result<Option<SandboxRow>, SandboxError> {
     loop {
         let (pooled, waited) = match st.pool.take(&template.id) {
             Claim::Ready(p) => (p, false),
@@ -470,7 +505,7 @@ pub(crate) fn sandbox_spec(
 /// host objects (container, network, mounts, disk) are torn down behind
 /// it ([`AppState::teardowns`]). `Ok(false)` if it is neither running nor
 /// paused.
-pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, ApiError> {
+pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, SandboxError> {
     // Whoever removes the entry owns the kill: the front door stops routing
     // to it at once, and a concurrent kill or expiry sees it gone.
     let Some(entry) = st.live().remove(id) else {
@@ -506,14 +541,14 @@ pub(crate) async fn set_end_at(
     st: &Arc<AppState>,
     id: &str,
     end_at: impl FnOnce(i64) -> i64,
-) -> Result<bool, ApiError> {
+) -> Result<bool, SandboxError> {
     let new_end = {
         let mut live = st.live();
         let Some(entry) = live.get_mut(id) else {
             return Ok(false);
         };
         if entry.paused.is_some() {
-            return Err(paused_error(id));
+            return Err(SandboxError::Paused(id.to_string()));
         }
         entry.end_at = end_at(entry.end_at);
         entry.end_at
@@ -521,13 +556,6 @@ pub(crate) async fn set_end_at(
     st.db.set_end_at(id.to_string(), new_end).await?;
     st.reaper_wake.notify_one();
     Ok(true)
-}
-
-/// 409: `id` is paused.
-pub(crate) fn paused_error(id: &str) -> ApiError {
-    ApiError::conflict(format!(
-        "sandbox {id} is paused: resume it with POST /sandboxes/{id}/connect"
-    ))
 }
 
 /// What [`pause_sandbox`] did.
@@ -548,7 +576,7 @@ pub(crate) async fn pause_sandbox(
     st: &Arc<AppState>,
     id: &str,
     mode: PauseMode,
-) -> Result<PauseOutcome, ApiError> {
+) -> Result<PauseOutcome, SandboxError> {
     let _transition = st.transitions.lock(id).await;
     match st.live().get(id) {
         None => return Ok(PauseOutcome::NotFound),
@@ -577,13 +605,13 @@ pub(crate) async fn pause_sandbox(
 
 /// A memory pause: freezes every process of a running sandbox and records
 /// it paused. The lifetime it had left; `None` if it is gone.
-async fn freeze(st: &Arc<AppState>, id: &str) -> Result<Option<i64>, ApiError> {
+async fn freeze(st: &Arc<AppState>, id: &str) -> Result<Option<i64>, SandboxError> {
     match st.node.pause(id).await {
         Ok(()) => {}
         // Killed (or expired) meanwhile.
         Err(NodeError::NotFound(_)) => return Ok(None),
         Err(e) => {
-            return Err(ApiError::internal(format!(
+            return Err(SandboxError::Failed(format!(
                 "cannot pause sandbox {id}: {e}"
             )));
         }
@@ -619,7 +647,7 @@ async fn stop_keeping_files(
     st: &Arc<AppState>,
     id: &str,
     remaining: i64,
-) -> Result<bool, ApiError> {
+) -> Result<bool, SandboxError> {
     {
         let mut live = st.live();
         let Some(entry) = live.get_mut(id) else {
@@ -644,7 +672,7 @@ async fn stop_keeping_files(
             }
             Ok(false)
         }
-        Err(e) => Err(ApiError::internal(format!(
+        Err(e) => Err(SandboxError::Failed(format!(
             "cannot stop sandbox {id} (it stays paused; connect tries again): {e}"
         ))),
     }
@@ -672,7 +700,7 @@ pub(crate) async fn resume_sandbox(
     id: &str,
     timeout_secs: Option<u64>,
     memory: Option<bool>,
-) -> Result<ResumeOutcome, ApiError> {
+) -> Result<ResumeOutcome, SandboxError> {
     let _transition = st.transitions.lock(id).await;
     let now = time::now_ms();
     let wanted_end = timeout_secs.map(|s| now.saturating_add(timeout_ms(s)));
@@ -723,12 +751,12 @@ async fn thaw(
     st: &Arc<AppState>,
     id: &str,
     end_at: impl FnOnce() -> i64,
-) -> Result<ResumeOutcome, ApiError> {
+) -> Result<ResumeOutcome, SandboxError> {
     match st.node.resume(id).await {
         Ok(()) => {}
         Err(NodeError::NotFound(_)) => return Ok(ResumeOutcome::NotFound),
         Err(e) => {
-            return Err(ApiError::internal(format!(
+            return Err(SandboxError::Failed(format!(
                 "cannot resume sandbox {id}: {e}"
             )));
         }
@@ -745,7 +773,7 @@ async fn thaw(
 /// policy (from its row), then its `/init` (variables, access token).
 /// `Ok(None)` if it is gone (killed meanwhile, or its disk is missing: it
 /// is then destroyed and marked killed). On failure it stays paused.
-async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, ApiError> {
+async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, SandboxError> {
     let Some(row) = st
         .db
         .get_sandbox(id.to_string())
@@ -761,13 +789,13 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, A
         .find_template(row.template_id.clone())
         .await?
         .ok_or_else(|| {
-            ApiError::internal(format!(
+            SandboxError::Failed(format!(
                 "cannot resume sandbox {id}: its template {} is gone",
                 row.template_id
             ))
         })?;
     let meta = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
-        ApiError::internal(format!(
+        SandboxError::Failed(format!(
             "template '{}' has unreadable metadata: {e}",
             template.name
         ))
@@ -789,7 +817,7 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, A
             return Ok(None);
         }
         Err(e) => {
-            return Err(ApiError::internal(format!(
+            return Err(SandboxError::Failed(format!(
                 "cannot resume sandbox {id}: {e}"
             )));
         }
@@ -815,7 +843,7 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, A
         Ok(sandbox) => Ok(Some(sandbox)),
         // Killed while it booted.
         Err(_) if !st.live().contains_key(id) => Ok(None),
-        Err(cause) => Err(ApiError::internal(format!(
+        Err(cause) => Err(SandboxError::Failed(format!(
             "cannot resume sandbox {id} (it stays paused): {cause}"
         ))),
     }
@@ -1051,7 +1079,7 @@ async fn mark_resumed(
     id: &str,
     end_at: i64,
     booted: Option<&Booted>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, SandboxError> {
     {
         let mut live = st.live();
         let Some(entry) = live.get_mut(id) else {
@@ -1119,7 +1147,7 @@ pub(crate) fn watch_agent(st: &Arc<AppState>, id: &str, pid: u32) {
         }
         tracing::warn!(sandbox = %id, "the sandbox's agent exited; destroying the sandbox");
         if let Err(e) = kill_sandbox(&st, &id).await {
-            tracing::warn!(sandbox = %id, "{}", e.message());
+            tracing::warn!(sandbox = %id, "{}", e);
         }
     });
 }
@@ -1151,15 +1179,15 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
                     // One left running would time out again at once.
                     let running = st.live().get(&id).is_some_and(|e| e.paused.is_none());
                     if !running {
-                        tracing::warn!(sandbox = %id, "{}", e.message());
+                        tracing::warn!(sandbox = %id, "{}", e);
                         continue;
                     }
-                    tracing::warn!(sandbox = %id, "cannot pause the sandbox, killing it: {}", e.message());
+                    tracing::warn!(sandbox = %id, "cannot pause the sandbox, killing it: {}", e);
                 } else {
                     tracing::info!(sandbox = %id, "sandbox timed out");
                 }
                 if let Err(e) = kill_sandbox(&st, &id).await {
-                    tracing::warn!(sandbox = %id, "{}", e.message());
+                    tracing::warn!(sandbox = %id, "{}", e);
                 }
             }
             let sleep = match next {
@@ -1175,5 +1203,8 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
     });
 }
 
+mod queries;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use queries::{Filter, LISTED, create, find, kill, list, metrics, pause, resume};

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::ApiError;
 use crate::node::{Node, NodeError};
 
 /// How far apart the two CPU readings are.
@@ -67,10 +66,9 @@ pub(crate) struct Sources {
     pub cpu_count: u32,
 }
 
-/// Takes one sample (about [`CPU_WINDOW`]).
-pub(crate) async fn sample(src: Sources) -> Result<SandboxMetric, ApiError> {
-    let failed =
-        |e: NodeError| ApiError::internal(format!("cannot measure sandbox {}: {e}", src.id));
+/// Takes one sample (about [`CPU_WINDOW`]), or says why it cannot.
+pub(crate) async fn sample(src: Sources) -> Result<SandboxMetric, String> {
+    let failed = |e: NodeError| format!("cannot measure sandbox {}: {e}", src.id);
     let before = src.node.usage(&src.id).await.map_err(failed)?;
     let started = Instant::now();
     tokio::time::sleep(CPU_WINDOW).await;

@@ -17,8 +17,9 @@ use serde::Deserialize;
 use crate::db::{Lifecycle, PauseMode, SandboxRow, SandboxState};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::ids;
+use crate::lifecycle::Filter;
 use crate::lifecycle::{self, CreateArgs, PauseOutcome, ResumeOutcome, timeout_ms};
-use crate::metrics::{self, SandboxMetric};
+use crate::metrics::SandboxMetric;
 use crate::state::AppState;
 use crate::{
     CLIENT_ID, DEFAULT_REFRESH_SECS, DEFAULT_SANDBOX_TIMEOUT_SECS, ENVD_VERSION,
@@ -180,12 +181,7 @@ pub(super) async fn create(
         },
         lifecycle,
     };
-    // Run to completion even if the client goes away, so that no sandbox
-    // is left half-made.
-    let task_st = st.clone();
-    let row = tokio::spawn(async move { lifecycle::create_sandbox(&task_st, args).await })
-        .await
-        .map_err(|e| ApiError::internal(format!("sandbox creation task failed: {e}")))??;
+    let row = lifecycle::create(&st, args).await?;
     Ok((StatusCode::CREATED, Json(created(row))).into_response())
 }
 
@@ -207,33 +203,16 @@ const MAX_PAGE: usize = 1000;
 /// Page size when `limit` is not given.
 const DEFAULT_PAGE: usize = 100;
 
-/// The sandboxes in `states` that match the query's `metadata` and
-/// `template`, oldest first.
-async fn matching(
-    st: &AppState,
-    q: &ListQuery,
-    states: &[SandboxState],
-) -> Result<Vec<SandboxRow>, ApiError> {
-    let filter = match &q.metadata {
-        Some(m) => parse_metadata_filter(m)?,
-        None => Vec::new(),
-    };
-    let rows = st.db.sandboxes_in(states).await?;
-    let live = st.live();
-    Ok(rows
-        .into_iter()
-        .filter(|r| live.contains_key(&r.id))
-        .filter(|r| {
-            filter
-                .iter()
-                .all(|(k, v)| r.metadata.get(k).is_some_and(|x| x == v))
-        })
-        .filter(|r| {
-            q.template
-                .as_deref()
-                .is_none_or(|t| t.is_empty() || t == r.template_id || t == r.template_name)
-        })
-        .collect())
+/// The listing `q` asks for, in `states`.
+fn filter(q: &ListQuery, states: Vec<SandboxState>) -> Result<Filter, ApiError> {
+    Ok(Filter {
+        states,
+        metadata: match &q.metadata {
+            Some(m) => parse_metadata_filter(m)?,
+            None => Vec::new(),
+        },
+        template: q.template.clone(),
+    })
 }
 
 /// `GET /sandboxes`: running sandboxes only, as E2B's v1 list.
@@ -241,7 +220,7 @@ pub(super) async fn list_v1(
     State(st): State<Arc<AppState>>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<ListedSandbox>>, ApiError> {
-    let rows = matching(&st, &q, &[SandboxState::Running]).await?;
+    let rows = lifecycle::list(&st, &filter(&q, vec![SandboxState::Running])?).await?;
     Ok(Json(rows.iter().map(ListedSandbox::from).collect()))
 }
 
@@ -283,7 +262,7 @@ pub(super) async fn list_v2(
         Some(0) => return Err(ApiError::bad_request("limit must be at least 1")),
         Some(n) => n.min(MAX_PAGE),
     };
-    let mut rows = matching(&st, &q, &states).await?;
+    let mut rows = lifecycle::list(&st, &filter(&q, states)?).await?;
     // Rows come oldest first; the token names the last row returned.
     if let Some(token) = &q.next_token {
         let (started, id) = parse_token(token)?;
@@ -358,15 +337,7 @@ pub(super) async fn detail(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ListedSandbox>, ApiError> {
-    if !st.live().contains_key(&id) {
-        return Err(sandbox_not_found(&id));
-    }
-    let row = st
-        .db
-        .get_sandbox(id.clone())
-        .await?
-        .filter(|r| matches!(r.state, SandboxState::Running | SandboxState::Paused))
-        .ok_or_else(|| sandbox_not_found(&id))?;
+    let row = lifecycle::find(&st, &id, lifecycle::LISTED).await?;
     Ok(Json(ListedSandbox::from(&row)))
 }
 
@@ -374,16 +345,8 @@ pub(super) async fn kill(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let task_st = st.clone();
-    let task_id = id.clone();
-    let killed = tokio::spawn(async move { lifecycle::kill_sandbox(&task_st, &task_id).await })
-        .await
-        .map_err(|e| ApiError::internal(format!("kill task failed: {e}")))??;
-    if killed {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(sandbox_not_found(&id))
-    }
+    lifecycle::kill(&st, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /sandboxes/{id}/connect` (and `/v2/...`): 200 with the sandbox
@@ -401,27 +364,11 @@ pub(super) async fn connect(
         .timeout
         .map(|secs| check_timeout(secs, "timeout"))
         .transpose()?;
-    let task_st = st.clone();
-    let task_id = id.clone();
-    // Run to completion even if the client goes away, so that the record
-    // never lags behind the container.
-    let memory = body.memory;
-    let resumed = tokio::spawn(async move {
-        lifecycle::resume_sandbox(&task_st, &task_id, timeout, memory).await
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("resume task failed: {e}")))??;
+    let (resumed, row) = lifecycle::resume(&st, &id, timeout, body.memory).await?;
     let status = match resumed {
-        ResumeOutcome::WasRunning => StatusCode::OK,
         ResumeOutcome::Resumed => StatusCode::CREATED,
-        ResumeOutcome::NotFound => return Err(sandbox_not_found(&id)),
+        ResumeOutcome::WasRunning | ResumeOutcome::NotFound => StatusCode::OK,
     };
-    let row = st
-        .db
-        .get_sandbox(id.clone())
-        .await?
-        .filter(|r| r.state == SandboxState::Running)
-        .ok_or_else(|| sandbox_not_found(&id))?;
     Ok((status, Json(created(row))).into_response())
 }
 
@@ -436,13 +383,7 @@ pub(super) async fn pause(
     } else {
         PauseMode::Memory
     };
-    let task_st = st.clone();
-    let task_id = id.clone();
-    let paused =
-        tokio::spawn(async move { lifecycle::pause_sandbox(&task_st, &task_id, mode).await })
-            .await
-            .map_err(|e| ApiError::internal(format!("pause task failed: {e}")))??;
-    match paused {
+    match lifecycle::pause(&st, &id, mode).await? {
         PauseOutcome::Paused => Ok(StatusCode::NO_CONTENT),
         PauseOutcome::AlreadyPaused => Err(ApiError::conflict(format!(
             "sandbox {id} is already paused"
@@ -474,30 +415,7 @@ pub(super) async fn metrics(
             "start ({start}) is after end ({end})"
         )));
     }
-    let stopped = match st.live().get(&id) {
-        None => return Err(sandbox_not_found(&id)),
-        Some(e) => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
-    };
-    if stopped {
-        return Ok(Json(Vec::new()));
-    }
-    let row = st
-        .db
-        .get_sandbox(id.clone())
-        .await?
-        .filter(|r| matches!(r.state, SandboxState::Running | SandboxState::Paused))
-        .ok_or_else(|| sandbox_not_found(&id))?;
-    let sources = metrics::Sources {
-        node: st.node.clone(),
-        id: id.clone(),
-        cpu_count: row.cpu_count,
-    };
-    let sample = metrics::sample(sources).await;
-    // Killed while it was measured.
-    if !st.live().contains_key(&id) {
-        return Err(sandbox_not_found(&id));
-    }
-    Ok(Json(vec![sample?]))
+    Ok(Json(lifecycle::metrics(&st, &id).await?))
 }
 
 #[derive(Debug, Deserialize)]

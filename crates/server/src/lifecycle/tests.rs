@@ -1,5 +1,6 @@
 //! The sandbox state machine on a [`FakeNode`]: no root, no runc, seconds.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -217,7 +218,8 @@ async fn a_failed_create_leaves_nothing() {
     let h = Harness::new().await;
     h.node.fail_creates();
     let e = create_sandbox(&h.st, h.create_args()).await.unwrap_err();
-    assert!(e.message().contains("the disk is full"), "{}", e.message());
+    assert!(matches!(e, SandboxError::Failed(_)), "{e}");
+    assert!(e.to_string().contains("the disk is full"), "{e}");
     let rows =
         h.st.db
             .sandboxes_in(&[
@@ -272,4 +274,74 @@ async fn teardowns_run_a_bounded_number_at_a_time() {
     patiently("every teardown", h.st.teardowns.wait()).await;
     assert_eq!(destroys(), n);
     assert!(h.node.list().await.unwrap().is_empty());
+}
+
+/// Listings filter by state, metadata and template; a killed sandbox is
+/// neither listed nor found; the operations the HTTP layer calls answer
+/// "not found" for it.
+#[tokio::test]
+async fn the_registry_lists_and_finds_its_sandboxes() {
+    let h = Harness::new().await;
+    let mut args = h.create_args();
+    args.metadata = BTreeMap::from([("team".into(), "a".into())]);
+    let a = create(&h.st, args).await.unwrap().id;
+    let b = h.create().await;
+    let gone = h.create().await;
+    kill(&h.st, &gone).await.unwrap();
+    assert_eq!(
+        pause(&h.st, &b, PauseMode::Memory).await.unwrap(),
+        PauseOutcome::Paused
+    );
+
+    let ids = |rows: Vec<SandboxRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = Filter {
+        states: LISTED.to_vec(),
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(list(&h.st, &all).await.unwrap()),
+        [a.clone(), b.clone()]
+    );
+    let running = Filter {
+        states: vec![SandboxState::Running],
+        ..Filter::default()
+    };
+    assert_eq!(ids(list(&h.st, &running).await.unwrap()), [a.clone()]);
+    let team = Filter {
+        metadata: vec![("team".into(), "a".into())],
+        ..all.clone()
+    };
+    assert_eq!(ids(list(&h.st, &team).await.unwrap()), [a.clone()]);
+    let other = Filter {
+        template: Some("other".into()),
+        ..all.clone()
+    };
+    assert!(list(&h.st, &other).await.unwrap().is_empty());
+    let by_name = Filter {
+        template: Some("app".into()),
+        ..all
+    };
+    assert_eq!(list(&h.st, &by_name).await.unwrap().len(), 2);
+
+    assert_eq!(
+        find(&h.st, &b, LISTED).await.unwrap().state,
+        SandboxState::Paused
+    );
+    for e in [
+        find(&h.st, &gone, LISTED).await.unwrap_err(),
+        kill(&h.st, &gone).await.unwrap_err(),
+        metrics(&h.st, &gone).await.unwrap_err(),
+        resume(&h.st, &gone, None, None).await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(e, SandboxError::NotFound(ref id) if *id == gone),
+            "{e}"
+        );
+    }
+    // Resuming answers with the running sandbox's row.
+    let (outcome, row) = resume(&h.st, &b, None, None).await.unwrap();
+    assert_eq!(
+        (outcome, row.state),
+        (ResumeOutcome::Resumed, SandboxState::Running)
+    );
 }

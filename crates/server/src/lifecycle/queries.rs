@@ -1,0 +1,152 @@
+//! What the registry answers about its sandboxes, and the operations the
+//! HTTP layer starts: each runs to completion in a task of its own, so a
+//! client that goes away never leaves a sandbox half-made or its record
+//! behind its container.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::{
+    CreateArgs, PauseOutcome, ResumeOutcome, SandboxError, create_sandbox, kill_sandbox,
+    pause_sandbox, resume_sandbox,
+};
+use crate::db::{PauseMode, SandboxRow, SandboxState};
+use crate::metrics::{self, SandboxMetric};
+use crate::state::AppState;
+
+/// Which sandboxes a listing asks for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Filter {
+    /// Their states (running and paused only: the others are not listed).
+    pub states: Vec<SandboxState>,
+    /// Metadata they all have (key, value).
+    pub metadata: Vec<(String, String)>,
+    /// Their template's id or name; `None` or empty for any.
+    pub template: Option<String>,
+}
+
+/// The sandboxes `filter` asks for, oldest first.
+pub(crate) async fn list(st: &AppState, filter: &Filter) -> Result<Vec<SandboxRow>, SandboxError> {
+    let rows = st.db.sandboxes_in(&filter.states).await?;
+    let live = st.live();
+    Ok(rows
+        .into_iter()
+        .filter(|r| live.contains_key(&r.id))
+        .filter(|r| {
+            filter
+                .metadata
+                .iter()
+                .all(|(k, v)| r.metadata.get(k).is_some_and(|x| x == v))
+        })
+        .filter(|r| {
+            filter
+                .template
+                .as_deref()
+                .is_none_or(|t| t.is_empty() || t == r.template_id || t == r.template_name)
+        })
+        .collect())
+}
+
+/// The sandbox `id` while it is in one of `states` (running or paused).
+pub(crate) async fn find(
+    st: &AppState,
+    id: &str,
+    states: &[SandboxState],
+) -> Result<SandboxRow, SandboxError> {
+    if !st.live().contains_key(id) {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
+    st.db
+        .get_sandbox(id.to_string())
+        .await?
+        .filter(|r| states.contains(&r.state))
+        .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+}
+
+/// The running and paused states.
+pub(crate) const LISTED: &[SandboxState] = &[SandboxState::Running, SandboxState::Paused];
+
+/// A usage sample of the running or paused sandbox `id` (see
+/// [`crate::metrics`]); none for one paused filesystem-only (nothing of it
+/// runs).
+pub(crate) async fn metrics(st: &AppState, id: &str) -> Result<Vec<SandboxMetric>, SandboxError> {
+    let stopped = match st.live().get(id) {
+        None => return Err(SandboxError::NotFound(id.to_string())),
+        Some(e) => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
+    };
+    if stopped {
+        return Ok(Vec::new());
+    }
+    let row = find(st, id, LISTED).await?;
+    let sample = metrics::sample(metrics::Sources {
+        node: st.node.clone(),
+        id: id.to_string(),
+        cpu_count: row.cpu_count,
+    })
+    .await;
+    // Killed while it was measured.
+    if !st.live().contains_key(id) {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
+    Ok(vec![sample.map_err(SandboxError::Failed)?])
+}
+
+/// Runs `op` in a task of its own and waits for it.
+async fn detached<T: Send + 'static>(
+    what: &str,
+    op: impl Future<Output = Result<T, SandboxError>> + Send + 'static,
+) -> Result<T, SandboxError> {
+    tokio::spawn(op)
+        .await
+        .map_err(|e| SandboxError::Failed(format!("{what} task failed: {e}")))?
+}
+
+/// [`create_sandbox`], to completion.
+pub(crate) async fn create(
+    st: &Arc<AppState>,
+    args: CreateArgs,
+) -> Result<SandboxRow, SandboxError> {
+    let st = st.clone();
+    detached("sandbox creation", async move {
+        create_sandbox(&st, args).await
+    })
+    .await
+}
+
+/// [`kill_sandbox`], to completion; not found unless it was running or
+/// paused.
+pub(crate) async fn kill(st: &Arc<AppState>, id: &str) -> Result<(), SandboxError> {
+    let (st, task_id) = (st.clone(), id.to_string());
+    match detached("kill", async move { kill_sandbox(&st, &task_id).await }).await? {
+        true => Ok(()),
+        false => Err(SandboxError::NotFound(id.to_string())),
+    }
+}
+
+/// [`pause_sandbox`], to completion.
+pub(crate) async fn pause(
+    st: &Arc<AppState>,
+    id: &str,
+    mode: PauseMode,
+) -> Result<PauseOutcome, SandboxError> {
+    let (st, id) = (st.clone(), id.to_string());
+    detached("pause", async move { pause_sandbox(&st, &id, mode).await }).await
+}
+
+/// [`resume_sandbox`], to completion; then the sandbox's row.
+pub(crate) async fn resume(
+    st: &Arc<AppState>,
+    id: &str,
+    timeout_secs: Option<u64>,
+    memory: Option<bool>,
+) -> Result<(ResumeOutcome, SandboxRow), SandboxError> {
+    let (task_st, task_id) = (st.clone(), id.to_string());
+    let outcome = detached("resume", async move {
+        resume_sandbox(&task_st, &task_id, timeout_secs, memory).await
+    })
+    .await?;
+    if outcome == ResumeOutcome::NotFound {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
+    Ok((outcome, find(st, id, &[SandboxState::Running]).await?))
+}
