@@ -306,12 +306,18 @@ async fn the_registry_lists_and_finds_its_sandboxes() {
         states: vec![SandboxState::Running],
         ..Filter::default()
     };
-    assert_eq!(ids(list(&h.st, &running).await.unwrap()), [a.clone()]);
+    assert_eq!(
+        ids(list(&h.st, &running).await.unwrap()),
+        std::slice::from_ref(&a)
+    );
     let team = Filter {
         metadata: vec![("team".into(), "a".into())],
         ..all.clone()
     };
-    assert_eq!(ids(list(&h.st, &team).await.unwrap()), [a.clone()]);
+    assert_eq!(
+        ids(list(&h.st, &team).await.unwrap()),
+        std::slice::from_ref(&a)
+    );
     let other = Filter {
         template: Some("other".into()),
         ..all.clone()
