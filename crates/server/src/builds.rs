@@ -422,7 +422,7 @@ async fn resolve_base(st: &Arc<AppState>, job: &Arc<Job>, from: &str) -> Result<
             image: meta.image,
         });
     }
-    if crate::api::valid_template_name(from) && !from.contains(['/', ':', '.']) {
+    if crate::catalog::valid_template_name(from) && !from.contains(['/', ':', '.']) {
         return Err(format!(
             "FROM {from}: there is no template '{from}' (see `hutch template list`), and image references need a registry, e.g. `registry.example.com/{from}:latest`"
         ));
@@ -459,14 +459,14 @@ async fn resolve_base(st: &Arc<AppState>, job: &Arc<Job>, from: &str) -> Result<
         ),
         _ => {}
     };
-    let image = crate::pull::pull_template_base(
+    let image = crate::catalog::pull_image(
         st,
         from,
         hutch_image::RegistryAuth::Anonymous,
         &mut progress,
     )
     .await
-    .map_err(|e| format!("FROM {from}: {}", e.message()))?;
+    .map_err(|e| format!("FROM {from}: {e}"))?;
     let user = image.config.user.clone().filter(|u| !u.is_empty());
     let workdir = image.config.working_dir.clone().filter(|w| !w.is_empty());
     Ok(Base {

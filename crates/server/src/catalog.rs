@@ -1,6 +1,7 @@
-//! The template catalog: registering a template (one path for imports,
-//! pulls, builds and the default `base` template), removing one, and
-//! collecting the layers no template uses any more.
+//! The template catalog: importing and pulling images as templates,
+//! registering a template (one path for imports, pulls, builds and the
+//! default `base` template), listing, removing, and collecting the layers
+//! no template uses any more.
 //!
 //! A registered template gets its warm pool at once. A build of a name
 //! that exists replaces the template: the old one is renamed
@@ -12,14 +13,17 @@
 
 use hutch_image::TemplateDocument as _;
 use std::collections::HashSet;
+use std::io::Read;
 use std::sync::Arc;
 
-use hutch_image::TemplateMetadata;
+use hutch_image::{
+    ImageError, ImportProgress, ImportedImage, PullOptions, PullProgress, RegistryAuth,
+    TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource,
+};
 
 use crate::db::{DbError, TemplateRow};
-use crate::error::ApiError;
 use crate::state::AppState;
-use crate::time;
+use crate::{ids, time};
 
 /// How a new template meets one of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,21 +55,223 @@ pub(crate) enum CatalogError {
         /// How many.
         running: u64,
     },
+    /// The name is not a valid template name ([`valid_template_name`]).
+    #[error(
+        "invalid template name '{0}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+    )]
+    InvalidName(String),
+    /// An image could not be imported.
+    #[error("cannot import template '{name}': {error}")]
+    Import {
+        /// The template.
+        name: String,
+        /// Why.
+        error: ImageError,
+    },
+    /// An image could not be pulled (the error names the image and the
+    /// registry, except for local failures).
+    #[error("{}", pull_message(reference, error))]
+    Pull {
+        /// The image.
+        reference: String,
+        /// Why.
+        error: ImageError,
+    },
+    /// A stored template's metadata does not read.
+    #[error("template '{name}' has unreadable metadata: {cause}")]
+    Corrupt {
+        /// The template.
+        name: String,
+        /// The parse error.
+        cause: String,
+    },
+    /// A task of the server failed.
+    #[error("{0}")]
+    Task(String),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
 }
 
-impl From<CatalogError> for ApiError {
-    fn from(e: CatalogError) -> Self {
-        match e {
-            CatalogError::Exists(_) | CatalogError::InUse { .. } => {
-                ApiError::conflict(e.to_string())
-            }
-            CatalogError::NotFound(_) => ApiError::not_found(e.to_string()),
-            CatalogError::Db(e) => e.into(),
+fn pull_message(reference: &str, e: &ImageError) -> String {
+    match e {
+        ImageError::Io { .. } | ImageError::Extract { .. } => {
+            format!("cannot pull {reference}: {e}")
         }
+        _ => e.to_string(),
     }
+}
+
+/// Whether `name` is a valid template name: `[a-z0-9][a-z0-9._-]{0,62}`.
+pub fn valid_template_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..].iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
+}
+
+/// Checks that `name` is a valid template name no template has yet.
+pub(crate) async fn check_new_name(st: &AppState, name: &str) -> Result<(), CatalogError> {
+    if !valid_template_name(name) {
+        return Err(CatalogError::InvalidName(name.to_owned()));
+    }
+    if st
+        .db
+        .find_template(name.to_owned())
+        .await?
+        .is_some_and(|t| t.name == name)
+    {
+        return Err(CatalogError::Exists(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// What an image becomes as a template.
+pub(crate) struct ImageTemplate {
+    /// The template's name (new: [`check_new_name`]).
+    pub name: String,
+    /// Where the image came from (a path or reference), for display.
+    pub source: String,
+    /// Let processes gain privileges through setuid binaries.
+    pub allow_privilege_escalation: bool,
+}
+
+/// Imports the image in `tar` (an OCI archive, a tarred OCI layout or a
+/// Docker archive; `reference` picks one of several) into the layer store
+/// as it is read, and registers it as a template.
+pub(crate) async fn import(
+    st: &Arc<AppState>,
+    template: ImageTemplate,
+    reference: Option<String>,
+    mut tar: impl Read + Send + 'static,
+) -> Result<TemplateMetadata, CatalogError> {
+    check_new_name(st, &template.name).await?;
+    // Imports share the layer store; removal of unreferenced layers waits.
+    let _layers = st.layers_lock.read().await;
+    let store = st.store.clone();
+    let log_name = template.name.clone();
+    let imported = tokio::task::spawn_blocking(move || {
+        store.import_tar_stream(&mut tar, reference.as_deref(), &mut |p| {
+            log_import(&log_name, &p)
+        })
+    })
+    .await
+    .map_err(|e| CatalogError::Task(format!("import task failed: {e}")))?
+    .map_err(|error| CatalogError::Import {
+        name: template.name.clone(),
+        error,
+    })?;
+    register_image(st, template, imported).await
+}
+
+/// Pulls `reference` from its registry into the layer store and registers
+/// it as a template.
+pub(crate) async fn pull(
+    st: &Arc<AppState>,
+    template: ImageTemplate,
+    auth: RegistryAuth,
+    progress: &mut (dyn FnMut(PullProgress) + Send),
+) -> Result<TemplateMetadata, CatalogError> {
+    check_new_name(st, &template.name).await?;
+    // Pulls share the layer store; removal of unreferenced layers waits.
+    let _layers = st.layers_lock.read().await;
+    let imported = pull_image(st, template.source.trim(), auth, progress).await?;
+    register_image(st, template, imported).await
+}
+
+/// Pulls `reference` into the layer store, with the server's insecure
+/// registries and, without `auth`, the credentials of the server host's
+/// Docker config file (if any). The caller holds the layers lock (read)
+/// from before the pull until a template refers to the layers, so that a
+/// removal does not collect them in between.
+pub(crate) async fn pull_image(
+    st: &AppState,
+    reference: &str,
+    auth: RegistryAuth,
+    progress: &mut (dyn FnMut(PullProgress) + Send),
+) -> Result<ImportedImage, CatalogError> {
+    let opts = PullOptions {
+        auth,
+        insecure_registries: st.insecure_registries.clone(),
+        docker_config: None,
+    };
+    hutch_image::pull(&st.store, reference, &opts, progress)
+        .await
+        .map_err(|error| CatalogError::Pull {
+            reference: reference.to_owned(),
+            error,
+        })
+}
+
+/// Registers an imported or pulled image as a template. The caller holds
+/// the layers lock (read) since the image's layers were stored.
+async fn register_image(
+    st: &Arc<AppState>,
+    template: ImageTemplate,
+    imported: ImportedImage,
+) -> Result<TemplateMetadata, CatalogError> {
+    let id = ids::new_id();
+    let user = imported.config.user.clone().filter(|u| !u.is_empty());
+    let workdir = imported
+        .config
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty());
+    let meta = TemplateMetadata {
+        schema_version: TEMPLATE_SCHEMA_VERSION,
+        id,
+        name: template.name,
+        created_at: time::rfc3339(time::now_ms()),
+        source: TemplateSource::Image {
+            path_or_ref: template.source,
+            manifest_digest: imported.manifest_digest.clone(),
+            config_digest: imported.config_digest.clone(),
+        },
+        env: hutch_env::image_layer(&imported.config.env),
+        user,
+        workdir,
+        layers: imported.layers.clone(),
+        image: imported.config,
+        allow_privilege_escalation: template.allow_privilege_escalation,
+        start_cmd: None,
+        ready_cmd: None,
+        limits: None,
+    };
+    register(st, &meta, Registration::New).await?;
+    tracing::info!(template = %meta.name, layers = meta.layers.len(), "template imported");
+    Ok(meta)
+}
+
+fn log_import(name: &str, p: &ImportProgress) {
+    match p {
+        ImportProgress::Manifest { layers } => {
+            tracing::debug!(template = %name, layers, "importing image")
+        }
+        ImportProgress::LayerDone { index, reused } => {
+            tracing::debug!(template = %name, layer = index, reused, "layer ready")
+        }
+        _ => {}
+    }
+}
+
+/// Every template's metadata, by name (templates replaced by a newer build
+/// of the same name are hidden).
+pub(crate) async fn list(st: &AppState) -> Result<Vec<TemplateMetadata>, CatalogError> {
+    st.db
+        .list_templates()
+        .await?
+        .iter()
+        .filter(|t| !t.name.contains('@'))
+        .map(|t| {
+            TemplateMetadata::from_json(&t.metadata).map_err(|e| CatalogError::Corrupt {
+                name: t.name.clone(),
+                cause: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Records `meta` (whose layers are stored) as a template and fills its
@@ -190,6 +396,16 @@ async fn collect_layers(st: &Arc<AppState>) -> Result<Option<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_names() {
+        for ok in ["a", "base", "python-3.11", "x_y", "0abc", &"a".repeat(63)] {
+            assert!(valid_template_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "A", "a b", "a/b", "é", &"a".repeat(64)] {
+            assert!(!valid_template_name(bad), "{bad}");
+        }
+    }
     use crate::testing::Harness;
 
     /// A layer holding one file `name`, stored.
@@ -227,7 +443,7 @@ mod tests {
             matches!(e, CatalogError::Exists(ref n) if n == "app"),
             "{e}"
         );
-        assert_eq!(ApiError::from(e).status().as_u16(), 409);
+        assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 409);
 
         // A replacement takes the name; the old template, unused, goes.
         assert!(

@@ -143,6 +143,35 @@ impl From<crate::lifecycle::SandboxError> for ApiError {
     }
 }
 
+impl From<crate::catalog::CatalogError> for ApiError {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        use crate::catalog::CatalogError as E;
+        use hutch_image::ImageError as I;
+        let status = match &e {
+            E::Exists(_) | E::InUse { .. } => StatusCode::CONFLICT,
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::InvalidName(_) => StatusCode::BAD_REQUEST,
+            E::Import {
+                error: I::Io { .. },
+                ..
+            } => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Import { .. } => StatusCode::BAD_REQUEST,
+            // 404 for an unknown image or tag, 403 when the registry
+            // refuses access, 502 when it cannot be reached or fails, 400
+            // for an invalid reference or an image that cannot be used.
+            E::Pull { error, .. } => match error {
+                I::RegistryNotFound { .. } => StatusCode::NOT_FOUND,
+                I::RegistryAuth { .. } => StatusCode::FORBIDDEN,
+                I::RegistryUnreachable { .. } | I::Registry { .. } => StatusCode::BAD_GATEWAY,
+                I::Io { .. } | I::Extract { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            E::Corrupt { .. } | E::Task(_) | E::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 impl From<crate::db::DbError> for ApiError {
     fn from(e: crate::db::DbError) -> Self {
         ApiError::internal(format!("database error: {e}"))

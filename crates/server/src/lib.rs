@@ -51,7 +51,6 @@ pub mod limits;
 pub mod metrics;
 mod node;
 pub mod pool;
-mod pull;
 mod state;
 #[cfg(test)]
 mod testing;

@@ -45,7 +45,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{auth, frontdoor};
 
-pub use templates::valid_template_name;
+pub use crate::catalog::valid_template_name;
 
 pub(crate) fn router(st: Arc<AppState>) -> Router {
     let (e2b_templates, build_files) = e2b_templates::routes(&st);

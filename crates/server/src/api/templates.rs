@@ -1,7 +1,6 @@
 //! Hutch's template routes: import an image or pull one from a registry as a template,
 //! list, remove.
 
-use hutch_image::TemplateDocument as _;
 use std::sync::Arc;
 
 use axum::Json;
@@ -11,35 +10,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use hutch_image::{
-    ImageError, ImportProgress, ImportedImage, PullProgress, RegistryAuth, TEMPLATE_SCHEMA_VERSION,
-    TemplateMetadata, TemplateSource,
-};
+use hutch_image::{PullProgress, RegistryAuth};
 use hutch_protocol::api::{PullEvent, Template, TemplatePullRequest};
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::catalog::Registration;
+use crate::catalog::{self, ImageTemplate};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
-use crate::{ids, time};
-
-/// Whether `name` is a valid template name: `[a-z0-9][a-z0-9._-]{0,62}`.
-pub fn valid_template_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b[1..].iter().all(|&c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
-        })
-}
-
-fn exists(name: &str) -> ApiError {
-    ApiError::conflict(format!(
-        "template '{name}' already exists; remove it first with `hutch template rm {name}`"
-    ))
-}
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ImportQuery {
@@ -66,115 +44,16 @@ pub(super) async fn import(
     let name = q
         .name
         .ok_or_else(|| ApiError::bad_request("missing query parameter 'name'"))?;
-    check_new_name(&st, &name).await?;
-
-    // Imports share the layer store; removal of unreferenced layers waits.
-    let _layers = st.layers_lock.read().await;
-    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let mut reader = SyncIoBridge::new(reader);
-    let store = st.store.clone();
-    let reference = q.reference.clone();
-    let log_name = name.clone();
-    let imported = tokio::task::spawn_blocking(move || {
-        store.import_tar_stream(&mut reader, reference.as_deref(), &mut |p| {
-            log_progress(&log_name, &p)
-        })
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("import task failed: {e}")))?
-    .map_err(|e| import_error(&name, e))?;
-
-    let value = register_image_template(
-        &st,
-        &name,
-        q.source.unwrap_or_default(),
-        imported,
-        q.allow_privilege_escalation,
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(value)).into_response())
-}
-
-/// Checks that `name` is a valid template name no template has yet.
-async fn check_new_name(st: &AppState, name: &str) -> Result<(), ApiError> {
-    if !valid_template_name(name) {
-        return Err(ApiError::bad_request(format!(
-            "invalid template name '{name}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
-        )));
-    }
-    if st
-        .db
-        .find_template(name.to_owned())
-        .await?
-        .is_some_and(|t| t.name == name)
-    {
-        return Err(exists(name));
-    }
-    Ok(())
-}
-
-/// Registers an imported or pulled image as the template `name` (`source`: the path or
-/// reference it came from, for display), fills its warm pool, and returns it. The caller
-/// holds the layers lock (read) since the image's layers were stored.
-async fn register_image_template(
-    st: &Arc<AppState>,
-    name: &str,
-    source: String,
-    imported: ImportedImage,
-    allow_privilege_escalation: bool,
-) -> Result<Template, ApiError> {
-    let id = ids::new_id();
-    let now = time::now_ms();
-    let user = imported.config.user.clone().filter(|u| !u.is_empty());
-    let workdir = imported
-        .config
-        .working_dir
-        .clone()
-        .filter(|w| !w.is_empty());
-    let meta = TemplateMetadata {
-        schema_version: TEMPLATE_SCHEMA_VERSION,
-        id: id.clone(),
-        name: name.to_owned(),
-        created_at: time::rfc3339(now),
-        source: TemplateSource::Image {
-            path_or_ref: source,
-            manifest_digest: imported.manifest_digest.clone(),
-            config_digest: imported.config_digest.clone(),
-        },
-        env: hutch_env::image_layer(&imported.config.env),
-        user,
-        workdir,
-        layers: imported.layers.clone(),
-        image: imported.config,
-        allow_privilege_escalation,
-        start_cmd: None,
-        ready_cmd: None,
-        limits: None,
+    let tar = SyncIoBridge::new(StreamReader::new(
+        body.into_data_stream().map_err(std::io::Error::other),
+    ));
+    let template = ImageTemplate {
+        name,
+        source: q.source.unwrap_or_default(),
+        allow_privilege_escalation: q.allow_privilege_escalation,
     };
-    crate::catalog::register(st, &meta, Registration::New).await?;
-    tracing::info!(template = %name, layers = meta.layers.len(), "template imported");
-    Ok(meta)
-}
-
-fn log_progress(name: &str, p: &ImportProgress) {
-    match p {
-        ImportProgress::Manifest { layers } => {
-            tracing::debug!(template = %name, layers, "importing image")
-        }
-        ImportProgress::LayerDone { index, reused } => {
-            tracing::debug!(template = %name, layer = index, reused, "layer ready")
-        }
-        _ => {}
-    }
-}
-
-fn import_error(name: &str, e: ImageError) -> ApiError {
-    match e {
-        ImageError::Io { .. } => {
-            ApiError::internal(format!("cannot import template '{name}': {e}"))
-        }
-        _ => ApiError::bad_request(format!("cannot import template '{name}': {e}")),
-    }
+    let meta = catalog::import(&st, template, q.reference, tar).await?;
+    Ok((StatusCode::CREATED, Json(meta)).into_response())
 }
 
 /// `POST /hutch/v1/templates/pull` with a JSON [`TemplatePullRequest`]: pulls the image from its
@@ -189,7 +68,7 @@ pub(super) async fn pull(
     headers: HeaderMap,
     ApiJson(req): ApiJson<TemplatePullRequest>,
 ) -> Result<Response, ApiError> {
-    check_new_name(&st, &req.name).await?;
+    catalog::check_new_name(&st, &req.name).await?;
     if req.reference.trim().is_empty() {
         return Err(ApiError::bad_request(
             "missing 'reference': the image to pull",
@@ -260,21 +139,14 @@ async fn pull_and_register(
     auth: RegistryAuth,
     progress: &mut (dyn FnMut(PullProgress) + Send),
 ) -> Result<Template, ApiError> {
-    // Pulls share the layer store; removal of unreferenced layers waits.
-    let _layers = st.layers_lock.read().await;
-    let reference = req.reference.trim();
-    let imported = crate::pull::pull_template_base(st, reference, auth, progress).await?;
-    register_image_template(
-        st,
-        &req.name,
-        reference.to_owned(),
-        imported,
-        req.allow_privilege_escalation,
-    )
-    .await
+    let template = ImageTemplate {
+        name: req.name.clone(),
+        source: req.reference.trim().to_owned(),
+        allow_privilege_escalation: req.allow_privilege_escalation,
+    };
+    Ok(catalog::pull(st, template, auth, progress).await?)
 }
 
-/// A pull's progress as a line of its stream (`None` for progress the API does not show).
 fn pull_event(p: PullProgress) -> Option<PullEvent> {
     match p {
         PullProgress::Resolved {
@@ -328,20 +200,7 @@ fn log_pull(name: &str, p: &PullProgress) {
 
 /// `GET /hutch/v1/templates`: every template's metadata, by name.
 pub(super) async fn list(State(st): State<Arc<AppState>>) -> Result<Json<Vec<Template>>, ApiError> {
-    let rows = st.db.list_templates().await?;
-    // Templates replaced by a newer build of the same name are hidden.
-    rows.iter()
-        .filter(|t| !t.name.contains('@'))
-        .map(|t| {
-            TemplateMetadata::from_json(&t.metadata).map_err(|e| {
-                ApiError::internal(format!(
-                    "template '{}' has unreadable metadata: {e}",
-                    t.name
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Json)
+    Ok(Json(catalog::list(&st).await?))
 }
 
 /// `DELETE /hutch/v1/templates/pull`: the route `POST /hutch/v1/templates/pull` takes this
@@ -357,23 +216,13 @@ pub(super) async fn remove(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    crate::catalog::remove(&st, &name).await?;
+    catalog::remove(&st, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn template_names() {
-        for ok in ["a", "base", "python-3.11", "x_y", "0abc", &"a".repeat(63)] {
-            assert!(valid_template_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", ".a", "A", "a b", "a/b", "é", &"a".repeat(64)] {
-            assert!(!valid_template_name(bad), "{bad}");
-        }
-    }
 
     /// Pull progress reads on the wire as the image crate describes it.
     #[test]
