@@ -113,10 +113,10 @@ fn paths_with_spaces_and_first_of_duplicates() {
 /// overwrites PATH; the script (sourced from /etc/profile.d) restores it.
 #[test]
 fn undoes_debian_etc_profile() {
-    if !Path::new("/etc/profile").exists() || !have("bash") {
-        eprintln!("SKIPPED: no /etc/profile or bash on this host");
-        return;
-    }
+    assert!(
+        Path::new("/etc/profile").exists() && have("bash"),
+        "this test needs Debian's /etc/profile and bash"
+    );
     let code = format!(". /etc/profile; . {}; echo \"$PATH\"", script());
     for sh in [
         vec!["/bin/bash", "--noprofile", "--norc", "-c"],
@@ -131,18 +131,15 @@ fn undoes_debian_etc_profile() {
 /// commands reachable and `strace` sees no fork.
 #[test]
 fn bash_forks_nothing() {
-    if !have("bash") {
-        eprintln!("SKIPPED: no bash");
-        return;
-    }
+    assert!(have("bash"), "this test needs bash");
     let code = format!("PATH=/nonexistent; . {}; echo \"$PATH\"", script());
     let out = run(&["/bin/bash", "-c"], &[("PATH", "/custom:/bin")], &code);
     assert_eq!(out, "/custom:/bin");
 
-    if !have("strace") {
-        eprintln!("SKIPPED (fork check): strace not installed");
-        return;
-    }
+    assert!(
+        have("strace"),
+        "the fork check needs strace (apt-get install strace)"
+    );
     let trace = tempfile::NamedTempFile::new().unwrap();
     let out = Command::new("strace")
         .arg("-f")
@@ -155,13 +152,11 @@ fn bash_forks_nothing() {
         .arg(format!(". {}; :", script()))
         .output()
         .unwrap();
-    if !out.status.success() {
-        eprintln!(
-            "SKIPPED (fork check): strace failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    }
+    assert!(
+        out.status.success(),
+        "strace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = std::fs::read_to_string(trace.path()).unwrap();
     // strace lines read `<pid> <syscall>(<args>) = <result>`: look at the
     // syscall name only (paths in the arguments may contain anything).
