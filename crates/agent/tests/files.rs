@@ -874,7 +874,9 @@ async fn polling_watcher_has_an_upload_s_events_right_away() {
 struct SmallFs(tempfile::TempDir);
 
 impl SmallFs {
-    fn mount() -> Option<SmallFs> {
+    /// Panics, saying why, when the tmpfs cannot be mounted (the test
+    /// needs root).
+    fn mount() -> SmallFs {
         let dir = tempfile::tempdir().unwrap();
         let target = std::ffi::CString::new(s(dir.path())).unwrap();
         // SAFETY: valid NUL-terminated strings; a plain mount(2) call.
@@ -887,7 +889,13 @@ impl SmallFs {
                 c"size=1m".as_ptr().cast(),
             )
         };
-        (rc == 0).then_some(SmallFs(dir))
+        assert_eq!(
+            rc,
+            0,
+            "cannot mount a 1 MiB tmpfs (this test needs root): {}",
+            std::io::Error::last_os_error()
+        );
+        SmallFs(dir)
     }
 }
 
@@ -901,10 +909,7 @@ impl Drop for SmallFs {
 
 #[tokio::test]
 async fn out_of_space_is_507_and_leaves_nothing() {
-    let Some(fs) = SmallFs::mount() else {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    };
+    let fs = SmallFs::mount();
     let t = TestAgent::start().await;
     let target = fs.0.path().join("sub/too-big.bin");
     let (status, _, reply) = raw_chunked(
