@@ -101,3 +101,13 @@ fn python_sdk_new_pause() {
 fn python_sdk_old_pause() {
     run_script(E2B_PYTHON_OLD, "pause.py");
 }
+
+#[test]
+fn python_sdk_new_snapshots() {
+    run_script(E2B_PYTHON_NEW, "snapshots.py");
+}
+
+#[test]
+fn python_sdk_old_snapshots() {
+    run_script(E2B_PYTHON_OLD, "snapshots.py");
+}

@@ -3,8 +3,9 @@
 //! This crate is the only place in Hutch that merges environment layers.
 //! The agent calls [`resolve`] for every process it starts; template builds
 //! use [`TemplateEnv`] to apply `ENV`/`ARG` steps; the server uses
-//! [`image_layer`] once, when a template is made, and
-//! [`validate_sandbox_env`] when a sandbox is created. Everything here is
+//! [`image_layer`] once, when a template is made, [`snapshot_layer`] when
+//! a sandbox is snapshotted, and [`validate_sandbox_env`] when a sandbox is
+//! created. Everything here is
 //! pure: no I/O beyond [`Accounts::load`], which only reads two files.
 //!
 //! # Layers, lowest to highest (see `docs/environment.md`)
@@ -389,6 +390,22 @@ impl TemplateEnv {
     pub fn into_layer(self) -> Vec<(String, String)> {
         self.env.into_vec()
     }
+}
+
+/// The layers 1–2 of a snapshot's template: the sandbox's own variables
+/// (layer 3, `sandbox`) set over its template's resolved list (`template`),
+/// values taken as they are (they were never expanded). Sandboxes created
+/// from the snapshot see what the snapshotted sandbox saw, and their own
+/// layer 3 still overrides it.
+pub fn snapshot_layer(
+    template: &[(String, String)],
+    sandbox: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env = TemplateEnv::from_layer(template);
+    for (name, value) in sandbox {
+        env.env.set(name, value);
+    }
+    env.into_layer()
 }
 
 fn validate(env: &[(String, String)], layer: Layer) -> Result<(), EnvError> {

@@ -417,6 +417,79 @@ fn env_strategy() -> impl Strategy<Value = Vec<(String, String)>> {
     prop::collection::vec(("[A-D_]{1,2}", "[a-z= ]{0,3}"), 0..8)
 }
 
+/// A snapshot's template layer is its template's with the sandbox's
+/// variables set over it, taken literally; a sandbox created from the
+/// snapshot resolves as the snapshotted one did, and its own variables win.
+#[test]
+fn a_snapshot_keeps_the_sandbox_layer_below_new_sandboxes() {
+    let template = pairs(&[
+        ("PATH", "/opt/tool/bin:/usr/bin"),
+        ("OVERRIDE", "image"),
+        ("A", "1"),
+    ]);
+    let sandbox = pairs(&[
+        ("OVERRIDE", "sandbox"),
+        ("LITERAL", "$PATH and ${A}"),
+        ("E", ""),
+    ]);
+    let layer = snapshot_layer(&template, &sandbox);
+    assert_eq!(
+        layer,
+        pairs(&[
+            ("PATH", "/opt/tool/bin:/usr/bin"),
+            ("OVERRIDE", "sandbox"),
+            ("A", "1"),
+            ("LITERAL", "$PATH and ${A}"),
+            ("E", ""),
+        ])
+    );
+    let before = resolve(
+        &TemplateLayer {
+            env: &template,
+            user: None,
+            workdir: None,
+        },
+        &SandboxLayer {
+            env: &sandbox,
+            workdir: None,
+        },
+        &ProcessLayer::default(),
+        &ID,
+        &accounts(),
+    )
+    .unwrap();
+    let after = resolve(
+        &TemplateLayer {
+            env: &layer,
+            user: None,
+            workdir: None,
+        },
+        &SandboxLayer::default(),
+        &ProcessLayer::default(),
+        &ID,
+        &accounts(),
+    )
+    .unwrap();
+    assert_eq!(before.env, after.env);
+    let own = pairs(&[("OVERRIDE", "fork")]);
+    let fork = resolve(
+        &TemplateLayer {
+            env: &layer,
+            user: None,
+            workdir: None,
+        },
+        &SandboxLayer {
+            env: &own,
+            workdir: None,
+        },
+        &ProcessLayer::default(),
+        &ID,
+        &accounts(),
+    )
+    .unwrap();
+    assert_eq!(fork.var("OVERRIDE"), Some("fork"));
+}
+
 proptest! {
     #[test]
     fn resolved_env_never_has_duplicate_names(

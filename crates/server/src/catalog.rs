@@ -340,13 +340,23 @@ pub(crate) async fn remove(st: &Arc<AppState>, name: &str) -> Result<String, Cat
     Ok(template.name)
 }
 
-/// Deletes templates replaced by a newer build of the same name once no
-/// sandbox uses them any more (their layers go at the next collection).
+/// How long a hidden template is kept, unused, after it was made.
+const HIDDEN_GRACE_MS: i64 = 5 * 60 * 1000;
+
+/// Deletes templates replaced by a newer build of the same name, and the
+/// snapshots forks started from, once no sandbox uses them any more (their
+/// layers go at the next collection).
 pub(crate) async fn prune_replaced(st: &Arc<AppState>) {
     let Ok(rows) = st.db.list_templates().await else {
         return;
     };
-    for t in rows.into_iter().filter(|t| t.name.contains('@')) {
+    // A fork's snapshot is hidden from the start and its sandboxes are
+    // created just after it: it is not pruned in between.
+    let settled = time::now_ms().saturating_sub(HIDDEN_GRACE_MS);
+    for t in rows
+        .into_iter()
+        .filter(|t| t.name.contains('@') && t.created_at < settled)
+    {
         match st.db.live_sandboxes_of(t.id.clone()).await {
             Ok(0) => {
                 drain_pool(st, &t.id).await;

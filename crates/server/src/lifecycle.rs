@@ -149,6 +149,12 @@ pub(crate) enum SandboxError {
     /// The sandbox is paused, and the operation needs it running.
     #[error("sandbox {0} is paused: resume it with POST /sandboxes/{0}/connect")]
     Paused(String),
+    /// The sandbox is in a state the operation does not support.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The template catalog refused (a snapshot's name, say).
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// The request asks for something that cannot be (a limit out of
     /// bounds).
     #[error("{0}")]
@@ -852,7 +858,7 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, S
 /// The egress policy a sandbox was created with (the default for rows from
 /// before it was recorded). A record that cannot be read fails closed: no
 /// internet access.
-fn recorded_policy(row: &SandboxRow) -> EgressPolicy {
+pub(crate) fn recorded_policy(row: &SandboxRow) -> EgressPolicy {
     match row.network.as_deref().map(NetworkRecord::decode) {
         None => EgressPolicy::default(),
         Some(Ok(policy)) => policy,
@@ -1204,7 +1210,11 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
 }
 
 mod queries;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use queries::{Filter, LISTED, create, find, kill, list, metrics, pause, resume};
+pub(crate) use queries::{
+    Filter, LISTED, create, find, fork, kill, list, metrics, pause, resume, snapshot,
+};
+pub(crate) use snapshots::{fork_sandbox, list_snapshots, snapshot_sandbox};

@@ -132,12 +132,12 @@ impl AppState {
             path: data.path.join("build-cache"),
             reason: e.to_string(),
         })?;
-        Ok(AppState::assemble(
-            cfg,
-            data,
-            Arc::new(runtime),
-            Some(builder),
-        ))
+        let node = crate::node::LocalNode::new(
+            runtime,
+            data.store.clone(),
+            data.path.join("tmp").join("snapshots"),
+        );
+        Ok(AppState::assemble(cfg, data, Arc::new(node), Some(builder)))
     }
 
     /// A server's state over the data directory `data` and `node`.

@@ -12,6 +12,7 @@
 //! | [`sandboxes`] | `/sandboxes`, `/v2/sandboxes` |
 //! | [`keys`] | `/hutch/v1/api-keys` |
 //! | [`pool`] | `/hutch/v1/pool` |
+//! | [`snapshots`] | `/sandboxes/{id}/snapshots`, `/snapshots`, `/sandboxes/{id}/fork` |
 //! | [`templates`] | `/hutch/v1/templates` (import, pull, list) |
 //! | [`builds`] | `/hutch/v1/builds` (Dockerfile builds) |
 //! | [`template_builds`] | E2B's template build API (`/v3/templates`, …) |
@@ -23,6 +24,7 @@ pub mod builds;
 pub mod keys;
 pub mod pool;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod template_builds;
 pub mod templates;
 
@@ -35,6 +37,7 @@ pub use sandboxes::{
     AutoResume, ConnectSandbox, LifecycleInfo, ListedSandbox, NewSandbox, PauseSandbox,
     SandboxCreated, SandboxNetwork,
 };
+pub use snapshots::{ForkError, ForkRequest, ForkResult, SnapshotInfo, SnapshotRequest};
 pub use template_builds::{
     BuildFilesUploaded, BuildLogEntry, BuildStatusReason, TemplateAliasInfo, TemplateBuildRequest,
     TemplateBuildRequested, TemplateBuildStart, TemplateBuildStatus, TemplateFileLink,

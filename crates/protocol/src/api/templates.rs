@@ -45,7 +45,8 @@ pub struct Template {
     pub limits: Option<TemplateLimits>,
 }
 
-/// Where a template came from: `{"kind": "image" | "build" | "recipe", ...}`.
+/// Where a template came from: `{"kind": "image" | "build" | "recipe" |
+/// "snapshot", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "kind",
@@ -77,6 +78,14 @@ pub enum TemplateSource {
         recipe: String,
         /// What it was built from.
         description: String,
+    },
+    /// A sandbox's file system, captured (a snapshot, or the start of a
+    /// fork).
+    Snapshot {
+        /// The sandbox.
+        sandbox_id: String,
+        /// Its template's name.
+        template: String,
     },
 }
 

@@ -12,6 +12,10 @@
 //! | `POST /sandboxes/{id}/connect`, `POST /v2/sandboxes/{id}/connect` | key | the running sandbox (200; `timeout` extends its life), or resume a paused one (201) |
 //! | `POST /sandboxes/{id}/pause` | key | freeze it (204; 409 when paused already) |
 //! | `GET /sandboxes/{id}/metrics` | key | CPU, memory and disk usage now (one sample) |
+//! | `POST /sandboxes/{id}/snapshots` | key | capture its file system as a snapshot (201; a template sandboxes are created from) |
+//! | `POST /sandboxes/{id}/fork` | key | snapshot it and start `count` sandboxes from it with its configuration (201; one result per fork) |
+//! | `GET /snapshots` | key | list snapshots (`sandboxID`, `name`, `limit`, `nextToken`) |
+//! | `DELETE /templates/{id}` | key | remove a template or snapshot by id or name (204) |
 //! | `POST /hutch/v1/templates?name=` | key | import an image tar as a template (201) |
 //! | `POST /hutch/v1/templates/pull` | key | pull an image from a registry as a template (201; NDJSON progress with `Accept: application/x-ndjson`) |
 //! | `GET /hutch/v1/templates` | key | list templates |
@@ -33,6 +37,7 @@ mod e2b_templates;
 mod keys;
 mod pool;
 mod sandboxes;
+mod snapshots;
 mod templates;
 
 use std::sync::Arc;
@@ -68,6 +73,13 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
+        .route("/sandboxes/{id}/snapshots", post(sandboxes::snapshot))
+        .route("/sandboxes/{id}/fork", post(sandboxes::fork))
+        .route("/snapshots", get(snapshots::list))
+        .route(
+            "/templates/{template_id}",
+            axum::routing::delete(templates::remove),
+        )
         .route(
             "/hutch/v1/templates",
             post(templates::import).get(templates::list),

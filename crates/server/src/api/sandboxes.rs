@@ -8,8 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hutch_protocol::api::{
-    AutoResume, ConnectSandbox, LifecycleInfo, ListedSandbox, NewSandbox, PauseSandbox,
-    SandboxCreated, SandboxNetwork,
+    AutoResume, ConnectSandbox, ForkError, ForkRequest, ForkResult, LifecycleInfo, ListedSandbox,
+    NewSandbox, PauseSandbox, SandboxCreated, SandboxNetwork, SnapshotInfo, SnapshotRequest,
 };
 use hutch_runtime::{Cidr, EgressPolicy};
 use serde::Deserialize;
@@ -390,6 +390,72 @@ pub(super) async fn pause(
         ))),
         PauseOutcome::NotFound => Err(sandbox_not_found(&id)),
     }
+}
+
+/// `POST /sandboxes/{id}/snapshots`: 201 with the snapshot
+/// (`Sandbox.create(snapshotID)` starts from it). Its file system only:
+/// `memory` is accepted and not kept (see `docs/e2b-compatibility.md`).
+pub(super) async fn snapshot(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SnapshotRequest>,
+) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
+    let name = body.name.filter(|n| !n.is_empty());
+    let meta = lifecycle::snapshot(&st, &id, name.clone()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(snapshot_info(&meta, name.is_some())),
+    ))
+}
+
+/// A snapshot as E2B shows it: known by its name when it has one.
+pub(super) fn snapshot_info(meta: &hutch_image::TemplateMetadata, named: bool) -> SnapshotInfo {
+    SnapshotInfo {
+        snapshot_id: if named {
+            meta.name.clone()
+        } else {
+            meta.id.clone()
+        },
+        names: if named {
+            vec![meta.name.clone()]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// `POST /sandboxes/{id}/fork`: 201 with one result per fork, a sandbox or
+/// why it did not start; 404 when the source is not running or paused.
+pub(super) async fn fork(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ForkRequest>,
+) -> Result<(StatusCode, Json<Vec<ForkResult>>), ApiError> {
+    let timeout = body
+        .timeout
+        .map(|secs| check_timeout(secs, "timeout"))
+        .transpose()?;
+    let forks = lifecycle::fork(&st, &id, timeout, body.count.unwrap_or(1)).await?;
+    let results = forks
+        .into_iter()
+        .map(|fork| match fork {
+            Ok(row) => ForkResult {
+                sandbox: Some(created(row)),
+                error: None,
+            },
+            Err(e) => {
+                let e = ApiError::from(e);
+                ForkResult {
+                    sandbox: None,
+                    error: Some(ForkError {
+                        code: e.status().as_u16(),
+                        message: e.message().to_owned(),
+                    }),
+                }
+            }
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(results)))
 }
 
 #[derive(Debug, Deserialize)]

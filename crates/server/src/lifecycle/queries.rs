@@ -6,9 +6,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use hutch_image::TemplateMetadata;
+
 use super::{
-    CreateArgs, PauseOutcome, ResumeOutcome, SandboxError, create_sandbox, kill_sandbox,
-    pause_sandbox, resume_sandbox,
+    CreateArgs, PauseOutcome, ResumeOutcome, SandboxError, create_sandbox, fork_sandbox,
+    kill_sandbox, pause_sandbox, resume_sandbox, snapshot_sandbox,
 };
 use crate::db::{PauseMode, SandboxRow, SandboxState};
 use crate::metrics::{self, SandboxMetric};
@@ -149,4 +151,32 @@ pub(crate) async fn resume(
         return Err(SandboxError::NotFound(id.to_string()));
     }
     Ok((outcome, find(st, id, &[SandboxState::Running]).await?))
+}
+
+/// [`snapshot_sandbox`], to completion.
+pub(crate) async fn snapshot(
+    st: &Arc<AppState>,
+    id: &str,
+    name: Option<String>,
+) -> Result<TemplateMetadata, SandboxError> {
+    let (st, id) = (st.clone(), id.to_string());
+    detached(
+        "snapshot",
+        async move { snapshot_sandbox(&st, &id, name).await },
+    )
+    .await
+}
+
+/// [`fork_sandbox`], to completion.
+pub(crate) async fn fork(
+    st: &Arc<AppState>,
+    id: &str,
+    timeout_secs: Option<u64>,
+    count: u64,
+) -> Result<Vec<Result<SandboxRow, SandboxError>>, SandboxError> {
+    let (st, id) = (st.clone(), id.to_string());
+    detached("fork", async move {
+        fork_sandbox(&st, &id, timeout_secs, count).await
+    })
+    .await
 }

@@ -351,3 +351,183 @@ async fn the_registry_lists_and_finds_its_sandboxes() {
         (ResumeOutcome::Resumed, SandboxState::Running)
     );
 }
+
+/// The layers a template row records.
+async fn template_of(h: &Harness, id_or_name: &str) -> hutch_image::TemplateMetadata {
+    use hutch_image::TemplateDocument as _;
+    let row =
+        h.st.db
+            .find_template(id_or_name.into())
+            .await
+            .unwrap()
+            .unwrap();
+    hutch_image::TemplateMetadata::from_json(&row.metadata).unwrap()
+}
+
+/// A running sandbox is frozen while the node writes its layer, then runs
+/// on; the snapshot is a template of its template's layers and that one,
+/// its variables and its limits. A paused one stays paused, untouched.
+#[tokio::test]
+async fn a_snapshot_freezes_a_running_sandbox_for_its_layer_only() {
+    let h = Harness::new().await;
+    let mut args = h.create_args();
+    args.limits.memory_mb = Some(256);
+    let id = create(&h.st, args).await.unwrap().id;
+    let meta = snapshot_sandbox(&h.st, &id, None).await.unwrap();
+    let ops: Vec<String> = h
+        .node
+        .calls()
+        .into_iter()
+        .filter(|c| c.ends_with(&id) && !c.starts_with("create"))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            format!("pause {id}"),
+            format!("snapshot_layer {id}"),
+            format!("resume {id}")
+        ]
+    );
+    assert_eq!(h.node.state(&id), Some(FakeState::Running));
+    assert_eq!(h.row_state(&id).await, SandboxState::Running);
+
+    let stored = template_of(&h, &meta.id).await;
+    assert_eq!(stored, meta);
+    assert_eq!(meta.name, meta.id, "unnamed: known by its id");
+    assert_eq!(meta.layers.len(), h.template().layers.len() + 1);
+    assert_eq!(meta.env, [("A".to_string(), "1".to_string())]);
+    assert_eq!(meta.limits.unwrap().memory_mb, Some(256));
+    assert!(matches!(
+        meta.source,
+        hutch_image::TemplateSource::Snapshot { ref sandbox_id, ref template }
+            if *sandbox_id == id && template == "app"
+    ));
+    // A sandbox starts from it.
+    let mut from = h.create_args();
+    from.template = meta.id.clone();
+    from.env = BTreeMap::new();
+    let child = create(&h.st, from).await.unwrap();
+    assert_eq!(child.template_id, meta.id);
+    assert_eq!(
+        child.memory_mb, 256,
+        "the snapshot's limits are its defaults"
+    );
+
+    // Paused in memory: frozen already, and left so.
+    pause(&h.st, &id, PauseMode::Memory).await.unwrap();
+    let before = h.node.calls().len();
+    snapshot_sandbox(&h.st, &id, None).await.unwrap();
+    let calls = h.node.calls();
+    assert_eq!(calls[before..], [format!("snapshot_layer {id}")]);
+    assert_eq!(h.row_state(&id).await, SandboxState::Paused);
+
+    // Paused with its files only: nothing runs to read from.
+    resume(&h.st, &id, None, None).await.unwrap();
+    pause(&h.st, &id, PauseMode::Filesystem).await.unwrap();
+    let e = snapshot_sandbox(&h.st, &id, None).await.unwrap_err();
+    assert!(matches!(e, SandboxError::Unsupported(_)), "{e}");
+    let e = snapshot_sandbox(&h.st, "nope", None).await.unwrap_err();
+    assert!(matches!(e, SandboxError::NotFound(_)), "{e}");
+}
+
+/// A named snapshot replaces the snapshot of that name, never a template
+/// of another kind; listings show snapshots, not the forks' hidden ones.
+#[tokio::test]
+async fn named_snapshots_replace_snapshots_only() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    let first = snapshot_sandbox(&h.st, &id, Some("mine".into()))
+        .await
+        .unwrap();
+    let second = snapshot_sandbox(&h.st, &id, Some("mine".into()))
+        .await
+        .unwrap();
+    assert_ne!(first.id, second.id);
+    assert_eq!(template_of(&h, "mine").await.id, second.id);
+    let e = snapshot_sandbox(&h.st, &id, Some("app".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SandboxError::Catalog(crate::catalog::CatalogError::Exists(_))
+        ),
+        "{e}"
+    );
+    let e = snapshot_sandbox(&h.st, &id, Some("Bad Name".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SandboxError::Catalog(crate::catalog::CatalogError::InvalidName(_))
+        ),
+        "{e}"
+    );
+    let other = h.create().await;
+    let unnamed = snapshot_sandbox(&h.st, &other, None).await.unwrap();
+    fork_sandbox(&h.st, &other, None, 1).await.unwrap();
+
+    let names = |list: Vec<hutch_image::TemplateMetadata>| {
+        list.into_iter().map(|t| t.name).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(list_snapshots(&h.st, None, None).await.unwrap()),
+        ["mine".to_string(), unnamed.id.clone()]
+    );
+    assert_eq!(
+        names(list_snapshots(&h.st, Some(&other), None).await.unwrap()),
+        std::slice::from_ref(&unnamed.id)
+    );
+    assert_eq!(
+        names(list_snapshots(&h.st, None, Some("mine")).await.unwrap()),
+        ["mine"]
+    );
+}
+
+/// A fork starts `count` sandboxes from one snapshot with the source's
+/// metadata, variables, limits and lifecycle; the source runs on.
+#[tokio::test]
+async fn a_fork_starts_sandboxes_like_the_source() {
+    let h = Harness::new().await;
+    let mut args = h.create_args();
+    args.metadata = BTreeMap::from([("team".into(), "a".into())]);
+    args.limits.cpu_count = Some(1);
+    args.access_token = Some("secret".into());
+    let source = create(&h.st, args).await.unwrap();
+    let forks = fork_sandbox(&h.st, &source.id, Some(60), 2).await.unwrap();
+    assert_eq!(forks.len(), 2);
+    let snapshots = h
+        .node
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("snapshot_layer"))
+        .count();
+    assert_eq!(snapshots, 1, "one snapshot for every fork");
+    let mut ids = Vec::new();
+    for fork in forks {
+        let fork = fork.unwrap();
+        assert_eq!(fork.metadata, source.metadata);
+        assert_eq!(fork.cpu_count, 1);
+        let token = fork.access_token.as_deref().unwrap();
+        assert_ne!(token, "secret", "a secure fork gets its own token");
+        assert!(fork.end_at - fork.started_at <= 61_000);
+        let meta = template_of(&h, &fork.template_id).await;
+        assert!(meta.name.starts_with("app@fork-"), "{}", meta.name);
+        assert_eq!(meta.env, [("A".to_string(), "1".to_string())]);
+        assert_eq!(h.row_state(&fork.id).await, SandboxState::Running);
+        ids.push(fork.id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(h.row_state(&source.id).await, SandboxState::Running);
+    assert_eq!(h.node.state(&source.id), Some(FakeState::Running));
+
+    for bad in [0, super::snapshots::MAX_FORKS + 1] {
+        let e = fork_sandbox(&h.st, &source.id, None, bad)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SandboxError::Invalid(_)), "{e}");
+    }
+    let e = fork_sandbox(&h.st, "gone", None, 1).await.unwrap_err();
+    assert!(matches!(e, SandboxError::NotFound(_)), "{e}");
+}

@@ -331,6 +331,26 @@ impl Node for FakeNode {
         })
     }
 
+    /// A made-up layer; refused unless the sandbox is frozen, as the
+    /// control side must keep it.
+    async fn snapshot_layer(
+        &self,
+        id: &str,
+        _layers: &[String],
+    ) -> Result<Option<String>, NodeError> {
+        self.enter("snapshot_layer", id).await;
+        match self.state(id) {
+            Some(FakeState::Paused) => {
+                let n = self.calls.lock().unwrap().len();
+                Ok(Some(format!("sha256:{n:064x}")))
+            }
+            Some(state) => Err(NodeError::Failed(format!(
+                "sandbox {id} is {state:?}, not frozen, while its layer is read"
+            ))),
+            None => Err(Self::not_found(id)),
+        }
+    }
+
     fn agent_socket(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.sock"))
     }

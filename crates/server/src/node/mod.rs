@@ -4,7 +4,8 @@
 //!
 //! Everything the server asks of the machine that runs its sandboxes goes
 //! through [`Node`]; nothing above it touches runc, cgroups or nftables.
-//! [`hutch_runtime::Runtime`] is the local node. The vocabulary is the
+//! [`LocalNode`] — [`hutch_runtime::Runtime`] and the layer store — is the
+//! local node. The vocabulary is the
 //! runtime's plain data ([`SandboxSpec`], [`EgressPolicy`], [`Booted`]), and
 //! a node's errors are [`NodeError`]s — a kind and a message — so that a
 //! node across the network can answer the same way.
@@ -15,9 +16,12 @@
 #[cfg(test)]
 pub(crate) mod fake;
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use hutch_image::LayerStore;
 use hutch_runtime::{CgroupUsage, EgressPolicy, Runtime, RuntimeError, SandboxSpec, SandboxStatus};
 
 /// A sandbox a node booted or re-adopted.
@@ -107,6 +111,16 @@ pub(crate) trait Node: Send + Sync {
     /// A sandbox's CPU, memory and disk.
     async fn usage(&self, id: &str) -> Result<Usage, NodeError>;
 
+    /// Writes what a sandbox changed on top of `layers` (its template's,
+    /// base first) as a new layer into the node's layer store; `None` when
+    /// it changed nothing. The caller keeps the sandbox from running
+    /// meanwhile (frozen), so that the layer is one moment of it.
+    async fn snapshot_layer(
+        &self,
+        id: &str,
+        layers: &[String],
+    ) -> Result<Option<String>, NodeError>;
+
     /// Where a sandbox's agent listens.
     fn agent_socket(&self, id: &str) -> PathBuf;
 
@@ -115,55 +129,81 @@ pub(crate) trait Node: Send + Sync {
     fn release_host_mounts(&self);
 }
 
+/// The machine the server runs on: its runtime, and the layer store its
+/// sandboxes' templates and snapshots live in.
+pub(crate) struct LocalNode {
+    runtime: Runtime,
+    layers: Arc<LayerStore>,
+    /// Where snapshot layers are written before they are stored.
+    scratch: PathBuf,
+}
+
+impl LocalNode {
+    /// The node over `runtime` and `layers`, writing snapshot layers under
+    /// `scratch` (emptied now: what is there a crash left).
+    pub fn new(runtime: Runtime, layers: Arc<LayerStore>, scratch: PathBuf) -> LocalNode {
+        if let Err(e) = std::fs::remove_dir_all(&scratch)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %scratch.display(), "cannot clear snapshot scratch space: {e}");
+        }
+        LocalNode {
+            runtime,
+            layers,
+            scratch,
+        }
+    }
+}
+
 #[async_trait]
-impl Node for Runtime {
+impl Node for LocalNode {
     async fn create(&self, spec: SandboxSpec) -> Result<Booted, NodeError> {
-        Ok(Runtime::create(self, spec).await?)
+        Ok(self.runtime.create(spec).await?)
     }
 
     async fn destroy(&self, id: &str) -> Result<(), NodeError> {
-        Ok(Runtime::destroy(self, id).await?)
+        Ok(self.runtime.destroy(id).await?)
     }
 
     async fn stop_keep_disk(&self, id: &str) -> Result<(), NodeError> {
-        Ok(Runtime::stop_keep_disk(self, id).await?)
+        Ok(self.runtime.stop_keep_disk(id).await?)
     }
 
     fn kill_now(&self, id: &str, pid: u32) -> Result<bool, NodeError> {
-        Ok(self.kill_init(id, pid)?)
+        Ok(self.runtime.kill_init(id, pid)?)
     }
 
     async fn pause(&self, id: &str) -> Result<(), NodeError> {
-        Ok(Runtime::pause(self, id).await?)
+        Ok(self.runtime.pause(id).await?)
     }
 
     async fn resume(&self, id: &str) -> Result<(), NodeError> {
-        Ok(Runtime::resume(self, id).await?)
+        Ok(self.runtime.resume(id).await?)
     }
 
     async fn set_egress_policy(&self, id: &str, policy: &EgressPolicy) -> Result<(), NodeError> {
-        Ok(Runtime::set_egress_policy(self, id, policy).await?)
+        Ok(self.runtime.set_egress_policy(id, policy).await?)
     }
 
     async fn list(&self) -> Result<Vec<String>, NodeError> {
-        Ok(self.list_host_sandboxes().await?)
+        Ok(self.runtime.list_host_sandboxes().await?)
     }
 
     async fn status(&self, id: &str) -> Result<Option<SandboxStatus>, NodeError> {
-        Ok(Runtime::status(self, id).await?)
+        Ok(self.runtime.status(id).await?)
     }
 
     async fn agent_pid(&self, id: &str) -> Result<Option<u32>, NodeError> {
-        Ok(self.init_pid(id).await?)
+        Ok(self.runtime.init_pid(id).await?)
     }
 
     async fn adopt(&self, id: &str) -> Result<Option<Booted>, NodeError> {
-        Ok(Runtime::adopt(self, id).await?)
+        Ok(self.runtime.adopt(id).await?)
     }
 
     async fn usage(&self, id: &str) -> Result<Usage, NodeError> {
-        let cgroup = self.cgroup_usage(id)?;
-        let this = self.clone();
+        let cgroup = self.runtime.cgroup_usage(id)?;
+        let this = self.runtime.clone();
         let id = id.to_owned();
         let (disk_used, disk_total) = tokio::task::spawn_blocking(move || this.disk_usage(&id))
             .await
@@ -175,11 +215,54 @@ impl Node for Runtime {
         })
     }
 
+    async fn snapshot_layer(
+        &self,
+        id: &str,
+        layers: &[String],
+    ) -> Result<Option<String>, NodeError> {
+        let upper = self.runtime.upper_dir(id);
+        if !upper.is_dir() {
+            return Err(NodeError::NotFound(format!(
+                "sandbox {id} has no file system mounted on this node"
+            )));
+        }
+        let lower = hutch_builder::rootfs::LayerStack::new(
+            layers.iter().map(|l| self.layers.layer_dir(l)).collect(),
+        );
+        let store = self.layers.clone();
+        let scratch = self.scratch.clone();
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            NodeError::Failed(format!("cannot snapshot sandbox {id}: {what}: {e}"))
+        };
+        let outcome = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&scratch).map_err(|e| ("scratch directory", e.to_string()))?;
+            let tmp = tempfile::NamedTempFile::new_in(&scratch)
+                .map_err(|e| ("temporary file", e.to_string()))?;
+            let mut out = std::io::BufWriter::new(tmp.as_file());
+            let changed = hutch_builder::layer::export_upper(&upper, &lower, &mut out)
+                .map_err(|e| ("reading its changes", e.to_string()))?;
+            out.flush()
+                .map_err(|e| ("writing its layer", e.to_string()))?;
+            drop(out);
+            if !changed {
+                return Ok(None);
+            }
+            let mut file = tmp.reopen().map_err(|e| ("its layer", e.to_string()))?;
+            store
+                .add_layer_tar(&mut file)
+                .map(Some)
+                .map_err(|e| ("storing its layer", e.to_string()))
+        })
+        .await
+        .map_err(|e| failed("task", &e))?;
+        outcome.map_err(|(what, e)| failed(what, &e))
+    }
+
     fn agent_socket(&self, id: &str) -> PathBuf {
-        Runtime::agent_socket(self, id)
+        self.runtime.agent_socket(id)
     }
 
     fn release_host_mounts(&self) {
-        Runtime::release_host_mounts(self)
+        self.runtime.release_host_mounts()
     }
 }

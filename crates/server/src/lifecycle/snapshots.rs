@@ -1,0 +1,242 @@
+//! Snapshots and forks.
+//!
+//! A snapshot is a template: the sandbox's template's layers plus one more,
+//! what the sandbox changed (written by the node while the sandbox is
+//! frozen, so it is one moment of it: only the changed files are read and
+//! stored, never the whole disk), with the sandbox's own variables folded
+//! into its environment ([`hutch_env::snapshot_layer`]) and its limits as
+//! the defaults. Sandboxes created from it boot on those files; processes
+//! and memory are not kept. A fork is a hidden snapshot and sandboxes
+//! created from it with the source's configuration; the source keeps
+//! running.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hutch_image::TemplateDocument as _;
+use hutch_image::{TEMPLATE_SCHEMA_VERSION, TemplateLimits, TemplateMetadata, TemplateSource};
+
+use super::{CreateArgs, LISTED, SandboxError, create, find, recorded_policy};
+use crate::catalog::{self, Registration};
+use crate::db::{PauseMode, SandboxRow};
+use crate::node::NodeError;
+use crate::state::AppState;
+use crate::{DEFAULT_SANDBOX_TIMEOUT_SECS, ids, limits, time};
+
+/// Most sandboxes one fork request makes (E2B's bound).
+pub(crate) const MAX_FORKS: u64 = 20;
+
+/// What a snapshot is called.
+enum Naming {
+    /// Named by the user: a template of that name, replaced if it is a
+    /// snapshot already.
+    Named(String),
+    /// Known by its id.
+    Unnamed,
+    /// The start of a fork: hidden from listings, removed once none of its
+    /// sandboxes is left.
+    Hidden,
+}
+
+/// Captures the file system of the running or paused sandbox `id` as a
+/// snapshot named `name` (else known by its id).
+pub(crate) async fn snapshot_sandbox(
+    st: &Arc<AppState>,
+    id: &str,
+    name: Option<String>,
+) -> Result<TemplateMetadata, SandboxError> {
+    let naming = match name {
+        Some(name) => Naming::Named(name),
+        None => Naming::Unnamed,
+    };
+    let _transition = st.transitions.lock(id).await;
+    let row = find(st, id, LISTED).await?;
+    capture(st, &row, naming).await
+}
+
+/// Forks the running or paused sandbox `id` `count` times: one snapshot,
+/// then `count` sandboxes from it, each with the source's metadata,
+/// variables, limits, network rules and lifecycle, and a lifetime of
+/// `timeout_secs` (the default when absent). Each fork succeeds or fails on
+/// its own.
+pub(crate) async fn fork_sandbox(
+    st: &Arc<AppState>,
+    id: &str,
+    timeout_secs: Option<u64>,
+    count: u64,
+) -> Result<Vec<Result<SandboxRow, SandboxError>>, SandboxError> {
+    if !(1..=MAX_FORKS).contains(&count) {
+        return Err(SandboxError::Invalid(format!(
+            "count {count} is invalid: a fork makes 1 to {MAX_FORKS} sandboxes"
+        )));
+    }
+    let (row, snapshot) = {
+        let _transition = st.transitions.lock(id).await;
+        let row = find(st, id, LISTED).await?;
+        let snapshot = capture(st, &row, Naming::Hidden).await?;
+        (row, snapshot)
+    };
+    let args = || CreateArgs {
+        template: snapshot.id.clone(),
+        timeout_secs: timeout_secs.unwrap_or(DEFAULT_SANDBOX_TIMEOUT_SECS),
+        metadata: row.metadata.clone(),
+        // In the snapshot's environment already.
+        env: BTreeMap::new(),
+        access_token: row.access_token.is_some().then(ids::new_access_token),
+        network: recorded_policy(&row),
+        limits: limits::Requested {
+            cpu_count: Some(i64::from(row.cpu_count)),
+            memory_mb: i64::try_from(row.memory_mb).ok(),
+            disk_size_mb: i64::try_from(row.disk_size_mb).ok(),
+            pids: row.pids.and_then(|p| i64::try_from(p).ok()),
+        },
+        lifecycle: row.lifecycle,
+    };
+    let forks = (0..count).map(|_| create(st, args()));
+    let forks = futures::future::join_all(forks).await;
+    let started = forks.iter().filter(|f| f.is_ok()).count();
+    tracing::info!(sandbox = %id, forks = started, failed = forks.len() - started, "sandbox forked");
+    Ok(forks)
+}
+
+/// Captures `row`'s sandbox as a snapshot. The caller holds the sandbox's
+/// transition lock.
+async fn capture(
+    st: &Arc<AppState>,
+    row: &SandboxRow,
+    naming: Naming,
+) -> Result<TemplateMetadata, SandboxError> {
+    let id = row.id.as_str();
+    let frozen = match st.live().get(id).map(|e| e.paused) {
+        None => return Err(SandboxError::NotFound(id.to_owned())),
+        Some(None) => false,
+        Some(Some(p)) if p.mode == PauseMode::Memory => true,
+        Some(Some(_)) => {
+            return Err(SandboxError::Unsupported(format!(
+                "sandbox {id} is paused with its file system only: resume it (POST /sandboxes/{id}/connect) to snapshot or fork it"
+            )));
+        }
+    };
+    let (name, how) = match &naming {
+        Naming::Named(name) => (name.clone(), named_registration(st, name).await?),
+        Naming::Unnamed => (String::new(), Registration::New),
+        Naming::Hidden => (String::new(), Registration::New),
+    };
+    let template = st
+        .db
+        .find_template(row.template_id.clone())
+        .await?
+        .ok_or_else(|| {
+            SandboxError::Failed(format!(
+                "sandbox {id}'s template {} is gone",
+                row.template_id
+            ))
+        })?;
+    let base = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
+        SandboxError::Failed(format!(
+            "template '{}' has unreadable metadata: {e}",
+            template.name
+        ))
+    })?;
+
+    // The new layer must not be collected before the snapshot's row
+    // refers to it.
+    let layers_guard = st.layers_lock.read().await;
+    let failed = |e: NodeError| SandboxError::Failed(format!("cannot snapshot sandbox {id}: {e}"));
+    if !frozen {
+        st.node.pause(id).await.map_err(failed)?;
+    }
+    let layer = st.node.snapshot_layer(id, &base.layers).await;
+    if !frozen && let Err(e) = st.node.resume(id).await {
+        tracing::warn!(sandbox = %id, "cannot thaw the sandbox after its snapshot: {e}");
+    }
+    let layer = layer.map_err(failed)?;
+
+    let snapshot_id = ids::new_id();
+    let name = match naming {
+        Naming::Named(_) => name,
+        Naming::Unnamed => snapshot_id.clone(),
+        Naming::Hidden => format!(
+            "{}@fork-{snapshot_id}",
+            base.name.split('@').next().unwrap_or("")
+        ),
+    };
+    let sandbox_env: Vec<(String, String)> = row
+        .sandbox_env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut layers = base.layers.clone();
+    layers.extend(layer);
+    let meta = TemplateMetadata {
+        schema_version: TEMPLATE_SCHEMA_VERSION,
+        id: snapshot_id,
+        name,
+        created_at: time::rfc3339(time::now_ms()),
+        source: TemplateSource::Snapshot {
+            sandbox_id: id.to_owned(),
+            template: row.template_name.split('@').next().unwrap_or("").to_owned(),
+        },
+        image: base.image,
+        env: hutch_env::snapshot_layer(&base.env, &sandbox_env),
+        user: base.user,
+        workdir: base.workdir,
+        layers,
+        allow_privilege_escalation: base.allow_privilege_escalation,
+        start_cmd: base.start_cmd,
+        ready_cmd: base.ready_cmd,
+        limits: Some(TemplateLimits {
+            cpu_count: Some(row.cpu_count),
+            memory_mb: Some(row.memory_mb),
+            disk_size_mb: Some(row.disk_size_mb),
+            pids: row.pids,
+        }),
+    };
+    catalog::register(st, &meta, how).await?;
+    drop(layers_guard);
+    tracing::info!(sandbox = %id, snapshot = %meta.id, name = %meta.name, "sandbox snapshotted");
+    Ok(meta)
+}
+
+/// How a snapshot named `name` is registered: it replaces a snapshot of
+/// that name, never a template of another kind.
+async fn named_registration(st: &AppState, name: &str) -> Result<Registration, SandboxError> {
+    if !catalog::valid_template_name(name) {
+        return Err(catalog::CatalogError::InvalidName(name.to_owned()).into());
+    }
+    let Some(existing) = st.db.find_template(name.to_owned()).await? else {
+        return Ok(Registration::New);
+    };
+    if existing.name != name {
+        return Ok(Registration::New);
+    }
+    let is_snapshot = TemplateMetadata::from_json(&existing.metadata)
+        .is_ok_and(|m| matches!(m.source, TemplateSource::Snapshot { .. }));
+    if is_snapshot {
+        Ok(Registration::Replace)
+    } else {
+        Err(catalog::CatalogError::Exists(name.to_owned()).into())
+    }
+}
+
+/// The snapshots (hidden ones aside), oldest first; of one sandbox, or of
+/// one name, when asked.
+pub(crate) async fn list_snapshots(
+    st: &AppState,
+    sandbox: Option<&str>,
+    name: Option<&str>,
+) -> Result<Vec<TemplateMetadata>, SandboxError> {
+    let mut snapshots: Vec<TemplateMetadata> = catalog::list(st)
+        .await?
+        .into_iter()
+        .filter(|t| match &t.source {
+            TemplateSource::Snapshot { sandbox_id, .. } => {
+                sandbox.is_none_or(|s| s.is_empty() || s == sandbox_id)
+                    && name.is_none_or(|n| n.is_empty() || n == t.name || n == t.id)
+            }
+            _ => false,
+        })
+        .collect();
+    snapshots.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    Ok(snapshots)
+}
