@@ -3,62 +3,27 @@
 //! errors users meet. Sandbox commands need a real agent and are covered
 //! elsewhere.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use hutch_server::{Server, ServerConfig};
+use hutch_test_support::TestServer;
 use sha2::{Digest, Sha256};
 
-struct TestServer {
-    addr: SocketAddr,
-    data_dir: PathBuf,
-    _tmp: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start() -> TestServer {
-    let tmp = tempfile::tempdir().unwrap();
-    let data_dir = tmp.path().join("data");
-    // A static stand-in for the agent: these tests start no sandbox, so
-    // there is no warm pool either.
-    let mut server = Server::bind(ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        data_dir.clone(),
-        PathBuf::from("/bin/busybox"),
-    ))
-    .await
-    .unwrap();
-    server.set_warm_pool(0);
-    let addr = server.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
-    TestServer {
-        addr,
-        data_dir,
-        _tmp: tmp,
-        _stop: stop,
-    }
-}
-
-/// Runs `hutch ARGS` against `server` / `data_dir`, without HUTCH_API_KEY.
-async fn hutch(server: &str, data_dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutch"));
-    cmd.args(args)
+/// Runs `hutch ARGS` against `server` / `data_dir`, without HUTCH_API_KEY
+/// (so the key comes from `data_dir`'s key file, as on the server host).
+fn hutch_at(server: &str, data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hutch"))
+        .args(args)
         .env("HUTCH_SERVER", server)
         .env("HUTCH_DATA_DIR", data_dir)
-        .env_remove("HUTCH_API_KEY");
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
+        .env_remove("HUTCH_API_KEY")
+        .output()
         .unwrap()
 }
 
-impl TestServer {
-    async fn hutch(&self, args: &[&str]) -> Output {
-        hutch(&format!("http://{}", self.addr), &self.data_dir, args).await
-    }
+/// Runs `hutch ARGS` against `s`, on its host (see [`hutch_at`]).
+fn hutch(s: &TestServer, args: &[&str]) -> Output {
+    hutch_at(&s.url(), s.data_dir(), args)
 }
 
 fn stdout(o: &Output) -> String {
@@ -135,9 +100,9 @@ fn tar_dir(dir: &Path, out: &Path) {
     b.finish().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn template_commands_round_trip() {
-    let s = start().await;
+#[test]
+fn template_commands_round_trip() {
+    let s = TestServer::start_without_sandboxes(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
     write_layout(&layout);
@@ -145,33 +110,35 @@ async fn template_commands_round_trip() {
     tar_dir(&layout, &archive);
 
     // A directory is tarred on the fly; a file is sent as is.
-    let o = s
-        .hutch(&[
+    let o = hutch(
+        &s,
+        &[
             "template",
             "import",
             layout.to_str().unwrap(),
             "--name",
             "fromdir",
-        ])
-        .await;
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).starts_with("imported template fromdir (id "),
         "{}",
         stdout(&o)
     );
-    let o = s
-        .hutch(&[
+    let o = hutch(
+        &s,
+        &[
             "template",
             "import",
             archive.to_str().unwrap(),
             "--name",
             "fromfile",
-        ])
-        .await;
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let o = s.hutch(&["template", "list"]).await;
+    let o = hutch(&s, &["template", "list"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
@@ -183,7 +150,7 @@ async fn template_commands_round_trip() {
     assert!(lines[1].starts_with("fromdir "), "{out}");
     assert!(lines[2].starts_with("fromfile "), "{out}");
 
-    let o = s.hutch(&["template", "list", "--json"]).await;
+    let o = hutch(&s, &["template", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         list[0]["env"],
@@ -194,27 +161,26 @@ async fn template_commands_round_trip() {
         layout.canonicalize().unwrap().to_str().unwrap()
     );
 
-    let o = s
-        .hutch(&[
+    let o = hutch(
+        &s,
+        &[
             "template",
             "import",
             layout.to_str().unwrap(),
             "--name",
             "fromdir",
-        ])
-        .await;
+        ],
+    );
     assert_error(
         &o,
         1,
         "error: template 'fromdir' already exists; remove it first with `hutch template rm fromdir`",
     );
-    let o = s.hutch(&["template", "rm", "fromdir"]).await;
+    let o = hutch(&s, &["template", "rm", "fromdir"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = s.hutch(&["template", "rm", "fromdir"]).await;
+    let o = hutch(&s, &["template", "rm", "fromdir"]);
     assert_error(&o, 1, "error: template 'fromdir' not found");
-    let o = s
-        .hutch(&["template", "import", "/no/such/image", "--name", "x"])
-        .await;
+    let o = hutch(&s, &["template", "import", "/no/such/image", "--name", "x"]);
     assert_error(
         &o,
         1,
@@ -222,35 +188,28 @@ async fn template_commands_round_trip() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_errors_are_one_line() {
-    let s = start().await;
-    let o = s.hutch(&["sandbox", "create", "nope"]).await;
+#[test]
+fn client_errors_are_one_line() {
+    let s = TestServer::start_without_sandboxes(&[]);
+    let o = hutch(&s, &["sandbox", "create", "nope"]);
     assert_error(&o, 1, "error: template 'nope' not found");
-    let o = s
-        .hutch(&["sandbox", "create", "nope", "--env", "FOO"])
-        .await;
+    let o = hutch(&s, &["sandbox", "create", "nope", "--env", "FOO"]);
     assert_error(&o, 2, "error: invalid --env 'FOO': expected KEY=VALUE");
-    let o = s.hutch(&["exec", "nosuchsandbox", "--", "true"]).await;
+    let o = hutch(&s, &["exec", "nosuchsandbox", "--", "true"]);
     assert_error(&o, 1, "error: sandbox 'nosuchsandbox' not found");
-    let o = s.hutch(&["sandbox", "kill", "nosuchsandbox"]).await;
+    let o = hutch(&s, &["sandbox", "kill", "nosuchsandbox"]);
     assert_error(&o, 1, "error: sandbox 'nosuchsandbox' not found");
-    let o = s.hutch(&["sandbox", "list"]).await;
+    let o = hutch(&s, &["sandbox", "list"]);
     assert_eq!(
         stdout(&o),
         "ID  TEMPLATE  STATE  STARTED  ENDS  CPUS  MEM_MB  DISK_MB  PIDS  METADATA\n"
     );
-    let o = s.hutch(&["exec", "abc"]).await;
+    let o = hutch(&s, &["exec", "abc"]);
     assert_eq!(o.status.code(), Some(2), "missing command is a usage error");
 
     // No key: neither HUTCH_API_KEY nor a readable key file.
     let empty = tempfile::tempdir().unwrap();
-    let o = hutch(
-        &format!("http://{}", s.addr),
-        empty.path(),
-        &["template", "list"],
-    )
-    .await;
+    let o = hutch_at(&s.url(), empty.path(), &["template", "list"]);
     assert_error(
         &o,
         1,
@@ -266,7 +225,7 @@ async fn client_errors_are_one_line() {
         .local_addr()
         .unwrap();
     let url = format!("http://{free}");
-    let o = hutch(&url, &s.data_dir, &["sandbox", "list"]).await;
+    let o = hutch_at(&url, s.data_dir(), &["sandbox", "list"]);
     assert_error(
         &o,
         1,
@@ -276,26 +235,27 @@ async fn client_errors_are_one_line() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_reports_a_busy_port() {
-    let s = start().await;
+#[test]
+fn serve_reports_a_busy_port() {
+    let s = TestServer::start_without_sandboxes(&[]);
     let other = tempfile::tempdir().unwrap();
-    let o = s
-        .hutch(&[
+    let o = hutch(
+        &s,
+        &[
             "serve",
             "--listen",
-            &s.addr.to_string(),
+            &s.addr().to_string(),
             "--data-dir",
             other.path().to_str().unwrap(),
             "--envd",
             "/bin/busybox",
-        ])
-        .await;
+        ],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).ends_with(&format!(
             "error: cannot listen on {}: address in use\n",
-            s.addr
+            s.addr()
         )),
         "{}",
         stderr(&o)

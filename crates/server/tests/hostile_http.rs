@@ -2,15 +2,14 @@
 //! E2B's JSON error body (`{"code": N, "message": "..."}`), slow and idle
 //! clients are cut off, a connection flood is bounded, and the server keeps
 //! serving throughout. Raw sockets are used where a well-behaved client
-//! library would refuse to send the request.
-
-mod common;
+//! library would refuse to send the request. Against `hutch serve`
+//! processes that start no sandbox.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use hutch_test_support::TestServer;
 
 /// Sends `request` as raw bytes; returns the status and the body of the
 /// answer (read until the server closes or `Content-Length` is met).
@@ -78,10 +77,10 @@ fn get(path: &str, key: &str, extra: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_get_json_4xx() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_without_sandboxes(&[]);
     tokio::task::spawn_blocking({
-        let key = s.key.clone();
-        let addr = s.addr;
+        let key = s.api_key();
+        let addr = s.addr();
         move || {
             // A path segment that is not UTF-8.
             let (code, body) = raw(addr, &get("/sandboxes/%FF%FE", &key, ""));
@@ -165,12 +164,12 @@ async fn malformed_requests_get_json_4xx() {
     .await
     .unwrap();
     assert_still_serving(&s).await;
-    s.stop().await;
+    s.stop_ok();
 }
 
 async fn assert_still_serving(s: &TestServer) {
     let resp = s
-        .req(reqwest::Method::GET, "/sandboxes")
+        .request(reqwest::Method::GET, "/sandboxes")
         .send()
         .await
         .unwrap();
@@ -180,8 +179,11 @@ async fn assert_still_serving(s: &TestServer) {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_and_idle_clients_are_cut_off() {
     let timeout = Duration::from_secs(2);
-    let s = TestServer::start_with(|cfg| cfg.http.header_read_timeout = timeout).await;
-    let addr = s.addr;
+    let s = TestServer::start_without_sandboxes(&[
+        "--header-read-timeout",
+        &timeout.as_secs().to_string(),
+    ]);
+    let addr = s.addr();
     tokio::task::spawn_blocking(move || {
         // Headers sent one byte at a time, forever.
         let mut slow = TcpStream::connect(addr).unwrap();
@@ -221,15 +223,18 @@ async fn slow_and_idle_clients_are_cut_off() {
     .await
     .unwrap();
     assert_still_serving(&s).await;
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_flood_is_bounded_and_the_server_recovers() {
     let per_client = 16;
-    let s = TestServer::start_with(|cfg| cfg.http.max_per_client = per_client).await;
-    let addr = s.addr;
-    let key = s.key.clone();
+    let s = TestServer::start_without_sandboxes(&[
+        "--max-connections-per-client",
+        &per_client.to_string(),
+    ]);
+    let addr = s.addr();
+    let key = s.api_key();
     tokio::task::spawn_blocking(move || {
         // Held connections, each having made one request (so each is
         // admitted and served before the next is opened).
@@ -268,33 +273,43 @@ async fn a_connection_flood_is_bounded_and_the_server_recovers() {
     })
     .await
     .unwrap();
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn accepted_sockets_have_tcp_nodelay() {
-    use std::os::fd::BorrowedFd;
-    // The server runs in this process: find its end of a connection among
-    // this process's descriptors and read the option there.
-    let s = TestServer::start().await;
-    let client = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    // Find the server's end of a connection among the server process's
+    // descriptors, take a duplicate of it (pidfd_getfd: the same socket) and
+    // read the option there.
+    let s = TestServer::start_without_sandboxes(&[]);
+    let pid = Pid::from_raw(i32::try_from(s.pid()).unwrap()).expect("the server's pid");
+    let pidfd = pidfd_open(pid, PidfdFlags::empty()).expect("pidfd_open on the server");
+    let client = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
     let client_addr = client.local_addr().unwrap();
     let mut found = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     while found.is_none() {
-        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", s.pid())).unwrap();
+        for entry in fds.flatten() {
             let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
-            // SAFETY: only queried while the descriptor is open (a failed
-            // query of one closed meanwhile is skipped).
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let ends = (rustix::net::getsockname(fd), rustix::net::getpeername(fd));
+            let is_socket = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+            if !is_socket {
+                continue;
+            }
+            // A descriptor closed meanwhile is skipped.
+            let Ok(fd) = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()) else {
+                continue;
+            };
+            let ends = (rustix::net::getsockname(&fd), rustix::net::getpeername(&fd));
             if let (Ok(local), Ok(Some(peer))) = ends
-                && SocketAddr::try_from(local).ok() == Some(s.addr)
+                && SocketAddr::try_from(local).ok() == Some(s.addr())
                 && SocketAddr::try_from(peer).ok() == Some(client_addr)
             {
-                found = Some(rustix::net::sockopt::tcp_nodelay(fd).unwrap());
+                found = Some(rustix::net::sockopt::tcp_nodelay(&fd).unwrap());
             }
         }
         assert!(
@@ -309,5 +324,5 @@ async fn accepted_sockets_have_tcp_nodelay() {
         "TCP_NODELAY is off on the accepted socket"
     );
     drop(client);
-    s.stop().await;
+    s.stop_ok();
 }

@@ -1,41 +1,53 @@
 //! The REST API without running sandboxes: health, authentication, error
 //! bodies, templates, validation, the front door for unknown sandboxes, and
-//! startup errors.
+//! startup errors. Against `hutch serve` processes that start no sandbox
+//! ([`TestServer::start_without_sandboxes`]), except for the startup errors
+//! of `Server::bind` itself.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{TestServer, busybox_oci_archive, error_body};
+use common::{busybox_oci_archive, error_body, import};
 use hutch_server::{Server, ServerError};
+use hutch_test_support::{Postgres, TestServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn health_needs_no_key() {
-    let s = TestServer::start().await;
-    let resp = reqwest::get(s.url("/health")).await.unwrap();
+    let s = TestServer::start_without_sandboxes(&[]);
+    let resp = reqwest::get(format!("{}/health", s.url())).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({"status": "ok"}));
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn api_key_is_generated_private_and_required() {
-    let s = TestServer::start().await;
-    let file = s.data_dir.join("api-key");
+    let s = TestServer::start_without_sandboxes(&[]);
+    let key = s.api_key();
+    let file = s.data_dir().join("api-key");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert!(s.key.starts_with("e2b_") && s.key.len() == 44, "{}", s.key);
+    assert!(key.starts_with("e2b_") && key.len() == 44, "{key}");
     // Only the hash is stored.
-    let db = std::fs::read(s.data_dir.join("hutch.db")).unwrap();
-    assert!(!db.windows(s.key.len()).any(|w| w == s.key.as_bytes()));
+    let db = std::fs::read(s.data_dir().join("hutch.db")).unwrap();
+    assert!(!db.windows(key.len()).any(|w| w == key.as_bytes()));
 
     let client = reqwest::Client::new();
-    let msg = error_body(client.get(s.url("/sandboxes")).send().await.unwrap(), 401).await;
+    let msg = error_body(
+        client
+            .get(format!("{}/sandboxes", s.url()))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
     assert!(msg.contains("X-API-Key"), "{msg}");
     let wrong = client
-        .get(s.url("/hutch/v1/templates"))
+        .get(format!("{}/hutch/v1/templates", s.url()))
         .header("X-API-Key", "e2b_0000000000000000000000000000000000000000")
         .send()
         .await
@@ -43,58 +55,52 @@ async fn api_key_is_generated_private_and_required() {
     error_body(wrong, 401).await;
     for header in ["X-API-Key", "x-api-key", "X-API-KEY"] {
         let resp = client
-            .get(s.url("/sandboxes"))
-            .header(header, &s.key)
+            .get(format!("{}/sandboxes", s.url()))
+            .header(header, &key)
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "{header}");
         assert_eq!(resp.json::<Value>().await.unwrap(), json!([]));
     }
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn api_key_survives_a_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let s = TestServer::start_in(&data).await;
-    let key = s.key.clone();
-    s.stop().await;
-    let s = TestServer::start_in(&data).await;
-    assert_eq!(s.key, key);
-    let resp = s.req(Method::GET, "/sandboxes").send().await.unwrap();
+    let s = TestServer::start_without_sandboxes(&[]);
+    let key = s.api_key();
+    let s = TestServer::restart_without_sandboxes(s.stop_ok(), &[]);
+    assert_eq!(s.api_key(), key);
+    let resp = s.request(Method::GET, "/sandboxes").send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    s.stop().await;
+    s.stop_ok();
 }
 
 /// With the state in PostgreSQL: the key, the templates and the keys made
 /// through the API are there after a restart, and nothing is in SQLite.
 #[tokio::test]
 async fn the_state_survives_a_restart_on_postgres() {
-    let pg = tokio::task::spawn_blocking(hutch_test_support::Postgres::start)
-        .await
-        .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut cfg = common::config(&data);
-    cfg.database_url = Some(pg.url());
-    let s = TestServer::start_cfg(cfg.clone()).await;
-    let key = s.key.clone();
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let database = ["--database-url", &pg.url()];
+    let s = TestServer::start_without_sandboxes(&database);
+    let data = s.data_dir().to_path_buf();
+    let key = s.api_key();
     let resp = s
-        .req(Method::POST, "/hutch/v1/api-keys")
+        .request(Method::POST, "/hutch/v1/api-keys")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
     let second: Value = resp.json().await.unwrap();
-    s.stop().await;
+    let dir = s.stop_ok();
     assert!(!data.join("hutch.db").exists());
-    // The key file goes: the key is found in the database.
+    // The key file goes: the key is found in the database (and the file is
+    // not written again, so the server is told the key).
     std::fs::remove_file(data.join("api-key")).unwrap();
-    let s = TestServer::start_cfg_with_key(cfg, &key).await;
+    let s = TestServer::restart_without_sandboxes(dir, &database).with_api_key(key);
     let keys = s
-        .req(Method::GET, "/hutch/v1/api-keys")
+        .request(Method::GET, "/hutch/v1/api-keys")
         .send()
         .await
         .unwrap()
@@ -105,7 +111,7 @@ async fn the_state_survives_a_restart_on_postgres() {
     assert_eq!(ids.len(), 2, "{keys:?}");
     assert_eq!(ids[1], second["id"].as_str().unwrap());
     let resp = reqwest::Client::new()
-        .get(s.url("/sandboxes"))
+        .get(format!("{}/sandboxes", s.url()))
         .header("X-API-Key", second["key"].as_str().unwrap())
         .send()
         .await
@@ -115,15 +121,15 @@ async fn the_state_survives_a_restart_on_postgres() {
         pg.psql("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL"),
         "2"
     );
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn api_keys_are_created_listed_and_revoked() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_without_sandboxes(&[]);
     let list = || async {
         let resp = s
-            .req(Method::GET, "/hutch/v1/api-keys")
+            .request(Method::GET, "/hutch/v1/api-keys")
             .send()
             .await
             .unwrap();
@@ -133,13 +139,14 @@ async fn api_keys_are_created_listed_and_revoked() {
     let keys = list().await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let first_id = keys[0]["id"].as_str().unwrap().to_string();
-    assert_eq!(keys[0]["prefix"], s.key[..10]);
+    let key = s.api_key();
+    assert_eq!(keys[0]["prefix"], key[..10]);
     assert!(keys[0]["revokedAt"].is_null());
     assert!(keys[0].get("key").is_none(), "no secrets listed");
 
     // The only key cannot be revoked.
     let msg = error_body(
-        s.req(Method::DELETE, &format!("/hutch/v1/api-keys/{first_id}"))
+        s.request(Method::DELETE, &format!("/hutch/v1/api-keys/{first_id}"))
             .send()
             .await
             .unwrap(),
@@ -149,7 +156,7 @@ async fn api_keys_are_created_listed_and_revoked() {
     assert!(msg.contains("last"), "{msg}");
 
     let resp = s
-        .req(Method::POST, "/hutch/v1/api-keys")
+        .request(Method::POST, "/hutch/v1/api-keys")
         .send()
         .await
         .unwrap();
@@ -163,7 +170,7 @@ async fn api_keys_are_created_listed_and_revoked() {
     );
     assert_eq!(created["prefix"], new_key[..10]);
     assert!(created["createdAt"].as_str().unwrap().ends_with('Z'));
-    let db = std::fs::read(s.data_dir.join("hutch.db")).unwrap();
+    let db = std::fs::read(s.data_dir().join("hutch.db")).unwrap();
     assert!(
         !db.windows(new_key.len()).any(|w| w == new_key.as_bytes()),
         "only the hash is stored"
@@ -176,7 +183,7 @@ async fn api_keys_are_created_listed_and_revoked() {
     let client = reqwest::Client::new();
     let with = |key: &str, method: Method, path: &str| {
         client
-            .request(method, s.url(path))
+            .request(method, format!("{}{path}", s.url()))
             .header("X-API-Key", key.to_string())
     };
     let resp = with(&new_key, Method::GET, "/sandboxes")
@@ -194,10 +201,7 @@ async fn api_keys_are_created_listed_and_revoked() {
     .unwrap();
     assert_eq!(resp.status(), 204);
     error_body(
-        with(&s.key, Method::GET, "/sandboxes")
-            .send()
-            .await
-            .unwrap(),
+        with(&key, Method::GET, "/sandboxes").send().await.unwrap(),
         401,
     )
     .await;
@@ -241,23 +245,27 @@ async fn api_keys_are_created_listed_and_revoked() {
         409,
     )
     .await;
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
-    let s = TestServer::start().await;
-    let msg = error_body(s.req(Method::GET, "/nope").send().await.unwrap(), 404).await;
+    let s = TestServer::start_without_sandboxes(&[]);
+    let msg = error_body(s.request(Method::GET, "/nope").send().await.unwrap(), 404).await;
     assert!(msg.contains("/nope"), "{msg}");
-    error_body(s.req(Method::PUT, "/sandboxes").send().await.unwrap(), 405).await;
-    s.stop().await;
+    error_body(
+        s.request(Method::PUT, "/sandboxes").send().await.unwrap(),
+        405,
+    )
+    .await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn template_import_list_duplicate_and_remove() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_without_sandboxes(&[]);
 
-    let resp = s.import("base", busybox_oci_archive("one")).await;
+    let resp = import(&s, "base", busybox_oci_archive("one")).await;
     let status = resp.status();
     let meta: Value = resp.json().await.unwrap();
     assert_eq!(status, 201, "{meta}");
@@ -280,7 +288,7 @@ async fn template_import_list_duplicate_and_remove() {
         .collect();
     assert_eq!(layers.len(), 1);
     let layer_dir = s
-        .data_dir
+        .data_dir()
         .join("images/sha256")
         .join(layers[0].trim_start_matches("sha256:"));
     assert!(
@@ -290,7 +298,7 @@ async fn template_import_list_duplicate_and_remove() {
     );
 
     // The same name again: 409 with the way out.
-    let msg = error_body(s.import("base", busybox_oci_archive("one")).await, 409).await;
+    let msg = error_body(import(&s, "base", busybox_oci_archive("one")).await, 409).await;
     assert_eq!(
         msg,
         "template 'base' already exists; remove it first with `hutch template rm base`"
@@ -298,12 +306,14 @@ async fn template_import_list_duplicate_and_remove() {
 
     // A second template sharing nothing with the first.
     assert_eq!(
-        s.import("other", busybox_oci_archive("two")).await.status(),
+        import(&s, "other", busybox_oci_archive("two"))
+            .await
+            .status(),
         201
     );
 
     let list: Value = s
-        .req(Method::GET, "/hutch/v1/templates")
+        .request(Method::GET, "/hutch/v1/templates")
         .send()
         .await
         .unwrap()
@@ -320,14 +330,14 @@ async fn template_import_list_duplicate_and_remove() {
 
     // Remove by name: its layer goes, the other template's stays.
     let resp = s
-        .req(Method::DELETE, "/hutch/v1/templates/base")
+        .request(Method::DELETE, "/hutch/v1/templates/base")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
     assert!(!layer_dir.exists(), "unreferenced layer removed");
     let msg = error_body(
-        s.req(Method::DELETE, "/hutch/v1/templates/base")
+        s.request(Method::DELETE, "/hutch/v1/templates/base")
             .send()
             .await
             .unwrap(),
@@ -336,7 +346,7 @@ async fn template_import_list_duplicate_and_remove() {
     .await;
     assert_eq!(msg, "template 'base' not found");
     let list: Value = s
-        .req(Method::GET, "/hutch/v1/templates")
+        .request(Method::GET, "/hutch/v1/templates")
         .send()
         .await
         .unwrap()
@@ -347,24 +357,30 @@ async fn template_import_list_duplicate_and_remove() {
 
     // The name is free again.
     assert_eq!(
-        s.import("base", busybox_oci_archive("one")).await.status(),
+        import(&s, "base", busybox_oci_archive("one"))
+            .await
+            .status(),
         201
     );
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn template_import_rejects_bad_names_and_bad_images() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_without_sandboxes(&[]);
     for name in ["Base", "-x", "a%20b", ""] {
-        let msg = error_body(s.import(name, busybox_oci_archive("x")).await, 400).await;
+        let msg = error_body(import(&s, name, busybox_oci_archive("x")).await, 400).await;
         assert!(msg.contains("name"), "{name}: {msg}");
     }
-    let msg = error_body(s.import("junk", b"not a tar at all".repeat(100)).await, 400).await;
+    let msg = error_body(
+        import(&s, "junk", b"not a tar at all".repeat(100)).await,
+        400,
+    )
+    .await;
     assert!(msg.contains("cannot import template 'junk'"), "{msg}");
     // A failed import leaves no template behind.
     let list: Value = s
-        .req(Method::GET, "/hutch/v1/templates")
+        .request(Method::GET, "/hutch/v1/templates")
         .send()
         .await
         .unwrap()
@@ -372,15 +388,15 @@ async fn template_import_rejects_bad_names_and_bad_images() {
         .await
         .unwrap();
     assert_eq!(list, json!([]));
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn create_with_unknown_template_is_404() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_without_sandboxes(&[]);
     for path in ["/sandboxes", "/v2/sandboxes"] {
         let resp = s
-            .req(Method::POST, path)
+            .request(Method::POST, path)
             .json(&json!({"templateID": "nope", "timeout": 60, "secure": true, "autoPause": false}))
             .send()
             .await
@@ -391,13 +407,13 @@ async fn create_with_unknown_template_is_404() {
             json!({"code": 404, "message": "template 'nope' not found"})
         );
     }
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn create_validates_its_input() {
-    let s = TestServer::start().await;
-    let post = |body: Value| s.req(Method::POST, "/sandboxes").json(&body).send();
+    let s = TestServer::start_without_sandboxes(&[]);
+    let post = |body: Value| s.request(Method::POST, "/sandboxes").json(&body).send();
 
     let msg = error_body(
         post(json!({"templateID": "base", "timeout": 86401}))
@@ -426,18 +442,18 @@ async fn create_validates_its_input() {
     let msg = error_body(post(json!({"timeout": 5})).await.unwrap(), 400).await;
     assert!(msg.contains("templateID"), "{msg}");
     let resp = s
-        .req(Method::POST, "/sandboxes")
+        .request(Method::POST, "/sandboxes")
         .body("{not json")
         .send()
         .await
         .unwrap();
     error_body(resp, 400).await;
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn unknown_sandboxes_are_404() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_without_sandboxes(&[]);
     let id = "doesnotexist";
     for (method, path, body) in [
         (Method::GET, format!("/sandboxes/{id}"), None),
@@ -472,7 +488,7 @@ async fn unknown_sandboxes_are_404() {
             None,
         ),
     ] {
-        let mut req = s.req(method.clone(), &path);
+        let mut req = s.request(method.clone(), &path);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -480,7 +496,7 @@ async fn unknown_sandboxes_are_404() {
         assert!(msg.contains(id), "{method} {path}: {msg}");
     }
     let resp = s
-        .req(Method::GET, "/v2/sandboxes?state=running&limit=10")
+        .request(Method::GET, "/v2/sandboxes?state=running&limit=10")
         .send()
         .await
         .unwrap();
@@ -489,14 +505,14 @@ async fn unknown_sandboxes_are_404() {
     assert_eq!(resp.json::<Value>().await.unwrap(), json!([]));
     for filter in ["paused", "running,paused", ""] {
         let resp = s
-            .req(Method::GET, &format!("/v2/sandboxes?state={filter}"))
+            .request(Method::GET, &format!("/v2/sandboxes?state={filter}"))
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "state={filter}");
     }
     let msg = error_body(
-        s.req(Method::GET, "/v2/sandboxes?state=killed")
+        s.request(Method::GET, "/v2/sandboxes?state=killed")
             .send()
             .await
             .unwrap(),
@@ -505,21 +521,21 @@ async fn unknown_sandboxes_are_404() {
     .await;
     assert!(msg.contains("killed"), "{msg}");
     let resp = s
-        .req(Method::GET, "/sandboxes?metadata=user%3Dme%26app%3Dx")
+        .request(Method::GET, "/sandboxes?metadata=user%3Dme%26app%3Dx")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.json::<Value>().await.unwrap(), json!([]));
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn front_door_answers_502_for_unknown_sandboxes() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_without_sandboxes(&[]);
     let client = reqwest::Client::new();
     // By headers (E2B_SANDBOX_URL pointing here), no API key needed.
     let resp = client
-        .post(s.url("/process.Process/Start"))
+        .post(format!("{}/process.Process/Start", s.url()))
         .header("E2b-Sandbox-Id", "nosuchsandbox")
         .header("E2b-Sandbox-Port", "49983")
         .header("Content-Type", "application/connect+json")
@@ -531,7 +547,7 @@ async fn front_door_answers_502_for_unknown_sandboxes() {
     assert_eq!(msg, "The sandbox nosuchsandbox was not found");
     // By host name: <port>-<id>.<domain>.
     let resp = client
-        .get(s.url("/health"))
+        .get(format!("{}/health", s.url()))
         .header("Host", "49983-nosuchsandbox.hutch.local")
         .send()
         .await
@@ -540,24 +556,23 @@ async fn front_door_answers_502_for_unknown_sandboxes() {
     assert!(msg.contains("was not found"), "{msg}");
     // The front door is checked before the REST routes.
     let resp = client
-        .get(s.url("/sandboxes"))
-        .header("X-API-Key", &s.key)
+        .get(format!("{}/sandboxes", s.url()))
+        .header("X-API-Key", s.api_key())
         .header("E2b-Sandbox-Id", "gone")
         .send()
         .await
         .unwrap();
     error_body(resp, 502).await;
-    s.stop().await;
+    s.stop_ok();
 }
 
 #[tokio::test]
 async fn startup_errors_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let s = TestServer::start_in(&data).await;
+    let s = TestServer::start_without_sandboxes(&[]);
 
     // The same data dir is locked by the running server.
-    let mut cfg = common::config(&data);
+    let mut cfg = common::config(s.data_dir());
     let err = Server::bind(cfg.clone())
         .await
         .err()
@@ -569,12 +584,12 @@ async fn startup_errors_are_clear() {
     );
 
     // The same port.
-    cfg.listen = s.addr;
+    cfg.listen = s.addr();
     cfg.data_dir = tmp.path().join("other");
     let err = Server::bind(cfg.clone()).await.err().expect("port in use");
     assert_eq!(
         err.to_string(),
-        format!("cannot listen on {}: address in use", s.addr)
+        format!("cannot listen on {}: address in use", s.addr())
     );
 
     // A data dir that cannot be a directory.
@@ -615,5 +630,5 @@ async fn startup_errors_are_clear() {
         )),
         "{text}"
     );
-    s.stop().await;
+    s.stop_ok();
 }

@@ -10,7 +10,9 @@
 //! - [`hutch_bin`] / [`envd_bin`]: workspace binaries, built on first use.
 //! - [`busybox_image`] / [`debian_image`]: OCI image layouts whose config matches the cases in
 //!   `environment.md` (see [`IMAGE_ENV`]); [`as_oci_archive`] / [`as_docker_archive`] convert them.
-//! - [`TestServer`]: a `hutch serve` on a free port with its own data directory.
+//! - [`TestServer`]: a `hutch serve` on a free port with its own data directory; with
+//!   [`TestServer::start_without_sandboxes`], one that needs no agent, for tests that start no
+//!   sandbox.
 //! - [`HostResources`] / [`assert_no_leaks`]: what a data directory's sandboxes hold on the
 //!   host, counted from the kernel; [`FakeInternet`]: an HTTP server beyond the host, in a
 //!   network namespace of its own, for egress tests.
@@ -48,7 +50,7 @@ pub use registry::{
 pub use sdk::{
     E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, e2b_js, e2b_python, python_with,
 };
-pub use server::{TestServer, http};
+pub use server::{STAND_IN_ENVD, TestServer, http};
 pub use testdir::TestDir;
 pub use wait::{wait_until, wait_until_async};
 

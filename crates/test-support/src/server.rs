@@ -4,7 +4,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bins::{envd_bin, hutch_bin};
@@ -20,8 +20,19 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Lines of the server log quoted in panics.
 const LOG_TAIL: usize = 60;
 
+/// The stand-in agent binary of [`TestServer::start_without_sandboxes`]: any static executable
+/// passes the server's startup checks (it refuses a dynamically linked one), and a server that
+/// starts no sandbox never runs it.
+pub const STAND_IN_ENVD: &str = "/bin/busybox";
+
+/// The `hutch serve` arguments of a server that starts no sandbox: the stand-in agent
+/// [`STAND_IN_ENVD`], and no warm pool (which would boot sandboxes).
+const WITHOUT_SANDBOXES: [&str; 4] = ["--envd", STAND_IN_ENVD, "--warm-pool", "0"];
+
 /// A running `hutch serve --listen 127.0.0.1:<port> --data-dir <dir>` with
-/// `HUTCH_ENVD=<envd_bin()>`; its stdout and stderr are appended to `<dir>/server.log`.
+/// `HUTCH_ENVD=<envd_bin()>` (unless its arguments name an `--envd`, as those of
+/// [`TestServer::start_without_sandboxes`] do); its stdout and stderr are appended to
+/// `<dir>/server.log`.
 ///
 /// On drop: SIGTERM, up to 10 s for it to exit, SIGKILL; then every runc container under
 /// `<dir>/runc` is force-deleted and everything mounted under `<dir>` is detached; a data
@@ -35,6 +46,8 @@ pub struct TestServer {
     dir: Option<TestDir>,
     /// Extra `hutch serve` arguments.
     args: Vec<String>,
+    /// The API key set with [`TestServer::with_api_key`], if any.
+    api_key: Option<String>,
 }
 
 impl TestServer {
@@ -48,6 +61,16 @@ impl TestServer {
     pub fn start_with_args(args: &[&str]) -> TestServer {
         let dir = TestDir::new().with_runc_cleanup();
         Self::launch(dir.path().to_path_buf(), Some(dir), args)
+    }
+
+    /// Starts a server that can start no sandbox, on a fresh [`TestDir`]: `hutch serve --envd
+    /// /bin/busybox --warm-pool 0 ARGS` (see [`STAND_IN_ENVD`]). Creating a sandbox on it
+    /// fails, but everything else (the REST API, templates, API keys, the CLI, HTTP handling)
+    /// is the real server's; and the agent is not built for it ([`envd_bin`] is not called).
+    /// `args` are more `hutch serve` arguments, e.g. `["--header-read-timeout", "2"]` (not
+    /// `--envd` or `--warm-pool` again: `hutch serve` refuses repeated options).
+    pub fn start_without_sandboxes(args: &[&str]) -> TestServer {
+        Self::start_with_args(&without_sandboxes(args))
     }
 
     /// Starts a server on an existing data directory (a restart), which the caller keeps
@@ -71,9 +94,26 @@ impl TestServer {
         )
     }
 
+    /// [`TestServer::restart_with_args`] for a server that starts no sandbox (see
+    /// [`TestServer::start_without_sandboxes`]):
+    /// `TestServer::restart_without_sandboxes(server.stop(), &[])`.
+    pub fn restart_without_sandboxes(dir: TestDir, args: &[&str]) -> TestServer {
+        Self::restart_with_args(dir, &without_sandboxes(args))
+    }
+
+    /// Makes `key` this server's API key for [`TestServer::api_key`] and everything that uses
+    /// it ([`TestServer::request`], [`TestServer::cli`], [`http`]...), instead of the one in
+    /// `<data>/api-key`. For a server whose key file was removed: the server writes it only
+    /// when its database holds no key yet.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> TestServer {
+        self.api_key = Some(key.into());
+        self
+    }
+
     fn launch(data_dir: PathBuf, dir: Option<TestDir>, args: &[&str]) -> TestServer {
         let hutch = hutch_bin();
-        let envd = envd_bin();
+        // A server given its agent needs none built.
+        let envd = (!names_envd(args)).then(envd_bin);
         fs::create_dir_all(&data_dir)
             .unwrap_or_else(|e| panic!("TestServer: cannot create {}: {e}", data_dir.display()));
         let mut server = TestServer {
@@ -82,12 +122,13 @@ impl TestServer {
             port: 0,
             dir,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            api_key: None,
         };
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             server.port = free_port();
             let log_offset = server.log_len();
-            let child = server.spawn(&hutch, &envd);
+            let child = server.spawn(&hutch, envd.as_deref());
             server.child = Some(child);
             match server.wait_healthy() {
                 Ok(()) => return server,
@@ -112,7 +153,8 @@ impl TestServer {
         unreachable!()
     }
 
-    fn spawn(&self, hutch: &Path, envd: &Path) -> Child {
+    /// Spawns `hutch serve`; with `HUTCH_ENVD=envd` if given, else without any `HUTCH_ENVD`.
+    fn spawn(&self, hutch: &Path, envd: Option<&Path>) -> Child {
         let log_path = self.log_path();
         let mut log = OpenOptions::new()
             .create(true)
@@ -128,15 +170,18 @@ impl TestServer {
         let stderr = log
             .try_clone()
             .unwrap_or_else(|e| panic!("TestServer: cannot dup log file: {e}"));
-        Command::new(hutch)
-            .arg("serve")
+        let mut cmd = Command::new(hutch);
+        match envd {
+            Some(envd) => cmd.env("HUTCH_ENVD", envd),
+            None => cmd.env_remove("HUTCH_ENVD"),
+        };
+        cmd.arg("serve")
             .arg("--listen")
             .arg(&listen)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--no-base-template")
             .args(&self.args)
-            .env("HUTCH_ENVD", envd)
             .env_remove("HUTCH_SERVER")
             .env_remove("HUTCH_API_KEY")
             .stdin(Stdio::null())
@@ -177,6 +222,11 @@ impl TestServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `127.0.0.1:<port>`, for raw connections.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -190,13 +240,25 @@ impl TestServer {
         &self.data_dir
     }
 
-    /// The API key the server wrote to `<data>/api-key` (trimmed).
+    /// The API key the server wrote to `<data>/api-key` (trimmed), or the one set with
+    /// [`TestServer::with_api_key`].
     pub fn api_key(&self) -> String {
+        if let Some(key) = &self.api_key {
+            return key.clone();
+        }
         let path = self.data_dir.join("api-key");
         fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("TestServer: cannot read {}: {e}", path.display()))
             .trim()
             .to_owned()
+    }
+
+    /// A request (for `async` tests) of `method` to `path` (e.g. `/sandboxes`) on this server,
+    /// with its API key in `X-API-Key`.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url()))
+            .header("X-API-Key", self.api_key())
     }
 
     /// `hutch` with `HUTCH_SERVER` and `HUTCH_API_KEY` pointing at this server.
@@ -292,6 +354,21 @@ impl TestServer {
         self.take_dir()
     }
 
+    /// [`TestServer::stop`], asserting that the server shut down cleanly: it exited
+    /// successfully on SIGTERM, within the grace period. Panics with the tail of its log if not.
+    pub fn stop_ok(mut self) -> TestDir {
+        let status = self.terminate();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "TestServer: `hutch serve` on {} did not shut down cleanly ({})\n--- tail of {} ---\n{}",
+            self.url(),
+            status.map_or_else(|| "no exit status".to_owned(), |s| s.to_string()),
+            self.log_path().display(),
+            tail(&self.log(), LOG_TAIL),
+        );
+        self.take_dir()
+    }
+
     fn take_dir(&mut self) -> TestDir {
         self.dir
             .take()
@@ -305,27 +382,35 @@ impl TestServer {
         }
     }
 
-    fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(None) = child.try_wait() {
-            let pid = rustix::process::Pid::from_child(&child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    /// SIGTERM, up to [`STOP_GRACE`] for the server to exit, SIGKILL. Returns its exit
+    /// status if it exited by itself (on SIGTERM, or before); `None` if it had to be killed,
+    /// could not be waited for, or was not running.
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(_) => {
+                let _ = child.wait();
+                return None;
             }
-            eprintln!(
-                "warning: hutch serve (pid {}) ignored SIGTERM for {STOP_GRACE:?}; killing it",
-                child.id()
-            );
-            let _ = child.kill();
         }
+        let pid = rustix::process::Pid::from_child(&child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "warning: hutch serve (pid {}) ignored SIGTERM for {STOP_GRACE:?}; killing it",
+            child.id()
+        );
+        let _ = child.kill();
         let _ = child.wait();
+        None
     }
 }
 
@@ -353,6 +438,17 @@ impl Drop for TestServer {
         }
         // `self.dir`, if any, is dropped next and removes the directory.
     }
+}
+
+/// `hutch serve` arguments for a server that starts no sandbox, then `args`.
+fn without_sandboxes<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    WITHOUT_SANDBOXES.iter().chain(args).copied().collect()
+}
+
+/// Whether `hutch serve` arguments name the agent binary (`--envd PATH` or `--envd=PATH`).
+fn names_envd(args: &[&str]) -> bool {
+    args.iter()
+        .any(|a| *a == "--envd" || a.starts_with("--envd="))
 }
 
 /// One `GET /health` over HTTP/1.1; returns the status code.

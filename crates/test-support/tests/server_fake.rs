@@ -31,7 +31,15 @@ fi
 mkdir -p "$data/www"
 echo ok > "$data/www/health"
 echo fake-key > "$data/api-key"
-echo "fake serve on $listen with HUTCH_ENVD=$HUTCH_ENVD"
+echo "fake serve on $listen with HUTCH_ENVD=${HUTCH_ENVD-unset}: $*"
+if [ -e "$data/exit-on-term" ]; then
+    # Shut down cleanly on SIGTERM, as `hutch serve` does.
+    /bin/busybox httpd -f -p "$listen" -h "$data/www" &
+    httpd=$!
+    trap 'kill $httpd; wait $httpd; exit 0' TERM
+    wait $httpd
+    exit 4
+fi
 exec /bin/busybox httpd -f -p "$listen" -h "$data/www"
 "#;
 
@@ -94,6 +102,70 @@ fn leave_a_container_and_a_mount(data: &Path) -> u32 {
     state["pid"].as_u64().unwrap() as u32
 }
 
+/// A server without sandboxes (before `envd_bin()` is first called, with `HUTCH_ENVD_BIN`
+/// naming no file): the agent is neither built nor passed; its arguments, `addr`,
+/// `with_api_key`, `request`; `stop_ok` on a clean and an unclean shutdown.
+fn without_sandboxes() {
+    let server = TestServer::start_without_sandboxes(&["--header-read-timeout", "5"]);
+    let data = server.data_dir().to_path_buf();
+    // What the fake logs when started by `server`.
+    let started = |server: &TestServer| {
+        format!(
+            "fake serve on {} with HUTCH_ENVD=unset: serve --listen {0} --data-dir {} \
+             --no-base-template --envd /bin/busybox --warm-pool 0",
+            server.addr(),
+            data.display()
+        )
+    };
+    assert!(
+        server
+            .log()
+            .contains(&format!("{} --header-read-timeout 5\n", started(&server))),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.url(), format!("http://{}", server.addr()));
+
+    // A key given to the server replaces the file's for every client.
+    assert_eq!(server.api_key(), "fake-key");
+    let server = server.with_api_key("given-key");
+    assert_eq!(server.api_key(), "given-key");
+    let out = sh(server.hutch().args(["sandbox", "list"]));
+    assert_eq!(
+        out,
+        format!("client {} given-key sandbox list\n", server.url())
+    );
+    let req = server
+        .request(reqwest::Method::DELETE, "/sandboxes/x?y=1")
+        .build()
+        .unwrap();
+    assert_eq!(req.method(), reqwest::Method::DELETE);
+    assert_eq!(
+        req.url().as_str(),
+        format!("{}/sandboxes/x?y=1", server.url())
+    );
+    assert_eq!(req.headers()["x-api-key"], "given-key");
+
+    // A server that exits 0 on SIGTERM stops cleanly; one killed by it does not.
+    fs::write(data.join("exit-on-term"), "").unwrap();
+    let server = TestServer::restart_without_sandboxes(server.stop(), &[]);
+    assert!(
+        server.log().contains(&format!("{}\n", started(&server))),
+        "{}",
+        server.log()
+    );
+    let guard = server.stop_ok();
+    fs::remove_file(data.join("exit-on-term")).unwrap();
+    let server = TestServer::restart_without_sandboxes(guard, &[]);
+    let panic =
+        catch_unwind(AssertUnwindSafe(|| server.stop_ok())).expect_err("stop_ok should panic");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("did not shut down cleanly"), "{message}");
+    assert!(message.contains("signal: 15"), "{message}");
+    assert!(message.contains("fake serve on"), "{message}");
+    assert!(!data.exists(), "{} was not removed", data.display());
+}
+
 fn process_gone(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
@@ -115,9 +187,15 @@ fn test_server_lifecycle_against_a_stand_in() {
     let fake = bin_dir.join("hutch");
     fs::write(&fake, FAKE_HUTCH).unwrap();
     fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
-    // SAFETY: this binary has a single test and sets these before starting anything.
+    // SAFETY: this binary has a single test and sets these while no other thread runs.
     unsafe {
         std::env::set_var("HUTCH_BIN", &fake);
+        // envd_bin() panics on a path that is not a file.
+        std::env::set_var("HUTCH_ENVD_BIN", "/nonexistent/hutch-envd");
+    }
+    without_sandboxes();
+    // SAFETY: as above.
+    unsafe {
         std::env::set_var("HUTCH_ENVD_BIN", "/bin/true");
     }
 

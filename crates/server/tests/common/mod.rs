@@ -1,131 +1,30 @@
-//! Helpers for the server's integration tests: a server on a free port
-//! with a temporary data directory, and a small test image.
+//! Helpers for the server's integration tests, which run against
+//! [`hutch_test_support::TestServer`]: E2B error bodies, a small test image
+//! and its import, and the configuration for checks of `Server::bind` itself.
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use hutch_server::{Server, ServerConfig};
+use hutch_server::ServerConfig;
+use hutch_test_support::{STAND_IN_ENVD, TestServer};
 use sha2::{Digest, Sha256};
 
-/// A running server; stopped when dropped.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub key: String,
-    pub data_dir: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    _tmp: Option<tempfile::TempDir>,
-}
-
-/// Any static executable serves as the agent binary for tests that start
-/// no sandbox (the server refuses a dynamically linked one).
-pub fn fake_envd() -> PathBuf {
-    PathBuf::from("/bin/busybox")
-}
-
+/// A configuration for `Server::bind` on a free port over `data_dir`, with
+/// the stand-in agent of servers that start no sandbox.
 pub fn config(data_dir: &Path) -> ServerConfig {
     ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         data_dir.to_path_buf(),
-        fake_envd(),
+        PathBuf::from(STAND_IN_ENVD),
     )
 }
 
-impl TestServer {
-    /// A server on a fresh data directory.
-    pub async fn start() -> TestServer {
-        let tmp = tempfile::tempdir().unwrap();
-        let data_dir = tmp.path().join("data");
-        let mut s = TestServer::start_in(&data_dir).await;
-        s._tmp = Some(tmp);
-        s
-    }
-
-    /// A server on a fresh data directory, its configuration changed by
-    /// `tune` first.
-    pub async fn start_with(tune: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = config(&tmp.path().join("data"));
-        tune(&mut cfg);
-        let mut s = TestServer::start_cfg(cfg).await;
-        s._tmp = Some(tmp);
-        s
-    }
-
-    /// A server on `data_dir` (which may hold a previous server's state).
-    pub async fn start_in(data_dir: &Path) -> TestServer {
-        TestServer::start_cfg(config(data_dir)).await
-    }
-
-    /// A server over `cfg`, whose API key is `key` (its data directory may
-    /// have no key file).
-    pub async fn start_cfg_with_key(cfg: ServerConfig, key: &str) -> TestServer {
-        TestServer::launch(cfg, Some(key.to_string())).await
-    }
-
-    /// A server over `cfg`, whose API key is in its data directory.
-    pub async fn start_cfg(cfg: ServerConfig) -> TestServer {
-        TestServer::launch(cfg, None).await
-    }
-
-    async fn launch(cfg: ServerConfig, key: Option<String>) -> TestServer {
-        let data_dir = cfg.data_dir.clone();
-        let data_dir = data_dir.as_path();
-        let mut server = Server::bind(cfg).await.expect("server starts");
-        // The fake agent cannot run a sandbox: no warm pool.
-        server.set_warm_pool(0);
-        let addr = server.local_addr();
-        let key = key.unwrap_or_else(|| {
-            std::fs::read_to_string(server.api_key_file())
-                .expect("api key file")
-                .trim()
-                .to_string()
-        });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("server runs");
-        });
-        TestServer {
-            addr,
-            key,
-            data_dir: data_dir.to_path_buf(),
-            stop: Some(stop),
-            task: Some(task),
-            _tmp: None,
-        }
-    }
-
-    /// Stops the server and waits until it has released the data dir.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// A request with the API key.
-    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        reqwest::Client::new()
-            .request(method, self.url(path))
-            .header("X-API-Key", &self.key)
-    }
-
-    /// Imports `tar` as template `name`; returns the response.
-    pub async fn import(&self, name: &str, tar: Vec<u8>) -> reqwest::Response {
-        self.req(
+/// Imports `tar` (an OCI archive) into `server` as template `name`, from
+/// source `test-image`; returns the response.
+pub async fn import(server: &TestServer, name: &str, tar: Vec<u8>) -> reqwest::Response {
+    server
+        .request(
             reqwest::Method::POST,
             &format!("/hutch/v1/templates?name={name}&source=test-image"),
         )
@@ -133,15 +32,6 @@ impl TestServer {
         .send()
         .await
         .unwrap()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// Asserts an E2B-style error body: `{"code": status, "message": ...}`;
