@@ -187,6 +187,73 @@ fn allow_internet_access_and_allow_and_deny_lists() {
     assert!(fetches(&server, &id, &url, FAKE_INTERNET_BODY));
 }
 
+/// `PUT /sandboxes/{id}/network` replaces a running sandbox's rules at once
+/// (what it leaves out is cleared); rules given to a sandbox paused with
+/// its files only hold when it boots again.
+#[test]
+fn network_rules_change_while_the_sandbox_lives() {
+    let net = FakeInternet::start();
+    let server = server(&["--warm-pool", "0"]);
+    let fake = net.addr.to_string();
+    let url = net.url();
+    let id = server.create_sandbox("bb", &[]);
+    let put = |body: Value| {
+        http(
+            &server,
+            reqwest::Method::PUT,
+            &format!("/sandboxes/{id}/network"),
+            &[],
+            Some(body),
+        )
+    };
+    assert!(fetches(&server, &id, &url, FAKE_INTERNET_BODY));
+
+    let (status, body) = put(json!({"allow_internet_access": false}));
+    assert_eq!(status, 204, "{body}");
+    assert!(!fetches(&server, &id, &url, FAKE_INTERNET_BODY));
+    let (status, body) = put(json!({"allow_internet_access": false, "allowOut": [fake]}));
+    assert_eq!(status, 204, "{body}");
+    assert!(fetches(&server, &id, &url, FAKE_INTERNET_BODY));
+    let (status, body) = put(json!({"denyOut": [format!("{fake}/32")]}));
+    assert_eq!(status, 204, "{body}");
+    assert!(!fetches(&server, &id, &url, FAKE_INTERNET_BODY));
+    // Everything left out: the default, open.
+    let (status, body) = put(json!({}));
+    assert_eq!(status, 204, "{body}");
+    assert!(fetches(&server, &id, &url, FAKE_INTERNET_BODY));
+
+    let (status, body) = put(json!({"denyOut": ["not-a-block"]}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("denyOut[0]"), "{body}");
+    assert!(
+        fetches(&server, &id, &url, FAKE_INTERNET_BODY),
+        "a refused change changes nothing"
+    );
+    let (status, _) = http(
+        &server,
+        reqwest::Method::PUT,
+        "/sandboxes/nope/network",
+        &[],
+        Some(json!({})),
+    );
+    assert_eq!(status, 404);
+
+    // Paused with its files only: recorded, applied at the boot.
+    let (status, body) = http(
+        &server,
+        reqwest::Method::POST,
+        &format!("/sandboxes/{id}/pause"),
+        &[],
+        Some(json!({"memory": false})),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = put(json!({"allow_internet_access": false}));
+    assert_eq!(status, 204, "{body}");
+    server.cli_ok(&["sandbox", "resume", &id]);
+    assert!(!fetches(&server, &id, &url, FAKE_INTERNET_BODY));
+    server.cli_ok(&["sandbox", "kill", &id]);
+}
+
 #[test]
 fn invalid_lists_are_rejected() {
     let server = server(&["--warm-pool", "0"]);

@@ -564,6 +564,39 @@ pub(crate) async fn set_end_at(
     Ok(true)
 }
 
+/// Replaces the egress policy of the running or paused sandbox `id`:
+/// applied on the node at once (new connections follow it) when the
+/// sandbox has a network — running, or paused in memory — and recorded
+/// either way, so that a resume, a boot on its files and a re-adoption
+/// apply it.
+pub(crate) async fn set_network(
+    st: &Arc<AppState>,
+    id: &str,
+    policy: EgressPolicy,
+) -> Result<(), SandboxError> {
+    let _transition = st.transitions.lock(id).await;
+    let stopped = match st.live().get(id) {
+        None => return Err(SandboxError::NotFound(id.to_owned())),
+        Some(e) => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
+    };
+    if !stopped {
+        match st.node.set_egress_policy(id, &policy).await {
+            Ok(()) => {}
+            Err(NodeError::NotFound(_)) => return Err(SandboxError::NotFound(id.to_owned())),
+            Err(e) => {
+                return Err(SandboxError::Failed(format!(
+                    "cannot change sandbox {id}'s network rules: {e}"
+                )));
+            }
+        }
+    }
+    st.db
+        .set_network(id.to_owned(), NetworkRecord::encode(&policy))
+        .await?;
+    tracing::info!(sandbox = %id, "network rules replaced");
+    Ok(())
+}
+
 /// What [`pause_sandbox`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PauseOutcome {

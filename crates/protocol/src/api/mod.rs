@@ -35,7 +35,7 @@ pub use keys::{CreatedApiKey, ListedApiKey, NewApiKey};
 pub use pool::{PoolStatus, TemplatePool};
 pub use sandboxes::{
     AutoResume, ConnectSandbox, LifecycleInfo, ListedSandbox, NewSandbox, PauseSandbox,
-    SandboxCreated, SandboxNetwork,
+    SandboxCreated, SandboxNetwork, SandboxNetworkUpdate,
 };
 pub use snapshots::{ForkError, ForkRequest, ForkResult, SnapshotInfo, SnapshotRequest};
 pub use template_builds::{

@@ -87,6 +87,28 @@ pub struct SandboxNetwork {
     pub deny_out: Option<Vec<String>>,
 }
 
+/// `PUT /sandboxes/{id}/network` body: the sandbox's new egress rules,
+/// replacing the old ones whole (a field left out is cleared).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxNetworkUpdate {
+    /// IPs or CIDR blocks re-allowed even when denied.
+    #[serde(default, alias = "allow_out", skip_serializing_if = "Option::is_none")]
+    pub allow_out: Option<Vec<String>>,
+    /// IPs or CIDR blocks denied.
+    #[serde(default, alias = "deny_out", skip_serializing_if = "Option::is_none")]
+    pub deny_out: Option<Vec<String>>,
+    /// Internet access (the SDKs send `allow_internet_access`); allowed
+    /// when absent.
+    #[serde(
+        default,
+        rename = "allow_internet_access",
+        alias = "allowInternetAccess",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_internet_access: Option<bool>,
+}
+
 /// E2B's `Sandbox`: the answer to a create, and to a `connect`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -12,6 +12,7 @@
 //! | `POST /sandboxes/{id}/connect`, `POST /v2/sandboxes/{id}/connect` | key | the running sandbox (200; `timeout` extends its life), or resume a paused one (201) |
 //! | `POST /sandboxes/{id}/pause` | key | freeze it (204; 409 when paused already) |
 //! | `GET /sandboxes/{id}/metrics` | key | CPU, memory and disk usage now (one sample) |
+//! | `PUT /sandboxes/{id}/network` | key | replace its egress rules at once (204) |
 //! | `POST /sandboxes/{id}/snapshots` | key | capture its file system as a snapshot (201; a template sandboxes are created from) |
 //! | `POST /sandboxes/{id}/fork` | key | snapshot it and start `count` sandboxes from it with its configuration (201; one result per fork) |
 //! | `GET /snapshots` | key | list snapshots (`sandboxID`, `name`, `limit`, `nextToken`) |
@@ -73,6 +74,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
+        .route("/sandboxes/{id}/network", axum::routing::put(sandboxes::set_network))
         .route("/sandboxes/{id}/snapshots", post(sandboxes::snapshot))
         .route("/sandboxes/{id}/fork", post(sandboxes::fork))
         .route("/snapshots", get(snapshots::list))

@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hutch_protocol::api::{
     AutoResume, ConnectSandbox, ForkError, ForkRequest, ForkResult, LifecycleInfo, ListedSandbox,
-    NewSandbox, PauseSandbox, SandboxCreated, SandboxNetwork, SnapshotInfo, SnapshotRequest,
+    NewSandbox, PauseSandbox, SandboxCreated, SandboxNetwork, SandboxNetworkUpdate, SnapshotInfo,
+    SnapshotRequest,
 };
 use hutch_runtime::{Cidr, EgressPolicy};
 use serde::Deserialize;
@@ -61,6 +62,16 @@ fn egress_policy(
     network: Option<SandboxNetwork>,
 ) -> Result<EgressPolicy, ApiError> {
     let network = network.unwrap_or_default();
+    egress_lists(allow_internet_access, network.allow_out, network.deny_out)
+}
+
+/// A policy of internet access (allowed when absent) and allow and deny
+/// lists; a 400 naming the entry that is not an IP or CIDR block.
+fn egress_lists(
+    allow_internet_access: Option<bool>,
+    allow_out: Option<Vec<String>>,
+    deny_out: Option<Vec<String>>,
+) -> Result<EgressPolicy, ApiError> {
     let parse = |field: &str, list: Option<Vec<String>>| -> Result<Vec<Cidr>, ApiError> {
         list.unwrap_or_default()
             .iter()
@@ -73,8 +84,8 @@ fn egress_policy(
     };
     Ok(EgressPolicy {
         allow_internet_access: allow_internet_access.unwrap_or(true),
-        allow_out: parse("allowOut", network.allow_out)?,
-        deny_out: parse("denyOut", network.deny_out)?,
+        allow_out: parse("allowOut", allow_out)?,
+        deny_out: parse("denyOut", deny_out)?,
     })
 }
 
@@ -390,6 +401,18 @@ pub(super) async fn pause(
         ))),
         PauseOutcome::NotFound => Err(sandbox_not_found(&id)),
     }
+}
+
+/// `PUT /sandboxes/{id}/network`: 204 once the sandbox's egress rules are
+/// replaced by the body's (a field left out is cleared).
+pub(super) async fn set_network(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SandboxNetworkUpdate>,
+) -> Result<StatusCode, ApiError> {
+    let policy = egress_lists(body.allow_internet_access, body.allow_out, body.deny_out)?;
+    lifecycle::set_network(&st, &id, policy).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /sandboxes/{id}/snapshots`: 201 with the snapshot

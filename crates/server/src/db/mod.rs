@@ -186,6 +186,8 @@ pub trait Store: Send + Sync {
     ) -> Result<(), DbError>;
     /// Moves a sandbox's expiry.
     async fn set_end_at(&self, id: String, end_at: i64) -> Result<(), DbError>;
+    /// Replaces a sandbox's egress policy (a [`NetworkRecord`] as JSON).
+    async fn set_network(&self, id: String, network: String) -> Result<(), DbError>;
     /// Marks a sandbox killed at `now` (once: a second kill keeps the
     /// first time).
     async fn mark_killed(&self, id: String, now: i64) -> Result<(), DbError>;

@@ -406,6 +406,15 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn set_network(&self, id: String, network: String) -> Result<(), DbError> {
+        sqlx::query("UPDATE sandboxes SET network = $2 WHERE id = $1")
+            .bind(id)
+            .bind(network)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn mark_killed(&self, id: String, now: i64) -> Result<(), DbError> {
         sqlx::query(
             "UPDATE sandboxes SET state = 'killed', ended_at = $2

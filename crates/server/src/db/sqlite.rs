@@ -360,6 +360,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_network(&self, id: String, network: String) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sandboxes SET network = ?2 WHERE id = ?1",
+                params![id, network],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn mark_killed(&self, id: String, now: i64) -> Result<(), DbError> {
         self.call(move |c| {
             c.execute(

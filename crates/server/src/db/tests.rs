@@ -246,6 +246,13 @@ async fn lifecycles_and_limits_round_trip(f: &Fixture) {
         db.get_sandbox("fs".into()).await.unwrap().unwrap().end_at,
         77
     );
+    db.set_network("fs".into(), r#"{"allowInternetAccess":false}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(
+        db.get_sandbox("fs".into()).await.unwrap().unwrap().network.as_deref(),
+        Some(r#"{"allowInternetAccess":false}"#)
+    );
     db.delete_sandbox("limits".into()).await.unwrap();
     assert!(db.get_sandbox("limits".into()).await.unwrap().is_none());
     assert_eq!(db.live_sandboxes_of("t".into()).await.unwrap(), 3);

@@ -531,3 +531,42 @@ async fn a_fork_starts_sandboxes_like_the_source() {
     let e = fork_sandbox(&h.st, "gone", None, 1).await.unwrap_err();
     assert!(matches!(e, SandboxError::NotFound(_)), "{e}");
 }
+
+/// New network rules reach the node at once while the sandbox has a
+/// network, and are recorded either way (a sandbox paused with its files
+/// only gets them when it boots again).
+#[tokio::test]
+async fn network_rules_are_applied_and_recorded() {
+    use hutch_runtime::EgressPolicy;
+    let h = Harness::new().await;
+    let id = h.create().await;
+    let closed = EgressPolicy {
+        allow_internet_access: false,
+        ..EgressPolicy::default()
+    };
+    let applied = |h: &Harness| {
+        h.node
+            .calls()
+            .iter()
+            .filter(|c| **c == format!("set_egress_policy {id}"))
+            .count()
+    };
+    set_network(&h.st, &id, closed.clone()).await.unwrap();
+    assert_eq!(applied(&h), 1);
+    assert_eq!(recorded_network(&h, &id).await, closed);
+
+    pause(&h.st, &id, PauseMode::Filesystem).await.unwrap();
+    set_network(&h.st, &id, EgressPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(applied(&h), 1, "nothing to apply it to while stopped");
+    assert_eq!(recorded_network(&h, &id).await, EgressPolicy::default());
+
+    let e = set_network(&h.st, "nope", closed).await.unwrap_err();
+    assert!(matches!(e, SandboxError::NotFound(_)), "{e}");
+}
+
+async fn recorded_network(h: &Harness, id: &str) -> hutch_runtime::EgressPolicy {
+    let row = h.st.db.get_sandbox(id.into()).await.unwrap().unwrap();
+    crate::db::NetworkRecord::decode(row.network.as_deref().unwrap()).unwrap()
+}
