@@ -74,7 +74,10 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
-        .route("/sandboxes/{id}/network", axum::routing::put(sandboxes::set_network))
+        .route(
+            "/sandboxes/{id}/network",
+            axum::routing::put(sandboxes::set_network),
+        )
         .route("/sandboxes/{id}/snapshots", post(sandboxes::snapshot))
         .route("/sandboxes/{id}/fork", post(sandboxes::fork))
         .route("/snapshots", get(snapshots::list))

@@ -250,7 +250,12 @@ async fn lifecycles_and_limits_round_trip(f: &Fixture) {
         .await
         .unwrap();
     assert_eq!(
-        db.get_sandbox("fs".into()).await.unwrap().unwrap().network.as_deref(),
+        db.get_sandbox("fs".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .network
+            .as_deref(),
         Some(r#"{"allowInternetAccess":false}"#)
     );
     db.delete_sandbox("limits".into()).await.unwrap();
