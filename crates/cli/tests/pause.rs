@@ -519,3 +519,33 @@ fn auto_resume_through_the_front_door() {
     }
     assert_no_leaks(server.data_dir(), &[id, other]);
 }
+
+/// `POST /sandboxes/{id}/resume`, E2B's older resume: 409 while running,
+/// 201 with the sandbox after resuming a paused one, 404 for none.
+#[test]
+fn the_older_resume_route_resumes_paused_sandboxes_only() {
+    let server = server(0);
+    let id = server.create_sandbox("bb", &[]);
+    let (status, body) = post(&server, &format!("/sandboxes/{id}/resume"), json!({}));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already running"),
+        "{body}"
+    );
+    server.cli_ok(&["sandbox", "pause", &id]);
+    let (status, body) = post(
+        &server,
+        &format!("/sandboxes/{id}/resume"),
+        json!({"timeout": 30, "autoPause": false}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["sandboxID"], id.as_str());
+    assert_eq!(info(&server, &id)["state"], "running");
+    assert_eq!(sh(&server, &id, "echo up").trim(), "up");
+    let (status, _) = post(&server, "/sandboxes/nope/resume", json!({}));
+    assert_eq!(status, 404);
+    server.cli_ok(&["sandbox", "kill", &id]);
+}

@@ -11,6 +11,7 @@
 //! | `POST /sandboxes/{id}/refreshes` | key | extend the lifetime (204) |
 //! | `POST /sandboxes/{id}/connect`, `POST /v2/sandboxes/{id}/connect` | key | the running sandbox (200; `timeout` extends its life), or resume a paused one (201) |
 //! | `POST /sandboxes/{id}/pause` | key | freeze it (204; 409 when paused already) |
+//! | `POST /sandboxes/{id}/resume` | key | resume a paused sandbox (201; 409 when running) |
 //! | `GET /sandboxes/{id}/metrics` | key | CPU, memory and disk usage now (one sample) |
 //! | `PUT /sandboxes/{id}/network` | key | replace its egress rules at once (204) |
 //! | `POST /sandboxes/{id}/snapshots` | key | capture its file system as a snapshot (201; a template sandboxes are created from) |
@@ -73,6 +74,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
         .route(
             "/sandboxes/{id}/network",

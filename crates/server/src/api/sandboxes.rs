@@ -383,6 +383,33 @@ pub(super) async fn connect(
     Ok((status, Json(created(row))).into_response())
 }
 
+/// `POST /sandboxes/{id}/resume` (E2B's older way to resume, before
+/// `connect`): 201 with the sandbox once resumed (`timeout`: its lifetime
+/// from now); 409 when it is running, 404 when unknown. `autoPause` is
+/// accepted and ignored.
+pub(super) async fn resume(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ConnectSandbox>,
+) -> Result<Response, ApiError> {
+    let timeout = body
+        .timeout
+        .map(|secs| check_timeout(secs, "timeout"))
+        .transpose()?;
+    if lifecycle::find(&st, &id, lifecycle::LISTED).await?.state == SandboxState::Running {
+        return Err(ApiError::conflict(format!(
+            "sandbox {id} is already running"
+        )));
+    }
+    let (resumed, row) = lifecycle::resume(&st, &id, timeout, body.memory).await?;
+    if resumed == ResumeOutcome::WasRunning {
+        return Err(ApiError::conflict(format!(
+            "sandbox {id} is already running"
+        )));
+    }
+    Ok((StatusCode::CREATED, Json(created(row))).into_response())
+}
+
 /// `POST /sandboxes/{id}/pause`: 204; 409 when paused already.
 pub(super) async fn pause(
     State(st): State<Arc<AppState>>,
