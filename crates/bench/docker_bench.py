@@ -129,6 +129,15 @@ class Hutch:
         box.pause()
         box.connect()
 
+    def snapshot(self, box):
+        return box.create_snapshot().snapshot_id
+
+    def remove_snapshot(self, snapshot):
+        Sandbox.delete_snapshot(snapshot)
+
+    def fork(self, box):
+        return box.fork(count=1)[0]
+
     def kill(self, box):
         box.kill()
 
@@ -172,6 +181,17 @@ class Docker:
     def pause_resume(self, box):
         box.pause()
         box.unpause()
+
+    def snapshot(self, box):
+        return box.commit().id
+
+    def remove_snapshot(self, snapshot):
+        self.client.images.remove(snapshot, force=True)
+
+    def fork(self, box):
+        # What a fork is with Docker: commit, and run the image.
+        image = box.commit()
+        return self.client.containers.run(image.id, ["sleep", "infinity"], detach=True)
 
     def kill(self, box):
         box.remove(force=True)
@@ -231,6 +251,20 @@ def measure(side, cfg):
             keep("pause_resume", i, took)
         if side.run(box, "echo alive") != "alive\n":
             raise SystemExit(f"{side.name}: not alive after pause and resume")
+        # Snapshot and fork a sandbox that wrote 1 MiB of its own.
+        side.write_read(box, os.urandom(1 << 20))
+        for i in range(n + w):
+            took, snapshot = timed(lambda: side.snapshot(box))
+            keep("snapshot", i, took)
+            side.remove_snapshot(snapshot)
+        for i in range(n + w):
+            start = clock()
+            fork = side.fork(box)
+            out = side.run(fork, "cat /tmp/payload | wc -c")
+            keep("fork_first_command", i, clock() - start)
+            if out.strip() != str(1 << 20):
+                raise SystemExit(f"{side.name}: the fork has {out!r} bytes of the payload")
+            side.kill(fork)
     finally:
         side.kill(box)
 

@@ -256,6 +256,8 @@ impl Report {
             ("write + read 64 KiB", "write_read_64k"),
             ("write + read 16 MiB", "write_read_16m"),
             ("pause + resume", "pause_resume"),
+            ("snapshot (1 MiB written)", "snapshot"),
+            ("fork → first command in the fork", "fork_first_command"),
             ("kill / remove", "kill"),
             ("kill, 100 at once (each)", "concurrent_kill"),
             ("create, nothing else running", "create_at_1"),
