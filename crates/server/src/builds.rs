@@ -11,7 +11,6 @@
 //! replacing an older template of that name (sandboxes already running
 //! from the old one keep it until they end; see [`crate::db`]).
 
-use hutch_image::TemplateDocument as _;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -411,8 +410,7 @@ async fn resolve_base(st: &Arc<AppState>, job: &Arc<Job>, from: &str) -> Result<
         .map_err(|e| e.to_string())?
         .filter(|t| !t.name.contains('@'))
     {
-        let meta = TemplateMetadata::from_json(&t.metadata)
-            .map_err(|e| format!("template '{}' has unreadable metadata: {e}", t.name))?;
+        let meta = crate::catalog::metadata(&t).map_err(|e| e.to_string())?;
         return Ok(Base {
             layers: meta.layers,
             env: meta.env,

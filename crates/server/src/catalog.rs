@@ -257,6 +257,28 @@ fn log_import(name: &str, p: &ImportProgress) {
     }
 }
 
+/// A stored template's metadata.
+pub(crate) fn metadata(row: &TemplateRow) -> Result<TemplateMetadata, CatalogError> {
+    TemplateMetadata::from_json(&row.metadata).map_err(|e| CatalogError::Corrupt {
+        name: row.name.clone(),
+        cause: e.to_string(),
+    })
+}
+
+/// The template with this id (or, failing that, name) and its metadata.
+pub(crate) async fn find(
+    st: &AppState,
+    id_or_name: &str,
+) -> Result<Option<(TemplateRow, TemplateMetadata)>, CatalogError> {
+    match st.db.find_template(id_or_name.to_owned()).await? {
+        Some(row) => {
+            let meta = metadata(&row)?;
+            Ok(Some((row, meta)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Every template's metadata, by name (templates replaced by a newer build
 /// of the same name are hidden).
 pub(crate) async fn list(st: &AppState) -> Result<Vec<TemplateMetadata>, CatalogError> {
@@ -265,12 +287,7 @@ pub(crate) async fn list(st: &AppState) -> Result<Vec<TemplateMetadata>, Catalog
         .await?
         .iter()
         .filter(|t| !t.name.contains('@'))
-        .map(|t| {
-            TemplateMetadata::from_json(&t.metadata).map_err(|e| CatalogError::Corrupt {
-                name: t.name.clone(),
-                cause: e.to_string(),
-            })
-        })
+        .map(metadata)
         .collect()
 }
 

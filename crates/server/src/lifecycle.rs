@@ -110,7 +110,6 @@
 //! with the row. A cold boot gets it in its spec; a pooled sandbox (booted
 //! with the default policy) gets it at the claim, before `/init`.
 
-use hutch_image::TemplateDocument as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,12 +231,7 @@ pub(crate) async fn create_sandbox(
                 SandboxError::TemplateNotFound(args.template.clone())
             }
         })?;
-    let meta = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
-        SandboxError::Failed(format!(
-            "template '{}' has unreadable metadata: {e}",
-            template.name
-        ))
-    })?;
+    let meta = crate::catalog::metadata(&template)?;
 
     let defaults = limits::template_defaults(&template.name, meta.limits.as_ref(), &st.max_limits)
         .map_err(SandboxError::Failed)?;
@@ -823,9 +817,7 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, S
     };
     // The template's layers must stay while the sandbox boots on them.
     let layers_guard = st.layers_lock.read().await;
-    let template = st
-        .db
-        .find_template(row.template_id.clone())
+    let (template, meta) = crate::catalog::find(st, &row.template_id)
         .await?
         .ok_or_else(|| {
             SandboxError::Failed(format!(
@@ -833,12 +825,6 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, S
                 row.template_id
             ))
         })?;
-    let meta = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
-        SandboxError::Failed(format!(
-            "template '{}' has unreadable metadata: {e}",
-            template.name
-        ))
-    })?;
     let defaults = limits::template_defaults(&template.name, meta.limits.as_ref(), &st.max_limits)
         .unwrap_or_default();
     let mut spec = sandbox_spec(st, id, &template, &meta, limits::recorded(&row, defaults));

@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hutch_image::TemplateDocument as _;
 use hutch_image::{TEMPLATE_SCHEMA_VERSION, TemplateLimits, TemplateMetadata, TemplateSource};
 
 use super::{CreateArgs, LISTED, SandboxError, create, find, recorded_policy};
@@ -122,20 +121,10 @@ async fn capture(
         Naming::Unnamed => (String::new(), Registration::New),
         Naming::Hidden => (String::new(), Registration::New),
     };
-    let template = st
-        .db
-        .find_template(row.template_id.clone())
-        .await?
-        .ok_or_else(|| {
-            SandboxError::Failed(format!(
-                "sandbox {id}'s template {} is gone",
-                row.template_id
-            ))
-        })?;
-    let base = TemplateMetadata::from_json(&template.metadata).map_err(|e| {
+    let (_, base) = catalog::find(st, &row.template_id).await?.ok_or_else(|| {
         SandboxError::Failed(format!(
-            "template '{}' has unreadable metadata: {e}",
-            template.name
+            "sandbox {id}'s template {} is gone",
+            row.template_id
         ))
     })?;
 
@@ -210,7 +199,7 @@ async fn named_registration(st: &AppState, name: &str) -> Result<Registration, S
     if existing.name != name {
         return Ok(Registration::New);
     }
-    let is_snapshot = TemplateMetadata::from_json(&existing.metadata)
+    let is_snapshot = catalog::metadata(&existing)
         .is_ok_and(|m| matches!(m.source, TemplateSource::Snapshot { .. }));
     if is_snapshot {
         Ok(Registration::Replace)
