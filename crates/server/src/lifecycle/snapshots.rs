@@ -215,17 +215,19 @@ pub(crate) async fn list_snapshots(
     sandbox: Option<&str>,
     name: Option<&str>,
 ) -> Result<Vec<TemplateMetadata>, SandboxError> {
-    let mut snapshots: Vec<TemplateMetadata> = catalog::list(st)
-        .await?
-        .into_iter()
-        .filter(|t| match &t.source {
-            TemplateSource::Snapshot { sandbox_id, .. } => {
-                sandbox.is_none_or(|s| s.is_empty() || s == sandbox_id)
-                    && name.is_none_or(|n| n.is_empty() || n == t.name || n == t.id)
-            }
-            _ => false,
-        })
-        .collect();
-    snapshots.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    // Rows, for their creation times in ms (the metadata's are in seconds).
+    let mut rows = st.db.list_templates().await?;
+    rows.retain(|t| !t.name.contains('@'));
+    rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let mut snapshots = Vec::new();
+    for row in &rows {
+        let meta = catalog::metadata(row)?;
+        if let TemplateSource::Snapshot { sandbox_id, .. } = &meta.source
+            && sandbox.is_none_or(|s| s.is_empty() || s == sandbox_id)
+            && name.is_none_or(|n| n.is_empty() || n == meta.name || n == meta.id)
+        {
+            snapshots.push(meta);
+        }
+    }
     Ok(snapshots)
 }
