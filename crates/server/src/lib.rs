@@ -52,6 +52,7 @@ pub mod metrics;
 mod node;
 pub mod pool;
 mod state;
+mod template_api;
 #[cfg(test)]
 mod testing;
 mod time;

@@ -1,5 +1,8 @@
 //! E2B's template build API, so that the official SDKs' `Template` builder
-//! (`Template.build(...)`) works against Hutch unmodified.
+//! (`Template.build(...)`) works against Hutch unmodified. These are the
+//! routes: each handler reads the request, calls the service
+//! ([`crate::template_api`]) and answers with its result, mapping its
+//! [`TemplateApiError`] to a status.
 //!
 //! The SDKs build in five calls; Hutch answers each as follows.
 //!
@@ -15,23 +18,21 @@
 //!    built from the request's `Host` (and `X-Forwarded-Proto`). The SDKs
 //!    upload with a plain HTTP client, without the API key, so that route
 //!    is outside the API-key check: it takes the random per-hash token
-//!    handed out here instead (valid for [`GRANT_TTL`]). The tar (gzipped
-//!    or not) holds the files with paths relative to the SDK's context
+//!    handed out here instead (valid for
+//!    [`GRANT_TTL`](crate::template_api::GRANT_TTL)). The tar (gzipped or
+//!    not) holds the files with paths relative to the SDK's context
 //!    directory; it is unpacked into a temporary directory and renamed into
 //!    place, so a file set is either whole or absent.
 //! 3. `POST /v2/templates/{templateID}/builds/{buildID}` (the steps) →
-//!    `202`: the steps become a [`Recipe`] (see [`to_recipe`]) that the
-//!    build engine runs in the background ([`crate::builds`]).
+//!    `202`: the steps become a build recipe (see
+//!    [`crate::template_api`]) that the build engine runs in the background
+//!    ([`crate::builds`]).
 //! 4. `GET /templates/{templateID}/builds/{buildID}/status?logsOffset=&limit=&level=`,
 //!    polled: `{templateID, buildID, status, logs, logEntries, reason?}`.
 //! 5. `GET /templates/aliases/{name}`: `200 {templateID, public}` or 404
 //!    (`Template.exists`).
 
-use hutch_image::TemplateDocument as _;
-use std::collections::HashMap;
-use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
@@ -40,121 +41,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::TryStreamExt;
-use hutch_builder::recipe::{Copy, Recipe, RunCommand, Step, StepKind};
-use hutch_image::TemplateMetadata;
 use hutch_protocol::api::{
-    BuildFilesUploaded, BuildLogEntry, BuildLogKind, BuildLogLine, BuildStatusReason, LogLevel,
-    TemplateAliasInfo, TemplateBuildRequest, TemplateBuildRequested, TemplateBuildStart,
-    TemplateBuildStatus, TemplateFileLink,
+    LogLevel, TemplateAliasInfo, TemplateBuildRequest, TemplateBuildStart, TemplateBuildStatus,
 };
 use serde::Deserialize;
-use serde_json::Value;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::builds::{self, Status};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
-use crate::{ids, time};
-
-/// How long an upload URL stays valid.
-pub(crate) const GRANT_TTL: Duration = Duration::from_secs(3600);
-
-/// How long a requested build waits to be started before it is forgotten.
-const PENDING_TTL: Duration = Duration::from_secs(3600);
-
-/// Most log entries one status call returns (E2B's page size).
-const MAX_PAGE: usize = 100;
-
-/// Log entries of the failing step sent along with an error.
-const REASON_ENTRIES: usize = 20;
-
-/// The image E2B's SDKs start from by default (`Template()` without a
-/// `from_*`, or `from_base_image()`): Hutch's own `base` template is its
-/// counterpart.
-const E2B_BASE_IMAGE: &str = "e2bdev/base";
-
-/// The one tag Hutch accepts: E2B's implicit tag of a name without one.
-const DEFAULT_TAG: &str = "default";
-
-/// Log text of the engine's start/ready check: what follows belongs to
-/// E2B's `finalize` step.
-const FINALIZE_NOTE: &str = "checking the start and ready commands";
-
-/// The template API's own state: builds requested but not started, and
-/// upload grants.
-#[derive(Default)]
-pub(crate) struct TemplateApi {
-    /// By build id.
-    pending: Mutex<HashMap<String, Pending>>,
-    /// Upload tokens by file-set hash.
-    grants: Mutex<HashMap<String, Grant>>,
-}
-
-#[derive(Debug, Clone)]
-struct Pending {
-    template_id: String,
-    name: String,
-    since: Instant,
-    /// Things the request asked for that Hutch does not apply.
-    notes: Vec<String>,
-    /// `cpuCount` / `memoryMB`: the template's default limits.
-    limits: Option<hutch_image::TemplateLimits>,
-}
-
-#[derive(Debug, Clone)]
-struct Grant {
-    token: String,
-    until: Instant,
-}
-
-impl TemplateApi {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
-        self.grants.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The upload token for `hash`: the one already handed out while it is
-    /// valid (two builds may upload the same files), else a new one.
-    fn grant(&self, hash: &str) -> String {
-        let now = Instant::now();
-        let mut grants = self.grants();
-        grants.retain(|_, g| g.until > now);
-        grants
-            .entry(hash.to_owned())
-            .or_insert_with(|| Grant {
-                token: ids::new_access_token(),
-                until: now + GRANT_TTL,
-            })
-            .token
-            .clone()
-    }
-
-    fn token_valid(&self, hash: &str, token: &str) -> bool {
-        self.grants()
-            .get(hash)
-            .is_some_and(|g| g.until > Instant::now() && same_secret(&g.token, token))
-    }
-}
-
-/// Compares two secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
+use crate::template_api::{self, LogPage, TemplateApi, TemplateApiError};
 
 /// The routes: those behind the API key, and the upload route, which
 /// checks its own token.
 pub(super) fn routes(st: &Arc<AppState>) -> (Router<Arc<AppState>>, Router<Arc<AppState>>) {
-    // Uploads interrupted by a crash or a stop.
-    let _ = std::fs::remove_dir_all(files_root(st).join(".tmp"));
-    prune_file_sets(&files_root(st), FILE_SET_TTL);
-    let api = Arc::new(TemplateApi::default());
+    let api = Arc::new(TemplateApi::open(&st.data_dir));
     let authed = Router::new()
         .route("/v3/templates", post(request_build))
         .route("/templates/aliases/{alias}", get(alias))
@@ -174,189 +74,64 @@ pub(super) fn routes(st: &Arc<AppState>) -> (Router<Arc<AppState>>, Router<Arc<A
     (authed, uploads)
 }
 
-/// Uploaded file sets not asked for this long are removed when the server
-/// starts (the SDK uploads them again when it needs them).
-const FILE_SET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Removes file sets under `root` whose directory was last touched more
-/// than `ttl` ago (asking whether a set is present touches it).
-fn prune_file_sets(root: &FsPath, ttl: Duration) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for e in entries.filter_map(Result::ok) {
-        let stale = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > ttl);
-        if stale
-            && e.file_name() != ".tmp"
-            && let Err(err) = std::fs::remove_dir_all(e.path())
-        {
-            tracing::warn!(path = %e.path().display(), "cannot remove a stale file set: {err}");
-        }
-    }
-}
-
-/// Where uploaded file sets live: `DATA/build-files/<hash>/`.
-fn files_root(st: &AppState) -> PathBuf {
-    st.data_dir.join("build-files")
-}
-
-/// A file-set hash as the SDKs compute it: SHA-256, lowercase hex.
-fn check_hash(hash: &str) -> Result<(), ApiError> {
-    if hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "invalid files hash '{hash}': expected 64 lowercase hex digits (SHA-256)"
-        )))
+/// Each error of the service as E2B's error body: its message, with the
+/// status that says what kind of failure it is. Server-side failures are
+/// logged (as [`ApiError::internal`] does).
+impl From<TemplateApiError> for ApiError {
+    fn from(e: TemplateApiError) -> Self {
+        use TemplateApiError as E;
+        let status = match &e {
+            E::InvalidHash(_)
+            | E::NameMissing
+            | E::TagUnsupported { .. }
+            | E::InvalidName(_)
+            | E::InvalidLimits(_)
+            | E::NoPublicAddress
+            | E::Unpack(_)
+            | E::RegistryCredentials(_)
+            | E::InvalidStep { .. }
+            | E::UnknownStep { .. } => StatusCode::BAD_REQUEST,
+            E::UploadTokenMissing => StatusCode::UNAUTHORIZED,
+            E::UploadTokenInvalid => StatusCode::FORBIDDEN,
+            E::TemplateNotFound(_) | E::BuildNotRequested { .. } | E::BuildNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            E::Building(_) | E::AlreadyStarted(_) => StatusCode::CONFLICT,
+            E::CreateDir { .. } | E::Task(_) | E::Store(_) | E::Db(_) => {
+                return ApiError::internal(e.to_string());
+            }
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 
 // ----- 1. request a build ------------------------------------------------
 
-/// The template name of a request and the tags it asks for: `name:tag`
-/// is split, and only E2B's implicit tag `default` is accepted (Hutch keeps
-/// the latest build of each name, nothing else).
-fn name_and_tags(body: &TemplateBuildRequest) -> Result<(String, Vec<String>), ApiError> {
-    let raw = [&body.name, &body.alias]
-        .into_iter()
-        .flatten()
-        .find(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("the template name is missing ('name')"))?;
-    let (name, tag) = match raw.split_once(':') {
-        Some((n, t)) => (n, Some(t)),
-        None => (raw.as_str(), None),
-    };
-    let mut tags: Vec<String> = Vec::new();
-    for t in tag
-        .into_iter()
-        .chain(body.tags.iter().flatten().map(String::as_str))
-    {
-        if t != DEFAULT_TAG {
-            return Err(ApiError::bad_request(format!(
-                "template tags are not supported: Hutch keeps the latest build of each template name; build '{name}' without the tag '{t}' and create sandboxes from '{name}'"
-            )));
-        }
-        if !tags.iter().any(|x| x == t) {
-            tags.push(t.to_owned());
-        }
-    }
-    if !super::valid_template_name(name) {
-        return Err(ApiError::bad_request(format!(
-            "invalid template name '{name}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
-        )));
-    }
-    Ok((name.to_owned(), tags))
-}
-
-/// `POST /v3/templates`: `cpuCount` and `memoryMB` become the template's
-/// default limits; `minFreeDiskMB` is accepted and not applied.
+/// `POST /v3/templates` → `202 {templateID, buildID, ...}`: requests a
+/// build; `cpuCount` and `memoryMB` become the template's default limits,
+/// `minFreeDiskMB` is accepted and not applied.
 pub(super) async fn request_build(
     State(st): State<Arc<AppState>>,
     Extension(api): Extension<Arc<TemplateApi>>,
     ApiJson(body): ApiJson<TemplateBuildRequest>,
 ) -> Result<Response, ApiError> {
-    let (name, tags) = name_and_tags(&body)?;
-    if st.builds.building(&name).is_some() {
-        return Err(ApiError::conflict(format!(
-            "template '{name}' is being built already"
-        )));
-    }
-    let notes = Vec::new();
-    let limits = (body.cpu_count.is_some() || body.memory_mb.is_some()).then(|| {
-        hutch_image::TemplateLimits {
-            cpu_count: body.cpu_count.map(|c| u32::try_from(c).unwrap_or(u32::MAX)),
-            memory_mb: body.memory_mb,
-            ..Default::default()
-        }
-    });
-    if let Some(l) = &limits {
-        crate::limits::template_defaults(&name, Some(l), &st.max_limits)
-            .map_err(ApiError::bad_request)?;
-    }
-    let existing = st
-        .db
-        .find_template(name.clone())
-        .await?
-        .filter(|t| t.name == name)
-        .map(|t| t.id);
-    let build_id = ids::new_id();
-    let template_id = {
-        let mut pending = api.pending();
-        pending.retain(|_, p| p.since.elapsed() < PENDING_TTL);
-        let template_id = existing
-            .or_else(|| {
-                // A second request for a new name before the first started.
-                pending
-                    .values()
-                    .find(|p| p.name == name)
-                    .map(|p| p.template_id.clone())
-            })
-            .unwrap_or_else(ids::new_id);
-        pending.insert(
-            build_id.clone(),
-            Pending {
-                template_id: template_id.clone(),
-                name: name.clone(),
-                since: Instant::now(),
-                notes,
-                limits,
-            },
-        );
-        template_id
-    };
-    tracing::info!(template = %name, build = %build_id, "template build requested");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(TemplateBuildRequested {
-            template_id,
-            build_id,
-            public: false,
-            names: vec![name.clone()],
-            tags,
-            aliases: vec![name],
-        }),
-    )
-        .into_response())
+    let requested = api.request_build(&st, &body).await?;
+    Ok((StatusCode::ACCEPTED, Json(requested)).into_response())
 }
 
 // ----- 2. file sets --------------------------------------------------------
 
-/// 404 unless `template_id` names a requested build's template or a
-/// template (by id or name).
-async fn known_template(
-    st: &AppState,
-    api: &TemplateApi,
-    template_id: &str,
-) -> Result<(), ApiError> {
-    let pending = api
-        .pending()
-        .values()
-        .any(|p| p.template_id == template_id || p.name == template_id);
-    if pending || st.db.find_template(template_id.to_owned()).await?.is_some() {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(format!(
-            "template '{template_id}' not found"
-        )))
-    }
-}
-
-/// The scheme and authority clients reached this server at.
-fn public_base(headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
+/// The scheme and authority clients reached this server at: the `Host`
+/// header (else the request URI's authority), with the scheme of
+/// `X-Forwarded-Proto` (`http` unless it says `https`). `None` without a
+/// host.
+fn public_base(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| uri.authority().map(|a| a.to_string()))
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request("the request has no Host header to build an upload URL from")
-        })?;
+        .filter(|h| !h.is_empty())?;
     let scheme = headers
         .get("x-forwarded-proto")
         .and_then(|h| h.to_str().ok())
@@ -364,7 +139,7 @@ fn public_base(headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
         .map(str::trim)
         .filter(|s| matches!(*s, "http" | "https"))
         .unwrap_or("http");
-    Ok(format!("{scheme}://{host}"))
+    Some(format!("{scheme}://{host}"))
 }
 
 /// `GET /templates/{templateID}/files/{hash}` → `201 {present, url}`. The
@@ -377,416 +152,66 @@ pub(super) async fn file_link(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    check_hash(&hash)?;
-    known_template(&st, &api, &template_id).await?;
-    let dir = files_root(&st).join(&hash);
-    let present = dir.is_dir();
-    if present {
-        // In use: keep it from being pruned as stale.
-        let _ = std::fs::File::open(&dir).and_then(|f| f.set_modified(SystemTime::now()));
-    }
-    let url = format!(
-        "{}/hutch/v1/build-files/{hash}?token={}",
-        public_base(&headers, &uri)?,
-        api.grant(&hash)
-    );
-    Ok((StatusCode::CREATED, Json(TemplateFileLink { present, url })).into_response())
+    let base = public_base(&headers, &uri);
+    let link = api
+        .file_link(&st, &template_id, &hash, base.as_deref())
+        .await?;
+    Ok((StatusCode::CREATED, Json(link)).into_response())
 }
 
+/// The query of an upload.
 #[derive(Debug, Deserialize)]
 pub(super) struct UploadQuery {
+    /// The upload token handed out with the upload URL.
     token: Option<String>,
 }
 
-/// `PUT /hutch/v1/build-files/{hash}?token=T`: a tar (or gzipped tar) of a
-/// `COPY` step's files, unpacked into `DATA/build-files/<hash>/`. A new
-/// upload of the same hash replaces the old one.
+/// `PUT /hutch/v1/build-files/{hash}?token=T` → `200 {present: true}`: a
+/// tar (or gzipped tar) of a `COPY` step's files, streamed into the
+/// service, which unpacks it into `DATA/build-files/<hash>/`. A new upload
+/// of the same hash replaces the old one.
 pub(super) async fn upload(
-    State(st): State<Arc<AppState>>,
     Extension(api): Extension<Arc<TemplateApi>>,
     Path(hash): Path<String>,
     ApiQuery(q): ApiQuery<UploadQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_hash(&hash)?;
-    let token = q.token.ok_or_else(|| {
-        ApiError::unauthorized(
-            "missing upload token: use the URL from GET /templates/{templateID}/files/{hash}",
-        )
-    })?;
-    if !api.token_valid(&hash, &token) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "invalid or expired upload token: ask GET /templates/{templateID}/files/{hash} for a new URL",
-        ));
-    }
-    let root = files_root(&st);
-    let tmp = root.join(".tmp").join(ids::new_id());
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", tmp.display())))?;
+    // The body as a blocking reader, for the unpacking thread; nothing is
+    // read from it before the token is checked.
     let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let mut reader = SyncIoBridge::new(reader);
-    let target = tmp.clone();
-    let unpacked =
-        tokio::task::spawn_blocking(move || hutch_builder::context::unpack(&mut reader, &target))
-            .await
-            .map_err(|e| ApiError::internal(format!("upload task failed: {e}")));
-    let placed = match unpacked {
-        Ok(Ok(())) => {
-            let dest = root.join(&hash);
-            let old = root.join(".tmp").join(format!("{}-old", ids::new_id()));
-            tokio::task::spawn_blocking(move || place(&tmp, &dest, &old))
-                .await
-                .map_err(|e| ApiError::internal(format!("upload task failed: {e}")))
-                .and_then(|r| {
-                    r.map_err(|e| ApiError::internal(format!("cannot store the files: {e}")))
-                })
-        }
-        Ok(Err(e)) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(ApiError::bad_request(format!(
-                "cannot unpack the uploaded files: {e}"
-            )))
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    };
-    placed?;
-    tracing::debug!(hash = %hash, "build files uploaded");
-    Ok((StatusCode::OK, Json(BuildFilesUploaded { present: true })).into_response())
-}
-
-/// Moves the unpacked directory `tmp` to `dest`, replacing what is there
-/// (moved aside to `old` first, then removed).
-fn place(tmp: &FsPath, dest: &FsPath, old: &FsPath) -> std::io::Result<()> {
-    let had = match std::fs::rename(dest, old) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(tmp);
-            return Err(e);
-        }
-    };
-    let result = std::fs::rename(tmp, dest);
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(tmp);
-    }
-    if had {
-        let _ = std::fs::remove_dir_all(old);
-    }
-    result
+    let uploaded = api
+        .store_file_set(&hash, q.token.as_deref(), SyncIoBridge::new(reader))
+        .await?;
+    Ok((StatusCode::OK, Json(uploaded)).into_response())
 }
 
 // ----- 3. start a build ----------------------------------------------------
 
-/// What a build starts from: the template or image reference, as given;
-/// E2B's default base image is Hutch's `base` template.
-fn base_of(body: &TemplateBuildStart) -> Result<String, ApiError> {
-    if let Some(registry) = &body.from_image_registry {
-        let kind = registry
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("registry");
-        return Err(ApiError::bad_request(format!(
-            "registry credentials ('{kind}') are not supported in template builds: pull the image with `hutch template pull` (which takes credentials) and start from that template with from_template(...)"
-        )));
-    }
-    fn nonempty(s: &Option<String>) -> Option<&str> {
-        s.as_deref().map(str::trim).filter(|s| !s.is_empty())
-    }
-    if let Some(t) = nonempty(&body.from_template) {
-        return Ok(t.to_owned());
-    }
-    match nonempty(&body.from_image) {
-        None => Ok(hutch_builder::BASE_TEMPLATE.to_owned()),
-        Some(i) if i == E2B_BASE_IMAGE || i == format!("{E2B_BASE_IMAGE}:latest") => {
-            Ok(hutch_builder::BASE_TEMPLATE.to_owned())
-        }
-        Some(i) => Ok(i.to_owned()),
-    }
-}
-
-/// How a `RUN` step runs: like E2B, as `/bin/bash -l -c CMD` (what the
-/// SDKs' `commands.run` does too); with `/bin/sh -c CMD` in images without
-/// bash.
-fn run_argv(cmd: &str) -> Vec<String> {
-    vec![
-        "/bin/sh".to_owned(),
-        "-c".to_owned(),
-        r#"if [ -x /bin/bash ]; then exec /bin/bash -l -c "$0"; fi; exec /bin/sh -c "$0""#
-            .to_owned(),
-        cmd.to_owned(),
-    ]
-}
-
-/// The steps of a template-API build as a [`Recipe`], one recipe step per
-/// API step (so step numbers match the SDK's), and the uploaded file sets
-/// its `COPY` steps use.
-///
-/// * `ENV` and `ARG` (`[k1, v1, k2, v2, ...]`): variables of the template,
-///   as E2B treats both (its SDKs turn a Dockerfile's `ARG` into `ENV`).
-///   Values are expanded at build time against the environment so far.
-/// * `RUN` (`[cmd, user?]`): see [`run_argv`]; `user` runs it as that user.
-/// * `WORKDIR` (`[path]`), `USER` (`[name, "true"?]`: the user is created
-///   if missing, with passwordless `sudo` when the second argument is
-///   `true`).
-/// * `COPY` (`[src, dest, owner?, mode?]` and `filesHash`): from the
-///   uploaded file set; without an owner the files belong to the current
-///   user, as with E2B (`base_user` is the base template's user); `mode`
-///   is octal.
-fn to_recipe(
-    body: &TemplateBuildStart,
-    from: String,
-    base_user: Option<String>,
-    files_root: &FsPath,
-) -> Result<(Recipe, HashMap<String, PathBuf>), ApiError> {
-    let mut steps = Vec::new();
-    let mut files = HashMap::new();
-    let mut user = base_user;
-    for (i, s) in body.steps.iter().flatten().enumerate() {
-        let n = i + 1;
-        let args = s.args.clone().unwrap_or_default();
-        let kind = s.kind.to_ascii_uppercase();
-        let bad = |m: String| ApiError::bad_request(format!("step {n} ({kind}): {m}"));
-        let arg = |j: usize, what: &str| {
-            args.get(j)
-                .filter(|a| !a.is_empty())
-                .cloned()
-                .ok_or_else(|| bad(format!("missing {what}")))
-        };
-        let optional = |j: usize| args.get(j).filter(|a| !a.is_empty()).cloned();
-        let (text, step_kind) = match kind.as_str() {
-            "ENV" | "ARG" => {
-                if args.is_empty() || args.len() % 2 != 0 {
-                    return Err(bad(
-                        "expected names and values in pairs: [name1, value1, name2, value2, ...]"
-                            .to_owned(),
-                    ));
-                }
-                let pairs: Vec<(String, String)> = args
-                    .chunks(2)
-                    .map(|p| (p[0].clone(), p[1].clone()))
-                    .collect();
-                if let Some((k, _)) = pairs
-                    .iter()
-                    .find(|(k, _)| k.is_empty() || k.contains(['=', '\0']))
-                {
-                    return Err(bad(format!("invalid variable name '{k}'")));
-                }
-                let text = pairs
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                (format!("{kind} {text}"), StepKind::Env(pairs))
-            }
-            "RUN" => {
-                let cmd = arg(0, "the command")?;
-                let run_user = optional(1);
-                let text = match &run_user {
-                    Some(u) => format!("RUN {cmd} (as {u})"),
-                    None => format!("RUN {cmd}"),
-                };
-                (
-                    text,
-                    StepKind::Run {
-                        command: RunCommand::Exec(run_argv(&cmd)),
-                        user: run_user,
-                    },
-                )
-            }
-            "WORKDIR" => {
-                let dir = arg(0, "the directory")?;
-                (format!("WORKDIR {dir}"), StepKind::Workdir(dir))
-            }
-            "USER" => {
-                let name = arg(0, "the user")?;
-                let sudo = optional(1).is_some_and(|a| a.eq_ignore_ascii_case("true"));
-                user = Some(name.clone());
-                (
-                    format!("USER {name}{}", if sudo { " (sudo)" } else { "" }),
-                    StepKind::User { name, sudo },
-                )
-            }
-            "COPY" => {
-                let src = arg(0, "the source")?;
-                let dest = arg(1, "the destination")?;
-                let chown = optional(2).or_else(|| user.clone());
-                let chmod = match optional(3) {
-                    Some(m) => Some(
-                        u32::from_str_radix(&m, 8)
-                            .ok()
-                            .filter(|m| *m <= 0o7777)
-                            .ok_or_else(|| bad(format!("invalid mode '{m}': expected octal")))?,
-                    ),
-                    None => None,
-                };
-                let hash = s
-                    .files_hash
-                    .clone()
-                    .filter(|h| !h.is_empty())
-                    .ok_or_else(|| bad("missing filesHash".to_owned()))?;
-                check_hash(&hash).map_err(|e| bad(e.message().to_owned()))?;
-                let dir = files_root.join(&hash);
-                if !dir.is_dir() {
-                    return Err(bad(format!(
-                        "the files of `{src}` (hash {hash}) were not uploaded"
-                    )));
-                }
-                files.insert(hash.clone(), dir);
-                (
-                    format!("COPY {src} {dest}"),
-                    StepKind::Copy(Copy {
-                        sources: vec![src],
-                        dest,
-                        chown,
-                        chmod,
-                        extract: false,
-                        files: Some(hash),
-                    }),
-                )
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "step {n}: unknown step type '{other}' (Hutch builds ENV, ARG, RUN, WORKDIR, USER and COPY steps)"
-                )));
-            }
-        };
-        steps.push(Step {
-            line: None,
-            text,
-            kind: step_kind,
-            force: s.force.unwrap_or(false),
-        });
-    }
-    let nonempty = |s: &Option<String>| s.clone().filter(|c| !c.trim().is_empty());
-    let recipe = Recipe {
-        from,
-        from_line: None,
-        steps,
-        start_cmd: nonempty(&body.start_cmd),
-        ready_cmd: nonempty(&body.ready_cmd),
-        notes: Vec::new(),
-    };
-    Ok((recipe, files))
-}
-
-/// The default user of the template `from` names, if it is a template.
-async fn template_user(st: &AppState, from: &str) -> Result<Option<String>, ApiError> {
-    Ok(st
-        .db
-        .find_template(from.to_owned())
-        .await?
-        .filter(|t| !t.name.contains('@'))
-        .and_then(|t| TemplateMetadata::from_json(&t.metadata).ok())
-        .and_then(|m| m.user))
-}
-
 /// `POST /v2/templates/{templateID}/builds/{buildID}`: starts a requested
-/// build (`202`).
+/// build with the steps of the body (`202`).
 pub(super) async fn start_build(
     State(st): State<Arc<AppState>>,
     Extension(api): Extension<Arc<TemplateApi>>,
     Path((template_id, build_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<TemplateBuildStart>,
 ) -> Result<StatusCode, ApiError> {
-    let pending = api
-        .pending()
-        .get(&build_id)
-        .filter(|p| p.template_id == template_id || p.name == template_id)
-        .cloned();
-    let Some(pending) = pending else {
-        if st.builds.get(&build_id).is_some() {
-            return Err(ApiError::conflict(format!(
-                "build '{build_id}' has been started already"
-            )));
-        }
-        return Err(ApiError::not_found(format!(
-            "build '{build_id}' of template '{template_id}' not found: request one with POST /v3/templates"
-        )));
-    };
-    if st.builds.building(&pending.name).is_some() {
-        return Err(ApiError::conflict(format!(
-            "template '{}' is being built already",
-            pending.name
-        )));
-    }
-    let from = base_of(&body)?;
-    let base_user = template_user(&st, &from).await?;
-    let (mut recipe, files) = to_recipe(&body, from, base_user, &files_root(&st))?;
-    recipe.notes = pending.notes.clone();
-    // Started once: a concurrent start of the same build loses here.
-    if api.pending().remove(&build_id).is_none() {
-        return Err(ApiError::conflict(format!(
-            "build '{build_id}' has been started already"
-        )));
-    }
-    builds::start(
-        &st,
-        builds::Request {
-            name: pending.name.clone(),
-            template_id: Some(pending.template_id.clone()),
-            build_id: Some(build_id.clone()),
-            frontend: "template-api",
-            recipe,
-            build_args: Vec::new(),
-            no_cache: body.force.unwrap_or(false),
-            context: None,
-            files,
-            ready_timeout: hutch_runtime::DEFAULT_READY_TIMEOUT,
-            limits: pending.limits,
-        },
-    );
-    tracing::info!(template = %pending.name, build = %build_id, "template build started");
+    api.start_build(&st, &template_id, &build_id, &body).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 // ----- 4. status and logs --------------------------------------------------
 
+/// The query of a status call.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct StatusQuery {
+    /// The first log entry to return.
     logs_offset: Option<usize>,
+    /// How many entries at most.
     limit: Option<usize>,
+    /// The lowest level of the entries to return (`debug` when empty or
+    /// missing).
     level: Option<String>,
-}
-
-/// RFC 3339 with milliseconds.
-fn timestamp(ms: i64) -> String {
-    let s = time::rfc3339(ms);
-    let s = s.strip_suffix('Z').unwrap_or(&s);
-    format!("{s}.{:03}Z", ms.rem_euclid(1000))
-}
-
-/// Each log line with the E2B step it belongs to: `base` before the first
-/// step, the step's number (1-based, as the SDK counts) during it,
-/// `finalize` from the start/ready check on.
-fn with_steps(lines: Vec<BuildLogLine>) -> Vec<(BuildLogLine, String)> {
-    let mut step = "base".to_owned();
-    lines
-        .into_iter()
-        .map(|l| {
-            match &l.kind {
-                BuildLogKind::Step { index, .. } => step = index.to_string(),
-                BuildLogKind::Note if l.message.starts_with(FINALIZE_NOTE) => {
-                    step = "finalize".to_owned()
-                }
-                _ => {}
-            }
-            (l, step.clone())
-        })
-        .collect()
-}
-
-fn entry(line: &BuildLogLine, step: &str) -> BuildLogEntry {
-    BuildLogEntry {
-        timestamp: timestamp(line.timestamp),
-        level: line.level,
-        message: line.message.clone(),
-        step: step.to_owned(),
-    }
 }
 
 /// `GET /templates/{templateID}/builds/{buildID}/status`: the status and
@@ -806,73 +231,12 @@ pub(super) async fn status(
             ))
         })?,
     };
-    let Some(job) = st
-        .builds
-        .get(&build_id)
-        .filter(|j| j.template_id == template_id || j.name == template_id)
-    else {
-        let waiting = api
-            .pending()
-            .get(&build_id)
-            .is_some_and(|p| p.template_id == template_id || p.name == template_id);
-        if waiting {
-            return Ok(Json(TemplateBuildStatus {
-                template_id,
-                build_id,
-                status: TemplateBuildStatus::WAITING.to_owned(),
-                logs: Vec::new(),
-                log_entries: Vec::new(),
-                reason: None,
-            }));
-        }
-        return Err(ApiError::not_found(format!(
-            "build '{build_id}' of template '{template_id}' not found"
-        )));
+    let page = LogPage {
+        min_level,
+        offset: q.logs_offset,
+        limit: q.limit,
     };
-    // The status first: lines pushed before the end are then all there.
-    let status = job.status();
-    let lines: Vec<(BuildLogLine, String)> = with_steps(job.lines(0, usize::MAX))
-        .into_iter()
-        .filter(|(l, _)| l.level >= min_level)
-        .collect();
-    let page: Vec<&(BuildLogLine, String)> = lines
-        .iter()
-        .skip(q.logs_offset.unwrap_or(0))
-        .take(q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))
-        .collect();
-    let reason = match &status {
-        Status::Failed { message, .. } => {
-            let step = lines
-                .last()
-                .map_or_else(|| "base".to_owned(), |(_, s)| s.clone());
-            let of_step: Vec<BuildLogEntry> = lines
-                .iter()
-                .filter(|(l, s)| *s == step && matches!(l.kind, BuildLogKind::Output { .. }))
-                .map(|(l, s)| entry(l, s))
-                .collect();
-            let tail = of_step[of_step.len().saturating_sub(REASON_ENTRIES)..].to_vec();
-            Some(BuildStatusReason {
-                message: message.clone(),
-                step,
-                log_entries: tail,
-            })
-        }
-        _ => None,
-    };
-    let answer = TemplateBuildStatus {
-        template_id: job.template_id.clone(),
-        build_id: job.id.clone(),
-        status: match status {
-            Status::Building => TemplateBuildStatus::BUILDING,
-            Status::Ready(_) => TemplateBuildStatus::READY,
-            Status::Failed { .. } => TemplateBuildStatus::ERROR,
-        }
-        .to_owned(),
-        logs: page.iter().map(|(l, _)| l.message.clone()).collect(),
-        log_entries: page.iter().map(|(l, s)| entry(l, s)).collect(),
-        reason,
-    };
-    Ok(Json(answer))
+    Ok(Json(api.build_status(&st, template_id, build_id, page)?))
 }
 
 // ----- 5. names ------------------------------------------------------------
@@ -883,218 +247,12 @@ pub(super) async fn alias(
     State(st): State<Arc<AppState>>,
     Path(alias): Path<String>,
 ) -> Result<Json<TemplateAliasInfo>, ApiError> {
-    match st.db.find_template(alias.clone()).await? {
-        Some(t) if t.name == alias => Ok(Json(TemplateAliasInfo {
-            template_id: t.id,
-            public: false,
-        })),
-        _ => Err(ApiError::not_found(format!("template '{alias}' not found"))),
-    }
+    Ok(Json(template_api::alias(&st, &alias).await?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hutch_protocol::api::{LogStream, TemplateStep};
-    use serde_json::json;
-
-    #[test]
-    fn stale_file_sets_are_pruned() {
-        let t = tempfile::tempdir().unwrap();
-        let fresh = t.path().join("a".repeat(64));
-        let stale = t.path().join("b".repeat(64));
-        std::fs::create_dir_all(fresh.join("x")).unwrap();
-        std::fs::create_dir_all(stale.join("y")).unwrap();
-        let old = SystemTime::now() - Duration::from_secs(3600);
-        std::fs::File::open(&stale)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        prune_file_sets(t.path(), Duration::from_secs(60));
-        assert!(fresh.exists());
-        assert!(!stale.exists());
-    }
-
-    fn step(kind: &str, args: &[&str]) -> TemplateStep {
-        TemplateStep {
-            kind: kind.to_owned(),
-            args: Some(args.iter().map(|a| (*a).to_owned()).collect()),
-            files_hash: None,
-            force: Some(false),
-        }
-    }
-
-    #[test]
-    fn names_and_tags() {
-        let req = |name: &str, tags: Option<Vec<&str>>| TemplateBuildRequest {
-            name: Some(name.to_owned()),
-            alias: None,
-            tags: tags.map(|t| t.into_iter().map(str::to_owned).collect()),
-            cpu_count: None,
-            memory_mb: None,
-        };
-        assert_eq!(
-            name_and_tags(&req("app", None)).unwrap(),
-            ("app".into(), vec![])
-        );
-        assert_eq!(
-            name_and_tags(&req("app:default", Some(vec!["default"]))).unwrap(),
-            ("app".into(), vec!["default".to_owned()])
-        );
-        let e = name_and_tags(&req("app:v1", None)).unwrap_err();
-        assert!(e.message().contains("tags are not supported"), "{e}");
-        assert!(name_and_tags(&req("app", Some(vec!["stable"]))).is_err());
-        assert!(name_and_tags(&req("App", None)).is_err());
-        let old = TemplateBuildRequest {
-            name: None,
-            alias: Some("legacy".into()),
-            tags: None,
-            cpu_count: Some(2),
-            memory_mb: Some(1024),
-        };
-        assert_eq!(name_and_tags(&old).unwrap().0, "legacy");
-    }
-
-    #[test]
-    fn bases() {
-        let b = |t: Option<&str>, i: Option<&str>| TemplateBuildStart {
-            from_template: t.map(str::to_owned),
-            from_image: i.map(str::to_owned),
-            ..Default::default()
-        };
-        assert_eq!(base_of(&b(Some("debian"), None)).unwrap(), "debian");
-        assert_eq!(base_of(&b(None, Some("e2bdev/base"))).unwrap(), "base");
-        assert_eq!(base_of(&b(None, None)).unwrap(), "base");
-        assert_eq!(
-            base_of(&b(None, Some("python:3.12"))).unwrap(),
-            "python:3.12"
-        );
-        let mut creds = b(None, Some("r.example/x:1"));
-        creds.from_image_registry = Some(json!({"type": "registry"}));
-        assert!(base_of(&creds).is_err());
-    }
-
-    #[test]
-    fn steps_map_one_to_one() {
-        let t = tempfile::tempdir().unwrap();
-        let hash = "a".repeat(64);
-        std::fs::create_dir(t.path().join(&hash)).unwrap();
-        let mut copy = step("COPY", &["src/*.py", "/app/", "", "0755"]);
-        copy.files_hash = Some(hash.clone());
-        let mut owned = step("COPY", &["x", "y", "root:root", ""]);
-        owned.files_hash = Some(hash.clone());
-        let mut forced = step("RUN", &["make", "root"]);
-        forced.force = Some(true);
-        let body = TemplateBuildStart {
-            steps: Some(vec![
-                step("ENV", &["A", "1", "B", "$A:2"]),
-                copy,
-                step("USER", &["builder", "true"]),
-                step("copy", &[]),
-                forced,
-                step("WORKDIR", &["/srv"]),
-            ]),
-            start_cmd: Some("serve".into()),
-            ready_cmd: Some("  ".into()),
-            ..Default::default()
-        };
-        // A COPY without its hash is refused, naming the step.
-        let e = to_recipe(&body, "debian".into(), None, t.path()).unwrap_err();
-        assert!(e.message().starts_with("step 4 (COPY)"), "{e}");
-
-        let mut body = body;
-        let steps = body.steps.as_mut().unwrap();
-        steps[3] = owned;
-        let (r, files) = to_recipe(&body, "debian".into(), Some("user".into()), t.path()).unwrap();
-        assert_eq!(r.steps.len(), 6);
-        assert_eq!(r.from, "debian");
-        assert_eq!(r.start_cmd.as_deref(), Some("serve"));
-        assert_eq!(r.ready_cmd, None);
-        assert_eq!(files[&hash], t.path().join(&hash));
-        assert_eq!(
-            r.steps[0].kind,
-            StepKind::Env(vec![("A".into(), "1".into()), ("B".into(), "$A:2".into())])
-        );
-        let StepKind::Copy(c) = &r.steps[1].kind else {
-            panic!("{:?}", r.steps[1]);
-        };
-        // No owner given: the current user (here the base's), as with E2B.
-        assert_eq!(c.chown.as_deref(), Some("user"));
-        assert_eq!(c.chmod, Some(0o755));
-        assert_eq!(c.sources, vec!["src/*.py".to_owned()]);
-        assert_eq!(c.files.as_deref(), Some(hash.as_str()));
-        assert_eq!(
-            r.steps[2].kind,
-            StepKind::User {
-                name: "builder".into(),
-                sudo: true
-            }
-        );
-        let StepKind::Copy(c) = &r.steps[3].kind else {
-            panic!("{:?}", r.steps[3]);
-        };
-        assert_eq!((c.chown.as_deref(), c.chmod), (Some("root:root"), None));
-        let StepKind::Run { command, user } = &r.steps[4].kind else {
-            panic!("{:?}", r.steps[4]);
-        };
-        assert_eq!(user.as_deref(), Some("root"));
-        assert_eq!(command, &RunCommand::Exec(run_argv("make")));
-        assert!(r.steps[4].force && !r.steps[3].force);
-        assert_eq!(r.steps[5].kind, StepKind::Workdir("/srv".into()));
-
-        let bad = TemplateBuildStart {
-            steps: Some(vec![step("ENV", &["A", "1"]), step("HEALTHCHECK", &["x"])]),
-            ..Default::default()
-        };
-        let e = to_recipe(&bad, "base".into(), None, t.path()).unwrap_err();
-        assert!(
-            e.message().contains("unknown step type 'HEALTHCHECK'"),
-            "{e}"
-        );
-        let odd = TemplateBuildStart {
-            steps: Some(vec![step("ENV", &["A"])]),
-            ..Default::default()
-        };
-        assert!(to_recipe(&odd, "base".into(), None, t.path()).is_err());
-        let mode = TemplateBuildStart {
-            steps: Some(vec![{
-                let mut s = step("COPY", &["a", "b", "", "9"]);
-                s.files_hash = Some(hash.clone());
-                s
-            }]),
-            ..Default::default()
-        };
-        assert!(to_recipe(&mode, "base".into(), None, t.path()).is_err());
-    }
-
-    #[test]
-    fn log_lines_get_their_steps() {
-        let line = |message: &str, kind: BuildLogKind| BuildLogLine {
-            timestamp: 1_700_000_000_123,
-            level: LogLevel::Info,
-            message: message.to_owned(),
-            kind,
-        };
-        let lines = vec![
-            line("FROM debian", BuildLogKind::Note),
-            line("[1/2] RUN x", BuildLogKind::Step { index: 1, total: 2 }),
-            line(
-                "out",
-                BuildLogKind::Output {
-                    stream: LogStream::Stdout,
-                },
-            ),
-            line("[2/2] RUN y", BuildLogKind::Step { index: 2, total: 2 }),
-            line("cached", BuildLogKind::Cached),
-            line(
-                "checking the start and ready commands in a sandbox of the template",
-                BuildLogKind::Note,
-            ),
-        ];
-        let steps: Vec<String> = with_steps(lines).into_iter().map(|(_, s)| s).collect();
-        assert_eq!(steps, ["base", "1", "1", "2", "2", "finalize"]);
-        assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-    }
 
     #[test]
     fn upload_urls() {
@@ -1104,14 +262,81 @@ mod tests {
         assert_eq!(public_base(&h, &uri).unwrap(), "http://10.0.0.5:3000");
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         assert_eq!(public_base(&h, &uri).unwrap(), "https://10.0.0.5:3000");
-        assert!(public_base(&HeaderMap::new(), &uri).is_err());
-        let api = TemplateApi::default();
-        let t = api.grant("h");
-        assert_eq!(api.grant("h"), t, "one token per hash while valid");
-        assert!(api.token_valid("h", &t));
-        assert!(!api.token_valid("h", "nope"));
-        assert!(!api.token_valid("other", &t));
-        assert!(check_hash(&"0f".repeat(32)).is_ok());
-        assert!(check_hash("../etc").is_err());
+        assert!(public_base(&HeaderMap::new(), &uri).is_none());
+    }
+
+    #[test]
+    fn errors_keep_their_statuses_and_messages() {
+        let cases = [
+            (
+                TemplateApiError::InvalidHash("../etc".into()),
+                400,
+                "invalid files hash '../etc': expected 64 lowercase hex digits (SHA-256)",
+            ),
+            (
+                TemplateApiError::NoPublicAddress,
+                400,
+                "the request has no Host header to build an upload URL from",
+            ),
+            (
+                TemplateApiError::UploadTokenMissing,
+                401,
+                "missing upload token: use the URL from GET /templates/{templateID}/files/{hash}",
+            ),
+            (
+                TemplateApiError::UploadTokenInvalid,
+                403,
+                "invalid or expired upload token: ask GET /templates/{templateID}/files/{hash} for a new URL",
+            ),
+            (
+                TemplateApiError::TemplateNotFound("app".into()),
+                404,
+                "template 'app' not found",
+            ),
+            (
+                TemplateApiError::BuildNotRequested {
+                    template_id: "t".into(),
+                    build_id: "b".into(),
+                },
+                404,
+                "build 'b' of template 't' not found: request one with POST /v3/templates",
+            ),
+            (
+                TemplateApiError::BuildNotFound {
+                    template_id: "t".into(),
+                    build_id: "b".into(),
+                },
+                404,
+                "build 'b' of template 't' not found",
+            ),
+            (
+                TemplateApiError::Building("app".into()),
+                409,
+                "template 'app' is being built already",
+            ),
+            (
+                TemplateApiError::AlreadyStarted("b".into()),
+                409,
+                "build 'b' has been started already",
+            ),
+            (
+                TemplateApiError::InvalidStep {
+                    step: 4,
+                    kind: "COPY".into(),
+                    reason: "missing filesHash".into(),
+                },
+                400,
+                "step 4 (COPY): missing filesHash",
+            ),
+            (
+                TemplateApiError::Store(std::io::Error::other("disk full")),
+                500,
+                "cannot store the files: disk full",
+            ),
+        ];
+        for (e, status, message) in cases {
+            let a = ApiError::from(e);
+            assert_eq!((a.status().as_u16(), a.message()), (status, message));
+        }
     }
 }
