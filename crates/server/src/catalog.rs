@@ -357,8 +357,63 @@ pub(crate) async fn remove(st: &Arc<AppState>, name: &str) -> Result<String, Cat
     Ok(template.name)
 }
 
-/// How long a hidden template is kept, unused, after it was made.
-const HIDDEN_GRACE_MS: i64 = 5 * 60 * 1000;
+/// Keeps template `id` from being pruned while the pin lives: a fork's
+/// snapshot, hidden from the start, between its registration and the rows
+/// of the sandboxes started from it.
+pub(crate) fn pin<'a>(st: &'a AppState, id: &str) -> Pin<'a> {
+    pinned(st).insert(id.to_owned());
+    Pin {
+        st,
+        id: id.to_owned(),
+    }
+}
+
+/// See [`pin`].
+pub(crate) struct Pin<'a> {
+    st: &'a AppState,
+    id: String,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        pinned(self.st).remove(&self.id);
+    }
+}
+
+fn pinned(st: &AppState) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    st.pinned_templates
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// After a sandbox of template `id` is gone: when that template is hidden
+/// (replaced by a newer build, or a fork's snapshot) and no sandbox uses
+/// it any more, it is deleted, and the layers nothing else uses with it.
+pub(crate) async fn sandbox_gone(st: &Arc<AppState>, id: &str) {
+    match st.db.find_template(id.to_owned()).await {
+        Ok(Some(t)) if t.name.contains('@') && t.id == id => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(template = %id, "cannot look up a killed sandbox's template: {e}");
+            return;
+        }
+    }
+    let _layers = st.layers_lock.write().await;
+    match st.db.live_sandboxes_of(id.to_owned()).await {
+        Ok(0) => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(template = %id, "cannot count its sandboxes: {e}");
+            return;
+        }
+    }
+    prune_replaced(st).await;
+    match collect_layers(st).await {
+        Ok(Some(n)) if n > 0 => tracing::info!(layers_removed = n, "unused layers removed"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("removing unused layers: {e}"),
+    }
+}
 
 /// Deletes templates replaced by a newer build of the same name, and the
 /// snapshots forks started from, once no sandbox uses them any more (their
@@ -367,13 +422,13 @@ pub(crate) async fn prune_replaced(st: &Arc<AppState>) {
     let Ok(rows) = st.db.list_templates().await else {
         return;
     };
-    // A fork's snapshot is hidden from the start and its sandboxes are
-    // created just after it: it is not pruned in between.
-    let settled = time::now_ms().saturating_sub(HIDDEN_GRACE_MS);
-    for t in rows
-        .into_iter()
-        .filter(|t| t.name.contains('@') && t.created_at < settled)
-    {
+    let hidden: Vec<TemplateRow> = {
+        let pinned = pinned(st);
+        rows.into_iter()
+            .filter(|t| t.name.contains('@') && !pinned.contains(&t.id))
+            .collect()
+    };
+    for t in hidden {
         match st.db.live_sandboxes_of(t.id.clone()).await {
             Ok(0) => {
                 drain_pool(st, &t.id).await;

@@ -526,9 +526,15 @@ pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, S
     let st2 = st.clone();
     let id = id.to_owned();
     st.teardowns.spawn(async move {
-        let _slot = st2.teardown_slots.acquire().await;
+        let slot = st2.teardown_slots.acquire().await;
         if let Err(e) = st2.node.destroy(&id).await {
             tracing::error!(sandbox = %id, "cannot tear down the killed sandbox: {e}");
+            return;
+        }
+        drop(slot);
+        // A replaced template or a fork's snapshot may now be unused.
+        if let Ok(Some(row)) = st2.db.get_sandbox(id.clone()).await {
+            crate::catalog::sandbox_gone(&st2, &row.template_id).await;
         }
     });
     Ok(true)

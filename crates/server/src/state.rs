@@ -88,6 +88,10 @@ pub(crate) struct AppState {
     /// Held shared while layers may be in use by a starting sandbox or an
     /// import, exclusively while unreferenced layers are removed.
     pub layers_lock: RwLock<()>,
+    /// Templates that must not be pruned though no sandbox uses them yet
+    /// (a fork's snapshot until its sandboxes exist): see
+    /// [`crate::catalog::pin`].
+    pub pinned_templates: Mutex<std::collections::HashSet<String>>,
     /// Set while the default `base` template is being built.
     pub base_building: std::sync::atomic::AtomicBool,
     /// Pre-booted sandboxes per template.
@@ -161,6 +165,7 @@ impl AppState {
             reaper_wake: Notify::new(),
             reaper_stop: tokio_util::sync::CancellationToken::new(),
             layers_lock: RwLock::new(()),
+            pinned_templates: Mutex::default(),
             base_building: std::sync::atomic::AtomicBool::new(false),
             pool: Pool::new(DEFAULT_WARM_POOL),
             insecure_registries: cfg.insecure_registries.clone(),

@@ -32,9 +32,9 @@ enum Naming {
     Named(String),
     /// Known by its id.
     Unnamed,
-    /// The start of a fork: hidden from listings, removed once none of its
-    /// sandboxes is left.
-    Hidden,
+    /// The start of a fork, with this id: hidden from listings, removed
+    /// once none of its sandboxes is left.
+    Hidden(String),
 }
 
 /// Captures the file system of the running or paused sandbox `id` as a
@@ -69,10 +69,13 @@ pub(crate) async fn fork_sandbox(
             "count {count} is invalid: a fork makes 1 to {MAX_FORKS} sandboxes"
         )));
     }
+    // Not pruned before its sandboxes exist.
+    let snapshot_id = ids::new_id();
+    let _pin = catalog::pin(st, &snapshot_id);
     let (row, snapshot) = {
         let _transition = st.transitions.lock(id).await;
         let row = find(st, id, LISTED).await?;
-        let snapshot = capture(st, &row, Naming::Hidden).await?;
+        let snapshot = capture(st, &row, Naming::Hidden(snapshot_id.clone())).await?;
         (row, snapshot)
     };
     let args = || CreateArgs {
@@ -118,8 +121,7 @@ async fn capture(
     };
     let (name, how) = match &naming {
         Naming::Named(name) => (name.clone(), named_registration(st, name).await?),
-        Naming::Unnamed => (String::new(), Registration::New),
-        Naming::Hidden => (String::new(), Registration::New),
+        Naming::Unnamed | Naming::Hidden(_) => (String::new(), Registration::New),
     };
     let (_, base) = catalog::find(st, &row.template_id).await?.ok_or_else(|| {
         SandboxError::Failed(format!(
@@ -141,11 +143,14 @@ async fn capture(
     }
     let layer = layer.map_err(failed)?;
 
-    let snapshot_id = ids::new_id();
+    let snapshot_id = match &naming {
+        Naming::Hidden(id) => id.clone(),
+        _ => ids::new_id(),
+    };
     let name = match naming {
         Naming::Named(_) => name,
         Naming::Unnamed => snapshot_id.clone(),
-        Naming::Hidden => format!(
+        Naming::Hidden(_) => format!(
             "{}@fork-{snapshot_id}",
             base.name.split('@').next().unwrap_or("")
         ),

@@ -522,6 +522,44 @@ async fn a_fork_starts_sandboxes_like_the_source() {
     assert_eq!(h.row_state(&source.id).await, SandboxState::Running);
     assert_eq!(h.node.state(&source.id), Some(FakeState::Running));
 
+    // The hidden snapshot goes with its last fork.
+    let snapshot =
+        h.st.db
+            .get_sandbox(ids[0].clone())
+            .await
+            .unwrap()
+            .unwrap()
+            .template_id;
+    kill(&h.st, &ids[0]).await.unwrap();
+    patiently("a teardown", async {
+        while h.node.state(&ids[0]).is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        h.st.db
+            .find_template(snapshot.clone())
+            .await
+            .unwrap()
+            .is_some(),
+        "one fork is left"
+    );
+    kill(&h.st, &ids[1]).await.unwrap();
+    patiently("the snapshot's removal", async {
+        while h
+            .st
+            .db
+            .find_template(snapshot.clone())
+            .await
+            .unwrap()
+            .is_some()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
     for bad in [0, super::snapshots::MAX_FORKS + 1] {
         let e = fork_sandbox(&h.st, &source.id, None, bad)
             .await
