@@ -1,13 +1,14 @@
 //! The official E2B JavaScript SDK (npm `e2b` 2.51.0, pinned in
 //! `tests/sdk/js/package-lock.json`), unmodified, against
-//! a real Hutch server. The script lives in `tests/sdk/`.
+//! a real Hutch server. The scripts live in `tests/sdk/`.
 
 use std::path::Path;
 
 use hutch_test_support::{TestServer, debian_image, e2b_js};
 
-#[test]
-fn js_sdk_commands() {
+/// Runs `tests/sdk/SCRIPT` with Node against a fresh server holding the
+/// Debian test image as `deb`.
+fn run_script(script: &str) {
     // npm `e2b`, pinned with its dependencies by tests/sdk/js/package-lock.json.
     let sdk_dir = e2b_js(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/js"));
     let server = TestServer::start();
@@ -23,7 +24,9 @@ fn js_sdk_commands() {
         "import: {}",
         String::from_utf8_lossy(&import.stderr)
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/commands.mjs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
     let out = std::process::Command::new("node")
         .arg(&script)
         .arg("deb")
@@ -38,9 +41,20 @@ fn js_sdk_commands() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("OK"),
-        "e2b (npm): {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        "e2b (npm) {}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        script.display(),
         out.status,
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );
+}
+
+#[test]
+fn js_sdk_commands() {
+    run_script("commands.mjs");
+}
+
+#[test]
+fn js_sdk_snapshots_forks_and_network() {
+    run_script("snapshots.mjs");
 }
