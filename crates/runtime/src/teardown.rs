@@ -64,6 +64,45 @@ impl Runtime {
         .await
     }
 
+    /// Mounts the disk a filesystem pause kept ([`Runtime::stop_keep_disk`])
+    /// at its usual place, so that its files can be read (a snapshot's
+    /// layer, from [`Runtime::upper_dir`]) while the sandbox stays stopped:
+    /// nothing runs on it. [`Runtime::stop_keep_disk`] unmounts it again.
+    /// Fails with [`RuntimeError::NoKeptDisk`] if the id has no kept disk;
+    /// a disk mounted already is left as it is. The image is checked as for
+    /// a resume.
+    pub async fn mount_kept_disk(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let this = self.clone();
+        let id = id.to_owned();
+        join(tokio::spawn(async move {
+            let _guard = this.inner.locks.lock(&id).await;
+            let paths = this.paths(&id);
+            if !paths.disk_image.is_file() {
+                return Err(RuntimeError::NoKeptDisk { id });
+            }
+            if paths.upper.is_dir() {
+                return Ok(());
+            }
+            let tools = this.inner.tools.clone();
+            blocking(move || {
+                match std::fs::DirBuilder::new().mode(0o700).create(&paths.disk) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(RuntimeError::io(
+                            format!("create {}", paths.disk.display()),
+                            e,
+                        ));
+                    }
+                }
+                disk::mount_kept(&paths.disk_image, &paths.disk, &tools)
+            })
+            .await
+        }))
+        .await
+    }
+
     /// Removes sandbox `id` from the host, under the id's lock: kills and
     /// deletes its container (`runc delete --force`: every process, the
     /// cgroups, the memory), removes its network, unmounts everything in

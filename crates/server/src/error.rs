@@ -135,7 +135,7 @@ impl From<crate::lifecycle::SandboxError> for ApiError {
         let status = match &e {
             E::NotFound(_) | E::TemplateNotFound(_) => StatusCode::NOT_FOUND,
             E::TemplateBuilding { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            E::Paused(_) | E::Unsupported(_) => StatusCode::CONFLICT,
+            E::Paused(_) => StatusCode::CONFLICT,
             E::Catalog(_) => {
                 let E::Catalog(e) = e else { unreachable!() };
                 return ApiError::from(e);

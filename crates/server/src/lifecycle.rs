@@ -148,9 +148,6 @@ pub(crate) enum SandboxError {
     /// The sandbox is paused, and the operation needs it running.
     #[error("sandbox {0} is paused: resume it with POST /sandboxes/{0}/connect")]
     Paused(String),
-    /// The sandbox is in a state the operation does not support.
-    #[error("{0}")]
-    Unsupported(String),
     /// The template catalog refused (a snapshot's name, say).
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),

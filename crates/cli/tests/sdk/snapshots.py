@@ -6,9 +6,11 @@ Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
 The template is the Debian test image (bash, sudo for `user`).
 """
 
+import inspect
 import sys
 
 from e2b import Sandbox
+from e2b.sandbox_sync.sandbox_api import SandboxApi
 
 template = sys.argv[1]
 checks = 0
@@ -86,6 +88,23 @@ forks[0].files.write("/home/user/kept.txt", "changed in a fork")
 check(source.files.read("/home/user/kept.txt"), "kept in the snapshot", "a fork's change stays there")
 check(forks[1].files.read("/home/user/kept.txt"), "kept in the snapshot", "and out of its sibling")
 check(Sandbox.get_info(source.sandbox_id).state.value, "running", "the source after forking")
+
+# A sandbox paused with its files only is read as it is, and stays paused.
+stopped = Sandbox.create(template, timeout=120)
+stopped.files.write("/home/user/stopped.txt", "from a stopped sandbox")
+if "mode" in inspect.signature(SandboxApi._cls_pause).parameters:
+    stopped.pause(mode="filesystem")
+else:
+    stopped.pause(keep_memory=False)
+cold = stopped.create_snapshot()
+check(Sandbox.get_info(stopped.sandbox_id).state.value, "paused", "still paused after its snapshot")
+from_cold = Sandbox.create(cold.snapshot_id, timeout=60)
+check(from_cold.files.read("/home/user/stopped.txt"), "from a stopped sandbox", "a stopped sandbox's file")
+from_cold.kill()
+back = Sandbox.connect(stopped.sandbox_id)
+check(back.files.read("/home/user/stopped.txt"), "from a stopped sandbox", "the sandbox boots again after")
+back.kill()
+check(Sandbox.delete_snapshot(cold.snapshot_id), True, "deleting that snapshot")
 
 # Deleting: refused while a sandbox of it runs, then done once.
 try:

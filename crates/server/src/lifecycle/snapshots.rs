@@ -17,7 +17,7 @@ use hutch_image::{TEMPLATE_SCHEMA_VERSION, TemplateLimits, TemplateMetadata, Tem
 
 use super::{CreateArgs, LISTED, SandboxError, create, find, recorded_policy};
 use crate::catalog::{self, Registration};
-use crate::db::{PauseMode, SandboxRow};
+use crate::db::SandboxRow;
 use crate::node::NodeError;
 use crate::state::AppState;
 use crate::{DEFAULT_SANDBOX_TIMEOUT_SECS, ids, limits, time};
@@ -109,15 +109,10 @@ async fn capture(
     naming: Naming,
 ) -> Result<TemplateMetadata, SandboxError> {
     let id = row.id.as_str();
+    // Paused either way, nothing of it runs: it is read as it is.
     let frozen = match st.live().get(id).map(|e| e.paused) {
         None => return Err(SandboxError::NotFound(id.to_owned())),
-        Some(None) => false,
-        Some(Some(p)) if p.mode == PauseMode::Memory => true,
-        Some(Some(_)) => {
-            return Err(SandboxError::Unsupported(format!(
-                "sandbox {id} is paused with its file system only: resume it (POST /sandboxes/{id}/connect) to snapshot or fork it"
-            )));
-        }
+        Some(paused) => paused.is_some(),
     };
     let (name, how) = match &naming {
         Naming::Named(name) => (name.clone(), named_registration(st, name).await?),

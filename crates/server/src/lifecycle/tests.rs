@@ -421,11 +421,14 @@ async fn a_snapshot_freezes_a_running_sandbox_for_its_layer_only() {
     assert_eq!(calls[before..], [format!("snapshot_layer {id}")]);
     assert_eq!(h.row_state(&id).await, SandboxState::Paused);
 
-    // Paused with its files only: nothing runs to read from.
+    // Paused with its files only: read as it is, and left so.
     resume(&h.st, &id, None, None).await.unwrap();
     pause(&h.st, &id, PauseMode::Filesystem).await.unwrap();
-    let e = snapshot_sandbox(&h.st, &id, None).await.unwrap_err();
-    assert!(matches!(e, SandboxError::Unsupported(_)), "{e}");
+    let before = h.node.calls().len();
+    snapshot_sandbox(&h.st, &id, None).await.unwrap();
+    assert_eq!(h.node.calls()[before..], [format!("snapshot_layer {id}")]);
+    assert_eq!(h.node.state(&id), Some(FakeState::DiskOnly));
+    assert_eq!(h.row_state(&id).await, SandboxState::Paused);
     let e = snapshot_sandbox(&h.st, "nope", None).await.unwrap_err();
     assert!(matches!(e, SandboxError::NotFound(_)), "{e}");
 }

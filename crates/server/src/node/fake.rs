@@ -331,8 +331,8 @@ impl Node for FakeNode {
         })
     }
 
-    /// A made-up layer; refused unless the sandbox is frozen, as the
-    /// control side must keep it.
+    /// A made-up layer; refused unless the sandbox is frozen or stopped,
+    /// as the control side must keep it.
     async fn snapshot_layer(
         &self,
         id: &str,
@@ -340,7 +340,7 @@ impl Node for FakeNode {
     ) -> Result<Option<String>, NodeError> {
         self.enter("snapshot_layer", id).await;
         match self.state(id) {
-            Some(FakeState::Paused) => {
+            Some(FakeState::Paused | FakeState::DiskOnly) => {
                 let n = self.calls.lock().unwrap().len();
                 Ok(Some(format!("sha256:{n:064x}")))
             }

@@ -114,7 +114,9 @@ pub(crate) trait Node: Send + Sync {
     /// Writes what a sandbox changed on top of `layers` (its template's,
     /// base first) as a new layer into the node's layer store; `None` when
     /// it changed nothing. The caller keeps the sandbox from running
-    /// meanwhile (frozen), so that the layer is one moment of it.
+    /// meanwhile (frozen, or stopped with its disk kept — which is then
+    /// mounted for the read and unmounted after), so that the layer is one
+    /// moment of it.
     async fn snapshot_layer(
         &self,
         id: &str,
@@ -221,11 +223,36 @@ impl Node for LocalNode {
         layers: &[String],
     ) -> Result<Option<String>, NodeError> {
         let upper = self.runtime.upper_dir(id);
-        if !upper.is_dir() {
-            return Err(NodeError::NotFound(format!(
-                "sandbox {id} has no file system mounted on this node"
-            )));
+        // Stopped with its disk kept: mounted for the read only.
+        let stopped = !upper.is_dir();
+        if stopped {
+            self.runtime.mount_kept_disk(id).await?;
         }
+        let layer = self.export_layer(id, upper, layers).await;
+        if stopped && let Err(e) = self.runtime.stop_keep_disk(id).await {
+            tracing::warn!(sandbox = %id, "cannot unmount the kept disk after its snapshot: {e}");
+        }
+        layer
+    }
+
+    fn agent_socket(&self, id: &str) -> PathBuf {
+        self.runtime.agent_socket(id)
+    }
+
+    fn release_host_mounts(&self) {
+        self.runtime.release_host_mounts()
+    }
+}
+
+impl LocalNode {
+    /// Writes the changes in `upper` over `layers` as a layer into the
+    /// layer store ([`Node::snapshot_layer`]).
+    async fn export_layer(
+        &self,
+        id: &str,
+        upper: PathBuf,
+        layers: &[String],
+    ) -> Result<Option<String>, NodeError> {
         let lower = hutch_builder::rootfs::LayerStack::new(
             layers.iter().map(|l| self.layers.layer_dir(l)).collect(),
         );
@@ -256,13 +283,5 @@ impl Node for LocalNode {
         .await
         .map_err(|e| failed("task", &e))?;
         outcome.map_err(|(what, e)| failed(what, &e))
-    }
-
-    fn agent_socket(&self, id: &str) -> PathBuf {
-        self.runtime.agent_socket(id)
-    }
-
-    fn release_host_mounts(&self) {
-        self.runtime.release_host_mounts()
     }
 }
