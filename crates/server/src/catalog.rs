@@ -113,6 +113,19 @@ pub fn valid_template_name(name: &str) -> bool {
         })
 }
 
+/// The tag every build of a template has (E2B's `name:default`).
+pub(crate) const DEFAULT_TAG: &str = "default";
+
+/// The template a create names: `name`, `id`, or either with the default
+/// tag (`name:default`, the form E2B's snapshot ids take); other tags are
+/// not known to Hutch and are kept, so that the lookup fails naming them.
+pub(crate) fn reference(template: &str) -> &str {
+    template
+        .strip_suffix(DEFAULT_TAG)
+        .and_then(|t| t.strip_suffix(':'))
+        .unwrap_or(template)
+}
+
 /// Checks that `name` is a valid template name no template has yet.
 pub(crate) async fn check_new_name(st: &AppState, name: &str) -> Result<(), CatalogError> {
     if !valid_template_name(name) {
@@ -478,6 +491,16 @@ async fn collect_layers(st: &Arc<AppState>) -> Result<Option<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_may_carry_the_default_tag() {
+        assert_eq!(reference("app"), "app");
+        assert_eq!(reference("app:default"), "app");
+        assert_eq!(reference("abc123:default"), "abc123");
+        assert_eq!(reference("app:v1"), "app:v1");
+        assert_eq!(reference("default"), "default");
+        assert_eq!(reference(":default"), "");
+    }
 
     #[test]
     fn template_names() {

@@ -203,7 +203,7 @@ pub(crate) async fn create_sandbox(
     let layers_guard = st.layers_lock.read().await;
     let template = st
         .db
-        .find_template(args.template.clone())
+        .find_template(crate::catalog::reference(&args.template).to_owned())
         .await?
         .ok_or_else(|| {
             if args.template == hutch_builder::BASE_TEMPLATE

@@ -35,6 +35,7 @@ use hutch_protocol::api::{
 use serde_json::Value;
 
 use crate::builds::{self, Status};
+use crate::catalog::DEFAULT_TAG;
 use crate::db::DbError;
 use crate::state::AppState;
 use crate::{ids, time};
@@ -55,9 +56,6 @@ const REASON_ENTRIES: usize = 20;
 /// `from_*`, or `from_base_image()`): Hutch's own `base` template is its
 /// counterpart.
 const E2B_BASE_IMAGE: &str = "e2bdev/base";
-
-/// The one tag Hutch accepts: E2B's implicit tag of a name without one.
-const DEFAULT_TAG: &str = "default";
 
 /// Log text of the engine's start/ready check: what follows belongs to
 /// E2B's `finalize` step.

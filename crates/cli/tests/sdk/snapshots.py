@@ -57,7 +57,8 @@ check(sh(child, "echo $MY_APP_CONFIG"), "/etc/myapp/config.json", "the image's v
 check(sh(child, "echo $FROM_CREATE"), "create-value", "the sandbox's variable")
 check(sh(child, "whoami; pwd"), sh(source, "whoami; pwd"), "user and working directory")
 # A sandbox of the snapshot sets its own variables over it.
-own = Sandbox.create(info.snapshot_id, timeout=60, envs={"FROM_CREATE": "own"})
+# (Named with E2B's default tag, as E2B's snapshot ids are.)
+own = Sandbox.create(f"{info.snapshot_id}:default", timeout=60, envs={"FROM_CREATE": "own"})
 check(sh(own, "echo $FROM_CREATE"), "own", "a new sandbox's own variable")
 own.kill()
 
