@@ -396,7 +396,26 @@ pub(crate) async fn fill_all(st: &Arc<AppState>) {
     }
 }
 
+/// Whether template `id` keeps a warm pool: not when it is a snapshot
+/// (each would hold an idle sandbox for as long as it exists, for creates
+/// that come now and then) or hidden (a replaced build, or a fork's
+/// snapshot, whose sandboxes are all created at once). A template that
+/// cannot be read does: the boot then reports why.
+async fn keeps_a_pool(st: &AppState, id: &str) -> bool {
+    match crate::catalog::find(st, id).await {
+        Ok(Some((row, meta))) => {
+            !row.name.contains('@')
+                && !matches!(meta.source, hutch_image::TemplateSource::Snapshot { .. })
+        }
+        Ok(None) | Err(_) => true,
+    }
+}
+
 async fn refill_task(st: Arc<AppState>, template_id: String) {
+    if !keeps_a_pool(&st, &template_id).await {
+        st.pool.end_task(&template_id, true, None);
+        return;
+    }
     while st.pool.wants_more(&template_id) {
         let Ok(_permit) = st.pool.boots.acquire().await else {
             st.pool.end_task(&template_id, false, None);
@@ -600,6 +619,49 @@ mod tests {
             .expect("a closed pool keeps nothing");
         assert_eq!(back.id, "b");
         assert!(!pool.wants_more("t"));
+    }
+
+    /// Snapshots and hidden templates (a fork's snapshot) keep no warm
+    /// pool; templates do.
+    #[tokio::test]
+    async fn snapshots_keep_no_warm_pool() {
+        let h = crate::testing::Harness::new().await;
+        let id = h.create().await;
+        let snapshot = crate::lifecycle::snapshot_sandbox(&h.st, &id, None)
+            .await
+            .unwrap();
+        let fork = crate::lifecycle::fork_sandbox(&h.st, &id, None, 1)
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        h.st.pool.set_target(1);
+        let creates = |h: &crate::testing::Harness| {
+            h.node
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("create"))
+                .count()
+        };
+        let before = creates(&h);
+        for template in [snapshot.id.clone(), fork.template_id.clone()] {
+            refill(&h.st, &template);
+            crate::testing::patiently("the refill task", async {
+                while h.st.pool.lock().templates.contains_key(&template) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+        }
+        assert_eq!(creates(&h), before, "no boot for a snapshot");
+        refill(&h.st, &h.template().id);
+        crate::testing::patiently("a pooled boot of the template", async {
+            while h.st.pool.stats(&h.template().id).ready == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert_eq!(creates(&h), before + 1);
     }
 
     #[test]
