@@ -150,6 +150,11 @@ fn created(row: SandboxRow) -> SandboxCreated {
     }
 }
 
+/// A body's optional `timeout`, checked as [`check_timeout`] does.
+fn optional_timeout(secs: Option<u64>) -> Result<Option<u64>, ApiError> {
+    secs.map(|secs| check_timeout(secs, "timeout")).transpose()
+}
+
 fn check_timeout(secs: u64, what: &str) -> Result<u64, ApiError> {
     if secs == 0 {
         return Err(ApiError::bad_request(format!(
@@ -371,10 +376,7 @@ pub(super) async fn connect(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ConnectSandbox>,
 ) -> Result<Response, ApiError> {
-    let timeout = body
-        .timeout
-        .map(|secs| check_timeout(secs, "timeout"))
-        .transpose()?;
+    let timeout = optional_timeout(body.timeout)?;
     let (resumed, row) = lifecycle::resume(&st, &id, timeout, body.memory).await?;
     let status = match resumed {
         ResumeOutcome::Resumed => StatusCode::CREATED,
@@ -392,10 +394,7 @@ pub(super) async fn resume(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ConnectSandbox>,
 ) -> Result<Response, ApiError> {
-    let timeout = body
-        .timeout
-        .map(|secs| check_timeout(secs, "timeout"))
-        .transpose()?;
+    let timeout = optional_timeout(body.timeout)?;
     if lifecycle::find(&st, &id, lifecycle::LISTED).await?.state == SandboxState::Running {
         return Err(ApiError::conflict(format!(
             "sandbox {id} is already running"
@@ -481,10 +480,7 @@ pub(super) async fn fork(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ForkRequest>,
 ) -> Result<(StatusCode, Json<Vec<ForkResult>>), ApiError> {
-    let timeout = body
-        .timeout
-        .map(|secs| check_timeout(secs, "timeout"))
-        .transpose()?;
+    let timeout = optional_timeout(body.timeout)?;
     let forks = lifecycle::fork(&st, &id, timeout, body.count.unwrap_or(1)).await?;
     let results = forks
         .into_iter()
