@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::BuildError;
 use crate::cache::{self, Cache, Entry};
 use crate::context;
-use crate::layer::{Owner, export_upper};
+use crate::layer::{Owner, export_upper, store_layer};
 use crate::recipe::{Recipe, RunCommand, Step, StepKind};
 use crate::rootfs::LayerStack;
 use crate::steps;
@@ -507,18 +507,7 @@ impl Engine {
         let store = self.store.clone();
         let work_dir = self.work_dir.clone();
         let layer = tokio::task::spawn_blocking(move || {
-            let tmp = tempfile::NamedTempFile::new_in(&work_dir)
-                .map_err(|e| BuildError::Io(format!("cannot create a temporary file: {e}")))?;
-            let mut file = std::io::BufWriter::new(
-                tmp.reopen()
-                    .map_err(|e| BuildError::Io(format!("cannot open a temporary file: {e}")))?,
-            );
-            let changed = write(&stack, &mut file)?;
-            drop(file);
-            if !changed {
-                return Ok(None);
-            }
-            store_tar(&store, tmp.path()).map(Some)
+            store_layer(&store, &work_dir, |out| write(&stack, out))
         })
         .await
         .map_err(|e| BuildError::Io(format!("layer task failed: {e}")))??;
@@ -574,18 +563,7 @@ impl Engine {
             let store = self.store.clone();
             let work_dir = self.work_dir.clone();
             tokio::task::spawn_blocking(move || {
-                let tmp = tempfile::NamedTempFile::new_in(&work_dir)
-                    .map_err(|e| BuildError::Io(format!("cannot create a temporary file: {e}")))?;
-                let mut file =
-                    std::io::BufWriter::new(tmp.reopen().map_err(|e| {
-                        BuildError::Io(format!("cannot open a temporary file: {e}"))
-                    })?);
-                let changed = export_upper(&upper, &stack, &mut file)?;
-                drop(file);
-                if !changed {
-                    return Ok(None);
-                }
-                store_tar(&store, tmp.path()).map(Some)
+                store_layer(&store, &work_dir, |out| export_upper(&upper, &stack, out))
             })
             .await
             .map_err(|e| BuildError::Io(format!("layer task failed: {e}")))?
@@ -691,14 +669,6 @@ fn clean_abs(path: &str) -> String {
 
 fn build_sandbox_id() -> String {
     format!("build-{:016x}", rand::random::<u64>())
-}
-
-fn store_tar(store: &LayerStore, path: &Path) -> Result<String, BuildError> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| BuildError::Io(format!("cannot reopen the layer: {e}")))?;
-    store
-        .add_layer_tar(&mut f)
-        .map_err(|e| BuildError::Io(format!("cannot store the layer: {e}")))
 }
 
 /// Turns output chunks into lines for the reporter and keeps the last few.

@@ -17,6 +17,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use hutch_image::LayerStore;
+
 use crate::BuildError;
 use crate::rootfs::{LayerStack, components, is_opaque, is_whiteout};
 
@@ -119,6 +121,34 @@ pub fn export_upper(
 /// be expressed in an OCI layer (redirected directories, metadata-only
 /// copies). Hutch mounts with them off; this guards against a kernel
 /// default changing under it.
+/// Writes a layer tar with `write` into a temporary file under `scratch`
+/// and, when `write` says it changes anything, adds it to `store`: its diff
+/// id, or `None`. Blocking. Template builds store their steps' layers this
+/// way, and the server its snapshots'.
+pub fn store_layer(
+    store: &LayerStore,
+    scratch: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<bool, BuildError>,
+) -> Result<Option<String>, BuildError> {
+    let tmp = tempfile::NamedTempFile::new_in(scratch)
+        .map_err(|e| BuildError::Io(format!("cannot create a temporary file: {e}")))?;
+    let mut out = std::io::BufWriter::new(tmp.as_file());
+    let changed = write(&mut out)?;
+    out.flush()
+        .map_err(|e| BuildError::Io(format!("cannot write the layer: {e}")))?;
+    drop(out);
+    if !changed {
+        return Ok(None);
+    }
+    let mut file = tmp
+        .reopen()
+        .map_err(|e| BuildError::Io(format!("cannot reopen the layer: {e}")))?;
+    store
+        .add_layer_tar(&mut file)
+        .map(Some)
+        .map_err(|e| BuildError::Io(format!("cannot store the layer: {e}")))
+}
+
 fn check_no_overlay_features(path: &Path) -> Result<(), BuildError> {
     for name in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
         let mut buf = [0u8; 1];

@@ -16,7 +16,6 @@
 #[cfg(test)]
 pub(crate) mod fake;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -149,6 +148,9 @@ impl LocalNode {
         {
             tracing::warn!(path = %scratch.display(), "cannot clear snapshot scratch space: {e}");
         }
+        if let Err(e) = std::fs::create_dir_all(&scratch) {
+            tracing::warn!(path = %scratch.display(), "cannot create snapshot scratch space: {e}");
+        }
         LocalNode {
             runtime,
             layers,
@@ -258,30 +260,16 @@ impl LocalNode {
         );
         let store = self.layers.clone();
         let scratch = self.scratch.clone();
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            NodeError::Failed(format!("cannot snapshot sandbox {id}: {what}: {e}"))
+        let failed = |e: &dyn std::fmt::Display| {
+            NodeError::Failed(format!("cannot snapshot sandbox {id}: {e}"))
         };
-        let outcome = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&scratch).map_err(|e| ("scratch directory", e.to_string()))?;
-            let tmp = tempfile::NamedTempFile::new_in(&scratch)
-                .map_err(|e| ("temporary file", e.to_string()))?;
-            let mut out = std::io::BufWriter::new(tmp.as_file());
-            let changed = hutch_builder::layer::export_upper(&upper, &lower, &mut out)
-                .map_err(|e| ("reading its changes", e.to_string()))?;
-            out.flush()
-                .map_err(|e| ("writing its layer", e.to_string()))?;
-            drop(out);
-            if !changed {
-                return Ok(None);
-            }
-            let mut file = tmp.reopen().map_err(|e| ("its layer", e.to_string()))?;
-            store
-                .add_layer_tar(&mut file)
-                .map(Some)
-                .map_err(|e| ("storing its layer", e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            hutch_builder::layer::store_layer(&store, &scratch, |out| {
+                hutch_builder::layer::export_upper(&upper, &lower, out)
+            })
         })
         .await
-        .map_err(|e| failed("task", &e))?;
-        outcome.map_err(|(what, e)| failed(what, &e))
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&e))
     }
 }
