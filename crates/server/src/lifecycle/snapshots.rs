@@ -114,9 +114,9 @@ async fn capture(
         None => return Err(SandboxError::NotFound(id.to_owned())),
         Some(paused) => paused.is_some(),
     };
-    let (name, how) = match &naming {
-        Naming::Named(name) => (name.clone(), named_registration(st, name).await?),
-        Naming::Unnamed | Naming::Hidden(_) => (String::new(), Registration::New),
+    let how = match &naming {
+        Naming::Named(name) => named_registration(st, name).await?,
+        Naming::Unnamed | Naming::Hidden(_) => Registration::New,
     };
     let (_, base) = catalog::find(st, &row.template_id).await?.ok_or_else(|| {
         SandboxError::Failed(format!(
@@ -138,17 +138,18 @@ async fn capture(
     }
     let layer = layer.map_err(failed)?;
 
-    let snapshot_id = match &naming {
-        Naming::Hidden(id) => id.clone(),
-        _ => ids::new_id(),
-    };
-    let name = match naming {
-        Naming::Named(_) => name,
-        Naming::Unnamed => snapshot_id.clone(),
-        Naming::Hidden(_) => format!(
-            "{}@fork-{snapshot_id}",
-            base.name.split('@').next().unwrap_or("")
-        ),
+    // The template's own name, also when it was replaced since.
+    let template = base.name.split('@').next().unwrap_or_default().to_owned();
+    let (snapshot_id, name) = match naming {
+        Naming::Named(name) => (ids::new_id(), name),
+        Naming::Unnamed => {
+            let id = ids::new_id();
+            (id.clone(), id)
+        }
+        Naming::Hidden(id) => {
+            let name = format!("{template}@fork-{id}");
+            (id, name)
+        }
     };
     let sandbox_env: Vec<(String, String)> = row
         .sandbox_env
@@ -164,7 +165,7 @@ async fn capture(
         created_at: time::rfc3339(time::now_ms()),
         source: TemplateSource::Snapshot {
             sandbox_id: id.to_owned(),
-            template: row.template_name.split('@').next().unwrap_or("").to_owned(),
+            template,
         },
         image: base.image,
         env: hutch_env::snapshot_layer(&base.env, &sandbox_env),
