@@ -189,7 +189,7 @@ impl Jobs {
 /// Registers a job for a build that runs elsewhere (the default `base`
 /// template's recipe), so that its progress shows like any build's.
 pub(crate) fn track(st: &Arc<AppState>, name: &str) -> Arc<Job> {
-    register(st, ids::new_id(), String::new(), name)
+    register(st, ids::new_build_id(), String::new(), name)
 }
 
 /// A new job, building, in the server's list.
@@ -246,13 +246,19 @@ pub(crate) struct Request {
     pub ready_timeout: Duration,
     /// Default limits of the template's sandboxes (validated already).
     pub limits: Option<hutch_image::TemplateLimits>,
+    /// Whether the build becomes the template's default (what `name` and
+    /// `name:default` start), replacing the previous one; else it is known
+    /// by its [`Request::tags`] only.
+    pub default: bool,
+    /// Tags to point at the build (valid, without `default`).
+    pub tags: Vec<String>,
 }
 
 /// Starts a build in the background; returns its job at once.
 pub(crate) fn start(st: &Arc<AppState>, req: Request) -> Arc<Job> {
     let job = register(
         st,
-        req.build_id.clone().unwrap_or_else(ids::new_id),
+        req.build_id.clone().unwrap_or_else(ids::new_build_id),
         req.template_id.clone().unwrap_or_else(ids::new_id),
         &req.name,
     );
@@ -366,10 +372,17 @@ async fn run(
     }
 
     let now = time::now_ms();
+    // A build that is not the default is a hidden row of the name.
+    let (id, name) = if req.default {
+        (job.template_id.clone(), req.name.clone())
+    } else {
+        let id = ids::new_id();
+        (id.clone(), format!("{}@{id}", req.name))
+    };
     let meta = TemplateMetadata {
         schema_version: TEMPLATE_SCHEMA_VERSION,
-        id: job.template_id.clone(),
-        name: req.name.clone(),
+        id,
+        name,
         created_at: time::rfc3339(now),
         source: TemplateSource::Build {
             frontend: req.frontend.to_owned(),
@@ -386,9 +399,25 @@ async fn run(
         ready_cmd: built.ready_cmd,
         limits: req.limits,
     };
-    let replaced = crate::catalog::register(st, &meta, Registration::Replace)
+    let how = if req.default {
+        Registration::Replace
+    } else {
+        Registration::New
+    };
+    let replaced = crate::catalog::register_build(st, &meta, how, job.id.clone())
         .await
         .map_err(|e| fail(format!("cannot record the template: {e}")))?;
+    if !req.tags.is_empty() {
+        st.db
+            .set_tags(req.name.clone(), req.tags.clone(), meta.id.clone(), now)
+            .await
+            .map_err(|e| fail(format!("cannot record the build's tags: {e}")))?;
+        job.push(
+            "info",
+            format!("tagged {}", req.tags.join(", ")),
+            LogKind::Note,
+        );
+    }
     if replaced {
         job.push(
             "info",

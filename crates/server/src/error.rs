@@ -153,8 +153,8 @@ impl From<crate::catalog::CatalogError> for ApiError {
         use hutch_image::ImageError as I;
         let status = match &e {
             E::Exists(_) | E::InUse { .. } => StatusCode::CONFLICT,
-            E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::InvalidName(_) => StatusCode::BAD_REQUEST,
+            E::NotFound(_) | E::NoSuchTags { .. } => StatusCode::NOT_FOUND,
+            E::InvalidName(_) | E::InvalidTag(_) | E::DefaultTag(_) => StatusCode::BAD_REQUEST,
             E::Import {
                 error: I::Io { .. },
                 ..

@@ -12,6 +12,17 @@ pub(crate) fn new_id() -> String {
         .collect()
 }
 
+/// A build id: a random UUID, the shape E2B's SDKs parse a `buildID` as.
+pub(crate) fn new_build_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Whether `s` is a UUID (a build id, as a `name:<buildID>` reference
+/// gives it).
+pub(crate) fn looks_like_build_id(s: &str) -> bool {
+    uuid::Uuid::try_parse(s).is_ok()
+}
+
 /// What an API key starts with (E2B's shape, which the SDKs check).
 pub(crate) const API_KEY_PREFIX: &str = "e2b_";
 

@@ -201,9 +201,7 @@ pub(crate) async fn create_sandbox(
     // Layers must not be garbage-collected between the lookup and the
     // moment the row makes the template "in use".
     let layers_guard = st.layers_lock.read().await;
-    let template = st
-        .db
-        .find_template(crate::catalog::reference(&args.template).to_owned())
+    let template = crate::catalog::resolve(st, &args.template)
         .await?
         .ok_or_else(|| {
             if args.template == hutch_builder::BASE_TEMPLATE
@@ -327,6 +325,15 @@ async fn claim_pooled(
             },
             Claim::Cold => return Ok(None),
         };
+        // Booted from a build the template has since replaced (under the
+        // same id, as a rebuild through the template API does).
+        if pooled.build_id != template.build_id {
+            pool::discard(st, pooled.id);
+            if waited {
+                return Ok(None);
+            }
+            continue;
+        }
         // Pooled sandboxes boot with the default policy; another one is
         // applied before anything runs in the sandbox.
         if !args.network.is_default()

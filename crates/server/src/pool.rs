@@ -80,6 +80,9 @@ pub(crate) struct Pooled {
     pub socket: PathBuf,
     /// Host pid of its agent (watched once it is claimed).
     pub init_pid: u32,
+    /// The build of the template it was booted from: a sandbox booted
+    /// while a newer build took the template's id is not handed out.
+    pub build_id: String,
 }
 
 /// What [`Pool::take`] found.
@@ -484,6 +487,7 @@ async fn refill_task(st: Arc<AppState>, template_id: String) {
                     id,
                     socket: sandbox.socket,
                     init_pid: sandbox.init_pid,
+                    build_id: template.build_id.clone(),
                 };
                 if let Some(p) = st.pool.deliver(&template_id, pooled) {
                     destroy(&st, &p.id).await;
@@ -559,6 +563,7 @@ mod tests {
             id: id.to_owned(),
             socket: PathBuf::from(format!("/nowhere/{id}")),
             init_pid: 0,
+            build_id: "b".to_owned(),
         }
     }
 

@@ -76,17 +76,11 @@ pub(crate) enum TemplateApiError {
     /// A build request names no template (neither `name` nor `alias`).
     #[error("the template name is missing ('name')")]
     NameMissing,
-    /// A build request asks for a tag other than E2B's implicit `default`:
-    /// Hutch keeps one build per name, so tags cannot be honoured.
+    /// A build request's tag is not a valid tag.
     #[error(
-        "template tags are not supported: Hutch keeps the latest build of each template name; build '{name}' without the tag '{tag}' and create sandboxes from '{name}'"
+        "invalid tag '{0}': use 1 to 128 characters from A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.' or '-'"
     )]
-    TagUnsupported {
-        /// The template name, without its tag.
-        name: String,
-        /// The tag asked for.
-        tag: String,
-    },
+    InvalidTag(String),
     /// A build request's template name is not a valid template name.
     #[error(
         "invalid template name '{0}': use 1 to 63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
@@ -212,6 +206,8 @@ struct Pending {
     notes: Vec<String>,
     /// `cpuCount` / `memoryMB`: the template's default limits.
     limits: Option<hutch_image::TemplateLimits>,
+    /// The build's tags, `default` included when it becomes the default.
+    tags: Vec<String>,
 }
 
 /// The upload token of one file set.
@@ -233,6 +229,21 @@ pub(crate) struct LogPage {
     /// How many entries at most; [`MAX_PAGE`] when not given, and never
     /// more.
     pub limit: Option<usize>,
+}
+
+/// Which log entries a build logs call asks for (E2B's
+/// `GET /templates/{id}/builds/{buildID}/logs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogWindow {
+    /// Only entries at this level or above.
+    pub min_level: LogLevel,
+    /// Unix ms: only entries after it (forward) or before it (backward).
+    pub cursor: Option<i64>,
+    /// How many entries at most; [`MAX_PAGE`] when not given, and never
+    /// more.
+    pub limit: Option<usize>,
+    /// Oldest first from the cursor; else newest first.
+    pub forward: bool,
 }
 
 impl TemplateApi {
@@ -319,7 +330,7 @@ impl TemplateApi {
             .await?
             .filter(|t| t.name == name)
             .map(|t| t.id);
-        let build_id = ids::new_id();
+        let build_id = ids::new_build_id();
         let template_id = {
             let mut pending = self.pending();
             pending.retain(|_, p| p.since.elapsed() < PENDING_TTL);
@@ -340,6 +351,7 @@ impl TemplateApi {
                     since: Instant::now(),
                     notes,
                     limits,
+                    tags: tags.clone(),
                 },
             );
             template_id
@@ -510,6 +522,13 @@ impl TemplateApi {
                 files,
                 ready_timeout: hutch_runtime::DEFAULT_READY_TIMEOUT,
                 limits: pending.limits,
+                default: pending.tags.iter().any(|t| t == DEFAULT_TAG),
+                tags: pending
+                    .tags
+                    .iter()
+                    .filter(|t| *t != DEFAULT_TAG)
+                    .cloned()
+                    .collect(),
             },
         );
         tracing::info!(template = %pending.name, build = %build_id, "template build started");
@@ -530,28 +549,14 @@ impl TemplateApi {
         build_id: String,
         page: LogPage,
     ) -> Result<TemplateBuildStatus, TemplateApiError> {
-        let Some(job) = st
-            .builds
-            .get(&build_id)
-            .filter(|j| j.template_id == template_id || j.name == template_id)
-        else {
-            let waiting = self
-                .pending()
-                .get(&build_id)
-                .is_some_and(|p| p.template_id == template_id || p.name == template_id);
-            if waiting {
-                return Ok(TemplateBuildStatus {
-                    template_id,
-                    build_id,
-                    status: TemplateBuildStatus::WAITING.to_owned(),
-                    logs: Vec::new(),
-                    log_entries: Vec::new(),
-                    reason: None,
-                });
-            }
-            return Err(TemplateApiError::BuildNotFound {
+        let Some(job) = self.job(st, &template_id, &build_id)? else {
+            return Ok(TemplateBuildStatus {
                 template_id,
                 build_id,
+                status: TemplateBuildStatus::WAITING.to_owned(),
+                logs: Vec::new(),
+                log_entries: Vec::new(),
+                reason: None,
             });
         };
         // The status first: lines pushed before the end are then all there.
@@ -597,6 +602,68 @@ impl TemplateApi {
             log_entries: entries.iter().map(|(l, s)| entry(l, s)).collect(),
             reason,
         })
+    }
+}
+
+impl TemplateApi {
+    /// The job of the build `build_id` of `template_id` (an id or a name);
+    /// `Ok(None)` while it is requested and not started.
+    fn job(
+        &self,
+        st: &AppState,
+        template_id: &str,
+        build_id: &str,
+    ) -> Result<Option<Arc<builds::Job>>, TemplateApiError> {
+        if let Some(job) = st
+            .builds
+            .get(build_id)
+            .filter(|j| j.template_id == template_id || j.name == template_id)
+        {
+            return Ok(Some(job));
+        }
+        let waiting = self
+            .pending()
+            .get(build_id)
+            .is_some_and(|p| p.template_id == template_id || p.name == template_id);
+        if waiting {
+            return Ok(None);
+        }
+        Err(TemplateApiError::BuildNotFound {
+            template_id: template_id.to_owned(),
+            build_id: build_id.to_owned(),
+        })
+    }
+
+    /// The log entries of the build `build_id` of `template_id` (an id or
+    /// a name) that `window` asks for. Builds are known while they run and
+    /// for an hour after they end.
+    pub(crate) fn build_logs(
+        &self,
+        st: &AppState,
+        template_id: String,
+        build_id: String,
+        window: LogWindow,
+    ) -> Result<Vec<BuildLogEntry>, TemplateApiError> {
+        let Some(job) = self.job(st, &template_id, &build_id)? else {
+            return Ok(Vec::new());
+        };
+        let mut lines: Vec<(BuildLogLine, String)> = with_steps(job.lines(0, usize::MAX))
+            .into_iter()
+            .filter(|(l, _)| l.level >= window.min_level)
+            .filter(|(l, _)| match window.cursor {
+                None => true,
+                Some(c) if window.forward => l.timestamp >= c,
+                Some(c) => l.timestamp <= c,
+            })
+            .collect();
+        if !window.forward {
+            lines.reverse();
+        }
+        Ok(lines
+            .iter()
+            .take(window.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))
+            .map(|(l, s)| entry(l, s))
+            .collect())
     }
 }
 
@@ -679,9 +746,8 @@ fn place(tmp: &Path, dest: &Path, old: &Path) -> std::io::Result<()> {
     result
 }
 
-/// The template name of a request and the tags it asks for: `name:tag`
-/// is split, and only E2B's implicit tag `default` is accepted (Hutch keeps
-/// the latest build of each name, nothing else).
+/// The template name of a request and the tags its build gets: the tag of
+/// `name:tag` (E2B's implicit `default` without one) and `tags`.
 fn name_and_tags(body: &TemplateBuildRequest) -> Result<(String, Vec<String>), TemplateApiError> {
     let raw = [&body.name, &body.alias]
         .into_iter()
@@ -689,19 +755,13 @@ fn name_and_tags(body: &TemplateBuildRequest) -> Result<(String, Vec<String>), T
         .find(|s| !s.is_empty())
         .ok_or(TemplateApiError::NameMissing)?;
     let (name, tag) = match raw.split_once(':') {
-        Some((n, t)) => (n, Some(t)),
-        None => (raw.as_str(), None),
+        Some((n, t)) => (n, t),
+        None => (raw.as_str(), DEFAULT_TAG),
     };
     let mut tags: Vec<String> = Vec::new();
-    for t in tag
-        .into_iter()
-        .chain(body.tags.iter().flatten().map(String::as_str))
-    {
-        if t != DEFAULT_TAG {
-            return Err(TemplateApiError::TagUnsupported {
-                name: name.to_owned(),
-                tag: t.to_owned(),
-            });
+    for t in std::iter::once(tag).chain(body.tags.iter().flatten().map(String::as_str)) {
+        if !crate::catalog::valid_tag(t) {
+            return Err(TemplateApiError::InvalidTag(t.to_owned()));
         }
         if !tags.iter().any(|x| x == t) {
             tags.push(t.to_owned());
@@ -920,13 +980,6 @@ async fn template_user(st: &AppState, from: &str) -> Result<Option<String>, Temp
         .and_then(|m| m.user))
 }
 
-/// RFC 3339 with milliseconds.
-fn timestamp(ms: i64) -> String {
-    let s = time::rfc3339(ms);
-    let s = s.strip_suffix('Z').unwrap_or(&s);
-    format!("{s}.{:03}Z", ms.rem_euclid(1000))
-}
-
 /// Each log line with the E2B step it belongs to: `base` before the first
 /// step, the step's number (1-based, as the SDK counts) during it,
 /// `finalize` from the start/ready check on.
@@ -950,7 +1003,7 @@ fn with_steps(lines: Vec<BuildLogLine>) -> Vec<(BuildLogLine, String)> {
 /// A log line of E2B step `step` as E2B's log entry.
 fn entry(line: &BuildLogLine, step: &str) -> BuildLogEntry {
     BuildLogEntry {
-        timestamp: timestamp(line.timestamp),
+        timestamp: time::rfc3339_ms(line.timestamp),
         level: line.level,
         message: line.message.clone(),
         step: step.to_owned(),
@@ -998,17 +1051,25 @@ mod tests {
             cpu_count: None,
             memory_mb: None,
         };
+        let tags = |t: &[&str]| t.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
         assert_eq!(
             name_and_tags(&req("app", None)).unwrap(),
-            ("app".into(), vec![])
+            ("app".into(), tags(&["default"]))
         );
         assert_eq!(
             name_and_tags(&req("app:default", Some(vec!["default"]))).unwrap(),
-            ("app".into(), vec!["default".to_owned()])
+            ("app".into(), tags(&["default"]))
         );
-        let e = name_and_tags(&req("app:v1", None)).unwrap_err();
-        assert!(e.to_string().contains("tags are not supported"), "{e}");
-        assert!(name_and_tags(&req("app", Some(vec!["stable"]))).is_err());
+        assert_eq!(
+            name_and_tags(&req("app:v1", None)).unwrap(),
+            ("app".into(), tags(&["v1"]))
+        );
+        assert_eq!(
+            name_and_tags(&req("app", Some(vec!["v1.2", "stable"]))).unwrap(),
+            ("app".into(), tags(&["default", "v1.2", "stable"]))
+        );
+        let e = name_and_tags(&req("app:bad/tag", None)).unwrap_err();
+        assert!(e.to_string().contains("invalid tag 'bad/tag'"), "{e}");
         assert!(name_and_tags(&req("App", None)).is_err());
         let old = TemplateBuildRequest {
             name: None,
@@ -1158,7 +1219,10 @@ mod tests {
         ];
         let steps: Vec<String> = with_steps(lines).into_iter().map(|(_, s)| s).collect();
         assert_eq!(steps, ["base", "1", "1", "2", "2", "finalize"]);
-        assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            time::rfc3339_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 
     #[test]

@@ -62,6 +62,8 @@ impl Harness {
                 name: meta.name.clone(),
                 metadata: meta.to_json(),
                 created_at: 0,
+                build_id: crate::ids::new_build_id(),
+                public: false,
             })
             .await
             .unwrap();

@@ -25,6 +25,13 @@ pub(crate) fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// `ms` as RFC 3339 in UTC with milliseconds: `2025-01-02T03:04:05.678Z`.
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
+    let s = rfc3339(ms);
+    let s = s.strip_suffix('Z').unwrap_or(&s);
+    format!("{s}.{:03}Z", ms.rem_euclid(1000))
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
 /// (H. Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {

@@ -2,8 +2,10 @@
 Hutch server: build a template from another one with ENV, RUN (also as
 another user), COPY (a file, a directory, an owner and a mode), USER,
 WORKDIR and a start/ready command; create sandboxes from it by name and by
-id and check what they see; rebuild it from the cache; a failing step; and
-the upload route's authentication.
+id and check what they see; rebuild it from the cache; a failing step;
+tags (a tagged build, get/assign/remove, promoting a build to default, a
+sandbox by tag and by build id); the template management routes; and the
+upload route's authentication.
 
 Usage: python template.py BASE_TEMPLATE NAME
 Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
@@ -160,12 +162,95 @@ except BuildException as e:
     check_true("code 3" in message, f"the exit code: {message}")
 check(Template.exists(f"{name}-bad"), False, "a failed build leaves no template")
 
-# --- tags are refused clearly --------------------------------------------------
+# --- tags --------------------------------------------------------------------
+# A build of `name:v2` (with another tag) leaves the default build alone.
+v2_template = (
+    Template(file_context_path=ctx)
+    .from_template(name)
+    .run_cmd("echo two > /srv/version.txt")
+)
+info3 = Template.build(v2_template, f"{name}:v2", tags=["candidate"])
+check(info3.template_id, info.template_id, "a tagged build keeps the template id")
+check(sorted(info3.tags), ["candidate", "v2"], "the tags of a tagged build")
+v2 = Sandbox.create(f"{name}:v2", timeout=60)
+check(run(v2, "cat /srv/version.txt"), "two\n", "a sandbox of name:v2")
+v2.kill()
+default = Sandbox.create(name, timeout=60)
+check(
+    run(default, "cat /srv/version.txt 2>/dev/null || echo none"),
+    "none\n",
+    "the default build is unchanged by name:v2",
+)
+default.kill()
+tags = {t.tag: t.build_id for t in Template.get_tags(info.template_id)}
+check(sorted(tags), ["candidate", "default", "v2"], "get_tags")
+check(tags["v2"], tags["candidate"], "two tags of one build")
+check(tags["v2"] != tags["default"], True, "the default is another build")
+check(tags["v2"], info3.build_id, "a tag names the build that made it")
+
+assigned = Template.assign_tags(f"{name}:v2", "stable")
+check((assigned.build_id, assigned.tags), (tags["v2"], ["stable"]), "assign_tags")
+by_build = Sandbox.create(f"{name}:{tags['v2']}", timeout=60)
+check(run(by_build, "cat /srv/version.txt"), "two\n", "a sandbox of name:<build id>")
+by_build.kill()
+
+# Promoting a build to `default`: the plain name starts it from now on.
+Template.assign_tags(f"{name}:stable", "default")
+promoted = Sandbox.create(name, timeout=60)
+check(run(promoted, "cat /srv/version.txt"), "two\n", "the promoted default build")
+promoted.kill()
+Template.remove_tags(name, ["candidate", "v2"])
+check(
+    sorted(t.tag for t in Template.get_tags(info.template_id)),
+    ["default", "stable"],
+    "remove_tags",
+)
 try:
-    Template.build(template(), f"{name}:v1")
-    raise AssertionError("a tagged name was accepted")
+    Template.remove_tags(name, "no-such-tag")
+    raise AssertionError("removing an unknown tag succeeded")
 except Exception as e:
-    check_true("tags are not supported" in str(e), f"tag refusal: {e}")
+    check_true("no tag 'no-such-tag'" in str(e), f"unknown tag: {e}")
+try:
+    Sandbox.create(f"{name}:v2", timeout=30)
+    raise AssertionError("a removed tag still starts sandboxes")
+except Exception as e:
+    check_true("not found" in str(e), f"removed tag: {e}")
+try:
+    Template.build(template(), f"{name}:bad/tag")
+    raise AssertionError("an invalid tag was accepted")
+except Exception as e:
+    check_true("invalid tag 'bad/tag'" in str(e), f"invalid tag: {e}")
+
+# The template as E2B's management routes show it.
+headers = {"X-API-Key": api_key}
+listed = httpx.get(f"{api_url}/templates", headers=headers).json()
+mine = [t for t in listed if t["templateID"] == info.template_id]
+check(len(mine), 1, f"GET /templates lists the template: {listed}")
+check((mine[0]["names"], mine[0]["buildStatus"]), ([name], "ready"), "its names and status")
+check(mine[0]["buildID"], tags["v2"], "its default build")
+check_true(mine[0]["spawnCount"] >= 6, f"its sandboxes are counted: {mine[0]}")
+details = httpx.get(f"{api_url}/templates/{name}", headers=headers).json()
+check_true(
+    tags["v2"] in [b["buildID"] for b in details["builds"]], f"its builds: {details}"
+)
+patched = httpx.patch(
+    f"{api_url}/v2/templates/{info.template_id}", json={"public": True}, headers=headers
+)
+check((patched.status_code, patched.json()), (200, {"names": [name]}), "PATCH public")
+check(
+    httpx.get(f"{api_url}/templates/{name}", headers=headers).json()["public"],
+    True,
+    "the public flag is kept",
+)
+logs = httpx.get(
+    f"{api_url}/templates/{info.template_id}/builds/{info3.build_id}/logs",
+    params={"direction": "forward", "limit": 500},
+    headers=headers,
+).json()["logs"]
+check_true(
+    any("echo two > /srv/version.txt" in e["message"] for e in logs),
+    f"the build's logs: {logs}",
+)
 
 # --- the upload route takes its token, not the API key -----------------------
 upload = f"{api_url}/hutch/v1/build-files/{'0' * 64}"

@@ -26,6 +26,7 @@ pub mod pool;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod template_builds;
+pub mod template_catalog;
 pub mod templates;
 
 pub use builds::{
@@ -42,6 +43,10 @@ pub use template_builds::{
     BuildFilesUploaded, BuildLogEntry, BuildStatusReason, TemplateAliasInfo, TemplateBuildRequest,
     TemplateBuildRequested, TemplateBuildStart, TemplateBuildStatus, TemplateFileLink,
     TemplateStep,
+};
+pub use template_catalog::{
+    AssignTags, AssignedTags, BuildLogs, RemoveTags, TemplateBuildSummary, TemplateDetails,
+    TemplateSummary, TemplateTagInfo, TemplateUpdate, TemplateUpdated,
 };
 pub use templates::{
     ImageConfig, PullEvent, Template, TemplateLimits, TemplatePullRequest, TemplateSource,

@@ -84,6 +84,8 @@ pub(super) async fn build(
                     .unwrap_or(hutch_runtime::DEFAULT_READY_TIMEOUT.as_secs()),
             ),
             limits: spec.limits,
+            default: true,
+            tags: Vec::new(),
         },
     );
     Ok((

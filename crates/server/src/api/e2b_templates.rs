@@ -53,7 +53,13 @@ use crate::template_api::{self, LogPage, TemplateApi, TemplateApiError};
 
 /// The routes: those behind the API key, and the upload route, which
 /// checks its own token.
-pub(super) fn routes(st: &Arc<AppState>) -> (Router<Arc<AppState>>, Router<Arc<AppState>>) {
+pub(super) fn routes(
+    st: &Arc<AppState>,
+) -> (
+    Router<Arc<AppState>>,
+    Router<Arc<AppState>>,
+    Arc<TemplateApi>,
+) {
     let api = Arc::new(TemplateApi::open(&st.data_dir));
     let authed = Router::new()
         .route("/v3/templates", post(request_build))
@@ -70,8 +76,8 @@ pub(super) fn routes(st: &Arc<AppState>) -> (Router<Arc<AppState>>, Router<Arc<A
         .layer(Extension(api.clone()));
     let uploads = Router::new()
         .route("/hutch/v1/build-files/{hash}", put(upload))
-        .layer(Extension(api));
-    (authed, uploads)
+        .layer(Extension(api.clone()));
+    (authed, uploads, api)
 }
 
 /// Each error of the service as E2B's error body: its message, with the
@@ -83,7 +89,7 @@ impl From<TemplateApiError> for ApiError {
         let status = match &e {
             E::InvalidHash(_)
             | E::NameMissing
-            | E::TagUnsupported { .. }
+            | E::InvalidTag(_)
             | E::InvalidName(_)
             | E::InvalidLimits(_)
             | E::NoPublicAddress
@@ -223,20 +229,25 @@ pub(super) async fn status(
     Path((template_id, build_id)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<StatusQuery>,
 ) -> Result<Json<TemplateBuildStatus>, ApiError> {
-    let min_level = match q.level.as_deref().filter(|l| !l.is_empty()) {
-        None => LogLevel::Debug,
-        Some(l) => LogLevel::from_name(l).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "unknown log level '{l}': expected debug, info, warn or error"
-            ))
-        })?,
-    };
     let page = LogPage {
-        min_level,
+        min_level: min_level(q.level.as_deref())?,
         offset: q.logs_offset,
         limit: q.limit,
     };
     Ok(Json(api.build_status(&st, template_id, build_id, page)?))
+}
+
+/// The lowest log level a `level` query asks for (`debug` when empty or
+/// missing).
+pub(super) fn min_level(level: Option<&str>) -> Result<LogLevel, ApiError> {
+    match level.filter(|l| !l.is_empty()) {
+        None => Ok(LogLevel::Debug),
+        Some(l) => LogLevel::from_name(l).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown log level '{l}': expected debug, info, warn or error"
+            ))
+        }),
+    }
 }
 
 // ----- 5. names ------------------------------------------------------------

@@ -28,6 +28,7 @@
 //! | `GET /hutch/v1/api-keys` | key | list keys (ids, prefixes, dates; never the keys) |
 //! | `DELETE /hutch/v1/api-keys/{id}` | key | revoke a key (204; 409 for the last valid key) |
 //! | `POST /v3/templates`, `GET /templates/{id}/files/{hash}`, `POST /v2/templates/{id}/builds/{build}`, `GET /templates/{id}/builds/{build}/status`, `GET /templates/aliases/{name}` | key | E2B's template build API ([`e2b_templates`]) |
+//! | `GET /templates`, `GET /v2/templates`, `GET`/`PATCH /templates/{id}`, `PATCH /v2/templates/{id}`, `POST`/`DELETE /templates/tags`, `GET /templates/{id}/tags`, `GET /templates/{id}/builds/{build}/logs` | key | E2B's template management ([`template_catalog`]) |
 //! | `PUT /hutch/v1/build-files/{hash}?token=` | upload token | a `COPY` file set of a template-API build (the URL comes from `GET /templates/{id}/files/{hash}`) |
 //!
 //! Requests for a sandbox's agent are taken by the [front
@@ -37,9 +38,11 @@
 mod builds;
 mod e2b_templates;
 mod keys;
+mod paging;
 mod pool;
 mod sandboxes;
 mod snapshots;
+mod template_catalog;
 mod templates;
 
 use std::sync::Arc;
@@ -55,7 +58,7 @@ use crate::{auth, frontdoor};
 pub use crate::catalog::valid_template_name;
 
 pub(crate) fn router(st: Arc<AppState>) -> Router {
-    let (e2b_templates, build_files) = e2b_templates::routes(&st);
+    let (e2b_templates, build_files, template_api) = e2b_templates::routes(&st);
     let authed = Router::new()
         .route(
             "/sandboxes",
@@ -107,6 +110,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
             axum::routing::delete(keys::revoke),
         )
         .merge(e2b_templates)
+        .merge(template_catalog::routes(template_api))
         .route_layer(axum::middleware::from_fn_with_state(
             st.clone(),
             auth::require_api_key,

@@ -169,6 +169,30 @@ pub trait Store: Send + Sync {
     async fn list_templates(&self) -> Result<Vec<TemplateRow>, DbError>;
     /// Deletes a template row.
     async fn delete_template(&self, id: String) -> Result<(), DbError>;
+    /// Sets a template row's `public` flag; `Ok(false)` when no row has
+    /// this id.
+    async fn set_template_public(&self, id: String, public: bool) -> Result<bool, DbError>;
+
+    // ----- template tags ----------------------------------------------
+
+    /// Points the tags `tags` of template `name` at the template row
+    /// `template_id` (a build of it), at `now`; a tag that pointed at
+    /// another build moves.
+    async fn set_tags(
+        &self,
+        name: String,
+        tags: Vec<String>,
+        template_id: String,
+        now: i64,
+    ) -> Result<(), DbError>;
+    /// Removes the tags `tags` of template `name`, all or none: the tags
+    /// it does not have (then nothing was removed).
+    async fn remove_tags(&self, name: String, tags: Vec<String>) -> Result<Vec<String>, DbError>;
+    /// Removes every tag of template `name`.
+    async fn delete_tags_of(&self, name: String) -> Result<(), DbError>;
+    /// The tags of template `name` (every template's when `None`), by
+    /// name and tag.
+    async fn list_tags(&self, name: Option<String>) -> Result<Vec<TagRow>, DbError>;
 
     // ----- sandboxes --------------------------------------------------
 
@@ -199,6 +223,31 @@ pub trait Store: Send + Sync {
     async fn sandboxes_in(&self, states: &[SandboxState]) -> Result<Vec<SandboxRow>, DbError>;
     /// How many sandboxes of a template are starting, running or paused.
     async fn live_sandboxes_of(&self, template_id: String) -> Result<u64, DbError>;
+    /// For each template name sandboxes were ever created from: how many,
+    /// and when the last one started (unix ms).
+    async fn spawns_by_template(&self) -> Result<BTreeMap<String, Spawns>, DbError>;
+}
+
+/// How often a template was used ([`Store::spawns_by_template`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spawns {
+    /// Sandboxes created from it, whatever became of them.
+    pub count: u64,
+    /// When the last one started (unix ms).
+    pub last_at: Option<i64>,
+}
+
+/// A tag of a template: a name for one of its builds (a template row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRow {
+    /// The template's name.
+    pub name: String,
+    /// The tag.
+    pub tag: String,
+    /// The template row (build) it points at.
+    pub template_id: String,
+    /// Unix ms: when it was last pointed there.
+    pub created_at: i64,
 }
 
 /// The states a sandbox counts as live in (its template is in use).
@@ -384,6 +433,11 @@ pub struct TemplateRow {
     pub metadata: String,
     /// Unix ms.
     pub created_at: i64,
+    /// The build it is (a UUID, E2B's `buildID`); it stays with the row
+    /// when a newer build of the name hides it.
+    pub build_id: String,
+    /// E2B's `public` flag (recorded; Hutch has one team).
+    pub public: bool,
 }
 
 /// A sandbox row.

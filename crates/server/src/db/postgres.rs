@@ -8,7 +8,7 @@
 //! pointed at the same database fails to start instead of adopting (and
 //! reaping) the first one's sandboxes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use super::{
     ApiKeyRow, DbError, LIVE_STATES, PauseMode, Revoke, SANDBOX_COLUMNS, SandboxColumns,
-    SandboxRow, SandboxState, Store, TemplateRow,
+    SandboxRow, SandboxState, Spawns, Store, TagRow, TemplateRow,
 };
 
 /// Schema migrations, in order; `hutch_schema.version` is the number
@@ -61,7 +61,23 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sandboxes_state ON sandboxes (state);
     CREATE INDEX sandboxes_template ON sandboxes (template_id, state);",
+    // 7: every template row is a build with its own id (existing rows get
+    // a random UUID) and a public flag; tags name builds of a template.
+    "ALTER TABLE templates ADD COLUMN build_id TEXT NOT NULL DEFAULT gen_random_uuid()::text;
+    ALTER TABLE templates ALTER COLUMN build_id DROP DEFAULT;
+    ALTER TABLE templates ADD COLUMN public BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE TABLE template_tags (
+        name        TEXT NOT NULL,          -- the template's name
+        tag         TEXT NOT NULL,
+        template_id TEXT NOT NULL,          -- the build (template row) it names
+        created_at  BIGINT NOT NULL,
+        PRIMARY KEY (name, tag)
+    );
+    CREATE INDEX template_tags_template ON template_tags (template_id);",
 ];
+
+/// The template columns every query reads, in [`template_row`]'s order.
+const TEMPLATE_COLUMNS: &str = "id, name, metadata, created_at, build_id, public";
 
 /// The advisory lock keys (`pg_advisory_lock(bigint)`): "hutch" in ASCII,
 /// then one for migrations and one for the server holding the database.
@@ -252,13 +268,15 @@ impl Store for PostgresStore {
 
     async fn insert_template(&self, t: TemplateRow) -> Result<bool, DbError> {
         let done = sqlx::query(
-            "INSERT INTO templates (id, name, metadata, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO templates (id, name, metadata, created_at, build_id, public)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
         )
         .bind(t.id)
         .bind(t.name)
         .bind(t.metadata)
         .bind(t.created_at)
+        .bind(t.build_id)
+        .bind(t.public)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -286,6 +304,11 @@ impl Store for PostgresStore {
             .bind(&hidden)
             .execute(&mut *tx)
             .await?;
+            sqlx::query("UPDATE template_tags SET template_id = $2 WHERE template_id = $1")
+                .bind(&t.id)
+                .bind(&hidden)
+                .execute(&mut *tx)
+                .await?;
         } else if let Some(old) = &old {
             sqlx::query("UPDATE templates SET name = name || '@' || id WHERE id = $1")
                 .bind(old)
@@ -293,12 +316,15 @@ impl Store for PostgresStore {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO templates (id, name, metadata, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO templates (id, name, metadata, created_at, build_id, public)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(t.id)
         .bind(t.name)
         .bind(t.metadata)
         .bind(t.created_at)
+        .bind(t.build_id)
+        .bind(t.public)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -306,10 +332,10 @@ impl Store for PostgresStore {
     }
 
     async fn find_template(&self, id_or_name: String) -> Result<Option<TemplateRow>, DbError> {
-        sqlx::query(
-            "SELECT id, name, metadata, created_at FROM templates
-             WHERE id = $1 OR name = $1 ORDER BY (id = $1) DESC LIMIT 1",
-        )
+        sqlx::query(&format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM templates
+             WHERE id = $1 OR name = $1 ORDER BY (id = $1) DESC LIMIT 1"
+        ))
         .bind(id_or_name)
         .fetch_optional(&self.pool)
         .await?
@@ -319,20 +345,110 @@ impl Store for PostgresStore {
     }
 
     async fn list_templates(&self) -> Result<Vec<TemplateRow>, DbError> {
-        sqlx::query("SELECT id, name, metadata, created_at FROM templates ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(template_row)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM templates ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(template_row)
+        .collect()
     }
 
     async fn delete_template(&self, id: String) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM template_tags WHERE template_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM templates WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_template_public(&self, id: String, public: bool) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE templates SET public = $2 WHERE id = $1")
             .bind(id)
+            .bind(public)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_tags(
+        &self,
+        name: String,
+        tags: Vec<String>,
+        template_id: String,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for tag in &tags {
+            sqlx::query(
+                "INSERT INTO template_tags (name, tag, template_id, created_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name, tag)
+                 DO UPDATE SET template_id = EXCLUDED.template_id, created_at = EXCLUDED.created_at",
+            )
+            .bind(&name)
+            .bind(tag)
+            .bind(&template_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_tags(&self, name: String, tags: Vec<String>) -> Result<Vec<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let mut missing = Vec::new();
+        for tag in &tags {
+            let done = sqlx::query("DELETE FROM template_tags WHERE name = $1 AND tag = $2")
+                .bind(&name)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                missing.push(tag.clone());
+            }
+        }
+        if missing.is_empty() {
+            tx.commit().await?;
+        }
+        Ok(missing)
+    }
+
+    async fn delete_tags_of(&self, name: String) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM template_tags WHERE name = $1")
+            .bind(name)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn list_tags(&self, name: Option<String>) -> Result<Vec<TagRow>, DbError> {
+        sqlx::query(
+            "SELECT name, tag, template_id, created_at FROM template_tags
+             WHERE $1::text IS NULL OR name = $1 ORDER BY name, tag",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(TagRow {
+                name: r.try_get(0)?,
+                tag: r.try_get(1)?,
+                template_id: r.try_get(2)?,
+                created_at: r.try_get(3)?,
+            })
+        })
+        .collect()
     }
 
     async fn insert_sandbox(&self, s: SandboxRow) -> Result<(), DbError> {
@@ -470,6 +586,27 @@ impl Store for PostgresStore {
         .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+
+    async fn spawns_by_template(&self) -> Result<BTreeMap<String, Spawns>, DbError> {
+        sqlx::query(
+            "SELECT template_name, COUNT(*), MAX(started_at) FROM sandboxes
+             GROUP BY template_name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let n: i64 = r.try_get(1)?;
+            Ok((
+                r.try_get::<String, _>(0)?,
+                Spawns {
+                    count: u64::try_from(n).unwrap_or(0),
+                    last_at: r.try_get(2)?,
+                },
+            ))
+        })
+        .collect()
+    }
 }
 
 fn template_row(r: &PgRow) -> Result<TemplateRow, DbError> {
@@ -478,6 +615,8 @@ fn template_row(r: &PgRow) -> Result<TemplateRow, DbError> {
         name: r.try_get(1)?,
         metadata: r.try_get(2)?,
         created_at: r.try_get(3)?,
+        build_id: r.try_get(4)?,
+        public: r.try_get(5)?,
     })
 }
 

@@ -7,7 +7,7 @@
 //! Queries run on tokio's blocking pool, one at a time (a mutex around the
 //! single connection).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -16,8 +16,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     ApiKeyRow, DbError, LIVE_STATES, PauseMode, Revoke, SANDBOX_COLUMNS, SandboxColumns,
-    SandboxRow, SandboxState, Store, TemplateRow,
+    SandboxRow, SandboxState, Spawns, Store, TagRow, TemplateRow,
 };
+
+/// The template columns every query reads, in [`template_row`]'s order.
+const TEMPLATE_COLUMNS: &str = "id, name, metadata, created_at, build_id, public";
 
 /// Schema migrations, in order. `user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -66,6 +69,22 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sandboxes ADD COLUMN pause_mode TEXT; -- 'memory' | 'filesystem' while paused
     ALTER TABLE sandboxes ADD COLUMN auto_pause TEXT; -- at its timeout: NULL kills it, else pause mode
     ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;",
+    // 7: every template row is a build with its own id (existing rows get
+    // a random UUID) and a public flag; tags name builds of a template.
+    "ALTER TABLE templates ADD COLUMN build_id TEXT;
+    UPDATE templates SET build_id = lower(
+        hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || substr(hex(randomblob(2)), 2)
+        || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(hex(randomblob(2)), 2)
+        || '-' || hex(randomblob(6)));
+    ALTER TABLE templates ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE template_tags (
+        name        TEXT NOT NULL,          -- the template's name
+        tag         TEXT NOT NULL,
+        template_id TEXT NOT NULL,          -- the build (template row) it names
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (name, tag)
+    );
+    CREATE INDEX template_tags_template ON template_tags (template_id);",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -206,9 +225,9 @@ impl Store for SqliteStore {
     async fn insert_template(&self, t: TemplateRow) -> Result<bool, DbError> {
         self.call(move |c| {
             let n = c.execute(
-                "INSERT INTO templates (id, name, metadata, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
-                params![t.id, t.name, t.metadata, t.created_at],
+                "INSERT INTO templates (id, name, metadata, created_at, build_id, public)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO NOTHING",
+                params![t.id, t.name, t.metadata, t.created_at, t.build_id, t.public],
             )?;
             Ok(n == 1)
         })
@@ -236,6 +255,10 @@ impl Store for SqliteStore {
                     ),
                     [&t.id, &hidden],
                 )?;
+                tx.execute(
+                    "UPDATE template_tags SET template_id = ?2 WHERE template_id = ?1",
+                    [&t.id, &hidden],
+                )?;
             } else if let Some(old) = &old {
                 tx.execute(
                     "UPDATE templates SET name = name || '@' || id WHERE id = ?1",
@@ -243,8 +266,9 @@ impl Store for SqliteStore {
                 )?;
             }
             tx.execute(
-                "INSERT INTO templates (id, name, metadata, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![t.id, t.name, t.metadata, t.created_at],
+                "INSERT INTO templates (id, name, metadata, created_at, build_id, public)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t.id, t.name, t.metadata, t.created_at, t.build_id, t.public],
             )?;
             tx.commit()?;
             Ok(old)
@@ -255,8 +279,10 @@ impl Store for SqliteStore {
     async fn find_template(&self, id_or_name: String) -> Result<Option<TemplateRow>, DbError> {
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT id, name, metadata, created_at FROM templates
-                 WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+                &format!(
+                    "SELECT {TEMPLATE_COLUMNS} FROM templates
+                     WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+                ),
                 [id_or_name],
                 template_row,
             )
@@ -267,8 +293,9 @@ impl Store for SqliteStore {
 
     async fn list_templates(&self) -> Result<Vec<TemplateRow>, DbError> {
         self.call(|c| {
-            let mut st =
-                c.prepare("SELECT id, name, metadata, created_at FROM templates ORDER BY name")?;
+            let mut st = c.prepare(&format!(
+                "SELECT {TEMPLATE_COLUMNS} FROM templates ORDER BY name"
+            ))?;
             let rows = st.query_map([], template_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -277,8 +304,94 @@ impl Store for SqliteStore {
 
     async fn delete_template(&self, id: String) -> Result<(), DbError> {
         self.call(move |c| {
-            c.execute("DELETE FROM templates WHERE id = ?1", [id])?;
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM template_tags WHERE template_id = ?1", [&id])?;
+            tx.execute("DELETE FROM templates WHERE id = ?1", [&id])?;
+            tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn set_template_public(&self, id: String, public: bool) -> Result<bool, DbError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE templates SET public = ?2 WHERE id = ?1",
+                params![id, public],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn set_tags(
+        &self,
+        name: String,
+        tags: Vec<String>,
+        template_id: String,
+        now: i64,
+    ) -> Result<(), DbError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for tag in &tags {
+                tx.execute(
+                    "INSERT INTO template_tags (name, tag, template_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (name, tag)
+                     DO UPDATE SET template_id = excluded.template_id, created_at = excluded.created_at",
+                    params![name, tag, template_id, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_tags(&self, name: String, tags: Vec<String>) -> Result<Vec<String>, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let mut missing = Vec::new();
+            for tag in &tags {
+                let n = tx.execute(
+                    "DELETE FROM template_tags WHERE name = ?1 AND tag = ?2",
+                    [&name, tag],
+                )?;
+                if n == 0 {
+                    missing.push(tag.clone());
+                }
+            }
+            if missing.is_empty() {
+                tx.commit()?;
+            }
+            Ok(missing)
+        })
+        .await
+    }
+
+    async fn delete_tags_of(&self, name: String) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute("DELETE FROM template_tags WHERE name = ?1", [name])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_tags(&self, name: Option<String>) -> Result<Vec<TagRow>, DbError> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT name, tag, template_id, created_at FROM template_tags
+                 WHERE ?1 IS NULL OR name = ?1 ORDER BY name, tag",
+            )?;
+            let rows = st.query_map([name], |r| {
+                Ok(TagRow {
+                    name: r.get(0)?,
+                    tag: r.get(1)?,
+                    template_id: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -432,6 +545,27 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn spawns_by_template(&self) -> Result<BTreeMap<String, Spawns>, DbError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT template_name, COUNT(*), MAX(started_at) FROM sandboxes
+                 GROUP BY template_name",
+            )?;
+            let rows = st.query_map([], |r| {
+                let n: i64 = r.get(1)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Spawns {
+                        count: u64::try_from(n).unwrap_or(0),
+                        last_at: r.get(2)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+        })
+        .await
+    }
 }
 
 fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
@@ -440,6 +574,8 @@ fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
         name: r.get(1)?,
         metadata: r.get(2)?,
         created_at: r.get(3)?,
+        build_id: r.get(4)?,
+        public: r.get(5)?,
     })
 }
 

@@ -66,6 +66,8 @@ on_both_backends!(
     lifecycles_and_limits_round_trip,
     replacing_a_template_under_its_own_id_hides_the_old_row,
     replacing_a_template_of_another_id_keeps_the_old_one_hidden,
+    tags_follow_their_build_and_go_with_it,
+    spawns_and_the_public_flag,
     api_keys_are_listed_and_revoked_but_never_the_last,
     concurrent_revokes_leave_a_valid_key,
     corrupt_columns_are_reported_not_guessed,
@@ -118,6 +120,8 @@ async fn migrates_once_and_round_trips_rows(f: &Fixture) {
         name: "base".into(),
         metadata: "{}".into(),
         created_at: 3,
+        build_id: "b1".into(),
+        public: false,
     };
     assert!(db.insert_template(t.clone()).await.unwrap());
     assert!(
@@ -270,6 +274,8 @@ async fn replacing_a_template_under_its_own_id_hides_the_old_row(f: &Fixture) {
         name: "app".into(),
         metadata: metadata.into(),
         created_at: 1,
+        build_id: format!("build-{metadata}"),
+        public: false,
     };
     assert!(db.insert_template(row("v1")).await.unwrap());
     db.insert_sandbox(sandbox("s1", "t1", SandboxState::Running))
@@ -303,6 +309,8 @@ async fn replacing_a_template_of_another_id_keeps_the_old_one_hidden(f: &Fixture
         name: "app".into(),
         metadata: id.into(),
         created_at: 1,
+        build_id: format!("build-{id}"),
+        public: false,
     };
     assert_eq!(db.replace_template(row("v1")).await.unwrap(), None);
     assert_eq!(
@@ -326,6 +334,104 @@ async fn replacing_a_template_of_another_id_keeps_the_old_one_hidden(f: &Fixture
     db.delete_template("v1".into()).await.unwrap();
     assert!(db.find_template("v1".into()).await.unwrap().is_none());
     assert_eq!(db.list_templates().await.unwrap().len(), 1);
+}
+
+async fn tags_follow_their_build_and_go_with_it(f: &Fixture) {
+    let db = f.open().await;
+    let row = |metadata: &str| TemplateRow {
+        id: "t1".into(),
+        name: "app".into(),
+        metadata: metadata.into(),
+        created_at: 1,
+        build_id: format!("build-{metadata}"),
+        public: false,
+    };
+    assert!(db.insert_template(row("v1")).await.unwrap());
+    db.set_tags(
+        "app".into(),
+        vec!["v1".into(), "stable".into()],
+        "t1".into(),
+        5,
+    )
+    .await
+    .unwrap();
+    // A rebuild under the same id hides the old row; its tags follow it.
+    db.replace_template(row("v2")).await.unwrap();
+    let tags = db.list_tags(Some("app".into())).await.unwrap();
+    assert_eq!(
+        tags.iter().map(|t| t.tag.as_str()).collect::<Vec<_>>(),
+        ["stable", "v1"]
+    );
+    let hidden = db
+        .find_template(tags[0].template_id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hidden.build_id, "build-v1");
+    assert_eq!(tags[0].created_at, 5);
+    // Moving a tag.
+    db.set_tags("app".into(), vec!["stable".into()], "t1".into(), 9)
+        .await
+        .unwrap();
+    let stable = db.list_tags(Some("app".into())).await.unwrap();
+    assert_eq!(
+        (stable[0].template_id.as_str(), stable[0].created_at),
+        ("t1", 9)
+    );
+    // Removal is all or nothing.
+    assert_eq!(
+        db.remove_tags("app".into(), vec!["v1".into(), "nope".into()])
+            .await
+            .unwrap(),
+        ["nope"]
+    );
+    assert_eq!(db.list_tags(Some("app".into())).await.unwrap().len(), 2);
+    assert!(
+        db.remove_tags("app".into(), vec!["v1".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Deleting a build deletes the tags that name it.
+    db.delete_template("t1".into()).await.unwrap();
+    assert!(db.list_tags(None).await.unwrap().is_empty());
+    db.set_tags("other".into(), vec!["x".into()], "h".into(), 1)
+        .await
+        .unwrap();
+    db.delete_tags_of("other".into()).await.unwrap();
+    assert!(db.list_tags(None).await.unwrap().is_empty());
+}
+
+async fn spawns_and_the_public_flag(f: &Fixture) {
+    let db = f.open().await;
+    assert!(
+        db.insert_template(TemplateRow {
+            id: "t".into(),
+            name: "base".into(),
+            metadata: "{}".into(),
+            created_at: 1,
+            build_id: "b".into(),
+            public: false,
+        })
+        .await
+        .unwrap()
+    );
+    assert!(db.set_template_public("t".into(), true).await.unwrap());
+    assert!(!db.set_template_public("nope".into(), true).await.unwrap());
+    assert!(db.find_template("t".into()).await.unwrap().unwrap().public);
+    for (id, started) in [("a", 10), ("b", 30), ("c", 20)] {
+        let mut s = sandbox(id, "t", SandboxState::Killed);
+        s.started_at = started;
+        db.insert_sandbox(s).await.unwrap();
+    }
+    let spawns = db.spawns_by_template().await.unwrap();
+    assert_eq!(
+        spawns["base"],
+        Spawns {
+            count: 3,
+            last_at: Some(30)
+        }
+    );
 }
 
 async fn api_keys_are_listed_and_revoked_but_never_the_last(f: &Fixture) {

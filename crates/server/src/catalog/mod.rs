@@ -21,6 +21,12 @@ use hutch_image::{
     TEMPLATE_SCHEMA_VERSION, TemplateMetadata, TemplateSource,
 };
 
+mod listing;
+mod tags;
+
+pub(crate) use listing::{TemplateView, describe, overview, set_public};
+pub(crate) use tags::{assign_tags, remove_tags, tags_of};
+
 use crate::db::{DbError, TemplateRow};
 use crate::state::AppState;
 use crate::{ids, time};
@@ -77,6 +83,24 @@ pub(crate) enum CatalogError {
         /// Why.
         error: ImageError,
     },
+    /// A tag is not a valid tag ([`valid_tag`]).
+    #[error(
+        "invalid tag '{0}': use 1 to 128 characters from A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.' or '-'"
+    )]
+    InvalidTag(String),
+    /// The `default` tag cannot be removed.
+    #[error(
+        "the '{DEFAULT_TAG}' tag of template '{0}' cannot be removed: it names the build `{0}` starts; remove the template instead"
+    )]
+    DefaultTag(String),
+    /// Tags asked for do not exist.
+    #[error("template '{name}' has no tag {}", quoted(tags))]
+    NoSuchTags {
+        /// The template.
+        name: String,
+        /// The missing tags.
+        tags: Vec<String>,
+    },
     /// A stored template's metadata does not read.
     #[error("template '{name}' has unreadable metadata: {cause}")]
     Corrupt {
@@ -91,6 +115,13 @@ pub(crate) enum CatalogError {
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+fn quoted(list: &[String]) -> String {
+    list.iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn pull_message(reference: &str, e: &ImageError) -> String {
@@ -116,14 +147,71 @@ pub fn valid_template_name(name: &str) -> bool {
 /// The tag every build of a template has (E2B's `name:default`).
 pub(crate) const DEFAULT_TAG: &str = "default";
 
-/// The template a create names: `name`, `id`, or either with the default
-/// tag (`name:default`, the form E2B's snapshot ids take); other tags are
-/// not known to Hutch and are kept, so that the lookup fails naming them.
-pub(crate) fn reference(template: &str) -> &str {
-    template
-        .strip_suffix(DEFAULT_TAG)
-        .and_then(|t| t.strip_suffix(':'))
-        .unwrap_or(template)
+/// A template reference split into the template (a name or an id) and the
+/// tag (a tag or a build id): `None` for the default build (`name`,
+/// `name:default`).
+pub(crate) fn split_reference(reference: &str) -> (&str, Option<&str>) {
+    match reference.split_once(':') {
+        Some((name, DEFAULT_TAG)) => (name, None),
+        Some((name, tag)) => (name, Some(tag)),
+        None => (reference, None),
+    }
+}
+
+/// The template name a template row belongs to: its name, without the
+/// `@…` of a hidden build.
+pub(crate) fn template_name(row: &TemplateRow) -> &str {
+    row.name.split_once('@').map_or(&row.name, |(name, _)| name)
+}
+
+/// The template row (the build) a reference names: `name` or `id` (the
+/// default build; any row by id, hidden builds included), `name:tag`,
+/// or `name:<buildID>` (any kept build of the name).
+pub(crate) async fn resolve(
+    st: &AppState,
+    reference: &str,
+) -> Result<Option<TemplateRow>, CatalogError> {
+    let (template, tag) = split_reference(reference);
+    let Some(tag) = tag else {
+        return Ok(st.db.find_template(template.to_owned()).await?);
+    };
+    // `id:tag` works too: the tags belong to the name.
+    let name = match st.db.find_template(template.to_owned()).await? {
+        Some(row) => template_name(&row).to_owned(),
+        None => template.to_owned(),
+    };
+    let tags = st.db.list_tags(Some(name.clone())).await?;
+    if let Some(t) = tags.iter().find(|t| t.tag == tag) {
+        return Ok(st.db.find_template(t.template_id.clone()).await?);
+    }
+    if !ids::looks_like_build_id(tag) {
+        return Ok(None);
+    }
+    Ok(st
+        .db
+        .list_templates()
+        .await?
+        .into_iter()
+        .find(|row| row.build_id == tag && template_name(row) == name))
+}
+
+/// Whether `tag` is a valid tag: 1 to 128 characters from `A-Za-z0-9._-`,
+/// not starting with `.` or `-` (Docker's rule for image tags).
+pub(crate) fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+fn log_collection(result: Result<Option<usize>, String>) {
+    match result {
+        Ok(Some(n)) if n > 0 => tracing::info!(layers_removed = n, "unused layers removed"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("removing unused layers: {e}"),
+    }
 }
 
 /// Checks that `name` is a valid template name no template has yet.
@@ -304,19 +392,31 @@ pub(crate) async fn list(st: &AppState) -> Result<Vec<TemplateMetadata>, Catalog
         .collect()
 }
 
-/// Records `meta` (whose layers are stored) as a template and fills its
-/// warm pool. `Ok(true)` if it replaced a template of the same name
-/// ([`Registration::Replace`]).
+/// Records `meta` (whose layers are stored) as a template, a new build,
+/// and fills its warm pool. `Ok(true)` if it replaced a template of the
+/// same name ([`Registration::Replace`]).
 pub(crate) async fn register(
     st: &Arc<AppState>,
     meta: &TemplateMetadata,
     how: Registration,
+) -> Result<bool, CatalogError> {
+    register_build(st, meta, how, ids::new_build_id()).await
+}
+
+/// [`register`], with the build id the build was known by.
+pub(crate) async fn register_build(
+    st: &Arc<AppState>,
+    meta: &TemplateMetadata,
+    how: Registration,
+    build_id: String,
 ) -> Result<bool, CatalogError> {
     let row = TemplateRow {
         id: meta.id.clone(),
         name: meta.name.clone(),
         metadata: meta.to_json(),
         created_at: time::now_ms(),
+        build_id,
+        public: false,
     };
     let replaced = match how {
         Registration::New => {
@@ -339,35 +439,44 @@ pub(crate) async fn register(
 }
 
 /// Removes template `name` (a name or an id) unless sandboxes of it run
-/// (its pooled sandboxes do not count: they are destroyed), then the
-/// layers no template and no cached build step uses any more. The
-/// template's name, as found.
+/// (its pooled sandboxes do not count: they are destroyed), with its tags,
+/// then the builds and layers nothing uses any more (a tagged build that
+/// still has sandboxes stays until they end). The template's name, as
+/// found.
 pub(crate) async fn remove(st: &Arc<AppState>, name: &str) -> Result<String, CatalogError> {
     let _layers = st.layers_lock.write().await;
-    let template = st
-        .db
-        .find_template(name.to_owned())
-        .await?
-        .ok_or_else(|| CatalogError::NotFound(name.to_owned()))?;
-    let running = st.db.live_sandboxes_of(template.id.clone()).await?;
-    if running > 0 {
-        return Err(CatalogError::InUse {
-            name: template.name,
-            running,
-        });
-    }
-    // No claim can take one meanwhile: a claim holds the layers lock.
-    drain_pool(st, &template.id).await;
-    st.db.delete_template(template.id.clone()).await?;
+    let found = st.db.find_template(name.to_owned()).await?;
+    let removed = match found {
+        Some(template) => {
+            let running = st.db.live_sandboxes_of(template.id.clone()).await?;
+            if running > 0 {
+                return Err(CatalogError::InUse {
+                    name: template.name,
+                    running,
+                });
+            }
+            // No claim can take one meanwhile: a claim holds the layers lock.
+            drain_pool(st, &template.id).await;
+            st.db.delete_template(template.id.clone()).await?;
+            if !template.name.contains('@') {
+                st.db.delete_tags_of(template.name.clone()).await?;
+            }
+            template.name
+        }
+        // A template with tagged builds only (built as `name:tag`).
+        None if !st.db.list_tags(Some(name.to_owned())).await?.is_empty() => {
+            st.db.delete_tags_of(name.to_owned()).await?;
+            name.to_owned()
+        }
+        None => return Err(CatalogError::NotFound(name.to_owned())),
+    };
     prune_replaced(st).await;
     match collect_layers(st).await {
-        Ok(Some(n)) => {
-            tracing::info!(template = %template.name, layers_removed = n, "template removed")
-        }
-        Ok(None) => tracing::info!(template = %template.name, "template removed"),
-        Err(e) => tracing::warn!(template = %template.name, "removing unused layers: {e}"),
+        Ok(Some(n)) => tracing::info!(template = %removed, layers_removed = n, "template removed"),
+        Ok(None) => tracing::info!(template = %removed, "template removed"),
+        Err(e) => tracing::warn!(template = %removed, "removing unused layers: {e}"),
     }
-    Ok(template.name)
+    Ok(removed)
 }
 
 /// Keeps template `id` from being pruned while the pin lives: a fork's
@@ -421,24 +530,21 @@ pub(crate) async fn sandbox_gone(st: &Arc<AppState>, id: &str) {
         }
     }
     prune_replaced(st).await;
-    match collect_layers(st).await {
-        Ok(Some(n)) if n > 0 => tracing::info!(layers_removed = n, "unused layers removed"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("removing unused layers: {e}"),
-    }
+    log_collection(collect_layers(st).await);
 }
 
 /// Deletes templates replaced by a newer build of the same name, and the
-/// snapshots forks started from, once no sandbox uses them any more (their
-/// layers go at the next collection).
+/// snapshots forks started from, once no sandbox uses them and no tag
+/// names them any more (their layers go at the next collection).
 pub(crate) async fn prune_replaced(st: &Arc<AppState>) {
-    let Ok(rows) = st.db.list_templates().await else {
+    let (Ok(rows), Ok(tags)) = (st.db.list_templates().await, st.db.list_tags(None).await) else {
         return;
     };
+    let tagged: HashSet<String> = tags.into_iter().map(|t| t.template_id).collect();
     let hidden: Vec<TemplateRow> = {
         let pinned = pinned(st);
         rows.into_iter()
-            .filter(|t| t.name.contains('@') && !pinned.contains(&t.id))
+            .filter(|t| t.name.contains('@') && !pinned.contains(&t.id) && !tagged.contains(&t.id))
             .collect()
     };
     for t in hidden {
@@ -493,13 +599,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn references_may_carry_the_default_tag() {
-        assert_eq!(reference("app"), "app");
-        assert_eq!(reference("app:default"), "app");
-        assert_eq!(reference("abc123:default"), "abc123");
-        assert_eq!(reference("app:v1"), "app:v1");
-        assert_eq!(reference("default"), "default");
-        assert_eq!(reference(":default"), "");
+    fn references_split_into_template_and_tag() {
+        assert_eq!(split_reference("app"), ("app", None));
+        assert_eq!(split_reference("app:default"), ("app", None));
+        assert_eq!(split_reference("abc123:default"), ("abc123", None));
+        assert_eq!(split_reference("app:v1"), ("app", Some("v1")));
+        assert_eq!(split_reference("default"), ("default", None));
+        assert_eq!(split_reference(":default"), ("", None));
+        assert_eq!(split_reference("app:a:b"), ("app", Some("a:b")));
+    }
+
+    #[test]
+    fn tags() {
+        for ok in ["v1", "v1.2.0", "latest", "_x", "A-b_c.d", &"t".repeat(128)] {
+            assert!(valid_tag(ok), "{ok}");
+        }
+        for bad in ["", "-v", ".v", "a:b", "a/b", "a b", "é", &"t".repeat(129)] {
+            assert!(!valid_tag(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -630,5 +747,154 @@ mod tests {
         assert!(h.st.db.find_template("app".into()).await.unwrap().is_some());
         assert!(crate::lifecycle::kill_sandbox(&h.st, &id).await.unwrap());
         remove(&h.st, "app").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tags_name_builds_and_keep_them() {
+        let h = Harness::new().await;
+        let (l1, l2) = (layer(&h.st, "one"), layer(&h.st, "two"));
+        let first = template(&h, "app", vec![l1.clone()]);
+        register(&h.st, &first, Registration::Replace)
+            .await
+            .unwrap();
+        let v1 = assign_tags(&h.st, "app", &["v1".into()]).await.unwrap();
+        assert_eq!(v1.id, first.id);
+        assert!(
+            crate::ids::looks_like_build_id(&v1.build_id),
+            "{}",
+            v1.build_id
+        );
+
+        // A new default build: the tagged one is kept, and named.
+        let second = template(&h, "app", vec![l2.clone()]);
+        register(&h.st, &second, Registration::Replace)
+            .await
+            .unwrap();
+        let name = |r: &str| {
+            let st = h.st.clone();
+            let r = r.to_owned();
+            async move { resolve(&st, &r).await.unwrap().map(|row| row.id) }
+        };
+        assert_eq!(name("app").await.unwrap(), second.id);
+        assert_eq!(name("app:default").await.unwrap(), second.id);
+        assert_eq!(name("app:v1").await.unwrap(), first.id);
+        assert_eq!(
+            name(&format!("app:{}", v1.build_id)).await.unwrap(),
+            first.id
+        );
+        assert_eq!(name(&format!("{}:v1", second.id)).await.unwrap(), first.id);
+        assert!(name("app:v2").await.is_none());
+        assert!(name("nope:v1").await.is_none());
+        assert!(h.st.store.layer_dir(&l1).exists());
+        let tags: Vec<(String, String)> = tags_of(&h.st, "app")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(t, row, _)| (t, row.id))
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                ("default".to_owned(), second.id.clone()),
+                ("v1".to_owned(), first.id.clone())
+            ]
+        );
+
+        // A sandbox of a tag runs that build.
+        let mut args = h.create_args();
+        args.template = "app:v1".into();
+        let sandbox = crate::lifecycle::create_sandbox(&h.st, args).await.unwrap();
+        assert_eq!(sandbox.template_id, first.id);
+        assert!(
+            crate::lifecycle::kill_sandbox(&h.st, &sandbox.id)
+                .await
+                .unwrap()
+        );
+
+        // Tagging `default` makes the build the default, under the
+        // template's id.
+        assign_tags(&h.st, "app:v1", &["default".into()])
+            .await
+            .unwrap();
+        let default = h.st.db.find_template("app".into()).await.unwrap().unwrap();
+        assert_eq!(default.id, second.id);
+        assert_eq!(default.build_id, v1.build_id);
+        assert_eq!(
+            metadata(&default).unwrap().layers,
+            std::slice::from_ref(&l1)
+        );
+
+        // Removing the tag lets go of what only it kept.
+        remove_tags(&h.st, "app", &["v1".into()]).await.unwrap();
+        assert!(name("app:v1").await.is_none());
+        assert!(h.st.store.layer_dir(&l1).exists(), "the default uses it");
+        assert!(!h.st.store.layer_dir(&l2).exists(), "nothing uses it");
+
+        let e = remove_tags(&h.st, "app", &["v1".into()]).await.unwrap_err();
+        assert_eq!(e.to_string(), "template 'app' has no tag 'v1'");
+        assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 404);
+        let e = remove_tags(&h.st, "app", &["default".into()])
+            .await
+            .unwrap_err();
+        assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 400);
+        let e = assign_tags(&h.st, "app", &["bad/tag".into()])
+            .await
+            .unwrap_err();
+        assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 400);
+        let e = assign_tags(&h.st, "nope", &["x".into()]).await.unwrap_err();
+        assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 404);
+    }
+
+    #[tokio::test]
+    async fn a_template_known_by_tags_only_is_listed_and_removed() {
+        let h = Harness::new().await;
+        let own = layer(&h.st, "own");
+        let mut meta = template(&h, "tool", vec![own.clone()]);
+        meta.name = format!("tool@{}", meta.id);
+        register(&h.st, &meta, Registration::New).await.unwrap();
+        h.st.db
+            .set_tags("tool".into(), vec!["v1".into()], meta.id.clone(), 1)
+            .await
+            .unwrap();
+        prune_replaced(&h.st).await;
+        assert!(resolve(&h.st, "tool").await.unwrap().is_none());
+        assert_eq!(
+            resolve(&h.st, "tool:v1").await.unwrap().unwrap().id,
+            meta.id
+        );
+        let views = overview(&h.st).await.unwrap();
+        let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["app", "tool"]);
+        let tool = describe(&h.st, "tool").await.unwrap();
+        assert_eq!(
+            (tool.main.id.as_str(), tool.builds.len()),
+            (meta.id.as_str(), 1)
+        );
+
+        assert_eq!(remove(&h.st, "tool").await.unwrap(), "tool");
+        assert!(resolve(&h.st, "tool:v1").await.unwrap().is_none());
+        assert!(!h.st.store.layer_dir(&own).exists());
+        assert!(describe(&h.st, "tool").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn listings_count_builds_and_spawns_and_keep_the_public_flag() {
+        let h = Harness::new().await;
+        let id = h.create().await;
+        let view = describe(&h.st, "app").await.unwrap();
+        assert_eq!(view.spawns.count, 1);
+        assert!(view.spawns.last_at.is_some());
+        assert_eq!(view.builds.len(), 1);
+        register(&h.st, &template(&h, "app", vec![]), Registration::Replace)
+            .await
+            .unwrap();
+        // The old build is kept while its sandbox runs.
+        let view = describe(&h.st, "app").await.unwrap();
+        assert_eq!(view.builds.len(), 2);
+        assert_eq!(view.spawns.count, 1);
+        assert!(!view.main.public);
+        let view = set_public(&h.st, &view.main.id, true).await.unwrap();
+        assert!(view.main.public);
+        assert!(crate::lifecycle::kill_sandbox(&h.st, &id).await.unwrap());
     }
 }
