@@ -240,6 +240,7 @@ impl Server {
         let state = state::AppState::open(&cfg).await?;
         lifecycle::readopt(&state).await;
         lifecycle::spawn_reaper(state.clone());
+        metrics::spawn_sampler(state.clone());
         Ok(Server {
             listener,
             http: cfg.http,

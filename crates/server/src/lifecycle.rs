@@ -1244,6 +1244,7 @@ mod snapshots;
 mod tests;
 
 pub(crate) use queries::{
-    Filter, LISTED, create, find, fork, kill, list, metrics, pause, resume, snapshot,
+    Filter, LISTED, create, find, fork, kill, latest_metrics, list, metrics, pause, resume,
+    snapshot,
 };
 pub(crate) use snapshots::{fork_sandbox, list_snapshots, snapshot_sandbox};

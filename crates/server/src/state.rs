@@ -96,6 +96,8 @@ pub(crate) struct AppState {
     pub base_building: std::sync::atomic::AtomicBool,
     /// Pre-booted sandboxes per template.
     pub pool: Pool,
+    /// Every running sandbox's resource usage over its life.
+    pub metrics: crate::metrics::History,
     /// Registries that image pulls reach over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Runs template builds (`None` on a server whose node cannot build).
@@ -168,6 +170,7 @@ impl AppState {
             pinned_templates: Mutex::default(),
             base_building: std::sync::atomic::AtomicBool::new(false),
             pool: Pool::new(DEFAULT_WARM_POOL),
+            metrics: crate::metrics::History::default(),
             insecure_registries: cfg.insecure_registries.clone(),
             builder,
             builds: Default::default(),

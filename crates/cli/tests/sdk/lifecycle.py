@@ -10,6 +10,7 @@ The template is the Debian test image (bash, python3).
 import os
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 
 import httpx
 from e2b import CommandExitException, PtySize, Sandbox, SandboxQuery, SandboxState
@@ -80,9 +81,22 @@ check(again.commands.run("echo still").stdout, "still\n", "connect to a running 
 
 # Metrics.
 sbx.commands.run("head -c 4000000 /dev/urandom > /tmp/blob")
-metrics = sbx.get_metrics()
-check(len(metrics), 1, "one metrics sample")
-m = metrics[0]
+# Every running sandbox is sampled every few seconds: wait for a sample
+# taken after the write.
+deadline = time.time() + 30
+while True:
+    metrics = sbx.get_metrics()
+    if metrics and metrics[-1].disk_used >= 4000000:
+        break
+    if time.time() > deadline:
+        raise AssertionError(f"no metrics sample counts the blob: {metrics}")
+    time.sleep(1)
+stamps = [x.timestamp for x in metrics]
+check(stamps, sorted(stamps), "samples oldest first")
+check(len(set(stamps)), len(stamps), "one sample per time")
+later = sbx.get_metrics(start=datetime.now(timezone.utc) + timedelta(hours=1))
+check(later, [], "no samples after now")
+m = metrics[-1]
 check(m.cpu_count >= 1, True, "cpu count")
 check(0 <= m.cpu_used_pct <= 100, True, "cpu percent")
 check(0 < m.mem_used < m.mem_total, True, "memory")

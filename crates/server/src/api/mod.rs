@@ -12,7 +12,8 @@
 //! | `POST /sandboxes/{id}/connect`, `POST /v2/sandboxes/{id}/connect` | key | the running sandbox (200; `timeout` extends its life), or resume a paused one (201) |
 //! | `POST /sandboxes/{id}/pause` | key | freeze it (204; 409 when paused already) |
 //! | `POST /sandboxes/{id}/resume` | key | resume a paused sandbox (201; 409 when running) |
-//! | `GET /sandboxes/{id}/metrics` | key | CPU, memory and disk usage now (one sample) |
+//! | `GET /sandboxes/{id}/metrics` | key | CPU, memory and disk usage over its life (`start`, `end`) |
+//! | `GET /sandboxes/metrics?sandbox_ids=` | key | the latest sample of each sandbox named |
 //! | `PUT /sandboxes/{id}/network` | key | replace its egress rules at once (204) |
 //! | `POST /sandboxes/{id}/snapshots` | key | capture its file system as a snapshot (201; a template sandboxes are created from) |
 //! | `POST /sandboxes/{id}/fork` | key | snapshot it and start `count` sandboxes from it with its configuration (201; one result per fork) |
@@ -79,6 +80,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
+        .route("/sandboxes/metrics", get(sandboxes::many_metrics))
         .route(
             "/sandboxes/{id}/network",
             axum::routing::put(sandboxes::set_network),

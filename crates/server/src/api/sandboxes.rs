@@ -512,9 +512,9 @@ pub(super) struct MetricsQuery {
     end: Option<i64>,
 }
 
-/// `GET /sandboxes/{id}/metrics`: one sample taken now (see
-/// [`crate::metrics`]), whatever the `start`–`end` range; none for a
-/// sandbox paused filesystem-only (nothing of it runs).
+/// `GET /sandboxes/{id}/metrics`: the samples taken from `start` to `end`
+/// (see [`crate::metrics`]), or one taken now for a sandbox not sampled
+/// yet; none for a sandbox paused filesystem-only (nothing of it runs).
 pub(super) async fn metrics(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -527,7 +527,51 @@ pub(super) async fn metrics(
             "start ({start}) is after end ({end})"
         )));
     }
-    Ok(Json(lifecycle::metrics(&st, &id).await?))
+    Ok(Json(lifecycle::metrics(&st, &id, q.start, q.end).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ManyMetricsQuery {
+    /// Comma-separated sandbox ids.
+    sandbox_ids: Option<String>,
+}
+
+/// Most sandboxes one `GET /sandboxes/metrics` asks about.
+const MAX_METRICS_IDS: usize = 100;
+
+/// `GET /sandboxes/metrics?sandbox_ids=a,b` → `{sandboxes: {id: sample}}`:
+/// the latest sample of each running or paused sandbox named (unknown ones
+/// are left out).
+pub(super) async fn many_metrics(
+    State(st): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<ManyMetricsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ids: Vec<String> = q
+        .sandbox_ids
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::bad_request(
+            "no sandbox ids given ('sandbox_ids')",
+        ));
+    }
+    if ids.len() > MAX_METRICS_IDS {
+        return Err(ApiError::bad_request(format!(
+            "too many sandbox ids ({}): at most {MAX_METRICS_IDS}",
+            ids.len()
+        )));
+    }
+    let latest = lifecycle::latest_metrics(&st, &ids).await?;
+    let sandboxes: serde_json::Map<String, serde_json::Value> = latest
+        .into_iter()
+        .map(|(id, m)| (id, serde_json::to_value(m).unwrap_or_default()))
+        .collect();
+    Ok(Json(serde_json::json!({ "sandboxes": sandboxes })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,14 +71,57 @@ pub(crate) const LISTED: &[SandboxState] = &[SandboxState::Running, SandboxState
 /// A usage sample of the running or paused sandbox `id` (see
 /// [`crate::metrics`]); none for one paused filesystem-only (nothing of it
 /// runs).
-pub(crate) async fn metrics(st: &AppState, id: &str) -> Result<Vec<SandboxMetric>, SandboxError> {
+pub(crate) async fn metrics(
+    st: &AppState,
+    id: &str,
+    start: Option<i64>,
+    end: Option<i64>,
+) -> Result<Vec<SandboxMetric>, SandboxError> {
     let stopped = match st.live().get(id) {
         None => return Err(SandboxError::NotFound(id.to_string())),
         Some(e) => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
     };
-    if stopped {
-        return Ok(Vec::new());
+    let series = st.metrics.range(id, start, end);
+    // Not sampled yet (it has just started): a sample now, when the range
+    // reaches now.
+    let now_s = crate::time::now_ms().div_euclid(1000);
+    let reaches_now = start.is_none_or(|s| s <= now_s) && end.is_none_or(|e| e >= now_s);
+    if !series.is_empty() || stopped || !reaches_now {
+        return Ok(series);
     }
+    Ok(vec![sample_now(st, id).await?])
+}
+
+/// The latest sample of each of `ids` that is a running (or paused)
+/// sandbox; sandboxes not sampled yet are sampled now (at once, for all of
+/// them).
+pub(crate) async fn latest_metrics(
+    st: &AppState,
+    ids: &[String],
+) -> Result<Vec<(String, SandboxMetric)>, SandboxError> {
+    let known: Vec<String> = {
+        let live = st.live();
+        ids.iter()
+            .filter(|id| live.contains_key(*id))
+            .cloned()
+            .collect()
+    };
+    let samples = futures::future::join_all(known.iter().map(|id| async move {
+        match st.metrics.latest(id) {
+            Some(m) => Some(m),
+            None => sample_now(st, id).await.ok(),
+        }
+    }))
+    .await;
+    Ok(known
+        .into_iter()
+        .zip(samples)
+        .filter_map(|(id, m)| m.map(|m| (id, m)))
+        .collect())
+}
+
+/// One sample of sandbox `id` taken now.
+async fn sample_now(st: &AppState, id: &str) -> Result<SandboxMetric, SandboxError> {
     let row = find(st, id, LISTED).await?;
     let sample = metrics::sample(metrics::Sources {
         node: st.node.clone(),
@@ -90,7 +133,7 @@ pub(crate) async fn metrics(st: &AppState, id: &str) -> Result<Vec<SandboxMetric
     if !st.live().contains_key(id) {
         return Err(SandboxError::NotFound(id.to_string()));
     }
-    Ok(vec![sample.map_err(SandboxError::Failed)?])
+    sample.map_err(SandboxError::Failed)
 }
 
 /// Runs `op` in a task of its own and waits for it.

@@ -336,7 +336,7 @@ async fn the_registry_lists_and_finds_its_sandboxes() {
     for e in [
         find(&h.st, &gone, LISTED).await.unwrap_err(),
         kill(&h.st, &gone).await.unwrap_err(),
-        metrics(&h.st, &gone).await.unwrap_err(),
+        metrics(&h.st, &gone, None, None).await.unwrap_err(),
         resume(&h.st, &gone, None, None).await.unwrap_err(),
     ] {
         assert!(
@@ -610,4 +610,40 @@ async fn network_rules_are_applied_and_recorded() {
 async fn recorded_network(h: &Harness, id: &str) -> hutch_runtime::EgressPolicy {
     let row = h.st.db.get_sandbox(id.into()).await.unwrap().unwrap();
     crate::db::NetworkRecord::decode(row.network.as_deref().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn running_sandboxes_are_sampled_for_their_life() {
+    let h = Harness::new().await;
+    let a = h.create().await;
+    let b = h.create().await;
+    // Not sampled yet: a sample taken now.
+    assert_eq!(metrics(&h.st, &a, None, None).await.unwrap().len(), 1);
+    assert!(
+        metrics(&h.st, &a, Some(i64::MAX / 2), None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing after now"
+    );
+    // Two rounds: a base, then a sample.
+    crate::metrics::sample_all(&h.st).await;
+    crate::metrics::sample_all(&h.st).await;
+    let series = metrics(&h.st, &a, None, None).await.unwrap();
+    assert_eq!(series.len(), 1);
+    assert!(h.st.metrics.latest(&b).is_some());
+    // Paused sandboxes are not sampled; their series is kept.
+    pause(&h.st, &b, PauseMode::Memory).await.unwrap();
+    crate::metrics::sample_all(&h.st).await;
+    assert_eq!(h.st.metrics.range(&a, None, None).len(), 2);
+    assert_eq!(h.st.metrics.range(&b, None, None).len(), 1);
+    let latest = latest_metrics(&h.st, &[a.clone(), b.clone(), "gone".into()])
+        .await
+        .unwrap();
+    let ids: Vec<&str> = latest.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, [a.as_str(), b.as_str()]);
+    // A killed sandbox's history goes with it.
+    assert!(kill_sandbox(&h.st, &a).await.unwrap());
+    crate::metrics::sample_all(&h.st).await;
+    assert!(h.st.metrics.latest(&a).is_none());
 }
