@@ -1,6 +1,6 @@
 // The official E2B JavaScript SDK, unmodified, against a Hutch server:
-// snapshots (create, start a sandbox from one, list, delete), forks and
-// live network rules.
+// snapshots (create, start a sandbox from one, list, delete), forks,
+// live network rules and template tags.
 //
 // Usage: node snapshots.mjs TEMPLATE   (E2B_SDK_DIR: where the SDK is installed)
 // Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
@@ -10,7 +10,7 @@ import { createRequire } from 'node:module'
 import path from 'node:path'
 
 const require = createRequire(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'index.js'))
-const { Sandbox } = require('e2b')
+const { Sandbox, Template } = require('e2b')
 
 const template = process.argv[2]
 let checks = 0
@@ -70,4 +70,19 @@ check(await Sandbox.deleteSnapshot(info.snapshotId), false, 'deleting it again')
 check(await Sandbox.deleteSnapshot('js-snap'), true, 'deleting a named snapshot')
 for (const fork of forks) await fork.kill()
 await source.kill()
+
+// Template tags: name the template's default build, start a sandbox by the
+// tag, list and remove it.
+const tagged = await Template.assignTags(template, 'js-stable')
+check(tagged.tags, ['js-stable'], 'assignTags')
+const fromTag = await Sandbox.create(`${template}:js-stable`, { timeoutMs: 60_000 })
+check(await sh(fromTag, 'echo from-tag'), 'from-tag', 'a sandbox of a tag')
+await fromTag.kill()
+const tagNames = async () => (await Template.getTags(template)).map((t) => t.tag).sort()
+check(await tagNames(), ['default', 'js-stable'], 'getTags')
+const byTag = Object.fromEntries((await Template.getTags(template)).map((t) => [t.tag, t.buildId]))
+check(/^[0-9a-f-]{36}$/.test(tagged.buildId), true, 'a build id is a UUID')
+check(byTag['js-stable'], tagged.buildId, 'a tag names the build assignTags reported')
+await Template.removeTags(template, 'js-stable')
+check(await tagNames(), ['default'], 'removeTags')
 console.log('OK', checks)
