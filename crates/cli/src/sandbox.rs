@@ -104,6 +104,7 @@ pub(crate) async fn create_with(
             SandboxNetwork {
                 allow_out: Some(network.allow_out.clone()),
                 deny_out: Some(network.deny_out.clone()),
+                ..Default::default()
             }
         }),
         cpu_count: limits.cpus.map(signed),

@@ -23,6 +23,14 @@
 //! with `autoResume` and is paused in memory: then the request resumes it
 //! first (as `connect` with the default lifetime would; see
 //! [`crate::lifecycle`]), and is served.
+//!
+//! A sandbox created with `allowPublicTraffic: false` has a traffic access
+//! token: requests to its own ports (not the agent's) must carry it as
+//! [`TRAFFIC_TOKEN_HEADER`], else they are answered 403 before anything
+//! reaches the sandbox (a paused one is not resumed for them). The header
+//! is never passed on. A sandbox created with `maskRequestHost` has its
+//! ports' requests sent with that `Host` ([`MASK_PORT`] replaced by the
+//! port) instead of the client's.
 
 use std::sync::Arc;
 
@@ -48,6 +56,10 @@ pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 /// Header naming the port in the sandbox a request is for.
 pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
 pub use hutch_protocol::boot::FORWARD_PORT_HEADER;
+/// Header carrying a sandbox's traffic access token.
+pub const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
+/// What a `maskRequestHost` writes for the port.
+pub(crate) const MASK_PORT: &str = "${PORT}";
 
 /// Where a request is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,13 +135,35 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
         ))
         .into_response();
     };
-    let entry = st
-        .live()
-        .get(&id)
-        .map(|s| (s.socket.clone(), s.paused, s.lifecycle.auto_resume));
-    let Some((mut socket, paused, auto_resume)) = entry else {
+    let entry = st.live().get(&id).map(|s| {
+        (
+            s.socket.clone(),
+            s.paused,
+            s.lifecycle.auto_resume,
+            s.ingress.clone(),
+        )
+    });
+    let Some((mut socket, paused, auto_resume, ingress)) = entry else {
         return not_found(&id);
     };
+    if port != ENVD_PORT
+        && let Some(token) = &ingress.traffic_token
+    {
+        let given = req
+            .headers()
+            .get(TRAFFIC_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if !given.is_some_and(|g| crate::ids::same_secret(g, token)) {
+            let what = if given.is_some() { "a wrong" } else { "no" };
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "sandbox {id} does not accept public traffic and the request carries {what} {TRAFFIC_TOKEN_HEADER} header"
+                ),
+            )
+            .into_response();
+        }
+    }
     if let Some(paused) = paused {
         if !auto_resume || paused.mode == PauseMode::Filesystem {
             let how = match paused.mode {
@@ -185,6 +219,12 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
         parts
             .headers
             .insert(FORWARD_PORT_HEADER, HeaderValue::from(port));
+        parts.headers.remove(TRAFFIC_TOKEN_HEADER);
+        if let Some(mask) = &ingress.mask_request_host
+            && let Ok(v) = HeaderValue::from_str(&mask.replace(MASK_PORT, &port.to_string()))
+        {
+            parts.headers.insert(header::HOST, v);
+        }
     }
     if !parts.headers.contains_key(header::HOST) {
         let host = parts

@@ -118,7 +118,9 @@ use hutch_image::TemplateMetadata;
 use hutch_protocol::boot::{BOOT_SCHEMA_VERSION, BootConfig, InitRequest};
 use hutch_runtime::{AgentClient, EgressPolicy, NetworkPolicy, SandboxSpec, SandboxStatus};
 
-use crate::db::{Lifecycle, NetworkRecord, PauseMode, SandboxRow, SandboxState, TemplateRow};
+use crate::db::{
+    Ingress, Lifecycle, NetworkRecord, PauseMode, SandboxRow, SandboxState, TemplateRow,
+};
 use crate::limits::{self, Limits};
 use crate::node::{Booted, NodeError};
 use crate::pool::{self, Claim};
@@ -181,6 +183,8 @@ pub(crate) struct CreateArgs {
     pub limits: limits::Requested,
     /// What its timeout does; whether requests resume it.
     pub lifecycle: Lifecycle,
+    /// What requests to its ports need, and the Host they get.
+    pub ingress: Ingress,
 }
 
 /// How many killed sandboxes are torn down at once; more wait their turn
@@ -289,12 +293,7 @@ pub(crate) async fn create_sandbox(
     route_running(
         st,
         &id,
-        LiveSandbox::running(
-            sandbox.socket.clone(),
-            row.end_at,
-            sandbox.init_pid,
-            args.lifecycle,
-        ),
+        LiveSandbox::running(sandbox.socket.clone(), row.end_at, sandbox.init_pid, &row),
     );
     st.db.set_running(id.clone(), row.end_at).await?;
     st.pool.record_cold(&template.id);
@@ -380,7 +379,7 @@ async fn claim_pooled(
         route_running(
             st,
             &pooled.id,
-            LiveSandbox::running(pooled.socket, row.end_at, pooled.init_pid, args.lifecycle),
+            LiveSandbox::running(pooled.socket, row.end_at, pooled.init_pid, &row),
         );
         st.pool.record_claim(&template.id);
         tracing::info!(
@@ -418,6 +417,7 @@ fn new_row(
         paused_remaining_ms: None,
         pause_mode: None,
         lifecycle: args.lifecycle,
+        ingress: args.ingress.clone(),
         access_token: args.access_token.clone(),
         network: Some(NetworkRecord::encode(&args.network)),
     }
@@ -1040,7 +1040,7 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
     route_running(
         st,
         &row.id,
-        LiveSandbox::running(sandbox.socket, end_at, sandbox.init_pid, row.lifecycle),
+        LiveSandbox::running(sandbox.socket, end_at, sandbox.init_pid, row),
     );
     Ok(())
 }
@@ -1098,6 +1098,7 @@ fn route_paused(
             }),
             agent_pid,
             lifecycle: row.lifecycle,
+            ingress: row.ingress.clone(),
         },
     );
     if let Some(pid) = agent_pid {

@@ -11,7 +11,7 @@ use hutch_runtime::{Runtime, RuntimeConfig};
 use crate::node::Node;
 use tokio::sync::{Notify, RwLock};
 
-use crate::db::{self, Db, Lifecycle, PauseMode};
+use crate::db::{self, Db, Ingress, Lifecycle, PauseMode, SandboxRow};
 use crate::error::io_reason;
 use crate::pool::Pool;
 use crate::{DEFAULT_WARM_POOL, ServerConfig, ServerError};
@@ -32,6 +32,8 @@ pub(crate) struct LiveSandbox {
     pub agent_pid: Option<u32>,
     /// What its timeout does; whether requests resume it.
     pub lifecycle: Lifecycle,
+    /// What requests to its ports need, and the Host they get.
+    pub ingress: Ingress,
 }
 
 /// How a paused sandbox is paused.
@@ -45,13 +47,14 @@ pub(crate) struct Paused {
 
 impl LiveSandbox {
     /// A running sandbox whose agent is `agent_pid`, expiring at `end_at`.
-    pub fn running(socket: PathBuf, end_at: i64, agent_pid: u32, lifecycle: Lifecycle) -> Self {
+    pub fn running(socket: PathBuf, end_at: i64, agent_pid: u32, row: &SandboxRow) -> Self {
         LiveSandbox {
             socket,
             end_at,
             paused: None,
             agent_pid: Some(agent_pid),
-            lifecycle,
+            lifecycle: row.lifecycle,
+            ingress: row.ingress.clone(),
         }
     }
 }

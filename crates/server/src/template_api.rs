@@ -292,7 +292,7 @@ impl TemplateApi {
     fn token_valid(&self, hash: &str, token: &str) -> bool {
         self.grants()
             .get(hash)
-            .is_some_and(|g| g.until > Instant::now() && same_secret(&g.token, token))
+            .is_some_and(|g| g.until > Instant::now() && ids::same_secret(&g.token, token))
     }
 
     // ----- 1. request a build ------------------------------------------
@@ -683,15 +683,6 @@ pub(crate) async fn alias(
         }),
         _ => Err(TemplateApiError::TemplateNotFound(alias.to_owned())),
     }
-}
-
-/// Compares two secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Removes file sets under `root` whose directory was last touched more

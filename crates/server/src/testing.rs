@@ -91,6 +91,7 @@ impl Harness {
             network: EgressPolicy::default(),
             limits: limits::Requested::default(),
             lifecycle: Lifecycle::default(),
+            ingress: Default::default(),
         }
     }
 

@@ -152,6 +152,54 @@ r = httpx.get(f"{api_url}/", headers={"Host": sbx.get_host(8081)})
 check(r.status_code, 502, "nothing on 8081")
 check("no server is listening on port 8081" in r.json()["message"], True, "502 message")
 
+# A private sandbox: requests to its ports need its traffic access token;
+# they reach the server in it with the masked Host, without the token.
+private = Sandbox.create(
+    template,
+    network={"allow_public_traffic": False, "mask_request_host": "app.internal:${PORT}"},
+    timeout=120,
+)
+token = private.traffic_access_token
+check(isinstance(token, str) and len(token) >= 32, True, "a traffic access token")
+check(sbx.traffic_access_token, None, "public sandboxes have none")
+private.files.write(
+    "/tmp/echo.py",
+    "import http.server\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        seen = self.headers.get('Host', '') + '|' + self.headers.get('e2b-traffic-access-token', '-')\n"
+    "        self.send_response(200)\n"
+    "        self.send_header('Content-Length', str(len(seen)))\n"
+    "        self.end_headers()\n"
+    "        self.wfile.write(seen.encode())\n"
+    "    def log_message(self, *args):\n"
+    "        pass\n"
+    "http.server.HTTPServer(('127.0.0.1', 8080), H).serve_forever()\n",
+)
+private.commands.run("python3 /tmp/echo.py", background=True)
+private_host = private.get_host(8080)
+for _ in range(100):
+    r = httpx.get(
+        f"{api_url}/", headers={"Host": private_host, "e2b-traffic-access-token": token}
+    )
+    if r.status_code == 200:
+        break
+    time.sleep(0.1)
+check(
+    (r.status_code, r.text),
+    (200, "app.internal:8080|-"),
+    "with the token: served, with the masked Host and without the token",
+)
+r = httpx.get(f"{api_url}/", headers={"Host": private_host})
+check(r.status_code, 403, "without the token: refused")
+check("e2b-traffic-access-token" in r.json()["message"], True, "the refusal names the header")
+r = httpx.get(
+    f"{api_url}/", headers={"Host": private_host, "e2b-traffic-access-token": "x" * len(token)}
+)
+check(r.status_code, 403, "with a wrong token: refused")
+check(private.commands.run("echo agent").stdout, "agent\n", "the agent needs no traffic token")
+private.kill()
+
 other.kill()
 sbx.kill()
 check(sbx.sandbox_id in listed(metadata={"suite": tag}), False, "killed not listed")

@@ -85,6 +85,22 @@ pub struct SandboxNetwork {
     /// IPs or CIDR blocks denied.
     #[serde(default, alias = "deny_out", skip_serializing_if = "Option::is_none")]
     pub deny_out: Option<Vec<String>>,
+    /// `false`: requests to the sandbox's ports need its traffic access
+    /// token (`e2b-traffic-access-token`); open when absent or `null`.
+    #[serde(
+        default,
+        alias = "allow_public_traffic",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_public_traffic: Option<bool>,
+    /// The `Host` requests to the sandbox's ports get, `${PORT}` replaced
+    /// by the port.
+    #[serde(
+        default,
+        alias = "mask_request_host",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mask_request_host: Option<String>,
 }
 
 /// `PUT /sandboxes/{id}/network` body: the sandbox's new egress rules,
@@ -131,6 +147,9 @@ pub struct SandboxCreated {
     /// The agent access token of a `secure` sandbox.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envd_access_token: Option<String>,
+    /// The token requests to its ports need (`allowPublicTraffic: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_access_token: Option<String>,
 }
 
 /// E2B's `ListedSandbox` / `SandboxDetail`: a sandbox as listed
@@ -318,6 +337,7 @@ mod tests {
             network: Some(SandboxNetwork {
                 allow_out: Some(vec!["1.1.1.1".into()]),
                 deny_out: Some(vec![]),
+                ..Default::default()
             }),
             memory_mb: Some(256),
             disk_size_mb: Some(1024),

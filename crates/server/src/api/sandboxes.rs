@@ -15,8 +15,9 @@ use hutch_protocol::api::{
 use hutch_runtime::{Cidr, EgressPolicy};
 use serde::Deserialize;
 
-use crate::db::{Lifecycle, PauseMode, SandboxRow, SandboxState};
+use crate::db::{Ingress, Lifecycle, PauseMode, SandboxRow, SandboxState};
 use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::frontdoor::MASK_PORT;
 use crate::ids;
 use crate::lifecycle::Filter;
 use crate::lifecycle::{self, CreateArgs, PauseOutcome, ResumeOutcome, timeout_ms};
@@ -63,6 +64,28 @@ fn egress_policy(
 ) -> Result<EgressPolicy, ApiError> {
     let network = network.unwrap_or_default();
     egress_lists(allow_internet_access, network.allow_out, network.deny_out)
+}
+
+/// How requests may reach a new sandbox's ports: a fresh traffic access
+/// token when `allowPublicTraffic` is `false`, and a checked
+/// `maskRequestHost`.
+fn ingress_of(network: Option<&SandboxNetwork>) -> Result<Ingress, ApiError> {
+    let Some(network) = network else {
+        return Ok(Ingress::default());
+    };
+    let mask = network.mask_request_host.clone().filter(|m| !m.is_empty());
+    if let Some(m) = &mask {
+        let sample = m.replace(MASK_PORT, "8080");
+        if sample.len() > 253 || HeaderValue::from_str(&sample).is_err() || sample.contains(' ') {
+            return Err(ApiError::bad_request(format!(
+                "network.maskRequestHost: '{m}' is not a host (name or address, with an optional port; {MASK_PORT} stands for the port)"
+            )));
+        }
+    }
+    Ok(Ingress {
+        traffic_token: (network.allow_public_traffic == Some(false)).then(ids::new_access_token),
+        mask_request_host: mask,
+    })
 }
 
 /// A policy of internet access (allowed when absent) and allow and deny
@@ -147,6 +170,7 @@ fn created(row: SandboxRow) -> SandboxCreated {
         alias: Some(row.template_name),
         domain: None,
         envd_access_token: row.access_token,
+        traffic_access_token: row.ingress.traffic_token,
     }
 }
 
@@ -180,6 +204,7 @@ pub(super) async fn create(
     let env = body.env_vars.unwrap_or_default();
     let env_list: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     hutch_env::validate_sandbox_env(&env_list).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ingress = ingress_of(body.network.as_ref())?;
     let network = egress_policy(body.allow_internet_access, body.network)?;
     let lifecycle = lifecycle_of(body.auto_pause, body.auto_pause_memory, body.auto_resume)?;
     let args = CreateArgs {
@@ -196,6 +221,7 @@ pub(super) async fn create(
             pids: body.hutch_pids,
         },
         lifecycle,
+        ingress,
     };
     let row = lifecycle::create(&st, args).await?;
     Ok((StatusCode::CREATED, Json(created(row))).into_response())
@@ -659,8 +685,8 @@ mod tests {
         assert_eq!(p.allow_out.len(), 2);
         assert_eq!(p.deny_out, vec![Cidr::ALL_IPV4]);
         let bad = SandboxNetwork {
-            allow_out: None,
             deny_out: Some(vec!["10.0.0.0/8".into(), "nope".into()]),
+            ..Default::default()
         };
         let e = egress_policy(Some(true), Some(bad)).unwrap_err();
         assert!(
@@ -668,6 +694,36 @@ mod tests {
             "{}",
             e.message()
         );
+    }
+
+    #[test]
+    fn ingress_of_a_create() {
+        assert_eq!(ingress_of(None).unwrap(), Ingress::default());
+        let private = SandboxNetwork {
+            allow_public_traffic: Some(false),
+            mask_request_host: Some("localhost:${PORT}".into()),
+            ..Default::default()
+        };
+        let ingress = ingress_of(Some(&private)).unwrap();
+        assert_eq!(ingress.traffic_token.map(|t| t.len()), Some(32));
+        assert_eq!(
+            ingress.mask_request_host.as_deref(),
+            Some("localhost:${PORT}")
+        );
+        let public = SandboxNetwork {
+            allow_public_traffic: Some(true),
+            mask_request_host: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(ingress_of(Some(&public)).unwrap(), Ingress::default());
+        for bad in ["a b", "bad\nhost", &"h".repeat(300)] {
+            let network = SandboxNetwork {
+                mask_request_host: Some(bad.to_owned()),
+                ..Default::default()
+            };
+            let e = ingress_of(Some(&network)).unwrap_err();
+            assert!(e.message().contains("maskRequestHost"), "{}", e.message());
+        }
     }
 
     #[test]

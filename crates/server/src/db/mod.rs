@@ -275,12 +275,15 @@ struct SandboxColumns {
     pause_mode: Option<String>,
     auto_pause: Option<String>,
     auto_resume: bool,
+    traffic_token: Option<String>,
+    mask_request_host: Option<String>,
 }
 
 /// The sandbox columns every query reads, in [`SandboxColumns`]' order.
 const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
      started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms, \
-     access_token, network, pids, pause_mode, auto_pause, auto_resume";
+     access_token, network, pids, pause_mode, auto_pause, auto_resume, traffic_token, \
+     mask_request_host";
 
 impl SandboxColumns {
     fn of(s: SandboxRow) -> SandboxColumns {
@@ -296,6 +299,8 @@ impl SandboxColumns {
             pause_mode: s.pause_mode.map(|m| m.as_str().to_string()),
             auto_pause: s.lifecycle.auto_pause.map(|m| m.as_str().to_string()),
             auto_resume: s.lifecycle.auto_resume,
+            traffic_token: s.ingress.traffic_token,
+            mask_request_host: s.ingress.mask_request_host,
             id: s.id,
             template_id: s.template_id,
             template_name: s.template_name,
@@ -327,6 +332,10 @@ impl SandboxColumns {
             lifecycle: Lifecycle {
                 auto_pause: self.auto_pause.map(|m| PauseMode::parse(Some(&m))),
                 auto_resume: self.auto_resume,
+            },
+            ingress: Ingress {
+                traffic_token: self.traffic_token,
+                mask_request_host: self.mask_request_host,
             },
             state,
             id: self.id,
@@ -422,6 +431,17 @@ pub struct Lifecycle {
     pub auto_resume: bool,
 }
 
+/// How requests through the front door reach a sandbox's own ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ingress {
+    /// Set for sandboxes created with `allowPublicTraffic: false`: requests
+    /// to their ports must carry it as `e2b-traffic-access-token`.
+    pub traffic_token: Option<String>,
+    /// E2B's `maskRequestHost`: the `Host` requests to its ports get
+    /// (`${PORT}` replaced by the port).
+    pub mask_request_host: Option<String>,
+}
+
 /// A template row.
 #[derive(Debug, Clone)]
 pub struct TemplateRow {
@@ -479,6 +499,8 @@ pub struct SandboxRow {
     /// The agent's access token (`secure: true` sandboxes), which every
     /// agent request must carry as `X-Access-Token`.
     pub access_token: Option<String>,
+    /// How requests reach its ports.
+    pub ingress: Ingress,
     /// The egress policy it was created with, a [`NetworkRecord`] as
     /// JSON ([`NetworkRecord::encode`], [`NetworkRecord::decode`]); `None`
     /// for rows from before it was recorded (they had the default).

@@ -74,6 +74,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, tag)
     );
     CREATE INDEX template_tags_template ON template_tags (template_id);",
+    // 8: requests to a sandbox's ports: the token they need
+    // (`allowPublicTraffic: false`) and the Host they are given.
+    "ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT;
+    ALTER TABLE sandboxes ADD COLUMN mask_request_host TEXT;",
 ];
 
 /// The template columns every query reads, in [`template_row`]'s order.
@@ -456,7 +460,7 @@ impl Store for PostgresStore {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 $17, $18, $19)"
+                 $17, $18, $19, $20, $21)"
         ))
         .bind(s.id)
         .bind(s.template_id)
@@ -477,6 +481,8 @@ impl Store for PostgresStore {
         .bind(s.pause_mode)
         .bind(s.auto_pause)
         .bind(s.auto_resume)
+        .bind(s.traffic_token)
+        .bind(s.mask_request_host)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -641,5 +647,7 @@ fn sandbox_columns(r: &PgRow) -> Result<SandboxColumns, DbError> {
         pause_mode: r.try_get(16)?,
         auto_pause: r.try_get(17)?,
         auto_resume: r.try_get(18)?,
+        traffic_token: r.try_get(19)?,
+        mask_request_host: r.try_get(20)?,
     })
 }

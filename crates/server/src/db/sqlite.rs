@@ -85,6 +85,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, tag)
     );
     CREATE INDEX template_tags_template ON template_tags (template_id);",
+    // 8: requests to a sandbox's ports: the token they need
+    // (`allowPublicTraffic: false`) and the Host they are given.
+    "ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT;
+    ALTER TABLE sandboxes ADD COLUMN mask_request_host TEXT;",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -403,7 +407,7 @@ impl Store for SqliteStore {
                 &format!(
                     "INSERT INTO sandboxes ({SANDBOX_COLUMNS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16, ?17, ?18, ?19)"
+                         ?16, ?17, ?18, ?19, ?20, ?21)"
                 ),
                 params![
                     s.id,
@@ -425,6 +429,8 @@ impl Store for SqliteStore {
                     s.pause_mode,
                     s.auto_pause,
                     s.auto_resume,
+                    s.traffic_token,
+                    s.mask_request_host,
                 ],
             )?;
             Ok(())
@@ -600,6 +606,8 @@ fn sandbox_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxColumns> {
         pause_mode: r.get(16)?,
         auto_pause: r.get(17)?,
         auto_resume: r.get(18)?,
+        traffic_token: r.get(19)?,
+        mask_request_host: r.get(20)?,
     })
 }
 

@@ -73,6 +73,19 @@ on_both_backends!(
     corrupt_columns_are_reported_not_guessed,
 );
 
+/// A template row `id` named `name` holding `metadata`, the build
+/// `build-<metadata>`.
+fn template(id: &str, name: &str, metadata: &str) -> TemplateRow {
+    TemplateRow {
+        id: id.into(),
+        name: name.into(),
+        metadata: metadata.into(),
+        created_at: 1,
+        build_id: format!("build-{metadata}"),
+        public: false,
+    }
+}
+
 fn sandbox(id: &str, template_id: &str, state: SandboxState) -> SandboxRow {
     SandboxRow {
         id: id.into(),
@@ -90,6 +103,10 @@ fn sandbox(id: &str, template_id: &str, state: SandboxState) -> SandboxRow {
         paused_remaining_ms: None,
         access_token: None,
         network: Some(r#"{"allowInternetAccess":false}"#.into()),
+        ingress: Ingress {
+            traffic_token: Some("tt".into()),
+            mask_request_host: Some("localhost:${PORT}".into()),
+        },
         pids: Some(1024),
         pause_mode: None,
         lifecycle: Lifecycle::default(),
@@ -115,14 +132,7 @@ async fn migrates_once_and_round_trips_rows(f: &Fixture) {
         db.valid_api_key_hashes().await.unwrap(),
         HashSet::from(["abc".to_string()])
     );
-    let t = TemplateRow {
-        id: "t1".into(),
-        name: "base".into(),
-        metadata: "{}".into(),
-        created_at: 3,
-        build_id: "b1".into(),
-        public: false,
-    };
+    let t = template("t1", "base", "{}");
     assert!(db.insert_template(t.clone()).await.unwrap());
     assert!(
         !db.insert_template(TemplateRow {
@@ -154,6 +164,11 @@ async fn migrates_once_and_round_trips_rows(f: &Fixture) {
     assert_eq!(s.sandbox_env["E"], "");
     assert_eq!(s.memory_mb, 1024);
     assert_eq!(s.pids, Some(1024));
+    assert_eq!(s.ingress.traffic_token.as_deref(), Some("tt"));
+    assert_eq!(
+        s.ingress.mask_request_host.as_deref(),
+        Some("localhost:${PORT}")
+    );
     let running = db.sandboxes_in(&[SandboxState::Running]).await.unwrap();
     assert_eq!(running.len(), 1);
     db.set_paused("s1".into(), 42, PauseMode::Memory)
@@ -269,14 +284,7 @@ async fn lifecycles_and_limits_round_trip(f: &Fixture) {
 
 async fn replacing_a_template_under_its_own_id_hides_the_old_row(f: &Fixture) {
     let db = f.open().await;
-    let row = |metadata: &str| TemplateRow {
-        id: "t1".into(),
-        name: "app".into(),
-        metadata: metadata.into(),
-        created_at: 1,
-        build_id: format!("build-{metadata}"),
-        public: false,
-    };
+    let row = |metadata: &str| template("t1", "app", metadata);
     assert!(db.insert_template(row("v1")).await.unwrap());
     db.insert_sandbox(sandbox("s1", "t1", SandboxState::Running))
         .await
@@ -304,14 +312,7 @@ async fn replacing_a_template_under_its_own_id_hides_the_old_row(f: &Fixture) {
 
 async fn replacing_a_template_of_another_id_keeps_the_old_one_hidden(f: &Fixture) {
     let db = f.open().await;
-    let row = |id: &str| TemplateRow {
-        id: id.into(),
-        name: "app".into(),
-        metadata: id.into(),
-        created_at: 1,
-        build_id: format!("build-{id}"),
-        public: false,
-    };
+    let row = |id: &str| template(id, "app", id);
     assert_eq!(db.replace_template(row("v1")).await.unwrap(), None);
     assert_eq!(
         db.replace_template(row("v2")).await.unwrap(),
@@ -338,14 +339,7 @@ async fn replacing_a_template_of_another_id_keeps_the_old_one_hidden(f: &Fixture
 
 async fn tags_follow_their_build_and_go_with_it(f: &Fixture) {
     let db = f.open().await;
-    let row = |metadata: &str| TemplateRow {
-        id: "t1".into(),
-        name: "app".into(),
-        metadata: metadata.into(),
-        created_at: 1,
-        build_id: format!("build-{metadata}"),
-        public: false,
-    };
+    let row = |metadata: &str| template("t1", "app", metadata);
     assert!(db.insert_template(row("v1")).await.unwrap());
     db.set_tags(
         "app".into(),
@@ -405,16 +399,9 @@ async fn tags_follow_their_build_and_go_with_it(f: &Fixture) {
 async fn spawns_and_the_public_flag(f: &Fixture) {
     let db = f.open().await;
     assert!(
-        db.insert_template(TemplateRow {
-            id: "t".into(),
-            name: "base".into(),
-            metadata: "{}".into(),
-            created_at: 1,
-            build_id: "b".into(),
-            public: false,
-        })
-        .await
-        .unwrap()
+        db.insert_template(template("t", "base", "{}"))
+            .await
+            .unwrap()
     );
     assert!(db.set_template_public("t".into(), true).await.unwrap());
     assert!(!db.set_template_public("nope".into(), true).await.unwrap());

@@ -17,7 +17,7 @@ use hutch_image::{TEMPLATE_SCHEMA_VERSION, TemplateLimits, TemplateMetadata, Tem
 
 use super::{CreateArgs, LISTED, SandboxError, create, find, recorded_policy};
 use crate::catalog::{self, Registration};
-use crate::db::SandboxRow;
+use crate::db::{Ingress, SandboxRow};
 use crate::node::NodeError;
 use crate::state::AppState;
 use crate::{DEFAULT_SANDBOX_TIMEOUT_SECS, ids, limits, time};
@@ -93,6 +93,15 @@ pub(crate) async fn fork_sandbox(
             pids: row.pids.and_then(|p| i64::try_from(p).ok()),
         },
         lifecycle: row.lifecycle,
+        // A fork of a private sandbox is private, with a token of its own.
+        ingress: Ingress {
+            traffic_token: row
+                .ingress
+                .traffic_token
+                .is_some()
+                .then(ids::new_access_token),
+            mask_request_host: row.ingress.mask_request_host.clone(),
+        },
     };
     let forks = (0..count).map(|_| create(st, args()));
     let forks = futures::future::join_all(forks).await;

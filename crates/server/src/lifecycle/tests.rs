@@ -647,3 +647,34 @@ async fn running_sandboxes_are_sampled_for_their_life() {
     crate::metrics::sample_all(&h.st).await;
     assert!(h.st.metrics.latest(&a).is_none());
 }
+
+#[tokio::test]
+async fn a_private_sandbox_and_its_forks_need_their_own_traffic_tokens() {
+    let h = Harness::new().await;
+    let mut args = h.create_args();
+    args.ingress = crate::db::Ingress {
+        traffic_token: Some("t".repeat(32)),
+        mask_request_host: Some("localhost:${PORT}".into()),
+    };
+    let source = create_sandbox(&h.st, args).await.unwrap();
+    let live = h.st.live().get(&source.id).unwrap().ingress.clone();
+    assert_eq!(live, source.ingress, "the front door knows it");
+    let forks = fork(&h.st, &source.id, None, 2).await.unwrap();
+    let mut tokens = vec![source.ingress.traffic_token.clone().unwrap()];
+    for f in forks {
+        let f = f.unwrap();
+        assert_eq!(
+            f.ingress.mask_request_host.as_deref(),
+            Some("localhost:${PORT}")
+        );
+        tokens.push(f.ingress.traffic_token.unwrap());
+    }
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 3, "each fork has a token of its own");
+    let public = h.create().await;
+    assert_eq!(
+        h.st.live().get(&public).unwrap().ingress,
+        crate::db::Ingress::default()
+    );
+}
