@@ -624,6 +624,7 @@ impl Engine {
             built.start_cmd.as_deref(),
             built.ready_cmd.as_deref(),
             opts.ready_timeout,
+            None,
         )
         .await
         .map_err(|e| BuildError::NotReady(e.to_string()));

@@ -324,6 +324,21 @@ enum SandboxCommand {
         /// Sandbox id.
         id: String,
     },
+    /// Show a sandbox's log: what happened to it (created, paused,
+    /// resumed, killed...) and what its template's start command printed.
+    Logs {
+        /// Sandbox id.
+        id: String,
+        /// Only entries at this level or above (debug, info, warn, error).
+        #[arg(long)]
+        level: Option<String>,
+        /// Only entries containing this text.
+        #[arg(long)]
+        search: Option<String>,
+        /// Print JSON (E2B's log entries) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -586,6 +601,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 SandboxCommand::Resume { id } => {
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;
                     sandbox::resume(&api, &id).await?;
+                }
+                SandboxCommand::Logs {
+                    id,
+                    level,
+                    search,
+                    json,
+                } => {
+                    let api = client::Api::new(&cli.server, &cli.data_dir)?;
+                    sandbox::logs(&api, &id, level.as_deref(), search.as_deref(), json).await?;
                 }
             }
             Ok(0)

@@ -1,8 +1,8 @@
-//! `hutch sandbox create | list | kill | pause | resume`.
+//! `hutch sandbox create | list | kill | pause | resume | logs`.
 
 use hutch_protocol::api::{
     AutoResume, ConnectSandbox, ListedSandbox, NewSandbox, PauseSandbox, SandboxCreated,
-    SandboxNetwork,
+    SandboxLogsV2, SandboxNetwork,
 };
 
 use crate::client::Api;
@@ -231,6 +231,42 @@ pub(crate) async fn resume(api: &Api, id: &str) -> anyhow::Result<()> {
             .json(&ConnectSandbox::default()),
     )
     .await?;
+    Ok(())
+}
+
+/// Prints a sandbox's log (`GET /v2/sandboxes/{id}/logs`), oldest first:
+/// one `TIMESTAMP LEVEL MESSAGE` line per entry, or the entries as JSON.
+pub(crate) async fn logs(
+    api: &Api,
+    id: &str,
+    level: Option<&str>,
+    search: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let mut path = format!(
+        "/v2/sandboxes/{}/logs?limit=10000",
+        crate::client::encode(id)
+    );
+    if let Some(level) = level {
+        path.push_str(&format!("&level={}", crate::client::encode(level)));
+    }
+    if let Some(search) = search {
+        path.push_str(&format!("&search={}", crate::client::encode(search)));
+    }
+    let logs: SandboxLogsV2 = api.get_json(&path).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&logs.logs)?);
+        return Ok(());
+    }
+    for e in logs.logs {
+        let level = serde_json::to_value(e.level)?;
+        println!(
+            "{} {:<5} {}",
+            e.timestamp,
+            level.as_str().unwrap_or_default(),
+            e.message
+        );
+    }
     Ok(())
 }
 

@@ -398,6 +398,110 @@ fn start_and_ready_commands_run_in_every_sandbox() {
     assert!(stderr.contains("ready command"), "{stderr}");
 }
 
+/// A sandbox's log: its start command's output (stdout and stderr, line by
+/// line, as the sandbox boots, also in the warm pool) and what happened to
+/// it, kept after it is killed; filtered by level and text.
+#[test]
+fn a_sandbox_log_holds_its_start_commands_output_and_its_life() {
+    let server = TestServer::start();
+    import_debian(&server, false);
+    let ctx = TestDir::new();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM debian\nENV MARK=from-template\n",
+    );
+    let out = build(
+        &server,
+        ctx.path(),
+        "chatty",
+        &[
+            "--start-cmd",
+            "echo \"hello $MARK\"; echo oops >&2; printf partial; exec sleep 100000",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = server.create_sandbox("chatty", &[]);
+    server.cli_ok(&["sandbox", "pause", &id]);
+    server.cli_ok(&["sandbox", "resume", &id]);
+    server.cli_ok(&["sandbox", "kill", &id]);
+    // The start command's output arrives as it is printed.
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = server.cli_ok(&["sandbox", "logs", &id]);
+        if log.contains("hello from-template") && log.contains("start command ended") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let lines: Vec<&str> = log.lines().collect();
+    let position = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.ends_with(what))
+            .unwrap_or_else(|| panic!("no line ending with {what:?} in:\n{log}"))
+    };
+    assert!(
+        lines[position("hello from-template")].contains(" info  "),
+        "{log}"
+    );
+    assert!(lines[position("oops")].contains(" error "), "{log}");
+    let started = position("sandbox started from template 'chatty' (from the warm pool)");
+    let paused = position("sandbox paused (memory)");
+    let resumed = position("sandbox resumed");
+    let killed = position("sandbox killed");
+    assert!(
+        started < paused && paused < resumed && resumed < killed,
+        "{log}"
+    );
+    // The unfinished line comes when the command ends (with the sandbox).
+    assert!(position("partial") < position_of_end(&lines, &log), "{log}");
+
+    let errors = server.cli_ok(&["sandbox", "logs", &id, "--level", "error"]);
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(errors.trim_end().ends_with("oops"), "{errors}");
+    let found = server.cli_ok(&["sandbox", "logs", &id, "--search", "PAUSED", "--json"]);
+    let entries: serde_json::Value = serde_json::from_str(&found).unwrap();
+    assert_eq!(entries.as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!(entries[0]["level"], "info");
+    assert_eq!(entries[0]["fields"]["source"], "hutch");
+
+    let out = server.cli(&["sandbox", "logs", "nosuchsandbox"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // E2B's first version of the route: lines and entries, from `start`.
+    let v1: serde_json::Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let r = server
+            .request(
+                reqwest::Method::GET,
+                &format!("/sandboxes/{id}/logs?start=0&limit=2"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    });
+    assert_eq!(v1["logs"].as_array().map(Vec::len), Some(2), "{v1}");
+    assert_eq!(v1["logEntries"].as_array().map(Vec::len), Some(2), "{v1}");
+    assert_eq!(
+        v1["logs"][0]["line"], v1["logEntries"][0]["message"],
+        "{v1}"
+    );
+}
+
+fn position_of_end(lines: &[&str], log: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains("start command ended"))
+        .unwrap_or_else(|| panic!("the start command's end is not in:\n{log}"))
+}
+
 /// The definition of done: `FROM` a registry image, `ENV`, `ARG`,
 /// `RUN`, `COPY`, `USER`, `WORKDIR`; sandboxes show the expected
 /// environment, user and working directory; a second build comes from the

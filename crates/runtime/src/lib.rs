@@ -136,8 +136,8 @@ pub use agent::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
 pub use error::RuntimeError;
 pub use network::{Cidr, CidrError, EgressPolicy, NetworkConfig, NetworkPolicy};
 pub use process::{
-    Command, CommandExit, DEFAULT_READY_TIMEOUT, OutputStream, run_command, spawn_command,
-    start_and_wait_ready,
+    Command, CommandEvent, CommandEvents, CommandExit, DEFAULT_READY_TIMEOUT, OutputStream,
+    run_command, spawn_command, spawn_command_following, start_and_wait_ready,
 };
 
 pub use cgroups::CgroupUsage;

@@ -124,6 +124,91 @@ pub async fn run_command(
     })
 }
 
+/// What a command followed by [`spawn_command_following`] does, as it
+/// happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandEvent {
+    /// A chunk of its output.
+    Output(OutputStream, Vec<u8>),
+    /// It ended (the agent's description of how), or its output stream
+    /// broke (why): nothing follows.
+    Ended(String),
+}
+
+/// Where [`spawn_command_following`] sends a command's events.
+pub type CommandEvents = Box<dyn FnMut(CommandEvent) + Send>;
+
+/// Starts `command` in the background, as [`spawn_command`] does, and
+/// follows it in a task of its own: `on_event` gets its output as it comes,
+/// then how it ended. Returns its pid once the agent has started it.
+pub async fn spawn_command_following(
+    socket: &Path,
+    command: &Command,
+    mut on_event: CommandEvents,
+) -> Result<u32, RuntimeError> {
+    let (started, pid) = tokio::sync::oneshot::channel::<Result<u32, String>>();
+    let (socket_path, cmd) = (socket.to_owned(), command.clone());
+    tokio::spawn(async move {
+        let mut started = Some(started);
+        let result = call(&socket_path, &cmd, &mut |event| {
+            match event {
+                Event::Start(s) => {
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(Ok(s.pid));
+                    }
+                }
+                Event::Data(data) => match data.output {
+                    Some(Output::Stdout(bytes)) | Some(Output::Pty(bytes)) => {
+                        on_event(CommandEvent::Output(OutputStream::Stdout, bytes.to_vec()))
+                    }
+                    Some(Output::Stderr(bytes)) => {
+                        on_event(CommandEvent::Output(OutputStream::Stderr, bytes.to_vec()))
+                    }
+                    None => {}
+                },
+                Event::End(end) => {
+                    let how = end
+                        .error
+                        .clone()
+                        .filter(|e| !e.is_empty())
+                        .unwrap_or_else(|| end.status.clone());
+                    match started.take() {
+                        Some(tx) => {
+                            let _ = tx.send(Err(format!("it ended at once ({how})")));
+                        }
+                        None => on_event(CommandEvent::Ended(how)),
+                    }
+                    return ControlFlow::Break(());
+                }
+                Event::Keepalive(_) => {}
+            }
+            ControlFlow::Continue(())
+        })
+        .await;
+        let lost = match result {
+            Err(e) => e.to_string(),
+            Ok(()) => "the output stream ended without its exit status".to_owned(),
+        };
+        match started.take() {
+            Some(tx) => {
+                let _ = tx.send(Err(lost));
+            }
+            None => on_event(CommandEvent::Ended(lost)),
+        }
+    });
+    match pid.await {
+        Ok(Ok(pid)) => Ok(pid),
+        Ok(Err(reason)) => Err(RuntimeError::CommandFailed {
+            command: describe(command),
+            reason,
+        }),
+        Err(_) => Err(RuntimeError::AgentProtocol {
+            socket: socket.to_owned(),
+            detail: "the task following the command stopped before it started".to_owned(),
+        }),
+    }
+}
+
 /// Starts `command` in the background: returns its pid once the agent has
 /// started it. The process keeps running after this returns (the agent
 /// drains its output); its output is discarded.
@@ -229,16 +314,23 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// ready command until it exits 0, for at most `timeout`; both are command
 /// lines run by `/bin/sh -c` with the template's defaults. Each ready check
 /// is itself bounded by what is left of `timeout`. On a timeout the error
-/// carries the last check's exit and output.
+/// carries the last check's exit and output. With `follow`, the start
+/// command's output and end go there as they come
+/// ([`spawn_command_following`]); else they are discarded.
 pub async fn start_and_wait_ready(
     socket: &Path,
     start: Option<&str>,
     ready: Option<&str>,
     timeout: Duration,
+    follow: Option<CommandEvents>,
 ) -> Result<(), RuntimeError> {
     let shell = ["/bin/sh".to_owned(), "-c".to_owned()];
     if let Some(start) = start {
-        spawn_command(socket, &Command::shell(&shell, start)).await?;
+        let start = Command::shell(&shell, start);
+        match follow {
+            Some(on_event) => spawn_command_following(socket, &start, on_event).await?,
+            None => spawn_command(socket, &start).await?,
+        };
     }
     let Some(ready) = ready else {
         return Ok(());

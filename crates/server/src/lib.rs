@@ -51,6 +51,7 @@ pub mod limits;
 pub mod metrics;
 mod node;
 pub mod pool;
+mod sandbox_logs;
 mod state;
 mod template_api;
 #[cfg(test)]

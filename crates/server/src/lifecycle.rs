@@ -187,6 +187,12 @@ pub(crate) struct CreateArgs {
     pub ingress: Ingress,
 }
 
+/// Records `message` in sandbox `id`'s log ([`crate::sandbox_logs`]).
+fn journal(st: &AppState, id: &str, message: impl Into<String>) {
+    st.logs
+        .event(id, hutch_protocol::api::LogLevel::Info, message);
+}
+
 /// How many killed sandboxes are torn down at once; more wait their turn
 /// (they are already dead and unreachable).
 pub(crate) const TEARDOWN_CONCURRENCY: usize = 8;
@@ -298,6 +304,11 @@ pub(crate) async fn create_sandbox(
     st.db.set_running(id.clone(), row.end_at).await?;
     st.pool.record_cold(&template.id);
     tracing::info!(sandbox = %id, template = %template.name, "sandbox started");
+    journal(
+        st,
+        &id,
+        format!("sandbox started from template '{}'", template.name),
+    );
     // Refill only now, so that the pool's boot does not compete with this
     // one.
     pool::refill_after_create(st, &template.id);
@@ -382,6 +393,14 @@ async fn claim_pooled(
             LiveSandbox::running(pooled.socket, row.end_at, pooled.init_pid, &row),
         );
         st.pool.record_claim(&template.id);
+        journal(
+            st,
+            &pooled.id,
+            format!(
+                "sandbox started from template '{}' (from the warm pool)",
+                template.name
+            ),
+        );
         tracing::info!(
             sandbox = %pooled.id,
             template = %template.name,
@@ -451,11 +470,16 @@ pub(crate) async fn boot_sandbox(
     if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
         return Ok(sandbox);
     }
+    let logs = st.logs.clone();
+    let log_id = id.clone();
+    let follow: hutch_runtime::CommandEvents =
+        Box::new(move |event| logs.start_command(&log_id, event));
     match hutch_runtime::start_and_wait_ready(
         &sandbox.socket,
         meta.start_cmd.as_deref(),
         meta.ready_cmd.as_deref(),
         hutch_runtime::DEFAULT_READY_TIMEOUT,
+        Some(follow),
     )
     .await
     {
@@ -524,6 +548,8 @@ pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, S
     }
     st.db.mark_killed(id.to_string(), time::now_ms()).await?;
     tracing::info!(sandbox = %id, "sandbox killed");
+    journal(st, id, "sandbox killed");
+    st.logs.ended(id);
     // ...and leaves the host behind the answer. A teardown that fails, or
     // that a crash cuts short, leaves a directory the next start destroys
     // (its row is no longer `running`).
@@ -598,6 +624,7 @@ pub(crate) async fn set_network(
         .set_network(id.to_owned(), NetworkRecord::encode(&policy))
         .await?;
     tracing::info!(sandbox = %id, "network rules replaced");
+    journal(st, id, "network rules replaced");
     Ok(())
 }
 
@@ -643,6 +670,7 @@ pub(crate) async fn pause_sandbox(
         }
     };
     tracing::info!(sandbox = %id, mode = mode.as_str(), remaining_ms = remaining, "sandbox paused");
+    journal(st, id, format!("sandbox paused ({})", mode.as_str()));
     Ok(PauseOutcome::Paused)
 }
 
@@ -786,6 +814,7 @@ pub(crate) async fn resume_sandbox(
         return Ok(ResumeOutcome::NotFound);
     }
     tracing::info!(sandbox = %id, "sandbox resumed (booted again on its files)");
+    journal(st, id, "sandbox resumed (booted again on its files)");
     Ok(ResumeOutcome::Resumed)
 }
 
@@ -808,6 +837,7 @@ async fn thaw(
         return Ok(ResumeOutcome::NotFound);
     }
     tracing::info!(sandbox = %id, "sandbox resumed");
+    journal(st, id, "sandbox resumed");
     Ok(ResumeOutcome::Resumed)
 }
 
@@ -1037,6 +1067,7 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
         return Err("it expired while the server was down");
     }
     tracing::info!(sandbox = %row.id, "re-adopted running sandbox");
+    journal(st, &row.id, "re-adopted by the server at its start");
     route_running(
         st,
         &row.id,
@@ -1209,6 +1240,7 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
                 let auto_pause = st.live().get(&id).and_then(|e| e.lifecycle.auto_pause);
                 if let Some(mode) = auto_pause {
                     tracing::info!(sandbox = %id, mode = mode.as_str(), "sandbox timed out; pausing it");
+                    journal(&st, &id, "sandbox timed out; pausing it");
                     let Err(e) = pause_sandbox(&st, &id, mode).await else {
                         continue;
                     };
@@ -1221,6 +1253,7 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
                     tracing::warn!(sandbox = %id, "cannot pause the sandbox, killing it: {}", e);
                 } else {
                     tracing::info!(sandbox = %id, "sandbox timed out");
+                    journal(&st, &id, "sandbox timed out");
                 }
                 if let Err(e) = kill_sandbox(&st, &id).await {
                     tracing::warn!(sandbox = %id, "{}", e);
@@ -1245,7 +1278,7 @@ mod snapshots;
 mod tests;
 
 pub(crate) use queries::{
-    Filter, LISTED, create, find, fork, kill, latest_metrics, list, metrics, pause, resume,
+    Filter, LISTED, create, find, fork, kill, latest_metrics, list, logs, metrics, pause, resume,
     snapshot,
 };
 pub(crate) use snapshots::{fork_sandbox, list_snapshots, snapshot_sandbox};

@@ -509,6 +509,7 @@ async fn refill_task(st: Arc<AppState>, template_id: String) {
 /// Destroys a pooled sandbox, logging a failure (whatever is left is
 /// destroyed at the next start: the database does not know it).
 pub(crate) async fn destroy(st: &AppState, id: &str) {
+    st.logs.forget(id);
     match st.node.destroy(id).await {
         Ok(()) => tracing::debug!(sandbox = %id, "pooled sandbox destroyed"),
         Err(e) => tracing::warn!(sandbox = %id, "cannot destroy pooled sandbox: {e}"),

@@ -101,6 +101,8 @@ pub(crate) struct AppState {
     pub pool: Pool,
     /// Every running sandbox's resource usage over its life.
     pub metrics: crate::metrics::History,
+    /// Every sandbox's log: its lifecycle and its start command's output.
+    pub logs: crate::sandbox_logs::Journal,
     /// Registries that image pulls reach over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Runs template builds (`None` on a server whose node cannot build).
@@ -174,6 +176,7 @@ impl AppState {
             base_building: std::sync::atomic::AtomicBool::new(false),
             pool: Pool::new(DEFAULT_WARM_POOL),
             metrics: crate::metrics::History::default(),
+            logs: crate::sandbox_logs::Journal::default(),
             insecure_registries: cfg.insecure_registries.clone(),
             builder,
             builds: Default::default(),

@@ -36,7 +36,8 @@ pub use keys::{CreatedApiKey, ListedApiKey, NewApiKey};
 pub use pool::{PoolStatus, TemplatePool};
 pub use sandboxes::{
     AutoResume, ConnectSandbox, LifecycleInfo, ListedSandbox, NewSandbox, PauseSandbox,
-    SandboxCreated, SandboxNetwork, SandboxNetworkUpdate,
+    SandboxCreated, SandboxLogEntry, SandboxLogLine, SandboxLogs, SandboxLogsV2, SandboxNetwork,
+    SandboxNetworkUpdate,
 };
 pub use snapshots::{ForkError, ForkRequest, ForkResult, SnapshotInfo, SnapshotRequest};
 pub use template_builds::{

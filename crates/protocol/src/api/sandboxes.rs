@@ -265,6 +265,45 @@ pub struct PauseSandbox {
     pub memory: Option<bool>,
 }
 
+/// A line of `GET /sandboxes/{id}/logs` (E2B's `SandboxLog`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxLogLine {
+    /// RFC 3339 with milliseconds.
+    pub timestamp: String,
+    /// The text.
+    pub line: String,
+}
+
+/// A structured sandbox log entry (E2B's `SandboxLogEntry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxLogEntry {
+    /// RFC 3339 with milliseconds.
+    pub timestamp: String,
+    /// Its level.
+    pub level: super::LogLevel,
+    /// The text.
+    pub message: String,
+    /// Where it comes from (`source`: `hutch` or `start-cmd`; `stream`).
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+/// `GET /sandboxes/{id}/logs` (E2B's `SandboxLogs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLogs {
+    /// The lines.
+    pub logs: Vec<SandboxLogLine>,
+    /// The same, structured.
+    pub log_entries: Vec<SandboxLogEntry>,
+}
+
+/// `GET /v2/sandboxes/{id}/logs` (E2B's `SandboxLogsV2Response`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxLogsV2 {
+    /// The entries.
+    pub logs: Vec<SandboxLogEntry>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@
 //! | `POST /sandboxes/{id}/resume` | key | resume a paused sandbox (201; 409 when running) |
 //! | `GET /sandboxes/{id}/metrics` | key | CPU, memory and disk usage over its life (`start`, `end`) |
 //! | `GET /sandboxes/metrics?sandbox_ids=` | key | the latest sample of each sandbox named |
+//! | `GET /sandboxes/{id}/logs`, `GET /v2/sandboxes/{id}/logs` | key | its log: lifecycle events and its start command's output ([`crate::sandbox_logs`]) |
 //! | `PUT /sandboxes/{id}/network` | key | replace its egress rules at once (204) |
 //! | `POST /sandboxes/{id}/snapshots` | key | capture its file system as a snapshot (201; a template sandboxes are created from) |
 //! | `POST /sandboxes/{id}/fork` | key | snapshot it and start `count` sandboxes from it with its configuration (201; one result per fork) |
@@ -81,6 +82,8 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
         .route("/sandboxes/metrics", get(sandboxes::many_metrics))
+        .route("/sandboxes/{id}/logs", get(sandboxes::logs_v1))
+        .route("/v2/sandboxes/{id}/logs", get(sandboxes::logs_v2))
         .route(
             "/sandboxes/{id}/network",
             axum::routing::put(sandboxes::set_network),

@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hutch_protocol::api::{
     AutoResume, ConnectSandbox, ForkError, ForkRequest, ForkResult, LifecycleInfo, ListedSandbox,
-    NewSandbox, PauseSandbox, SandboxCreated, SandboxNetwork, SandboxNetworkUpdate, SnapshotInfo,
+    LogLevel, NewSandbox, PauseSandbox, SandboxCreated, SandboxLogEntry, SandboxLogLine,
+    SandboxLogs, SandboxLogsV2, SandboxNetwork, SandboxNetworkUpdate, SnapshotInfo,
     SnapshotRequest,
 };
 use hutch_runtime::{Cidr, EgressPolicy};
@@ -22,6 +23,7 @@ use crate::ids;
 use crate::lifecycle::Filter;
 use crate::lifecycle::{self, CreateArgs, PauseOutcome, ResumeOutcome, timeout_ms};
 use crate::metrics::SandboxMetric;
+use crate::sandbox_logs;
 use crate::state::AppState;
 use crate::{
     CLIENT_ID, DEFAULT_REFRESH_SECS, DEFAULT_SANDBOX_TIMEOUT_SECS, ENVD_VERSION,
@@ -554,6 +556,96 @@ pub(super) async fn metrics(
         )));
     }
     Ok(Json(lifecycle::metrics(&st, &id, q.start, q.end).await?))
+}
+
+/// Entries a logs call returns when it gives no `limit`, and at most.
+const DEFAULT_LOG_LIMIT: usize = 1000;
+const MAX_LOG_LIMIT: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LogsQuery {
+    /// v1: unix ms, entries from then on.
+    start: Option<i64>,
+    /// v2: unix ms, entries from (forward) or up to (backward) then.
+    cursor: Option<i64>,
+    limit: Option<usize>,
+    /// v2: `forward` (the default) or `backward`.
+    direction: Option<String>,
+    /// v2: the lowest level to return.
+    level: Option<String>,
+    /// v2: only entries containing this (case-insensitive).
+    search: Option<String>,
+}
+
+impl LogsQuery {
+    fn query(&self) -> Result<sandbox_logs::Query, ApiError> {
+        let forward = match self.direction.as_deref().filter(|d| !d.is_empty()) {
+            None | Some("forward") => true,
+            Some("backward") => false,
+            Some(d) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown direction '{d}': expected forward or backward"
+                )));
+            }
+        };
+        let min_level = match self.level.as_deref().filter(|l| !l.is_empty()) {
+            None => None,
+            Some(l) => Some(LogLevel::from_name(l).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown log level '{l}': expected debug, info, warn or error"
+                ))
+            })?),
+        };
+        Ok(sandbox_logs::Query {
+            cursor: self.cursor.or(self.start),
+            limit: self.limit.unwrap_or(DEFAULT_LOG_LIMIT).min(MAX_LOG_LIMIT),
+            forward,
+            min_level,
+            search: self.search.clone().filter(|s| !s.is_empty()),
+        })
+    }
+}
+
+fn log_entry(e: sandbox_logs::Entry) -> SandboxLogEntry {
+    SandboxLogEntry {
+        timestamp: time::rfc3339_ms(e.at_ms),
+        level: e.level,
+        message: e.message,
+        fields: e.fields,
+    }
+}
+
+/// `GET /sandboxes/{id}/logs?start=&limit=`: the sandbox's log from
+/// `start`, as lines and as entries.
+pub(super) async fn logs_v1(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<Json<SandboxLogs>, ApiError> {
+    let entries = lifecycle::logs(&st, &id, &q.query()?).await?;
+    let logs = entries
+        .iter()
+        .map(|e| SandboxLogLine {
+            timestamp: time::rfc3339_ms(e.at_ms),
+            line: e.message.clone(),
+        })
+        .collect();
+    Ok(Json(SandboxLogs {
+        logs,
+        log_entries: entries.into_iter().map(log_entry).collect(),
+    }))
+}
+
+/// `GET /v2/sandboxes/{id}/logs?cursor=&limit=&direction=&level=&search=`.
+pub(super) async fn logs_v2(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<Json<SandboxLogsV2>, ApiError> {
+    let entries = lifecycle::logs(&st, &id, &q.query()?).await?;
+    Ok(Json(SandboxLogsV2 {
+        logs: entries.into_iter().map(log_entry).collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::db::{PauseMode, SandboxRow, SandboxState};
 use crate::metrics::{self, SandboxMetric};
+use crate::sandbox_logs;
 use crate::state::AppState;
 
 /// Which sandboxes a listing asks for.
@@ -118,6 +119,20 @@ pub(crate) async fn latest_metrics(
         .zip(samples)
         .filter_map(|(id, m)| m.map(|m| (id, m)))
         .collect())
+}
+
+/// The log entries of sandbox `id` (running, paused or killed) that `q`
+/// asks for; a killed sandbox's log is kept for
+/// [`crate::sandbox_logs::KEPT_AFTER_END`].
+pub(crate) async fn logs(
+    st: &AppState,
+    id: &str,
+    q: &sandbox_logs::Query,
+) -> Result<Vec<sandbox_logs::Entry>, SandboxError> {
+    if st.db.get_sandbox(id.to_owned()).await?.is_none() {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
+    Ok(sandbox_logs::select(st.logs.entries(id), q))
 }
 
 /// One sample of sandbox `id` taken now.

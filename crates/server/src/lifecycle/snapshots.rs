@@ -194,6 +194,11 @@ async fn capture(
     catalog::register(st, &meta, how).await?;
     drop(layers_guard);
     tracing::info!(sandbox = %id, snapshot = %meta.id, name = %meta.name, "sandbox snapshotted");
+    st.logs.event(
+        id,
+        hutch_protocol::api::LogLevel::Info,
+        format!("snapshot {} taken", meta.id),
+    );
     Ok(meta)
 }
 

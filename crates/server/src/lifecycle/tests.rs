@@ -678,3 +678,36 @@ async fn a_private_sandbox_and_its_forks_need_their_own_traffic_tokens() {
         crate::db::Ingress::default()
     );
 }
+
+#[tokio::test]
+async fn a_sandbox_log_records_its_life_and_outlives_it() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    pause(&h.st, &id, PauseMode::Memory).await.unwrap();
+    resume(&h.st, &id, None, None).await.unwrap();
+    assert!(kill_sandbox(&h.st, &id).await.unwrap());
+    let all = crate::sandbox_logs::Query {
+        limit: 100,
+        forward: true,
+        ..Default::default()
+    };
+    let messages: Vec<String> = logs(&h.st, &id, &all)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "sandbox started from template 'app'",
+            "sandbox paused (memory)",
+            "sandbox resumed",
+            "sandbox killed"
+        ]
+    );
+    assert!(matches!(
+        logs(&h.st, "nope", &all).await.unwrap_err(),
+        SandboxError::NotFound(_)
+    ));
+}
