@@ -11,6 +11,8 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// runc's `--root` (`DATA_DIR/runc`), private to Hutch.
     pub runc_root: PathBuf,
+    /// Volumes ([`crate::volumes`]; `DATA_DIR/volumes`).
+    pub volumes_dir: PathBuf,
     /// The runc binary; a bare name is looked up in `PATH`.
     pub runc: PathBuf,
     /// Host path of the static `hutch-envd` binary bound into sandboxes.
@@ -28,6 +30,7 @@ impl RuntimeConfig {
         RuntimeConfig {
             state_dir: data_dir.join("sandboxes"),
             runc_root: data_dir.join("runc"),
+            volumes_dir: data_dir.join("volumes"),
             runc: PathBuf::from(DEFAULT_RUNC),
             envd,
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),

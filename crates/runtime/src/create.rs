@@ -137,10 +137,14 @@ impl Runtime {
         let boot_started = std::time::Instant::now();
         let networked = !matches!(spec.network, NetworkPolicy::Loopback);
         let netns = networked.then(|| paths.dir.join(network::NETNS_FILE));
-        let view = self
-            .inner
-            .tools
-            .view(&spec.id, &paths.rootfs, netns.as_deref());
+        let volume_sources = self.volume_sources(&spec.id, &spec.volumes)?;
+        let view = self.inner.tools.view(
+            &spec.id,
+            &paths.rootfs,
+            netns.as_deref(),
+            &volume_sources,
+        );
+        let volume_paths: Vec<String> = spec.volumes.iter().map(|v| v.destination.clone()).collect();
         let files = {
             let paths = paths.clone();
             let view = view.clone();
@@ -173,6 +177,7 @@ impl Runtime {
                     resolv_conf.as_deref(),
                     &paths,
                     &view,
+                    &volume_paths,
                     &tools,
                 )
             })
@@ -191,10 +196,12 @@ impl Runtime {
             .ctx(|| format!("bind {}", paths.socket.display()))?;
         // runc sees the root and network namespace at the spec's paths for
         // as long as it runs.
-        let staged = self
-            .inner
-            .tools
-            .stage(&spec.id, &paths.rootfs, netns.as_deref())?;
+        let staged = self.inner.tools.stage(
+            &spec.id,
+            &paths.rootfs,
+            netns.as_deref(),
+            &volume_sources,
+        )?;
         let run = self
             .inner
             .runc
@@ -306,6 +313,7 @@ fn prepare(
     resolv_conf: Option<&str>,
     paths: &Paths,
     view: &ToolView,
+    volume_paths: &[String],
     tools: &ToolNamespace,
 ) -> Result<(), RuntimeError> {
     let Confinement {
@@ -430,6 +438,12 @@ fn prepare(
         seccomp: Some(seccomp::profile(&spec::DEFAULT_CAPABILITIES)),
         no_new_privileges,
         network_ns: view.netns.as_deref(),
+        volumes: &view
+            .volumes
+            .iter()
+            .cloned()
+            .zip(volume_paths.iter().cloned())
+            .collect::<Vec<_>>(),
     });
     let config = serde_json::to_vec_pretty(&oci).map_err(|source| RuntimeError::Json {
         context: "serialize config.json".to_owned(),

@@ -173,6 +173,26 @@ pub(crate) fn create(
     size_mb: u64,
     tools: &ToolNamespace,
 ) -> Result<(), RuntimeError> {
+    create_image(image, mountpoint, size_mb, Journal::Without, tools)
+}
+
+/// Whether a new file system keeps a journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Journal {
+    /// Without: a sandbox's disk (disposable).
+    Without,
+    /// With: a volume (its data outlives sandboxes and host crashes).
+    With,
+}
+
+/// [`create`], with or without a journal.
+pub(crate) fn create_image(
+    image: &Path,
+    mountpoint: &Path,
+    size_mb: u64,
+    journal: Journal,
+    tools: &ToolNamespace,
+) -> Result<(), RuntimeError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -184,7 +204,7 @@ pub(crate) fn create(
     file.set_len(size_mb * 1024 * 1024)
         .ctx(|| format!("size {}", image.display()))?;
     drop(file);
-    mkfs(image, tools)?;
+    mkfs(image, journal, tools)?;
     mount_image(image, mountpoint)
 }
 
@@ -254,11 +274,22 @@ pub(crate) fn wait_loops_released(dir: &Path, timeout: std::time::Duration) -> b
 
 /// Runs `mkfs.ext4` on the image (in the tools' namespace: it reads the
 /// whole mount table).
-fn mkfs(image: &Path, tools: &ToolNamespace) -> Result<(), RuntimeError> {
+fn mkfs(image: &Path, journal: Journal, tools: &ToolNamespace) -> Result<(), RuntimeError> {
     let mut cmd = Command::new(MKFS);
     tools.apply(&mut cmd);
+    let args: Vec<&str> = match journal {
+        Journal::Without => MKFS_ARGS.to_vec(),
+        // The same, with the journal (initialised lazily too).
+        Journal::With => vec![
+            "-q",
+            "-F",
+            "-m0",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+        ],
+    };
     let out = cmd
-        .args(MKFS_ARGS)
+        .args(args)
         .arg(image)
         .stdin(Stdio::null())
         .output()

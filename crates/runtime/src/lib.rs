@@ -131,6 +131,7 @@ pub mod seccomp;
 pub mod spec;
 mod teardown;
 mod toolns;
+mod volumes;
 
 pub use agent::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
 pub use error::RuntimeError;
@@ -141,6 +142,7 @@ pub use process::{
 };
 
 pub use cgroups::CgroupUsage;
+pub use volumes::VolumeMount;
 pub use config::{RuntimeConfig, elf_interpreter, validate_id};
 pub use keyed::KeyedLocks;
 pub use running::SandboxStatus;
@@ -211,6 +213,9 @@ pub struct SandboxSpec {
     /// `limits.disk_mb` is not used (the disk keeps its size). `false` (the
     /// default) claims a fresh id.
     pub resume_from_disk: bool,
+    /// Volumes bound into it ([`Runtime::create_volume`]), each at its
+    /// absolute path.
+    pub volumes: Vec<VolumeMount>,
 }
 
 impl SandboxSpec {
@@ -225,6 +230,7 @@ impl SandboxSpec {
             network: NetworkPolicy::default(),
             limits: spec::Limits::default(),
             resume_from_disk: false,
+            volumes: Vec::new(),
         }
     }
 }
@@ -405,6 +411,7 @@ impl Runtime {
                 cfg: RuntimeConfig {
                     state_dir,
                     runc_root,
+                    volumes_dir: cfg.volumes_dir,
                     runc: runc_bin,
                     envd,
                     cgroup_parent: cfg.cgroup_parent,

@@ -271,6 +271,9 @@ pub struct SpecInput<'a> {
     /// The network namespace to join (a bind mount made by
     /// [`crate::network`]); `None` for a new one with only loopback.
     pub network_ns: Option<&'a Path>,
+    /// Volumes: (host directory as runc sees it, path in the sandbox),
+    /// bound read-write, `nosuid,nodev`, after Hutch's own mounts.
+    pub volumes: &'a [(PathBuf, String)],
 }
 
 /// Builds the sandbox's `config.json` (see the module docs for the choices).
@@ -433,6 +436,16 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Mount> {
             &["bind", "ro", "nosuid", "nodev", "noexec"],
         ));
     }
+    for (source, destination) in input.volumes {
+        // Shared with other sandboxes: a setuid file or a device node one
+        // of them writes must stay inert in the others.
+        mounts.push(mount(
+            destination,
+            "bind",
+            source,
+            &["bind", "rw", "nosuid", "nodev"],
+        ));
+    }
     mounts
 }
 
@@ -557,6 +570,7 @@ mod tests {
             seccomp: Some(crate::seccomp::profile(&DEFAULT_CAPABILITIES)),
             no_new_privileges: true,
             network_ns: None,
+            volumes: &[],
         }
     }
 
@@ -845,12 +859,39 @@ mod tests {
         assert_eq!(m.source().as_deref(), Some(script));
         assert!(opts(m).contains(&"ro"));
 
-        // No host path is bound writable into a sandbox.
+        // No host path is bound writable into a sandbox but its volumes.
         for m in spec.mounts().as_ref().unwrap() {
             if m.typ().as_deref() == Some("bind") {
                 assert!(opts(m).contains(&"ro"), "{:?} is writable", m.destination());
             }
         }
+    }
+
+    #[test]
+    fn volumes_are_bound_last_without_setuid_or_devices() {
+        let volumes = [
+            (PathBuf::from("/stage/sbx-1/vol0"), "/data".to_owned()),
+            (PathBuf::from("/stage/sbx-1/vol1"), "/mnt/shared".to_owned()),
+        ];
+        let mut i = input(None);
+        i.volumes = &volumes;
+        let spec = build(&i);
+        let mounts = spec.mounts().as_ref().unwrap();
+        let last: Vec<&Path> = mounts[mounts.len() - 2..]
+            .iter()
+            .map(|m| m.destination().as_path())
+            .collect();
+        assert_eq!(last, [Path::new("/data"), Path::new("/mnt/shared")]);
+        let data = find(&spec, "/data");
+        assert_eq!(
+            data.source().as_deref(),
+            Some(Path::new("/stage/sbx-1/vol0"))
+        );
+        let o = opts(data);
+        for want in ["bind", "rw", "nosuid", "nodev"] {
+            assert!(o.contains(&want), "{o:?}");
+        }
+        assert!(!o.contains(&"ro"), "{o:?}");
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub(crate) struct ToolView {
     pub rootfs: PathBuf,
     /// Its network namespace file, if it has one.
     pub netns: Option<PathBuf>,
+    /// Its volumes' directories, in the order of its spec.
+    pub volumes: Vec<PathBuf>,
 }
 
 /// A sandbox staged for the tools' namespace (see [`ToolNamespace::stage`]);
@@ -150,36 +152,47 @@ impl ToolNamespace {
         })
     }
 
-    /// What a tool sees of sandbox `id` whose root is mounted at `rootfs`
-    /// and network namespace at `netns` on the host.
-    pub fn view(&self, id: &str, rootfs: &Path, netns: Option<&Path>) -> ToolView {
+    /// What a tool sees of sandbox `id` whose root is mounted at `rootfs`,
+    /// network namespace at `netns` and volumes at `volumes` on the host.
+    pub fn view(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        netns: Option<&Path>,
+        volumes: &[PathBuf],
+    ) -> ToolView {
         if self.ns.is_none() {
             return ToolView {
                 rootfs: rootfs.to_path_buf(),
                 netns: netns.map(Path::to_path_buf),
+                volumes: volumes.to_vec(),
             };
         }
         let dir = self.stage_dir.join(id);
         ToolView {
             rootfs: dir.join("root"),
             netns: netns.map(|_| dir.join("netns")),
+            volumes: (0..volumes.len())
+                .map(|i| dir.join(format!("vol{i}")))
+                .collect(),
         }
     }
 
-    /// Shows sandbox `id`'s root (`rootfs`) and network namespace (`netns`)
-    /// to the tools' namespace at the paths of [`ToolNamespace::view`],
-    /// until the returned guard drops.
+    /// Shows sandbox `id`'s root (`rootfs`), network namespace (`netns`)
+    /// and volumes to the tools' namespace at the paths of
+    /// [`ToolNamespace::view`], until the returned guard drops.
     pub fn stage(
         &self,
         id: &str,
         rootfs: &Path,
         netns: Option<&Path>,
+        volumes: &[PathBuf],
     ) -> Result<Staged, RuntimeError> {
         if self.ns.is_none() {
             return Ok(Staged { dir: None });
         }
         let dir = self.stage_dir.join(id);
-        let view = self.view(id, rootfs, netns);
+        let view = self.view(id, rootfs, netns, volumes);
         let staged = Staged {
             dir: Some(dir.clone()),
         };
@@ -202,6 +215,13 @@ impl ToolNamespace {
                 .open(staged_ns)
                 .ctx(|| format!("create {}", staged_ns.display()))?;
             binds.push((host, staged_ns));
+        }
+        for (host, staged_dir) in volumes.iter().zip(&view.volumes) {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(staged_dir)
+                .ctx(|| format!("create {}", staged_dir.display()))?;
+            binds.push((host, staged_dir));
         }
         for (from, to) in binds {
             rustix::mount::mount_bind(from, to)
@@ -267,7 +287,17 @@ impl Staged {
         let Some(dir) = &self.dir else {
             return;
         };
-        for name in ["root", "netns"] {
+        let volumes: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("vol"))
+            .collect();
+        for name in ["root", "netns"]
+            .into_iter()
+            .chain(volumes.iter().map(String::as_str))
+        {
             // Not mounted (a failed stage, a leftover) is fine.
             let _ = rustix::mount::unmount(
                 dir.join(name),
@@ -276,6 +306,9 @@ impl Staged {
         }
         let _ = std::fs::remove_file(dir.join("netns"));
         let _ = std::fs::remove_dir(dir.join("root"));
+        for name in &volumes {
+            let _ = std::fs::remove_dir(dir.join(name));
+        }
         let _ = std::fs::remove_dir(dir);
     }
 }

@@ -127,6 +127,7 @@ impl AppState {
         let runtime = Runtime::new(RuntimeConfig {
             state_dir: data.path.join("sandboxes"),
             runc_root: data.path.join("runc"),
+            volumes_dir: data.path.join("volumes"),
             runc: cfg.runc.clone(),
             envd: cfg.envd.clone(),
             cgroup_parent: "hutch".into(),
