@@ -132,6 +132,10 @@ struct ServeArgs {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// Size of a new volume in MiB: its quota (sparse: it takes host disk
+    /// only as it is written).
+    #[arg(long, env = "HUTCH_VOLUME_SIZE_MB", value_name = "MIB", default_value_t = hutch_server::DEFAULT_VOLUME_SIZE_MB)]
+    volume_size_mb: u64,
     /// Most open client connections at once; more are answered 429.
     #[arg(long, env = "HUTCH_MAX_CONNECTIONS", value_name = "N", default_value_t = hutch_server::http::Limits::default().max_connections)]
     max_connections: usize,

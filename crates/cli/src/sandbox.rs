@@ -116,6 +116,7 @@ pub(crate) async fn create_with(
         auto_resume: lifecycle
             .auto_resume
             .then_some(AutoResume { enabled: true }),
+        volume_mounts: None,
     };
     let created = post_waiting_for_template(api, &body).await?;
     Ok(created.sandbox_id)

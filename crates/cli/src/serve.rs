@@ -62,6 +62,7 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
             ..hutch_server::http::Limits::default()
         },
         database_url: args.database_url,
+        volume_size_mb: args.volume_size_mb,
     };
     let mut server = Server::bind(cfg).await?;
     server.set_warm_pool(args.warm_pool);

@@ -9,8 +9,12 @@ use hutch_test_support::{
 };
 
 fn run_script(version: &str, script: &str) {
+    run_script_on(version, script, &TestServer::start());
+}
+
+/// Runs `script` of the SDK at `version` against `server`.
+fn run_script_on(version: &str, script: &str, server: &TestServer) {
     let python = e2b_python(version);
-    let server = TestServer::start();
     let import = server
         .hutch()
         .args(["template", "import"])
@@ -110,4 +114,37 @@ fn python_sdk_new_snapshots() {
 #[test]
 fn python_sdk_old_snapshots() {
     run_script(E2B_PYTHON_OLD, "snapshots.py");
+}
+
+/// Volumes: created, listed, mounted into two sandboxes at once, their quota,
+/// kept after the sandboxes end, deleted (the data goes once no sandbox uses
+/// it).
+fn run_volumes(version: &str) {
+    let server = TestServer::start_with_args(&["--volume-size-mb", "32"]);
+    run_script_on(version, "volumes.py", &server);
+    let volumes = server.data_dir().join("volumes");
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = std::fs::read_dir(&volumes)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        left.is_empty(),
+        "deleted volumes left on the host: {left:?}"
+    );
+}
+
+#[test]
+fn python_sdk_new_volumes() {
+    run_volumes(E2B_PYTHON_NEW);
+}
+
+#[test]
+fn python_sdk_old_volumes() {
+    run_volumes(E2B_PYTHON_OLD);
 }

@@ -138,13 +138,12 @@ impl Runtime {
         let networked = !matches!(spec.network, NetworkPolicy::Loopback);
         let netns = networked.then(|| paths.dir.join(network::NETNS_FILE));
         let volume_sources = self.volume_sources(&spec.id, &spec.volumes)?;
-        let view = self.inner.tools.view(
-            &spec.id,
-            &paths.rootfs,
-            netns.as_deref(),
-            &volume_sources,
-        );
-        let volume_paths: Vec<String> = spec.volumes.iter().map(|v| v.destination.clone()).collect();
+        let view =
+            self.inner
+                .tools
+                .view(&spec.id, &paths.rootfs, netns.as_deref(), &volume_sources);
+        let volume_paths: Vec<String> =
+            spec.volumes.iter().map(|v| v.destination.clone()).collect();
         let files = {
             let paths = paths.clone();
             let view = view.clone();
@@ -196,12 +195,10 @@ impl Runtime {
             .ctx(|| format!("bind {}", paths.socket.display()))?;
         // runc sees the root and network namespace at the spec's paths for
         // as long as it runs.
-        let staged = self.inner.tools.stage(
-            &spec.id,
-            &paths.rootfs,
-            netns.as_deref(),
-            &volume_sources,
-        )?;
+        let staged =
+            self.inner
+                .tools
+                .stage(&spec.id, &paths.rootfs, netns.as_deref(), &volume_sources)?;
         let run = self
             .inner
             .runc

@@ -142,10 +142,10 @@ pub use process::{
 };
 
 pub use cgroups::CgroupUsage;
-pub use volumes::VolumeMount;
 pub use config::{RuntimeConfig, elf_interpreter, validate_id};
 pub use keyed::KeyedLocks;
 pub use running::SandboxStatus;
+pub use volumes::VolumeMount;
 
 use cgroups::CgroupLayout;
 use config::check_cgroup_parent;

@@ -57,6 +57,7 @@ mod template_api;
 #[cfg(test)]
 mod testing;
 mod time;
+mod volumes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -124,7 +125,13 @@ pub struct ServerConfig {
     /// (`postgres://user:password@host:port/db`); `None` keeps it in SQLite
     /// at `DATA/hutch.db`.
     pub database_url: Option<String>,
+    /// The size of a new volume, MiB: its quota (a sparse file: it takes
+    /// host disk only as it is written).
+    pub volume_size_mb: u64,
 }
+
+/// [`ServerConfig::volume_size_mb`] by default: 10 GiB.
+pub const DEFAULT_VOLUME_SIZE_MB: u64 = 10 * 1024;
 
 impl ServerConfig {
     /// A server on `listen` over `data_dir` with the agent binary `envd`,
@@ -142,6 +149,7 @@ impl ServerConfig {
             http: http::Limits::default(),
             network: NetworkConfig::default(),
             database_url: None,
+            volume_size_mb: DEFAULT_VOLUME_SIZE_MB,
         }
     }
 }
@@ -239,6 +247,7 @@ impl Server {
             })?;
         let local_addr = listener.local_addr().map_err(ServerError::Serve)?;
         let state = state::AppState::open(&cfg).await?;
+        volumes::reconcile(&state).await;
         lifecycle::readopt(&state).await;
         lifecycle::spawn_reaper(state.clone());
         metrics::spawn_sampler(state.clone());

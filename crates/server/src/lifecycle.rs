@@ -185,6 +185,8 @@ pub(crate) struct CreateArgs {
     pub lifecycle: Lifecycle,
     /// What requests to its ports need, and the Host they get.
     pub ingress: Ingress,
+    /// Volumes to mount: (volume name or id, absolute path).
+    pub volume_mounts: Vec<(String, String)>,
 }
 
 /// Records `message` in sandbox `id`'s log ([`crate::sandbox_logs`]).
@@ -242,10 +244,22 @@ pub(crate) async fn create_sandbox(
         .map_err(SandboxError::Failed)?;
     let sandbox_limits =
         limits::resolve(defaults, &args.limits, &st.max_limits).map_err(SandboxError::Invalid)?;
+    // Its volumes cannot be deleted before its row says it uses them.
+    let volumes_guard = st.volumes_lock.read().await;
+    let volume_mounts = crate::volumes::resolve_mounts(st, &args.volume_mounts)
+        .await
+        .map_err(|e| match e {
+            crate::volumes::VolumeError::Db(e) => SandboxError::Db(e),
+            e @ crate::volumes::VolumeError::InvalidMounts(_) => {
+                SandboxError::Invalid(e.to_string())
+            }
+            e => SandboxError::Failed(e.to_string()),
+        })?;
 
-    // Pooled sandboxes have the template's default limits: a create asking
-    // for others boots its own.
+    // Pooled sandboxes have the template's default limits and no volumes:
+    // a create asking for others boots its own.
     if sandbox_limits == defaults
+        && volume_mounts.is_empty()
         && let Some(row) = claim_pooled(st, &template, &args, &sandbox_limits).await?
     {
         drop(layers_guard);
@@ -261,11 +275,14 @@ pub(crate) async fn create_sandbox(
         &sandbox_limits,
         SandboxState::Starting,
     );
+    row.volume_mounts = volume_mounts;
     st.db.insert_sandbox(row.clone()).await?;
     drop(layers_guard);
+    drop(volumes_guard);
 
     let mut spec = sandbox_spec(st, &id, &template, &meta, sandbox_limits);
     spec.network = NetworkPolicy::Egress(args.network.clone());
+    spec.volumes = crate::volumes::mounts(&row.volume_mounts);
     let cold_boot = st.pool.cold_boot();
     let started = async {
         let sandbox = boot_sandbox(st, spec, &meta).await?;
@@ -437,6 +454,7 @@ fn new_row(
         pause_mode: None,
         lifecycle: args.lifecycle,
         ingress: args.ingress.clone(),
+        volume_mounts: Vec::new(),
         access_token: args.access_token.clone(),
         network: Some(NetworkRecord::encode(&args.network)),
     }
@@ -525,6 +543,7 @@ pub(crate) fn sandbox_spec(
         network: NetworkPolicy::default(),
         limits,
         resume_from_disk: false,
+        volumes: Vec::new(),
     }
 }
 
@@ -562,9 +581,13 @@ pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, S
             return;
         }
         drop(slot);
-        // A replaced template or a fork's snapshot may now be unused.
+        // A replaced template or a fork's snapshot may now be unused, and
+        // so may a deleted volume.
         if let Ok(Some(row)) = st2.db.get_sandbox(id.clone()).await {
             crate::catalog::sandbox_gone(&st2, &row.template_id).await;
+            if !row.volume_mounts.is_empty() {
+                crate::volumes::collect_garbage(&st2).await;
+            }
         }
     });
     Ok(true)
@@ -869,6 +892,7 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, S
         .unwrap_or_default();
     let mut spec = sandbox_spec(st, id, &template, &meta, limits::recorded(&row, defaults));
     spec.network = NetworkPolicy::Egress(recorded_policy(&row));
+    spec.volumes = crate::volumes::mounts(&row.volume_mounts);
     spec.resume_from_disk = true;
 
     // Stopped for sure: this also finishes a pause that failed or was

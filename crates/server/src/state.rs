@@ -103,6 +103,11 @@ pub(crate) struct AppState {
     pub metrics: crate::metrics::History,
     /// Every sandbox's log: its lifecycle and its start command's output.
     pub logs: crate::sandbox_logs::Journal,
+    /// Held shared from a create's lookup of its volumes until its row
+    /// exists, exclusively while volumes are deleted or collected.
+    pub volumes_lock: RwLock<()>,
+    /// The size of a new volume, MiB.
+    pub volume_size_mb: u64,
     /// Registries that image pulls reach over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Runs template builds (`None` on a server whose node cannot build).
@@ -178,6 +183,8 @@ impl AppState {
             pool: Pool::new(DEFAULT_WARM_POOL),
             metrics: crate::metrics::History::default(),
             logs: crate::sandbox_logs::Journal::default(),
+            volumes_lock: RwLock::new(()),
+            volume_size_mb: cfg.volume_size_mb,
             insecure_registries: cfg.insecure_registries.clone(),
             builder,
             builds: Default::default(),

@@ -92,6 +92,7 @@ impl Harness {
             limits: limits::Requested::default(),
             lifecycle: Lifecycle::default(),
             ingress: Default::default(),
+            volume_mounts: Vec::new(),
         }
     }
 

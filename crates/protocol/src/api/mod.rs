@@ -28,6 +28,7 @@ pub mod snapshots;
 pub mod template_builds;
 pub mod template_catalog;
 pub mod templates;
+pub mod volumes;
 
 pub use builds::{
     BuildEnd, BuildLogKind, BuildLogLine, BuildSpec, BuildStreamLine, LogLevel, LogStream,
@@ -37,7 +38,7 @@ pub use pool::{PoolStatus, TemplatePool};
 pub use sandboxes::{
     AutoResume, ConnectSandbox, LifecycleInfo, ListedSandbox, NewSandbox, PauseSandbox,
     SandboxCreated, SandboxLogEntry, SandboxLogLine, SandboxLogs, SandboxLogsV2, SandboxNetwork,
-    SandboxNetworkUpdate,
+    SandboxNetworkUpdate, SandboxVolumeMount,
 };
 pub use snapshots::{ForkError, ForkRequest, ForkResult, SnapshotInfo, SnapshotRequest};
 pub use template_builds::{
@@ -52,3 +53,4 @@ pub use template_catalog::{
 pub use templates::{
     ImageConfig, PullEvent, Template, TemplateLimits, TemplatePullRequest, TemplateSource,
 };
+pub use volumes::{NewVolume, VolumeAndToken, VolumeInfo};

@@ -22,6 +22,9 @@ pub struct NewSandbox {
     /// Sandbox-level environment variables (layer 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<BTreeMap<String, String>>,
+    /// Volumes to mount, each by name at an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<SandboxVolumeMount>>,
     /// Require an access token on every agent request (`envdAccessToken`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
@@ -206,6 +209,18 @@ pub struct ListedSandbox {
     /// extension; E2B reports only `lifecycle.onTimeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hutch_auto_pause_memory: Option<bool>,
+    /// The volumes mounted into it.
+    #[serde(default)]
+    pub volume_mounts: Vec<SandboxVolumeMount>,
+}
+
+/// A volume mounted into a sandbox (E2B's `SandboxVolumeMount`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxVolumeMount {
+    /// The volume's name (or, in a create, its id).
+    pub name: String,
+    /// Where the sandbox sees it: an absolute path.
+    pub path: String,
 }
 
 impl ListedSandbox {

@@ -19,6 +19,7 @@
 //! | `POST /sandboxes/{id}/snapshots` | key | capture its file system as a snapshot (201; a template sandboxes are created from) |
 //! | `POST /sandboxes/{id}/fork` | key | snapshot it and start `count` sandboxes from it with its configuration (201; one result per fork) |
 //! | `GET /snapshots` | key | list snapshots (`sandboxID`, `name`, `limit`, `nextToken`) |
+//! | `GET`/`POST /volumes`, `GET`/`DELETE /volumes/{id}` | key | volumes ([`crate::volumes`]): list, create (201, with a token), one (a fresh token), delete (204; its data goes once no sandbox uses it) |
 //! | `DELETE /templates/{id}` | key | remove a template or snapshot by id or name (204) |
 //! | `POST /hutch/v1/templates?name=` | key | import an image tar as a template (201) |
 //! | `POST /hutch/v1/templates/pull` | key | pull an image from a registry as a template (201; NDJSON progress with `Accept: application/x-ndjson`) |
@@ -46,6 +47,7 @@ mod sandboxes;
 mod snapshots;
 mod template_catalog;
 mod templates;
+mod volumes;
 
 use std::sync::Arc;
 
@@ -83,6 +85,8 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
         .route("/sandboxes/metrics", get(sandboxes::many_metrics))
         .route("/sandboxes/{id}/logs", get(sandboxes::logs_v1))
+        .route("/volumes", get(volumes::list).post(volumes::create))
+        .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
         .route("/v2/sandboxes/{id}/logs", get(sandboxes::logs_v2))
         .route(
             "/sandboxes/{id}/network",

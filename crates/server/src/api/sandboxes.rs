@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use hutch_protocol::api::{
     AutoResume, ConnectSandbox, ForkError, ForkRequest, ForkResult, LifecycleInfo, ListedSandbox,
     LogLevel, NewSandbox, PauseSandbox, SandboxCreated, SandboxLogEntry, SandboxLogLine,
-    SandboxLogs, SandboxLogsV2, SandboxNetwork, SandboxNetworkUpdate, SnapshotInfo,
-    SnapshotRequest,
+    SandboxLogs, SandboxLogsV2, SandboxNetwork, SandboxNetworkUpdate, SandboxVolumeMount,
+    SnapshotInfo, SnapshotRequest,
 };
 use hutch_runtime::{Cidr, EgressPolicy};
 use serde::Deserialize;
@@ -158,6 +158,14 @@ impl From<&SandboxRow> for ListedSandbox {
                 .filter(|_| r.state == SandboxState::Paused)
                 .map(|m| pause_mode_name(m).to_string()),
             hutch_auto_pause_memory: r.lifecycle.auto_pause.map(|m| m == PauseMode::Memory),
+            volume_mounts: r
+                .volume_mounts
+                .iter()
+                .map(|m| SandboxVolumeMount {
+                    name: m.name.clone(),
+                    path: m.path.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -224,6 +232,12 @@ pub(super) async fn create(
         },
         lifecycle,
         ingress,
+        volume_mounts: body
+            .volume_mounts
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| (m.name, m.path))
+            .collect(),
     };
     let row = lifecycle::create(&st, args).await?;
     Ok((StatusCode::CREATED, Json(created(row))).into_response())

@@ -226,6 +226,19 @@ pub trait Store: Send + Sync {
     /// For each template name sandboxes were ever created from: how many,
     /// and when the last one started (unix ms).
     async fn spawns_by_template(&self) -> Result<BTreeMap<String, Spawns>, DbError>;
+
+    // ----- volumes ----------------------------------------------------
+
+    /// Inserts a volume; `Ok(false)` when a volume not deleted has its
+    /// name.
+    async fn insert_volume(&self, v: VolumeRow) -> Result<bool, DbError>;
+    /// Every volume, deleted ones too, oldest first.
+    async fn list_volumes(&self) -> Result<Vec<VolumeRow>, DbError>;
+    /// Marks a volume deleted at `now`; `Ok(false)` if it is unknown or
+    /// deleted already.
+    async fn mark_volume_deleted(&self, id: String, now: i64) -> Result<bool, DbError>;
+    /// Removes a deleted volume's row (its data is gone).
+    async fn purge_volume(&self, id: String) -> Result<(), DbError>;
 }
 
 /// How often a template was used ([`Store::spawns_by_template`]).
@@ -277,13 +290,14 @@ struct SandboxColumns {
     auto_resume: bool,
     traffic_token: Option<String>,
     mask_request_host: Option<String>,
+    volume_mounts: Option<String>,
 }
 
 /// The sandbox columns every query reads, in [`SandboxColumns`]' order.
 const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
      started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms, \
      access_token, network, pids, pause_mode, auto_pause, auto_resume, traffic_token, \
-     mask_request_host";
+     mask_request_host, volume_mounts";
 
 impl SandboxColumns {
     fn of(s: SandboxRow) -> SandboxColumns {
@@ -301,6 +315,9 @@ impl SandboxColumns {
             auto_resume: s.lifecycle.auto_resume,
             traffic_token: s.ingress.traffic_token,
             mask_request_host: s.ingress.mask_request_host,
+            volume_mounts: (!s.volume_mounts.is_empty()).then(|| {
+                serde_json::to_string(&s.volume_mounts).unwrap_or_else(|_| "[]".to_owned())
+            }),
             id: s.id,
             template_id: s.template_id,
             template_name: s.template_name,
@@ -336,6 +353,13 @@ impl SandboxColumns {
             ingress: Ingress {
                 traffic_token: self.traffic_token,
                 mask_request_host: self.mask_request_host,
+            },
+            volume_mounts: match self.volume_mounts.as_deref() {
+                None => Vec::new(),
+                Some(text) => serde_json::from_str(text).map_err(|cause| DbError::Corrupt {
+                    what: "volume_mounts",
+                    cause,
+                })?,
             },
             state,
             id: self.id,
@@ -431,6 +455,35 @@ pub struct Lifecycle {
     pub auto_resume: bool,
 }
 
+/// A volume mounted into a sandbox, as its row records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountRecord {
+    /// The volume's id.
+    #[serde(rename = "volumeID")]
+    pub volume_id: String,
+    /// Its name when it was mounted.
+    pub name: String,
+    /// Where the sandbox sees it.
+    pub path: String,
+}
+
+/// A volume row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRow {
+    /// Its id (a UUID).
+    pub id: String,
+    /// Its name, unique among the volumes not deleted.
+    pub name: String,
+    /// Its size (its quota), MiB.
+    pub size_mb: u64,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms: when it was deleted (its data goes once no sandbox uses
+    /// it).
+    pub deleted_at: Option<i64>,
+}
+
 /// How requests through the front door reach a sandbox's own ports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ingress {
@@ -501,6 +554,8 @@ pub struct SandboxRow {
     pub access_token: Option<String>,
     /// How requests reach its ports.
     pub ingress: Ingress,
+    /// The volumes mounted into it.
+    pub volume_mounts: Vec<MountRecord>,
     /// The egress policy it was created with, a [`NetworkRecord`] as
     /// JSON ([`NetworkRecord::encode`], [`NetworkRecord::decode`]); `None`
     /// for rows from before it was recorded (they had the default).

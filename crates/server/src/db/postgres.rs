@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use super::{
     ApiKeyRow, DbError, LIVE_STATES, PauseMode, Revoke, SANDBOX_COLUMNS, SandboxColumns,
-    SandboxRow, SandboxState, Spawns, Store, TagRow, TemplateRow,
+    SandboxRow, SandboxState, Spawns, Store, TagRow, TemplateRow, VolumeRow,
 };
 
 /// Schema migrations, in order; `hutch_schema.version` is the number
@@ -78,6 +78,16 @@ const MIGRATIONS: &[&str] = &[
     // (`allowPublicTraffic: false`) and the Host they are given.
     "ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT;
     ALTER TABLE sandboxes ADD COLUMN mask_request_host TEXT;",
+    // 9: volumes, and the volumes each sandbox mounts.
+    "CREATE TABLE volumes (
+        id          TEXT PRIMARY KEY,       -- a UUID
+        name        TEXT NOT NULL,
+        size_mb     BIGINT NOT NULL,
+        created_at  BIGINT NOT NULL,
+        deleted_at  BIGINT                -- its data goes once no sandbox uses it
+    );
+    CREATE UNIQUE INDEX volumes_name ON volumes (name) WHERE deleted_at IS NULL;
+    ALTER TABLE sandboxes ADD COLUMN volume_mounts TEXT; -- JSON [MountRecord]",
 ];
 
 /// The template columns every query reads, in [`template_row`]'s order.
@@ -460,7 +470,7 @@ impl Store for PostgresStore {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 $17, $18, $19, $20, $21)"
+                 $17, $18, $19, $20, $21, $22)"
         ))
         .bind(s.id)
         .bind(s.template_id)
@@ -483,6 +493,7 @@ impl Store for PostgresStore {
         .bind(s.auto_resume)
         .bind(s.traffic_token)
         .bind(s.mask_request_host)
+        .bind(s.volume_mounts)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -613,6 +624,58 @@ impl Store for PostgresStore {
         })
         .collect()
     }
+    async fn insert_volume(&self, v: VolumeRow) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO volumes (id, name, size_mb, created_at, deleted_at)
+             VALUES ($1, $2, $3, $4, NULL)
+             ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING",
+        )
+        .bind(v.id)
+        .bind(v.name)
+        .bind(i64::try_from(v.size_mb).unwrap_or(i64::MAX))
+        .bind(v.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeRow>, DbError> {
+        sqlx::query(
+            "SELECT id, name, size_mb, created_at, deleted_at FROM volumes
+             ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(VolumeRow {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                size_mb: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
+                created_at: r.try_get(3)?,
+                deleted_at: r.try_get(4)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn mark_volume_deleted(&self, id: String, now: i64) -> Result<bool, DbError> {
+        let done =
+            sqlx::query("UPDATE volumes SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn purge_volume(&self, id: String) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM volumes WHERE id = $1 AND deleted_at IS NOT NULL")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 fn template_row(r: &PgRow) -> Result<TemplateRow, DbError> {
@@ -649,5 +712,6 @@ fn sandbox_columns(r: &PgRow) -> Result<SandboxColumns, DbError> {
         auto_resume: r.try_get(18)?,
         traffic_token: r.try_get(19)?,
         mask_request_host: r.try_get(20)?,
+        volume_mounts: r.try_get(21)?,
     })
 }

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     ApiKeyRow, DbError, LIVE_STATES, PauseMode, Revoke, SANDBOX_COLUMNS, SandboxColumns,
-    SandboxRow, SandboxState, Spawns, Store, TagRow, TemplateRow,
+    SandboxRow, SandboxState, Spawns, Store, TagRow, TemplateRow, VolumeRow,
 };
 
 /// The template columns every query reads, in [`template_row`]'s order.
@@ -89,6 +89,16 @@ const MIGRATIONS: &[&str] = &[
     // (`allowPublicTraffic: false`) and the Host they are given.
     "ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT;
     ALTER TABLE sandboxes ADD COLUMN mask_request_host TEXT;",
+    // 9: volumes, and the volumes each sandbox mounts.
+    "CREATE TABLE volumes (
+        id          TEXT PRIMARY KEY,       -- a UUID
+        name        TEXT NOT NULL,
+        size_mb     INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        deleted_at  INTEGER                -- its data goes once no sandbox uses it
+    );
+    CREATE UNIQUE INDEX volumes_name ON volumes (name) WHERE deleted_at IS NULL;
+    ALTER TABLE sandboxes ADD COLUMN volume_mounts TEXT; -- JSON [MountRecord]",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -407,7 +417,7 @@ impl Store for SqliteStore {
                 &format!(
                     "INSERT INTO sandboxes ({SANDBOX_COLUMNS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16, ?17, ?18, ?19, ?20, ?21)"
+                         ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
                 ),
                 params![
                     s.id,
@@ -431,6 +441,7 @@ impl Store for SqliteStore {
                     s.auto_resume,
                     s.traffic_token,
                     s.mask_request_host,
+                    s.volume_mounts,
                 ],
             )?;
             Ok(())
@@ -572,6 +583,66 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn insert_volume(&self, v: VolumeRow) -> Result<bool, DbError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO volumes (id, name, size_mb, created_at, deleted_at)
+                 VALUES (?1, ?2, ?3, ?4, NULL)
+                 ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING",
+                params![
+                    v.id,
+                    v.name,
+                    i64::try_from(v.size_mb).unwrap_or(i64::MAX),
+                    v.created_at
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeRow>, DbError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT id, name, size_mb, created_at, deleted_at FROM volumes
+                 ORDER BY created_at, id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(VolumeRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    size_mb: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    created_at: r.get(3)?,
+                    deleted_at: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn mark_volume_deleted(&self, id: String, now: i64) -> Result<bool, DbError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE volumes SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![id, now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn purge_volume(&self, id: String) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM volumes WHERE id = ?1 AND deleted_at IS NOT NULL",
+                [id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
@@ -608,6 +679,7 @@ fn sandbox_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxColumns> {
         auto_resume: r.get(18)?,
         traffic_token: r.get(19)?,
         mask_request_host: r.get(20)?,
+        volume_mounts: r.get(21)?,
     })
 }
 

@@ -67,6 +67,7 @@ on_both_backends!(
     replacing_a_template_under_its_own_id_hides_the_old_row,
     replacing_a_template_of_another_id_keeps_the_old_one_hidden,
     tags_follow_their_build_and_go_with_it,
+    volume_names_are_unique_until_deleted,
     spawns_and_the_public_flag,
     api_keys_are_listed_and_revoked_but_never_the_last,
     concurrent_revokes_leave_a_valid_key,
@@ -107,6 +108,11 @@ fn sandbox(id: &str, template_id: &str, state: SandboxState) -> SandboxRow {
             traffic_token: Some("tt".into()),
             mask_request_host: Some("localhost:${PORT}".into()),
         },
+        volume_mounts: vec![MountRecord {
+            volume_id: "v1".into(),
+            name: "data".into(),
+            path: "/data".into(),
+        }],
         pids: Some(1024),
         pause_mode: None,
         lifecycle: Lifecycle::default(),
@@ -165,6 +171,7 @@ async fn migrates_once_and_round_trips_rows(f: &Fixture) {
     assert_eq!(s.memory_mb, 1024);
     assert_eq!(s.pids, Some(1024));
     assert_eq!(s.ingress.traffic_token.as_deref(), Some("tt"));
+    assert_eq!(s.volume_mounts[0].path, "/data");
     assert_eq!(
         s.ingress.mask_request_host.as_deref(),
         Some("localhost:${PORT}")
@@ -394,6 +401,41 @@ async fn tags_follow_their_build_and_go_with_it(f: &Fixture) {
         .unwrap();
     db.delete_tags_of("other".into()).await.unwrap();
     assert!(db.list_tags(None).await.unwrap().is_empty());
+}
+
+async fn volume_names_are_unique_until_deleted(f: &Fixture) {
+    let db = f.open().await;
+    let volume = |id: &str| VolumeRow {
+        id: id.into(),
+        name: "data".into(),
+        size_mb: 64,
+        created_at: 1,
+        deleted_at: None,
+    };
+    assert!(db.insert_volume(volume("v1")).await.unwrap());
+    assert!(!db.insert_volume(volume("v2")).await.unwrap(), "name taken");
+    assert!(db.mark_volume_deleted("v1".into(), 5).await.unwrap());
+    assert!(!db.mark_volume_deleted("v1".into(), 6).await.unwrap());
+    assert!(
+        db.insert_volume(volume("v2")).await.unwrap(),
+        "name free again"
+    );
+    let all = db.list_volumes().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|v| (v.id.as_str(), v.deleted_at))
+            .collect::<Vec<_>>(),
+        [("v1", Some(5)), ("v2", None)]
+    );
+    assert_eq!(all[1].size_mb, 64);
+    db.purge_volume("v2".into()).await.unwrap();
+    assert_eq!(
+        db.list_volumes().await.unwrap().len(),
+        2,
+        "only deleted ones go"
+    );
+    db.purge_volume("v1".into()).await.unwrap();
+    assert_eq!(db.list_volumes().await.unwrap().len(), 1);
 }
 
 async fn spawns_and_the_public_flag(f: &Fixture) {

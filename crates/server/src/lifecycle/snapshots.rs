@@ -93,6 +93,12 @@ pub(crate) async fn fork_sandbox(
             pids: row.pids.and_then(|p| i64::try_from(p).ok()),
         },
         lifecycle: row.lifecycle,
+        // The same volumes (by id).
+        volume_mounts: row
+            .volume_mounts
+            .iter()
+            .map(|m| (m.volume_id.clone(), m.path.clone()))
+            .collect(),
         // A fork of a private sandbox is private, with a token of its own.
         ingress: Ingress {
             traffic_token: row

@@ -711,3 +711,65 @@ async fn a_sandbox_log_records_its_life_and_outlives_it() {
         SandboxError::NotFound(_)
     ));
 }
+
+#[tokio::test]
+async fn volumes_are_mounted_checked_and_kept_while_used() {
+    let h = Harness::new().await;
+    let vol = crate::volumes::create(&h.st, "shared").await.unwrap();
+    assert!(matches!(
+        crate::volumes::create(&h.st, "shared").await.unwrap_err(),
+        crate::volumes::VolumeError::Exists(_)
+    ));
+    let mut args = h.create_args();
+    args.volume_mounts = vec![("shared".into(), "/data".into())];
+    let a = create_sandbox(&h.st, args).await.unwrap();
+    assert_eq!(a.volume_mounts[0].volume_id, vol.id);
+    assert_eq!(
+        h.node.mounted.lock().unwrap()[&a.id],
+        [(vol.id.clone(), "/data".to_owned())]
+    );
+    // By id too; every problem of a create is named at once.
+    let mut args = h.create_args();
+    args.volume_mounts = vec![
+        (vol.id.clone(), "/x".into()),
+        ("missing".into(), "rel".into()),
+        ("shared".into(), "/x".into()),
+    ];
+    let e = create_sandbox(&h.st, args).await.unwrap_err();
+    let text = e.to_string();
+    for want in [
+        "volume mount #1: volume 'missing' not found",
+        "volume mount #1: path must be absolute",
+        "volume mount #2: path '/x' is already used",
+    ] {
+        assert!(text.contains(want), "{text}");
+    }
+    assert!(matches!(e, SandboxError::Invalid(_)), "{e}");
+
+    // A filesystem pause boots it again with its volumes.
+    pause(&h.st, &a.id, PauseMode::Filesystem).await.unwrap();
+    h.node.mounted.lock().unwrap().clear();
+    resume(&h.st, &a.id, None, None).await.unwrap();
+    assert_eq!(h.node.mounted.lock().unwrap()[&a.id].len(), 1);
+
+    // Deleted while used: its name is free, its data stays until the
+    // sandbox is gone.
+    crate::volumes::delete(&h.st, &vol.id).await.unwrap();
+    assert!(crate::volumes::live(&h.st).await.unwrap().is_empty());
+    let calls = |what: &str| {
+        h.node
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with(what))
+            .count()
+    };
+    assert_eq!(calls("destroy_volume"), 0);
+    let mut args = h.create_args();
+    args.volume_mounts = vec![("shared".into(), "/data".into())];
+    assert!(create_sandbox(&h.st, args).await.is_err(), "deleted");
+    assert!(kill_sandbox(&h.st, &a.id).await.unwrap());
+    h.st.teardowns.close();
+    h.st.teardowns.wait().await;
+    assert_eq!(calls("destroy_volume"), 1);
+    assert!(h.st.db.list_volumes().await.unwrap().is_empty(), "purged");
+}

@@ -85,6 +85,10 @@ pub(crate) struct FakeNode {
     calls: Mutex<Vec<String>>,
     /// Whether creates fail.
     failing: std::sync::atomic::AtomicBool,
+    /// Its volumes' ids.
+    volumes: Mutex<std::collections::BTreeSet<String>>,
+    /// The volumes each sandbox was created with (`id → destination`).
+    pub mounted: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 impl FakeNode {
@@ -97,6 +101,8 @@ impl FakeNode {
             holds: Mutex::default(),
             calls: Mutex::default(),
             failing: Default::default(),
+            volumes: Mutex::default(),
+            mounted: Mutex::default(),
         })
     }
 
@@ -201,6 +207,26 @@ impl Node for FakeNode {
                 }
             }
         }
+        {
+            let volumes = self.volumes.lock().unwrap();
+            if let Some(v) = spec
+                .volumes
+                .iter()
+                .find(|v| !volumes.contains(&v.volume_id))
+            {
+                return Err(NodeError::Failed(format!(
+                    "volume {} is not mounted on the host",
+                    v.volume_id
+                )));
+            }
+        }
+        self.mounted.lock().unwrap().insert(
+            id.clone(),
+            spec.volumes
+                .iter()
+                .map(|v| (v.volume_id.clone(), v.destination.clone()))
+                .collect(),
+        );
         let (init, agent) = self.boot(&id)?;
         let init_pid = init.id().expect("a running child has a pid");
         self.sandboxes.lock().unwrap().insert(
@@ -356,4 +382,34 @@ impl Node for FakeNode {
     }
 
     fn release_host_mounts(&self) {}
+
+    async fn create_volume(&self, id: &str, _size_mb: u64) -> Result<(), NodeError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("create_volume {id}"));
+        self.volumes.lock().unwrap().insert(id.to_owned());
+        Ok(())
+    }
+
+    async fn mount_volume(&self, id: &str) -> Result<(), NodeError> {
+        if self.volumes.lock().unwrap().contains(id) {
+            Ok(())
+        } else {
+            Err(NodeError::Failed(format!("volume {id} has no image")))
+        }
+    }
+
+    async fn destroy_volume(&self, id: &str) -> Result<(), NodeError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("destroy_volume {id}"));
+        self.volumes.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<String>, NodeError> {
+        Ok(self.volumes.lock().unwrap().iter().cloned().collect())
+    }
 }

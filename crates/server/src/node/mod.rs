@@ -128,6 +128,19 @@ pub(crate) trait Node: Send + Sync {
     /// At a shutdown that leaves no sandbox running: drops what the node
     /// mounted for its sandboxes.
     fn release_host_mounts(&self);
+
+    /// Creates volume `id` of `size_mb` MiB, ready to be mounted into
+    /// sandboxes ([`SandboxSpec::volumes`]).
+    async fn create_volume(&self, id: &str, size_mb: u64) -> Result<(), NodeError>;
+
+    /// Makes volume `id` ready again after a restart of the host.
+    async fn mount_volume(&self, id: &str) -> Result<(), NodeError>;
+
+    /// Removes volume `id` and its data; no sandbox may use it.
+    async fn destroy_volume(&self, id: &str) -> Result<(), NodeError>;
+
+    /// The ids of the volumes the node holds.
+    async fn list_volumes(&self) -> Result<Vec<String>, NodeError>;
 }
 
 /// The machine the server runs on: its runtime, and the layer store its
@@ -243,6 +256,22 @@ impl Node for LocalNode {
 
     fn release_host_mounts(&self) {
         self.runtime.release_host_mounts()
+    }
+
+    async fn create_volume(&self, id: &str, size_mb: u64) -> Result<(), NodeError> {
+        Ok(self.runtime.create_volume(id, size_mb).await?)
+    }
+
+    async fn mount_volume(&self, id: &str) -> Result<(), NodeError> {
+        Ok(self.runtime.mount_volume(id).await?)
+    }
+
+    async fn destroy_volume(&self, id: &str) -> Result<(), NodeError> {
+        Ok(self.runtime.destroy_volume(id).await?)
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<String>, NodeError> {
+        Ok(self.runtime.list_volumes().await?)
     }
 }
 

@@ -1,0 +1,102 @@
+"""The official E2B Python SDK's volumes, unmodified, against a Hutch server
+started with `--volume-size-mb 32`: create, list and get volumes; mount one
+into two sandboxes at once (by the Volume and by its name) and share files
+through it; its quota; what a mount may not be; the data outliving the
+sandboxes; deleting it (its data stays while a sandbox uses it).
+
+Usage: python volumes.py TEMPLATE
+Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
+"""
+
+import sys
+import uuid
+
+from e2b import CommandExitException, Sandbox, Volume
+
+template = sys.argv[1]
+checks = 0
+
+
+def check(actual, expected, what):
+    global checks
+    if actual != expected:
+        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
+    checks += 1
+
+
+def raises(what, needle, f):
+    global checks
+    try:
+        f()
+    except Exception as e:  # the SDK's exception types differ by release
+        if needle not in str(e):
+            raise AssertionError(f"{what}: {needle!r} not in {e!r}")
+        checks += 1
+        return
+    raise AssertionError(f"{what}: no error")
+
+
+name = f"vol-{uuid.uuid4().hex[:8]}"
+vol = Volume.create(name)
+check(str(uuid.UUID(vol.volume_id)), vol.volume_id, "a volume id is a UUID")
+check(vol.name, name, "its name")
+raises("a taken name", "already exists", lambda: Volume.create(name))
+raises("an invalid name", "Invalid volume name", lambda: Volume.create("bad name!"))
+check(name in [v.name for v in Volume.list()], True, "listed")
+info = Volume.get_info(vol.volume_id)
+check((info.volume_id, info.name, bool(info.token)), (vol.volume_id, name, True), "get_info")
+raises("an unknown volume", "not found", lambda: Volume.get_info(str(uuid.uuid4())))
+
+# Two sandboxes share it: one mounts the Volume, the other names it.
+a = Sandbox.create(template, volume_mounts={"/mnt/shared": vol}, timeout=120)
+b = Sandbox.create(template, volume_mounts={"/data": name}, timeout=120)
+a.commands.run("echo from-a > /mnt/shared/a.txt")
+check(b.commands.run("cat /data/a.txt").stdout, "from-a\n", "b reads what a wrote")
+b.files.write("/data/b.txt", "from-b")
+check(a.files.read("/mnt/shared/b.txt"), "from-b", "a reads what b wrote")
+check(
+    b.commands.run("stat -c %U /data/a.txt").stdout,
+    a.commands.run("whoami").stdout,
+    "the writer's user owns the file in both",
+)
+options = a.commands.run("grep ' /mnt/shared ' /proc/self/mountinfo").stdout
+check(("nosuid" in options, "nodev" in options), (True, True), f"mount options: {options}")
+
+# Its size is its quota.
+size = int(a.commands.run("df -m /mnt/shared | tail -1 | awk '{print $2}'").stdout)
+check(20 <= size <= 32, True, f"the volume's size ({size} MiB)")
+try:
+    a.commands.run("dd if=/dev/zero of=/mnt/shared/big bs=1M count=64")
+    raise AssertionError("writing past the quota succeeded")
+except CommandExitException as e:
+    check("No space left" in e.stderr, True, f"past the quota: {e.stderr}")
+a.commands.run("rm /mnt/shared/big")
+b.commands.run("head -c 1000000 /dev/zero > /data/mb")
+
+# What a mount may not be.
+raises("a relative path", "path must be absolute",
+       lambda: Sandbox.create(template, volume_mounts={"rel": vol}, timeout=30))
+raises("an unknown volume", "volume 'no-such-volume' not found",
+       lambda: Sandbox.create(template, volume_mounts={"/v": "no-such-volume"}, timeout=30))
+raises("a reserved path", "reserved",
+       lambda: Sandbox.create(template, volume_mounts={"/proc/x": vol}, timeout=30))
+
+# The data outlives the sandboxes.
+a.kill()
+b.kill()
+c = Sandbox.create(template, volume_mounts={"/v": vol}, timeout=120)
+check(c.commands.run("cat /v/a.txt /v/b.txt").stdout, "from-a\nfrom-b", "kept")
+
+# Deleted while c uses it: gone from the API, c keeps its files until it ends.
+check(Volume.destroy(vol.volume_id), True, "destroy")
+check(Volume.destroy(vol.volume_id), False, "destroy again")
+check(name in [v.name for v in Volume.list()], False, "not listed once deleted")
+check(c.commands.run("cat /v/a.txt").stdout, "from-a\n", "its sandbox still reads it")
+raises("mounting a deleted volume", "not found",
+       lambda: Sandbox.create(template, volume_mounts={"/v": name}, timeout=30))
+again = Volume.create(name)
+check(again.volume_id != vol.volume_id, True, "the name is free again")
+c.kill()
+check(Volume.destroy(again.volume_id), True, "destroy the second")
+
+print("OK", checks)
