@@ -8,10 +8,12 @@ Usage: python volumes.py TEMPLATE
 Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
 """
 
+import inspect
 import sys
 import uuid
 
 from e2b import CommandExitException, Sandbox, Volume
+from e2b.sandbox_sync.sandbox_api import SandboxApi
 
 template = sys.argv[1]
 checks = 0
@@ -72,6 +74,24 @@ except CommandExitException as e:
     check("No space left" in e.stderr, True, f"past the quota: {e.stderr}")
 a.commands.run("rm /mnt/shared/big")
 b.commands.run("head -c 1000000 /dev/zero > /data/mb")
+
+# What the SDK reports of a sandbox's mounts (releases that have the field).
+details = Sandbox.get_info(a.sandbox_id)
+if "volume_mounts" in [f.name for f in details.__dataclass_fields__.values()]:
+    check(details.volume_mounts, [{"name": name, "path": "/mnt/shared"}], "info.volume_mounts")
+
+# Paused with its files only, a sandbox boots again with its volumes.
+if "mode" in inspect.signature(SandboxApi._cls_pause).parameters:
+    a.pause(mode="filesystem")
+else:
+    a.pause(keep_memory=False)
+b.files.write("/data/while-paused.txt", "written while a was paused")
+a = Sandbox.connect(a.sandbox_id)
+check(
+    a.files.read("/mnt/shared/while-paused.txt"),
+    "written while a was paused",
+    "a sees the volume again after its filesystem pause",
+)
 
 # What a mount may not be.
 raises("a relative path", "path must be absolute",
