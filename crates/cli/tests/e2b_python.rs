@@ -36,6 +36,7 @@ fn run_script_on(version: &str, script: &str, server: &TestServer) {
         .arg("deb")
         .env("E2B_API_URL", server.url())
         .env("E2B_SANDBOX_URL", server.url())
+        .env("E2B_VOLUME_API_URL", server.url())
         .env("E2B_API_KEY", server.api_key())
         // The SDK's own key check stays on, whatever the caller's shell says.
         .env_remove("E2B_VALIDATE_API_KEY")

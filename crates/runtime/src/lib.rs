@@ -131,6 +131,7 @@ pub mod seccomp;
 pub mod spec;
 mod teardown;
 mod toolns;
+mod volume_fs;
 mod volumes;
 
 pub use agent::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
@@ -145,6 +146,10 @@ pub use cgroups::CgroupUsage;
 pub use config::{RuntimeConfig, elf_interpreter, validate_id};
 pub use keyed::KeyedLocks;
 pub use running::SandboxStatus;
+pub use volume_fs::{
+    MAX_DEPTH as VOLUME_MAX_DEPTH, VolumeEntry, VolumeFs, VolumeFsError,
+    normalize as normalize_volume_path,
+};
 pub use volumes::VolumeMount;
 
 use cgroups::CgroupLayout;

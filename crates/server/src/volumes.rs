@@ -24,17 +24,51 @@ pub(crate) const TOKEN_TTL_SECS: i64 = 3600;
 
 /// A token for volume `id`'s content, valid for [`TOKEN_TTL_SECS`]:
 /// `<volume id>.<expiry, unix s>.<HMAC-SHA256 of both>` (URL-safe base64),
-/// signed with the data directory's volume key (made on first use). E2B
-/// hands one out with every volume; Hutch does not serve the volume content
-/// API yet, so nothing accepts it so far.
+/// signed with the data directory's volume key (made on first use, so
+/// tokens outlive server restarts). The volume content API takes it as
+/// `Authorization: Bearer` ([`token_valid`]).
 pub(crate) fn token(st: &AppState, id: &str) -> Result<String, VolumeError> {
     use base64::Engine as _;
-    use hmac::Mac as _;
     let key = token_key(&st.data_dir)?;
     let exp = time::now_ms() / 1000 + TOKEN_TTL_SECS;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let claims = format!("{}.{}", b64.encode(id), b64.encode(exp.to_string()));
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key)
+    sign(
+        &key,
+        &format!("{}.{}", b64.encode(id), b64.encode(exp.to_string())),
+    )
+}
+
+/// Whether `token` is a valid, unexpired token of volume `id` (its
+/// signature compared in constant time).
+pub(crate) fn token_valid(st: &AppState, token: &str, id: &str) -> bool {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let Some((claims, _)) = token.rsplit_once('.') else {
+        return false;
+    };
+    let Some((vol, exp)) = claims.split_once('.') else {
+        return false;
+    };
+    let decode = |s: &str| b64.decode(s).ok().and_then(|b| String::from_utf8(b).ok());
+    let (Some(vol), Some(exp)) = (decode(vol), decode(exp).and_then(|e| e.parse::<i64>().ok()))
+    else {
+        return false;
+    };
+    if vol != id || exp < time::now_ms() / 1000 {
+        return false;
+    }
+    // Signed again with the key: the same token if it was ours.
+    let Ok(key) = token_key(&st.data_dir) else {
+        return false;
+    };
+    sign(&key, claims).is_ok_and(|expected| ids::same_secret(&expected, token))
+}
+
+fn sign(key: &[u8], claims: &str) -> Result<String, VolumeError> {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key)
         .map_err(|e| VolumeError::Key(e.to_string()))?;
     mac.update(claims.as_bytes());
     Ok(format!(
@@ -81,6 +115,54 @@ fn token_key(data_dir: &std::path::Path) -> Result<Vec<u8>, VolumeError> {
     let _ = std::fs::remove_file(&tmp);
     written.map_err(|e| VolumeError::Key(format!("write {}: {e}", path.display())))?;
     std::fs::read(&path).map_err(|e| VolumeError::Key(format!("read {}: {e}", path.display())))
+}
+
+/// Volume `id`'s files, for a content API request carrying `token`: the
+/// token must be valid for it, and the volume not deleted.
+pub(crate) async fn content(
+    st: &AppState,
+    id: &str,
+    token: Option<&str>,
+) -> Result<hutch_runtime::VolumeFs, ContentError> {
+    let Some(token) = token else {
+        return Err(ContentError::Unauthenticated(
+            "the volume token is missing (Authorization: Bearer)".to_owned(),
+        ));
+    };
+    if !token_valid(st, token, id) {
+        return Err(ContentError::Unauthenticated(
+            "the volume token is not valid for this volume, or has expired".to_owned(),
+        ));
+    }
+    match get(st, id).await {
+        Ok(_) => {}
+        Err(VolumeError::NotFound(_)) => {
+            return Err(ContentError::Fs(hutch_runtime::VolumeFsError::NotFound(
+                format!("volume {id}"),
+            )));
+        }
+        Err(e) => return Err(ContentError::Failed(e.to_string())),
+    }
+    st.node
+        .volume_fs(id)
+        .map_err(|e| ContentError::Failed(e.to_string()))
+}
+
+/// Why a content API request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ContentError {
+    /// No token, or one not valid for the volume.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// What the file operation said.
+    #[error(transparent)]
+    Fs(#[from] hutch_runtime::VolumeFsError),
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A failure of the server.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Volumes a sandbox mounts, at most.

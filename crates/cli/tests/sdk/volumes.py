@@ -2,10 +2,11 @@
 started with `--volume-size-mb 32`: create, list and get volumes; mount one
 into two sandboxes at once (by the Volume and by its name) and share files
 through it; its quota; what a mount may not be; the data outliving the
-sandboxes; deleting it (its data stays while a sandbox uses it).
+sandboxes; the volume content API (the Volume's file methods, with its
+token); deleting it (its data stays while a sandbox uses it).
 
 Usage: python volumes.py TEMPLATE
-Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
+Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_VOLUME_API_URL, E2B_API_KEY.
 """
 
 import inspect
@@ -107,6 +108,50 @@ b.kill()
 c = Sandbox.create(template, volume_mounts={"/v": vol}, timeout=120)
 check(c.commands.run("cat /v/a.txt /v/b.txt").stdout, "from-a\nfrom-b", "kept")
 
+# The content API: the Volume's own file methods, with its token.
+def kind(e):
+    return getattr(e.type, "value", e.type)
+
+
+written = vol.write_file("/docs/readme.txt", "hello volume", force=True)
+check((kind(written), written.size, written.path), ("file", 12, "/docs/readme.txt"), "write_file")
+check(vol.read_file("/docs/readme.txt"), "hello volume", "read_file")
+check(c.commands.run("cat /v/docs/readme.txt").stdout, "hello volume", "the sandbox sees it")
+c.commands.run("echo from-sandbox > /v/docs/from-sandbox.txt")
+check(vol.read_file("/docs/from-sandbox.txt"), "from-sandbox\n", "the API sees the sandbox's file")
+check(
+    sorted(e.path for e in vol.list("/docs")),
+    ["/docs/from-sandbox.txt", "/docs/readme.txt"],
+    "list",
+)
+check(kind(vol.make_dir("/made")), "directory", "make_dir")
+raises("make_dir of an existing directory", "already exists", lambda: vol.make_dir("/made"))
+vol.make_dir("/made/a/b", force=True)
+check((vol.exists("/made/a/b"), vol.exists("/nope")), (True, False), "exists")
+check(len(vol.list("/made", depth=3)), 2, "a deeper listing")
+check(vol.get_info("/docs/readme.txt").mode, 0o666, "a new file's mode")
+check(vol.update_metadata("/docs/readme.txt", mode=0o600).mode, 0o600, "update_metadata")
+raises("writing over a file without force", "already exists",
+       lambda: vol.write_file("/docs/readme.txt", "again"))
+vol.write_file("/docs/readme.txt", "replaced", force=True)
+check(vol.read_file("/docs/readme.txt"), "replaced", "force replaces")
+raises("a write past the quota", "full",
+       lambda: vol.write_file("/big.bin", b"0" * (40 << 20), force=True))
+vol.remove("/big.bin")
+# A symlink a sandbox plants resolves inside the volume, never on the host.
+c.commands.run("ln -s /etc/passwd /v/link")
+link = vol.get_info("/link")
+check((kind(link), link.target), ("symlink", "/etc/passwd"), "a symlink and its target")
+raises("reading through it", "not found", lambda: vol.read_file("/link"))
+vol.remove("/link")
+vol.remove("/docs")
+check(vol.exists("/docs"), False, "remove")
+raises("removing the root", "root", lambda: vol.remove("/"))
+other = Volume.create(f"{name}-other")
+raises("another volume's token", "not valid",
+       lambda: Volume(volume_id=vol.volume_id, name=name, token=other.token).read_file("/v"))
+check(Volume.destroy(other.volume_id), True, "destroy the other")
+
 # Deleted while c uses it: gone from the API, c keeps its files until it ends.
 check(Volume.destroy(vol.volume_id), True, "destroy")
 check(Volume.destroy(vol.volume_id), False, "destroy again")
@@ -114,6 +159,8 @@ check(name in [v.name for v in Volume.list()], False, "not listed once deleted")
 check(c.commands.run("cat /v/a.txt").stdout, "from-a\n", "its sandbox still reads it")
 raises("mounting a deleted volume", "not found",
        lambda: Sandbox.create(template, volume_mounts={"/v": name}, timeout=30))
+raises("the content of a deleted volume", "not found",
+       lambda: vol.read_file("/a.txt"))
 again = Volume.create(name)
 check(again.volume_id != vol.volume_id, True, "the name is free again")
 c.kill()

@@ -32,6 +32,7 @@
 //! | `DELETE /hutch/v1/api-keys/{id}` | key | revoke a key (204; 409 for the last valid key) |
 //! | `POST /v3/templates`, `GET /templates/{id}/files/{hash}`, `POST /v2/templates/{id}/builds/{build}`, `GET /templates/{id}/builds/{build}/status`, `GET /templates/aliases/{name}` | key | E2B's template build API ([`e2b_templates`]) |
 //! | `GET /templates`, `GET /v2/templates`, `GET`/`PATCH /templates/{id}`, `PATCH /v2/templates/{id}`, `POST`/`DELETE /templates/tags`, `GET /templates/{id}/tags`, `GET /templates/{id}/builds/{build}/logs` | key | E2B's template management ([`template_catalog`]) |
+//! | `/volumecontent/{id}/dir`, `…/path`, `…/file` | the volume's token | E2B's volume content API ([`volume_content`]) |
 //! | `PUT /hutch/v1/build-files/{hash}?token=` | upload token | a `COPY` file set of a template-API build (the URL comes from `GET /templates/{id}/files/{hash}`) |
 //!
 //! Requests for a sandbox's agent are taken by the [front
@@ -47,6 +48,7 @@ mod sandboxes;
 mod snapshots;
 mod template_catalog;
 mod templates;
+mod volume_content;
 mod volumes;
 
 use std::sync::Arc;
@@ -128,6 +130,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .merge(authed)
         .merge(build_files)
+        .merge(volume_content::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::error::json_errors))

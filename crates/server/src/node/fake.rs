@@ -389,6 +389,8 @@ impl Node for FakeNode {
             .unwrap()
             .push(format!("create_volume {id}"));
         self.volumes.lock().unwrap().insert(id.to_owned());
+        std::fs::create_dir_all(self.dir.join("volumes").join(id))
+            .map_err(|e| NodeError::Failed(e.to_string()))?;
         Ok(())
     }
 
@@ -411,5 +413,10 @@ impl Node for FakeNode {
 
     async fn list_volumes(&self) -> Result<Vec<String>, NodeError> {
         Ok(self.volumes.lock().unwrap().iter().cloned().collect())
+    }
+
+    fn volume_fs(&self, id: &str) -> Result<hutch_runtime::VolumeFs, NodeError> {
+        hutch_runtime::VolumeFs::open(&self.dir.join("volumes").join(id))
+            .map_err(|e| NodeError::Failed(e.to_string()))
     }
 }

@@ -141,6 +141,9 @@ pub(crate) trait Node: Send + Sync {
 
     /// The ids of the volumes the node holds.
     async fn list_volumes(&self) -> Result<Vec<String>, NodeError>;
+
+    /// Volume `id`'s files, for the content API (blocking operations).
+    fn volume_fs(&self, id: &str) -> Result<hutch_runtime::VolumeFs, NodeError>;
 }
 
 /// The machine the server runs on: its runtime, and the layer store its
@@ -272,6 +275,11 @@ impl Node for LocalNode {
 
     async fn list_volumes(&self) -> Result<Vec<String>, NodeError> {
         Ok(self.runtime.list_volumes().await?)
+    }
+
+    fn volume_fs(&self, id: &str) -> Result<hutch_runtime::VolumeFs, NodeError> {
+        let data = self.runtime.volume_data(id)?;
+        hutch_runtime::VolumeFs::open(&data).map_err(|e| NodeError::Failed(e.to_string()))
     }
 }
 

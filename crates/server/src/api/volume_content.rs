@@ -1,0 +1,287 @@
+//! E2B's volume content API, which the SDKs' `Volume` methods call with the
+//! volume's token (`Authorization: Bearer`, no API key; the SDKs find it at
+//! `E2B_VOLUME_API_URL`, this server's address):
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /volumecontent/{id}/dir?path=&depth=` | `200 [entry]`: a directory's entries, `depth` levels (1–10) |
+//! | `POST /volumecontent/{id}/dir?path=&uid=&gid=&mode=&force=` | `201 entry`: a directory (`force`: with its parents, and no error if it exists) |
+//! | `GET /volumecontent/{id}/path?path=` | `200 entry` (a symlink with its `target`) |
+//! | `PATCH /volumecontent/{id}/path?path=` `{uid?, gid?, mode?}` | `200 entry` |
+//! | `DELETE /volumecontent/{id}/path?path=` | `204` (a directory with its contents) |
+//! | `GET /volumecontent/{id}/file?path=` | `200` the file's bytes, streamed |
+//! | `PUT /volumecontent/{id}/file?path=&uid=&gid=&mode=&force=` | `201 entry`: the body streamed into the file (`force`: make its directory, replace a file) |
+//!
+//! An entry is `{name, type, path, size, mode, uid, gid, atime, mtime,
+//! ctime, target?}`. Errors are `{code, message}` with a string `code`
+//! (`PATH_NOT_FOUND`, `PATH_ALREADY_EXISTS`, `CANNOT_DELETE_ROOT`,
+//! `INVALID_REQUEST`, `NO_SPACE`, `UNAUTHENTICATED`, `INTERNAL`), as E2B's
+//! content API answers. New files default to mode 0666 and directories to
+//! 0777, owned by uid and gid 9090 (E2B's defaults).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use hutch_runtime::{VolumeEntry, VolumeFs, VolumeFsError};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+
+use crate::error::ApiQuery;
+use crate::state::AppState;
+use crate::time;
+use crate::volumes::{self, ContentError};
+
+/// E2B's default owner of what the content API makes.
+const DEFAULT_ID: u32 = 9090;
+/// E2B's default mode of a new file.
+const DEFAULT_FILE_MODE: u32 = 0o666;
+/// E2B's default mode of a new directory.
+const DEFAULT_DIR_MODE: u32 = 0o777;
+
+/// How much of a write's body is still read after the volume is full.
+const DRAIN_LIMIT: u64 = 1 << 30;
+
+/// The routes (outside the API-key check: they take the volume's token).
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/volumecontent/{id}/dir", get(list_dir).post(make_dir))
+        .route(
+            "/volumecontent/{id}/path",
+            get(stat).patch(update_metadata).delete(remove),
+        )
+        .route("/volumecontent/{id}/file", get(read_file).put(write_file))
+}
+
+impl IntoResponse for ContentError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ContentError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            ContentError::Invalid(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            ContentError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            ContentError::Fs(e) => match e {
+                VolumeFsError::NotFound(_) => (StatusCode::NOT_FOUND, "PATH_NOT_FOUND"),
+                VolumeFsError::Exists(_) => (StatusCode::CONFLICT, "PATH_ALREADY_EXISTS"),
+                VolumeFsError::Root => (StatusCode::BAD_REQUEST, "CANNOT_DELETE_ROOT"),
+                VolumeFsError::Invalid(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+                VolumeFsError::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "NO_SPACE"),
+                VolumeFsError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            },
+        };
+        if status.is_server_error() {
+            tracing::warn!("volume content: {self}");
+        }
+        (
+            status,
+            Json(json!({"code": code, "message": self.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+/// The query every route takes.
+#[derive(Debug, Deserialize)]
+pub(super) struct PathQuery {
+    path: Option<String>,
+    depth: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: Option<u32>,
+    force: Option<bool>,
+}
+
+impl PathQuery {
+    fn path(&self) -> Result<String, ContentError> {
+        match self.path.as_deref() {
+            Some(p) if !p.is_empty() => Ok(p.to_owned()),
+            _ => Err(ContentError::Invalid(
+                "the path is missing ('path')".to_owned(),
+            )),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// E2B's `VolumeEntryStat`.
+fn entry_json(e: &VolumeEntry) -> serde_json::Value {
+    // The SDKs know three types: a FIFO or a device is reported as a file.
+    let kind = if e.kind == "unknown" { "file" } else { e.kind };
+    let mut v = json!({
+        "name": e.name,
+        "type": kind,
+        "path": e.path,
+        "size": e.size,
+        "mode": e.mode,
+        "uid": e.uid,
+        "gid": e.gid,
+        "atime": time::rfc3339(e.atime * 1000),
+        "mtime": time::rfc3339(e.mtime * 1000),
+        "ctime": time::rfc3339(e.ctime * 1000),
+    });
+    if let Some(t) = &e.target {
+        v["target"] = json!(t);
+    }
+    v
+}
+
+/// Runs `op` on volume `id`'s files (blocking, on its own thread), once
+/// `headers` proved the right to.
+async fn on_volume<T: Send + 'static>(
+    st: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    op: impl FnOnce(VolumeFs) -> Result<T, VolumeFsError> + Send + 'static,
+) -> Result<T, ContentError> {
+    let fs = volumes::content(st, id, bearer(headers)).await?;
+    tokio::task::spawn_blocking(move || op(fs))
+        .await
+        .map_err(|e| ContentError::Failed(format!("volume task failed: {e}")))?
+        .map_err(ContentError::from)
+}
+
+async fn list_dir(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> Result<Json<Vec<serde_json::Value>>, ContentError> {
+    let path = q.path()?;
+    let depth = q.depth.unwrap_or(1);
+    let entries = on_volume(&st, &id, &headers, move |fs| fs.list(&path, depth)).await?;
+    Ok(Json(entries.iter().map(entry_json).collect()))
+}
+
+async fn make_dir(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> Result<Response, ContentError> {
+    let path = q.path()?;
+    let (uid, gid) = (q.uid.unwrap_or(DEFAULT_ID), q.gid.unwrap_or(DEFAULT_ID));
+    let mode = q.mode.unwrap_or(DEFAULT_DIR_MODE);
+    let force = q.force.unwrap_or(false);
+    let made = on_volume(&st, &id, &headers, move |fs| {
+        fs.make_dir(&path, uid, gid, mode, force)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(entry_json(&made))).into_response())
+}
+
+async fn stat(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> Result<Json<serde_json::Value>, ContentError> {
+    let path = q.path()?;
+    let e = on_volume(&st, &id, &headers, move |fs| fs.stat(&path)).await?;
+    Ok(Json(entry_json(&e)))
+}
+
+/// `PATCH …/path` body.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Metadata {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: Option<u32>,
+}
+
+async fn update_metadata(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<PathQuery>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ContentError> {
+    let path = q.path()?;
+    let m: Metadata = if body.is_empty() {
+        Metadata::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ContentError::Invalid(format!("invalid metadata: {e}")))?
+    };
+    let e = on_volume(&st, &id, &headers, move |fs| {
+        fs.set_metadata(&path, m.uid, m.gid, m.mode)
+    })
+    .await?;
+    Ok(Json(entry_json(&e)))
+}
+
+async fn remove(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> Result<StatusCode, ContentError> {
+    let path = q.path()?;
+    on_volume(&st, &id, &headers, move |fs| fs.remove(&path)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn read_file(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> Result<Response, ContentError> {
+    let path = q.path()?;
+    let (size, file) = on_volume(&st, &id, &headers, move |fs| fs.open_read(&path)).await?;
+    let body = Body::from_stream(ReaderStream::new(tokio::fs::File::from_std(file)));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn write_file(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<PathQuery>,
+    body: Body,
+) -> Result<Response, ContentError> {
+    let path = q.path()?;
+    let (uid, gid) = (q.uid.unwrap_or(DEFAULT_ID), q.gid.unwrap_or(DEFAULT_ID));
+    let mode = q.mode.unwrap_or(DEFAULT_FILE_MODE);
+    let force = q.force.unwrap_or(false);
+    // Nothing is read from the body before the token is checked.
+    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let mut reader = SyncIoBridge::new(reader);
+    let written = on_volume(&st, &id, &headers, move |fs| {
+        let mut file = fs.open_write(&path, uid, gid, force)?;
+        if let Err(e) = std::io::copy(&mut reader, &mut file) {
+            let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+            if !full {
+                return Err(VolumeFsError::Io(format!("write '{path}': {e}")));
+            }
+            // The rest of the body is read (up to a bound) so that the
+            // client, still sending, gets the answer rather than a broken
+            // connection.
+            use std::io::Read as _;
+            let _ = std::io::copy(&mut (&mut reader).take(DRAIN_LIMIT), &mut std::io::sink());
+            return Err(VolumeFsError::NoSpace);
+        }
+        fs.finish_write(file, &path, uid, gid, mode)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(entry_json(&written))).into_response())
+}
