@@ -33,6 +33,7 @@ fn run_script(script: &str) {
         .env("E2B_SDK_DIR", &sdk_dir)
         .env("E2B_API_URL", server.url())
         .env("E2B_SANDBOX_URL", server.url())
+        .env("E2B_VOLUME_API_URL", server.url())
         .env("E2B_API_KEY", server.api_key())
         .env_remove("E2B_DEBUG")
         .env_remove("E2B_DOMAIN")
@@ -57,4 +58,9 @@ fn js_sdk_commands() {
 #[test]
 fn js_sdk_snapshots_forks_and_network() {
     run_script("snapshots.mjs");
+}
+
+#[test]
+fn js_sdk_volumes() {
+    run_script("volumes.mjs");
 }
