@@ -209,8 +209,8 @@ pub struct ListedSandbox {
     /// extension; E2B reports only `lifecycle.onTimeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hutch_auto_pause_memory: Option<bool>,
-    /// The volumes mounted into it.
-    #[serde(default)]
+    /// The volumes mounted into it (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<SandboxVolumeMount>,
 }
 
