@@ -489,10 +489,11 @@ fn a_sandbox_log_holds_its_start_commands_output_and_its_life() {
     });
     assert_eq!(v1["logs"].as_array().map(Vec::len), Some(2), "{v1}");
     assert_eq!(v1["logEntries"].as_array().map(Vec::len), Some(2), "{v1}");
-    assert_eq!(
-        v1["logs"][0]["line"], v1["logEntries"][0]["message"],
-        "{v1}"
-    );
+    // Each line is the entry as JSON, as E2B's CLI parses it.
+    let line: serde_json::Value =
+        serde_json::from_str(v1["logs"][0]["line"].as_str().unwrap()).unwrap();
+    assert_eq!(line["message"], v1["logEntries"][0]["message"], "{v1}");
+    assert_eq!(line["level"], v1["logEntries"][0]["level"], "{v1}");
 }
 
 fn position_of_end(lines: &[&str], log: &str) -> usize {

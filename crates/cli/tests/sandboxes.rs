@@ -314,3 +314,70 @@ fn front_door_speaks_h2c_and_http1() {
         assert!(text.ends_with(expected), "{version}: {text}");
     }
 }
+
+/// `GET /v2/sandboxes` as E2B pages it: newest first by default (`order`),
+/// `startedAfter`, `X-Next-Token` pages that go on where they stopped, and
+/// `X-Total-Running`.
+#[test]
+fn listings_are_ordered_filtered_and_paged() {
+    let server = ready_server();
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let id = create(&server, &[]);
+            std::thread::sleep(Duration::from_millis(20));
+            id
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |path: &str| {
+        rt.block_on(async {
+            let r = server
+                .request(reqwest::Method::GET, path)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let header = |name: &str| {
+                r.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            let (next, total) = (header("x-next-token"), header("x-total-running"));
+            let body: serde_json::Value = r.json().await.unwrap();
+            (status, body, next, total)
+        })
+    };
+    let listed = |body: &serde_json::Value| -> Vec<String> {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sandboxID"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    let (status, body, next, total) = get("/v2/sandboxes?limit=2");
+    assert_eq!(status, 200);
+    assert_eq!(listed(&body), newest_first[..2]);
+    assert_eq!(total.as_deref(), Some("3"));
+    let token = next.expect("a next page");
+    let (_, body, next, _) = get(&format!("/v2/sandboxes?limit=2&nextToken={token}"));
+    assert_eq!(listed(&body), newest_first[2..]);
+    assert!(next.is_none());
+    let (_, body, _, _) = get("/v2/sandboxes?order=asc");
+    assert_eq!(listed(&body), ids);
+    // A row gone meanwhile does not break the next page.
+    server.cli_ok(&["sandbox", "kill", &ids[1]]);
+    let (_, body, _, _) = get(&format!("/v2/sandboxes?limit=2&nextToken={token}"));
+    assert_eq!(listed(&body), [ids[0].clone()]);
+    let (_, body, _, _) = get("/v2/sandboxes?startedAfter=2999-01-01T00:00:00Z");
+    assert_eq!(listed(&body), Vec::<String>::new());
+    let (_, body, _, _) = get("/v2/sandboxes?startedAfter=2020-01-01T00:00:00%2B02:00");
+    assert_eq!(listed(&body).len(), 2);
+    for bad in ["order=up", "startedAfter=yesterday"] {
+        let (status, body, _, _) = get(&format!("/v2/sandboxes?{bad}"));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    for id in [&ids[0], &ids[2]] {
+        server.cli_ok(&["sandbox", "kill", id]);
+    }
+}

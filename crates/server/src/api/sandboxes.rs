@@ -252,6 +252,10 @@ pub(super) struct ListQuery {
     state: Option<String>,
     /// A template id or name.
     template: Option<String>,
+    /// `asc` or `desc` (the default: newest first), by start time.
+    order: Option<String>,
+    /// RFC 3339: only sandboxes started then or later.
+    started_after: Option<String>,
     limit: Option<usize>,
     next_token: Option<String>,
 }
@@ -270,6 +274,18 @@ fn filter(q: &ListQuery, states: Vec<SandboxState>) -> Result<Filter, ApiError> 
             None => Vec::new(),
         },
         template: q.template.clone(),
+        started_after: match q.started_after.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "invalid startedAfter '{s}': {e} (expected an RFC 3339 time)"
+                        ))
+                    })?
+                    .timestamp_millis(),
+            ),
+        },
     })
 }
 
@@ -320,15 +336,35 @@ pub(super) async fn list_v2(
         Some(0) => return Err(ApiError::bad_request("limit must be at least 1")),
         Some(n) => n.min(MAX_PAGE),
     };
+    let newest_first = match q.order.as_deref().filter(|o| !o.is_empty()) {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(o) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid order '{o}': expected asc or desc"
+            )));
+        }
+    };
     let mut rows = lifecycle::list(&st, &filter(&q, states)?).await?;
-    // Rows come oldest first; the token names the last row returned.
+    let running = st.live().values().filter(|s| s.paused.is_none()).count();
+    // Rows come oldest first; the token names the last row returned, and
+    // the page goes on after it in the order asked for (a row gone
+    // meanwhile does not break it).
+    if newest_first {
+        rows.reverse();
+    }
     if let Some(token) = &q.next_token {
         let (started, id) = parse_token(token)?;
-        rows.retain(|r| (r.started_at, r.id.as_str()) > (started, id.as_str()));
+        let key = (started, id.as_str());
+        rows.retain(|r| {
+            let at = (r.started_at, r.id.as_str());
+            if newest_first { at < key } else { at > key }
+        });
     }
     let more = rows.len() > limit;
     rows.truncate(limit);
     let mut headers = HeaderMap::new();
+    headers.insert("x-total-running", HeaderValue::from(running));
     if more && let Some(last) = rows.last() {
         let token = format!("{}.{}", last.started_at, last.id);
         if let Ok(v) = HeaderValue::from_str(&token) {
@@ -629,6 +665,28 @@ fn log_entry(e: sandbox_logs::Entry) -> SandboxLogEntry {
     }
 }
 
+/// A v1 log line: the entry as a JSON object (`level`, `logger` — its
+/// source —, `message`, its other fields), as E2B's lines are and as its CLI
+/// parses them.
+fn log_line(e: &sandbox_logs::Entry) -> String {
+    let mut line = serde_json::Map::new();
+    for (k, v) in &e.fields {
+        line.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    if let Some(source) = e.fields.get("source") {
+        line.insert("logger".into(), serde_json::Value::String(source.clone()));
+    }
+    line.insert(
+        "level".into(),
+        serde_json::to_value(e.level).unwrap_or_default(),
+    );
+    line.insert(
+        "message".into(),
+        serde_json::Value::String(e.message.clone()),
+    );
+    serde_json::Value::Object(line).to_string()
+}
+
 /// `GET /sandboxes/{id}/logs?start=&limit=`: the sandbox's log from
 /// `start`, as lines and as entries.
 pub(super) async fn logs_v1(
@@ -641,7 +699,7 @@ pub(super) async fn logs_v1(
         .iter()
         .map(|e| SandboxLogLine {
             timestamp: time::rfc3339_ms(e.at_ms),
-            line: e.message.clone(),
+            line: log_line(e),
         })
         .collect();
     Ok(Json(SandboxLogs {

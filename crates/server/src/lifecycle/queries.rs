@@ -26,6 +26,8 @@ pub(crate) struct Filter {
     pub metadata: Vec<(String, String)>,
     /// Their template's id or name; `None` or empty for any.
     pub template: Option<String>,
+    /// Only those started at or after this (unix ms).
+    pub started_after: Option<i64>,
 }
 
 /// The sandboxes `filter` asks for, oldest first.
@@ -42,11 +44,15 @@ pub(crate) async fn list(st: &AppState, filter: &Filter) -> Result<Vec<SandboxRo
                 .all(|(k, v)| r.metadata.get(k).is_some_and(|x| x == v))
         })
         .filter(|r| {
-            filter
-                .template
-                .as_deref()
-                .is_none_or(|t| t.is_empty() || t == r.template_id || t == r.template_name)
+            filter.template.as_deref().is_none_or(|t| {
+                t.is_empty()
+                    || t == r.template_id
+                    || t == r.template_name
+                    // A tagged build of the template.
+                    || r.template_name.split_once('@').is_some_and(|(name, _)| name == t)
+            })
         })
+        .filter(|r| filter.started_after.is_none_or(|t| r.started_at >= t))
         .collect())
 }
 

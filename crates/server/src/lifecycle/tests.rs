@@ -325,9 +325,19 @@ async fn the_registry_lists_and_finds_its_sandboxes() {
     assert!(list(&h.st, &other).await.unwrap().is_empty());
     let by_name = Filter {
         template: Some("app".into()),
-        ..all
+        ..all.clone()
     };
     assert_eq!(list(&h.st, &by_name).await.unwrap().len(), 2);
+    let later = Filter {
+        started_after: Some(crate::time::now_ms() + 60_000),
+        ..all.clone()
+    };
+    assert!(list(&h.st, &later).await.unwrap().is_empty());
+    let earlier = Filter {
+        started_after: Some(0),
+        ..all
+    };
+    assert_eq!(list(&h.st, &earlier).await.unwrap().len(), 2);
 
     assert_eq!(
         find(&h.st, &b, LISTED).await.unwrap().state,
