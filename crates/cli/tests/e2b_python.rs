@@ -40,6 +40,8 @@ fn run_script_on(version: &str, script: &str, server: &TestServer) {
         .env("E2B_API_KEY", server.api_key())
         // The SDK's own key check stays on, whatever the caller's shell says.
         .env_remove("E2B_VALIDATE_API_KEY")
+        // No bytecode of the shared checks module in the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("E2B_DEBUG")
         .env_remove("E2B_DOMAIN")
         .output()

@@ -29,6 +29,8 @@ fn run_template_script(version: &str) {
         .env("E2B_API_URL", server.url())
         .env("E2B_SANDBOX_URL", server.url())
         .env("E2B_API_KEY", server.api_key())
+        // No bytecode of the shared checks module in the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("E2B_DEBUG")
         .env_remove("E2B_DOMAIN")
         .output()

@@ -207,12 +207,25 @@ impl VolumeFs {
             return Err(VolumeFsError::Exists("/".to_owned()));
         }
         if parents {
-            for i in 1..parts.len() {
-                self.make_one(&parts[..i], path, uid, gid, 0o777, true)?;
-            }
+            self.make_parents(&parts, path, uid, gid)?;
         }
         self.make_one(&parts, path, uid, gid, mode, parents)?;
         self.stat(path)
+    }
+
+    /// Makes the missing directories above `parts`' last component (mode
+    /// 0777, `uid:gid`).
+    fn make_parents(
+        &self,
+        parts: &[&str],
+        path: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), VolumeFsError> {
+        for i in 1..parts.len() {
+            self.make_one(&parts[..i], path, uid, gid, 0o777, true)?;
+        }
+        Ok(())
     }
 
     fn make_one(
@@ -280,9 +293,7 @@ impl VolumeFs {
             return Err(VolumeFsError::Invalid("'/' is a directory".to_owned()));
         }
         if force {
-            for i in 1..parts.len() {
-                self.make_one(&parts[..i], path, uid, gid, 0o777, true)?;
-            }
+            self.make_parents(&parts, path, uid, gid)?;
         }
         let (dir, name) = self.parent(path, &parts)?;
         let how = if force { OFlags::TRUNC } else { OFlags::EXCL };
@@ -396,12 +407,7 @@ fn list_into(
     depth: u32,
     out: &mut Vec<VolumeEntry>,
 ) -> Result<(), VolumeFsError> {
-    let mut names: Vec<String> = rustix::fs::Dir::read_from(&dir)
-        .map_err(|e| VolumeFsError::of(path, "list", e))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "." && n != "..")
-        .collect();
+    let mut names = child_names(&dir, path)?;
     names.sort();
     for name in names {
         let child = if path == "/" {
@@ -428,6 +434,16 @@ fn list_into(
         }
     }
     Ok(())
+}
+
+/// The names in directory `dir` (of `path`), but `.` and `..`.
+fn child_names(dir: &OwnedFd, path: &str) -> Result<Vec<String>, VolumeFsError> {
+    Ok(rustix::fs::Dir::read_from(dir)
+        .map_err(|e| VolumeFsError::of(path, "list", e))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect())
 }
 
 /// The size of the regular file `fd`, or why it is not one.
@@ -481,13 +497,7 @@ fn remove_at(dir: &OwnedFd, name: &str, path: &str) -> Result<(), VolumeFsError>
         Mode::empty(),
     )
     .map_err(|e| VolumeFsError::of(path, "open", e))?;
-    let names: Vec<String> = rustix::fs::Dir::read_from(&sub)
-        .map_err(|e| VolumeFsError::of(path, "list", e))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "." && n != "..")
-        .collect();
-    for child in names {
+    for child in child_names(&sub, path)? {
         match remove_at(&sub, &child, path) {
             Ok(()) | Err(VolumeFsError::NotFound(_)) => {}
             Err(e) => return Err(e),

@@ -8,17 +8,12 @@ import http from 'node:http'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 
+import { check, done } from './checks.mjs'
+
 const require = createRequire(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'index.js'))
 const { Sandbox, CommandExitError } = require('e2b')
 
 const template = process.argv[2]
-let checks = 0
-function check(actual, expected, what) {
-  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
-    throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`)
-  }
-  checks++
-}
 
 const sbx = await Sandbox.create(template, {
   envs: { OVERRIDE: 'sandbox', SBX_ONLY: 's' },
@@ -101,4 +96,4 @@ check(await sbx.isRunning(), true, 'running')
 await sbx.kill()
 check(await sbx.isRunning(), false, 'killed')
 
-console.log(`OK ${checks} checks`)
+done()

@@ -11,16 +11,9 @@ import sys
 import time
 
 from e2b import CommandExitException, Sandbox
+from checks import check, done
 
 template = sys.argv[1]
-checks = 0
-
-
-def check(actual, expected, what):
-    global checks
-    if actual != expected:
-        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
-    checks += 1
 
 
 sbx = Sandbox.create(
@@ -99,4 +92,4 @@ check(sbx.is_running(), True, "running")
 sbx.kill()
 check(sbx.is_running(), False, "killed")
 
-print(f"OK {checks} checks")
+done()

@@ -7,16 +7,9 @@ import sys
 import time
 
 from e2b import FileType, FilesystemEventType, Sandbox
+from checks import check, done
 
 template = sys.argv[1]
-checks = 0
-
-
-def check(actual, expected, what):
-    global checks
-    if actual != expected:
-        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
-    checks += 1
 
 
 sbx = Sandbox.create(template, timeout=120)
@@ -71,4 +64,4 @@ check(("new.txt", FilesystemEventType.CREATE) in seen, True, f"watch sees a crea
 check(("sub/deep.txt", FilesystemEventType.CREATE) in seen, True, f"recursive watch ({seen})")
 
 sbx.kill()
-print(f"OK {checks} checks")
+done()

@@ -7,30 +7,14 @@ Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
 The template is the Debian test image (bash, procps).
 """
 
-import inspect
 import sys
 import time
 
 from e2b import Sandbox, SandboxState
-from e2b.sandbox_sync.sandbox_api import SandboxApi
+from checks import check, pause_filesystem, done
 
 template = sys.argv[1]
-checks = 0
 
-
-def check(actual, expected, what):
-    global checks
-    if actual != expected:
-        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
-    checks += 1
-
-
-def pause_filesystem(sbx):
-    """`mode="filesystem"`, or its older spelling `keep_memory=False` (older
-    SDKs take unknown keywords silently)."""
-    if "mode" in inspect.signature(SandboxApi._cls_pause).parameters:
-        return sbx.pause(mode="filesystem")
-    return sbx.pause(keep_memory=False)
 
 
 def running_commands(sbx):
@@ -98,4 +82,4 @@ back = Sandbox.connect(sbx.sandbox_id)
 check(back.files.read("/home/user/f"), "written", "file after a filesystem auto-pause")
 back.kill()
 
-print(f"OK {checks} checks")
+done()

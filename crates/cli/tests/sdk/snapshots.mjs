@@ -9,17 +9,12 @@
 import { createRequire } from 'node:module'
 import path from 'node:path'
 
+import { check, done } from './checks.mjs'
+
 const require = createRequire(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'index.js'))
 const { Sandbox, Template } = require('e2b')
 
 const template = process.argv[2]
-let checks = 0
-function check(actual, expected, what) {
-  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
-    throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`)
-  }
-  checks++
-}
 const sh = async (sbx, cmd) => (await sbx.commands.run(cmd)).stdout.trim()
 async function snapshotIds(opts) {
   const pages = Sandbox.listSnapshots(opts)
@@ -85,4 +80,4 @@ check(/^[0-9a-f-]{36}$/.test(tagged.buildId), true, 'a build id is a UUID')
 check(byTag['js-stable'], tagged.buildId, 'a tag names the build assignTags reported')
 await Template.removeTags(template, 'js-stable')
 check(await tagNames(), ['default'], 'removeTags')
-console.log('OK', checks)
+done()

@@ -6,21 +6,12 @@ Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY.
 The template is the Debian test image (bash, sudo for `user`).
 """
 
-import inspect
 import sys
 
 from e2b import Sandbox
-from e2b.sandbox_sync.sandbox_api import SandboxApi
+from checks import check, done, pause_filesystem
 
 template = sys.argv[1]
-checks = 0
-
-
-def check(actual, expected, what):
-    global checks
-    if actual != expected:
-        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
-    checks += 1
 
 
 def sh(sbx, cmd):
@@ -93,10 +84,7 @@ check(Sandbox.get_info(source.sandbox_id).state.value, "running", "the source af
 # A sandbox paused with its files only is read as it is, and stays paused.
 stopped = Sandbox.create(template, timeout=120)
 stopped.files.write("/home/user/stopped.txt", "from a stopped sandbox")
-if "mode" in inspect.signature(SandboxApi._cls_pause).parameters:
-    stopped.pause(mode="filesystem")
-else:
-    stopped.pause(keep_memory=False)
+pause_filesystem(stopped)
 cold = stopped.create_snapshot()
 check(Sandbox.get_info(stopped.sandbox_id).state.value, "paused", "still paused after its snapshot")
 from_cold = Sandbox.create(cold.snapshot_id, timeout=60)
@@ -123,4 +111,4 @@ check(info.snapshot_id in snapshot_ids(), False, "a deleted snapshot is not list
 for fork in forks:
     fork.kill()
 source.kill()
-print("OK", checks)
+done()

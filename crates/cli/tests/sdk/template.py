@@ -20,23 +20,13 @@ import tempfile
 
 import httpx
 from e2b import BuildException, Sandbox, Template
+from checks import check, check_true, done
 
 base = sys.argv[1]
 name = sys.argv[2]
 api_url = os.environ["E2B_API_URL"]
 api_key = os.environ["E2B_API_KEY"]
-checks = 0
 
-
-def check(actual, expected, what):
-    global checks
-    if actual != expected:
-        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
-    checks += 1
-
-
-def check_true(value, what):
-    check(bool(value), True, what)
 
 
 def write(rel, content):
@@ -266,4 +256,4 @@ status = httpx.get(
 )
 check((status.status_code, "message" in status.json()), (404, True), "unknown build")
 
-print("OK", checks)
+done()

@@ -10,17 +10,12 @@
 import { createRequire } from 'node:module'
 import path from 'node:path'
 
+import { check, done } from './checks.mjs'
+
 const require = createRequire(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'index.js'))
 const { Sandbox, Volume } = require('e2b')
 
 const template = process.argv[2]
-let checks = 0
-function check(actual, expected, what) {
-  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
-    throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`)
-  }
-  checks++
-}
 
 const name = `js-vol-${Date.now()}`
 const vol = await Volume.create(name)
@@ -63,4 +58,4 @@ await a.kill()
 await b.kill()
 check(await Volume.destroy(vol.volumeId), true, 'destroy')
 check(await Volume.destroy(vol.volumeId), false, 'destroy again')
-console.log('OK', checks)
+done()

@@ -9,34 +9,14 @@ Usage: python volumes.py TEMPLATE
 Environment: E2B_API_URL, E2B_SANDBOX_URL, E2B_VOLUME_API_URL, E2B_API_KEY.
 """
 
-import inspect
 import sys
 import uuid
 
 from e2b import CommandExitException, Sandbox, Volume
-from e2b.sandbox_sync.sandbox_api import SandboxApi
+from checks import check, done, pause_filesystem, raises
 
 template = sys.argv[1]
-checks = 0
 
-
-def check(actual, expected, what):
-    global checks
-    if actual != expected:
-        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
-    checks += 1
-
-
-def raises(what, needle, f):
-    global checks
-    try:
-        f()
-    except Exception as e:  # the SDK's exception types differ by release
-        if needle not in str(e):
-            raise AssertionError(f"{what}: {needle!r} not in {e!r}")
-        checks += 1
-        return
-    raise AssertionError(f"{what}: no error")
 
 
 name = f"vol-{uuid.uuid4().hex[:8]}"
@@ -82,10 +62,7 @@ if "volume_mounts" in [f.name for f in details.__dataclass_fields__.values()]:
     check(details.volume_mounts, [{"name": name, "path": "/mnt/shared"}], "info.volume_mounts")
 
 # Paused with its files only, a sandbox boots again with its volumes.
-if "mode" in inspect.signature(SandboxApi._cls_pause).parameters:
-    a.pause(mode="filesystem")
-else:
-    a.pause(keep_memory=False)
+pause_filesystem(a)
 b.files.write("/data/while-paused.txt", "written while a was paused")
 a = Sandbox.connect(a.sandbox_id)
 check(
@@ -166,4 +143,4 @@ check(again.volume_id != vol.volume_id, True, "the name is free again")
 c.kill()
 check(Volume.destroy(again.volume_id), True, "destroy the second")
 
-print("OK", checks)
+done()

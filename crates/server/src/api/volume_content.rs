@@ -97,6 +97,15 @@ pub(super) struct PathQuery {
 }
 
 impl PathQuery {
+    /// The owner asked for (E2B's 9090 by default) and `force`.
+    fn owner_and_force(&self) -> (u32, u32, bool) {
+        (
+            self.uid.unwrap_or(DEFAULT_ID),
+            self.gid.unwrap_or(DEFAULT_ID),
+            self.force.unwrap_or(false),
+        )
+    }
+
     fn path(&self) -> Result<String, ContentError> {
         match self.path.as_deref() {
             Some(p) if !p.is_empty() => Ok(p.to_owned()),
@@ -172,9 +181,8 @@ async fn make_dir(
     ApiQuery(q): ApiQuery<PathQuery>,
 ) -> Result<Response, ContentError> {
     let path = q.path()?;
-    let (uid, gid) = (q.uid.unwrap_or(DEFAULT_ID), q.gid.unwrap_or(DEFAULT_ID));
+    let (uid, gid, force) = q.owner_and_force();
     let mode = q.mode.unwrap_or(DEFAULT_DIR_MODE);
-    let force = q.force.unwrap_or(false);
     let made = on_volume(&st, &id, &headers, move |fs| {
         fs.make_dir(&path, uid, gid, mode, force)
     })
@@ -260,9 +268,8 @@ async fn write_file(
     body: Body,
 ) -> Result<Response, ContentError> {
     let path = q.path()?;
-    let (uid, gid) = (q.uid.unwrap_or(DEFAULT_ID), q.gid.unwrap_or(DEFAULT_ID));
+    let (uid, gid, force) = q.owner_and_force();
     let mode = q.mode.unwrap_or(DEFAULT_FILE_MODE);
-    let force = q.force.unwrap_or(false);
     // Nothing is read from the body before the token is checked.
     let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
     let mut reader = SyncIoBridge::new(reader);
