@@ -24,6 +24,7 @@ mod exec;
 mod sandbox;
 mod serve;
 mod template;
+mod volume;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+    /// Manage volumes (file systems that outlive sandboxes).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Run a command in a sandbox, streaming its output; exits with its code.
     Exec(ExecArgs),
     /// Create a sandbox, run a command in it, kill it; exits with the
@@ -342,6 +346,28 @@ enum SandboxCommand {
         /// Print JSON (E2B's log entries) instead of lines.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Create a volume of the server's volume size; prints its id.
+    Create {
+        /// Its name: 1 to 250 characters from A-Z, a-z, 0-9, '_' and '-'.
+        name: String,
+    },
+    /// List volumes.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume (by id or name); its data goes once no sandbox uses
+    /// it.
+    Rm {
+        /// Volume id or name.
+        volume: String,
     },
 }
 
@@ -626,6 +652,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 ApiKeyCommand::List { json } => apikey::list(&api, json).await?,
                 ApiKeyCommand::Revoke { id } => apikey::revoke(&api, &id).await?,
+            }
+            Ok(0)
+        }
+        Command::Volume(cmd) => {
+            let api = client::Api::new(&cli.server, &cli.data_dir)?;
+            match cmd {
+                VolumeCommand::Create { name } => volume::create(&api, &name).await?,
+                VolumeCommand::List { json } => volume::list(&api, json).await?,
+                VolumeCommand::Rm { volume } => volume::remove(&api, &volume).await?,
             }
             Ok(0)
         }

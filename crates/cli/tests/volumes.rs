@@ -1,7 +1,8 @@
 //! Volumes across server restarts: a volume stays mounted on the host when
 //! the server stops (a clean stop or `kill -9`), sandboxes re-adopted after
 //! the restart keep using it, new ones mount it, and deleting it removes its
-//! data once the last sandbox using it is gone.
+//! data once the last sandbox using it is gone. Managed with `hutch
+//! volume`.
 
 use std::time::Duration;
 
@@ -52,14 +53,16 @@ fn sh(server: &TestServer, id: &str, script: &str) -> String {
 fn volumes_survive_server_restarts_and_go_when_deleted() {
     let server = TestServer::start_with_args(&["--volume-size-mb", "32"]);
     server.import(&debian_image(), "deb", &[]);
-    let (status, vol) = call(
-        &server,
-        reqwest::Method::POST,
-        "/volumes",
-        Some(json!({"name": "kept"})),
+    // `hutch volume` is a client of the same routes.
+    let vol_id = server
+        .cli_ok(&["volume", "create", "kept"])
+        .trim()
+        .to_owned();
+    let listed = server.cli_ok(&["volume", "list"]);
+    assert!(
+        listed.contains(&vol_id) && listed.contains("kept"),
+        "{listed}"
     );
-    assert_eq!(status, 201, "{vol}");
-    let vol_id = vol["volumeID"].as_str().unwrap().to_owned();
     let (status, again) = call(
         &server,
         reqwest::Method::POST,
@@ -86,14 +89,17 @@ fn volumes_survive_server_restarts_and_go_when_deleted() {
     );
     assert_eq!(sh(&server, &a, "ls /kept | wc -l"), "2\n");
 
-    // Deleted while used: the data stays until the last user is gone.
-    let (status, _) = call(
-        &server,
-        reqwest::Method::DELETE,
-        &format!("/volumes/{vol_id}"),
-        None,
+    // Deleted (by name) while used: the data stays until the last user is
+    // gone.
+    server.cli_ok(&["volume", "rm", "kept"]);
+    let out = server.cli(&["volume", "rm", "kept"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("volume 'kept' not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(status, 204);
+    assert_eq!(server.cli_ok(&["volume", "list", "--json"]).trim(), "[]");
     assert_eq!(
         call(
             &server,
