@@ -197,6 +197,11 @@ impl History {
         series.points.last().map(|p| series.metric(p))
     }
 
+    /// The CPU count recorded for sandbox `id`, once it has a series.
+    fn cpu_count(&self, id: &str) -> Option<u32> {
+        self.lock().get(id).map(|s| s.cpu_count)
+    }
+
     /// Forgets every sandbox but those of `keep`.
     fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.lock().retain(|id, _| keep(id));
@@ -242,9 +247,13 @@ pub(crate) async fn sample_all(st: &AppState) {
         .map(|(id, _)| id.clone())
         .collect();
     for id in running {
-        let cpu_count = match st.db.get_sandbox(id.clone()).await {
-            Ok(Some(row)) => row.cpu_count,
-            _ => continue,
+        // Read from the store once per sandbox, not at every round.
+        let cpu_count = match st.metrics.cpu_count(&id) {
+            Some(c) => c,
+            None => match st.db.get_sandbox(id.clone()).await {
+                Ok(Some(row)) => row.cpu_count,
+                _ => continue,
+            },
         };
         // A sandbox killed meanwhile fails here, and is forgotten below.
         if let Ok(usage) = st.node.usage(&id).await {
