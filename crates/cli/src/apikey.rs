@@ -7,9 +7,15 @@ use crate::client::Api;
 /// Creates a key (or, with `access_token`, an access token for
 /// `Authorization: Bearer`) and prints it (the only time it can be seen)
 /// and its id.
-pub(crate) async fn create(api: &Api, as_json: bool, access_token: bool) -> anyhow::Result<()> {
+pub(crate) async fn create(
+    api: &Api,
+    as_json: bool,
+    access_token: bool,
+    name: Option<String>,
+) -> anyhow::Result<()> {
     let body = NewApiKey {
         kind: access_token.then(|| NewApiKey::ACCESS_TOKEN.to_owned()),
+        name,
     };
     if as_json {
         let value: serde_json::Value = api.post_json("/hutch/v1/api-keys", &body).await?;
@@ -42,13 +48,14 @@ pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
         .map(|k| {
             vec![
                 k.id,
+                k.name,
                 format!("{}…", k.prefix),
                 k.created_at,
                 k.revoked_at.unwrap_or_else(|| "-".to_string()),
             ]
         })
         .collect();
-    crate::template::print_table(&["ID", "PREFIX", "CREATED", "REVOKED"], &rows);
+    crate::template::print_table(&["ID", "NAME", "PREFIX", "CREATED", "REVOKED"], &rows);
     Ok(())
 }
 

@@ -23,6 +23,7 @@ mod client;
 mod exec;
 mod sandbox;
 mod serve;
+mod team;
 mod template;
 mod volume;
 
@@ -67,9 +68,12 @@ enum Command {
     /// Manage sandboxes.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
-    /// Manage API keys.
+    /// Manage API keys (of the team of the key in use).
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+    /// Manage teams (with a key of the default team).
+    #[command(subcommand)]
+    Team(TeamCommand),
     /// Manage volumes (file systems that outlive sandboxes).
     #[command(subcommand)]
     Volume(VolumeCommand),
@@ -372,6 +376,25 @@ enum VolumeCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TeamCommand {
+    /// Create a team; prints its first API key (shown only this once).
+    Create {
+        /// Its name (1 to 63 characters from a-z, 0-9, '.', '_', '-').
+        name: String,
+        /// Print JSON (teamID, name, createdAt, apiKey) instead of the key.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List teams.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ApiKeyCommand {
     /// Create an API key (`e2b_…`, sent as `X-API-Key`); prints the key
     /// (shown only this once).
@@ -383,6 +406,9 @@ enum ApiKeyCommand {
         /// `Authorization: Bearer`, as E2B's CLI does).
         #[arg(long)]
         access_token: bool,
+        /// Its name, for people.
+        #[arg(long)]
+        name: Option<String>,
     },
     /// List API keys (ids and prefixes, never the keys).
     #[command(alias = "ls")]
@@ -391,7 +417,7 @@ enum ApiKeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke an API key (the last valid key cannot be revoked).
+    /// Revoke an API key (a team's last valid key cannot be revoked).
     Revoke {
         /// Key id, as `api-key list` shows it.
         id: String,
@@ -647,11 +673,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::ApiKey(cmd) => {
             let api = client::Api::new(&cli.server, &cli.data_dir)?;
             match cmd {
-                ApiKeyCommand::Create { json, access_token } => {
-                    apikey::create(&api, json, access_token).await?
-                }
+                ApiKeyCommand::Create {
+                    json,
+                    access_token,
+                    name,
+                } => apikey::create(&api, json, access_token, name).await?,
                 ApiKeyCommand::List { json } => apikey::list(&api, json).await?,
                 ApiKeyCommand::Revoke { id } => apikey::revoke(&api, &id).await?,
+            }
+            Ok(0)
+        }
+        Command::Team(cmd) => {
+            let api = client::Api::new(&cli.server, &cli.data_dir)?;
+            match cmd {
+                TeamCommand::Create { name, json } => team::create(&api, &name, json).await?,
+                TeamCommand::List { json } => team::list(&api, json).await?,
             }
             Ok(0)
         }

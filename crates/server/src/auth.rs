@@ -3,7 +3,7 @@
 //! Only a key's SHA-256 is stored in the database; the key itself is written
 //! once to `DATA/api-key` (mode 0600) for the operator and the CLI.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::db::{ApiKeyRow, Db, DbError, Revoke};
+use crate::db::{ApiKeyRow, Db, DbError, KeyKind, KeyOwner, NewKey, Revoke};
 use crate::error::{ApiError, io_reason};
 use crate::state::AppState;
 use crate::{ServerError, ids, time};
@@ -31,43 +31,67 @@ pub(crate) fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// What a new key is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyKind {
-    /// An API key (`X-API-Key`).
-    ApiKey,
-    /// An access token (`Authorization: Bearer`, as E2B's CLI sends it).
-    AccessToken,
+/// Who made a request: the key it carried and the team that key acts
+/// for. The authentication middleware puts it in the request's
+/// extensions; every authenticated handler takes it, and every service
+/// acts for `team` only (another team's sandboxes, templates and volumes
+/// are not found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The team the key acts for.
+    pub team: String,
+    /// The key's row id.
+    pub key_id: i64,
+    /// Whether the team is the default team (which may manage teams).
+    pub admin: bool,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Caller, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("missing API key"))
+    }
 }
 
 /// The API keys service: creates, lists and revokes keys, and checks the
-/// key of every authenticated request — from memory: the valid keys'
-/// hashes are read once and kept until a key is added or revoked through
-/// this service (one server per database, see [`crate::db`]).
+/// key of every authenticated request — from memory: the valid keys are
+/// read once and kept until a key is added or revoked through this service
+/// (one server per database, see [`crate::db`]).
 pub(crate) struct Keys {
     db: Db,
+    /// The default team's id.
+    default_team: String,
     cache: Mutex<KeyCache>,
 }
 
 #[derive(Default)]
 struct KeyCache {
-    /// Bumped by every change to the keys; a set read before a change is
+    /// Bumped by every change to the keys; a map read before a change is
     /// not kept after it.
     generation: u64,
-    valid: Option<HashSet<String>>,
+    valid: Option<Arc<HashMap<String, KeyOwner>>>,
 }
 
 impl Keys {
-    pub fn new(db: Db) -> Keys {
+    pub fn new(db: Db, default_team: String) -> Keys {
         Keys {
             db,
+            default_team,
             cache: Mutex::default(),
         }
     }
 
     /// On first start (no key in the database): stores the key found in
     /// `DATA/api-key` if there is one, else generates a key and writes that
-    /// file.
+    /// file. The first key is the default team's.
     pub async fn ensure_first(&self, data_dir: &Path) -> Result<(), ServerError> {
         let path = key_file(data_dir);
         let key_err = |reason: String| ServerError::ApiKey {
@@ -87,61 +111,81 @@ impl Keys {
                 key
             }
         };
-        let result = self
-            .db
-            .insert_api_key(hash_key(&key), prefix_of(&key), time::now_ms())
-            .await;
+        let new = new_key(&key, &self.default_team, "first API key", KeyKind::ApiKey);
+        let result = self.db.insert_api_key(new).await;
         self.changed();
         result.map_err(db_err)
     }
 
-    /// Whether `key` is a key that is not revoked.
-    pub async fn is_valid(&self, key: &str) -> Result<bool, DbError> {
+    /// Who `key` is, if it is a key that is not revoked.
+    pub async fn caller(&self, key: &str) -> Result<Option<Caller>, DbError> {
         let hash = hash_key(key);
-        let generation = {
+        let (valid, generation) = {
             let cache = self.cache();
-            if let Some(valid) = &cache.valid {
-                return Ok(valid.contains(&hash));
-            }
-            cache.generation
+            (cache.valid.clone(), cache.generation)
         };
-        let valid = self.db.valid_api_key_hashes().await?;
-        let found = valid.contains(&hash);
-        let mut cache = self.cache();
-        if cache.generation == generation {
-            cache.valid = Some(valid);
-        }
-        Ok(found)
+        let valid = match valid {
+            Some(valid) => valid,
+            None => {
+                let valid = Arc::new(self.db.valid_api_keys().await?);
+                let mut cache = self.cache();
+                if cache.generation == generation {
+                    cache.valid = Some(valid.clone());
+                }
+                valid
+            }
+        };
+        Ok(valid.get(&hash).map(|owner| Caller {
+            admin: owner.team_id == self.default_team,
+            team: owner.team_id.clone(),
+            key_id: owner.key_id,
+        }))
     }
 
-    /// A new key of `kind`, stored; returns the key (shown only now) and
-    /// its row.
-    pub async fn create(&self, kind: KeyKind) -> Result<(String, ApiKeyRow), DbError> {
+    /// A new key of `kind` named `name` for team `team`, stored; returns
+    /// the key (shown only now) and its row.
+    pub async fn create(
+        &self,
+        team: &str,
+        kind: KeyKind,
+        name: &str,
+    ) -> Result<(String, ApiKeyRow), DbError> {
         let key = match kind {
             KeyKind::ApiKey => ids::new_api_key(),
             KeyKind::AccessToken => ids::new_user_access_token(),
         };
         let result = self
             .db
-            .create_api_key(hash_key(&key), prefix_of(&key), time::now_ms())
+            .create_api_key(new_key(&key, team, name, kind))
             .await;
         self.changed();
         let row = result?;
-        tracing::info!(key_id = row.id, "API key created");
+        tracing::info!(key_id = row.id, team = team, "API key created");
         Ok((key, row))
     }
 
-    /// Every key, revoked or not, oldest first.
-    pub async fn list(&self) -> Result<Vec<ApiKeyRow>, DbError> {
-        self.db.list_api_keys().await
+    /// Every key of team `team`, revoked or not, oldest first.
+    pub async fn list(&self, team: &str) -> Result<Vec<ApiKeyRow>, DbError> {
+        self.db.list_api_keys(team.to_owned()).await
     }
 
-    /// Revokes key `id`, unless it is the last valid one.
-    pub async fn revoke(&self, id: i64) -> Result<Revoke, DbError> {
-        let result = self.db.revoke_api_key(id, time::now_ms()).await;
+    /// Renames key `id` of team `team`; `false` when it has no such key.
+    pub async fn rename(&self, team: &str, id: &str, name: &str) -> Result<bool, DbError> {
+        self.db
+            .rename_api_key(team.to_owned(), id.to_owned(), name.to_owned())
+            .await
+    }
+
+    /// Revokes key `id` (its UUID or number) of team `team`, unless it is
+    /// the team's last valid one.
+    pub async fn revoke(&self, team: &str, id: &str) -> Result<Revoke, DbError> {
+        let result = self
+            .db
+            .revoke_api_key(team.to_owned(), id.to_owned(), time::now_ms())
+            .await;
         self.changed();
         if let Ok(Revoke::Revoked) = result {
-            tracing::info!(key_id = id, "API key revoked");
+            tracing::info!(key_id = id, team = team, "API key revoked");
         }
         result
     }
@@ -158,12 +202,28 @@ impl Keys {
     }
 }
 
+/// The row of a new key `key`.
+fn new_key(key: &str, team: &str, name: &str, kind: KeyKind) -> NewKey {
+    NewKey {
+        uuid: ids::new_build_id(),
+        team_id: team.to_owned(),
+        name: name.to_owned(),
+        kind,
+        hash: hash_key(key),
+        prefix: key.chars().take(PREFIX_CHARS).collect(),
+        suffix: key
+            .chars()
+            .skip(key.chars().count().saturating_sub(SUFFIX_CHARS))
+            .collect(),
+        created_at: time::now_ms(),
+    }
+}
+
+/// Characters of a key's end kept for display.
+const SUFFIX_CHARS: usize = 4;
+
 /// Characters of a key kept for display.
 const PREFIX_CHARS: usize = 10;
-
-fn prefix_of(key: &str) -> String {
-    key.chars().take(PREFIX_CHARS).collect()
-}
 
 fn write_key_file(path: &Path, key: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -178,35 +238,44 @@ fn write_key_file(path: &Path, key: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Middleware: 401 unless `X-API-Key` holds a valid key, or
-/// `Authorization: Bearer` a valid access token (as E2B's CLI sends it).
-pub(crate) async fn require_api_key(
-    State(st): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let bearer = req
-        .headers()
+/// The credential a request carries: `X-API-Key`, else an access token
+/// as `Authorization: Bearer` (as E2B's CLI sends it).
+pub(crate) fn credential(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .and_then(|v| v.strip_prefix(b"Bearer "));
-    let api_key = req
-        .headers()
+    let api_key = headers
         .get(API_KEY_HEADER)
         .map(|v| v.as_bytes())
         .filter(|v| !v.is_empty());
     let Some(value) = api_key.or(bearer) else {
-        return ApiError::unauthorized(
+        return Err(ApiError::unauthorized(
             "missing API key: send it in the X-API-Key header (or an access token as Authorization: Bearer)",
-        )
-        .into_response();
+        ));
     };
-    let Ok(key) = std::str::from_utf8(value) else {
-        return ApiError::unauthorized("invalid API key").into_response();
+    std::str::from_utf8(value)
+        .map(str::trim)
+        .map_err(|_| ApiError::unauthorized("invalid API key"))
+}
+
+/// Middleware: 401 unless the request's [`credential`] is a valid key;
+/// else the request goes on with its [`Caller`].
+pub(crate) async fn require_api_key(
+    State(st): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let caller = match credential(req.headers()) {
+        Ok(key) => st.keys.caller(key).await,
+        Err(e) => return e.into_response(),
     };
-    match st.keys.is_valid(key.trim()).await {
-        Ok(true) => next.run(req).await,
-        Ok(false) => ApiError::unauthorized("invalid API key").into_response(),
+    match caller {
+        Ok(Some(caller)) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Ok(None) => ApiError::unauthorized("invalid API key").into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

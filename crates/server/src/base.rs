@@ -17,6 +17,14 @@ use crate::{ids, time};
 /// Starts building the base template in the background unless it exists.
 pub(crate) async fn ensure(st: Arc<AppState>) {
     match st.db.find_template(BASE_TEMPLATE.to_owned()).await {
+        // Every team starts sandboxes from it (databases from before teams
+        // have it private).
+        Ok(Some(t)) if !t.public && t.team_id == st.default_team => {
+            if let Err(e) = st.db.set_template_public(t.id, true).await {
+                tracing::error!("cannot make the base template public: {e}");
+            }
+            return;
+        }
         Ok(Some(_)) => return,
         Ok(None) => {}
         Err(e) => {
@@ -136,8 +144,13 @@ async fn build_in(
         ready_cmd: None,
         limits: None,
     };
-    crate::catalog::register(st, &meta, Registration::New)
+    crate::catalog::register(st, &st.default_team, &meta, Registration::New)
         .await
         .map_err(|e| format!("cannot record the template: {e}"))?;
+    // Every team starts sandboxes from it.
+    st.db
+        .set_template_public(meta.id.clone(), true)
+        .await
+        .map_err(|e| format!("cannot make the template public: {e}"))?;
     Ok(meta)
 }

@@ -93,6 +93,8 @@ pub(crate) struct Job {
     pub id: String,
     pub template_id: String,
     pub name: String,
+    /// The team the build is for.
+    pub team: String,
     log: Mutex<Vec<BuildLogLine>>,
     status: Mutex<Status>,
     /// Bumped on every new line and on the end.
@@ -189,15 +191,28 @@ impl Jobs {
 /// Registers a job for a build that runs elsewhere (the default `base`
 /// template's recipe), so that its progress shows like any build's.
 pub(crate) fn track(st: &Arc<AppState>, name: &str) -> Arc<Job> {
-    register(st, ids::new_build_id(), String::new(), name)
+    register(
+        st,
+        ids::new_build_id(),
+        String::new(),
+        name,
+        st.default_team.clone(),
+    )
 }
 
 /// A new job, building, in the server's list.
-fn register(st: &Arc<AppState>, id: String, template_id: String, name: &str) -> Arc<Job> {
+fn register(
+    st: &Arc<AppState>,
+    id: String,
+    template_id: String,
+    name: &str,
+    team: String,
+) -> Arc<Job> {
     let job = Arc::new(Job {
         id,
         template_id,
         name: name.to_owned(),
+        team,
         log: Mutex::new(Vec::new()),
         status: Mutex::new(Status::Building),
         changed: watch::channel(0).0,
@@ -227,6 +242,8 @@ impl Job {
 
 /// A build to start.
 pub(crate) struct Request {
+    /// The team the build is for.
+    pub team: String,
     /// The template's name.
     pub name: String,
     /// The template id to register it under (the template API hands it
@@ -261,6 +278,7 @@ pub(crate) fn start(st: &Arc<AppState>, req: Request) -> Arc<Job> {
         req.build_id.clone().unwrap_or_else(ids::new_build_id),
         req.template_id.clone().unwrap_or_else(ids::new_id),
         &req.name,
+        req.team.clone(),
     );
     let st = st.clone();
     let j = job.clone();
@@ -404,7 +422,7 @@ async fn run(
     } else {
         Registration::New
     };
-    let replaced = crate::catalog::register_build(st, &meta, how, job.id.clone())
+    let replaced = crate::catalog::register_build(st, &req.team, &meta, how, job.id.clone())
         .await
         .map_err(|e| fail(format!("cannot record the template: {e}")))?;
     if !req.tags.is_empty() {
@@ -429,15 +447,15 @@ async fn run(
     Ok(meta)
 }
 
-/// What `FROM` names: a template (by name or id), else an image reference
-/// pulled from its registry.
+/// What `FROM` names: a template the build's team may use (by name or
+/// id), else an image reference pulled from its registry.
 async fn resolve_base(st: &Arc<AppState>, job: &Arc<Job>, from: &str) -> Result<Base, String> {
     if let Some(t) = st
         .db
         .find_template(from.to_owned())
         .await
         .map_err(|e| e.to_string())?
-        .filter(|t| !t.name.contains('@'))
+        .filter(|t| !t.name.contains('@') && crate::catalog::visible(t, &job.team))
     {
         let meta = crate::catalog::metadata(&t).map_err(|e| e.to_string())?;
         return Ok(Base {

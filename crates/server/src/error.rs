@@ -152,7 +152,7 @@ impl From<crate::catalog::CatalogError> for ApiError {
         use crate::catalog::CatalogError as E;
         use hutch_image::ImageError as I;
         let status = match &e {
-            E::Exists(_) | E::InUse { .. } => StatusCode::CONFLICT,
+            E::Exists(_) | E::Taken(_) | E::InUse { .. } => StatusCode::CONFLICT,
             E::NotFound(_) | E::NoSuchTags { .. } => StatusCode::NOT_FOUND,
             E::InvalidName(_) | E::InvalidTag(_) | E::DefaultTag(_) => StatusCode::BAD_REQUEST,
             E::Import {

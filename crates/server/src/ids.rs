@@ -29,6 +29,9 @@ pub(crate) const API_KEY_PREFIX: &str = "e2b_";
 /// What an access token (for `Authorization: Bearer`) starts with.
 pub(crate) const ACCESS_TOKEN_PREFIX: &str = "sk_e2b_";
 
+/// How many hex digits follow a key's or token's prefix.
+pub(crate) const SECRET_HEX_CHARS: usize = 40;
+
 /// 40 lowercase hex digits (160 random bits), E2B's length.
 fn secret_hex() -> String {
     let bytes: [u8; 20] = rand::rng().random();

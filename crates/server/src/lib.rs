@@ -53,6 +53,7 @@ mod node;
 pub mod pool;
 mod sandbox_logs;
 mod state;
+mod teams;
 mod template_api;
 #[cfg(test)]
 mod testing;

@@ -167,6 +167,8 @@ pub(crate) enum SandboxError {
 
 /// What a create request asks for (validated by the caller).
 pub(crate) struct CreateArgs {
+    /// The team it is for.
+    pub team: String,
     /// Template id or name.
     pub template: String,
     /// Lifetime, in seconds.
@@ -213,7 +215,7 @@ pub(crate) async fn create_sandbox(
     // Layers must not be garbage-collected between the lookup and the
     // moment the row makes the template "in use".
     let layers_guard = st.layers_lock.read().await;
-    let template = crate::catalog::resolve(st, &args.template)
+    let template = crate::catalog::resolve(st, &args.team, &args.template)
         .await?
         .ok_or_else(|| {
             if args.template == hutch_builder::BASE_TEMPLATE
@@ -246,7 +248,7 @@ pub(crate) async fn create_sandbox(
         limits::resolve(defaults, &args.limits, &st.max_limits).map_err(SandboxError::Invalid)?;
     // Its volumes cannot be deleted before its row says it uses them.
     let volumes_guard = st.volumes_lock.read().await;
-    let volume_mounts = crate::volumes::resolve_mounts(st, &args.volume_mounts)
+    let volume_mounts = crate::volumes::resolve_mounts(st, &args.team, &args.volume_mounts)
         .await
         .map_err(|e| match e {
             crate::volumes::VolumeError::Db(e) => SandboxError::Db(e),
@@ -438,6 +440,7 @@ fn new_row(
     let now = time::now_ms();
     SandboxRow {
         id: id.to_owned(),
+        team_id: args.team.clone(),
         template_id: template.id.clone(),
         template_name: template.name.clone(),
         state,
@@ -593,17 +596,18 @@ pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, S
     Ok(true)
 }
 
-/// Sets when a running sandbox expires. `Ok(false)` if it is neither
-/// running nor paused; a 409 if it is paused (its lifetime is frozen with
-/// it; `connect` resumes it).
+/// Sets when team `team`'s running sandbox `id` expires. `Ok(false)` if
+/// it is neither running nor paused (or another team's); a 409 if it is
+/// paused (its lifetime is frozen with it; `connect` resumes it).
 pub(crate) async fn set_end_at(
     st: &Arc<AppState>,
+    team: &str,
     id: &str,
     end_at: impl FnOnce(i64) -> i64,
 ) -> Result<bool, SandboxError> {
     let new_end = {
         let mut live = st.live();
-        let Some(entry) = live.get_mut(id) else {
+        let Some(entry) = live.get_mut(id).filter(|e| e.team == team) else {
             return Ok(false);
         };
         if entry.paused.is_some() {
@@ -617,20 +621,22 @@ pub(crate) async fn set_end_at(
     Ok(true)
 }
 
-/// Replaces the egress policy of the running or paused sandbox `id`:
+/// Replaces the egress policy of team `team`'s running or paused sandbox
+/// `id`:
 /// applied on the node at once (new connections follow it) when the
 /// sandbox has a network — running, or paused in memory — and recorded
 /// either way, so that a resume, a boot on its files and a re-adoption
 /// apply it.
 pub(crate) async fn set_network(
     st: &Arc<AppState>,
+    team: &str,
     id: &str,
     policy: EgressPolicy,
 ) -> Result<(), SandboxError> {
     let _transition = st.transitions.lock(id).await;
     let stopped = match st.live().get(id) {
-        None => return Err(SandboxError::NotFound(id.to_owned())),
-        Some(e) => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
+        Some(e) if e.team == team => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
+        _ => return Err(SandboxError::NotFound(id.to_owned())),
     };
     if !stopped {
         match st.node.set_egress_policy(id, &policy).await {
@@ -798,13 +804,13 @@ pub(crate) async fn resume_sandbox(
     let _transition = st.transitions.lock(id).await;
     let now = time::now_ms();
     let wanted_end = timeout_secs.map(|s| now.saturating_add(timeout_ms(s)));
-    let paused = match st.live().get(id) {
+    let (paused, team) = match st.live().get(id) {
         None => return Ok(ResumeOutcome::NotFound),
-        Some(e) => e.paused,
+        Some(e) => (e.paused, e.team.clone()),
     };
     let Some(paused) = paused else {
         if let Some(end) = wanted_end
-            && !set_end_at(st, id, |current| current.max(end)).await?
+            && !set_end_at(st, &team, id, |current| current.max(end)).await?
         {
             return Ok(ResumeOutcome::NotFound);
         }
@@ -1154,6 +1160,7 @@ fn route_paused(
             agent_pid,
             lifecycle: row.lifecycle,
             ingress: row.ingress.clone(),
+            team: row.team_id.clone(),
         },
     );
     if let Some(pid) = agent_pid {
@@ -1302,7 +1309,7 @@ mod snapshots;
 mod tests;
 
 pub(crate) use queries::{
-    Filter, LISTED, create, find, fork, kill, latest_metrics, list, logs, metrics, pause, resume,
-    snapshot,
+    Filter, LISTED, create, find, find_owned, fork, kill, latest_metrics, list, logs, metrics,
+    pause, resume, snapshot,
 };
 pub(crate) use snapshots::{fork_sandbox, list_snapshots, snapshot_sandbox};

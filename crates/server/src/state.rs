@@ -34,6 +34,8 @@ pub(crate) struct LiveSandbox {
     pub lifecycle: Lifecycle,
     /// What requests to its ports need, and the Host they get.
     pub ingress: Ingress,
+    /// The team that owns it.
+    pub team: String,
 }
 
 /// How a paused sandbox is paused.
@@ -55,6 +57,7 @@ impl LiveSandbox {
             agent_pid: Some(agent_pid),
             lifecycle: row.lifecycle,
             ingress: row.ingress.clone(),
+            team: row.team_id.clone(),
         }
     }
 }
@@ -65,6 +68,9 @@ pub(crate) struct AppState {
     pub db: Db,
     /// The API keys service (every authenticated request checks one).
     pub keys: crate::auth::Keys,
+    /// The default team's id: it owns the templates the server builds
+    /// itself (public to every team) and may manage teams.
+    pub default_team: String,
     pub store: Arc<LayerStore>,
     /// The node that runs the sandboxes.
     pub node: Arc<dyn Node>,
@@ -167,7 +173,8 @@ impl AppState {
         Arc::new(AppState {
             max_limits: cfg.max_limits,
             data_dir: data.path,
-            keys: crate::auth::Keys::new(data.db.clone()),
+            keys: crate::auth::Keys::new(data.db.clone(), data.default_team.clone()),
+            default_team: data.default_team,
             db: data.db,
             store: data.store,
             node,
@@ -221,6 +228,7 @@ impl AppState {
 struct DataDir {
     path: PathBuf,
     db: Db,
+    default_team: String,
     store: Arc<LayerStore>,
     lock: File,
 }
@@ -251,7 +259,15 @@ impl DataDir {
                 cause,
             })?;
         tracing::info!(backend = db.backend(), "database {location} open");
-        crate::auth::Keys::new(db.clone())
+        let default_team = db
+            .default_team()
+            .await
+            .map_err(|cause| ServerError::Database {
+                location: location.to_string(),
+                cause,
+            })?
+            .id;
+        crate::auth::Keys::new(db.clone(), default_team.clone())
             .ensure_first(path)
             .await?;
         let store_root = path.join("images");
@@ -262,6 +278,7 @@ impl DataDir {
         Ok(DataDir {
             path: path.to_path_buf(),
             db,
+            default_team,
             store: Arc::new(store),
             lock,
         })

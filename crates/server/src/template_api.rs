@@ -90,6 +90,9 @@ pub(crate) enum TemplateApiError {
     /// this server allows (the message says which and why).
     #[error("{0}")]
     InvalidLimits(String),
+    /// Another team's template has that name.
+    #[error("template name '{0}' is taken by another team; choose another name")]
+    NameTaken(String),
     /// A build of the template of that name is running: one at a time.
     #[error("template '{0}' is being built already")]
     Building(String),
@@ -196,6 +199,8 @@ pub(crate) struct TemplateApi {
 /// A build requested with `POST /v3/templates` and not started yet.
 #[derive(Debug, Clone)]
 struct Pending {
+    /// The team it is for.
+    team: String,
     /// The template id handed out for it.
     template_id: String,
     /// The template name.
@@ -306,6 +311,7 @@ impl TemplateApi {
     pub(crate) async fn request_build(
         &self,
         st: &AppState,
+        team: &str,
         body: &TemplateBuildRequest,
     ) -> Result<TemplateBuildRequested, TemplateApiError> {
         let (name, tags) = name_and_tags(body)?;
@@ -324,28 +330,29 @@ impl TemplateApi {
             crate::limits::template_defaults(&name, Some(l), &st.max_limits)
                 .map_err(TemplateApiError::InvalidLimits)?;
         }
-        let existing = st
-            .db
-            .find_template(name.clone())
-            .await?
-            .filter(|t| t.name == name)
-            .map(|t| t.id);
+        let existing = match st.db.find_template(name.clone()).await? {
+            Some(t) if t.name == name && t.team_id != team => {
+                return Err(TemplateApiError::NameTaken(name));
+            }
+            Some(t) if t.name == name => Some(t.id),
+            _ => None,
+        };
         let build_id = ids::new_build_id();
         let template_id = {
             let mut pending = self.pending();
             pending.retain(|_, p| p.since.elapsed() < PENDING_TTL);
+            // A second request for a new name before the first started.
+            let requested = pending.values().find(|p| p.name == name);
+            if requested.is_some_and(|p| p.team != team) {
+                return Err(TemplateApiError::NameTaken(name));
+            }
             let template_id = existing
-                .or_else(|| {
-                    // A second request for a new name before the first started.
-                    pending
-                        .values()
-                        .find(|p| p.name == name)
-                        .map(|p| p.template_id.clone())
-                })
+                .or_else(|| requested.map(|p| p.template_id.clone()))
                 .unwrap_or_else(ids::new_id);
             pending.insert(
                 build_id.clone(),
                 Pending {
+                    team: team.to_owned(),
                     template_id: template_id.clone(),
                     name: name.clone(),
                     since: Instant::now(),
@@ -379,12 +386,13 @@ impl TemplateApi {
     pub(crate) async fn file_link(
         &self,
         st: &AppState,
+        team: &str,
         template_id: &str,
         hash: &str,
         base: Option<&str>,
     ) -> Result<TemplateFileLink, TemplateApiError> {
         check_hash(hash)?;
-        self.known_template(st, template_id).await?;
+        self.known_template(st, team, template_id).await?;
         let dir = self.files.join(hash);
         let present = dir.is_dir();
         if present {
@@ -453,17 +461,26 @@ impl TemplateApi {
 
     /// Fails with [`TemplateApiError::TemplateNotFound`] unless
     /// `template_id` names a requested build's template or a template (by
-    /// id or name).
+    /// id or name) of team `team`.
     async fn known_template(
         &self,
         st: &AppState,
+        team: &str,
         template_id: &str,
     ) -> Result<(), TemplateApiError> {
         let pending = self
             .pending()
             .values()
-            .any(|p| p.template_id == template_id || p.name == template_id);
-        if pending || st.db.find_template(template_id.to_owned()).await?.is_some() {
+            .any(|p| p.team == team && (p.template_id == template_id || p.name == template_id));
+        let owned = || async {
+            Ok::<_, TemplateApiError>(
+                st.db
+                    .find_template(template_id.to_owned())
+                    .await?
+                    .is_some_and(|t| t.team_id == team),
+            )
+        };
+        if pending || owned().await? {
             Ok(())
         } else {
             Err(TemplateApiError::TemplateNotFound(template_id.to_owned()))
@@ -479,6 +496,7 @@ impl TemplateApi {
     pub(crate) async fn start_build(
         &self,
         st: &Arc<AppState>,
+        team: &str,
         template_id: &str,
         build_id: &str,
         body: &TemplateBuildStart,
@@ -486,10 +504,10 @@ impl TemplateApi {
         let pending = self
             .pending()
             .get(build_id)
-            .filter(|p| p.template_id == template_id || p.name == template_id)
+            .filter(|p| p.team == team && (p.template_id == template_id || p.name == template_id))
             .cloned();
         let Some(pending) = pending else {
-            if st.builds.get(build_id).is_some() {
+            if st.builds.get(build_id).is_some_and(|j| j.team == team) {
                 return Err(TemplateApiError::AlreadyStarted(build_id.to_owned()));
             }
             return Err(TemplateApiError::BuildNotRequested {
@@ -501,7 +519,7 @@ impl TemplateApi {
             return Err(TemplateApiError::Building(pending.name.clone()));
         }
         let from = base_of(body)?;
-        let base_user = template_user(st, &from).await?;
+        let base_user = template_user(st, team, &from).await?;
         let (mut recipe, files) = to_recipe(body, from, base_user, &self.files)?;
         recipe.notes = pending.notes.clone();
         // Started once: a concurrent start of the same build loses here.
@@ -511,6 +529,7 @@ impl TemplateApi {
         builds::start(
             st,
             builds::Request {
+                team: team.to_owned(),
                 name: pending.name.clone(),
                 template_id: Some(pending.template_id.clone()),
                 build_id: Some(build_id.to_owned()),
@@ -545,11 +564,12 @@ impl TemplateApi {
     pub(crate) fn build_status(
         &self,
         st: &AppState,
+        team: &str,
         template_id: String,
         build_id: String,
         page: LogPage,
     ) -> Result<TemplateBuildStatus, TemplateApiError> {
-        let Some(job) = self.job(st, &template_id, &build_id)? else {
+        let Some(job) = self.job(st, team, &template_id, &build_id)? else {
             return Ok(TemplateBuildStatus {
                 template_id,
                 build_id,
@@ -611,20 +631,20 @@ impl TemplateApi {
     fn job(
         &self,
         st: &AppState,
+        team: &str,
         template_id: &str,
         build_id: &str,
     ) -> Result<Option<Arc<builds::Job>>, TemplateApiError> {
         if let Some(job) = st
             .builds
             .get(build_id)
-            .filter(|j| j.template_id == template_id || j.name == template_id)
+            .filter(|j| j.team == team && (j.template_id == template_id || j.name == template_id))
         {
             return Ok(Some(job));
         }
-        let waiting = self
-            .pending()
-            .get(build_id)
-            .is_some_and(|p| p.template_id == template_id || p.name == template_id);
+        let waiting = self.pending().get(build_id).is_some_and(|p| {
+            p.team == team && (p.template_id == template_id || p.name == template_id)
+        });
         if waiting {
             return Ok(None);
         }
@@ -640,11 +660,12 @@ impl TemplateApi {
     pub(crate) fn build_logs(
         &self,
         st: &AppState,
+        team: &str,
         template_id: String,
         build_id: String,
         window: LogWindow,
     ) -> Result<Vec<BuildLogEntry>, TemplateApiError> {
-        let Some(job) = self.job(st, &template_id, &build_id)? else {
+        let Some(job) = self.job(st, team, &template_id, &build_id)? else {
             return Ok(Vec::new());
         };
         let mut lines: Vec<(BuildLogLine, String)> = with_steps(job.lines(0, usize::MAX))
@@ -669,17 +690,18 @@ impl TemplateApi {
 
 // ----- 5. names ------------------------------------------------------------
 
-/// The template named `alias` (`Template.exists`): its id, never public;
-/// [`TemplateApiError::TemplateNotFound`] unless a template has that name
-/// (an id does not count).
+/// The template named `alias` (`Template.exists`) that team `team` may
+/// use: its id and public flag; [`TemplateApiError::TemplateNotFound`]
+/// unless such a template has that name (an id does not count).
 pub(crate) async fn alias(
     st: &AppState,
+    team: &str,
     alias: &str,
 ) -> Result<TemplateAliasInfo, TemplateApiError> {
     match st.db.find_template(alias.to_owned()).await? {
-        Some(t) if t.name == alias => Ok(TemplateAliasInfo {
+        Some(t) if t.name == alias && crate::catalog::visible(&t, team) => Ok(TemplateAliasInfo {
             template_id: t.id,
-            public: false,
+            public: t.public,
         }),
         _ => Err(TemplateApiError::TemplateNotFound(alias.to_owned())),
     }
@@ -961,12 +983,16 @@ fn to_recipe(
 }
 
 /// The default user of the template `from` names, if it is a template.
-async fn template_user(st: &AppState, from: &str) -> Result<Option<String>, TemplateApiError> {
+async fn template_user(
+    st: &AppState,
+    team: &str,
+    from: &str,
+) -> Result<Option<String>, TemplateApiError> {
     Ok(st
         .db
         .find_template(from.to_owned())
         .await?
-        .filter(|t| !t.name.contains('@'))
+        .filter(|t| !t.name.contains('@') && crate::catalog::visible(t, team))
         .and_then(|t| TemplateMetadata::from_json(&t.metadata).ok())
         .and_then(|m| m.user))
 }

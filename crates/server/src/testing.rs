@@ -64,6 +64,7 @@ impl Harness {
                 created_at: 0,
                 build_id: crate::ids::new_build_id(),
                 public: false,
+                team_id: st.default_team.clone(),
             })
             .await
             .unwrap();
@@ -80,9 +81,16 @@ impl Harness {
         template_app()
     }
 
-    /// A create of `app` with one variable and every default.
+    /// The default team (that of `app` and of [`Harness::create_args`]).
+    pub fn team(&self) -> &str {
+        &self.st.default_team
+    }
+
+    /// A create of `app` for the default team, with one variable and every
+    /// default.
     pub fn create_args(&self) -> CreateArgs {
         CreateArgs {
+            team: self.st.default_team.clone(),
             template: "app".into(),
             timeout_secs: 300,
             metadata: BTreeMap::new(),

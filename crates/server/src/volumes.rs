@@ -134,9 +134,10 @@ pub(crate) async fn content(
             "the volume token is not valid for this volume, or has expired".to_owned(),
         ));
     }
-    match get(st, id).await {
-        Ok(_) => {}
-        Err(VolumeError::NotFound(_)) => {
+    // The token names the volume, whichever team's it is.
+    match every_live(st).await {
+        Ok(volumes) if volumes.iter().any(|v| v.id == id) => {}
+        Ok(_) => {
             return Err(ContentError::Fs(hutch_runtime::VolumeFsError::NotFound(
                 format!("volume {id}"),
             )));
@@ -205,16 +206,21 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Creates volume `name` of the server's volume size.
-pub(crate) async fn create(st: &AppState, name: &str) -> Result<VolumeRow, VolumeError> {
+/// Creates team `team`'s volume `name` of the server's volume size.
+pub(crate) async fn create(
+    st: &AppState,
+    team: &str,
+    name: &str,
+) -> Result<VolumeRow, VolumeError> {
     if !valid_name(name) {
         return Err(VolumeError::InvalidName(name.to_owned()));
     }
-    if live(st).await?.iter().any(|v| v.name == name) {
+    if live(st, team).await?.iter().any(|v| v.name == name) {
         return Err(VolumeError::Exists(name.to_owned()));
     }
     let row = VolumeRow {
         id: ids::new_build_id(),
+        team_id: team.to_owned(),
         name: name.to_owned(),
         size_mb: st.volume_size_mb,
         created_at: time::now_ms(),
@@ -232,8 +238,15 @@ pub(crate) async fn create(st: &AppState, name: &str) -> Result<VolumeRow, Volum
     Ok(row)
 }
 
-/// The volumes not deleted, oldest first.
-pub(crate) async fn live(st: &AppState) -> Result<Vec<VolumeRow>, VolumeError> {
+/// Team `team`'s volumes not deleted, oldest first.
+pub(crate) async fn live(st: &AppState, team: &str) -> Result<Vec<VolumeRow>, VolumeError> {
+    let mut volumes = every_live(st).await?;
+    volumes.retain(|v| v.team_id == team);
+    Ok(volumes)
+}
+
+/// Every team's volumes not deleted, oldest first.
+async fn every_live(st: &AppState) -> Result<Vec<VolumeRow>, VolumeError> {
     Ok(st
         .db
         .list_volumes()
@@ -243,20 +256,21 @@ pub(crate) async fn live(st: &AppState) -> Result<Vec<VolumeRow>, VolumeError> {
         .collect())
 }
 
-/// The volume with this id (not deleted).
-pub(crate) async fn get(st: &AppState, id: &str) -> Result<VolumeRow, VolumeError> {
-    live(st)
+/// Team `team`'s volume with this id (not deleted).
+pub(crate) async fn get(st: &AppState, team: &str, id: &str) -> Result<VolumeRow, VolumeError> {
+    live(st, team)
         .await?
         .into_iter()
         .find(|v| v.id == id)
         .ok_or_else(|| VolumeError::NotFound(id.to_owned()))
 }
 
-/// Deletes volume `id`: its name is free and it cannot be mounted from now
-/// on; its data goes once no sandbox uses it.
-pub(crate) async fn delete(st: &Arc<AppState>, id: &str) -> Result<(), VolumeError> {
+/// Deletes team `team`'s volume `id`: its name is free and it cannot be
+/// mounted from now on; its data goes once no sandbox uses it.
+pub(crate) async fn delete(st: &Arc<AppState>, team: &str, id: &str) -> Result<(), VolumeError> {
     {
         let _mounts = st.volumes_lock.write().await;
+        get(st, team, id).await?;
         if !st
             .db
             .mark_volume_deleted(id.to_owned(), time::now_ms())
@@ -270,18 +284,19 @@ pub(crate) async fn delete(st: &Arc<AppState>, id: &str) -> Result<(), VolumeErr
     Ok(())
 }
 
-/// The mounts a create asks for (`(name or id, path)`, the volume named
-/// first), checked as E2B checks them: each reason found, numbered by
-/// mount. The caller holds [`AppState::volumes_lock`] (read) until the
-/// sandbox's row exists.
+/// The mounts a create for team `team` asks for (`(name or id, path)`,
+/// the volume named first; the team's volumes only), checked as E2B checks
+/// them: each reason found, numbered by mount. The caller holds
+/// [`AppState::volumes_lock`] (read) until the sandbox's row exists.
 pub(crate) async fn resolve_mounts(
     st: &AppState,
+    team: &str,
     wanted: &[(String, String)],
 ) -> Result<Vec<MountRecord>, VolumeError> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let volumes = live(st).await?;
+    let volumes = live(st, team).await?;
     let mut reasons = Vec::new();
     if wanted.len() > MAX_MOUNTS {
         reasons.push(format!(

@@ -10,7 +10,7 @@
 //! | module | routes |
 //! |---|---|
 //! | [`sandboxes`] | `/sandboxes`, `/v2/sandboxes` |
-//! | [`keys`] | `/hutch/v1/api-keys` |
+//! | [`keys`] | `/hutch/v1/api-keys`, `/hutch/v1/teams`, `/teams`, `/api-keys`, `/access-tokens` |
 //! | [`pool`] | `/hutch/v1/pool` |
 //! | [`snapshots`] | `/sandboxes/{id}/snapshots`, `/snapshots`, `/sandboxes/{id}/fork` |
 //! | [`templates`] | `/hutch/v1/templates` (import, pull, list) |
@@ -33,7 +33,10 @@ pub mod volumes;
 pub use builds::{
     BuildEnd, BuildLogKind, BuildLogLine, BuildSpec, BuildStreamLine, LogLevel, LogStream,
 };
-pub use keys::{CreatedApiKey, ListedApiKey, NewApiKey};
+pub use keys::{
+    CreatedAccessToken, CreatedApiKey, CreatedTeamApiKey, KeyMask, ListedApiKey, NamedKey,
+    NewApiKey, NewTeam, Team, TeamApiKey, TeamInfo,
+};
 pub use pool::{PoolStatus, TemplatePool};
 pub use sandboxes::{
     AutoResume, ConnectSandbox, LifecycleInfo, ListedSandbox, NewSandbox, PauseSandbox,

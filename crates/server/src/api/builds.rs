@@ -24,6 +24,7 @@ use hutch_protocol::api::{BuildEnd, BuildSpec};
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::auth::Caller;
 use crate::builds::{self, Job, Status};
 use crate::error::{ApiError, ApiQuery};
 use crate::ids;
@@ -36,10 +37,18 @@ pub(super) struct BuildQuery {
 
 pub(super) async fn build(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<BuildQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (spec, recipe) = match check(&st, q) {
+    let checked = match check(&st, q) {
+        Ok(checked) => crate::catalog::check_buildable(&st, &caller.team, &checked.0.name)
+            .await
+            .map(|()| checked)
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let (spec, recipe) = match checked {
         Ok(checked) => checked,
         Err(e) => {
             // Read the context anyway: a client still sending it would see
@@ -70,6 +79,7 @@ pub(super) async fn build(
     let job = builds::start(
         &st,
         builds::Request {
+            team: caller.team,
             name: spec.name,
             template_id: None,
             build_id: None,

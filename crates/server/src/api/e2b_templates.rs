@@ -47,6 +47,7 @@ use hutch_protocol::api::{
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::template_api::{self, LogPage, TemplateApi, TemplateApiError};
@@ -102,7 +103,7 @@ impl From<TemplateApiError> for ApiError {
             E::TemplateNotFound(_) | E::BuildNotRequested { .. } | E::BuildNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
-            E::Building(_) | E::AlreadyStarted(_) => StatusCode::CONFLICT,
+            E::Building(_) | E::AlreadyStarted(_) | E::NameTaken(_) => StatusCode::CONFLICT,
             E::CreateDir { .. } | E::Task(_) | E::Store(_) | E::Db(_) => {
                 return ApiError::internal(e.to_string());
             }
@@ -118,10 +119,11 @@ impl From<TemplateApiError> for ApiError {
 /// `minFreeDiskMB` is accepted and not applied.
 pub(super) async fn request_build(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Extension(api): Extension<Arc<TemplateApi>>,
     ApiJson(body): ApiJson<TemplateBuildRequest>,
 ) -> Result<Response, ApiError> {
-    let requested = api.request_build(&st, &body).await?;
+    let requested = api.request_build(&st, &caller.team, &body).await?;
     Ok((StatusCode::ACCEPTED, Json(requested)).into_response())
 }
 
@@ -153,6 +155,7 @@ fn public_base(headers: &HeaderMap, uri: &Uri) -> Option<String> {
 /// `force_upload`.
 pub(super) async fn file_link(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Extension(api): Extension<Arc<TemplateApi>>,
     Path((template_id, hash)): Path<(String, String)>,
     headers: HeaderMap,
@@ -160,7 +163,7 @@ pub(super) async fn file_link(
 ) -> Result<Response, ApiError> {
     let base = public_base(&headers, &uri);
     let link = api
-        .file_link(&st, &template_id, &hash, base.as_deref())
+        .file_link(&st, &caller.team, &template_id, &hash, base.as_deref())
         .await?;
     Ok((StatusCode::CREATED, Json(link)).into_response())
 }
@@ -197,11 +200,13 @@ pub(super) async fn upload(
 /// build with the steps of the body (`202`).
 pub(super) async fn start_build(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Extension(api): Extension<Arc<TemplateApi>>,
     Path((template_id, build_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<TemplateBuildStart>,
 ) -> Result<StatusCode, ApiError> {
-    api.start_build(&st, &template_id, &build_id, &body).await?;
+    api.start_build(&st, &caller.team, &template_id, &build_id, &body)
+        .await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -225,6 +230,7 @@ pub(super) struct StatusQuery {
 /// those at `level` or above when given — the offset then counts those).
 pub(super) async fn status(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Extension(api): Extension<Arc<TemplateApi>>,
     Path((template_id, build_id)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<StatusQuery>,
@@ -234,7 +240,13 @@ pub(super) async fn status(
         offset: q.logs_offset,
         limit: q.limit,
     };
-    Ok(Json(api.build_status(&st, template_id, build_id, page)?))
+    Ok(Json(api.build_status(
+        &st,
+        &caller.team,
+        template_id,
+        build_id,
+        page,
+    )?))
 }
 
 /// The lowest log level a `level` query asks for (`debug` when empty or
@@ -256,9 +268,10 @@ pub(super) fn min_level(level: Option<&str>) -> Result<LogLevel, ApiError> {
 /// a template of that name, else 404.
 pub(super) async fn alias(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(alias): Path<String>,
 ) -> Result<Json<TemplateAliasInfo>, ApiError> {
-    Ok(Json(template_api::alias(&st, &alias).await?))
+    Ok(Json(template_api::alias(&st, &caller.team, &alias).await?))
 }
 
 #[cfg(test)]

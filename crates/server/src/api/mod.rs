@@ -1,5 +1,9 @@
 //! The HTTP routes.
 //!
+//! Every route marked "key" acts for the key's team ([`crate::teams`]):
+//! another team's sandboxes, templates, snapshots and volumes are not
+//! found.
+//!
 //! | route | auth | what |
 //! |---|---|---|
 //! | `GET /health` | no | `{"status":"ok"}` |
@@ -29,7 +33,11 @@
 //! | `GET /hutch/v1/pool` | key | the warm pool: size, and per template sandboxes ready and creates served from it |
 //! | `POST /hutch/v1/api-keys` | key | create an API key (201; the key is shown only here) |
 //! | `GET /hutch/v1/api-keys` | key | list keys (ids, prefixes, dates; never the keys) |
-//! | `DELETE /hutch/v1/api-keys/{id}` | key | revoke a key (204; 409 for the last valid key) |
+//! | `DELETE /hutch/v1/api-keys/{id}` | key | revoke a key (204; 409 for the team's last valid key) |
+//! | `POST`/`GET /hutch/v1/teams` | key of the default team | create a team with its first key (201); list teams ([`crate::teams`]) |
+//! | `GET /teams` | key | E2B's: the caller's team, with the credential it sent as its key |
+//! | `GET`/`POST /api-keys`, `PATCH`/`DELETE /api-keys/{id}` | key | E2B's: the team's API keys, masked; create (201, the key shown once); rename; delete (204) |
+//! | `POST /access-tokens`, `DELETE /access-tokens/{id}` | key | E2B's: create an access token (201); delete one (204) |
 //! | `POST /v3/templates`, `GET /templates/{id}/files/{hash}`, `POST /v2/templates/{id}/builds/{build}`, `GET /templates/{id}/builds/{build}/status`, `GET /templates/aliases/{name}` | key | E2B's template build API ([`e2b_templates`]) |
 //! | `GET /templates`, `GET /v2/templates`, `GET`/`PATCH /templates/{id}`, `PATCH /v2/templates/{id}`, `POST`/`DELETE /templates/tags`, `GET /templates/{id}/tags`, `GET /templates/{id}/builds/{build}/logs` | key | E2B's template management ([`template_catalog`]) |
 //! | `/volumecontent/{id}/dir`, `…/path`, `…/file` | the volume's token | E2B's volume content API ([`volume_content`]) |
@@ -119,6 +127,24 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route(
             "/hutch/v1/api-keys/{id}",
             axum::routing::delete(keys::revoke),
+        )
+        .route(
+            "/hutch/v1/teams",
+            post(keys::create_team).get(keys::list_teams),
+        )
+        .route("/teams", get(keys::e2b_teams))
+        .route(
+            "/api-keys",
+            get(keys::e2b_list_keys).post(keys::e2b_create_key),
+        )
+        .route(
+            "/api-keys/{id}",
+            axum::routing::patch(keys::e2b_rename_key).delete(keys::e2b_delete_key),
+        )
+        .route("/access-tokens", post(keys::e2b_create_token))
+        .route(
+            "/access-tokens/{id}",
+            axum::routing::delete(keys::e2b_delete_token),
         )
         .merge(e2b_templates)
         .merge(template_catalog::routes(template_api))

@@ -1,4 +1,5 @@
-//! `GET /hutch/v1/pool`: the warm pool's state, per template.
+//! `GET /hutch/v1/pool`: the warm pool's state, per template the caller's
+//! team may use.
 
 use std::sync::Arc;
 
@@ -6,11 +7,16 @@ use axum::Json;
 use axum::extract::State;
 use hutch_protocol::api::{PoolStatus, TemplatePool};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub(super) async fn status(State(st): State<Arc<AppState>>) -> Result<Json<PoolStatus>, ApiError> {
-    let templates = st.db.list_templates().await?;
+pub(super) async fn status(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<PoolStatus>, ApiError> {
+    let mut templates = st.db.list_templates().await?;
+    templates.retain(|t| crate::catalog::visible(t, &caller.team));
     Ok(Json(PoolStatus {
         size: st.pool.target(),
         templates: templates

@@ -16,6 +16,7 @@ use hutch_protocol::api::{
 use hutch_runtime::{Cidr, EgressPolicy};
 use serde::Deserialize;
 
+use crate::auth::Caller;
 use crate::db::{Ingress, Lifecycle, PauseMode, SandboxRow, SandboxState};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::frontdoor::MASK_PORT;
@@ -205,6 +206,7 @@ fn check_timeout(secs: u64, what: &str) -> Result<u64, ApiError> {
 
 pub(super) async fn create(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiJson(body): ApiJson<NewSandbox>,
 ) -> Result<Response, ApiError> {
     let timeout_secs = check_timeout(
@@ -218,6 +220,7 @@ pub(super) async fn create(
     let network = egress_policy(body.allow_internet_access, body.network)?;
     let lifecycle = lifecycle_of(body.auto_pause, body.auto_pause_memory, body.auto_resume)?;
     let args = CreateArgs {
+        team: caller.team,
         template: body.template_id,
         timeout_secs,
         metadata: body.metadata.unwrap_or_default(),
@@ -266,8 +269,9 @@ const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 
 /// The listing `q` asks for, in `states`.
-fn filter(q: &ListQuery, states: Vec<SandboxState>) -> Result<Filter, ApiError> {
+fn filter(team: &str, q: &ListQuery, states: Vec<SandboxState>) -> Result<Filter, ApiError> {
     Ok(Filter {
+        team: team.to_owned(),
         states,
         metadata: match &q.metadata {
             Some(m) => parse_metadata_filter(m)?,
@@ -292,9 +296,11 @@ fn filter(q: &ListQuery, states: Vec<SandboxState>) -> Result<Filter, ApiError> 
 /// `GET /sandboxes`: running sandboxes only, as E2B's v1 list.
 pub(super) async fn list_v1(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<ListedSandbox>>, ApiError> {
-    let rows = lifecycle::list(&st, &filter(&q, vec![SandboxState::Running])?).await?;
+    let rows =
+        lifecycle::list(&st, &filter(&caller.team, &q, vec![SandboxState::Running])?).await?;
     Ok(Json(rows.iter().map(ListedSandbox::from).collect()))
 }
 
@@ -328,6 +334,7 @@ fn parse_states(filter: Option<&str>) -> Result<Vec<SandboxState>, ApiError> {
 /// paged.
 pub(super) async fn list_v2(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let states = parse_states(q.state.as_deref())?;
@@ -345,8 +352,12 @@ pub(super) async fn list_v2(
             )));
         }
     };
-    let mut rows = lifecycle::list(&st, &filter(&q, states)?).await?;
-    let running = st.live().values().filter(|s| s.paused.is_none()).count();
+    let mut rows = lifecycle::list(&st, &filter(&caller.team, &q, states)?).await?;
+    let running = st
+        .live()
+        .values()
+        .filter(|s| s.team == caller.team && s.paused.is_none())
+        .count();
     // Rows come oldest first; the token names the last row returned, and
     // the page goes on after it in the order asked for (a row gone
     // meanwhile does not break it).
@@ -429,17 +440,19 @@ fn sandbox_not_found(id: &str) -> ApiError {
 
 pub(super) async fn detail(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ListedSandbox>, ApiError> {
-    let row = lifecycle::find(&st, &id, lifecycle::LISTED).await?;
+    let row = lifecycle::find_owned(&st, &caller.team, &id, lifecycle::LISTED).await?;
     Ok(Json(ListedSandbox::from(&row)))
 }
 
 pub(super) async fn kill(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    lifecycle::kill(&st, &id).await?;
+    lifecycle::kill(&st, &caller.team, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -451,11 +464,12 @@ pub(super) async fn kill(
 /// booted again on its files (see [`crate::lifecycle`]).
 pub(super) async fn connect(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ConnectSandbox>,
 ) -> Result<Response, ApiError> {
     let timeout = optional_timeout(body.timeout)?;
-    let (resumed, row) = lifecycle::resume(&st, &id, timeout, body.memory).await?;
+    let (resumed, row) = lifecycle::resume(&st, &caller.team, &id, timeout, body.memory).await?;
     let status = match resumed {
         ResumeOutcome::Resumed => StatusCode::CREATED,
         ResumeOutcome::WasRunning | ResumeOutcome::NotFound => StatusCode::OK,
@@ -469,16 +483,18 @@ pub(super) async fn connect(
 /// accepted and ignored.
 pub(super) async fn resume(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ConnectSandbox>,
 ) -> Result<Response, ApiError> {
     let timeout = optional_timeout(body.timeout)?;
-    if lifecycle::find(&st, &id, lifecycle::LISTED).await?.state == SandboxState::Running {
+    let row = lifecycle::find_owned(&st, &caller.team, &id, lifecycle::LISTED).await?;
+    if row.state == SandboxState::Running {
         return Err(ApiError::conflict(format!(
             "sandbox {id} is already running"
         )));
     }
-    let (resumed, row) = lifecycle::resume(&st, &id, timeout, body.memory).await?;
+    let (resumed, row) = lifecycle::resume(&st, &caller.team, &id, timeout, body.memory).await?;
     if resumed == ResumeOutcome::WasRunning {
         return Err(ApiError::conflict(format!(
             "sandbox {id} is already running"
@@ -490,6 +506,7 @@ pub(super) async fn resume(
 /// `POST /sandboxes/{id}/pause`: 204; 409 when paused already.
 pub(super) async fn pause(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PauseSandbox>,
 ) -> Result<StatusCode, ApiError> {
@@ -498,7 +515,7 @@ pub(super) async fn pause(
     } else {
         PauseMode::Memory
     };
-    match lifecycle::pause(&st, &id, mode).await? {
+    match lifecycle::pause(&st, &caller.team, &id, mode).await? {
         PauseOutcome::Paused => Ok(StatusCode::NO_CONTENT),
         PauseOutcome::AlreadyPaused => Err(ApiError::conflict(format!(
             "sandbox {id} is already paused"
@@ -511,11 +528,12 @@ pub(super) async fn pause(
 /// replaced by the body's (a field left out is cleared).
 pub(super) async fn set_network(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SandboxNetworkUpdate>,
 ) -> Result<StatusCode, ApiError> {
     let policy = egress_lists(body.allow_internet_access, body.allow_out, body.deny_out)?;
-    lifecycle::set_network(&st, &id, policy).await?;
+    lifecycle::set_network(&st, &caller.team, &id, policy).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -524,11 +542,12 @@ pub(super) async fn set_network(
 /// `memory` is accepted and not kept (see `docs/e2b-compatibility.md`).
 pub(super) async fn snapshot(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<SnapshotRequest>,
 ) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
     let name = body.name.filter(|n| !n.is_empty());
-    let meta = lifecycle::snapshot(&st, &id, name.clone()).await?;
+    let meta = lifecycle::snapshot(&st, &caller.team, &id, name.clone()).await?;
     Ok((
         StatusCode::CREATED,
         Json(snapshot_info(&meta, name.is_some())),
@@ -555,11 +574,12 @@ pub(super) fn snapshot_info(meta: &hutch_image::TemplateMetadata, named: bool) -
 /// why it did not start; 404 when the source is not running or paused.
 pub(super) async fn fork(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ForkRequest>,
 ) -> Result<(StatusCode, Json<Vec<ForkResult>>), ApiError> {
     let timeout = optional_timeout(body.timeout)?;
-    let forks = lifecycle::fork(&st, &id, timeout, body.count.unwrap_or(1)).await?;
+    let forks = lifecycle::fork(&st, &caller.team, &id, timeout, body.count.unwrap_or(1)).await?;
     let results = forks
         .into_iter()
         .map(|fork| match fork {
@@ -595,6 +615,7 @@ pub(super) struct MetricsQuery {
 /// yet; none for a sandbox paused filesystem-only (nothing of it runs).
 pub(super) async fn metrics(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<MetricsQuery>,
 ) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
@@ -605,7 +626,9 @@ pub(super) async fn metrics(
             "start ({start}) is after end ({end})"
         )));
     }
-    Ok(Json(lifecycle::metrics(&st, &id, q.start, q.end).await?))
+    Ok(Json(
+        lifecycle::metrics(&st, &caller.team, &id, q.start, q.end).await?,
+    ))
 }
 
 /// Entries a logs call returns when it gives no `limit`, and at most.
@@ -691,10 +714,11 @@ fn log_line(e: &sandbox_logs::Entry) -> String {
 /// `start`, as lines and as entries.
 pub(super) async fn logs_v1(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Json<SandboxLogs>, ApiError> {
-    let entries = lifecycle::logs(&st, &id, &q.query()?).await?;
+    let entries = lifecycle::logs(&st, &caller.team, &id, &q.query()?).await?;
     let logs = entries
         .iter()
         .map(|e| SandboxLogLine {
@@ -711,10 +735,11 @@ pub(super) async fn logs_v1(
 /// `GET /v2/sandboxes/{id}/logs?cursor=&limit=&direction=&level=&search=`.
 pub(super) async fn logs_v2(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Json<SandboxLogsV2>, ApiError> {
-    let entries = lifecycle::logs(&st, &id, &q.query()?).await?;
+    let entries = lifecycle::logs(&st, &caller.team, &id, &q.query()?).await?;
     Ok(Json(SandboxLogsV2 {
         logs: entries.into_iter().map(log_entry).collect(),
     }))
@@ -734,6 +759,7 @@ const MAX_METRICS_IDS: usize = 100;
 /// are left out).
 pub(super) async fn many_metrics(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ManyMetricsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ids: Vec<String> = q
@@ -756,7 +782,7 @@ pub(super) async fn many_metrics(
             ids.len()
         )));
     }
-    let latest = lifecycle::latest_metrics(&st, &ids).await?;
+    let latest = lifecycle::latest_metrics(&st, &caller.team, &ids).await?;
     let sandboxes: serde_json::Map<String, serde_json::Value> = latest
         .into_iter()
         .map(|(id, m)| (id, serde_json::to_value(m).unwrap_or_default()))
@@ -771,12 +797,13 @@ pub(super) struct TimeoutBody {
 
 pub(super) async fn set_timeout(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<TimeoutBody>,
 ) -> Result<StatusCode, ApiError> {
     let secs = check_timeout(body.timeout, "timeout")?;
     let end = time::now_ms().saturating_add(timeout_ms(secs));
-    if lifecycle::set_end_at(&st, &id, |_| end).await? {
+    if lifecycle::set_end_at(&st, &caller.team, &id, |_| end).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(sandbox_not_found(&id))
@@ -791,12 +818,13 @@ pub(super) struct RefreshBody {
 
 pub(super) async fn refresh(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<StatusCode, ApiError> {
     let secs = check_timeout(body.duration.unwrap_or(DEFAULT_REFRESH_SECS), "duration")?;
     let end = time::now_ms().saturating_add(timeout_ms(secs));
-    if lifecycle::set_end_at(&st, &id, |current| current.max(end)).await? {
+    if lifecycle::set_end_at(&st, &caller.team, &id, |current| current.max(end)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(sandbox_not_found(&id))

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::paging::page;
 use super::sandboxes::snapshot_info;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiQuery};
 use crate::lifecycle;
 use crate::state::AppState;
@@ -29,10 +30,16 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let snapshots =
-        lifecycle::list_snapshots(&st, q.sandbox_id.as_deref(), q.name.as_deref()).await?;
+    let snapshots = lifecycle::list_snapshots(
+        &st,
+        &caller.team,
+        q.sandbox_id.as_deref(),
+        q.name.as_deref(),
+    )
+    .await?;
     // Oldest first; the token is the id of the last one returned.
     let (snapshots, headers) = page(snapshots, q.limit, q.next_token.as_deref(), |s| &s.id)?;
     let page: Vec<SnapshotInfo> = snapshots

@@ -27,6 +27,7 @@ use hutch_protocol::api::{
 use serde::Deserialize;
 
 use super::paging::page;
+use crate::auth::Caller;
 use crate::catalog::{self, TemplateView};
 use crate::db::TemplateRow;
 use crate::error::{ApiError, ApiJson, ApiQuery};
@@ -60,17 +61,21 @@ pub(super) struct PageQuery {
 }
 
 /// `GET /templates`: every template.
-async fn list(State(st): State<Arc<AppState>>) -> Result<Json<Vec<TemplateSummary>>, ApiError> {
-    let views = catalog::overview(&st).await?;
+async fn list(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<TemplateSummary>>, ApiError> {
+    let views = catalog::overview(&st, &caller.team).await?;
     Ok(Json(views.iter().map(|v| summary(&st, v)).collect()))
 }
 
 /// `GET /v2/templates`: every template, paged by template id.
 async fn list_v2(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let all: Vec<TemplateSummary> = catalog::overview(&st)
+    let all: Vec<TemplateSummary> = catalog::overview(&st, &caller.team)
         .await?
         .iter()
         .map(|v| summary(&st, v))
@@ -82,10 +87,11 @@ async fn list_v2(
 /// `GET /templates/{id}`: a template with its builds, paged by build id.
 async fn details(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(template_id): Path<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let view = catalog::describe(&st, &template_id).await?;
+    let view = catalog::describe(&st, &caller.team, &template_id).await?;
     let builds: Vec<TemplateBuildSummary> = view
         .builds
         .iter()
@@ -103,12 +109,13 @@ async fn details(
 /// {names}`.
 async fn update(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(template_id): Path<String>,
     ApiJson(body): ApiJson<TemplateUpdate>,
 ) -> Result<Json<TemplateUpdated>, ApiError> {
     let view = match body.public {
-        Some(public) => catalog::set_public(&st, &template_id, public).await?,
-        None => catalog::describe(&st, &template_id).await?,
+        Some(public) => catalog::set_public(&st, &caller.team, &template_id, public).await?,
+        None => catalog::describe(&st, &caller.team, &template_id).await?,
     };
     Ok(Json(TemplateUpdated {
         names: vec![view.name],
@@ -118,12 +125,13 @@ async fn update(
 /// `POST /templates/tags` `{target, tags}` → `201 {buildID, tags}`.
 async fn assign_tags(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiJson(body): ApiJson<AssignTags>,
 ) -> Result<Response, ApiError> {
     if body.tags.is_empty() {
         return Err(ApiError::bad_request("no tags given ('tags')"));
     }
-    let build = catalog::assign_tags(&st, &body.target, &body.tags).await?;
+    let build = catalog::assign_tags(&st, &caller.team, &body.target, &body.tags).await?;
     let assigned = AssignedTags {
         build_id: build.build_id,
         tags: body.tags,
@@ -134,12 +142,13 @@ async fn assign_tags(
 /// `DELETE /templates/tags` `{name, tags}` → `204`.
 async fn remove_tags(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiJson(body): ApiJson<RemoveTags>,
 ) -> Result<StatusCode, ApiError> {
     if body.tags.is_empty() {
         return Err(ApiError::bad_request("no tags given ('tags')"));
     }
-    catalog::remove_tags(&st, &body.name, &body.tags).await?;
+    catalog::remove_tags(&st, &caller.team, &body.name, &body.tags).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -147,9 +156,10 @@ async fn remove_tags(
 /// build) and every other tag, with the build each names.
 async fn tags(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(template_id): Path<String>,
 ) -> Result<Json<Vec<TemplateTagInfo>>, ApiError> {
-    let tags = catalog::tags_of(&st, &template_id).await?;
+    let tags = catalog::tags_of(&st, &caller.team, &template_id).await?;
     Ok(Json(
         tags.into_iter()
             .map(|(tag, row, at)| TemplateTagInfo {
@@ -177,6 +187,7 @@ pub(super) struct LogsQuery {
 /// `GET /templates/{id}/builds/{buildID}/logs` → `{logs: [...]}`.
 async fn build_logs(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Extension(api): Extension<Arc<TemplateApi>>,
     Path((template_id, build_id)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<LogsQuery>,
@@ -196,7 +207,7 @@ async fn build_logs(
         limit: q.limit,
         forward,
     };
-    let logs = api.build_logs(&st, template_id, build_id, window)?;
+    let logs = api.build_logs(&st, &caller.team, template_id, build_id, window)?;
     Ok(Json(BuildLogs { logs }))
 }
 

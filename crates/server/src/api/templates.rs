@@ -15,6 +15,7 @@ use hutch_protocol::api::{PullEvent, Template, TemplatePullRequest};
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::auth::Caller;
 use crate::catalog::{self, ImageTemplate};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
@@ -38,6 +39,7 @@ pub(super) struct ImportQuery {
 /// archive), streamed into the layer store as it arrives.
 pub(super) async fn import(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ImportQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -48,6 +50,7 @@ pub(super) async fn import(
         body.into_data_stream().map_err(std::io::Error::other),
     ));
     let template = ImageTemplate {
+        team: caller.team,
         name,
         source: q.source.unwrap_or_default(),
         allow_privilege_escalation: q.allow_privilege_escalation,
@@ -65,10 +68,11 @@ pub(super) async fn import(
 /// `{"event":"error","code":N,"message":"..."}`. A client that goes away stops the pull.
 pub(super) async fn pull(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(req): ApiJson<TemplatePullRequest>,
 ) -> Result<Response, ApiError> {
-    catalog::check_new_name(&st, &req.name).await?;
+    catalog::check_new_name(&st, &caller.team, &req.name).await?;
     if req.reference.trim().is_empty() {
         return Err(ApiError::bad_request(
             "missing 'reference': the image to pull",
@@ -92,7 +96,8 @@ pub(super) async fn pull(
         .any(|v| v.contains("application/x-ndjson"));
     if !streaming {
         let name = req.name.clone();
-        let value = pull_and_register(&st, &req, auth, &mut |p| log_pull(&name, &p)).await?;
+        let value =
+            pull_and_register(&st, &caller.team, &req, auth, &mut |p| log_pull(&name, &p)).await?;
         return Ok((StatusCode::CREATED, Json(value)).into_response());
     }
 
@@ -105,7 +110,7 @@ pub(super) async fn pull(
             }
         };
         let outcome = tokio::select! {
-            outcome = pull_and_register(&st, &req, auth, &mut send) => outcome,
+            outcome = pull_and_register(&st, &caller.team, &req, auth, &mut send) => outcome,
             () = tx.closed() => {
                 tracing::info!(template = %req.name, "pull abandoned: the client went away");
                 return;
@@ -135,11 +140,13 @@ pub(super) async fn pull(
 /// Pulls `req.reference` and registers it as template `req.name`.
 async fn pull_and_register(
     st: &Arc<AppState>,
+    team: &str,
     req: &TemplatePullRequest,
     auth: RegistryAuth,
     progress: &mut (dyn FnMut(PullProgress) + Send),
 ) -> Result<Template, ApiError> {
     let template = ImageTemplate {
+        team: team.to_owned(),
         name: req.name.clone(),
         source: req.reference.trim().to_owned(),
         allow_privilege_escalation: req.allow_privilege_escalation,
@@ -199,14 +206,20 @@ fn log_pull(name: &str, p: &PullProgress) {
 }
 
 /// `GET /hutch/v1/templates`: every template's metadata, by name.
-pub(super) async fn list(State(st): State<Arc<AppState>>) -> Result<Json<Vec<Template>>, ApiError> {
-    Ok(Json(catalog::list(&st).await?))
+pub(super) async fn list(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<Template>>, ApiError> {
+    Ok(Json(catalog::list(&st, &caller.team).await?))
 }
 
 /// `DELETE /hutch/v1/templates/pull`: the route `POST /hutch/v1/templates/pull` takes this
 /// path, so removing a template called `pull` comes here.
-pub(super) async fn remove_pull(st: State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
-    remove(st, Path("pull".to_owned())).await
+pub(super) async fn remove_pull(
+    st: State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
+    remove(st, caller, Path("pull".to_owned())).await
 }
 
 /// `DELETE /hutch/v1/templates/{name}` (a name or an id): 409 while
@@ -214,9 +227,10 @@ pub(super) async fn remove_pull(st: State<Arc<AppState>>) -> Result<StatusCode, 
 /// destroyed); then removes the layers no template uses any more.
 pub(super) async fn remove(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    catalog::remove(&st, &name).await?;
+    catalog::remove(&st, &caller.team, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hutch_protocol::api::{NewVolume, VolumeAndToken, VolumeInfo};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
 use crate::state::AppState;
 use crate::volumes::{self, VolumeError};
@@ -42,9 +43,10 @@ fn checked_id(id: &str) -> Result<&str, ApiError> {
 
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
 ) -> Result<Json<Vec<VolumeInfo>>, ApiError> {
     Ok(Json(
-        volumes::live(&st)
+        volumes::live(&st, &caller.team)
             .await?
             .into_iter()
             .map(|v| VolumeInfo {
@@ -57,9 +59,10 @@ pub(super) async fn list(
 
 pub(super) async fn create(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     ApiJson(body): ApiJson<NewVolume>,
 ) -> Result<Response, ApiError> {
-    let v = volumes::create(&st, &body.name).await?;
+    let v = volumes::create(&st, &caller.team, &body.name).await?;
     let token = volumes::token(&st, &v.id)?;
     let created = VolumeAndToken {
         volume_id: v.id,
@@ -71,9 +74,10 @@ pub(super) async fn create(
 
 pub(super) async fn get(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<VolumeAndToken>, ApiError> {
-    let v = volumes::get(&st, checked_id(&id)?).await?;
+    let v = volumes::get(&st, &caller.team, checked_id(&id)?).await?;
     let token = volumes::token(&st, &v.id)?;
     Ok(Json(VolumeAndToken {
         volume_id: v.id,
@@ -84,8 +88,9 @@ pub(super) async fn get(
 
 pub(super) async fn delete(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    volumes::delete(&st, checked_id(&id)?).await?;
+    volumes::delete(&st, &caller.team, checked_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -27,9 +27,10 @@ pub(crate) struct TemplateView {
     pub spawns: Spawns,
 }
 
-/// Every template (not snapshots), by name.
-pub(crate) async fn overview(st: &AppState) -> Result<Vec<TemplateView>, CatalogError> {
-    let rows = st.db.list_templates().await?;
+/// Every template of team `team` (not snapshots), by name.
+pub(crate) async fn overview(st: &AppState, team: &str) -> Result<Vec<TemplateView>, CatalogError> {
+    let mut rows = st.db.list_templates().await?;
+    rows.retain(|row| row.team_id == team);
     let spawns = st.db.spawns_by_template().await?;
     let tags = st.db.list_tags(None).await?;
     let mut by_name: BTreeMap<String, Vec<(TemplateRow, TemplateMetadata)>> = BTreeMap::new();
@@ -67,30 +68,36 @@ pub(crate) async fn overview(st: &AppState) -> Result<Vec<TemplateView>, Catalog
     Ok(out)
 }
 
-/// One template, by id (of any of its builds) or name.
-pub(crate) async fn describe(st: &AppState, template: &str) -> Result<TemplateView, CatalogError> {
+/// One template of team `team`, by id (of any of its builds) or name.
+pub(crate) async fn describe(
+    st: &AppState,
+    team: &str,
+    template: &str,
+) -> Result<TemplateView, CatalogError> {
     let name = match st.db.find_template(template.to_owned()).await? {
         Some(row) => template_name(&row).to_owned(),
         None => template.to_owned(),
     };
-    overview(st)
+    overview(st, team)
         .await?
         .into_iter()
         .find(|v| v.name == name)
         .ok_or_else(|| CatalogError::NotFound(template.to_owned()))
 }
 
-/// Records template `template`'s `public` flag (on every build).
+/// Records team `team`'s template `template`'s `public` flag (on every
+/// build).
 pub(crate) async fn set_public(
     st: &AppState,
+    team: &str,
     template: &str,
     public: bool,
 ) -> Result<TemplateView, CatalogError> {
-    let view = describe(st, template).await?;
+    let view = describe(st, team, template).await?;
     for (row, _) in &view.builds {
         st.db.set_template_public(row.id.clone(), public).await?;
     }
-    describe(st, template).await
+    describe(st, team, template).await
 }
 
 /// The sandboxes started from template `name`, whichever build.

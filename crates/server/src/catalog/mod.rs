@@ -49,6 +49,10 @@ pub(crate) enum CatalogError {
     /// No template has that name or id.
     #[error("template '{0}' not found")]
     NotFound(String),
+    /// Another team's template has that name (names are unique across
+    /// teams).
+    #[error("template name '{0}' is taken by another team; choose another name")]
+    Taken(String),
     /// Sandboxes of the template run.
     #[error(
         "template '{name}' has {running} running sandbox{}; kill {} first",
@@ -164,13 +168,39 @@ pub(crate) fn template_name(row: &TemplateRow) -> &str {
     row.name.split_once('@').map_or(&row.name, |(name, _)| name)
 }
 
-/// The template row (the build) a reference names: `name` or `id` (the
-/// default build; any row by id, hidden builds included), `name:tag`,
-/// or `name:<buildID>` (any kept build of the name).
+/// Whether team `team` may start sandboxes from template row `row`: its
+/// own, or a public one.
+pub(crate) fn visible(row: &TemplateRow, team: &str) -> bool {
+    row.team_id == team || row.public
+}
+
+/// The template row (the build) a reference names, if team `team` may
+/// use it ([`visible`]): `name` or `id` (the default build; any row by id,
+/// hidden builds included), `name:tag`, or `name:<buildID>` (any kept
+/// build of the name).
 pub(crate) async fn resolve(
     st: &AppState,
+    team: &str,
     reference: &str,
 ) -> Result<Option<TemplateRow>, CatalogError> {
+    Ok(resolve_any(st, reference)
+        .await?
+        .filter(|row| visible(row, team)))
+}
+
+/// The template row of team `team` a reference names (see [`resolve`]).
+pub(crate) async fn resolve_owned(
+    st: &AppState,
+    team: &str,
+    reference: &str,
+) -> Result<Option<TemplateRow>, CatalogError> {
+    Ok(resolve_any(st, reference)
+        .await?
+        .filter(|row| row.team_id == team))
+}
+
+/// [`resolve`], whoever owns the row.
+async fn resolve_any(st: &AppState, reference: &str) -> Result<Option<TemplateRow>, CatalogError> {
     let (template, tag) = split_reference(reference);
     let Some(tag) = tag else {
         return Ok(st.db.find_template(template.to_owned()).await?);
@@ -215,23 +245,47 @@ fn log_collection(result: Result<Option<usize>, String>) {
 }
 
 /// Checks that `name` is a valid template name no template has yet.
-pub(crate) async fn check_new_name(st: &AppState, name: &str) -> Result<(), CatalogError> {
+pub(crate) async fn check_new_name(
+    st: &AppState,
+    team: &str,
+    name: &str,
+) -> Result<(), CatalogError> {
     if !valid_template_name(name) {
         return Err(CatalogError::InvalidName(name.to_owned()));
     }
-    if st
+    match named(st, name).await? {
+        Some(t) if t.team_id == team => Err(CatalogError::Exists(name.to_owned())),
+        Some(_) => Err(CatalogError::Taken(name.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// The template named `name` (not by id), whoever owns it.
+async fn named(st: &AppState, name: &str) -> Result<Option<TemplateRow>, CatalogError> {
+    Ok(st
         .db
         .find_template(name.to_owned())
         .await?
-        .is_some_and(|t| t.name == name)
-    {
-        return Err(CatalogError::Exists(name.to_owned()));
+        .filter(|t| t.name == name))
+}
+
+/// Checks that team `team` may build template `name`: a new name, or one
+/// of its own templates.
+pub(crate) async fn check_buildable(
+    st: &AppState,
+    team: &str,
+    name: &str,
+) -> Result<(), CatalogError> {
+    match named(st, name).await? {
+        Some(t) if t.team_id != team => Err(CatalogError::Taken(name.to_owned())),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// What an image becomes as a template.
 pub(crate) struct ImageTemplate {
+    /// The team it is for.
+    pub team: String,
     /// The template's name (new: [`check_new_name`]).
     pub name: String,
     /// Where the image came from (a path or reference), for display.
@@ -249,7 +303,7 @@ pub(crate) async fn import(
     reference: Option<String>,
     mut tar: impl Read + Send + 'static,
 ) -> Result<TemplateMetadata, CatalogError> {
-    check_new_name(st, &template.name).await?;
+    check_new_name(st, &template.team, &template.name).await?;
     // Imports share the layer store; removal of unreferenced layers waits.
     let _layers = st.layers_lock.read().await;
     let store = st.store.clone();
@@ -276,7 +330,7 @@ pub(crate) async fn pull(
     auth: RegistryAuth,
     progress: &mut (dyn FnMut(PullProgress) + Send),
 ) -> Result<TemplateMetadata, CatalogError> {
-    check_new_name(st, &template.name).await?;
+    check_new_name(st, &template.team, &template.name).await?;
     // Pulls share the layer store; removal of unreferenced layers waits.
     let _layers = st.layers_lock.read().await;
     let imported = pull_image(st, template.source.trim(), auth, progress).await?;
@@ -341,7 +395,7 @@ async fn register_image(
         ready_cmd: None,
         limits: None,
     };
-    register(st, &meta, Registration::New).await?;
+    register(st, &template.team, &meta, Registration::New).await?;
     tracing::info!(template = %meta.name, layers = meta.layers.len(), "template imported");
     Ok(meta)
 }
@@ -380,14 +434,14 @@ pub(crate) async fn find(
     }
 }
 
-/// Every template's metadata, by name (templates replaced by a newer build
-/// of the same name are hidden).
-pub(crate) async fn list(st: &AppState) -> Result<Vec<TemplateMetadata>, CatalogError> {
+/// The metadata of every template team `team` may use ([`visible`]), by
+/// name (templates replaced by a newer build of the same name are hidden).
+pub(crate) async fn list(st: &AppState, team: &str) -> Result<Vec<TemplateMetadata>, CatalogError> {
     st.db
         .list_templates()
         .await?
         .iter()
-        .filter(|t| !t.name.contains('@'))
+        .filter(|t| !t.name.contains('@') && visible(t, team))
         .map(metadata)
         .collect()
 }
@@ -397,31 +451,48 @@ pub(crate) async fn list(st: &AppState) -> Result<Vec<TemplateMetadata>, Catalog
 /// same name ([`Registration::Replace`]).
 pub(crate) async fn register(
     st: &Arc<AppState>,
+    team: &str,
     meta: &TemplateMetadata,
     how: Registration,
 ) -> Result<bool, CatalogError> {
-    register_build(st, meta, how, ids::new_build_id()).await
+    register_build(st, team, meta, how, ids::new_build_id()).await
 }
 
-/// [`register`], with the build id the build was known by.
+/// [`register`], with the build id the build was known by. A build that
+/// replaces a template must be its team's (else
+/// [`CatalogError::Taken`]); it keeps the template's public flag.
 pub(crate) async fn register_build(
     st: &Arc<AppState>,
+    team: &str,
     meta: &TemplateMetadata,
     how: Registration,
     build_id: String,
 ) -> Result<bool, CatalogError> {
+    let mut public = false;
+    if how == Registration::Replace
+        && let Some(old) = named(st, &meta.name).await?
+    {
+        if old.team_id != team {
+            return Err(CatalogError::Taken(meta.name.clone()));
+        }
+        public = old.public;
+    }
     let row = TemplateRow {
         id: meta.id.clone(),
         name: meta.name.clone(),
         metadata: meta.to_json(),
         created_at: time::now_ms(),
         build_id,
-        public: false,
+        public,
+        team_id: team.to_owned(),
     };
     let replaced = match how {
         Registration::New => {
             if !st.db.insert_template(row).await? {
-                return Err(CatalogError::Exists(meta.name.clone()));
+                return Err(match named(st, &meta.name).await? {
+                    Some(t) if t.team_id != team => CatalogError::Taken(meta.name.clone()),
+                    _ => CatalogError::Exists(meta.name.clone()),
+                });
             }
             false
         }
@@ -443,10 +514,18 @@ pub(crate) async fn register_build(
 /// then the builds and layers nothing uses any more (a tagged build that
 /// still has sandboxes stays until they end). The template's name, as
 /// found.
-pub(crate) async fn remove(st: &Arc<AppState>, name: &str) -> Result<String, CatalogError> {
+pub(crate) async fn remove(
+    st: &Arc<AppState>,
+    team: &str,
+    name: &str,
+) -> Result<String, CatalogError> {
     let _layers = st.layers_lock.write().await;
     let found = st.db.find_template(name.to_owned()).await?;
-    let removed = match found {
+    let tagged_only = match &found {
+        Some(_) => false,
+        None => owned_tags(st, team, name).await?,
+    };
+    let removed = match found.filter(|t| t.team_id == team) {
         Some(template) => {
             let running = st.db.live_sandboxes_of(template.id.clone()).await?;
             if running > 0 {
@@ -464,7 +543,7 @@ pub(crate) async fn remove(st: &Arc<AppState>, name: &str) -> Result<String, Cat
             template.name
         }
         // A template with tagged builds only (built as `name:tag`).
-        None if !st.db.list_tags(Some(name.to_owned())).await?.is_empty() => {
+        None if tagged_only => {
             st.db.delete_tags_of(name.to_owned()).await?;
             name.to_owned()
         }
@@ -477,6 +556,18 @@ pub(crate) async fn remove(st: &Arc<AppState>, name: &str) -> Result<String, Cat
         Err(e) => tracing::warn!(template = %removed, "removing unused layers: {e}"),
     }
     Ok(removed)
+}
+
+/// Whether template name `name` has tags, on builds of team `team`.
+async fn owned_tags(st: &AppState, team: &str, name: &str) -> Result<bool, CatalogError> {
+    let Some(tag) = st.db.list_tags(Some(name.to_owned())).await?.pop() else {
+        return Ok(false);
+    };
+    Ok(st
+        .db
+        .find_template(tag.template_id)
+        .await?
+        .is_some_and(|t| t.team_id == team))
 }
 
 /// Keeps template `id` from being pruned while the pin lives: a fork's
@@ -655,10 +746,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_team_sees_its_own_templates_and_public_ones() {
+        let h = Harness::new().await;
+        let other = "another-team";
+        let not_found = |e: CatalogError| matches!(e, CatalogError::NotFound(_));
+        // `app` is the default team's, and private.
+        assert!(resolve(&h.st, other, "app").await.unwrap().is_none());
+        assert!(list(&h.st, other).await.unwrap().is_empty());
+        assert!(overview(&h.st, other).await.unwrap().is_empty());
+        assert!(not_found(describe(&h.st, other, "app").await.unwrap_err()));
+        assert!(not_found(tags_of(&h.st, other, "app").await.unwrap_err()));
+        let e = check_new_name(&h.st, other, "app").await.unwrap_err();
+        assert!(matches!(e, CatalogError::Taken(_)), "{e}");
+        let again = template(&h, "app", vec![]);
+        let e = register(&h.st, other, &again, Registration::Replace)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CatalogError::Taken(_)), "{e}");
+        let e = register(&h.st, other, &again, Registration::New)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CatalogError::Taken(_)), "{e}");
+
+        // Public: every team starts sandboxes from it, and only its team
+        // manages it.
+        set_public(&h.st, h.team(), "app", true).await.unwrap();
+        assert!(resolve(&h.st, other, "app").await.unwrap().is_some());
+        assert_eq!(list(&h.st, other).await.unwrap().len(), 1);
+        assert!(tags_of(&h.st, other, "app").await.is_ok());
+        assert!(overview(&h.st, other).await.unwrap().is_empty());
+        assert!(not_found(
+            set_public(&h.st, other, "app", false).await.unwrap_err()
+        ));
+        assert!(not_found(
+            assign_tags(&h.st, other, "app", &["v1".to_owned()])
+                .await
+                .unwrap_err()
+        ));
+        assert!(not_found(
+            remove_tags(&h.st, other, "app", &["v1".to_owned()])
+                .await
+                .unwrap_err()
+        ));
+        assert!(not_found(remove(&h.st, other, "app").await.unwrap_err()));
+        // A rebuild by its team keeps it public.
+        register(&h.st, h.team(), &again, Registration::Replace)
+            .await
+            .unwrap();
+        assert!(resolve(&h.st, other, "app").await.unwrap().is_some());
+        remove(&h.st, h.team(), "app").await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_name_is_registered_once_unless_replaced() {
         let h = Harness::new().await;
         let again = template(&h, "app", vec![]);
-        let e = register(&h.st, &again, Registration::New)
+        let e = register(&h.st, h.team(), &again, Registration::New)
             .await
             .unwrap_err();
         assert!(
@@ -669,7 +812,7 @@ mod tests {
 
         // A replacement takes the name; the old template, unused, goes.
         assert!(
-            register(&h.st, &again, Registration::Replace)
+            register(&h.st, h.team(), &again, Registration::Replace)
                 .await
                 .unwrap()
         );
@@ -687,7 +830,7 @@ mod tests {
 
         let fresh = template(&h, "other", vec![]);
         assert!(
-            !register(&h.st, &fresh, Registration::Replace)
+            !register(&h.st, h.team(), &fresh, Registration::Replace)
                 .await
                 .unwrap()
         );
@@ -700,9 +843,14 @@ mod tests {
         let h = Harness::new().await;
         let id = h.create().await;
         let old = h.template().id;
-        register(&h.st, &template(&h, "app", vec![]), Registration::Replace)
-            .await
-            .unwrap();
+        register(
+            &h.st,
+            h.team(),
+            &template(&h, "app", vec![]),
+            Registration::Replace,
+        )
+        .await
+        .unwrap();
         let kept = h.st.db.find_template(old.clone()).await.unwrap().unwrap();
         assert!(kept.name.starts_with("app@"), "{}", kept.name);
         assert!(crate::lifecycle::kill_sandbox(&h.st, &id).await.unwrap());
@@ -717,13 +865,17 @@ mod tests {
         let own = layer(&h.st, "own");
         let first = template(&h, "first", vec![shared.clone(), own.clone()]);
         let second = template(&h, "second", vec![shared.clone()]);
-        register(&h.st, &first, Registration::New).await.unwrap();
-        register(&h.st, &second, Registration::New).await.unwrap();
+        register(&h.st, h.team(), &first, Registration::New)
+            .await
+            .unwrap();
+        register(&h.st, h.team(), &second, Registration::New)
+            .await
+            .unwrap();
 
-        let e = remove(&h.st, "nope").await.unwrap_err();
+        let e = remove(&h.st, h.team(), "nope").await.unwrap_err();
         assert_eq!(e.to_string(), "template 'nope' not found");
 
-        assert_eq!(remove(&h.st, &first.id).await.unwrap(), "first");
+        assert_eq!(remove(&h.st, h.team(), &first.id).await.unwrap(), "first");
         assert!(
             h.st.db
                 .find_template("first".into())
@@ -739,14 +891,14 @@ mod tests {
     async fn a_template_in_use_is_not_removed() {
         let h = Harness::new().await;
         let id = h.create().await;
-        let e = remove(&h.st, "app").await.unwrap_err();
+        let e = remove(&h.st, h.team(), "app").await.unwrap_err();
         assert_eq!(
             e.to_string(),
             "template 'app' has 1 running sandbox; kill it first"
         );
         assert!(h.st.db.find_template("app".into()).await.unwrap().is_some());
         assert!(crate::lifecycle::kill_sandbox(&h.st, &id).await.unwrap());
-        remove(&h.st, "app").await.unwrap();
+        remove(&h.st, h.team(), "app").await.unwrap();
     }
 
     #[tokio::test]
@@ -754,10 +906,12 @@ mod tests {
         let h = Harness::new().await;
         let (l1, l2) = (layer(&h.st, "one"), layer(&h.st, "two"));
         let first = template(&h, "app", vec![l1.clone()]);
-        register(&h.st, &first, Registration::Replace)
+        register(&h.st, h.team(), &first, Registration::Replace)
             .await
             .unwrap();
-        let v1 = assign_tags(&h.st, "app", &["v1".into()]).await.unwrap();
+        let v1 = assign_tags(&h.st, h.team(), "app", &["v1".into()])
+            .await
+            .unwrap();
         assert_eq!(v1.id, first.id);
         assert!(
             crate::ids::looks_like_build_id(&v1.build_id),
@@ -767,13 +921,16 @@ mod tests {
 
         // A new default build: the tagged one is kept, and named.
         let second = template(&h, "app", vec![l2.clone()]);
-        register(&h.st, &second, Registration::Replace)
+        register(&h.st, h.team(), &second, Registration::Replace)
             .await
             .unwrap();
         let name = |r: &str| {
             let st = h.st.clone();
             let r = r.to_owned();
-            async move { resolve(&st, &r).await.unwrap().map(|row| row.id) }
+            async move {
+                let team = st.default_team.clone();
+                resolve(&st, &team, &r).await.unwrap().map(|row| row.id)
+            }
         };
         assert_eq!(name("app").await.unwrap(), second.id);
         assert_eq!(name("app:default").await.unwrap(), second.id);
@@ -786,7 +943,7 @@ mod tests {
         assert!(name("app:v2").await.is_none());
         assert!(name("nope:v1").await.is_none());
         assert!(h.st.store.layer_dir(&l1).exists());
-        let tags: Vec<(String, String)> = tags_of(&h.st, "app")
+        let tags: Vec<(String, String)> = tags_of(&h.st, h.team(), "app")
             .await
             .unwrap()
             .into_iter()
@@ -813,7 +970,7 @@ mod tests {
 
         // Tagging `default` makes the build the default, under the
         // template's id.
-        assign_tags(&h.st, "app:v1", &["default".into()])
+        assign_tags(&h.st, h.team(), "app:v1", &["default".into()])
             .await
             .unwrap();
         let default = h.st.db.find_template("app".into()).await.unwrap().unwrap();
@@ -825,23 +982,29 @@ mod tests {
         );
 
         // Removing the tag lets go of what only it kept.
-        remove_tags(&h.st, "app", &["v1".into()]).await.unwrap();
+        remove_tags(&h.st, h.team(), "app", &["v1".into()])
+            .await
+            .unwrap();
         assert!(name("app:v1").await.is_none());
         assert!(h.st.store.layer_dir(&l1).exists(), "the default uses it");
         assert!(!h.st.store.layer_dir(&l2).exists(), "nothing uses it");
 
-        let e = remove_tags(&h.st, "app", &["v1".into()]).await.unwrap_err();
+        let e = remove_tags(&h.st, h.team(), "app", &["v1".into()])
+            .await
+            .unwrap_err();
         assert_eq!(e.to_string(), "template 'app' has no tag 'v1'");
         assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 404);
-        let e = remove_tags(&h.st, "app", &["default".into()])
+        let e = remove_tags(&h.st, h.team(), "app", &["default".into()])
             .await
             .unwrap_err();
         assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 400);
-        let e = assign_tags(&h.st, "app", &["bad/tag".into()])
+        let e = assign_tags(&h.st, h.team(), "app", &["bad/tag".into()])
             .await
             .unwrap_err();
         assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 400);
-        let e = assign_tags(&h.st, "nope", &["x".into()]).await.unwrap_err();
+        let e = assign_tags(&h.st, h.team(), "nope", &["x".into()])
+            .await
+            .unwrap_err();
         assert_eq!(crate::error::ApiError::from(e).status().as_u16(), 404);
     }
 
@@ -851,49 +1014,62 @@ mod tests {
         let own = layer(&h.st, "own");
         let mut meta = template(&h, "tool", vec![own.clone()]);
         meta.name = format!("tool@{}", meta.id);
-        register(&h.st, &meta, Registration::New).await.unwrap();
+        register(&h.st, h.team(), &meta, Registration::New)
+            .await
+            .unwrap();
         h.st.db
             .set_tags("tool".into(), vec!["v1".into()], meta.id.clone(), 1)
             .await
             .unwrap();
         prune_replaced(&h.st).await;
-        assert!(resolve(&h.st, "tool").await.unwrap().is_none());
+        assert!(resolve(&h.st, h.team(), "tool").await.unwrap().is_none());
         assert_eq!(
-            resolve(&h.st, "tool:v1").await.unwrap().unwrap().id,
+            resolve(&h.st, h.team(), "tool:v1")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
             meta.id
         );
-        let views = overview(&h.st).await.unwrap();
+        let views = overview(&h.st, h.team()).await.unwrap();
         let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["app", "tool"]);
-        let tool = describe(&h.st, "tool").await.unwrap();
+        let tool = describe(&h.st, h.team(), "tool").await.unwrap();
         assert_eq!(
             (tool.main.id.as_str(), tool.builds.len()),
             (meta.id.as_str(), 1)
         );
 
-        assert_eq!(remove(&h.st, "tool").await.unwrap(), "tool");
-        assert!(resolve(&h.st, "tool:v1").await.unwrap().is_none());
+        assert_eq!(remove(&h.st, h.team(), "tool").await.unwrap(), "tool");
+        assert!(resolve(&h.st, h.team(), "tool:v1").await.unwrap().is_none());
         assert!(!h.st.store.layer_dir(&own).exists());
-        assert!(describe(&h.st, "tool").await.is_err());
+        assert!(describe(&h.st, h.team(), "tool").await.is_err());
     }
 
     #[tokio::test]
     async fn listings_count_builds_and_spawns_and_keep_the_public_flag() {
         let h = Harness::new().await;
         let id = h.create().await;
-        let view = describe(&h.st, "app").await.unwrap();
+        let view = describe(&h.st, h.team(), "app").await.unwrap();
         assert_eq!(view.spawns.count, 1);
         assert!(view.spawns.last_at.is_some());
         assert_eq!(view.builds.len(), 1);
-        register(&h.st, &template(&h, "app", vec![]), Registration::Replace)
-            .await
-            .unwrap();
+        register(
+            &h.st,
+            h.team(),
+            &template(&h, "app", vec![]),
+            Registration::Replace,
+        )
+        .await
+        .unwrap();
         // The old build is kept while its sandbox runs.
-        let view = describe(&h.st, "app").await.unwrap();
+        let view = describe(&h.st, h.team(), "app").await.unwrap();
         assert_eq!(view.builds.len(), 2);
         assert_eq!(view.spawns.count, 1);
         assert!(!view.main.public);
-        let view = set_public(&h.st, &view.main.id, true).await.unwrap();
+        let view = set_public(&h.st, h.team(), &view.main.id, true)
+            .await
+            .unwrap();
         assert!(view.main.public);
         assert!(crate::lifecycle::kill_sandbox(&h.st, &id).await.unwrap());
     }

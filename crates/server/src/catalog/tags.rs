@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use super::{
-    CatalogError, DEFAULT_TAG, Registration, collect_layers, log_collection, metadata,
-    prune_replaced, register_build, resolve, template_name, valid_tag,
+    CatalogError, DEFAULT_TAG, Registration, collect_layers, log_collection, metadata, owned_tags,
+    prune_replaced, register_build, resolve_owned, template_name, valid_tag, visible,
 };
 use crate::db::TemplateRow;
 use crate::state::AppState;
@@ -19,13 +19,14 @@ use crate::{ids, time};
 /// replaces is kept while sandboxes or tags use it.
 pub(crate) async fn assign_tags(
     st: &Arc<AppState>,
+    team: &str,
     target: &str,
     tags: &[String],
 ) -> Result<TemplateRow, CatalogError> {
     if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
         return Err(CatalogError::InvalidTag(bad.clone()));
     }
-    let row = resolve(st, target)
+    let row = resolve_owned(st, team, target)
         .await?
         .ok_or_else(|| CatalogError::NotFound(target.to_owned()))?;
     let name = template_name(&row).to_owned();
@@ -40,7 +41,7 @@ pub(crate) async fn assign_tags(
         let mut meta = metadata(&row)?;
         meta.id = default_id;
         meta.name = name.clone();
-        register_build(st, &meta, Registration::Replace, row.build_id.clone()).await?;
+        register_build(st, team, &meta, Registration::Replace, row.build_id.clone()).await?;
         tagged = st
             .db
             .find_template(name.clone())
@@ -65,11 +66,17 @@ pub(crate) async fn assign_tags(
 /// builds only they kept are removed, with their layers.
 pub(crate) async fn remove_tags(
     st: &Arc<AppState>,
+    team: &str,
     name: &str,
     tags: &[String],
 ) -> Result<(), CatalogError> {
+    let asked = name;
     let name = match st.db.find_template(name.to_owned()).await? {
+        Some(row) if row.team_id != team => return Err(CatalogError::NotFound(asked.to_owned())),
         Some(row) => template_name(&row).to_owned(),
+        None if !owned_tags(st, team, name).await? => {
+            return Err(CatalogError::NotFound(asked.to_owned()));
+        }
         None => name.to_owned(),
     };
     if tags.iter().any(|t| t == DEFAULT_TAG) {
@@ -89,21 +96,30 @@ pub(crate) async fn remove_tags(
     Ok(())
 }
 
-/// A template's tags (its `name` or id), `default` first (when it has a
-/// default build), each with the build row it names.
+/// The tags of a template team `team` may use (its `name` or id),
+/// `default` first (when it has a default build), each with the build row
+/// it names.
 pub(crate) async fn tags_of(
     st: &AppState,
+    team: &str,
     template: &str,
 ) -> Result<Vec<(String, TemplateRow, i64)>, CatalogError> {
-    let default = st
+    let found = st
         .db
         .find_template(template.to_owned())
         .await?
         .filter(|row| !row.name.contains('@'));
+    let not_found = || CatalogError::NotFound(template.to_owned());
+    let default = match found {
+        Some(row) if !visible(&row, team) => return Err(not_found()),
+        Some(row) => Some(row),
+        None if !owned_tags(st, team, template).await? => return Err(not_found()),
+        None => None,
+    };
     let name = default.as_ref().map_or(template, |row| row.name.as_str());
     let tags = st.db.list_tags(Some(name.to_owned())).await?;
     if default.is_none() && tags.is_empty() {
-        return Err(CatalogError::NotFound(template.to_owned()));
+        return Err(not_found());
     }
     let rows = st.db.list_templates().await?;
     let mut out = Vec::new();

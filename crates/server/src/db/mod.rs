@@ -14,7 +14,7 @@ mod sqlite;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,26 +129,36 @@ pub trait Store: Send + Sync {
     /// Which backend this is (`sqlite` or `postgresql`), for logs.
     fn backend(&self) -> &'static str;
 
+    // ----- teams ------------------------------------------------------
+
+    /// The default team: the one the first key belongs to, which owns the
+    /// templates the server builds itself and may manage teams.
+    async fn default_team(&self) -> Result<TeamRow, DbError>;
+    /// Inserts a team; `Ok(false)` when its name is taken.
+    async fn insert_team(&self, t: TeamRow) -> Result<bool, DbError>;
+    /// Every team, oldest first.
+    async fn list_teams(&self) -> Result<Vec<TeamRow>, DbError>;
+
     // ----- API keys ---------------------------------------------------
 
     /// Whether any API key, revoked or not, was ever stored.
     async fn has_api_keys(&self) -> Result<bool, DbError>;
-    /// Stores a key's hash, unless it is stored already.
-    async fn insert_api_key(&self, hash: String, prefix: String, now: i64) -> Result<(), DbError>;
-    /// The hashes of the keys not revoked.
-    async fn valid_api_key_hashes(&self) -> Result<HashSet<String>, DbError>;
-    /// Stores a new key's hash; returns its row.
-    async fn create_api_key(
-        &self,
-        hash: String,
-        prefix: String,
-        now: i64,
-    ) -> Result<ApiKeyRow, DbError>;
-    /// Every key, revoked or not, oldest first.
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, DbError>;
-    /// Revokes a valid key at `now`, unless it is the last valid one (two
-    /// revokes at once never leave no valid key).
-    async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoke, DbError>;
+    /// Stores a key, unless a key with its hash is stored already.
+    async fn insert_api_key(&self, key: NewKey) -> Result<(), DbError>;
+    /// The keys not revoked, by hash.
+    async fn valid_api_keys(&self) -> Result<HashMap<String, KeyOwner>, DbError>;
+    /// Stores a new key; returns its row.
+    async fn create_api_key(&self, key: NewKey) -> Result<ApiKeyRow, DbError>;
+    /// Every key of team `team`, revoked or not, oldest first.
+    async fn list_api_keys(&self, team: String) -> Result<Vec<ApiKeyRow>, DbError>;
+    /// Renames key `id` (its UUID or number) of team `team`; `Ok(false)`
+    /// when the team has no such valid key.
+    async fn rename_api_key(&self, team: String, id: String, name: String)
+    -> Result<bool, DbError>;
+    /// Revokes the valid key `id` (its UUID or number) of team `team` at
+    /// `now`, unless it is the team's last valid one (two revokes at once
+    /// never leave a team without a valid key).
+    async fn revoke_api_key(&self, team: String, id: String, now: i64) -> Result<Revoke, DbError>;
 
     // ----- templates --------------------------------------------------
 
@@ -229,8 +239,8 @@ pub trait Store: Send + Sync {
 
     // ----- volumes ----------------------------------------------------
 
-    /// Inserts a volume; `Ok(false)` when a volume not deleted has its
-    /// name.
+    /// Inserts a volume; `Ok(false)` when a volume of its team not deleted
+    /// has its name.
     async fn insert_volume(&self, v: VolumeRow) -> Result<bool, DbError>;
     /// Every volume, deleted ones too, oldest first.
     async fn list_volumes(&self) -> Result<Vec<VolumeRow>, DbError>;
@@ -291,13 +301,14 @@ struct SandboxColumns {
     traffic_token: Option<String>,
     mask_request_host: Option<String>,
     volume_mounts: Option<String>,
+    team_id: String,
 }
 
 /// The sandbox columns every query reads, in [`SandboxColumns`]' order.
 const SANDBOX_COLUMNS: &str = "id, template_id, template_name, state, sandbox_env, metadata, \
      started_at, end_at, ended_at, cpu_count, memory_mb, disk_size_mb, paused_remaining_ms, \
      access_token, network, pids, pause_mode, auto_pause, auto_resume, traffic_token, \
-     mask_request_host, volume_mounts";
+     mask_request_host, volume_mounts, team_id";
 
 impl SandboxColumns {
     fn of(s: SandboxRow) -> SandboxColumns {
@@ -319,6 +330,7 @@ impl SandboxColumns {
                 serde_json::to_string(&s.volume_mounts).unwrap_or_else(|_| "[]".to_owned())
             }),
             id: s.id,
+            team_id: s.team_id,
             template_id: s.template_id,
             template_name: s.template_name,
             started_at: s.started_at,
@@ -363,6 +375,7 @@ impl SandboxColumns {
             },
             state,
             id: self.id,
+            team_id: self.team_id,
             template_id: self.template_id,
             template_name: self.template_name,
             started_at: self.started_at,
@@ -473,7 +486,9 @@ pub struct MountRecord {
 pub struct VolumeRow {
     /// Its id (a UUID).
     pub id: String,
-    /// Its name, unique among the volumes not deleted.
+    /// The team that owns it.
+    pub team_id: String,
+    /// Its name, unique among its team's volumes not deleted.
     pub name: String,
     /// Its size (its quota), MiB.
     pub size_mb: u64,
@@ -509,8 +524,10 @@ pub struct TemplateRow {
     /// The build it is (a UUID, E2B's `buildID`); it stays with the row
     /// when a newer build of the name hides it.
     pub build_id: String,
-    /// E2B's `public` flag (recorded; Hutch has one team).
+    /// E2B's `public` flag: every team may create sandboxes from it.
     pub public: bool,
+    /// The team that owns it.
+    pub team_id: String,
 }
 
 /// A sandbox row.
@@ -518,6 +535,8 @@ pub struct TemplateRow {
 pub struct SandboxRow {
     /// Sandbox id.
     pub id: String,
+    /// The team that owns it.
+    pub team_id: String,
     /// Its template's id.
     pub template_id: String,
     /// Its template's name (E2B's `alias`).
@@ -618,13 +637,111 @@ impl NetworkRecord {
     }
 }
 
-/// An API key as listed (never the key itself).
+/// A team: the owner of keys, templates, sandboxes and volumes. A key
+/// sees and touches only what its team owns (and public templates).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKeyRow {
-    /// Its id.
-    pub id: i64,
+pub struct TeamRow {
+    /// Its id (a UUID).
+    pub id: String,
+    /// Its unique name.
+    pub name: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Whether it is the default team ([`Store::default_team`]).
+    pub is_default: bool,
+}
+
+/// What a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An API key (`X-API-Key`).
+    ApiKey,
+    /// An access token (`Authorization: Bearer`, as E2B's CLI sends it).
+    AccessToken,
+}
+
+impl KeyKind {
+    /// The kind's name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::ApiKey => "api_key",
+            KeyKind::AccessToken => "access_token",
+        }
+    }
+
+    fn parse(s: &str) -> KeyKind {
+        match s {
+            "access_token" => KeyKind::AccessToken,
+            _ => KeyKind::ApiKey,
+        }
+    }
+}
+
+/// A key to store: everything but the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    /// Its public id (a UUID).
+    pub uuid: String,
+    /// The team it acts for.
+    pub team_id: String,
+    /// Its name, for people.
+    pub name: String,
+    /// What it is.
+    pub kind: KeyKind,
+    /// Hex SHA-256 of the key.
+    pub hash: String,
     /// The first characters of the key.
     pub prefix: String,
+    /// The last characters of the key.
+    pub suffix: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+impl NewKey {
+    /// Its row once stored as row `id`.
+    fn row(self, id: i64) -> ApiKeyRow {
+        ApiKeyRow {
+            id,
+            uuid: self.uuid,
+            team_id: self.team_id,
+            name: self.name,
+            kind: self.kind,
+            prefix: self.prefix,
+            suffix: self.suffix,
+            created_at: self.created_at,
+            revoked_at: None,
+        }
+    }
+}
+
+/// Who a valid key is ([`Store::valid_api_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOwner {
+    /// The key's row id.
+    pub key_id: i64,
+    /// The team it acts for.
+    pub team_id: String,
+}
+
+/// A key as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// Its row id.
+    pub id: i64,
+    /// Its public id (a UUID).
+    pub uuid: String,
+    /// The team it acts for.
+    pub team_id: String,
+    /// Its name.
+    pub name: String,
+    /// What it is.
+    pub kind: KeyKind,
+    /// The first characters of the key.
+    pub prefix: String,
+    /// The last characters of the key (empty for keys from before they
+    /// were recorded).
+    pub suffix: String,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms; `None` while valid.

@@ -8,7 +8,7 @@
 //! pointed at the same database fails to start instead of adopting (and
 //! reaping) the first one's sandboxes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,8 +17,9 @@ use sqlx::{Connection, Row};
 use tokio::sync::Mutex;
 
 use super::{
-    ApiKeyRow, DbError, LIVE_STATES, PauseMode, Revoke, SANDBOX_COLUMNS, SandboxColumns,
-    SandboxRow, SandboxState, Spawns, Store, TagRow, TemplateRow, VolumeRow,
+    ApiKeyRow, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, PauseMode, Revoke, SANDBOX_COLUMNS,
+    SandboxColumns, SandboxRow, SandboxState, Spawns, Store, TagRow, TeamRow, TemplateRow,
+    VolumeRow,
 };
 
 /// Schema migrations, in order; `hutch_schema.version` is the number
@@ -88,10 +89,42 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX volumes_name ON volumes (name) WHERE deleted_at IS NULL;
     ALTER TABLE sandboxes ADD COLUMN volume_mounts TEXT; -- JSON [MountRecord]",
+    // 10: teams. Every key, template, sandbox and volume belongs to one;
+    // the rows from before teams go to the default team made here. Keys
+    // get a public id (a UUID), a name, a kind and their last characters.
+    "CREATE TABLE teams (
+        id          TEXT PRIMARY KEY,       -- a UUID
+        name        TEXT NOT NULL UNIQUE,
+        created_at  BIGINT NOT NULL,        -- Unix ms
+        is_default  BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE UNIQUE INDEX teams_default ON teams (is_default) WHERE is_default;
+    INSERT INTO teams (id, name, created_at, is_default)
+        VALUES (gen_random_uuid()::text, 'default',
+            (extract(epoch FROM now()) * 1000)::bigint, TRUE);
+    ALTER TABLE api_keys ADD COLUMN team_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE api_keys ADD COLUMN uuid TEXT NOT NULL DEFAULT gen_random_uuid()::text;
+    ALTER TABLE api_keys ALTER COLUMN uuid DROP DEFAULT;
+    ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'api_key'; -- api_key | access_token
+    ALTER TABLE api_keys ADD COLUMN suffix TEXT NOT NULL DEFAULT '';
+    UPDATE api_keys SET
+        kind = CASE WHEN substr(prefix, 1, 7) = 'sk_e2b_' THEN 'access_token' ELSE 'api_key' END,
+        name = CASE WHEN substr(prefix, 1, 7) = 'sk_e2b_' THEN 'access token' ELSE 'API key' END;
+    CREATE UNIQUE INDEX api_keys_uuid ON api_keys (uuid);
+    ALTER TABLE templates ADD COLUMN team_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sandboxes ADD COLUMN team_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE volumes ADD COLUMN team_id TEXT NOT NULL DEFAULT '';
+    UPDATE api_keys SET team_id = (SELECT id FROM teams WHERE is_default);
+    UPDATE templates SET team_id = (SELECT id FROM teams WHERE is_default);
+    UPDATE sandboxes SET team_id = (SELECT id FROM teams WHERE is_default);
+    UPDATE volumes SET team_id = (SELECT id FROM teams WHERE is_default);
+    DROP INDEX volumes_name;
+    CREATE UNIQUE INDEX volumes_name ON volumes (team_id, name) WHERE deleted_at IS NULL;",
 ];
 
 /// The template columns every query reads, in [`template_row`]'s order.
-const TEMPLATE_COLUMNS: &str = "id, name, metadata, created_at, build_id, public";
+const TEMPLATE_COLUMNS: &str = "id, name, metadata, created_at, build_id, public, team_id";
 
 /// The advisory lock keys (`pg_advisory_lock(bigint)`): "hutch" in ASCII,
 /// then one for migrations and one for the server holding the database.
@@ -190,89 +223,138 @@ impl Store for PostgresStore {
         "postgresql"
     }
 
+    async fn default_team(&self) -> Result<TeamRow, DbError> {
+        let r = sqlx::query("SELECT id, name, created_at, is_default FROM teams WHERE is_default")
+            .fetch_one(&self.pool)
+            .await?;
+        team_row(&r)
+    }
+
+    async fn insert_team(&self, t: TeamRow) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO teams (id, name, created_at, is_default) VALUES ($1, $2, $3, FALSE)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(t.id)
+        .bind(t.name)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_teams(&self) -> Result<Vec<TeamRow>, DbError> {
+        sqlx::query("SELECT id, name, created_at, is_default FROM teams ORDER BY created_at, name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(team_row)
+            .collect()
+    }
+
     async fn has_api_keys(&self) -> Result<bool, DbError> {
         Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
             .fetch_one(&self.pool)
             .await?)
     }
 
-    async fn insert_api_key(&self, hash: String, prefix: String, now: i64) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO api_keys (hash, prefix, created_at) VALUES ($1, $2, $3)
-             ON CONFLICT (hash) DO NOTHING",
+    async fn insert_api_key(&self, key: NewKey) -> Result<(), DbError> {
+        bind_new_key(
+            sqlx::query(&format!(
+                "INSERT INTO api_keys {NEW_KEY_COLUMNS} ON CONFLICT (hash) DO NOTHING"
+            )),
+            &key,
         )
-        .bind(hash)
-        .bind(prefix)
-        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn valid_api_key_hashes(&self) -> Result<HashSet<String>, DbError> {
-        let hashes: Vec<String> =
-            sqlx::query_scalar("SELECT hash FROM api_keys WHERE revoked_at IS NULL")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(hashes.into_iter().collect())
-    }
-
-    async fn create_api_key(
-        &self,
-        hash: String,
-        prefix: String,
-        now: i64,
-    ) -> Result<ApiKeyRow, DbError> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_keys (hash, prefix, created_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(hash)
-        .bind(&prefix)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(ApiKeyRow {
-            id,
-            prefix,
-            created_at: now,
-            revoked_at: None,
-        })
-    }
-
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
+    async fn valid_api_keys(&self) -> Result<HashMap<String, KeyOwner>, DbError> {
+        sqlx::query("SELECT hash, id, team_id FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
             .map(|r| {
-                Ok(ApiKeyRow {
-                    id: r.try_get(0)?,
-                    prefix: r.try_get(1)?,
-                    created_at: r.try_get(2)?,
-                    revoked_at: r.try_get(3)?,
-                })
+                Ok((
+                    r.try_get(0)?,
+                    KeyOwner {
+                        key_id: r.try_get(1)?,
+                        team_id: r.try_get(2)?,
+                    },
+                ))
             })
             .collect()
     }
 
-    async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoke, DbError> {
+    async fn create_api_key(&self, key: NewKey) -> Result<ApiKeyRow, DbError> {
+        let id: i64 = bind_new_key(
+            sqlx::query(&format!(
+                "INSERT INTO api_keys {NEW_KEY_COLUMNS} RETURNING id"
+            )),
+            &key,
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok(key.row(id))
+    }
+
+    async fn list_api_keys(&self, team: String) -> Result<Vec<ApiKeyRow>, DbError> {
+        sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE team_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(team)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(api_key_row)
+        .collect()
+    }
+
+    async fn rename_api_key(
+        &self,
+        team: String,
+        id: String,
+        name: String,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET name = $3
+             WHERE team_id = $1 AND (uuid = $2 OR id::text = $2) AND revoked_at IS NULL",
+        )
+        .bind(team)
+        .bind(id)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke_api_key(&self, team: String, id: String, now: i64) -> Result<Revoke, DbError> {
         let mut tx = self.pool.begin().await?;
-        // Locks every valid key: a concurrent revoke waits, then sees this
-        // one's outcome.
-        let valid: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM api_keys WHERE revoked_at IS NULL FOR UPDATE")
-                .fetch_all(&mut *tx)
-                .await?;
-        if !valid.contains(&id) {
-            return Ok(Revoke::NotFound);
+        // Locks the team's valid keys: a concurrent revoke waits, then sees
+        // this one's outcome.
+        let valid = sqlx::query(
+            "SELECT id, uuid FROM api_keys WHERE team_id = $1 AND revoked_at IS NULL FOR UPDATE",
+        )
+        .bind(&team)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut found = None;
+        for r in &valid {
+            let (row, uuid): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
+            if uuid == id || row.to_string() == id {
+                found = Some(row);
+            }
         }
+        let Some(row) = found else {
+            return Ok(Revoke::NotFound);
+        };
         if valid.len() == 1 {
             return Ok(Revoke::LastKey);
         }
         sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1")
-            .bind(id)
+            .bind(row)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -282,8 +364,8 @@ impl Store for PostgresStore {
 
     async fn insert_template(&self, t: TemplateRow) -> Result<bool, DbError> {
         let done = sqlx::query(
-            "INSERT INTO templates (id, name, metadata, created_at, build_id, public)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO templates (id, name, metadata, created_at, build_id, public, team_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
         )
         .bind(t.id)
         .bind(t.name)
@@ -291,6 +373,7 @@ impl Store for PostgresStore {
         .bind(t.created_at)
         .bind(t.build_id)
         .bind(t.public)
+        .bind(t.team_id)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -330,8 +413,8 @@ impl Store for PostgresStore {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO templates (id, name, metadata, created_at, build_id, public)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO templates (id, name, metadata, created_at, build_id, public, team_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(t.id)
         .bind(t.name)
@@ -339,6 +422,7 @@ impl Store for PostgresStore {
         .bind(t.created_at)
         .bind(t.build_id)
         .bind(t.public)
+        .bind(t.team_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -470,7 +554,7 @@ impl Store for PostgresStore {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 $17, $18, $19, $20, $21, $22)"
+                 $17, $18, $19, $20, $21, $22, $23)"
         ))
         .bind(s.id)
         .bind(s.template_id)
@@ -494,6 +578,7 @@ impl Store for PostgresStore {
         .bind(s.traffic_token)
         .bind(s.mask_request_host)
         .bind(s.volume_mounts)
+        .bind(s.team_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -626,14 +711,15 @@ impl Store for PostgresStore {
     }
     async fn insert_volume(&self, v: VolumeRow) -> Result<bool, DbError> {
         let done = sqlx::query(
-            "INSERT INTO volumes (id, name, size_mb, created_at, deleted_at)
-             VALUES ($1, $2, $3, $4, NULL)
-             ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING",
+            "INSERT INTO volumes (id, name, size_mb, created_at, deleted_at, team_id)
+             VALUES ($1, $2, $3, $4, NULL, $5)
+             ON CONFLICT (team_id, name) WHERE deleted_at IS NULL DO NOTHING",
         )
         .bind(v.id)
         .bind(v.name)
         .bind(i64::try_from(v.size_mb).unwrap_or(i64::MAX))
         .bind(v.created_at)
+        .bind(v.team_id)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -641,7 +727,7 @@ impl Store for PostgresStore {
 
     async fn list_volumes(&self) -> Result<Vec<VolumeRow>, DbError> {
         sqlx::query(
-            "SELECT id, name, size_mb, created_at, deleted_at FROM volumes
+            "SELECT id, name, size_mb, created_at, deleted_at, team_id FROM volumes
              ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
@@ -654,6 +740,7 @@ impl Store for PostgresStore {
                 size_mb: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
                 created_at: r.try_get(3)?,
                 deleted_at: r.try_get(4)?,
+                team_id: r.try_get(5)?,
             })
         })
         .collect()
@@ -678,6 +765,50 @@ impl Store for PostgresStore {
     }
 }
 
+fn team_row(r: &PgRow) -> Result<TeamRow, DbError> {
+    Ok(TeamRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        created_at: r.try_get(2)?,
+        is_default: r.try_get(3)?,
+    })
+}
+
+/// The columns and values of an insert of a [`NewKey`].
+const NEW_KEY_COLUMNS: &str = "(uuid, team_id, name, kind, hash, prefix, suffix, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+fn bind_new_key<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    k: &NewKey,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(k.uuid.clone())
+        .bind(k.team_id.clone())
+        .bind(k.name.clone())
+        .bind(k.kind.as_str())
+        .bind(k.hash.clone())
+        .bind(k.prefix.clone())
+        .bind(k.suffix.clone())
+        .bind(k.created_at)
+}
+
+/// The key columns every query reads, in [`api_key_row`]'s order.
+const KEY_COLUMNS: &str = "id, uuid, team_id, name, kind, prefix, suffix, created_at, revoked_at";
+
+fn api_key_row(r: &PgRow) -> Result<ApiKeyRow, DbError> {
+    Ok(ApiKeyRow {
+        id: r.try_get(0)?,
+        uuid: r.try_get(1)?,
+        team_id: r.try_get(2)?,
+        name: r.try_get(3)?,
+        kind: KeyKind::parse(r.try_get::<&str, _>(4)?),
+        prefix: r.try_get(5)?,
+        suffix: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        revoked_at: r.try_get(8)?,
+    })
+}
+
 fn template_row(r: &PgRow) -> Result<TemplateRow, DbError> {
     Ok(TemplateRow {
         id: r.try_get(0)?,
@@ -686,6 +817,7 @@ fn template_row(r: &PgRow) -> Result<TemplateRow, DbError> {
         created_at: r.try_get(3)?,
         build_id: r.try_get(4)?,
         public: r.try_get(5)?,
+        team_id: r.try_get(6)?,
     })
 }
 
@@ -713,5 +845,6 @@ fn sandbox_columns(r: &PgRow) -> Result<SandboxColumns, DbError> {
         traffic_token: r.try_get(19)?,
         mask_request_host: r.try_get(20)?,
         volume_mounts: r.try_get(21)?,
+        team_id: r.try_get(22)?,
     })
 }

@@ -7,7 +7,7 @@
 //! Queries run on tokio's blocking pool, one at a time (a mutex around the
 //! single connection).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -15,12 +15,13 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    ApiKeyRow, DbError, LIVE_STATES, PauseMode, Revoke, SANDBOX_COLUMNS, SandboxColumns,
-    SandboxRow, SandboxState, Spawns, Store, TagRow, TemplateRow, VolumeRow,
+    ApiKeyRow, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, PauseMode, Revoke, SANDBOX_COLUMNS,
+    SandboxColumns, SandboxRow, SandboxState, Spawns, Store, TagRow, TeamRow, TemplateRow,
+    VolumeRow,
 };
 
 /// The template columns every query reads, in [`template_row`]'s order.
-const TEMPLATE_COLUMNS: &str = "id, name, metadata, created_at, build_id, public";
+const TEMPLATE_COLUMNS: &str = "id, name, metadata, created_at, build_id, public, team_id";
 
 /// Schema migrations, in order. `user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -99,6 +100,42 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX volumes_name ON volumes (name) WHERE deleted_at IS NULL;
     ALTER TABLE sandboxes ADD COLUMN volume_mounts TEXT; -- JSON [MountRecord]",
+    // 10: teams. Every key, template, sandbox and volume belongs to one;
+    // the rows from before teams go to the default team made here. Keys
+    // get a public id (a UUID), a name, a kind and their last characters.
+    "CREATE TABLE teams (
+        id          TEXT PRIMARY KEY,       -- a UUID
+        name        TEXT NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL,       -- Unix ms
+        is_default  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX teams_default ON teams (is_default) WHERE is_default = 1;
+    INSERT INTO teams (id, name, created_at, is_default)
+        VALUES (lower(
+        hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || substr(hex(randomblob(2)), 2)
+        || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(hex(randomblob(2)), 2)
+        || '-' || hex(randomblob(6))), 'default', CAST(strftime('%s', 'now') AS INTEGER) * 1000, 1);
+    ALTER TABLE api_keys ADD COLUMN team_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE api_keys ADD COLUMN uuid TEXT;
+    ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'api_key'; -- api_key | access_token
+    ALTER TABLE api_keys ADD COLUMN suffix TEXT NOT NULL DEFAULT '';
+    UPDATE api_keys SET uuid = lower(
+        hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || substr(hex(randomblob(2)), 2)
+        || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(hex(randomblob(2)), 2)
+        || '-' || hex(randomblob(6))),
+        kind = CASE WHEN substr(prefix, 1, 7) = 'sk_e2b_' THEN 'access_token' ELSE 'api_key' END,
+        name = CASE WHEN substr(prefix, 1, 7) = 'sk_e2b_' THEN 'access token' ELSE 'API key' END;
+    CREATE UNIQUE INDEX api_keys_uuid ON api_keys (uuid);
+    ALTER TABLE templates ADD COLUMN team_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sandboxes ADD COLUMN team_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE volumes ADD COLUMN team_id TEXT NOT NULL DEFAULT '';
+    UPDATE api_keys SET team_id = (SELECT id FROM teams WHERE is_default = 1);
+    UPDATE templates SET team_id = (SELECT id FROM teams WHERE is_default = 1);
+    UPDATE sandboxes SET team_id = (SELECT id FROM teams WHERE is_default = 1);
+    UPDATE volumes SET team_id = (SELECT id FROM teams WHERE is_default = 1);
+    DROP INDEX volumes_name;
+    CREATE UNIQUE INDEX volumes_name ON volumes (team_id, name) WHERE deleted_at IS NULL;",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -143,84 +180,133 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn default_team(&self) -> Result<TeamRow, DbError> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT id, name, created_at, is_default FROM teams WHERE is_default = 1",
+                [],
+                team_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn insert_team(&self, t: TeamRow) -> Result<bool, DbError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO teams (id, name, created_at, is_default) VALUES (?1, ?2, ?3, 0)
+                 ON CONFLICT (name) DO NOTHING",
+                params![t.id, t.name, t.created_at],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_teams(&self) -> Result<Vec<TeamRow>, DbError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT id, name, created_at, is_default FROM teams ORDER BY created_at, name",
+            )?;
+            let rows = st.query_map([], team_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn has_api_keys(&self) -> Result<bool, DbError> {
         self.call(|c| Ok(c.query_row("SELECT EXISTS (SELECT 1 FROM api_keys)", [], |r| r.get(0))?))
             .await
     }
 
-    async fn insert_api_key(&self, hash: String, prefix: String, now: i64) -> Result<(), DbError> {
+    async fn insert_api_key(&self, key: NewKey) -> Result<(), DbError> {
         self.call(move |c| {
             c.execute(
-                "INSERT OR IGNORE INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
-                params![hash, prefix, now],
+                &format!("INSERT OR IGNORE INTO api_keys {NEW_KEY_COLUMNS}"),
+                new_key_params(&key),
             )?;
             Ok(())
         })
         .await
     }
 
-    async fn valid_api_key_hashes(&self) -> Result<HashSet<String>, DbError> {
+    async fn valid_api_keys(&self) -> Result<HashMap<String, KeyOwner>, DbError> {
         self.call(|c| {
-            let mut st = c.prepare("SELECT hash FROM api_keys WHERE revoked_at IS NULL")?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-            Ok(rows.collect::<Result<HashSet<_>, _>>()?)
+            let mut st =
+                c.prepare("SELECT hash, id, team_id FROM api_keys WHERE revoked_at IS NULL")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    KeyOwner {
+                        key_id: r.get(1)?,
+                        team_id: r.get(2)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
         })
         .await
     }
 
-    async fn create_api_key(
-        &self,
-        hash: String,
-        prefix: String,
-        now: i64,
-    ) -> Result<ApiKeyRow, DbError> {
+    async fn create_api_key(&self, key: NewKey) -> Result<ApiKeyRow, DbError> {
         self.call(move |c| {
             c.execute(
-                "INSERT INTO api_keys (hash, prefix, created_at) VALUES (?1, ?2, ?3)",
-                params![hash, prefix, now],
+                &format!("INSERT INTO api_keys {NEW_KEY_COLUMNS}"),
+                new_key_params(&key),
             )?;
-            Ok(ApiKeyRow {
-                id: c.last_insert_rowid(),
-                prefix,
-                created_at: now,
-                revoked_at: None,
-            })
+            Ok(key.row(c.last_insert_rowid()))
         })
         .await
     }
 
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, DbError> {
-        self.call(|c| {
-            let mut st = c.prepare(
-                "SELECT id, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(ApiKeyRow {
-                    id: r.get(0)?,
-                    prefix: r.get(1)?,
-                    created_at: r.get(2)?,
-                    revoked_at: r.get(3)?,
-                })
-            })?;
+    async fn list_api_keys(&self, team: String) -> Result<Vec<ApiKeyRow>, DbError> {
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE team_id = ?1 ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map([team], api_key_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
 
-    async fn revoke_api_key(&self, id: i64, now: i64) -> Result<Revoke, DbError> {
+    async fn rename_api_key(
+        &self,
+        team: String,
+        id: String,
+        name: String,
+    ) -> Result<bool, DbError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE api_keys SET name = ?3
+                 WHERE team_id = ?1 AND (uuid = ?2 OR CAST(id AS TEXT) = ?2)
+                   AND revoked_at IS NULL",
+                params![team, id, name],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, team: String, id: String, now: i64) -> Result<Revoke, DbError> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            let valid: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = ?1 AND revoked_at IS NULL)",
-                [id],
-                |r| r.get(0),
-            )?;
-            if !valid {
+            let row: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM api_keys
+                     WHERE team_id = ?1 AND (uuid = ?2 OR CAST(id AS TEXT) = ?2)
+                       AND revoked_at IS NULL",
+                    [&team, &id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(row) = row else {
                 return Ok(Revoke::NotFound);
-            }
+            };
             let others: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM api_keys WHERE id != ?1 AND revoked_at IS NULL",
-                [id],
+                "SELECT COUNT(*) FROM api_keys
+                 WHERE team_id = ?1 AND id != ?2 AND revoked_at IS NULL",
+                params![team, row],
                 |r| r.get(0),
             )?;
             if others == 0 {
@@ -228,7 +314,7 @@ impl Store for SqliteStore {
             }
             tx.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
-                params![id, now],
+                params![row, now],
             )?;
             tx.commit()?;
             Ok(Revoke::Revoked)
@@ -239,9 +325,17 @@ impl Store for SqliteStore {
     async fn insert_template(&self, t: TemplateRow) -> Result<bool, DbError> {
         self.call(move |c| {
             let n = c.execute(
-                "INSERT INTO templates (id, name, metadata, created_at, build_id, public)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO NOTHING",
-                params![t.id, t.name, t.metadata, t.created_at, t.build_id, t.public],
+                "INSERT INTO templates (id, name, metadata, created_at, build_id, public, team_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING",
+                params![
+                    t.id,
+                    t.name,
+                    t.metadata,
+                    t.created_at,
+                    t.build_id,
+                    t.public,
+                    t.team_id
+                ],
             )?;
             Ok(n == 1)
         })
@@ -280,9 +374,17 @@ impl Store for SqliteStore {
                 )?;
             }
             tx.execute(
-                "INSERT INTO templates (id, name, metadata, created_at, build_id, public)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![t.id, t.name, t.metadata, t.created_at, t.build_id, t.public],
+                "INSERT INTO templates (id, name, metadata, created_at, build_id, public, team_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t.id,
+                    t.name,
+                    t.metadata,
+                    t.created_at,
+                    t.build_id,
+                    t.public,
+                    t.team_id
+                ],
             )?;
             tx.commit()?;
             Ok(old)
@@ -417,7 +519,7 @@ impl Store for SqliteStore {
                 &format!(
                     "INSERT INTO sandboxes ({SANDBOX_COLUMNS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
                 ),
                 params![
                     s.id,
@@ -442,6 +544,7 @@ impl Store for SqliteStore {
                     s.traffic_token,
                     s.mask_request_host,
                     s.volume_mounts,
+                    s.team_id,
                 ],
             )?;
             Ok(())
@@ -587,14 +690,15 @@ impl Store for SqliteStore {
     async fn insert_volume(&self, v: VolumeRow) -> Result<bool, DbError> {
         self.call(move |c| {
             let n = c.execute(
-                "INSERT INTO volumes (id, name, size_mb, created_at, deleted_at)
-                 VALUES (?1, ?2, ?3, ?4, NULL)
-                 ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING",
+                "INSERT INTO volumes (id, name, size_mb, created_at, deleted_at, team_id)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+                 ON CONFLICT (team_id, name) WHERE deleted_at IS NULL DO NOTHING",
                 params![
                     v.id,
                     v.name,
                     i64::try_from(v.size_mb).unwrap_or(i64::MAX),
-                    v.created_at
+                    v.created_at,
+                    v.team_id
                 ],
             )?;
             Ok(n == 1)
@@ -605,7 +709,7 @@ impl Store for SqliteStore {
     async fn list_volumes(&self) -> Result<Vec<VolumeRow>, DbError> {
         self.call(|c| {
             let mut st = c.prepare(
-                "SELECT id, name, size_mb, created_at, deleted_at FROM volumes
+                "SELECT id, name, size_mb, created_at, deleted_at, team_id FROM volumes
                  ORDER BY created_at, id",
             )?;
             let rows = st.query_map([], |r| {
@@ -615,6 +719,7 @@ impl Store for SqliteStore {
                     size_mb: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
                     created_at: r.get(3)?,
                     deleted_at: r.get(4)?,
+                    team_id: r.get(5)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -645,6 +750,49 @@ impl Store for SqliteStore {
     }
 }
 
+fn team_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TeamRow> {
+    Ok(TeamRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+        is_default: r.get(3)?,
+    })
+}
+
+/// The columns and values of an insert of a [`NewKey`].
+const NEW_KEY_COLUMNS: &str = "(uuid, team_id, name, kind, hash, prefix, suffix, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+fn new_key_params(k: &NewKey) -> impl rusqlite::Params + '_ {
+    (
+        k.uuid.as_str(),
+        k.team_id.as_str(),
+        k.name.as_str(),
+        k.kind.as_str(),
+        k.hash.as_str(),
+        k.prefix.as_str(),
+        k.suffix.as_str(),
+        k.created_at,
+    )
+}
+
+/// The key columns every query reads, in [`api_key_row`]'s order.
+const KEY_COLUMNS: &str = "id, uuid, team_id, name, kind, prefix, suffix, created_at, revoked_at";
+
+fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: r.get(0)?,
+        uuid: r.get(1)?,
+        team_id: r.get(2)?,
+        name: r.get(3)?,
+        kind: KeyKind::parse(&r.get::<_, String>(4)?),
+        prefix: r.get(5)?,
+        suffix: r.get(6)?,
+        created_at: r.get(7)?,
+        revoked_at: r.get(8)?,
+    })
+}
+
 fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
     Ok(TemplateRow {
         id: r.get(0)?,
@@ -653,6 +801,7 @@ fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
         created_at: r.get(3)?,
         build_id: r.get(4)?,
         public: r.get(5)?,
+        team_id: r.get(6)?,
     })
 }
 
@@ -680,6 +829,7 @@ fn sandbox_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxColumns> {
         traffic_token: r.get(19)?,
         mask_request_host: r.get(20)?,
         volume_mounts: r.get(21)?,
+        team_id: r.get(22)?,
     })
 }
 

@@ -2,7 +2,7 @@
 //! once on SQLite (`sqlite::…`) and once on a real PostgreSQL server of its
 //! own (`postgres::…`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::*;
 
@@ -71,6 +71,7 @@ on_both_backends!(
     spawns_and_the_public_flag,
     api_keys_are_listed_and_revoked_but_never_the_last,
     concurrent_revokes_leave_a_valid_key,
+    teams_have_unique_names_and_one_default,
     corrupt_columns_are_reported_not_guessed,
 );
 
@@ -84,12 +85,28 @@ fn template(id: &str, name: &str, metadata: &str) -> TemplateRow {
         created_at: 1,
         build_id: format!("build-{metadata}"),
         public: false,
+        team_id: "team-a".into(),
+    }
+}
+
+/// A key of team `team` whose hash is `hash`, made at `at`.
+fn key(hash: &str, team: &str, at: i64) -> NewKey {
+    NewKey {
+        uuid: format!("uuid-{hash}"),
+        team_id: team.into(),
+        name: format!("key {hash}"),
+        kind: KeyKind::ApiKey,
+        hash: hash.into(),
+        prefix: format!("e2b_{hash}"),
+        suffix: "wxyz".into(),
+        created_at: at,
     }
 }
 
 fn sandbox(id: &str, template_id: &str, state: SandboxState) -> SandboxRow {
     SandboxRow {
         id: id.into(),
+        team_id: "team-a".into(),
         template_id: template_id.into(),
         template_name: "base".into(),
         state,
@@ -125,19 +142,17 @@ async fn migrates_once_and_round_trips_rows(f: &Fixture) {
     let db = f.open().await;
 
     assert!(!db.has_api_keys().await.unwrap());
-    db.insert_api_key("abc".into(), "hutch_12".into(), 5)
-        .await
-        .unwrap();
+    let default = db.default_team().await.unwrap();
+    assert!(default.is_default);
+    assert_eq!(default.name, "default");
+    db.insert_api_key(key("abc", &default.id, 5)).await.unwrap();
     // Inserting the same key again is not an error (a restart re-reads it
     // from the key file).
-    db.insert_api_key("abc".into(), "hutch_12".into(), 6)
-        .await
-        .unwrap();
+    db.insert_api_key(key("abc", &default.id, 6)).await.unwrap();
     assert!(db.has_api_keys().await.unwrap());
-    assert_eq!(
-        db.valid_api_key_hashes().await.unwrap(),
-        HashSet::from(["abc".to_string()])
-    );
+    let valid = db.valid_api_keys().await.unwrap();
+    assert_eq!(valid.len(), 1);
+    assert_eq!(valid["abc"].team_id, default.id);
     let t = template("t1", "base", "{}");
     assert!(db.insert_template(t.clone()).await.unwrap());
     assert!(
@@ -407,6 +422,7 @@ async fn volume_names_are_unique_until_deleted(f: &Fixture) {
     let db = f.open().await;
     let volume = |id: &str| VolumeRow {
         id: id.into(),
+        team_id: "team-a".into(),
         name: "data".into(),
         size_mb: 64,
         created_at: 1,
@@ -414,6 +430,14 @@ async fn volume_names_are_unique_until_deleted(f: &Fixture) {
     };
     assert!(db.insert_volume(volume("v1")).await.unwrap());
     assert!(!db.insert_volume(volume("v2")).await.unwrap(), "name taken");
+    let mut other_team = volume("v3");
+    other_team.team_id = "team-b".into();
+    assert!(
+        db.insert_volume(other_team).await.unwrap(),
+        "names are per team"
+    );
+    db.mark_volume_deleted("v3".into(), 1).await.unwrap();
+    db.purge_volume("v3".into()).await.unwrap();
     assert!(db.mark_volume_deleted("v1".into(), 5).await.unwrap());
     assert!(!db.mark_volume_deleted("v1".into(), 6).await.unwrap());
     assert!(
@@ -465,48 +489,67 @@ async fn spawns_and_the_public_flag(f: &Fixture) {
 
 async fn api_keys_are_listed_and_revoked_but_never_the_last(f: &Fixture) {
     let db = f.open().await;
-    db.insert_api_key("h1".into(), "hutch_1".into(), 1)
-        .await
-        .unwrap();
-    let first = db.list_api_keys().await.unwrap()[0].id;
-    assert_eq!(db.revoke_api_key(first, 5).await.unwrap(), Revoke::LastKey);
-    let second = db
-        .create_api_key("h2".into(), "hutch_2".into(), 2)
-        .await
-        .unwrap();
-    assert_eq!(second.prefix, "hutch_2");
-    assert_ne!(second.id, first);
-    assert_eq!(db.list_api_keys().await.unwrap().len(), 2);
-    assert_eq!(db.revoke_api_key(first, 5).await.unwrap(), Revoke::Revoked);
+    db.insert_api_key(key("h1", "a", 1)).await.unwrap();
+    db.insert_api_key(key("b1", "b", 1)).await.unwrap();
+    let first = db.list_api_keys("a".into()).await.unwrap()[0].clone();
+    assert_eq!(first.uuid, "uuid-h1");
+    assert_eq!(first.suffix, "wxyz");
+    assert_eq!(first.kind, KeyKind::ApiKey);
+    let revoke = |team: &str, id: &str, at: i64| {
+        let db = db.clone();
+        let (team, id) = (team.to_owned(), id.to_owned());
+        async move { db.revoke_api_key(team, id, at).await.unwrap() }
+    };
+    assert_eq!(revoke("a", "uuid-h1", 5).await, Revoke::LastKey);
+    let second = db.create_api_key(key("h2", "a", 2)).await.unwrap();
+    assert_eq!(second.prefix, "e2b_h2");
+    assert_ne!(second.id, first.id);
+    assert_eq!(db.list_api_keys("a".into()).await.unwrap().len(), 2);
+    // Another team's key is not found, by UUID or by number.
+    assert_eq!(revoke("b", "uuid-h1", 5).await, Revoke::NotFound);
     assert_eq!(
-        db.valid_api_key_hashes().await.unwrap(),
-        HashSet::from(["h2".to_string()])
+        revoke("b", &first.id.to_string(), 5).await,
+        Revoke::NotFound
     );
-    assert_eq!(db.revoke_api_key(first, 6).await.unwrap(), Revoke::NotFound);
-    assert_eq!(db.revoke_api_key(999, 6).await.unwrap(), Revoke::NotFound);
+    assert!(
+        !db.rename_api_key("b".into(), "uuid-h1".into(), "x".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.rename_api_key("a".into(), "uuid-h1".into(), "renamed".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(revoke("a", &first.id.to_string(), 5).await, Revoke::Revoked);
+    let valid = db.valid_api_keys().await.unwrap();
     assert_eq!(
-        db.revoke_api_key(second.id, 6).await.unwrap(),
-        Revoke::LastKey
+        valid.keys().cloned().collect::<HashSet<_>>(),
+        HashSet::from(["h2".to_string(), "b1".to_string()])
     );
-    let keys = db.list_api_keys().await.unwrap();
+    assert_eq!(revoke("a", "uuid-h1", 6).await, Revoke::NotFound);
+    assert_eq!(revoke("a", "999", 6).await, Revoke::NotFound);
+    assert_eq!(revoke("a", "uuid-h2", 6).await, Revoke::LastKey);
+    let keys = db.list_api_keys("a".into()).await.unwrap();
     assert_eq!(keys[0].revoked_at, Some(5));
+    assert_eq!(keys[0].name, "renamed");
     assert_eq!(keys[1].revoked_at, None);
 }
 
-/// Revoking every key at once leaves exactly one valid.
+/// Revoking every key of a team at once leaves exactly one valid.
 async fn concurrent_revokes_leave_a_valid_key(f: &Fixture) {
     let db = f.open().await;
     let mut ids = Vec::new();
     for i in 0..8 {
         let key = db
-            .create_api_key(format!("h{i}"), format!("p{i}"), i)
+            .create_api_key(key(&format!("h{i}"), "a", i))
             .await
             .unwrap();
-        ids.push(key.id);
+        ids.push(key.uuid);
     }
-    let revokes = ids.iter().map(|&id| {
-        let db = db.clone();
-        tokio::spawn(async move { db.revoke_api_key(id, 100).await.unwrap() })
+    let revokes = ids.iter().map(|id| {
+        let (db, id) = (db.clone(), id.clone());
+        tokio::spawn(async move { db.revoke_api_key("a".into(), id, 100).await.unwrap() })
     });
     let outcomes = futures::future::join_all(revokes).await;
     let revoked = outcomes
@@ -514,7 +557,32 @@ async fn concurrent_revokes_leave_a_valid_key(f: &Fixture) {
         .filter(|o| *o.as_ref().unwrap() == Revoke::Revoked)
         .count();
     assert_eq!(revoked, 7);
-    assert_eq!(db.valid_api_key_hashes().await.unwrap().len(), 1);
+    assert_eq!(db.valid_api_keys().await.unwrap().len(), 1);
+}
+
+/// Teams: the default one comes with the schema; names are unique.
+async fn teams_have_unique_names_and_one_default(f: &Fixture) {
+    let db = f.open().await;
+    let default = db.default_team().await.unwrap();
+    let team = |id: &str, name: &str| TeamRow {
+        id: id.into(),
+        name: name.into(),
+        created_at: i64::MAX / 2,
+        is_default: true,
+    };
+    assert!(db.insert_team(team("t1", "research")).await.unwrap());
+    assert!(!db.insert_team(team("t2", "research")).await.unwrap());
+    assert!(!db.insert_team(team("t3", "default")).await.unwrap());
+    let teams = db.list_teams().await.unwrap();
+    assert_eq!(
+        teams
+            .iter()
+            .map(|t| (t.name.as_str(), t.is_default))
+            .collect::<Vec<_>>(),
+        [("default", true), ("research", false)],
+        "an inserted team is never the default"
+    );
+    assert_eq!(teams[0], default);
 }
 
 /// A JSON column that does not parse is an error naming the column.

@@ -20,6 +20,8 @@ use crate::state::AppState;
 /// Which sandboxes a listing asks for.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Filter {
+    /// The team they belong to.
+    pub team: String,
     /// Their states (running and paused only: the others are not listed).
     pub states: Vec<SandboxState>,
     /// Metadata they all have (key, value).
@@ -36,7 +38,7 @@ pub(crate) async fn list(st: &AppState, filter: &Filter) -> Result<Vec<SandboxRo
     let live = st.live();
     Ok(rows
         .into_iter()
-        .filter(|r| live.contains_key(&r.id))
+        .filter(|r| r.team_id == filter.team && live.contains_key(&r.id))
         .filter(|r| {
             filter
                 .metadata
@@ -54,6 +56,26 @@ pub(crate) async fn list(st: &AppState, filter: &Filter) -> Result<Vec<SandboxRo
         })
         .filter(|r| filter.started_after.is_none_or(|t| r.started_at >= t))
         .collect())
+}
+
+/// Whether sandbox `id` is running or paused and team `team`'s: another
+/// team's sandboxes are answered as absent.
+fn owns(st: &AppState, team: &str, id: &str) -> bool {
+    st.live().get(id).is_some_and(|e| e.team == team)
+}
+
+/// Team `team`'s sandbox `id` while it is in one of `states` (running or
+/// paused).
+pub(crate) async fn find_owned(
+    st: &AppState,
+    team: &str,
+    id: &str,
+    states: &[SandboxState],
+) -> Result<SandboxRow, SandboxError> {
+    if !owns(st, team, id) {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
+    find(st, id, states).await
 }
 
 /// The sandbox `id` while it is in one of `states` (running or paused).
@@ -80,13 +102,14 @@ pub(crate) const LISTED: &[SandboxState] = &[SandboxState::Running, SandboxState
 /// runs).
 pub(crate) async fn metrics(
     st: &AppState,
+    team: &str,
     id: &str,
     start: Option<i64>,
     end: Option<i64>,
 ) -> Result<Vec<SandboxMetric>, SandboxError> {
     let stopped = match st.live().get(id) {
-        None => return Err(SandboxError::NotFound(id.to_string())),
-        Some(e) => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
+        Some(e) if e.team == team => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
+        _ => return Err(SandboxError::NotFound(id.to_string())),
     };
     let series = st.metrics.range(id, start, end);
     // Not sampled yet (it has just started): a sample now, when the range
@@ -100,16 +123,17 @@ pub(crate) async fn metrics(
 }
 
 /// The latest sample of each of `ids` that is a running (or paused)
-/// sandbox; sandboxes not sampled yet are sampled now (at once, for all of
-/// them).
+/// sandbox of team `team`; sandboxes not sampled yet are sampled now (at
+/// once, for all of them).
 pub(crate) async fn latest_metrics(
     st: &AppState,
+    team: &str,
     ids: &[String],
 ) -> Result<Vec<(String, SandboxMetric)>, SandboxError> {
     let known: Vec<String> = {
         let live = st.live();
         ids.iter()
-            .filter(|id| live.contains_key(*id))
+            .filter(|id| live.get(*id).is_some_and(|e| e.team == team))
             .cloned()
             .collect()
     };
@@ -132,10 +156,12 @@ pub(crate) async fn latest_metrics(
 /// [`crate::sandbox_logs::KEPT_AFTER_END`].
 pub(crate) async fn logs(
     st: &AppState,
+    team: &str,
     id: &str,
     q: &sandbox_logs::Query,
 ) -> Result<Vec<sandbox_logs::Entry>, SandboxError> {
-    if st.db.get_sandbox(id.to_owned()).await?.is_none() {
+    let row = st.db.get_sandbox(id.to_owned()).await?;
+    if row.is_none_or(|r| r.team_id != team) {
         return Err(SandboxError::NotFound(id.to_string()));
     }
     Ok(sandbox_logs::select(st.logs.entries(id), q))
@@ -180,8 +206,11 @@ pub(crate) async fn create(
 }
 
 /// [`kill_sandbox`], to completion; not found unless it was running or
-/// paused.
-pub(crate) async fn kill(st: &Arc<AppState>, id: &str) -> Result<(), SandboxError> {
+/// paused, and team `team`'s.
+pub(crate) async fn kill(st: &Arc<AppState>, team: &str, id: &str) -> Result<(), SandboxError> {
+    if !owns(st, team, id) {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
     let (st, task_id) = (st.clone(), id.to_string());
     match detached("kill", async move { kill_sandbox(&st, &task_id).await }).await? {
         true => Ok(()),
@@ -189,23 +218,32 @@ pub(crate) async fn kill(st: &Arc<AppState>, id: &str) -> Result<(), SandboxErro
     }
 }
 
-/// [`pause_sandbox`], to completion.
+/// [`pause_sandbox`] of team `team`'s sandbox, to completion.
 pub(crate) async fn pause(
     st: &Arc<AppState>,
+    team: &str,
     id: &str,
     mode: PauseMode,
 ) -> Result<PauseOutcome, SandboxError> {
+    if !owns(st, team, id) {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
     let (st, id) = (st.clone(), id.to_string());
     detached("pause", async move { pause_sandbox(&st, &id, mode).await }).await
 }
 
-/// [`resume_sandbox`], to completion; then the sandbox's row.
+/// [`resume_sandbox`] of team `team`'s sandbox, to completion; then the
+/// sandbox's row.
 pub(crate) async fn resume(
     st: &Arc<AppState>,
+    team: &str,
     id: &str,
     timeout_secs: Option<u64>,
     memory: Option<bool>,
 ) -> Result<(ResumeOutcome, SandboxRow), SandboxError> {
+    if !owns(st, team, id) {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
     let (task_st, task_id) = (st.clone(), id.to_string());
     let outcome = detached("resume", async move {
         resume_sandbox(&task_st, &task_id, timeout_secs, memory).await
@@ -217,12 +255,16 @@ pub(crate) async fn resume(
     Ok((outcome, find(st, id, &[SandboxState::Running]).await?))
 }
 
-/// [`snapshot_sandbox`], to completion.
+/// [`snapshot_sandbox`] of team `team`'s sandbox, to completion.
 pub(crate) async fn snapshot(
     st: &Arc<AppState>,
+    team: &str,
     id: &str,
     name: Option<String>,
 ) -> Result<TemplateMetadata, SandboxError> {
+    if !owns(st, team, id) {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
     let (st, id) = (st.clone(), id.to_string());
     detached(
         "snapshot",
@@ -231,13 +273,17 @@ pub(crate) async fn snapshot(
     .await
 }
 
-/// [`fork_sandbox`], to completion.
+/// [`fork_sandbox`] of team `team`'s sandbox, to completion.
 pub(crate) async fn fork(
     st: &Arc<AppState>,
+    team: &str,
     id: &str,
     timeout_secs: Option<u64>,
     count: u64,
 ) -> Result<Vec<Result<SandboxRow, SandboxError>>, SandboxError> {
+    if !owns(st, team, id) {
+        return Err(SandboxError::NotFound(id.to_string()));
+    }
     let (st, id) = (st.clone(), id.to_string());
     detached("fork", async move {
         fork_sandbox(&st, &id, timeout_secs, count).await

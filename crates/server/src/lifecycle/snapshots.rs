@@ -79,6 +79,7 @@ pub(crate) async fn fork_sandbox(
         (row, snapshot)
     };
     let args = || CreateArgs {
+        team: row.team_id.clone(),
         template: snapshot.id.clone(),
         timeout_secs: timeout_secs.unwrap_or(DEFAULT_SANDBOX_TIMEOUT_SECS),
         metadata: row.metadata.clone(),
@@ -130,7 +131,7 @@ async fn capture(
         Some(paused) => paused.is_some(),
     };
     let how = match &naming {
-        Naming::Named(name) => named_registration(st, name).await?,
+        Naming::Named(name) => named_registration(st, &row.team_id, name).await?,
         Naming::Unnamed | Naming::Hidden(_) => Registration::New,
     };
     let (_, base) = catalog::find(st, &row.template_id).await?.ok_or_else(|| {
@@ -197,7 +198,7 @@ async fn capture(
             pids: row.pids,
         }),
     };
-    catalog::register(st, &meta, how).await?;
+    catalog::register(st, &row.team_id, &meta, how).await?;
     drop(layers_guard);
     tracing::info!(sandbox = %id, snapshot = %meta.id, name = %meta.name, "sandbox snapshotted");
     st.logs.event(
@@ -208,9 +209,14 @@ async fn capture(
     Ok(meta)
 }
 
-/// How a snapshot named `name` is registered: it replaces a snapshot of
-/// that name, never a template of another kind.
-async fn named_registration(st: &AppState, name: &str) -> Result<Registration, SandboxError> {
+/// How a snapshot named `name` is registered for team `team`: it replaces
+/// a snapshot of that name, never a template of another kind or another
+/// team's.
+async fn named_registration(
+    st: &AppState,
+    team: &str,
+    name: &str,
+) -> Result<Registration, SandboxError> {
     if !catalog::valid_template_name(name) {
         return Err(catalog::CatalogError::InvalidName(name.to_owned()).into());
     }
@@ -219,6 +225,9 @@ async fn named_registration(st: &AppState, name: &str) -> Result<Registration, S
     };
     if existing.name != name {
         return Ok(Registration::New);
+    }
+    if existing.team_id != team {
+        return Err(catalog::CatalogError::Taken(name.to_owned()).into());
     }
     let is_snapshot = catalog::metadata(&existing)
         .is_ok_and(|m| matches!(m.source, TemplateSource::Snapshot { .. }));
@@ -229,16 +238,17 @@ async fn named_registration(st: &AppState, name: &str) -> Result<Registration, S
     }
 }
 
-/// The snapshots (hidden ones aside), oldest first; of one sandbox, or of
-/// one name, when asked.
+/// The snapshots of team `team` (hidden ones aside), oldest first; of one
+/// sandbox, or of one name, when asked.
 pub(crate) async fn list_snapshots(
     st: &AppState,
+    team: &str,
     sandbox: Option<&str>,
     name: Option<&str>,
 ) -> Result<Vec<TemplateMetadata>, SandboxError> {
     // Rows, for their creation times in ms (the metadata's are in seconds).
     let mut rows = st.db.list_templates().await?;
-    rows.retain(|t| !t.name.contains('@'));
+    rows.retain(|t| !t.name.contains('@') && t.team_id == team);
     rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     let mut snapshots = Vec::new();
     for row in &rows {

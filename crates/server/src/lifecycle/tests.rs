@@ -1,5 +1,6 @@
 //! The sandbox state machine on a [`FakeNode`]: no root, no runc, seconds.
 
+use hutch_runtime::EgressPolicy;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -287,14 +288,15 @@ async fn the_registry_lists_and_finds_its_sandboxes() {
     let a = create(&h.st, args).await.unwrap().id;
     let b = h.create().await;
     let gone = h.create().await;
-    kill(&h.st, &gone).await.unwrap();
+    kill(&h.st, h.team(), &gone).await.unwrap();
     assert_eq!(
-        pause(&h.st, &b, PauseMode::Memory).await.unwrap(),
+        pause(&h.st, h.team(), &b, PauseMode::Memory).await.unwrap(),
         PauseOutcome::Paused
     );
 
     let ids = |rows: Vec<SandboxRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
     let all = Filter {
+        team: h.team().to_owned(),
         states: LISTED.to_vec(),
         ..Filter::default()
     };
@@ -304,8 +306,47 @@ async fn the_registry_lists_and_finds_its_sandboxes() {
     );
     let running = Filter {
         states: vec![SandboxState::Running],
-        ..Filter::default()
+        ..all.clone()
     };
+    // Another team sees none of them, and touches none.
+    let elsewhere = Filter {
+        team: "another-team".into(),
+        ..all.clone()
+    };
+    assert!(list(&h.st, &elsewhere).await.unwrap().is_empty());
+    for e in [
+        kill(&h.st, "another-team", &a).await.unwrap_err(),
+        pause(&h.st, "another-team", &a, PauseMode::Memory)
+            .await
+            .unwrap_err(),
+        resume(&h.st, "another-team", &b, None, None)
+            .await
+            .unwrap_err(),
+        metrics(&h.st, "another-team", &a, None, None)
+            .await
+            .unwrap_err(),
+        snapshot(&h.st, "another-team", &a, None).await.unwrap_err(),
+        fork(&h.st, "another-team", &a, None, 1).await.unwrap_err(),
+        super::set_network(&h.st, "another-team", &a, EgressPolicy::default())
+            .await
+            .unwrap_err(),
+        logs(&h.st, "another-team", &a, &Default::default())
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(e, SandboxError::NotFound(_)), "{e}");
+    }
+    assert!(
+        !super::set_end_at(&h.st, "another-team", &a, |t| t + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        latest_metrics(&h.st, "another-team", std::slice::from_ref(&a))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         ids(list(&h.st, &running).await.unwrap()),
         std::slice::from_ref(&a)
@@ -345,9 +386,13 @@ async fn the_registry_lists_and_finds_its_sandboxes() {
     );
     for e in [
         find(&h.st, &gone, LISTED).await.unwrap_err(),
-        kill(&h.st, &gone).await.unwrap_err(),
-        metrics(&h.st, &gone, None, None).await.unwrap_err(),
-        resume(&h.st, &gone, None, None).await.unwrap_err(),
+        kill(&h.st, h.team(), &gone).await.unwrap_err(),
+        metrics(&h.st, h.team(), &gone, None, None)
+            .await
+            .unwrap_err(),
+        resume(&h.st, h.team(), &gone, None, None)
+            .await
+            .unwrap_err(),
     ] {
         assert!(
             matches!(e, SandboxError::NotFound(ref id) if *id == gone),
@@ -355,7 +400,7 @@ async fn the_registry_lists_and_finds_its_sandboxes() {
         );
     }
     // Resuming answers with the running sandbox's row.
-    let (outcome, row) = resume(&h.st, &b, None, None).await.unwrap();
+    let (outcome, row) = resume(&h.st, h.team(), &b, None, None).await.unwrap();
     assert_eq!(
         (outcome, row.state),
         (ResumeOutcome::Resumed, SandboxState::Running)
@@ -424,7 +469,9 @@ async fn a_snapshot_freezes_a_running_sandbox_for_its_layer_only() {
     );
 
     // Paused in memory: frozen already, and left so.
-    pause(&h.st, &id, PauseMode::Memory).await.unwrap();
+    pause(&h.st, h.team(), &id, PauseMode::Memory)
+        .await
+        .unwrap();
     let before = h.node.calls().len();
     snapshot_sandbox(&h.st, &id, None).await.unwrap();
     let calls = h.node.calls();
@@ -432,8 +479,10 @@ async fn a_snapshot_freezes_a_running_sandbox_for_its_layer_only() {
     assert_eq!(h.row_state(&id).await, SandboxState::Paused);
 
     // Paused with its files only: read as it is, and left so.
-    resume(&h.st, &id, None, None).await.unwrap();
-    pause(&h.st, &id, PauseMode::Filesystem).await.unwrap();
+    resume(&h.st, h.team(), &id, None, None).await.unwrap();
+    pause(&h.st, h.team(), &id, PauseMode::Filesystem)
+        .await
+        .unwrap();
     let before = h.node.calls().len();
     snapshot_sandbox(&h.st, &id, None).await.unwrap();
     assert_eq!(h.node.calls()[before..], [format!("snapshot_layer {id}")]);
@@ -485,15 +534,23 @@ async fn named_snapshots_replace_snapshots_only() {
         list.into_iter().map(|t| t.name).collect::<Vec<_>>()
     };
     assert_eq!(
-        names(list_snapshots(&h.st, None, None).await.unwrap()),
+        names(list_snapshots(&h.st, h.team(), None, None).await.unwrap()),
         ["mine".to_string(), unnamed.id.clone()]
     );
     assert_eq!(
-        names(list_snapshots(&h.st, Some(&other), None).await.unwrap()),
+        names(
+            list_snapshots(&h.st, h.team(), Some(&other), None)
+                .await
+                .unwrap()
+        ),
         std::slice::from_ref(&unnamed.id)
     );
     assert_eq!(
-        names(list_snapshots(&h.st, None, Some("mine")).await.unwrap()),
+        names(
+            list_snapshots(&h.st, h.team(), None, Some("mine"))
+                .await
+                .unwrap()
+        ),
         ["mine"]
     );
 }
@@ -543,7 +600,7 @@ async fn a_fork_starts_sandboxes_like_the_source() {
             .unwrap()
             .unwrap()
             .template_id;
-    kill(&h.st, &ids[0]).await.unwrap();
+    kill(&h.st, h.team(), &ids[0]).await.unwrap();
     patiently("a teardown", async {
         while h.node.state(&ids[0]).is_some() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -558,7 +615,7 @@ async fn a_fork_starts_sandboxes_like_the_source() {
             .is_some(),
         "one fork is left"
     );
-    kill(&h.st, &ids[1]).await.unwrap();
+    kill(&h.st, h.team(), &ids[1]).await.unwrap();
     patiently("the snapshot's removal", async {
         while h
             .st
@@ -588,7 +645,6 @@ async fn a_fork_starts_sandboxes_like_the_source() {
 /// only gets them when it boots again).
 #[tokio::test]
 async fn network_rules_are_applied_and_recorded() {
-    use hutch_runtime::EgressPolicy;
     let h = Harness::new().await;
     let id = h.create().await;
     let closed = EgressPolicy {
@@ -602,18 +658,24 @@ async fn network_rules_are_applied_and_recorded() {
             .filter(|c| **c == format!("set_egress_policy {id}"))
             .count()
     };
-    set_network(&h.st, &id, closed.clone()).await.unwrap();
+    set_network(&h.st, h.team(), &id, closed.clone())
+        .await
+        .unwrap();
     assert_eq!(applied(&h), 1);
     assert_eq!(recorded_network(&h, &id).await, closed);
 
-    pause(&h.st, &id, PauseMode::Filesystem).await.unwrap();
-    set_network(&h.st, &id, EgressPolicy::default())
+    pause(&h.st, h.team(), &id, PauseMode::Filesystem)
+        .await
+        .unwrap();
+    set_network(&h.st, h.team(), &id, EgressPolicy::default())
         .await
         .unwrap();
     assert_eq!(applied(&h), 1, "nothing to apply it to while stopped");
     assert_eq!(recorded_network(&h, &id).await, EgressPolicy::default());
 
-    let e = set_network(&h.st, "nope", closed).await.unwrap_err();
+    let e = set_network(&h.st, h.team(), "nope", closed)
+        .await
+        .unwrap_err();
     assert!(matches!(e, SandboxError::NotFound(_)), "{e}");
 }
 
@@ -628,9 +690,15 @@ async fn running_sandboxes_are_sampled_for_their_life() {
     let a = h.create().await;
     let b = h.create().await;
     // Not sampled yet: a sample taken now.
-    assert_eq!(metrics(&h.st, &a, None, None).await.unwrap().len(), 1);
+    assert_eq!(
+        metrics(&h.st, h.team(), &a, None, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(
-        metrics(&h.st, &a, Some(i64::MAX / 2), None)
+        metrics(&h.st, h.team(), &a, Some(i64::MAX / 2), None)
             .await
             .unwrap()
             .is_empty(),
@@ -639,15 +707,15 @@ async fn running_sandboxes_are_sampled_for_their_life() {
     // Two rounds: a base, then a sample.
     crate::metrics::sample_all(&h.st).await;
     crate::metrics::sample_all(&h.st).await;
-    let series = metrics(&h.st, &a, None, None).await.unwrap();
+    let series = metrics(&h.st, h.team(), &a, None, None).await.unwrap();
     assert_eq!(series.len(), 1);
     assert!(h.st.metrics.latest(&b).is_some());
     // Paused sandboxes are not sampled; their series is kept.
-    pause(&h.st, &b, PauseMode::Memory).await.unwrap();
+    pause(&h.st, h.team(), &b, PauseMode::Memory).await.unwrap();
     crate::metrics::sample_all(&h.st).await;
     assert_eq!(h.st.metrics.range(&a, None, None).len(), 2);
     assert_eq!(h.st.metrics.range(&b, None, None).len(), 1);
-    let latest = latest_metrics(&h.st, &[a.clone(), b.clone(), "gone".into()])
+    let latest = latest_metrics(&h.st, h.team(), &[a.clone(), b.clone(), "gone".into()])
         .await
         .unwrap();
     let ids: Vec<&str> = latest.iter().map(|(id, _)| id.as_str()).collect();
@@ -669,7 +737,7 @@ async fn a_private_sandbox_and_its_forks_need_their_own_traffic_tokens() {
     let source = create_sandbox(&h.st, args).await.unwrap();
     let live = h.st.live().get(&source.id).unwrap().ingress.clone();
     assert_eq!(live, source.ingress, "the front door knows it");
-    let forks = fork(&h.st, &source.id, None, 2).await.unwrap();
+    let forks = fork(&h.st, h.team(), &source.id, None, 2).await.unwrap();
     let mut tokens = vec![source.ingress.traffic_token.clone().unwrap()];
     for f in forks {
         let f = f.unwrap();
@@ -693,15 +761,17 @@ async fn a_private_sandbox_and_its_forks_need_their_own_traffic_tokens() {
 async fn a_sandbox_log_records_its_life_and_outlives_it() {
     let h = Harness::new().await;
     let id = h.create().await;
-    pause(&h.st, &id, PauseMode::Memory).await.unwrap();
-    resume(&h.st, &id, None, None).await.unwrap();
+    pause(&h.st, h.team(), &id, PauseMode::Memory)
+        .await
+        .unwrap();
+    resume(&h.st, h.team(), &id, None, None).await.unwrap();
     assert!(kill_sandbox(&h.st, &id).await.unwrap());
     let all = crate::sandbox_logs::Query {
         limit: 100,
         forward: true,
         ..Default::default()
     };
-    let messages: Vec<String> = logs(&h.st, &id, &all)
+    let messages: Vec<String> = logs(&h.st, h.team(), &id, &all)
         .await
         .unwrap()
         .into_iter()
@@ -717,7 +787,7 @@ async fn a_sandbox_log_records_its_life_and_outlives_it() {
         ]
     );
     assert!(matches!(
-        logs(&h.st, "nope", &all).await.unwrap_err(),
+        logs(&h.st, h.team(), "nope", &all).await.unwrap_err(),
         SandboxError::NotFound(_)
     ));
 }
@@ -725,9 +795,13 @@ async fn a_sandbox_log_records_its_life_and_outlives_it() {
 #[tokio::test]
 async fn volumes_are_mounted_checked_and_kept_while_used() {
     let h = Harness::new().await;
-    let vol = crate::volumes::create(&h.st, "shared").await.unwrap();
+    let vol = crate::volumes::create(&h.st, h.team(), "shared")
+        .await
+        .unwrap();
     assert!(matches!(
-        crate::volumes::create(&h.st, "shared").await.unwrap_err(),
+        crate::volumes::create(&h.st, h.team(), "shared")
+            .await
+            .unwrap_err(),
         crate::volumes::VolumeError::Exists(_)
     ));
     let mut args = h.create_args();
@@ -757,15 +831,24 @@ async fn volumes_are_mounted_checked_and_kept_while_used() {
     assert!(matches!(e, SandboxError::Invalid(_)), "{e}");
 
     // A filesystem pause boots it again with its volumes.
-    pause(&h.st, &a.id, PauseMode::Filesystem).await.unwrap();
+    pause(&h.st, h.team(), &a.id, PauseMode::Filesystem)
+        .await
+        .unwrap();
     h.node.mounted.lock().unwrap().clear();
-    resume(&h.st, &a.id, None, None).await.unwrap();
+    resume(&h.st, h.team(), &a.id, None, None).await.unwrap();
     assert_eq!(h.node.mounted.lock().unwrap()[&a.id].len(), 1);
 
     // Deleted while used: its name is free, its data stays until the
     // sandbox is gone.
-    crate::volumes::delete(&h.st, &vol.id).await.unwrap();
-    assert!(crate::volumes::live(&h.st).await.unwrap().is_empty());
+    crate::volumes::delete(&h.st, h.team(), &vol.id)
+        .await
+        .unwrap();
+    assert!(
+        crate::volumes::live(&h.st, h.team())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let calls = |what: &str| {
         h.node
             .calls()
