@@ -558,8 +558,8 @@ fn another_teams_key_finds_nothing_and_changes_nothing() {
             .map(|s| s["sandboxID"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(ids(&mine), [id.clone()]);
-    assert_eq!(ids(&theirs), [their_id.clone()]);
+    assert_eq!(ids(&mine), std::slice::from_ref(&id));
+    assert_eq!(ids(&theirs), std::slice::from_ref(&their_id));
     // The default team's key cannot touch beta's sandbox either.
     assert_eq!(
         call(
