@@ -14,6 +14,11 @@ fn run_script(version: &str, script: &str) {
 
 /// Runs `script` of the SDK at `version` against `server`.
 fn run_script_on(version: &str, script: &str, server: &TestServer) {
+    run_script_with(version, script, server, &[]);
+}
+
+/// [`run_script_on`], with more environment variables.
+fn run_script_with(version: &str, script: &str, server: &TestServer, env: &[(&str, &str)]) {
     let python = e2b_python(version);
     let import = server
         .hutch()
@@ -44,6 +49,7 @@ fn run_script_on(version: &str, script: &str, server: &TestServer) {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("E2B_DEBUG")
         .env_remove("E2B_DOMAIN")
+        .envs(env.iter().copied())
         .output()
         .expect("running python");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -150,4 +156,29 @@ fn python_sdk_new_volumes() {
 #[test]
 fn python_sdk_old_volumes() {
     run_volumes(E2B_PYTHON_OLD);
+}
+
+/// Two teams: the second team's key (made with `hutch team create`) finds
+/// none of the first team's sandboxes, snapshots, volumes or templates.
+fn run_teams(version: &str) {
+    let server = TestServer::start();
+    let made: serde_json::Value =
+        serde_json::from_str(&server.cli_ok(&["team", "create", "other", "--json"])).unwrap();
+    let other = made["apiKey"].as_str().unwrap().to_owned();
+    run_script_with(
+        version,
+        "teams.py",
+        &server,
+        &[("HUTCH_OTHER_KEY", other.as_str())],
+    );
+}
+
+#[test]
+fn python_sdk_new_teams() {
+    run_teams(E2B_PYTHON_NEW);
+}
+
+#[test]
+fn python_sdk_old_teams() {
+    run_teams(E2B_PYTHON_OLD);
 }
