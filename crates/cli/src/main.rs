@@ -130,6 +130,11 @@ struct ServeArgs {
     /// (comma-separated).
     #[arg(long, env = "HUTCH_FALLBACK_DNS", value_name = "IP,...", value_delimiter = ',', default_values_t = hutch_runtime::NetworkConfig::default().fallback_nameservers)]
     fallback_dns: Vec<std::net::IpAddr>,
+    /// Nameservers every sandbox uses instead of the host's
+    /// (comma-separated); the egress proxy resolves allowed domain names
+    /// with them too.
+    #[arg(long, env = "HUTCH_DNS", value_name = "IP,...", value_delimiter = ',')]
+    dns: Vec<std::net::IpAddr>,
     /// Keep the server's state in this PostgreSQL database
     /// (postgres://user:password@host:port/db) instead of SQLite in the
     /// data directory. One server per database.
@@ -767,6 +772,8 @@ mod tests {
         let defaults = serve(&[]).unwrap();
         assert_eq!(defaults.network_pool.to_string(), "10.200.0.0/16");
         assert_eq!(defaults.fallback_dns.len(), 2);
+        assert!(defaults.dns.is_empty());
+        assert_eq!(serve(&["--dns", "198.51.100.2"]).unwrap().dns.len(), 1);
         let set = serve(&[
             "--network-pool",
             "10.99.0.0/20",

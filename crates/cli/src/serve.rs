@@ -53,6 +53,7 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
         network: hutch_runtime::NetworkConfig {
             pool: args.network_pool,
             fallback_nameservers: args.fallback_dns,
+            nameservers: args.dns,
             ..hutch_runtime::NetworkConfig::default()
         },
         http: hutch_server::http::Limits {

@@ -11,7 +11,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 use hutch_test_support::{
-    FAKE_INTERNET_BODY, FakeInternet, TestServer, assert_no_leaks, busybox_image, http, wait_until,
+    FAKE_INTERNET_BODY, FakeInternet, TestServer, assert_no_leaks, busybox_image, debian_image,
+    http, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -263,7 +264,17 @@ fn invalid_lists_are_rejected() {
             "network.denyOut[1]",
         ),
         (json!({"allowOut": ["10.0.0.0/33"]}), "network.allowOut[0]"),
-        (json!({"allowOut": ["example.com"]}), "domain name"),
+        // Domains re-allow what is denied: everything must be.
+        (json!({"allowOut": ["example.com"]}), "0.0.0.0/0"),
+        (
+            json!({"allowOut": ["example.com"], "denyOut": ["10.0.0.0/8"]}),
+            "0.0.0.0/0",
+        ),
+        (json!({"denyOut": ["example.com"]}), "domain name"),
+        (
+            json!({"allowOut": ["not a name"], "denyOut": ["0.0.0.0/0"]}),
+            "network.allowOut[0]",
+        ),
     ] {
         let (status, body) = http(
             &server,
@@ -402,4 +413,156 @@ fn a_pooled_sandbox_takes_the_policy_of_the_create_that_claims_it() {
         server.create_sandbox("bb", &[])
     };
     assert!(fetches(&server, &open, &net.url(), FAKE_INTERNET_BODY));
+}
+
+/// What a sandbox (with python3) gets from `host`, connecting to `ip` (the
+/// name's address when `None`) on port 80 with an HTTP request for `host`,
+/// or on port 443 with a TLS ClientHello naming it: the bytes answered, or
+/// `ERROR …`.
+fn probe(server: &TestServer, id: &str, tls: bool, host: &str, ip: Option<Ipv4Addr>) -> String {
+    const SCRIPT: &str = r#"
+import socket, ssl, sys
+tls, host, ip = sys.argv[1] == "tls", sys.argv[2], sys.argv[3] or sys.argv[2]
+if tls:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=host)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+else:
+    hello = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+try:
+    s = socket.create_connection((ip, 443 if tls else 80), timeout=5)
+    s.sendall(hello)
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    print(data.decode(errors="replace") or "ERROR closed")
+except Exception as e:
+    print(f"ERROR {e!r}")
+"#;
+    let ip = ip.map(|i| i.to_string()).unwrap_or_default();
+    let kind = if tls { "tls" } else { "http" };
+    let out = server.cli(&["exec", id, "--", "python3", "-c", SCRIPT, kind, host, &ip]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Domain names in `allowOut`: with everything else denied, a sandbox
+/// reaches an allowed name over HTTP (by `Host`) and TLS (by SNI) through
+/// the egress proxy, which resolves the name itself with the sandbox's
+/// nameservers; a name not allowed, a request without one, another port,
+/// an allowed name that resolves inside, and an allowed name sent to
+/// another address (the proxy goes to the name's own) do not get through.
+/// The rules change at once, and hold across a server restart.
+#[test]
+fn allowed_names_are_reached_through_the_egress_proxy_and_nothing_else() {
+    let elsewhere = FakeInternet::start();
+    let net = FakeInternet::with_dns(
+        &["allowed.test", "other.test"],
+        &[("inside.test", Ipv4Addr::new(10, 1, 2, 3))],
+    );
+    let dns = net.addr.to_string();
+    let args = ["--warm-pool", "0", "--dns", dns.as_str()];
+    let server = TestServer::start_with_args(&args);
+    server.import(&debian_image(), "deb", &[]);
+    let served_here = format!("X-Served-By: {}", net.addr);
+    let reached =
+        |answer: &str| answer.contains(FAKE_INTERNET_BODY) && answer.contains(&served_here);
+    let create = |network: Value| {
+        let (status, body) = http(
+            &server,
+            reqwest::Method::POST,
+            "/sandboxes",
+            &[],
+            Some(json!({"templateID": "deb", "timeout": 600, "network": network})),
+        );
+        assert_eq!(status, 201, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["sandboxID"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let id = create(json!({
+        "allowOut": ["allowed.test", "*.sub.allowed.test", "inside.test"],
+        "denyOut": ["0.0.0.0/0"],
+    }));
+
+    // By name, over HTTP and TLS.
+    let answer = probe(&server, &id, false, "allowed.test", None);
+    assert!(reached(&answer), "{answer}\n{}", server.log_tail(20));
+    let answer = probe(&server, &id, true, "allowed.test", None);
+    assert!(reached(&answer), "{answer}");
+    let answer = probe(&server, &id, false, "x.sub.allowed.test", None);
+    assert!(reached(&answer), "a wildcard: {answer}");
+    // Not allowed: the same address under another name, no name at all
+    // (the address as Host), another port (addresses only: denied).
+    for (tls, host) in [
+        (false, "other.test"),
+        (true, "other.test"),
+        (false, dns.as_str()),
+    ] {
+        let answer = probe(&server, &id, tls, host, Some(net.addr));
+        assert!(!reached(&answer), "{host} (tls: {tls}): {answer}");
+    }
+    assert!(!fetches(&server, &id, &net.url(), FAKE_INTERNET_BODY));
+    // An allowed name sent to another address reaches the name's own
+    // address, never the one the sandbox chose.
+    let answer = probe(&server, &id, false, "allowed.test", Some(elsewhere.addr));
+    assert!(reached(&answer), "{answer}");
+    assert!(!answer.contains(&elsewhere.addr.to_string()), "{answer}");
+    // An allowed name that resolves to an internal address is not reached.
+    let answer = probe(&server, &id, false, "inside.test", None);
+    assert!(!reached(&answer) && answer.contains("ERROR"), "{answer}");
+
+    // The rules change at once.
+    let put = |network: Value| {
+        let (status, body) = http(
+            &server,
+            reqwest::Method::PUT,
+            &format!("/sandboxes/{id}/network"),
+            &[],
+            Some(network),
+        );
+        assert_eq!(status, 204, "{body}");
+    };
+    put(json!({"allowOut": ["other.test"], "denyOut": ["0.0.0.0/0"]}));
+    assert!(reached(&probe(&server, &id, false, "other.test", None)));
+    assert!(!reached(&probe(&server, &id, false, "allowed.test", None)));
+    put(json!({"denyOut": ["0.0.0.0/0"]}));
+    assert!(!reached(&probe(&server, &id, true, "other.test", None)));
+    put(json!({"allowOut": ["allowed.test"], "denyOut": ["0.0.0.0/0"]}));
+
+    // A sandbox without names in its rules is not proxied: the address
+    // it connects to is the one it reaches.
+    let open = create(json!({}));
+    let answer = probe(&server, &open, false, "other.test", Some(elsewhere.addr));
+    assert!(
+        answer.contains(&format!("X-Served-By: {}", elsewhere.addr)),
+        "{answer}"
+    );
+
+    // Across a restart of the server (a new proxy, on a new port).
+    let server = TestServer::restart_with_args(server.stop(), &args);
+    let answer = probe(&server, &id, false, "allowed.test", None);
+    assert!(
+        reached(&answer),
+        "after a restart: {answer}\n{}",
+        server.log_tail(30)
+    );
+    assert!(!reached(&probe(&server, &id, false, "other.test", None)));
+    server.cli_ok(&["sandbox", "kill", &id]);
+    server.cli_ok(&["sandbox", "kill", &open]);
+    assert_no_leaks(server.data_dir(), &[id, open]);
 }

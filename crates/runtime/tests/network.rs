@@ -254,6 +254,7 @@ async fn sandboxes_get_addresses_routes_and_dns_and_leave_nothing() {
         allow_internet_access: false,
         allow_out: vec!["198.51.100.7".parse::<Cidr>().unwrap()],
         deny_out: Vec::new(),
+        allow_domains: Vec::new(),
     };
     fx.rt.set_egress_policy(&a, &policy).await.unwrap();
     assert_eq!(

@@ -6,6 +6,12 @@
 //! internet); the host end of the link holds `.<4n+1>`. To a sandbox it is
 //! an ordinary destination beyond the host: its traffic is forwarded and
 //! masqueraded exactly as traffic to the internet would be.
+//!
+//! The server answers on ports 8080, 80 and 443 (on 443 too it reads what
+//! comes — a TLS ClientHello, say — and answers the same HTTP bytes: enough
+//! to tell a connection got there), with an `X-Served-By` header naming its
+//! address. [`FakeInternet::with_dns`] also runs a nameserver (Debian's
+//! `dnsmasq`) in the namespace that resolves given names.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -27,6 +33,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// An HTTP server beyond the host (see the module docs). Removed on drop.
 pub struct FakeInternet {
     netns: String,
+    /// The nameserver of [`FakeInternet::with_dns`].
+    dns: Option<std::process::Child>,
     host_if: String,
     /// The host end of the link.
     pub gateway: Ipv4Addr,
@@ -95,11 +103,17 @@ impl FakeInternet {
                     Some(rustix::thread::LinkNameSpaceType::Network),
                 )
                 .unwrap_or_else(|e| panic!("FakeInternet: setns: {e}"));
-                let listener = TcpListener::bind(("0.0.0.0", FAKE_INTERNET_PORT))
-                    .unwrap_or_else(|e| panic!("FakeInternet: bind: {e}"));
-                listener.set_nonblocking(true).unwrap();
+                let listeners: Vec<TcpListener> = [FAKE_INTERNET_PORT, 80, 443]
+                    .into_iter()
+                    .map(|port| {
+                        let l = TcpListener::bind(("0.0.0.0", port))
+                            .unwrap_or_else(|e| panic!("FakeInternet: bind {port}: {e}"));
+                        l.set_nonblocking(true).unwrap();
+                        l
+                    })
+                    .collect();
                 let _ = ready_tx.send(());
-                serve(&listener, &stop);
+                serve(&listeners, addr, &stop);
             })
         };
         ready_rx
@@ -107,6 +121,7 @@ impl FakeInternet {
             .expect("FakeInternet: the server did not start");
         FakeInternet {
             netns,
+            dns: None,
             host_if,
             gateway,
             addr,
@@ -119,10 +134,77 @@ impl FakeInternet {
     pub fn url(&self) -> String {
         format!("http://{}:{FAKE_INTERNET_PORT}/", self.addr)
     }
+
+    /// [`FakeInternet::start`], with a nameserver on `addr:53` that
+    /// resolves each of `own` (and its subdomains) to the server's address,
+    /// each `(name, address)` of `others` to that address, and nothing
+    /// else.
+    pub fn with_dns(own: &[&str], others: &[(&str, Ipv4Addr)]) -> FakeInternet {
+        let mut net = FakeInternet::start();
+        let records: Vec<(&str, Ipv4Addr)> = own
+            .iter()
+            .map(|n| (*n, net.addr))
+            .chain(others.iter().copied())
+            .collect();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &net.netns,
+            "dnsmasq",
+            "--keep-in-foreground",
+        ])
+        .args([
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--port=53",
+        ])
+        .arg(format!("--listen-address={}", net.addr))
+        .arg("--conf-file=/dev/null")
+        .arg("--user=root");
+        for (name, address) in &records {
+            cmd.arg(format!("--address=/{name}/{address}"));
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("FakeInternet: cannot run dnsmasq (apt install dnsmasq-base): {e}")
+            });
+        net.dns = Some(child);
+        // Ready once it answers on its port.
+        let ready = (0..100).any(|_| {
+            let probe = Command::new("ip")
+                .args(["netns", "exec", &net.netns, "ss", "-Hlun"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains(":53 "))
+                .unwrap_or(false);
+            if !probe {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            probe
+        });
+        assert!(ready, "FakeInternet: dnsmasq did not start");
+        net
+    }
 }
 
-fn serve(listener: &TcpListener, stop: &AtomicBool) {
+fn serve(listeners: &[TcpListener], addr: Ipv4Addr, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
+        let mut idle = true;
+        for listener in listeners {
+            idle &= !answer_one(listener, addr);
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Answers one waiting connection of `listener`; whether there was one.
+fn answer_one(listener: &TcpListener, addr: Ipv4Addr) -> bool {
+    {
         match listener.accept() {
             Ok((mut conn, _)) => {
                 let _ = conn.set_nonblocking(false);
@@ -131,22 +213,24 @@ fn serve(listener: &TcpListener, stop: &AtomicBool) {
                 let _ = conn.read(&mut buf);
                 let _ = conn.write_all(
                     format!(
-                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{FAKE_INTERNET_BODY}",
+                        "HTTP/1.0 200 OK\r\nX-Served-By: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{FAKE_INTERNET_BODY}",
                         FAKE_INTERNET_BODY.len()
                     )
                     .as_bytes(),
                 );
+                true
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => false,
         }
     }
 }
 
 impl Drop for FakeInternet {
     fn drop(&mut self) {
+        if let Some(mut dns) = self.dns.take() {
+            let _ = dns.kill();
+            let _ = dns.wait();
+        }
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

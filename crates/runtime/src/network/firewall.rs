@@ -15,9 +15,15 @@
 //! - `allow` (intervals): destinations a sandbox's `allowOut` accepts.
 //! - `deny` (intervals): destinations its `denyOut` rejects (`0.0.0.0/0`
 //!   when it has no internet access).
+//! - `inspect` (a map to a port): sandboxes whose policy allows domain
+//!   names; their TCP connections to port 80 or 443 of an address `deny`
+//!   covers and `allow` does not are redirected to that port, the egress
+//!   proxy's ([`super::egress_proxy`]), instead of being rejected.
 //!
 //! Then everything else is accepted. See the parent module for the base
-//! chains around them.
+//! chains around them. The set `proxy_ports` (not per sandbox) holds the
+//! egress proxies' ports: the only host ports a sandbox reaches, and only
+//! through the redirect.
 
 use std::collections::BTreeSet;
 
@@ -33,7 +39,7 @@ const REJECT: &str = "reject with icmpx type admin-prohibited";
 
 /// A set present only in the current layout of the table; a table without
 /// it was made by an older Hutch and is replaced.
-pub(crate) const LAYOUT_MARKER_SET: &str = "sources";
+pub(crate) const LAYOUT_MARKER_SET: &str = "proxy_ports";
 
 /// The sets holding per-sandbox elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -44,16 +50,19 @@ pub(crate) enum Set {
     Allow,
     /// Destinations its policy rejects.
     Deny,
+    /// The port its inspected connections are redirected to (a map).
+    Inspect,
 }
 
 impl Set {
-    const ALL: [Set; 3] = [Set::Sources, Set::Allow, Set::Deny];
+    const ALL: [Set; 4] = [Set::Sources, Set::Allow, Set::Deny, Set::Inspect];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Set::Sources => "sources",
             Set::Allow => "allow",
             Set::Deny => "deny",
+            Set::Inspect => "inspect",
         }
     }
 
@@ -62,7 +71,7 @@ impl Set {
     }
 
     fn interval(self) -> bool {
-        !matches!(self, Set::Sources)
+        matches!(self, Set::Allow | Set::Deny)
     }
 }
 
@@ -94,14 +103,36 @@ impl Element {
         }
     }
 
-    fn command(&self, verb: &str) -> String {
-        format!(
-            "{verb} element inet {TABLE} {} {{ \"{}\" . {} }}\n",
-            self.set.name(),
-            self.interface,
-            self.value
-        )
+    fn inspect(interface: &str, port: u16) -> Element {
+        Element {
+            set: Set::Inspect,
+            interface: interface.to_owned(),
+            value: port.to_string(),
+        }
     }
+
+    fn command(&self, verb: &str) -> String {
+        let (set, iface, value) = (self.set.name(), &self.interface, &self.value);
+        match (self.set, verb) {
+            // A map's element is deleted by its key.
+            (Set::Inspect, "delete") => {
+                format!("delete element inet {TABLE} {set} {{ \"{iface}\" }}\n")
+            }
+            (Set::Inspect, _) => {
+                format!("{verb} element inet {TABLE} {set} {{ \"{iface}\" : {value} }}\n")
+            }
+            _ => format!("{verb} element inet {TABLE} {set} {{ \"{iface}\" . {value} }}\n"),
+        }
+    }
+}
+
+/// How a sandbox's connections reach names its policy allows: the
+/// nameservers it resolves them with (allowed, so that it can), and the
+/// egress proxy's port (`None` without a proxy: then they stay denied).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inspection<'a> {
+    pub nameservers: &'a [std::net::Ipv4Addr],
+    pub proxy_port: Option<u16>,
 }
 
 /// The elements a sandbox with host interface `interface`, address
@@ -110,21 +141,41 @@ pub(crate) fn sandbox_elements(
     interface: &str,
     address: std::net::Ipv4Addr,
     policy: &EgressPolicy,
+    inspection: Inspection<'_>,
 ) -> BTreeSet<Element> {
-    let mut out = policy_elements(interface, policy);
+    let mut out = policy_elements(interface, policy, inspection);
     out.insert(Element::source(interface, address));
     out
 }
 
-/// The `allow` and `deny` elements of `policy` for `interface`.
-pub(crate) fn policy_elements(interface: &str, policy: &EgressPolicy) -> BTreeSet<Element> {
-    let allow = policy.allowed_blocks();
+/// The `allow`, `deny` and `inspect` elements of `policy` for `interface`.
+pub(crate) fn policy_elements(
+    interface: &str,
+    policy: &EgressPolicy,
+    inspection: Inspection<'_>,
+) -> BTreeSet<Element> {
+    let mut allow = policy.allowed_blocks();
     let deny = policy.denied_blocks();
-    allow
-        .iter()
-        .map(|b| Element::block(Set::Allow, interface, b))
-        .chain(deny.iter().map(|b| Element::block(Set::Deny, interface, b)))
-        .collect()
+    let mut out = BTreeSet::new();
+    if policy.inspects() {
+        allow.extend(
+            inspection
+                .nameservers
+                .iter()
+                .filter_map(|ns| Cidr::new((*ns).into(), 32).ok()),
+        );
+        allow = super::minimal_v4(allow);
+        if let Some(port) = inspection.proxy_port {
+            out.insert(Element::inspect(interface, port));
+        }
+    }
+    out.extend(
+        allow
+            .iter()
+            .map(|b| Element::block(Set::Allow, interface, b)),
+    );
+    out.extend(deny.iter().map(|b| Element::block(Set::Deny, interface, b)));
+    out
 }
 
 /// Creates the table with its sets and base chains, replacing whatever
@@ -139,10 +190,15 @@ pub(crate) fn base_rules() -> String {
          add set inet {TABLE} sources {{ {key} }}\n\
          add set inet {TABLE} allow {{ {key} flags interval ; }}\n\
          add set inet {TABLE} deny {{ {key} flags interval ; }}\n\
+         add map inet {TABLE} inspect {{ type ifname : inet_service ; }}\n\
+         add set inet {TABLE} proxy_ports {{ type inet_service ; }}\n\
          add chain inet {TABLE} input {{ type filter hook input priority -10 ; policy accept ; }}\n\
          add chain inet {TABLE} forward {{ type filter hook forward priority -10 ; policy accept ; }}\n\
          add chain inet {TABLE} postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}\n\
+         add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}\n\
          add chain inet {TABLE} from_sandbox\n\
+         add rule inet {TABLE} prerouting iifname {hv} meta nfproto ipv4 tcp dport {{ 80, 443 }} ip daddr != {{ {ALWAYS_DENIED} }} fib daddr type != local iifname . ip daddr != @allow iifname . ip daddr @deny redirect to : iifname map @inspect\n\
+         add rule inet {TABLE} input iifname {hv} iifname . ip saddr @sources tcp dport @proxy_ports ct status dnat accept\n\
          add rule inet {TABLE} input iifname {hv} {REJECT}\n\
          add rule inet {TABLE} forward iifname {hv} jump from_sandbox\n\
          add rule inet {TABLE} forward oifname {hv} ct state established,related accept\n\
@@ -156,6 +212,11 @@ pub(crate) fn base_rules() -> String {
          add rule inet {TABLE} from_sandbox accept\n\
          add rule inet {TABLE} postrouting iifname {hv} oifname != {hv} masquerade\n"
     )
+}
+
+/// Adds `port` to the egress proxies' ports.
+pub(crate) fn add_proxy_port(port: u16) -> String {
+    format!("add element inet {TABLE} proxy_ports {{ {port} }}\n")
 }
 
 /// Adds `elements` (adding one that exists is not an error).
@@ -199,12 +260,25 @@ impl Listing {
         let mut out = Listing::default();
         let items = json["nftables"].as_array().cloned().unwrap_or_default();
         for item in items {
+            if item["set"]["name"].as_str() == Some(LAYOUT_MARKER_SET) {
+                out.current_layout = true;
+            }
+            // The map's elements are `[key, value]` pairs.
+            if item["map"]["name"].as_str() == Some(Set::Inspect.name()) {
+                for pair in item["map"]["elem"].as_array().into_iter().flatten() {
+                    if let (Some(interface), Some(port)) = (pair[0].as_str(), pair[1].as_u64()) {
+                        out.elements.insert(Element {
+                            set: Set::Inspect,
+                            interface: interface.to_owned(),
+                            value: port.to_string(),
+                        });
+                    }
+                }
+                continue;
+            }
             let Some(set) = item["set"]["name"].as_str().and_then(Set::from_name) else {
                 continue;
             };
-            if set.name() == LAYOUT_MARKER_SET {
-                out.current_layout = true;
-            }
             for elem in item["set"]["elem"].as_array().into_iter().flatten() {
                 // An element with options (a timeout, a comment) is wrapped.
                 let elem = if elem["elem"].is_object() {
@@ -271,12 +345,58 @@ mod tests {
         s.parse().unwrap()
     }
 
+    const NO_PROXY: Inspection<'static> = Inspection {
+        nameservers: &[],
+        proxy_port: None,
+    };
+
+    #[test]
+    fn allowed_names_redirect_to_the_proxy_and_open_the_nameservers() {
+        let policy = EgressPolicy::from_lists(
+            true,
+            &["1.1.1.1".into(), "*.example.com".into()],
+            &["0.0.0.0/0".into()],
+        )
+        .unwrap();
+        let ns = ["1.1.1.1".parse().unwrap(), "9.9.9.9".parse().unwrap()];
+        let inspection = Inspection {
+            nameservers: &ns,
+            proxy_port: Some(41234),
+        };
+        let e = policy_elements("hvx1", &policy, inspection);
+        assert_eq!(
+            lines(&add(&e)),
+            vec![
+                "add element inet hutch allow { \"hvx1\" . 1.1.1.1/32 }",
+                "add element inet hutch allow { \"hvx1\" . 9.9.9.9/32 }",
+                "add element inet hutch deny { \"hvx1\" . 0.0.0.0/0 }",
+                "add element inet hutch inspect { \"hvx1\" : 41234 }",
+            ]
+        );
+        // A map's element goes by its key.
+        assert!(remove(&e).contains("delete element inet hutch inspect { \"hvx1\" }\n"));
+        // Without a proxy the names stay denied; without domains nothing
+        // is inspected and the nameservers get nothing special.
+        let no_proxy = policy_elements(
+            "hvx1",
+            &policy,
+            Inspection {
+                proxy_port: None,
+                ..inspection
+            },
+        );
+        assert!(no_proxy.iter().all(|e| e.set != Set::Inspect));
+        let plain = EgressPolicy::from_lists(false, &["1.1.1.1".into()], &[]).unwrap();
+        assert_eq!(policy_elements("hvx1", &plain, inspection).len(), 2);
+    }
+
     #[test]
     fn default_policy_is_one_source_element() {
         let e = sandbox_elements(
             "hvabcdef5",
             "10.200.0.22".parse().unwrap(),
             &EgressPolicy::default(),
+            NO_PROXY,
         );
         assert_eq!(
             lines(&add(&e)),
@@ -290,8 +410,9 @@ mod tests {
             allow_internet_access: false,
             allow_out: vec![c("198.51.100.2")],
             deny_out: vec![c("10.0.0.0/8")],
+            allow_domains: Vec::new(),
         };
-        let e = policy_elements("hvx1", &policy);
+        let e = policy_elements("hvx1", &policy, NO_PROXY);
         let script = add(&e);
         assert_eq!(
             lines(&script),
@@ -301,7 +422,7 @@ mod tests {
                 "add element inet hutch deny { \"hvx1\" . 0.0.0.0/0 }",
             ]
         );
-        let open = policy_elements("hvx1", &EgressPolicy::default());
+        let open = policy_elements("hvx1", &EgressPolicy::default(), NO_PROXY);
         let r = replace(&e, &open);
         assert_eq!(
             lines(&r),
@@ -322,6 +443,13 @@ mod tests {
         let allow = b.find("@allow accept").unwrap();
         let deny = b.find("@deny reject").unwrap();
         assert!(spoof < allow && allow < deny, "{b}");
+        // The proxy's port is reached only through the redirect, from a
+        // sandbox's own address; the rest of the host is rejected after.
+        let proxy = b
+            .find("iifname . ip saddr @sources tcp dport @proxy_ports ct status dnat accept")
+            .unwrap();
+        let host = b.find("input iifname \"hv*\" reject").unwrap();
+        assert!(proxy < host, "{b}");
     }
 
     #[test]
@@ -335,6 +463,8 @@ mod tests {
                 {"elem": {"val": {"concat": ["hvabcdef1", "1.1.1.1"]}, "comment": "x"}},
                 {"concat": ["hvother", {"range": ["10.0.0.1", "10.0.0.9"]}]},
             ]}},
+            {"set": {"name": "proxy_ports", "elem": [41234]}},
+            {"map": {"name": "inspect", "type": "ifname", "map": "inet_service", "elem": [["hvabcdef1", 41234]]}},
             {"chain": {"name": "from_sandbox"}},
         ]});
         let t = Listing::parse(&json);
@@ -351,9 +481,15 @@ mod tests {
                 (Set::Deny, "hvabcdef1", "0.0.0.0/0"),
                 (Set::Deny, "hvabcdef1", "1.1.1.1/32"),
                 (Set::Deny, "hvother", "10.0.0.1-10.0.0.9"),
+                (Set::Inspect, "hvabcdef1", "41234"),
             ]
         );
         assert_eq!(t.of("hvother").len(), 1);
+        // A table from before the egress proxy has another layout.
+        let before = serde_json::json!({"nftables": [
+            {"set": {"name": "sources", "elem": []}},
+        ]});
+        assert!(!Listing::parse(&before).current_layout);
         let old = serde_json::json!({"nftables": [
             {"map": {"name": "sandboxes", "elem": [["hvabcdef1", {"jump": {"target": "sbx_abcdef_1"}}]]}},
         ]});

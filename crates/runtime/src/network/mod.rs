@@ -95,7 +95,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RuntimeError;
 
+mod domains;
+pub mod egress_proxy;
 mod firewall;
+
+pub use domains::{DomainError, DomainPattern};
 
 /// Default address pool: one /30 per sandbox.
 pub const DEFAULT_POOL: &str = "10.200.0.0/16";
@@ -220,15 +224,9 @@ impl FromStr for Cidr {
             None => (t, None),
         };
         let ip: IpAddr = addr.parse().map_err(|_| {
-            if !t.is_empty() && t.contains('.') && t.chars().any(|c| c.is_ascii_alphabetic()) {
-                CidrError(format!(
-                    "'{s}' is a domain name; Hutch filters by IP address only: give IP addresses or CIDR blocks (e.g. 10.0.0.0/8, 1.1.1.1)"
-                ))
-            } else {
-                CidrError(format!(
-                    "'{s}' is not an IP address or CIDR block (e.g. 10.0.0.0/8, 1.1.1.1)"
-                ))
-            }
+            CidrError(format!(
+                "'{s}' is not an IP address or CIDR block (e.g. 10.0.0.0/8, 1.1.1.1)"
+            ))
         })?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
@@ -266,6 +264,13 @@ impl<'de> Deserialize<'de> for Cidr {
 /// denied is allowed. Whatever the policy, a sandbox never reaches the host,
 /// another sandbox, or link-local, loopback and multicast addresses.
 ///
+/// `allow_domains` re-allow by name what the address rules deny: a TCP
+/// connection to port 80 or 443 of a denied address goes through the
+/// [egress proxy](egress_proxy), which reads the name it is for (the HTTP
+/// `Host`, the TLS SNI) and, when a pattern matches, connects to that name
+/// itself (resolved by the sandbox's nameservers, never to an internal
+/// address); otherwise the connection is closed.
+///
 /// Sandboxes have IPv4 only: IPv6 blocks are accepted and have no effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -278,6 +283,10 @@ pub struct EgressPolicy {
     /// Destinations denied (`network.denyOut`).
     #[serde(default)]
     pub deny_out: Vec<Cidr>,
+    /// Names allowed even when their addresses are denied (the domain
+    /// entries of `network.allowOut`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_domains: Vec<DomainPattern>,
 }
 
 impl Default for EgressPolicy {
@@ -287,11 +296,83 @@ impl Default for EgressPolicy {
             allow_internet_access: true,
             allow_out: Vec::new(),
             deny_out: Vec::new(),
+            allow_domains: Vec::new(),
         }
     }
 }
 
+/// Why an entry of an egress policy's lists is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(String);
+
 impl EgressPolicy {
+    /// The policy E2B's fields describe: `allow_out` entries are IP
+    /// addresses, CIDR blocks or domain patterns ([`DomainPattern`]);
+    /// `deny_out` entries addresses or blocks only. Domains are allowed only
+    /// where everything else is denied (`0.0.0.0/0` in `deny_out`, or no
+    /// internet access), as E2B requires.
+    pub fn from_lists(
+        allow_internet_access: bool,
+        allow_out: &[String],
+        deny_out: &[String],
+    ) -> Result<EgressPolicy, PolicyError> {
+        let mut policy = EgressPolicy {
+            allow_internet_access,
+            ..EgressPolicy::default()
+        };
+        for (i, entry) in deny_out.iter().enumerate() {
+            let cidr = entry.parse::<Cidr>().map_err(|e| {
+                if entry.parse::<DomainPattern>().is_ok() {
+                    PolicyError(format!(
+                        "network.denyOut[{i}]: '{entry}' is a domain name; denyOut takes IP addresses and CIDR blocks only (to reach only some names, put them in allowOut and 0.0.0.0/0 in denyOut)"
+                    ))
+                } else {
+                    PolicyError(format!("network.denyOut[{i}]: {e}"))
+                }
+            })?;
+            policy.deny_out.push(cidr);
+        }
+        for (i, entry) in allow_out.iter().enumerate() {
+            match (entry.parse::<Cidr>(), entry.parse::<DomainPattern>()) {
+                (Ok(cidr), _) => policy.allow_out.push(cidr),
+                (_, Ok(domain)) => policy.allow_domains.push(domain),
+                (Err(_), Err(_)) => {
+                    return Err(PolicyError(format!(
+                        "network.allowOut[{i}]: '{entry}' is not an IP address, CIDR block or domain name (e.g. 10.0.0.0/8, 1.1.1.1, api.example.com, *.example.com)"
+                    )));
+                }
+            }
+        }
+        let denies_all = !allow_internet_access || policy.deny_out.contains(&Cidr::ALL_IPV4);
+        if !policy.allow_domains.is_empty() && !denies_all {
+            return Err(PolicyError(
+                "network.allowOut holds domain names, so network.denyOut must hold 0.0.0.0/0 (E2B's ALL_TRAFFIC): domains re-allow what is denied"
+                    .to_owned(),
+            ));
+        }
+        Ok(policy)
+    }
+
+    /// `allow_out` as E2B's field lists it: the blocks, then the domains.
+    pub fn allow_list(&self) -> Vec<String> {
+        self.allow_out
+            .iter()
+            .map(Cidr::to_string)
+            .chain(self.allow_domains.iter().map(DomainPattern::to_string))
+            .collect()
+    }
+
+    /// Whether connections to denied addresses go through the egress
+    /// proxy: the policy allows domains, and denies something.
+    pub fn inspects(&self) -> bool {
+        !self.allow_domains.is_empty() && !self.denied_blocks().is_empty()
+    }
+
+    /// Whether a connection for `name` is allowed by name.
+    pub fn allows_name(&self, name: &str) -> bool {
+        self.allow_domains.iter().any(|d| d.matches(name))
+    }
     /// Whether this is the default policy (the one pooled sandboxes boot
     /// with).
     pub fn is_default(&self) -> bool {
@@ -373,6 +454,9 @@ pub struct NetworkConfig {
     pub resolv_conf: PathBuf,
     /// Nameservers for sandboxes when the host has none they can reach.
     pub fallback_nameservers: Vec<IpAddr>,
+    /// Nameservers every sandbox gets instead of the host's (none: the
+    /// host's).
+    pub nameservers: Vec<IpAddr>,
 }
 
 impl Default for NetworkConfig {
@@ -384,6 +468,7 @@ impl Default for NetworkConfig {
             nft: PathBuf::from("nft"),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             fallback_nameservers: DEFAULT_FALLBACK_NAMESERVERS.to_vec(),
+            nameservers: Vec::new(),
         }
     }
 }
@@ -413,12 +498,29 @@ pub(crate) struct Record {
     pub gateway: Ipv4Addr,
     /// The policy in force.
     pub policy: EgressPolicy,
+    /// The nameservers of its `/etc/resolv.conf` (reachable when its
+    /// policy allows names; absent in records from before they were kept).
+    #[serde(default)]
+    pub nameservers: Vec<Ipv4Addr>,
 }
 
 impl Record {
-    /// The firewall elements this sandbox has.
-    fn elements(&self) -> BTreeSet<firewall::Element> {
-        firewall::sandbox_elements(&self.interface, self.address, &self.policy)
+    /// The firewall elements this sandbox has, with the egress proxy on
+    /// `proxy_port`.
+    fn elements(&self, proxy_port: Option<u16>) -> BTreeSet<firewall::Element> {
+        let inspection = firewall::Inspection {
+            nameservers: &self.nameservers,
+            proxy_port,
+        };
+        firewall::sandbox_elements(&self.interface, self.address, &self.policy, inspection)
+    }
+
+    /// What the egress proxy needs to serve this sandbox, if it inspects.
+    fn route(&self) -> Option<egress_proxy::Route> {
+        self.policy.inspects().then(|| egress_proxy::Route {
+            policy: self.policy.clone(),
+            nameservers: self.nameservers.iter().map(|n| IpAddr::V4(*n)).collect(),
+        })
     }
 }
 
@@ -436,6 +538,9 @@ pub(crate) struct Network {
     base_ready: Mutex<bool>,
     /// Where the next slot search starts.
     cursor: AtomicU32,
+    /// The egress proxy, started with the base table when there is a tokio
+    /// runtime to run it on (without one, names stay denied).
+    proxy: Mutex<Option<egress_proxy::EgressProxy>>,
 }
 
 impl Network {
@@ -461,6 +566,7 @@ impl Network {
             ops: RwLock::new(()),
             base_ready: Mutex::new(false),
             cursor: AtomicU32::new(0),
+            proxy: Mutex::new(None),
         })
     }
 
@@ -541,8 +647,51 @@ impl Network {
             tracing::info!(table = TABLE, "created the sandbox firewall table");
         }
         enable_forwarding()?;
+        self.start_proxy()?;
         *ready = true;
         Ok(())
+    }
+
+    /// Starts the egress proxy unless it runs, and lets sandboxes reach its
+    /// port through the redirect.
+    fn start_proxy(&self) -> Result<(), RuntimeError> {
+        let mut proxy = self.proxy.lock().unwrap_or_else(PoisonError::into_inner);
+        if proxy.is_none()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let started = egress_proxy::EgressProxy::start(&handle, self.cfg.pool)
+                .map_err(|e| net_err(format!("start the egress proxy: {e}")))?;
+            *proxy = Some(started);
+        }
+        if let Some(p) = proxy.as_ref() {
+            self.nft(
+                &firewall::add_proxy_port(p.port()),
+                "open the egress proxy's port",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The egress proxy's port, if it runs.
+    fn proxy_port(&self) -> Option<u16> {
+        self.proxy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(egress_proxy::EgressProxy::port)
+    }
+
+    /// Tells the egress proxy how to serve `record`'s sandbox (or that it
+    /// no longer does).
+    fn route(&self, record: &Record, gone: bool) {
+        if let Some(p) = self
+            .proxy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            p.set(record.address, if gone { None } else { record.route() });
+        }
     }
 
     /// Gives sandbox `id` (directory `dir`) an address, a namespace at
@@ -563,13 +712,15 @@ impl Network {
             address: Ipv4Addr::from(net + 2),
             gateway: Ipv4Addr::from(net + 1),
             policy: policy.clone(),
+            nameservers: self.nameservers(),
         };
         write_record(dir, &record)?;
 
         let netns = dir.join(NETNS_FILE);
         create_netns(&netns)?;
         // The rules first: the link comes up already governed by them.
-        let elements = record.elements();
+        self.route(&record, false);
+        let elements = record.elements(self.proxy_port());
         if let Err(e) = self.nft(&firewall::add(&elements), "install the sandbox's rules") {
             // The table may have been removed behind Hutch's back (a host
             // firewall reload that flushes the whole ruleset): recreate it
@@ -616,10 +767,12 @@ impl Network {
         let mut record = Network::read_record(dir)
             .ok_or_else(|| net_err("the sandbox has no network to apply a policy to".to_owned()))?;
         self.ensure_base()?;
-        let old = record.elements();
+        let port = self.proxy_port();
+        let old = record.elements(port);
         record.policy = policy.clone();
+        self.route(&record, false);
         self.nft(
-            &firewall::replace(&old, &record.elements()),
+            &firewall::replace(&old, &record.elements(port)),
             "replace the sandbox's rules",
         )?;
         std::fs::remove_file(Network::record_path(dir))
@@ -639,8 +792,9 @@ impl Network {
             return Ok(());
         };
         self.ensure_base()?;
+        self.route(&record, true);
         self.nft(
-            &firewall::remove(&record.elements()),
+            &firewall::remove(&record.elements(self.proxy_port())),
             "remove the sandbox's rules",
         )?;
         self.delete_interfaces(std::slice::from_ref(&record.interface))?;
@@ -724,8 +878,10 @@ impl Network {
         let listing = listing.unwrap_or_default();
         let mut script = String::new();
         let mut restored = 0;
+        let port = self.proxy_port();
         for r in &records {
-            let want = r.elements();
+            self.route(r, false);
+            let want = r.elements(port);
             let have = listing.of(&r.interface);
             if want != have {
                 let stale: BTreeSet<firewall::Element> = have.difference(&want).cloned().collect();
@@ -891,10 +1047,28 @@ impl Network {
         run_script(cmd, script, what, &self.cfg.ip, "iproute2")
     }
 
-    /// The `/etc/resolv.conf` a sandbox gets.
+    /// The `/etc/resolv.conf` a sandbox gets: the configured nameservers,
+    /// else the host's it can reach.
     pub fn resolv_conf(&self) -> String {
+        if !self.cfg.nameservers.is_empty() {
+            return self
+                .cfg
+                .nameservers
+                .iter()
+                .map(|ns| format!("nameserver {ns}\n"))
+                .collect();
+        }
         let host = std::fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default();
         sandbox_resolv_conf(&host, is_host_address, &self.cfg.fallback_nameservers)
+    }
+
+    /// The IPv4 nameservers of [`Network::resolv_conf`].
+    fn nameservers(&self) -> Vec<Ipv4Addr> {
+        self.resolv_conf()
+            .lines()
+            .filter_map(|l| l.strip_prefix("nameserver"))
+            .filter_map(|ns| ns.trim().parse::<Ipv4Addr>().ok())
+            .collect()
     }
 }
 
@@ -1067,6 +1241,55 @@ mod tests {
     }
 
     #[test]
+    fn lists_take_domains_where_e2b_takes_them() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let p = EgressPolicy::from_lists(
+            true,
+            &s(&["10.0.0.0/8", "API.example.com", "*.example.org"]),
+            &s(&["0.0.0.0/0"]),
+        )
+        .unwrap();
+        assert_eq!(p.allow_out, vec![c("10.0.0.0/8")]);
+        assert_eq!(
+            p.allow_list(),
+            s(&["10.0.0.0/8", "api.example.com", "*.example.org"])
+        );
+        assert!(p.inspects());
+        assert!(p.allows_name("api.example.com") && p.allows_name("a.example.org"));
+        assert!(!p.allows_name("example.org") && !p.allows_name("evil.com"));
+        // No internet access denies everything too.
+        assert!(
+            EgressPolicy::from_lists(false, &s(&["a.com"]), &[])
+                .unwrap()
+                .inspects()
+        );
+        for (allow, deny, needle) in [
+            (s(&["a.com"]), s(&[]), "0.0.0.0/0"),
+            (s(&["a.com"]), s(&["10.0.0.0/8"]), "0.0.0.0/0"),
+            (
+                s(&[]),
+                s(&["a.com"]),
+                "network.denyOut[0]: 'a.com' is a domain name",
+            ),
+            (
+                s(&["bad name"]),
+                s(&["0.0.0.0/0"]),
+                "network.allowOut[0]: 'bad name' is not",
+            ),
+            (s(&[]), s(&["x"]), "network.denyOut[0]: 'x'"),
+        ] {
+            let e = EgressPolicy::from_lists(true, &allow, &deny).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        // Without domains nothing is inspected.
+        assert!(
+            !EgressPolicy::from_lists(false, &s(&["1.1.1.1"]), &[])
+                .unwrap()
+                .inspects()
+        );
+    }
+
+    #[test]
     fn parses_addresses_and_blocks() {
         assert_eq!(c("10.0.0.0/8").to_string(), "10.0.0.0/8");
         assert_eq!(c("1.1.1.1").to_string(), "1.1.1.1/32");
@@ -1078,7 +1301,7 @@ mod tests {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
         let e = "example.com".parse::<Cidr>().unwrap_err().to_string();
-        assert!(e.contains("domain name"), "{e}");
+        assert!(e.contains("not an IP address"), "{e}");
         let json = serde_json::to_string(&c("8.8.8.0/24")).unwrap();
         assert_eq!(json, "\"8.8.8.0/24\"");
         assert_eq!(
@@ -1114,6 +1337,7 @@ mod tests {
             allow_internet_access: false,
             allow_out: vec![c("198.51.100.7")],
             deny_out: vec![],
+            allow_domains: vec![],
         };
         assert!(hole.allows(ip("198.51.100.7")));
         assert!(!hole.allows(ip("198.51.100.8")));
@@ -1122,6 +1346,7 @@ mod tests {
             allow_internet_access: true,
             allow_out: vec![c("198.51.100.0/25")],
             deny_out: vec![c("198.51.100.0/24")],
+            allow_domains: vec![],
         };
         assert!(deny.allows(ip("198.51.100.7")));
         assert!(!deny.allows(ip("198.51.100.200")));

@@ -13,7 +13,7 @@ use hutch_protocol::api::{
     SandboxLogs, SandboxLogsV2, SandboxNetwork, SandboxNetworkUpdate, SandboxVolumeMount,
     SnapshotInfo, SnapshotRequest,
 };
-use hutch_runtime::{Cidr, EgressPolicy};
+use hutch_runtime::EgressPolicy;
 use serde::Deserialize;
 
 use crate::auth::Caller;
@@ -60,7 +60,7 @@ fn lifecycle_of(
 }
 
 /// The egress policy a create asks for, or a 400 naming the first entry
-/// that is not an IP address or CIDR block.
+/// refused.
 fn egress_policy(
     allow_internet_access: Option<bool>,
     network: Option<SandboxNetwork>,
@@ -92,27 +92,19 @@ fn ingress_of(network: Option<&SandboxNetwork>) -> Result<Ingress, ApiError> {
 }
 
 /// A policy of internet access (allowed when absent) and allow and deny
-/// lists; a 400 naming the entry that is not an IP or CIDR block.
+/// lists; a 400 naming the entry that is refused
+/// ([`EgressPolicy::from_lists`]).
 fn egress_lists(
     allow_internet_access: Option<bool>,
     allow_out: Option<Vec<String>>,
     deny_out: Option<Vec<String>>,
 ) -> Result<EgressPolicy, ApiError> {
-    let parse = |field: &str, list: Option<Vec<String>>| -> Result<Vec<Cidr>, ApiError> {
-        list.unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.parse::<Cidr>()
-                    .map_err(|e| ApiError::bad_request(format!("network.{field}[{i}]: {e}")))
-            })
-            .collect()
-    };
-    Ok(EgressPolicy {
-        allow_internet_access: allow_internet_access.unwrap_or(true),
-        allow_out: parse("allowOut", allow_out)?,
-        deny_out: parse("denyOut", deny_out)?,
-    })
+    EgressPolicy::from_lists(
+        allow_internet_access.unwrap_or(true),
+        &allow_out.unwrap_or_default(),
+        &deny_out.unwrap_or_default(),
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// E2B's name for a pause mode.
@@ -875,7 +867,7 @@ mod tests {
         let p = egress_policy(body.allow_internet_access, body.network).unwrap();
         assert!(!p.allow_internet_access);
         assert_eq!(p.allow_out.len(), 2);
-        assert_eq!(p.deny_out, vec![Cidr::ALL_IPV4]);
+        assert_eq!(p.deny_out, vec![hutch_runtime::Cidr::ALL_IPV4]);
         let bad = SandboxNetwork {
             deny_out: Some(vec!["10.0.0.0/8".into(), "nope".into()]),
             ..Default::default()

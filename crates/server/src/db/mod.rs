@@ -591,7 +591,8 @@ pub struct SandboxRow {
 pub struct NetworkRecord {
     /// Internet access.
     pub allow_internet_access: bool,
-    /// Address blocks re-allowed even when denied (`addr/prefix`).
+    /// Address blocks (`addr/prefix`) and domain patterns re-allowed even
+    /// when denied.
     #[serde(default)]
     pub allow_out: Vec<String>,
     /// Address blocks denied (`addr/prefix`).
@@ -602,26 +603,17 @@ pub struct NetworkRecord {
 impl NetworkRecord {
     /// The record of `policy`.
     pub fn of(policy: &EgressPolicy) -> NetworkRecord {
-        let blocks = |list: &[Cidr]| list.iter().map(Cidr::to_string).collect();
         NetworkRecord {
             allow_internet_access: policy.allow_internet_access,
-            allow_out: blocks(&policy.allow_out),
-            deny_out: blocks(&policy.deny_out),
+            allow_out: policy.allow_list(),
+            deny_out: policy.deny_out.iter().map(Cidr::to_string).collect(),
         }
     }
 
-    /// The policy it records, or why an address block does not parse.
+    /// The policy it records, or why an entry does not parse.
     pub fn policy(&self) -> Result<EgressPolicy, String> {
-        let blocks = |field: &str, list: &[String]| -> Result<Vec<Cidr>, String> {
-            list.iter()
-                .map(|b| b.parse::<Cidr>().map_err(|e| format!("{field}: {e}")))
-                .collect()
-        };
-        Ok(EgressPolicy {
-            allow_internet_access: self.allow_internet_access,
-            allow_out: blocks("allowOut", &self.allow_out)?,
-            deny_out: blocks("denyOut", &self.deny_out)?,
-        })
+        EgressPolicy::from_lists(self.allow_internet_access, &self.allow_out, &self.deny_out)
+            .map_err(|e| e.to_string())
     }
 
     /// `policy` as the `network` column stores it.

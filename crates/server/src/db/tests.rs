@@ -713,6 +713,12 @@ fn network_records_keep_their_stored_form() {
     assert!(!policy.allow_internet_access && policy.allow_out.is_empty());
     assert!(NetworkRecord::decode(r#"{"allowOut":[]}"#).is_err());
     let e =
-        NetworkRecord::decode(r#"{"allowInternetAccess":true,"denyOut":["nope"]}"#).unwrap_err();
-    assert!(e.starts_with("denyOut: "), "{e}");
+        NetworkRecord::decode(r#"{"allowInternetAccess":true,"denyOut":["no pe"]}"#).unwrap_err();
+    assert!(e.starts_with("network.denyOut[0]: "), "{e}");
+    // Domains are kept in allowOut, after the blocks.
+    let named = r#"{"allowInternetAccess":true,"allowOut":["1.1.1.1/32","api.example.com","*.example.org"],"denyOut":["0.0.0.0/0"]}"#;
+    let policy = NetworkRecord::decode(named).unwrap();
+    assert_eq!(policy.allow_domains.len(), 2);
+    assert!(policy.allows_name("a.example.org"));
+    assert_eq!(NetworkRecord::encode(&policy), named);
 }
