@@ -47,6 +47,11 @@
 //!     everything else is accepted.
 //!   - `postrouting` (nat): traffic from sandbox interfaces leaving through
 //!     any other interface is masqueraded.
+//!   - `prerouting` (nat): for sandboxes whose policy allows domain names
+//!     (an element of the map `inspect`), TCP connections to port 80 or 443
+//!     of an address the policy denies are redirected to the egress proxy
+//!     ([`egress_proxy`]), which `input` lets them reach (from the
+//!     sandbox's own address, through the redirect only).
 //!
 //!   A sandbox has no chain or rule of its own, only set elements keyed by
 //!   its interface (`network/firewall.rs`): adding, changing or removing one costs
@@ -64,7 +69,9 @@
 //!   host's nameservers, except those it cannot reach (loopback ones such as
 //!   systemd-resolved's `127.0.0.53`, other addresses of the host itself,
 //!   IPv6 ones); when none is left, [`NetworkConfig::fallback_nameservers`].
-//!   DNS is ordinary egress: a sandbox without internet access has none.
+//!   DNS is ordinary egress: a sandbox without internet access has none
+//!   (unless its policy allows names: then its nameservers are allowed).
+//!   [`NetworkConfig::nameservers`] replaces the host's.
 //!
 //! # Crash safety
 //!
