@@ -278,9 +278,11 @@ enum SandboxCommand {
         /// `--allow-out` re-allows it.
         #[arg(long)]
         no_internet: bool,
-        /// IP address or CIDR block the sandbox may reach even when denied
-        /// (repeatable).
-        #[arg(long = "allow-out", value_name = "CIDR")]
+        /// IP address, CIDR block or domain name (`api.example.com`,
+        /// `*.example.com`) the sandbox may reach even when denied
+        /// (repeatable; names need everything else denied: `--no-internet`
+        /// or `--deny-out 0.0.0.0/0`).
+        #[arg(long = "allow-out", value_name = "CIDR|NAME")]
         allow_out: Vec<String>,
         /// IP address or CIDR block the sandbox may not reach (repeatable).
         #[arg(long = "deny-out", value_name = "CIDR")]
