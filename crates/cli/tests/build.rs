@@ -424,6 +424,36 @@ fn a_sandbox_log_holds_its_start_commands_output_and_its_life() {
     let id = server.create_sandbox("chatty", &[]);
     server.cli_ok(&["sandbox", "pause", &id]);
     server.cli_ok(&["sandbox", "resume", &id]);
+    // The agent's own log joins it: the processes it starts.
+    server.cli_ok(&["exec", &id, "--", "echo", "agent-mark"]);
+    let mut agent = String::new();
+    for _ in 0..100 {
+        agent = server.cli_ok(&[
+            "sandbox",
+            "logs",
+            &id,
+            "--search",
+            "started process",
+            "--json",
+        ]);
+        if agent.contains("\"agent\"") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let entries: serde_json::Value = serde_json::from_str(&agent).unwrap();
+    let from_agent = entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["fields"]["source"] == "agent")
+        .unwrap_or_else(|| panic!("no agent line about a process: {agent}"));
+    assert!(
+        from_agent["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("started process")),
+        "{agent}"
+    );
     server.cli_ok(&["sandbox", "kill", &id]);
     // The start command's output arrives as it is printed.
     let mut log = String::new();

@@ -252,6 +252,7 @@ impl Server {
         lifecycle::readopt(&state).await;
         lifecycle::spawn_reaper(state.clone());
         metrics::spawn_sampler(state.clone());
+        sandbox_logs::spawn_agent_log_reader(state.clone());
         Ok(Server {
             listener,
             http: cfg.http,

@@ -1,15 +1,20 @@
 //! Sandbox logs (`GET /sandboxes/{id}/logs`, `GET /v2/sandboxes/{id}/logs`):
 //! what happened to a sandbox — created, paused, resumed, network rules
-//! replaced, snapshotted, timed out, killed — and what its template's start
+//! replaced, snapshotted, timed out, killed — what its template's start
 //! command printed, line by line (stdout at `info`, stderr at `error`), then
-//! how it ended.
+//! how it ended, and its agent's own log (processes started and killed,
+//! errors; `source` `agent`, at the level the line gives), read from the
+//! sandbox's console log every [`AGENT_LOG_INTERVAL`].
 //!
 //! Kept in the server's memory: at most [`KEPT_ENTRIES`] per sandbox (the
 //! oldest go first), for the sandbox's life and [`KEPT_AFTER_END`] after it
 //! ends; a server restart starts them afresh.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hutch_protocol::api::LogLevel;
 use hutch_runtime::{CommandEvent, OutputStream};
@@ -61,6 +66,8 @@ impl Log {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Journal {
     logs: Arc<Mutex<HashMap<String, Log>>>,
+    /// How far each running sandbox's console log has been read.
+    consoles: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -84,6 +91,24 @@ impl Journal {
             fields: fields(&[("source", "hutch")]),
         };
         self.lock().entry(id.to_owned()).or_default().push(entry);
+    }
+
+    /// Records the lines of sandbox `id`'s agent log in `text` (whole
+    /// lines), each at the level it names.
+    pub(crate) fn agent_lines(&self, id: &str, text: &str) {
+        let now = time::now_ms();
+        let mut logs = self.lock();
+        let log = logs.entry(id.to_owned()).or_default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut message = line.to_owned();
+            cut(&mut message);
+            log.push(Entry {
+                at_ms: now,
+                level: agent_level(line),
+                message,
+                fields: fields(&[("source", "agent")]),
+            });
+        }
     }
 
     /// Records what the start command of sandbox `id` did: its output,
@@ -210,9 +235,147 @@ pub(crate) fn select(all: Vec<Entry>, q: &Query) -> Vec<Entry> {
     }
 }
 
+/// The level an agent log line names (`2026-… INFO started process …`):
+/// its first word that is a level; `info` when none is.
+fn agent_level(line: &str) -> LogLevel {
+    line.split_whitespace()
+        .take(2)
+        .find_map(|w| match w {
+            "ERROR" => Some(LogLevel::Error),
+            "WARN" => Some(LogLevel::Warn),
+            "DEBUG" | "TRACE" => Some(LogLevel::Debug),
+            "INFO" => Some(LogLevel::Info),
+            _ => None,
+        })
+        .unwrap_or(LogLevel::Info)
+}
+
+/// Cuts `line` to [`MAX_LINE`] bytes (at a character boundary).
+fn cut(line: &mut String) {
+    if line.len() > MAX_LINE {
+        let mut end = MAX_LINE;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+}
+
+/// How often the running sandboxes' agent logs are read.
+pub(crate) const AGENT_LOG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Most bytes of one console log read at a time.
+const AGENT_LOG_CHUNK: u64 = 256 * 1024;
+
+/// The whole lines of the file at `path` from `offset` (at most
+/// [`AGENT_LOG_CHUNK`] bytes, lossily as UTF-8), and the offset after them.
+/// A file shorter than `offset` was rotated (the agent keeps the newest
+/// half): reading goes on from its end.
+fn read_lines(path: &Path, offset: u64) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len < offset {
+        return Ok((String::new(), len));
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    f.take(AGENT_LOG_CHUNK).read_to_end(&mut buf)?;
+    // Whole lines only, unless one line fills the chunk.
+    let end = match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if buf.len() as u64 >= AGENT_LOG_CHUNK => buf.len(),
+        None => 0,
+    };
+    Ok((
+        String::from_utf8_lossy(&buf[..end]).into_owned(),
+        offset + end as u64,
+    ))
+}
+
+/// Reads the new lines of every running sandbox's agent log into the
+/// journal, every [`AGENT_LOG_INTERVAL`], until the server stops.
+pub(crate) fn spawn_agent_log_reader(st: Arc<crate::state::AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(AGENT_LOG_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = st.reaper_stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            read_agent_logs(&st).await;
+        }
+    });
+}
+
+/// One round of [`spawn_agent_log_reader`].
+pub(crate) async fn read_agent_logs(st: &crate::state::AppState) {
+    let running: Vec<(String, std::path::PathBuf)> = st
+        .live()
+        .iter()
+        .filter(|(_, s)| s.agent_pid.is_some())
+        .map(|(id, _)| (id.clone(), st.node.console_log(id)))
+        .collect();
+    let journal = st.logs.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut consoles = journal.consoles.lock().unwrap_or_else(|p| p.into_inner());
+        consoles.retain(|id, _| running.iter().any(|(r, _)| r == id));
+        for (id, path) in running {
+            let offset = consoles.get(&id).copied().unwrap_or(0);
+            if let Ok((text, next)) = read_lines(&path, offset) {
+                if !text.is_empty() {
+                    journal.agent_lines(&id, &text);
+                }
+                consoles.insert(id, next);
+            }
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn agent_log_lines_are_read_once_whole_and_leveled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        std::fs::write(
+            &path,
+            "2026-12-07T00:00:00Z  INFO started process pid=7\n2026-12-07T00:00:01Z  WARN low\npart",
+        )
+        .unwrap();
+        let (text, offset) = read_lines(&path, 0).unwrap();
+        assert_eq!(text.lines().count(), 2, "the unfinished line waits");
+        let j = Journal::default();
+        j.agent_lines("s", &text);
+        let entries = j.entries("s");
+        assert_eq!(
+            entries
+                .iter()
+                .map(|e| (e.level, e.fields["source"].as_str()))
+                .collect::<Vec<_>>(),
+            [(LogLevel::Info, "agent"), (LogLevel::Warn, "agent")]
+        );
+        assert!(entries[0].message.contains("started process pid=7"));
+        // The rest once it is whole; nothing twice.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"ial and more\n")
+            .unwrap();
+        let (text, next) = read_lines(&path, offset).unwrap();
+        assert_eq!(text, "partial and more\n");
+        assert_eq!(agent_level(&text), LogLevel::Info, "no level: info");
+        assert_eq!(agent_level("2026-12-07T00:00:00Z ERROR x"), LogLevel::Error);
+        assert_eq!(read_lines(&path, next).unwrap().0, "");
+        // Rotated (shorter than read so far): on from its end.
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(read_lines(&path, next).unwrap(), (String::new(), 6));
+    }
 
     fn out(stream: OutputStream, s: &str) -> CommandEvent {
         CommandEvent::Output(stream, s.as_bytes().to_vec())

@@ -381,6 +381,10 @@ impl Node for FakeNode {
         self.dir.join(format!("{id}.sock"))
     }
 
+    fn console_log(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.console.log"))
+    }
+
     fn release_host_mounts(&self) {}
 
     async fn create_volume(&self, id: &str, _size_mb: u64) -> Result<(), NodeError> {

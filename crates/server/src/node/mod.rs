@@ -125,6 +125,9 @@ pub(crate) trait Node: Send + Sync {
     /// Where a sandbox's agent listens.
     fn agent_socket(&self, id: &str) -> PathBuf;
 
+    /// A sandbox's console log: its agent's log (and what runc said).
+    fn console_log(&self, id: &str) -> PathBuf;
+
     /// At a shutdown that leaves no sandbox running: drops what the node
     /// mounted for its sandboxes.
     fn release_host_mounts(&self);
@@ -255,6 +258,10 @@ impl Node for LocalNode {
 
     fn agent_socket(&self, id: &str) -> PathBuf {
         self.runtime.agent_socket(id)
+    }
+
+    fn console_log(&self, id: &str) -> PathBuf {
+        self.runtime.console_log(id)
     }
 
     fn release_host_mounts(&self) {
