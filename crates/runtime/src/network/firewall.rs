@@ -200,6 +200,7 @@ pub(crate) fn base_rules() -> String {
          add rule inet {TABLE} prerouting iifname {hv} meta nfproto ipv4 tcp dport {{ 80, 443 }} ip daddr != {{ {ALWAYS_DENIED} }} fib daddr type != local iifname . ip daddr != @allow iifname . ip daddr @deny redirect to : iifname map @inspect\n\
          add rule inet {TABLE} input iifname {hv} iifname . ip saddr @sources tcp dport @proxy_ports ct status dnat accept\n\
          add rule inet {TABLE} input iifname {hv} {REJECT}\n\
+         add rule inet {TABLE} input tcp dport @proxy_ports drop\n\
          add rule inet {TABLE} forward iifname {hv} jump from_sandbox\n\
          add rule inet {TABLE} forward oifname {hv} ct state established,related accept\n\
          add rule inet {TABLE} forward oifname {hv} drop\n\
@@ -449,7 +450,8 @@ mod tests {
             .find("iifname . ip saddr @sources tcp dport @proxy_ports ct status dnat accept")
             .unwrap();
         let host = b.find("input iifname \"hv*\" reject").unwrap();
-        assert!(proxy < host, "{b}");
+        let others = b.find("input tcp dport @proxy_ports drop").unwrap();
+        assert!(proxy < host && host < others, "{b}");
     }
 
     #[test]

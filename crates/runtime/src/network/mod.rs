@@ -881,6 +881,10 @@ impl Network {
                 .unwrap_or_else(PoisonError::into_inner) = false;
             self.ensure_base()?;
             listing = self.list_table()?;
+        } else {
+            // The egress proxy runs before the sandboxes' elements are
+            // checked: theirs name its port.
+            self.ensure_base()?;
         }
         let listing = listing.unwrap_or_default();
         let mut script = String::new();
