@@ -54,8 +54,11 @@ fn declared_routes() -> BTreeSet<String> {
 }
 
 /// Routes that need no API key: their own token, or none.
-const NOT_KEYED: [&str; 5] = [
+const NOT_KEYED: [&str; 8] = [
     "/health",
+    "/hutch/v1/cli-login/api/cli",
+    "/hutch/v1/oauth/token",
+    "/hutch/v1/oauth/revoke",
     "/hutch/v1/build-files/{hash}",
     "/volumecontent/{id}/dir",
     "/volumecontent/{id}/path",

@@ -164,6 +164,33 @@ impl Keys {
         Ok((key, row))
     }
 
+    /// A new access token for team `team` made by a CLI login
+    /// ([`ids::new_cli_token`]), named `name`; returns it (shown only now).
+    pub async fn create_cli_token(&self, team: &str, name: &str) -> Result<String, DbError> {
+        let exp = time::now_ms() / 1000 + CLI_TOKEN_SECS;
+        let token = ids::new_cli_token(exp);
+        let result = self
+            .db
+            .create_api_key(new_key(&token, team, name, KeyKind::AccessToken))
+            .await;
+        self.changed();
+        let row = result?;
+        tracing::info!(key_id = row.id, team = team, "CLI login token created");
+        Ok(token)
+    }
+
+    /// Revokes the valid key `key` (the key itself, as a client holds it);
+    /// `Ok(false)` when it is not one.
+    pub async fn revoke_key(&self, key: &str) -> Result<bool, DbError> {
+        let Some(caller) = self.caller(key).await? else {
+            return Ok(false);
+        };
+        let outcome = self
+            .revoke(&caller.team, &caller.key_id.to_string())
+            .await?;
+        Ok(outcome == Revoke::Revoked)
+    }
+
     /// Every key of team `team`, revoked or not, oldest first.
     pub async fn list(&self, team: &str) -> Result<Vec<ApiKeyRow>, DbError> {
         self.db.list_api_keys(team.to_owned()).await
@@ -218,6 +245,10 @@ fn new_key(key: &str, team: &str, name: &str, kind: KeyKind) -> NewKey {
         created_at: time::now_ms(),
     }
 }
+
+/// How long a CLI login's token says it lasts: ten years (it lasts until
+/// revoked).
+const CLI_TOKEN_SECS: i64 = 10 * 365 * 24 * 3600;
 
 /// Characters of a key's end kept for display.
 const SUFFIX_CHARS: usize = 4;

@@ -49,6 +49,21 @@ pub(crate) fn new_user_access_token() -> String {
     format!("{ACCESS_TOKEN_PREFIX}{}", secret_hex())
 }
 
+/// A fresh access token for E2B's CLI login: shaped as a JWT whose payload
+/// says it expires at `exp` (Unix seconds) — E2B's CLI refreshes tokens
+/// that do not say — with 160 random bits as its third part. Hutch checks
+/// it as any key: by its hash; the payload is for the CLI to read.
+pub(crate) fn new_cli_token(exp: i64) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&format!(r#"{{"iss":"hutch","exp":{exp}}}"#)),
+        secret_hex()
+    )
+}
+
 /// A sandbox's agent access token: 32 hex digits (128 random bits).
 pub(crate) fn new_access_token() -> String {
     let bytes: [u8; 16] = rand::rng().random();

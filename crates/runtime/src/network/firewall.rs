@@ -15,6 +15,8 @@
 //! - `allow` (intervals): destinations a sandbox's `allowOut` accepts.
 //! - `deny` (intervals): destinations its `denyOut` rejects (`0.0.0.0/0`
 //!   when it has no internet access).
+//! - `dns`: the nameservers of sandboxes whose policy allows domain names:
+//!   DNS (port 53) to them is accepted, so that they can resolve the names.
 //! - `inspect` (a map to a port): sandboxes whose policy allows domain
 //!   names; their TCP connections to port 80 or 443 of an address `deny`
 //!   covers and `allow` does not are redirected to that port, the egress
@@ -39,7 +41,7 @@ const REJECT: &str = "reject with icmpx type admin-prohibited";
 
 /// A set present only in the current layout of the table; a table without
 /// it was made by an older Hutch and is replaced.
-pub(crate) const LAYOUT_MARKER_SET: &str = "proxy_ports";
+pub(crate) const LAYOUT_MARKER_SET: &str = "dns";
 
 /// The sets holding per-sandbox elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,10 +54,12 @@ pub(crate) enum Set {
     Deny,
     /// The port its inspected connections are redirected to (a map).
     Inspect,
+    /// Its nameservers, when it inspects (DNS to them is accepted).
+    Dns,
 }
 
 impl Set {
-    const ALL: [Set; 4] = [Set::Sources, Set::Allow, Set::Deny, Set::Inspect];
+    const ALL: [Set; 5] = [Set::Sources, Set::Allow, Set::Deny, Set::Inspect, Set::Dns];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -63,6 +67,7 @@ impl Set {
             Set::Allow => "allow",
             Set::Deny => "deny",
             Set::Inspect => "inspect",
+            Set::Dns => "dns",
         }
     }
 
@@ -154,17 +159,15 @@ pub(crate) fn policy_elements(
     policy: &EgressPolicy,
     inspection: Inspection<'_>,
 ) -> BTreeSet<Element> {
-    let mut allow = policy.allowed_blocks();
+    let allow = policy.allowed_blocks();
     let deny = policy.denied_blocks();
     let mut out = BTreeSet::new();
     if policy.inspects() {
-        allow.extend(
-            inspection
-                .nameservers
-                .iter()
-                .filter_map(|ns| Cidr::new((*ns).into(), 32).ok()),
-        );
-        allow = super::minimal_v4(allow);
+        out.extend(inspection.nameservers.iter().map(|ns| Element {
+            set: Set::Dns,
+            interface: interface.to_owned(),
+            value: ns.to_string(),
+        }));
         if let Some(port) = inspection.proxy_port {
             out.insert(Element::inspect(interface, port));
         }
@@ -191,6 +194,7 @@ pub(crate) fn base_rules() -> String {
          add set inet {TABLE} allow {{ {key} flags interval ; }}\n\
          add set inet {TABLE} deny {{ {key} flags interval ; }}\n\
          add map inet {TABLE} inspect {{ type ifname : inet_service ; }}\n\
+         add set inet {TABLE} dns {{ {key} }}\n\
          add set inet {TABLE} proxy_ports {{ type inet_service ; }}\n\
          add chain inet {TABLE} input {{ type filter hook input priority -10 ; policy accept ; }}\n\
          add chain inet {TABLE} forward {{ type filter hook forward priority -10 ; policy accept ; }}\n\
@@ -208,6 +212,7 @@ pub(crate) fn base_rules() -> String {
          add rule inet {TABLE} from_sandbox iifname . ip saddr != @sources drop\n\
          add rule inet {TABLE} from_sandbox oifname {hv} {REJECT}\n\
          add rule inet {TABLE} from_sandbox ip daddr {{ {ALWAYS_DENIED} }} {REJECT}\n\
+         add rule inet {TABLE} from_sandbox iifname . ip daddr @dns meta l4proto {{ tcp, udp }} th dport 53 accept\n\
          add rule inet {TABLE} from_sandbox iifname . ip daddr @allow accept\n\
          add rule inet {TABLE} from_sandbox iifname . ip daddr @deny {REJECT}\n\
          add rule inet {TABLE} from_sandbox accept\n\
@@ -352,7 +357,7 @@ mod tests {
     };
 
     #[test]
-    fn allowed_names_redirect_to_the_proxy_and_open_the_nameservers() {
+    fn allowed_names_redirect_to_the_proxy_and_open_dns_to_the_nameservers() {
         let policy = EgressPolicy::from_lists(
             true,
             &["1.1.1.1".into(), "*.example.com".into()],
@@ -369,15 +374,17 @@ mod tests {
             lines(&add(&e)),
             vec![
                 "add element inet hutch allow { \"hvx1\" . 1.1.1.1/32 }",
-                "add element inet hutch allow { \"hvx1\" . 9.9.9.9/32 }",
                 "add element inet hutch deny { \"hvx1\" . 0.0.0.0/0 }",
                 "add element inet hutch inspect { \"hvx1\" : 41234 }",
+                "add element inet hutch dns { \"hvx1\" . 1.1.1.1 }",
+                "add element inet hutch dns { \"hvx1\" . 9.9.9.9 }",
             ]
         );
         // A map's element goes by its key.
         assert!(remove(&e).contains("delete element inet hutch inspect { \"hvx1\" }\n"));
         // Without a proxy the names stay denied; without domains nothing
-        // is inspected and the nameservers get nothing special.
+        // is inspected and the nameservers get nothing special (DNS to
+        // them only, never all their ports).
         let no_proxy = policy_elements(
             "hvx1",
             &policy,
@@ -466,6 +473,7 @@ mod tests {
                 {"concat": ["hvother", {"range": ["10.0.0.1", "10.0.0.9"]}]},
             ]}},
             {"set": {"name": "proxy_ports", "elem": [41234]}},
+            {"set": {"name": "dns", "elem": [{"concat": ["hvabcdef1", "9.9.9.9"]}]}},
             {"map": {"name": "inspect", "type": "ifname", "map": "inet_service", "elem": [["hvabcdef1", 41234]]}},
             {"chain": {"name": "from_sandbox"}},
         ]});
@@ -484,6 +492,7 @@ mod tests {
                 (Set::Deny, "hvabcdef1", "1.1.1.1/32"),
                 (Set::Deny, "hvother", "10.0.0.1-10.0.0.9"),
                 (Set::Inspect, "hvabcdef1", "41234"),
+                (Set::Dns, "hvabcdef1", "9.9.9.9"),
             ]
         );
         assert_eq!(t.of("hvother").len(), 1);

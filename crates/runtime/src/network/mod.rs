@@ -70,7 +70,7 @@
 //!   systemd-resolved's `127.0.0.53`, other addresses of the host itself,
 //!   IPv6 ones); when none is left, [`NetworkConfig::fallback_nameservers`].
 //!   DNS is ordinary egress: a sandbox without internet access has none
-//!   (unless its policy allows names: then its nameservers are allowed).
+//!   (unless its policy allows names: then DNS to its nameservers is).
 //!   [`NetworkConfig::nameservers`] replaces the host's.
 //!
 //! # Crash safety

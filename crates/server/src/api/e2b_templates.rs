@@ -133,7 +133,7 @@ pub(super) async fn request_build(
 /// header (else the request URI's authority), with the scheme of
 /// `X-Forwarded-Proto` (`http` unless it says `https`). `None` without a
 /// host.
-fn public_base(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+pub(super) fn public_base(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -41,6 +41,7 @@
 //! | `POST /v3/templates`, `GET /templates/{id}/files/{hash}`, `POST /v2/templates/{id}/builds/{build}`, `GET /templates/{id}/builds/{build}/status`, `GET /templates/aliases/{name}` | key | E2B's template build API ([`e2b_templates`]) |
 //! | `GET /templates`, `GET /v2/templates`, `GET`/`PATCH /templates/{id}`, `PATCH /v2/templates/{id}`, `POST`/`DELETE /templates/tags`, `GET /templates/{id}/tags`, `GET /templates/{id}/builds/{build}/logs` | key | E2B's template management ([`template_catalog`]) |
 //! | `/volumecontent/{id}/dir`, `…/path`, `…/file` | the volume's token | E2B's volume content API ([`volume_content`]) |
+//! | `GET`/`POST /hutch/v1/cli-login/api/cli`, `POST /hutch/v1/oauth/token`, `POST /hutch/v1/oauth/revoke` | a key, in the form / the token | the browser login of E2B's CLI ([`cli_login`]) |
 //! | `PUT /hutch/v1/build-files/{hash}?token=` | upload token | a `COPY` file set of a template-API build (the URL comes from `GET /templates/{id}/files/{hash}`) |
 //!
 //! Requests for a sandbox's agent are taken by the [front
@@ -48,6 +49,7 @@
 //! the types of [`hutch_protocol::api`], which the CLI uses too.
 
 mod builds;
+mod cli_login;
 mod e2b_templates;
 mod keys;
 mod paging;
@@ -157,6 +159,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .merge(authed)
         .merge(build_files)
         .merge(volume_content::routes())
+        .merge(cli_login::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::error::json_errors))
