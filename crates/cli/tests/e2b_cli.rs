@@ -1,8 +1,9 @@
 //! The official E2B CLI (npm `@e2b/cli` 2.19.0, pinned in
 //! `tests/sdk/cli/package-lock.json`), unmodified, against a real Hutch
 //! server: sandboxes created, listed, run in, measured, logged and killed;
-//! templates listed and deleted; `e2b auth login` through Hutch's login
-//! page, and `e2b auth logout`.
+//! templates built from a Dockerfile, listed and deleted; a terminal into a
+//! sandbox; `e2b auth login` through Hutch's login page, and `e2b auth
+//! logout`.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -128,6 +129,96 @@ fn the_e2b_cli_drives_sandboxes_and_templates() {
     run(&["template", "delete", "deb", "-y"]);
     let templates = run(&["template", "list", "-f", "json"]);
     assert!(!templates.contains("\"deb\""), "{templates}");
+}
+
+/// `e2b template create` builds a Dockerfile (its `COPY` files uploaded,
+/// `ENV` kept) into a template sandboxes start from; `e2b sandbox connect`
+/// opens a terminal into a sandbox (under a pseudo-terminal, as a person's
+/// shell gives it).
+#[test]
+fn the_e2b_cli_builds_a_template_and_opens_a_terminal() {
+    let cli = cli_dir();
+    let home = TestDir::new();
+    let server = TestServer::start();
+    server.import(&debian_image(), "deb", &[]);
+    let run = |args: &[&str]| {
+        ok(
+            e2b(&server, &cli, home.path(), args),
+            &args.join(" "),
+            &server,
+        )
+    };
+    let context = home.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("hello.txt"), "copied by the e2b cli\n").unwrap();
+    std::fs::write(
+        context.join("e2b.Dockerfile"),
+        "FROM deb\nENV GREETING=from-the-e2b-cli\nCOPY hello.txt /opt/hello.txt\nRUN cp /opt/hello.txt /opt/copied.txt\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "template",
+        "create",
+        "clitpl",
+        "-p",
+        context.to_str().unwrap(),
+    ]);
+    assert!(out.contains("Building sandbox template"), "{out}");
+    let id = run(&["sandbox", "create", "clitpl", "--detach"])
+        .trim()
+        .to_owned();
+    let id = id.lines().last().unwrap_or_default().trim().to_owned();
+    let out = run(&["sandbox", "exec", &id, "cat", "/opt/copied.txt"]);
+    assert!(out.contains("copied by the e2b cli"), "{out}");
+    let out = run(&["sandbox", "exec", &id, "printenv", "GREETING"]);
+    assert!(out.contains("from-the-e2b-cli"), "{out}");
+
+    // A terminal: keys typed go to a shell in the sandbox, its output
+    // comes back; `exit` ends it and the CLI.
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec"])
+        .arg(format!(
+            "{} sandbox connect {id}",
+            cli.join("node_modules/.bin/e2b").display()
+        ))
+        .arg("/dev/null")
+        .env("E2B_API_URL", server.url())
+        .env("E2B_SANDBOX_URL", server.url())
+        .env("E2B_API_KEY", server.api_key())
+        .env("HOME", home.path())
+        .env("NO_UPDATE_NOTIFIER", "1")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running script (util-linux)");
+    let mut stdin = child.stdin.take().unwrap();
+    let typing = std::thread::spawn(move || {
+        use std::io::Write;
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        let _ = stdin.write_all(b"echo pty-$((6*7)) in $(pwd)\r");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let _ = stdin.write_all(b"exit\r");
+        std::thread::sleep(std::time::Duration::from_secs(10));
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let _ = typing.join();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("pty-42 in /"),
+        "terminal output:\n{screen}\nstderr:\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail(30)
+    );
+    run(&["sandbox", "kill", &id]);
 }
 
 /// What stands in for the user's browser: fetches the login page the CLI
