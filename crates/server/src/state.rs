@@ -114,6 +114,9 @@ pub(crate) struct AppState {
     pub volumes_lock: RwLock<()>,
     /// The size of a new volume, MiB.
     pub volume_size_mb: u64,
+    /// The key volume tokens are signed with, once read
+    /// ([`crate::volumes`]).
+    pub volume_token_key: std::sync::OnceLock<Vec<u8>>,
     /// Registries that image pulls reach over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Runs template builds (`None` on a server whose node cannot build).
@@ -192,6 +195,7 @@ impl AppState {
             logs: crate::sandbox_logs::Journal::default(),
             volumes_lock: RwLock::new(()),
             volume_size_mb: cfg.volume_size_mb,
+            volume_token_key: std::sync::OnceLock::new(),
             insecure_registries: cfg.insecure_registries.clone(),
             builder,
             builds: Default::default(),

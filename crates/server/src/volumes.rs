@@ -29,7 +29,7 @@ pub(crate) const TOKEN_TTL_SECS: i64 = 3600;
 /// `Authorization: Bearer` ([`token_valid`]).
 pub(crate) fn token(st: &AppState, id: &str) -> Result<String, VolumeError> {
     use base64::Engine as _;
-    let key = token_key(&st.data_dir)?;
+    let key = signing_key(st)?;
     let exp = time::now_ms() / 1000 + TOKEN_TTL_SECS;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     sign(
@@ -58,7 +58,7 @@ pub(crate) fn token_valid(st: &AppState, token: &str, id: &str) -> bool {
         return false;
     }
     // Signed again with the key: the same token if it was ours.
-    let Ok(key) = token_key(&st.data_dir) else {
+    let Ok(key) = signing_key(st) else {
         return false;
     };
     sign(&key, claims).is_ok_and(|expected| ids::same_secret(&expected, token))
@@ -75,6 +75,17 @@ fn sign(key: &[u8], claims: &str) -> Result<String, VolumeError> {
         "{claims}.{}",
         b64.encode(mac.finalize().into_bytes())
     ))
+}
+
+/// [`token_key`], read once per server.
+fn signing_key(st: &AppState) -> Result<Vec<u8>, VolumeError> {
+    if let Some(key) = st.volume_token_key.get() {
+        return Ok(key.clone());
+    }
+    let key = token_key(&st.data_dir)?;
+    // Two first calls at once read the same file.
+    let _ = st.volume_token_key.set(key.clone());
+    Ok(key)
 }
 
 /// The 32-byte key volume tokens are signed with (`DATA/volume-token.key`,
