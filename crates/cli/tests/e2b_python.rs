@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use hutch_test_support::{
-    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, TestServer, debian_image, e2b_python,
+    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, FakeInternet, TestServer, debian_image,
+    e2b_python,
 };
 
 fn run_script(version: &str, script: &str) {
@@ -181,4 +182,32 @@ fn python_sdk_new_teams() {
 #[test]
 fn python_sdk_old_teams() {
     run_teams(E2B_PYTHON_OLD);
+}
+
+/// Domain names in egress rules (`allow_out` with `ALL_TRAFFIC` denied,
+/// `update_network`): the sandboxes resolve names with a nameserver beyond
+/// the host (`hutch serve --dns`), which the egress proxy uses too.
+fn run_network_names(version: &str) {
+    let net = FakeInternet::with_dns(&["allowed.test", "other.test"], &[]);
+    let dns = net.addr.to_string();
+    let server = TestServer::start_with_args(&["--dns", &dns]);
+    run_script_with(
+        version,
+        "network_names.py",
+        &server,
+        &[
+            ("HUTCH_ALLOWED_NAME", "allowed.test"),
+            ("HUTCH_OTHER_NAME", "other.test"),
+        ],
+    );
+}
+
+#[test]
+fn python_sdk_new_network_names() {
+    run_network_names(E2B_PYTHON_NEW);
+}
+
+#[test]
+fn python_sdk_old_network_names() {
+    run_network_names(E2B_PYTHON_OLD);
 }

@@ -15,7 +15,7 @@
 //! - `allow` (intervals): destinations a sandbox's `allowOut` accepts.
 //! - `deny` (intervals): destinations its `denyOut` rejects (`0.0.0.0/0`
 //!   when it has no internet access).
-//! - `dns`: the nameservers of sandboxes whose policy allows domain names:
+//! - `resolvers`: the nameservers of sandboxes whose policy allows domain names:
 //!   DNS (port 53) to them is accepted, so that they can resolve the names.
 //! - `inspect` (a map to a port): sandboxes whose policy allows domain
 //!   names; their TCP connections to port 80 or 443 of an address `deny`
@@ -23,9 +23,9 @@
 //!   proxy's ([`super::egress_proxy`]), instead of being rejected.
 //!
 //! Then everything else is accepted. See the parent module for the base
-//! chains around them. The set `proxy_ports` (not per sandbox) holds the
-//! egress proxies' ports: the only host ports a sandbox reaches, and only
-//! through the redirect.
+//! chains around them. The one host port a sandbox reaches is its egress
+//! proxy's, and only through the redirect (a connection from its own
+//! address, destination-NATed, first sent to port 80 or 443).
 
 use std::collections::BTreeSet;
 
@@ -41,7 +41,7 @@ const REJECT: &str = "reject with icmpx type admin-prohibited";
 
 /// A set present only in the current layout of the table; a table without
 /// it was made by an older Hutch and is replaced.
-pub(crate) const LAYOUT_MARKER_SET: &str = "dns";
+pub(crate) const LAYOUT_MARKER_SET: &str = "resolvers";
 
 /// The sets holding per-sandbox elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,7 +67,7 @@ impl Set {
             Set::Allow => "allow",
             Set::Deny => "deny",
             Set::Inspect => "inspect",
-            Set::Dns => "dns",
+            Set::Dns => "resolvers",
         }
     }
 
@@ -194,17 +194,15 @@ pub(crate) fn base_rules() -> String {
          add set inet {TABLE} allow {{ {key} flags interval ; }}\n\
          add set inet {TABLE} deny {{ {key} flags interval ; }}\n\
          add map inet {TABLE} inspect {{ type ifname : inet_service ; }}\n\
-         add set inet {TABLE} dns {{ {key} }}\n\
-         add set inet {TABLE} proxy_ports {{ type inet_service ; }}\n\
+         add set inet {TABLE} resolvers {{ {key} }}\n\
          add chain inet {TABLE} input {{ type filter hook input priority -10 ; policy accept ; }}\n\
          add chain inet {TABLE} forward {{ type filter hook forward priority -10 ; policy accept ; }}\n\
          add chain inet {TABLE} postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}\n\
          add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}\n\
          add chain inet {TABLE} from_sandbox\n\
          add rule inet {TABLE} prerouting iifname {hv} meta nfproto ipv4 tcp dport {{ 80, 443 }} ip daddr != {{ {ALWAYS_DENIED} }} fib daddr type != local iifname . ip daddr != @allow iifname . ip daddr @deny redirect to : iifname map @inspect\n\
-         add rule inet {TABLE} input iifname {hv} iifname . ip saddr @sources tcp dport @proxy_ports ct status dnat accept\n\
+         add rule inet {TABLE} input iifname {hv} iifname . ip saddr @sources meta l4proto tcp ct status dnat ct original proto-dst {{ 80, 443 }} accept\n\
          add rule inet {TABLE} input iifname {hv} {REJECT}\n\
-         add rule inet {TABLE} input tcp dport @proxy_ports drop\n\
          add rule inet {TABLE} forward iifname {hv} jump from_sandbox\n\
          add rule inet {TABLE} forward oifname {hv} ct state established,related accept\n\
          add rule inet {TABLE} forward oifname {hv} drop\n\
@@ -212,17 +210,12 @@ pub(crate) fn base_rules() -> String {
          add rule inet {TABLE} from_sandbox iifname . ip saddr != @sources drop\n\
          add rule inet {TABLE} from_sandbox oifname {hv} {REJECT}\n\
          add rule inet {TABLE} from_sandbox ip daddr {{ {ALWAYS_DENIED} }} {REJECT}\n\
-         add rule inet {TABLE} from_sandbox iifname . ip daddr @dns meta l4proto {{ tcp, udp }} th dport 53 accept\n\
+         add rule inet {TABLE} from_sandbox iifname . ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 accept\n\
          add rule inet {TABLE} from_sandbox iifname . ip daddr @allow accept\n\
          add rule inet {TABLE} from_sandbox iifname . ip daddr @deny {REJECT}\n\
          add rule inet {TABLE} from_sandbox accept\n\
          add rule inet {TABLE} postrouting iifname {hv} oifname != {hv} masquerade\n"
     )
-}
-
-/// Adds `port` to the egress proxies' ports.
-pub(crate) fn add_proxy_port(port: u16) -> String {
-    format!("add element inet {TABLE} proxy_ports {{ {port} }}\n")
 }
 
 /// Adds `elements` (adding one that exists is not an error).
@@ -376,8 +369,8 @@ mod tests {
                 "add element inet hutch allow { \"hvx1\" . 1.1.1.1/32 }",
                 "add element inet hutch deny { \"hvx1\" . 0.0.0.0/0 }",
                 "add element inet hutch inspect { \"hvx1\" : 41234 }",
-                "add element inet hutch dns { \"hvx1\" . 1.1.1.1 }",
-                "add element inet hutch dns { \"hvx1\" . 9.9.9.9 }",
+                "add element inet hutch resolvers { \"hvx1\" . 1.1.1.1 }",
+                "add element inet hutch resolvers { \"hvx1\" . 9.9.9.9 }",
             ]
         );
         // A map's element goes by its key.
@@ -454,11 +447,10 @@ mod tests {
         // The proxy's port is reached only through the redirect, from a
         // sandbox's own address; the rest of the host is rejected after.
         let proxy = b
-            .find("iifname . ip saddr @sources tcp dport @proxy_ports ct status dnat accept")
+            .find("iifname . ip saddr @sources meta l4proto tcp ct status dnat ct original proto-dst { 80, 443 } accept")
             .unwrap();
         let host = b.find("input iifname \"hv*\" reject").unwrap();
-        let others = b.find("input tcp dport @proxy_ports drop").unwrap();
-        assert!(proxy < host && host < others, "{b}");
+        assert!(proxy < host, "{b}");
     }
 
     #[test]
@@ -472,8 +464,7 @@ mod tests {
                 {"elem": {"val": {"concat": ["hvabcdef1", "1.1.1.1"]}, "comment": "x"}},
                 {"concat": ["hvother", {"range": ["10.0.0.1", "10.0.0.9"]}]},
             ]}},
-            {"set": {"name": "proxy_ports", "elem": [41234]}},
-            {"set": {"name": "dns", "elem": [{"concat": ["hvabcdef1", "9.9.9.9"]}]}},
+            {"set": {"name": "resolvers", "elem": [{"concat": ["hvabcdef1", "9.9.9.9"]}]}},
             {"map": {"name": "inspect", "type": "ifname", "map": "inet_service", "elem": [["hvabcdef1", 41234]]}},
             {"chain": {"name": "from_sandbox"}},
         ]});

@@ -659,8 +659,7 @@ impl Network {
         Ok(())
     }
 
-    /// Starts the egress proxy unless it runs, and lets sandboxes reach its
-    /// port through the redirect.
+    /// Starts the egress proxy unless it runs.
     fn start_proxy(&self) -> Result<(), RuntimeError> {
         let mut proxy = self.proxy.lock().unwrap_or_else(PoisonError::into_inner);
         if proxy.is_none()
@@ -669,12 +668,6 @@ impl Network {
             let started = egress_proxy::EgressProxy::start(&handle, self.cfg.pool)
                 .map_err(|e| net_err(format!("start the egress proxy: {e}")))?;
             *proxy = Some(started);
-        }
-        if let Some(p) = proxy.as_ref() {
-            self.nft(
-                &firewall::add_proxy_port(p.port()),
-                "open the egress proxy's port",
-            )?;
         }
         Ok(())
     }
