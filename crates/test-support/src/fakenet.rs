@@ -168,13 +168,14 @@ impl FakeInternet {
         }
         let child = cmd
             .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("FakeInternet: cannot run dnsmasq (apt install dnsmasq-base): {e}")
             });
         net.dns = Some(child);
         // Ready once it answers on its port.
-        let ready = (0..100).any(|_| {
+        let ready = (0..200).any(|_| {
             let probe = Command::new("ip")
                 .args(["netns", "exec", &net.netns, "ss", "-Hlun"])
                 .output()
@@ -185,7 +186,17 @@ impl FakeInternet {
             }
             probe
         });
-        assert!(ready, "FakeInternet: dnsmasq did not start");
+        if !ready {
+            let mut said = String::new();
+            if let Some(mut dns) = net.dns.take() {
+                let _ = dns.kill();
+                if let Some(mut err) = dns.stderr.take() {
+                    let _ = err.read_to_string(&mut said);
+                }
+                let _ = dns.wait();
+            }
+            panic!("FakeInternet: dnsmasq did not start: {said}");
+        }
         net
     }
 }

@@ -76,12 +76,23 @@ pub(crate) struct EgressProxy {
 }
 
 impl EgressProxy {
-    /// Binds the proxy's port (on every address: the firewall redirects a
-    /// sandbox's connections to its gateway address, and accepts nothing
-    /// else on that port) and serves it on `handle`'s runtime. `pool` is
-    /// the sandboxes' address pool, never connected to.
-    pub fn start(handle: &tokio::runtime::Handle, pool: Cidr) -> std::io::Result<EgressProxy> {
-        let std_listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    /// Binds the proxy's port — `preferred` when it is free (the port a
+    /// previous run of the server used, which its sandboxes' redirects
+    /// still name), else any — on every address (the firewall redirects a
+    /// sandbox's connections to its gateway address), and serves it on
+    /// `handle`'s runtime. `pool` is the sandboxes' address pool, never
+    /// connected to.
+    pub fn start(
+        handle: &tokio::runtime::Handle,
+        pool: Cidr,
+        preferred: Option<u16>,
+    ) -> std::io::Result<EgressProxy> {
+        let std_listener = match preferred
+            .and_then(|p| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).ok())
+        {
+            Some(l) => l,
+            None => std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?,
+        };
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let routes: Arc<RwLock<HashMap<Ipv4Addr, Route>>> = Arc::default();

@@ -665,8 +665,20 @@ impl Network {
         if proxy.is_none()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
-            let started = egress_proxy::EgressProxy::start(&handle, self.cfg.pool)
+            // The port of the previous run, which running sandboxes'
+            // redirects name: kept when free, so that they stay served.
+            let port_file = self.cfg.run_dir.join(format!("proxy-{}", self.tag));
+            let preferred = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok());
+            let started = egress_proxy::EgressProxy::start(&handle, self.cfg.pool, preferred)
                 .map_err(|e| net_err(format!("start the egress proxy: {e}")))?;
+            let tmp = port_file.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, started.port().to_string())
+                .and_then(|()| std::fs::rename(&tmp, &port_file))
+            {
+                tracing::warn!("cannot record the egress proxy's port: {e}");
+            }
             *proxy = Some(started);
         }
         Ok(())
