@@ -154,12 +154,7 @@ impl Keys {
             KeyKind::ApiKey => ids::new_api_key(),
             KeyKind::AccessToken => ids::new_user_access_token(),
         };
-        let result = self
-            .db
-            .create_api_key(new_key(&key, team, name, kind))
-            .await;
-        self.changed();
-        let row = result?;
+        let row = self.store(&key, team, name, kind).await?;
         tracing::info!(key_id = row.id, team = team, "API key created");
         Ok((key, row))
     }
@@ -169,14 +164,22 @@ impl Keys {
     pub async fn create_cli_token(&self, team: &str, name: &str) -> Result<String, DbError> {
         let exp = time::now_ms() / 1000 + CLI_TOKEN_SECS;
         let token = ids::new_cli_token(exp);
-        let result = self
-            .db
-            .create_api_key(new_key(&token, team, name, KeyKind::AccessToken))
-            .await;
-        self.changed();
-        let row = result?;
+        let row = self.store(&token, team, name, KeyKind::AccessToken).await?;
         tracing::info!(key_id = row.id, team = team, "CLI login token created");
         Ok(token)
+    }
+
+    /// Stores the new key `key` and forgets the cached valid keys.
+    async fn store(
+        &self,
+        key: &str,
+        team: &str,
+        name: &str,
+        kind: KeyKind,
+    ) -> Result<ApiKeyRow, DbError> {
+        let result = self.db.create_api_key(new_key(key, team, name, kind)).await;
+        self.changed();
+        result
     }
 
     /// Revokes the valid key `key` (the key itself, as a client holds it);
