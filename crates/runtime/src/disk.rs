@@ -295,14 +295,21 @@ fn mkfs(image: &Path, journal: Journal, tools: &ToolNamespace) -> Result<(), Run
         .output()
         .ctx(|| format!("run {MKFS} (install e2fsprogs)"))?;
     if !out.status.success() {
+        let said = format!(
+            "{}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        // mkfs reports a full host disk only in words: keep it recognisable.
+        let kind = if said.contains("No space left on device") {
+            std::io::ErrorKind::StorageFull
+        } else {
+            std::io::ErrorKind::Other
+        };
         return Err(RuntimeError::io(
             format!("{MKFS} {}", image.display()),
-            std::io::Error::other(format!(
-                "{}: {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
+            std::io::Error::new(kind, said),
         ));
     }
     Ok(())

@@ -98,18 +98,20 @@ impl IntoResponse for ApiError {
 /// Middleware: an error response that no Hutch handler made — axum's own
 /// rejections (a path segment that is not valid UTF-8 or percent-encoding,
 /// a body over the size limit, …) — is rewritten into E2B's JSON error body,
-/// keeping its status, its message and its other headers. Responses that
-/// are JSON already pass untouched.
+/// keeping its status, its message and its other headers. Responses of
+/// another type (JSON already, the CLI login's HTML pages) pass untouched.
 pub(crate) async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
     use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
     let resp = next.run(req).await;
     let status = resp.status();
-    let is_json = resp
+    // axum's rejections are plain text (or have no body); a JSON error or
+    // a page of the CLI login is an answer of its own.
+    let is_rejection = resp
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !is_rejection {
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -141,6 +143,9 @@ impl From<crate::lifecycle::SandboxError> for ApiError {
                 return ApiError::from(e);
             }
             E::Invalid(_) => StatusCode::BAD_REQUEST,
+            E::HostFull(_) => return storage_full(e),
+            E::Db(db) if is_storage_full(db) => return storage_full(e),
+            E::Db(db) if is_db_busy(db) => return db_busy(db),
             E::Failed(_) | E::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -151,6 +156,9 @@ impl From<crate::catalog::CatalogError> for ApiError {
     fn from(e: crate::catalog::CatalogError) -> Self {
         use crate::catalog::CatalogError as E;
         use hutch_image::ImageError as I;
+        if is_storage_full(&e) {
+            return storage_full(e);
+        }
         let status = match &e {
             E::Exists(_) | E::Taken(_) | E::InUse { .. } => StatusCode::CONFLICT,
             E::NotFound(_) | E::NoSuchTags { .. } => StatusCode::NOT_FOUND,
@@ -178,6 +186,12 @@ impl From<crate::catalog::CatalogError> for ApiError {
 
 impl From<crate::db::DbError> for ApiError {
     fn from(e: crate::db::DbError) -> Self {
+        if is_storage_full(&e) {
+            return storage_full(format!("database error: {e}"));
+        }
+        if is_db_busy(&e) {
+            return db_busy(&e);
+        }
         ApiError::internal(format!("database error: {e}"))
     }
 }
@@ -223,6 +237,67 @@ where
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
     }
+}
+
+/// Whether `e`, or an error it was caused by, is the host running out of
+/// disk space or quota (`ENOSPC`, `EDQUOT`): what the API answers with 507
+/// Insufficient Storage instead of a 500, since freeing space fixes it.
+pub(crate) fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+        {
+            return true;
+        }
+        // `DbError` is transparent: its source is the SQLite error's own.
+        let sqlite = match e.downcast_ref::<crate::db::DbError>() {
+            Some(crate::db::DbError::Sqlite(e)) => Some(e),
+            _ => e.downcast_ref::<rusqlite::Error>(),
+        };
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = sqlite
+            && f.code == rusqlite::ErrorCode::DiskFull
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Whether a database error is SQLite's lock being held by another
+/// process for longer than the server waits (`SQLITE_BUSY`/`SQLITE_LOCKED`).
+pub(crate) fn is_db_busy(e: &crate::db::DbError) -> bool {
+    matches!(
+        e,
+        crate::db::DbError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+    )
+}
+
+/// 503 for a database another process keeps locked: nothing was changed,
+/// and the same request can be sent again.
+fn db_busy(e: &crate::db::DbError) -> ApiError {
+    tracing::warn!("database busy: {e}");
+    ApiError::unavailable(format!(
+        "the database is busy (another process holds its lock): nothing was changed; try again ({e})"
+    ))
+}
+
+/// 507 Insufficient Storage: the host's disk is full.
+pub(crate) fn storage_full(message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        format!(
+            "{message} (the host's disk is full: free some space under the data directory and try again)"
+        ),
+    )
 }
 
 /// An I/O error in a few words, without the "(os error N)" tail:

@@ -157,12 +157,27 @@ pub(crate) enum SandboxError {
     /// bounds).
     #[error("{0}")]
     Invalid(String),
+    /// The node ran out of host disk space (507: freeing space fixes it).
+    #[error("{0}")]
+    HostFull(String),
     /// The node or the sandbox failed.
     #[error("{0}")]
     Failed(String),
     /// The store failed.
     #[error("database error: {0}")]
     Db(#[from] crate::db::DbError),
+}
+
+impl SandboxError {
+    /// The node failed at `what`: [`SandboxError::HostFull`] when the cause
+    /// is a full host disk, else [`SandboxError::Failed`].
+    pub(crate) fn node(what: String, cause: &NodeError) -> SandboxError {
+        let message = format!("{what}: {cause}");
+        match cause {
+            NodeError::HostFull(_) => SandboxError::HostFull(message),
+            _ => SandboxError::Failed(message),
+        }
+    }
 }
 
 /// What a create request asks for (validated by the caller).
@@ -291,8 +306,8 @@ pub(crate) async fn create_sandbox(
         AgentClient::new(sandbox.socket.clone())
             .init(&init_request(&args.env, &args.access_token))
             .await
-            .map_err(|e| format!("initialising its agent failed: {e}"))?;
-        Ok::<_, String>(sandbox)
+            .map_err(|e| NodeError::Failed(format!("initialising its agent failed: {e}")))?;
+        Ok::<_, NodeError>(sandbox)
     }
     .await;
     drop(cold_boot);
@@ -305,10 +320,10 @@ pub(crate) async fn create_sandbox(
             if let Err(e) = st.db.delete_sandbox(id.clone()).await {
                 tracing::warn!(sandbox = %id, "removing a failed sandbox's row: {e}");
             }
-            return Err(SandboxError::Failed(format!(
-                "cannot start a sandbox from template '{}': {cause}",
-                template.name
-            )));
+            return Err(SandboxError::node(
+                format!("cannot start a sandbox from template '{}'", template.name),
+                &cause,
+            ));
         }
     };
 
@@ -484,10 +499,10 @@ pub(crate) async fn boot_sandbox(
     st: &AppState,
     spec: SandboxSpec,
     meta: &TemplateMetadata,
-) -> Result<Booted, String> {
+) -> Result<Booted, NodeError> {
     let id = spec.id.clone();
     let resume = spec.resume_from_disk;
-    let sandbox = st.node.create(spec).await.map_err(|e| e.to_string())?;
+    let sandbox = st.node.create(spec).await?;
     if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
         return Ok(sandbox);
     }
@@ -514,7 +529,9 @@ pub(crate) async fn boot_sandbox(
             if let Err(d) = cleanup {
                 tracing::warn!(sandbox = %id, "cleaning up a sandbox that did not get ready: {d}");
             }
-            Err(format!("its start or ready command failed: {e}"))
+            Err(NodeError::Failed(format!(
+                "its start or ready command failed: {e}"
+            )))
         }
     }
 }
@@ -927,9 +944,11 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, S
             if let Err(e) = st.node.stop_keep_disk(id).await {
                 tracing::warn!(sandbox = %id, "stopping a sandbox whose resume failed: {e}");
             }
-            return Err(format!("initialising its agent failed: {e}"));
+            return Err(NodeError::Failed(format!(
+                "initialising its agent failed: {e}"
+            )));
         }
-        Ok::<_, String>(sandbox)
+        Ok::<_, NodeError>(sandbox)
     }
     .await;
     drop(cold_boot);
@@ -938,9 +957,10 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, S
         Ok(sandbox) => Ok(Some(sandbox)),
         // Killed while it booted.
         Err(_) if !st.live().contains_key(id) => Ok(None),
-        Err(cause) => Err(SandboxError::Failed(format!(
-            "cannot resume sandbox {id} (it stays paused): {cause}"
-        ))),
+        Err(cause) => Err(SandboxError::node(
+            format!("cannot resume sandbox {id} (it stays paused)"),
+            &cause,
+        )),
     }
 }
 

@@ -499,7 +499,7 @@ async fn refill_task(st: Arc<AppState>, template_id: String) {
                     template = %template.name,
                     "warm pool: booting a sandbox failed, not retrying until the next create: {e}"
                 );
-                st.pool.end_task(&template_id, false, Some(e));
+                st.pool.end_task(&template_id, false, Some(e.to_string()));
                 return;
             }
         }

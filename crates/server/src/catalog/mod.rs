@@ -76,6 +76,7 @@ pub(crate) enum CatalogError {
         /// The template.
         name: String,
         /// Why.
+        #[source]
         error: ImageError,
     },
     /// An image could not be pulled (the error names the image and the
@@ -85,6 +86,7 @@ pub(crate) enum CatalogError {
         /// The image.
         reference: String,
         /// Why.
+        #[source]
         error: ImageError,
     },
     /// A tag is not a valid tag ([`valid_tag`]).

@@ -144,7 +144,7 @@ async fn capture(
     // The new layer must not be collected before the snapshot's row
     // refers to it.
     let layers_guard = st.layers_lock.read().await;
-    let failed = |e: NodeError| SandboxError::Failed(format!("cannot snapshot sandbox {id}: {e}"));
+    let failed = |e: NodeError| SandboxError::node(format!("cannot snapshot sandbox {id}"), &e);
     if !frozen {
         st.node.pause(id).await.map_err(failed)?;
     }

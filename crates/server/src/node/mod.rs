@@ -46,6 +46,9 @@ pub(crate) enum NodeError {
     /// A sandbox to boot or stop on its kept disk has none.
     #[error("{0}")]
     NoKeptDisk(String),
+    /// The host's disk (or quota) is full: freeing space fixes it.
+    #[error("{0}")]
+    HostFull(String),
     /// Anything else, with the node's explanation.
     #[error("{0}")]
     Failed(String),
@@ -57,6 +60,7 @@ impl From<RuntimeError> for NodeError {
         match e {
             RuntimeError::NotFound { .. } => NodeError::NotFound(message),
             RuntimeError::NoKeptDisk { .. } => NodeError::NoKeptDisk(message),
+            e if crate::error::is_storage_full(&e) => NodeError::HostFull(message),
             _ => NodeError::Failed(message),
         }
     }
@@ -314,6 +318,12 @@ impl LocalNode {
         })
         .await
         .map_err(|e| failed(&e))?
-        .map_err(|e| failed(&e))
+        .map_err(|e| {
+            if crate::error::is_storage_full(&e) {
+                NodeError::HostFull(format!("cannot snapshot sandbox {id}: {e}"))
+            } else {
+                failed(&e)
+            }
+        })
     }
 }
