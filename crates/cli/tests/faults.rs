@@ -1,5 +1,6 @@
 //! Faults around the server: `runc` failing or missing, the server killed
-//! with `kill -9` in the middle of a create, a snapshot and a file upload,
+//! with `kill -9` in the middle of a create, a template build, a file upload
+//! and a snapshot,
 //! the data directory's disk full, and the database locked by another
 //! process. Each time the caller gets a clear error, nothing half-made is
 //! listed afterwards, nothing is leaked on the host, and what had completed
@@ -248,7 +249,7 @@ fn start_upload(server: &TestServer, id: &str, path: &str) -> TcpStream {
 }
 
 #[test]
-fn kill9_in_the_middle_of_a_create_a_snapshot_and_an_upload_loses_nothing_finished() {
+fn kill9_during_a_create_a_build_an_upload_and_a_snapshot_loses_nothing_finished() {
     let dir = TestDir::new();
     let runc = FaultyRunc::install(dir.path());
     let runc_path = runc.path();
@@ -279,7 +280,49 @@ fn kill9_in_the_middle_of_a_create_a_snapshot_and_an_upload_loses_nothing_finish
     assert_host_holds(&server, std::slice::from_ref(&kept));
     assert_eq!(sh_ok(&server, &kept, "cat /root/done").trim(), "before");
 
-    // 2. An upload cut off by the crash: the file never appears, not even
+    // 2. A template build whose RUN step's build sandbox is starting when
+    //    the server dies: afterwards no half-built template is listed,
+    //    nothing of the build is left, and the same build then succeeds.
+    let ctx = TestDir::new();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM bb\nRUN echo built > /built.txt\n",
+    )
+    .unwrap();
+    runc.set("hold", "run");
+    let building: Child = server
+        .hutch()
+        .args(["template", "build", "--name", "half"])
+        .arg(ctx.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    runc.wait_held("run");
+    let dir = server.kill9();
+    runc.clear("hold", "run");
+    let out = building.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the build cannot have succeeded");
+    let server = TestServer::restart_with_args(dir, &args);
+    let templates = server.cli_ok(&["template", "list"]);
+    assert!(!templates.contains("half"), "{templates}");
+    assert_eq!(listed(&server), vec![kept.clone()]);
+    assert_host_holds(&server, std::slice::from_ref(&kept));
+    server.cli_ok(&[
+        "template",
+        "build",
+        "--name",
+        "half",
+        ctx.path().to_str().unwrap(),
+    ]);
+    let from_build = server.create_sandbox("half", &[]);
+    assert_eq!(
+        sh_ok(&server, &from_build, "cat /built.txt").trim(),
+        "built"
+    );
+    server.cli_ok(&["sandbox", "kill", &from_build]);
+
+    // 3. An upload cut off by the crash: the file never appears, not even
     //    in part; what was there stays.
     sh_ok(&server, &kept, "echo old > /root/upload.bin");
     let conn = start_upload(&server, &kept, "/root/upload.bin");
@@ -300,7 +343,7 @@ fn kill9_in_the_middle_of_a_create_a_snapshot_and_an_upload_loses_nothing_finish
         "no partial file is left: {names}"
     );
 
-    // 3. A snapshot under way (copying 64 MiB of the sandbox's files) when
+    // 4. A snapshot under way (copying 64 MiB of the sandbox's files) when
     //    the server dies: afterwards the snapshot is either listed and whole
     //    or not listed at all, and the sandbox is in the state the server
     //    reports and usable.
