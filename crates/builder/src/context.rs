@@ -162,8 +162,21 @@ fn pack_err(rel: &Path, e: std::io::Error) -> BuildError {
 
 /// Unpacks a context tar (as [`pack`] writes it, or gzip-compressed, as
 /// the E2B SDKs upload `COPY` file sets) into `dir`, which must exist and
-/// be empty. Paths cannot escape `dir`.
+/// be empty. Paths cannot escape `dir`. The (decompressed) tar may be no
+/// larger than the space free on `dir`'s file system, so a small gzip body
+/// that expands without end is refused rather than filling the disk.
 pub fn unpack(reader: &mut dyn Read, dir: &Path) -> Result<(), BuildError> {
+    let vfs = rustix::fs::statvfs(dir).map_err(|e| {
+        BuildError::Context(format!(
+            "cannot measure the free space of {}: {e}",
+            dir.display()
+        ))
+    })?;
+    unpack_limited(reader, dir, vfs.f_bavail.saturating_mul(vfs.f_frsize))
+}
+
+/// [`unpack`] with an explicit bound on the size of the decompressed tar.
+pub fn unpack_limited(reader: &mut dyn Read, dir: &Path, max_bytes: u64) -> Result<(), BuildError> {
     // Tell gzip from tar by the first two bytes (gzip's magic number).
     let mut head = [0u8; 2];
     let mut got = 0;
@@ -176,10 +189,46 @@ pub fn unpack(reader: &mut dyn Read, dir: &Path) -> Result<(), BuildError> {
         }
     }
     let mut whole = Read::chain(&head[..got], reader);
-    if head[..got] == [0x1f, 0x8b] {
-        unpack_tar(&mut flate2::read::GzDecoder::new(whole), dir)
+    let mut gz;
+    let decompressed: &mut dyn Read = if head[..got] == [0x1f, 0x8b] {
+        gz = flate2::read::GzDecoder::new(whole);
+        &mut gz
     } else {
-        unpack_tar(&mut whole, dir)
+        &mut whole
+    };
+    let mut capped = Capped {
+        inner: decompressed,
+        left: max_bytes,
+        hit: false,
+    };
+    let result = unpack_tar(&mut capped, dir);
+    if capped.hit {
+        return Err(BuildError::Context(format!(
+            "the context expands to more than {max_bytes} bytes, more than there is room for; \
+             send a smaller context (a small compressed context that expands this much is a \
+             compression bomb)"
+        )));
+    }
+    result
+}
+
+/// Counts the bytes read through it and fails once there are more than
+/// `left`.
+struct Capped<'a> {
+    inner: &'a mut dyn Read,
+    left: u64,
+    hit: bool,
+}
+
+impl Read for Capped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.hit = true;
+            return Err(std::io::Error::other("the context is too large"));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 
@@ -195,10 +244,20 @@ fn unpack_tar(reader: &mut dyn Read, dir: &Path) -> Result<(), BuildError> {
     {
         let mut entry =
             entry.map_err(|e| BuildError::Context(format!("cannot read the context: {e}")))?;
-        // `unpack_in` refuses paths that would land outside `dir`.
-        entry
+        // `unpack_in` refuses to write anything outside `dir`: through a
+        // symlink (an error), or at a path with `..` in it (skipped, and
+        // refused here). Hard links must point inside `dir` too; device
+        // nodes become empty regular files.
+        let unpacked = entry
             .unpack_in(dir)
             .map_err(|e| BuildError::Context(format!("cannot unpack the context: {e}")))?;
+        if !unpacked {
+            return Err(BuildError::Context(format!(
+                "the context holds `{}`, a path that leaves it; a context holds relative paths \
+                 without `..` only",
+                String::from_utf8_lossy(&entry.path_bytes())
+            )));
+        }
     }
     Ok(())
 }
@@ -299,6 +358,9 @@ fn inside(root: &Path, abs: &Path, source: &str) -> Result<(), BuildError> {
     let parent = abs.parent().unwrap_or(abs);
     match parent.canonicalize() {
         Ok(p) if p.starts_with(&root) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BuildError::Context(format!(
+            "`{source}` not found in the build context (is it excluded by .dockerignore?)"
+        ))),
         _ => Err(BuildError::Context(format!(
             "`{source}` is outside the build context (through a symlink)"
         ))),

@@ -552,7 +552,16 @@ impl<'a> LayerWriter<'a> {
             self.tar
                 .symlink(&rel, target.as_os_str(), owner.uid, owner.gid, meta.mtime())?;
         } else if ft.is_file() {
-            let f = std::fs::File::open(host).map_err(|e| io_err("open", host, e))?;
+            // Not following a symlink put in the file's place since the
+            // stat: only the context's own files are read.
+            let f = {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(host)
+                    .map_err(|e| io_err("open", host, e))?
+            };
             self.tar.file_sized(
                 &rel,
                 perm,

@@ -158,9 +158,21 @@ fn resolve_dest(stack: &LayerStack, dest: &str) -> String {
     resolved.unwrap_or_else(|| trimmed.to_owned())
 }
 
-/// Whether `path` is a tar archive (plain, gzip or zstd).
+/// Opens a context file without following a symlink in its place: a
+/// symlink in the context is copied as a symlink, never read through.
+fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Whether `path` is a tar archive (plain, gzip or zstd); a symlink is not
+/// (it is copied as a link, so `ADD` never extracts a file outside the
+/// context that a symlink points at).
 fn is_archive(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
+    let Ok(f) = open_nofollow(path) else {
         return false;
     };
     let Ok(mut reader) = decompressed(f) else {
@@ -189,7 +201,7 @@ fn extract_into(
     dest: &str,
     plan: &CopyPlan<'_>,
 ) -> Result<(), BuildError> {
-    let f = std::fs::File::open(archive)
+    let f = open_nofollow(archive)
         .map_err(|e| BuildError::Step(format!("cannot open {}: {e}", archive.display())))?;
     let reader = decompressed(f)
         .map_err(|e| BuildError::Step(format!("cannot read {}: {e}", archive.display())))?;

@@ -70,6 +70,21 @@ pub enum ImageError {
         detail: String,
     },
 
+    /// Something in the image is larger than Hutch accepts: a layer that unpacks to more than
+    /// the store's limit (a compression bomb, say), a compressed archive that decompresses to
+    /// more, or a manifest, index or config above the metadata limits. Nothing of it is kept.
+    #[error("{what} of {image} is too large: {detail}")]
+    TooLarge {
+        /// What is too large, e.g. "layer sha256:abcd… (2 of 3)".
+        what: String,
+        /// The source.
+        image: String,
+        /// The limit it exceeded, in bytes.
+        limit: u64,
+        /// What was found, which limit applies and how to raise it.
+        detail: String,
+    },
+
     /// A manifest, index, config or manifest.json is well-formed data of the wrong shape.
     #[error("{what} of {image} is invalid: {detail}")]
     Invalid {

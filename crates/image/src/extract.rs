@@ -10,6 +10,8 @@
 //!   such): a sandbox's `/dev` is a file system of its own, and its device cgroup would refuse
 //!   to open them anyway — except `/dev/net/tun`, which runc's default rules let through and
 //!   which a layer must not hand to a sandbox. FIFOs are kept.
+//! * What a layer may unpack to is bounded by a byte budget (see [`unpack_layer`]); names or
+//!   link targets holding a NUL byte are refused.
 //! * Ownership (numeric), permission bits including setuid/setgid/sticky, mtimes and xattrs
 //!   are kept. A directory's metadata is applied after everything else (so creating its
 //!   children does not disturb its mtime), taken from the last entry naming it.
@@ -31,6 +33,8 @@ pub(crate) enum ExtractError {
     Read(io::Error),
     /// The tar is well-formed but says something impossible (e.g. a hard link to nothing).
     Bad(String),
+    /// The layer unpacks to more than the byte budget it was given.
+    TooLarge,
     /// Writing into the staging directory failed.
     Write {
         action: &'static str,
@@ -81,16 +85,26 @@ struct Meta {
 /// reader, positioned after the tar's end-of-archive marker (or at EOF if it had none), and
 /// the stream offset where the last entry's data (padded to a 512-byte block) ends: a reader
 /// further than that read an end-of-archive block, one exactly there hit EOF instead.
-pub(crate) fn unpack_layer<R: Read>(reader: R, root: &Path) -> Result<(R, u64)> {
+///
+/// `max_bytes` bounds what the layer may unpack to: an entry whose data would end past that
+/// offset of the tar stream, or file data (sparse files counted at their full size) adding up
+/// to more, stops extraction with [`ExtractError::TooLarge`] before it is written.
+pub(crate) fn unpack_layer<R: Read>(reader: R, root: &Path, max_bytes: u64) -> Result<(R, u64)> {
     let mut archive = tar::Archive::new(reader);
     let mut dirs: HashMap<PathBuf, Meta> = HashMap::new();
     let mut end = 0u64;
+    let mut budget = max_bytes;
     {
         let entries = archive.entries().map_err(ExtractError::Read)?;
         for entry in entries {
             let mut entry = entry.map_err(ExtractError::Read)?;
-            end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-            unpack_entry(&mut entry, root, &mut dirs)?;
+            end = entry
+                .raw_file_position()
+                .saturating_add(entry.size().div_ceil(512) * 512);
+            if end > max_bytes {
+                return Err(ExtractError::TooLarge);
+            }
+            unpack_entry(&mut entry, root, &mut dirs, &mut budget)?;
         }
     }
     // Deepest first; order does not matter for correctness but keeps it predictable.
@@ -110,8 +124,16 @@ fn unpack_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     root: &Path,
     dirs: &mut HashMap<PathBuf, Meta>,
+    budget: &mut u64,
 ) -> Result<()> {
     let kind = entry.header().entry_type();
+    // A NUL cannot be part of a file name; a PAX path or link target holding one is forged.
+    if entry.path_bytes().contains(&0) || entry.link_name_bytes().is_some_and(|l| l.contains(&0)) {
+        return Err(ExtractError::Bad(format!(
+            "entry {:?} has a NUL byte in its name or link target",
+            String::from_utf8_lossy(&entry.path_bytes())
+        )));
+    }
     let comps = normalize(&entry.path_bytes());
     let meta = read_meta(entry)?;
 
@@ -181,7 +203,7 @@ fn unpack_entry<R: Read>(
                 .custom_flags(o_nofollow())
                 .open(&path)
                 .map_err(write_err("create file", &path))?;
-            copy_data(entry, &mut file, &path)?;
+            copy_data(entry, &mut file, &path, budget)?;
             rustix::fs::fchown(&file, uid(meta.uid), gid(meta.gid))
                 .map_err(rustix_err("set the owner of", &path))?;
             rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
@@ -279,7 +301,8 @@ fn o_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-fn copy_data<R: Read>(entry: &mut R, file: &mut File, path: &Path) -> Result<()> {
+/// Copies an entry's data into `file`, taking what it writes from `budget`.
+fn copy_data<R: Read>(entry: &mut R, file: &mut File, path: &Path, budget: &mut u64) -> Result<()> {
     let mut buf = vec![0u8; 128 * 1024];
     loop {
         let n = match entry.read(&mut buf) {
@@ -288,6 +311,7 @@ fn copy_data<R: Read>(entry: &mut R, file: &mut File, path: &Path) -> Result<()>
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ExtractError::Read(e)),
         };
+        *budget = budget.checked_sub(n as u64).ok_or(ExtractError::TooLarge)?;
         file.write_all(&buf[..n])
             .map_err(write_err("write file", path))?;
     }

@@ -11,8 +11,7 @@ use crate::source::{Source, normalize_rel};
 use crate::store::StagedLayer;
 use crate::{ImageConfig, ImageError, ImportProgress, ImportedImage, LayerStore};
 
-/// Manifests, indexes, configs and manifest.json are small; refuse anything huge.
-const METADATA_LIMIT: u64 = 16 << 20;
+use crate::MAX_METADATA_SIZE as METADATA_LIMIT;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -125,13 +124,16 @@ impl Ctx<'_> {
             detail: format!("{what} has digest {digest:?} ({e}); only sha256 is supported"),
         })?;
         if desc.size() > METADATA_LIMIT {
-            return Err(self.invalid(
-                what,
-                format!(
-                    "its descriptor says {} bytes, too large for metadata",
+            return Err(ImageError::TooLarge {
+                what: what.to_owned(),
+                image: self.image.to_owned(),
+                limit: METADATA_LIMIT,
+                detail: format!(
+                    "its descriptor says {} bytes, more than the {METADATA_LIMIT} allowed for \
+                     a manifest, index or config",
                     desc.size()
                 ),
-            ));
+            });
         }
         let rel = format!("blobs/sha256/{hex}");
         let bytes = self.read_file(&rel, what)?;

@@ -30,6 +30,11 @@ pub use template::{
     TEMPLATE_SCHEMA_VERSION, TemplateDocument, TemplateLimits, TemplateMetadata, TemplateSource,
 };
 
+/// The most bytes a manifest, image index, image config, `index.json` or `manifest.json` may
+/// have, in an imported image or from a registry (registries refuse manifests above 4 MiB).
+/// Larger ones are refused with [`ImageError::TooLarge`] before they are read into memory.
+pub const MAX_METADATA_SIZE: u64 = 4 << 20;
+
 /// Progress of an import, reported as it happens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -136,8 +136,8 @@ const LAYER_TYPES: &[&str] = &[
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 ];
 
-/// Largest image config accepted.
-const MAX_CONFIG_SIZE: i64 = 16 << 20;
+/// Largest manifest, manifest list or image config accepted.
+const MAX_METADATA: u64 = crate::MAX_METADATA_SIZE;
 
 /// How often a downloading layer reports progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -186,6 +186,14 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// blob the index knows whose config diff id disagrees with what the blob was seen to unpack
 /// to is refused before anything is fetched.
 ///
+/// # Bounds
+///
+/// Manifests and manifest lists are read by Hutch itself, no further than
+/// [`crate::MAX_METADATA_SIZE`] (a larger `Content-Length` is refused unread); a manifest list
+/// entry or config whose descriptor declares more is not fetched, and a config body is read
+/// no further than its declared size. Layers unpack within the store's bound (see
+/// [`LayerStore::with_max_unpacked_size`]). All of these fail with [`ImageError::TooLarge`].
+///
 /// # Errors
 ///
 /// Errors name the image and the registry: [`ImageError::RegistryNotFound`] for an unknown
@@ -226,12 +234,25 @@ pub async fn pull(
         ..ClientConfig::default()
     };
     let client = Client::try_from(config).map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
-    client
+    let token = client
         .auth(&parsed, &auth, RegistryOperation::Pull)
         .await
         .map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
+    let fetcher = ManifestFetcher {
+        client: &client,
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .user_agent(concat!("hutch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ctx.unreachable(error_chain(&e)))?,
+        auth: &auth,
+        token,
+        scheme: if plain_http { "http" } else { "https" },
+        ctx: &ctx,
+    };
 
-    let (manifest_digest, manifest) = resolve_manifest(&client, &parsed, &auth, &ctx).await?;
+    let (manifest_digest, manifest) = resolve_manifest(&fetcher, &parsed).await?;
     let image_ref = parsed.clone_with_digest(manifest_digest.clone());
 
     // The config: what the layers unpack to, and the runtime defaults.
@@ -244,24 +265,56 @@ pub async fn pull(
         )));
     }
     ctx.check_digest(&cdesc.digest, "the image config")?;
-    if !(0..=MAX_CONFIG_SIZE).contains(&cdesc.size) {
+    let cwhat = format!("image config {}", short(&cdesc.digest));
+    if cdesc.size < 0 {
         return Err(ctx.invalid(
             "manifest",
-            format!("its config size {} is out of range", cdesc.size),
+            format!("its config size {} is negative", cdesc.size),
         ));
     }
+    if cdesc.size as u64 > MAX_METADATA {
+        return Err(ctx.too_large(
+            &cwhat,
+            format!(
+                "the manifest says it is {} bytes, more than the {MAX_METADATA} allowed for an \
+                 image config; it was not fetched",
+                cdesc.size
+            ),
+        ));
+    }
+    // Read no more than the manifest declares, whatever the registry sends.
+    let declared = cdesc.size as u64;
     let mut config_bytes = Vec::with_capacity(cdesc.size as usize);
-    client
-        .pull_blob(&image_ref, cdesc.digest.as_str(), &mut config_bytes)
+    let mut config_stream = client
+        .pull_blob_stream(&image_ref, cdesc.digest.as_str())
         .await
-        .map_err(|e| {
-            ctx.registry_error(
-                e,
-                Phase::Blob(format!("image config {}", short(&cdesc.digest))),
-            )
-        })?;
+        .map_err(|e| ctx.registry_error(e, Phase::Blob(cwhat.clone())))?
+        .stream;
+    while let Some(item) = config_stream.next().await {
+        match item {
+            Ok(chunk) => {
+                if config_bytes.len() as u64 + chunk.len() as u64 > declared {
+                    return Err(ctx.corrupt(
+                        &cwhat,
+                        format!(
+                            "the registry sent more than the {declared} bytes the manifest \
+                             declares"
+                        ),
+                    ));
+                }
+                config_bytes.extend_from_slice(&chunk);
+            }
+            // The client's own digest check; the comparison below says it more clearly.
+            Err(e) if digest_failure(&e).is_some() => break,
+            Err(e) => {
+                return Err(
+                    ctx.unreachable(format!("downloading {cwhat} failed: {}", error_chain(&e)))
+                );
+            }
+        }
+    }
+    drop(config_stream);
     let config_digest = sha256_of(&config_bytes);
-    let cwhat = format!("image config {}", short(&cdesc.digest));
     if config_digest != cdesc.digest {
         return Err(ctx.corrupt(
             &cwhat,
@@ -409,6 +462,15 @@ impl Ctx {
         ImageError::Corrupt {
             what: what.to_owned(),
             image: self.reference.clone(),
+            detail,
+        }
+    }
+
+    fn too_large(&self, what: &str, detail: String) -> ImageError {
+        ImageError::TooLarge {
+            what: what.to_owned(),
+            image: self.reference.clone(),
+            limit: MAX_METADATA,
             detail,
         }
     }
@@ -571,29 +633,141 @@ impl Ctx {
     }
 }
 
+/// Fetches manifests with a bounded read: the registry client reads a whole response into
+/// memory, so manifests are fetched here, refusing a declared length above [`MAX_METADATA`]
+/// before reading and stopping a body that goes past it. Any answer but a 200 is fetched again
+/// through the registry client, whose error the pull maps to a clear one.
+struct ManifestFetcher<'a> {
+    client: &'a Client,
+    http: reqwest::Client,
+    auth: &'a oci_client::secrets::RegistryAuth,
+    /// The bearer token the registry's token service gave, if it uses one.
+    token: Option<String>,
+    scheme: &'static str,
+    ctx: &'a Ctx,
+}
+
+impl ManifestFetcher<'_> {
+    async fn fetch(&self, reference: &Reference, what: &str) -> Result<Bytes, ImageError> {
+        let ctx = self.ctx;
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository(),
+            reference
+                .digest()
+                .unwrap_or_else(|| reference.tag().unwrap_or("latest"))
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
+        request = match (&self.token, self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, oci_client::secrets::RegistryAuth::Basic(user, password)) => {
+                request.basic_auth(user, Some(password))
+            }
+            (None, oci_client::secrets::RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+            (None, _) => request,
+        };
+        let body = match request.send().await {
+            Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
+                self.read_bounded(resp, what).await?
+            }
+            // Errors, redirects, anything unusual: the registry client says what went wrong.
+            _ => {
+                let (body, _) = self
+                    .client
+                    .pull_manifest_raw(reference, self.auth, MANIFEST_TYPES)
+                    .await
+                    .map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
+                if body.len() as u64 > MAX_METADATA {
+                    return Err(self.too_large(what, body.len() as u64));
+                }
+                body
+            }
+        };
+        if let Some(expected) = reference.digest() {
+            let got = sha256_of(&body);
+            if got != expected {
+                return Err(ctx.corrupt(
+                    &format!("manifest {}", short(expected)),
+                    format!("digest mismatch (expected {expected}, got {got})"),
+                ));
+            }
+        }
+        Ok(body)
+    }
+
+    async fn read_bounded(
+        &self,
+        mut resp: reqwest::Response,
+        what: &str,
+    ) -> Result<Bytes, ImageError> {
+        if let Some(len) = resp.content_length()
+            && len > MAX_METADATA
+        {
+            return Err(self.too_large(what, len));
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() as u64 + chunk.len() as u64 > MAX_METADATA {
+                        return Err(self.too_large(what, body.len() as u64 + chunk.len() as u64));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(Bytes::from(body)),
+                Err(e) => {
+                    return Err(self.ctx.unreachable(format!(
+                        "downloading the {what} failed: {}",
+                        error_chain(&e)
+                    )));
+                }
+            }
+        }
+    }
+
+    fn too_large(&self, what: &str, size: u64) -> ImageError {
+        self.ctx.too_large(
+            what,
+            format!(
+                "the registry sends {size} bytes or more, more than the {MAX_METADATA} allowed \
+                 for a manifest; the rest was not read"
+            ),
+        )
+    }
+}
+
 /// Fetches the manifest `reference` names; for a manifest list or index, the entry for this
 /// host's platform. Returns the image manifest and its digest.
 async fn resolve_manifest(
-    client: &Client,
+    fetcher: &ManifestFetcher<'_>,
     reference: &Reference,
-    auth: &oci_client::secrets::RegistryAuth,
-    ctx: &Ctx,
 ) -> Result<(String, OciImageManifest), ImageError> {
-    let (body, _) = client
-        .pull_manifest_raw(reference, auth, MANIFEST_TYPES)
-        .await
-        .map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
+    let ctx = fetcher.ctx;
+    let body = fetcher.fetch(reference, "manifest").await?;
     let digest = sha256_of(&body);
     match parse_manifest(&body, ctx, "manifest")? {
         Parsed::Image(m) => Ok((digest, *m)),
         Parsed::Index(index) => {
             let entry = choose_platform(&index, ctx)?;
             ctx.check_digest(&entry.digest, "the manifest list entry")?;
+            let ewhat = format!("manifest {}", short(&entry.digest));
+            if entry.size < 0 || entry.size as u64 > MAX_METADATA {
+                return Err(ctx.too_large(
+                    &ewhat,
+                    format!(
+                        "the manifest list says it is {} bytes, more than the {MAX_METADATA} \
+                         allowed for a manifest; it was not fetched",
+                        entry.size
+                    ),
+                ));
+            }
             let platform_ref = reference.clone_with_digest(entry.digest.clone());
-            let (body, _) = client
-                .pull_manifest_raw(&platform_ref, auth, MANIFEST_TYPES)
-                .await
-                .map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
+            let body = fetcher.fetch(&platform_ref, &ewhat).await?;
             let digest = sha256_of(&body);
             if digest != entry.digest {
                 return Err(ctx.corrupt(

@@ -132,10 +132,14 @@ impl Source {
             return Ok(None);
         };
         if size > limit {
-            return Err(ImageError::Invalid {
+            return Err(ImageError::TooLarge {
                 what: rel.to_owned(),
                 image: image.to_owned(),
-                detail: format!("it is {size} bytes, more than the {limit} allowed for metadata"),
+                limit,
+                detail: format!(
+                    "it is {size} bytes, more than the {limit} allowed for a manifest, index or \
+                     config; it was not read"
+                ),
             });
         }
         let mut buf = Vec::with_capacity(size as usize);
@@ -143,6 +147,17 @@ impl Source {
             .take(limit + 1)
             .read_to_end(&mut buf)
             .map_err(|e| self.read_error(rel, image, e))?;
+        // A file that grew after it was measured.
+        if buf.len() as u64 > limit {
+            return Err(ImageError::TooLarge {
+                what: rel.to_owned(),
+                image: image.to_owned(),
+                limit,
+                detail: format!(
+                    "it holds more than the {limit} bytes allowed for a manifest, index or config"
+                ),
+            });
+        }
         Ok(Some(buf))
     }
 

@@ -5,6 +5,8 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{CWD, RenameFlags};
 use rustix::io::Errno;
@@ -21,10 +23,18 @@ use crate::{ImageError, ImportProgress, ImportedImage, import};
 /// ROOT/sha256/<hex>/   one extracted layer (an overlayfs lower directory)
 /// ROOT/tmp/            staging; emptied by LayerStore::open
 /// ```
+///
+/// What one layer may unpack to is bounded (see [`LayerStore::with_max_unpacked_size`]), so a
+/// small compressed layer that expands without end (a compression bomb) is refused with
+/// [`ImageError::TooLarge`] and its staging removed, instead of filling the disk.
 #[derive(Clone, Debug)]
 pub struct LayerStore {
     root: PathBuf,
+    max_unpacked: Option<u64>,
 }
+
+/// Room left past the limit for a tar's end-of-archive blocks and record padding.
+const TAR_TAIL_SLACK: u64 = 64 << 10;
 
 /// A layer extracted into a staging directory and verified, not yet in the store.
 pub(crate) struct StagedLayer {
@@ -40,6 +50,7 @@ impl LayerStore {
     pub fn open(root: &Path) -> Result<LayerStore, ImageError> {
         let store = LayerStore {
             root: root.to_owned(),
+            max_unpacked: None,
         };
         for dir in [store.root.clone(), store.layers_root(), store.tmp_root()] {
             fs::create_dir_all(&dir).map_err(|e| ImageError::io("create directory", &dir, e))?;
@@ -62,6 +73,46 @@ impl LayerStore {
             }
         }
         Ok(store)
+    }
+
+    /// Sets the most bytes one layer may unpack to (its uncompressed tar stream, and the file
+    /// data it writes, sparse files counted at full size), and the most a compressed image
+    /// archive may decompress to. Without it, the bound is the space free on the store's file
+    /// system when the layer (or archive) starts; with it, the smaller of the two. Whatever
+    /// goes past the bound fails with [`ImageError::TooLarge`] and leaves nothing behind.
+    pub fn with_max_unpacked_size(mut self, bytes: u64) -> LayerStore {
+        self.max_unpacked = Some(bytes);
+        self
+    }
+
+    /// The limit set with [`LayerStore::with_max_unpacked_size`], if any.
+    pub fn max_unpacked_size(&self) -> Option<u64> {
+        self.max_unpacked
+    }
+
+    /// The bound on what the next layer or archive may unpack to, and where it comes from.
+    fn unpack_limit(&self) -> Result<UnpackLimit, ImageError> {
+        let tmp = self.tmp_root();
+        let vfs = rustix::fs::statvfs(&tmp)
+            .map_err(|e| ImageError::io("measure the free space of", &tmp, e.into()))?;
+        let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+        Ok(match self.max_unpacked {
+            Some(max) if max <= free => UnpackLimit {
+                bytes: max,
+                why: "the store's limit on unpacked size; raise it if the image is genuine"
+                    .to_owned(),
+                free_space_of: None,
+            },
+            _ => UnpackLimit {
+                bytes: free,
+                why: format!(
+                    "the space free on the store's file system ({}); free some space if the \
+                     image is genuine",
+                    tmp.display()
+                ),
+                free_space_of: Some(tmp),
+            },
+        })
     }
 
     /// The store's root directory.
@@ -192,11 +243,32 @@ impl LayerStore {
             detail: format!("reading it failed: {e}"),
         };
         let staged_path = staged.path().to_owned();
-        let mut decoder = Decoder::new(reader).map_err(stream_err)?;
-        copy_split(&mut decoder, staged.as_file_mut(), stream_err, |e| {
+        let bound = self.unpack_limit()?;
+        let limit = bound.bytes;
+        let decoder = Decoder::new(reader).map_err(stream_err)?;
+        let compressed = decoder.compression() != Compression::None;
+        let mut capped = Capped::new(decoder, limit);
+        let hit = capped.hit_flag();
+        let copied = copy_split(&mut capped, staged.as_file_mut(), stream_err, |e| {
             ImageError::io("write", &staged_path, e)
-        })?;
-        drop(decoder);
+        });
+        if hit.load(Ordering::Relaxed) {
+            let what = if compressed {
+                "the decompressed archive"
+            } else {
+                "the archive"
+            };
+            return Err(bound.exceeded(
+                what,
+                display,
+                format!(
+                    "it holds more than {limit} bytes, the bound set by {}",
+                    bound.why
+                ),
+            ));
+        }
+        copied?;
+        drop(capped);
         let src = Source::tar(staged.path(), display)?;
         let result = import::import_source(self, &src, display, origin, reference, progress);
         drop(src);
@@ -248,13 +320,30 @@ impl LayerStore {
             image: image.to_owned(),
             detail,
         };
+        let bound = self.unpack_limit()?;
+        let limit = bound.bytes;
+        let too_large = || {
+            bound.exceeded(
+                what,
+                image,
+                format!(
+                    "it unpacks to more than {limit} bytes, the bound set by {} (a small layer \
+                     that expands this much is a compression bomb)",
+                    bound.why
+                ),
+            )
+        };
         let blob = HashReader::with_progress(reader, on_bytes);
         let decoder = Decoder::new(blob)
             .map_err(|e| corrupt(format!("its compressed stream is damaged: {e}")))?;
         let compression = decoder.compression();
-        let uncompressed = EofPad::new(HashReader::new(decoder));
-        let (uncompressed, entries_end) =
-            extract::unpack_layer(uncompressed, dir.path()).map_err(|e| match e {
+        let capped = Capped::new(decoder, limit.saturating_add(TAR_TAIL_SLACK));
+        let hit = capped.hit_flag();
+        let uncompressed = EofPad::new(HashReader::new(capped));
+        let (uncompressed, entries_end) = extract::unpack_layer(uncompressed, dir.path(), limit)
+            .map_err(|e| match e {
+                _ if hit.load(Ordering::Relaxed) => too_large(),
+                ExtractError::TooLarge => too_large(),
                 ExtractError::Read(e) => corrupt(match compression {
                     Compression::None => {
                         format!("it is not a valid tar archive or is truncated: {e}")
@@ -289,10 +378,15 @@ impl LayerStore {
                 "it ends without an end-of-archive marker: it is truncated or not a tar".to_owned(),
             ));
         }
-        let (diff_id, _, decoder) = uncompressed
-            .finish()
-            .map_err(|e| corrupt(format!("its data after the end of the tar is damaged: {e}")))?;
-        let (blob_digest, blob_size, _) = decoder
+        let (diff_id, _, capped) = uncompressed.finish().map_err(|e| {
+            if hit.load(Ordering::Relaxed) {
+                too_large()
+            } else {
+                corrupt(format!("its data after the end of the tar is damaged: {e}"))
+            }
+        })?;
+        let (blob_digest, blob_size, _) = capped
+            .into_inner()
             .into_inner()
             .finish()
             .map_err(|e| corrupt(format!("reading it failed: {e}")))?;
@@ -345,6 +439,52 @@ impl LayerStore {
     }
 }
 
+/// Passes at most `left` bytes through; reading more fails and raises a flag, so the caller
+/// can tell "over the limit" from other read errors however they were wrapped on the way.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    hit: Arc<AtomicBool>,
+}
+
+impl<R: Read> Capped<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Capped {
+            inner,
+            left: limit,
+            hit: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn hit_flag(&self) -> Arc<AtomicBool> {
+        self.hit.clone()
+    }
+
+    fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // One byte more than allowed tells a stream that ends right at the limit from one
+        // that goes on.
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            self.hit.store(true, Ordering::Relaxed);
+            return Err(io::Error::other("the stream is larger than the limit"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -376,5 +516,38 @@ fn copy_split<R: Read, W: io::Write>(
         };
         w.write_all(&buf[..n]).map_err(&write_err)?;
         total += n as u64;
+    }
+}
+
+/// How many unpacked bytes an import may write, and why.
+struct UnpackLimit {
+    bytes: u64,
+    why: String,
+    /// Set when the bound is the space free on this directory's file system.
+    free_space_of: Option<PathBuf>,
+}
+
+impl UnpackLimit {
+    /// The error for `what` of `image` going past the bound: the host
+    /// running out of space (an I/O error of kind `StorageFull`, which the
+    /// server answers with 507) when the bound is the free space, else
+    /// [`ImageError::TooLarge`].
+    fn exceeded(&self, what: &str, image: &str, detail: String) -> ImageError {
+        match &self.free_space_of {
+            Some(dir) => ImageError::io(
+                "find room for the image in",
+                dir.clone(),
+                io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("{what} of {image} does not fit: {detail}"),
+                ),
+            ),
+            None => ImageError::TooLarge {
+                what: what.to_owned(),
+                image: image.to_owned(),
+                limit: self.bytes,
+                detail,
+            },
+        }
     }
 }

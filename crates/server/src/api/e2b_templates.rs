@@ -104,7 +104,11 @@ impl From<TemplateApiError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             E::Building(_) | E::AlreadyStarted(_) | E::NameTaken(_) => StatusCode::CONFLICT,
-            E::CreateDir { .. } | E::Task(_) | E::Store(_) | E::Db(_) => {
+            E::Db(_) => {
+                let E::Db(db) = e else { unreachable!() };
+                return ApiError::from(db);
+            }
+            E::CreateDir { .. } | E::Task(_) | E::Store(_) => {
                 return ApiError::internal(e.to_string());
             }
         };

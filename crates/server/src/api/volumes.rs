@@ -24,7 +24,11 @@ impl From<VolumeError> for ApiError {
             | VolumeError::Exists(_)
             | VolumeError::InvalidMounts(_) => StatusCode::BAD_REQUEST,
             VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
-            VolumeError::Node(_) | VolumeError::Key(_) | VolumeError::Db(_) => {
+            VolumeError::Db(_) => {
+                let VolumeError::Db(db) = e else { unreachable!() };
+                return ApiError::from(db);
+            }
+            VolumeError::Node(_) | VolumeError::Key(_) => {
                 return ApiError::internal(e.to_string());
             }
         };
