@@ -1,8 +1,7 @@
 //! Faults around the server: `runc` failing or missing, the server killed
 //! with `kill -9` in the middle of a create, a template build, a file upload
-//! and a snapshot,
-//! the data directory's disk full, and the database locked by another
-//! process. Each time the caller gets a clear error, nothing half-made is
+//! and a snapshot, the data directory's disk full, the database locked by
+//! another process, and PostgreSQL restarted under a running server. Each time the caller gets a clear error, nothing half-made is
 //! listed afterwards, nothing is leaked on the host, and what had completed
 //! before the fault is intact.
 
@@ -12,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use hutch_test_support::{HostResources, TestDir, TestServer, busybox_image, http, wait_until};
+use hutch_test_support::{
+    HostResources, Postgres, TestDir, TestServer, busybox_image, http, wait_until,
+};
 use serde_json::{Value, json};
 
 /// A `runc` that runs the real one, except where a file in its control
@@ -551,6 +552,78 @@ fn a_locked_database_is_a_clear_error_and_the_server_goes_on() {
     both.sort();
     assert_eq!(listed(&server), both);
     for id in [&kept, &fresh] {
+        server.cli_ok(&["sandbox", "kill", id]);
+    }
+    assert_host_holds(&server, &[]);
+}
+
+#[test]
+fn postgres_restarting_under_the_server_is_a_clear_503_then_work_goes_on() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let args = ["--warm-pool", "0", "--database-url", url.as_str()];
+    let server = TestServer::start_with_args(&args);
+    import_bb(&server);
+    let kept = server.create_sandbox("bb", &[]);
+    sh_ok(&server, &kept, "echo kept > /root/kept");
+
+    pg.stop();
+    // Requests that need the database: a clear 503, nothing changed.
+    let (status, body) = create(&server);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], 503, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("the database cannot be reached"),
+        "{message}"
+    );
+    // The running sandbox goes on meanwhile: its agent answers through
+    // the front door as the SDKs reach it.
+    let (status, body) = http(
+        &server,
+        reqwest::Method::GET,
+        "/files?path=/root/kept",
+        &[("E2b-Sandbox-Id", &kept), ("E2b-Sandbox-Port", "49983")],
+        None,
+    );
+    assert_eq!((status, body.trim()), (200, "kept"));
+
+    pg.start_again();
+    // The server connects again by itself, and holds the database again:
+    // a second server on it is refused.
+    wait_until(
+        "the server to use the database again",
+        Duration::from_secs(60),
+        || create(&server).0 == 201,
+    );
+    wait_until(
+        "the server to hold the database again",
+        Duration::from_secs(30),
+        || pg.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == "1",
+    );
+    let other = TestDir::new();
+    let out = Command::new(hutch_test_support::hutch_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .arg("--data-dir")
+        .arg(other.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another Hutch server is using this database"),
+        "{stderr}"
+    );
+
+    let ids = listed(&server);
+    assert_eq!(
+        ids.len(),
+        2,
+        "the kept sandbox and the one made after: {ids:?}"
+    );
+    assert!(ids.contains(&kept));
+    for id in &ids {
+        sh_ok(&server, id, "true");
         server.cli_ok(&["sandbox", "kill", id]);
     }
     assert_host_holds(&server, &[]);

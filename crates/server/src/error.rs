@@ -144,9 +144,11 @@ impl From<crate::lifecycle::SandboxError> for ApiError {
             }
             E::Invalid(_) => StatusCode::BAD_REQUEST,
             E::HostFull(_) => return storage_full(e),
-            E::Db(db) if is_storage_full(db) => return storage_full(e),
-            E::Db(db) if is_db_busy(db) => return db_busy(db),
-            E::Failed(_) | E::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Db(_) => {
+                let E::Db(db) = e else { unreachable!() };
+                return ApiError::from(db);
+            }
+            E::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
     }
@@ -178,7 +180,11 @@ impl From<crate::catalog::CatalogError> for ApiError {
                 I::Io { .. } | I::Extract { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             },
-            E::Corrupt { .. } | E::Task(_) | E::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Db(_) => {
+                let E::Db(db) = e else { unreachable!() };
+                return ApiError::from(db);
+            }
+            E::Corrupt { .. } | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
     }
@@ -189,8 +195,8 @@ impl From<crate::db::DbError> for ApiError {
         if is_storage_full(&e) {
             return storage_full(format!("database error: {e}"));
         }
-        if is_db_busy(&e) {
-            return db_busy(&e);
+        if let Some(why) = db_unavailable(&e) {
+            return db_unavailable_error(why, &e);
         }
         ApiError::internal(format!("database error: {e}"))
     }
@@ -268,26 +274,33 @@ pub(crate) fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Whether a database error is SQLite's lock being held by another
-/// process for longer than the server waits (`SQLITE_BUSY`/`SQLITE_LOCKED`).
-pub(crate) fn is_db_busy(e: &crate::db::DbError) -> bool {
-    matches!(
-        e,
-        crate::db::DbError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+/// Why the database cannot serve now, when that passes by itself: SQLite's
+/// lock held by another process for longer than the server waits
+/// (`SQLITE_BUSY`/`SQLITE_LOCKED`), or PostgreSQL unreachable (restarting,
+/// the network down, every connection taken).
+pub(crate) fn db_unavailable(e: &crate::db::DbError) -> Option<&'static str> {
+    use crate::db::DbError as D;
+    match e {
+        D::Sqlite(rusqlite::Error::SqliteFailure(f, _))
             if matches!(
                 f.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            )
-    )
+            ) =>
+        {
+            Some("the database is busy (another process holds its lock)")
+        }
+        D::Postgres(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => {
+            Some("the database cannot be reached")
+        }
+        _ => None,
+    }
 }
 
-/// 503 for a database another process keeps locked: nothing was changed,
-/// and the same request can be sent again.
-fn db_busy(e: &crate::db::DbError) -> ApiError {
-    tracing::warn!("database busy: {e}");
-    ApiError::unavailable(format!(
-        "the database is busy (another process holds its lock): nothing was changed; try again ({e})"
-    ))
+/// 503 for a database that cannot serve now: nothing was changed, and the
+/// same request can be sent again.
+fn db_unavailable_error(why: &str, e: &crate::db::DbError) -> ApiError {
+    tracing::warn!("{why}: {e}");
+    ApiError::unavailable(format!("{why}: nothing was changed; try again ({e})"))
 }
 
 /// 507 Insufficient Storage: the host's disk is full.

@@ -20,6 +20,8 @@ pub struct Postgres {
     port: u16,
     /// `runuser -u postgres --` as root; nothing otherwise.
     as_user: Vec<String>,
+    /// The `postgres` options it was started with (`pg_ctl -o`).
+    options: String,
 }
 
 impl Postgres {
@@ -46,6 +48,7 @@ impl Postgres {
             dir,
             port: 0,
             as_user,
+            options: String::new(),
         };
         pg.run(
             "initdb",
@@ -70,29 +73,46 @@ impl Postgres {
                 pg.dir.path().display(),
                 pg.port
             );
-            let log = pg.dir.path().join("server.log");
-            match pg.try_run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &pg.data(),
-                    "-o",
-                    &options,
-                    "-l",
-                    &log.display().to_string(),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            ) {
+            pg.options = options;
+            match pg.try_start() {
                 Ok(()) => return pg,
-                Err(e) => {
-                    last = format!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-                }
+                Err(e) => last = e,
             }
         }
         panic!("Postgres: the server would not start: {last}");
+    }
+
+    /// Stops the cluster (`pg_ctl stop -m fast`: every session is closed),
+    /// for a test of what its clients do while it is down; [`Postgres::start_again`]
+    /// starts it again on the same port with the same data.
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts the cluster [`Postgres::stop`] stopped.
+    pub fn start_again(&self) {
+        self.try_start()
+            .unwrap_or_else(|e| panic!("Postgres: the server would not start again: {e}"));
+    }
+
+    fn try_start(&self) -> Result<(), String> {
+        let log = self.dir.path().join("server.log");
+        self.try_run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &self.options,
+                "-l",
+                &log.display().to_string(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .map_err(|e| format!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
     }
 
     /// `postgres://hutch@127.0.0.1:PORT/postgres`.

@@ -6,7 +6,11 @@
 //! One server per database: the store holds a session-level advisory lock
 //! on a connection of its own for its whole life, so that a second server
 //! pointed at the same database fails to start instead of adopting (and
-//! reaping) the first one's sandboxes.
+//! reaping) the first one's sandboxes. PostgreSQL drops the lock with the
+//! session when it restarts: the store checks its connection every
+//! [`HOLDER_CHECK`] and, once PostgreSQL is back, connects again and takes
+//! the lock again. If another server took it meanwhile, this one stops
+//! (exit status 1) rather than share the database.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -14,7 +18,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
-use tokio::sync::Mutex;
 
 use super::{
     ApiKeyRow, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, PauseMode, Revoke, SANDBOX_COLUMNS,
@@ -134,14 +137,23 @@ const SERVER_LOCK: i64 = 0x6875_7463_6800_0002;
 /// How long opening waits for another server's hold on the database to go.
 const HOLDER_WAIT: Duration = Duration::from_secs(5);
 
+/// How often the store checks that it still holds the database.
+const HOLDER_CHECK: Duration = Duration::from_secs(2);
+
 /// How long a query waits for a free connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: PgPool,
-    /// Holds [`SERVER_LOCK`] for the store's life.
-    _holder: Mutex<PgConnection>,
+    /// Keeps [`SERVER_LOCK`] held for the store's life ([`keep_holding`]).
+    holder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.holder.abort();
+    }
 }
 
 impl PostgresStore {
@@ -149,33 +161,72 @@ impl PostgresStore {
     pub async fn open(url: &str) -> Result<PostgresStore, DbError> {
         let options: PgConnectOptions = url.parse()?;
         let options = options.application_name("hutch");
-        let mut holder = PgConnection::connect_with(&options).await?;
-        // A server restarted at once after a crash may find its previous
-        // session not yet closed by PostgreSQL: it waits a little.
-        let deadline = tokio::time::Instant::now() + HOLDER_WAIT;
-        loop {
-            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(SERVER_LOCK)
-                .fetch_one(&mut holder)
-                .await?;
-            if taken {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(DbError::InUse);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let holder = take_database(&options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         migrate(&pool).await?;
         Ok(PostgresStore {
             pool,
-            _holder: Mutex::new(holder),
+            holder: tokio::spawn(keep_holding(options, holder)),
         })
+    }
+}
+
+/// Connects and takes [`SERVER_LOCK`] on that connection. A server
+/// restarted at once after a crash may find its previous session not yet
+/// closed by PostgreSQL: it waits a little ([`HOLDER_WAIT`]).
+async fn take_database(options: &PgConnectOptions) -> Result<PgConnection, DbError> {
+    let mut holder = PgConnection::connect_with(options).await?;
+    let deadline = tokio::time::Instant::now() + HOLDER_WAIT;
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SERVER_LOCK)
+            .fetch_one(&mut holder)
+            .await?;
+        if taken {
+            return Ok(holder);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DbError::InUse);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks the holding connection every [`HOLDER_CHECK`]; when it is gone
+/// (PostgreSQL restarted, or the network dropped it), connects again and
+/// takes the lock again as soon as PostgreSQL answers. Another server
+/// holding it by then stops this one.
+async fn keep_holding(options: PgConnectOptions, mut holder: PgConnection) {
+    loop {
+        tokio::time::sleep(HOLDER_CHECK).await;
+        if holder.ping().await.is_ok() {
+            continue;
+        }
+        tracing::warn!("lost the connection holding the database; connecting again");
+        loop {
+            match take_database(&options).await {
+                Ok(again) => {
+                    holder = again;
+                    tracing::info!("holding the database again");
+                    break;
+                }
+                Err(DbError::InUse) => {
+                    tracing::error!(
+                        "another Hutch server took this database while the connection to it was \
+                         lost; stopping (one server per database)"
+                    );
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    tracing::debug!("the database is still unreachable: {e}");
+                    tokio::time::sleep(HOLDER_CHECK).await;
+                }
+            }
+        }
     }
 }
 
