@@ -25,6 +25,11 @@
 //!   the `uname26` compatibility flag, and the query);
 //! * **`AF_VSOCK` sockets**: vsock is not network-namespaced; on a virtual
 //!   machine it reaches the hypervisor's services;
+//! * **`AF_ALG` sockets**: the kernel's crypto API, a source of kernel
+//!   exploits that programs do not need (Docker refuses it too);
+//!   `socket` is allowed per family, comparing only the 32 bits the kernel
+//!   reads of its first argument, so that bits above them cannot carry a
+//!   refused family past the filter;
 //! * **`socketcall`**, the 32-bit x86 multiplexer whose arguments the
 //!   filter cannot inspect (modern 32-bit C libraries call `socket` and
 //!   friends directly);
@@ -72,8 +77,22 @@ pub const ENOSYS: u32 = 38;
 pub const CLONE_NAMESPACE_FLAGS: u64 =
     0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
 
-/// `AF_VSOCK`, the socket family [`profile`] refuses.
+/// `AF_ALG`, a socket family [`profile`] refuses.
+pub const AF_ALG: u64 = 38;
+
+/// `AF_VSOCK`, a socket family [`profile`] refuses.
 pub const AF_VSOCK: u64 = 40;
+
+/// The socket families [`profile`] refuses.
+pub const REFUSED_SOCKET_FAMILIES: [u64; 2] = [AF_ALG, AF_VSOCK];
+
+/// The highest socket family Linux knows (`AF_MCTP`; `AF_MAX` is 46).
+/// `socket` is allowed for the families up to it but the refused ones;
+/// a family above it fails with `EPERM` instead of `EAFNOSUPPORT`.
+pub const MAX_SOCKET_FAMILY: u64 = 45;
+
+/// The bits of a system call argument the kernel reads as an `int`.
+pub const INT_BITS: u64 = 0xffff_ffff;
 
 /// The `personality` values a sandbox may set: `PER_LINUX`, `UNAME26`,
 /// `PER_LINUX32`, `PER_LINUX32 | UNAME26`, and `0xffffffff` (query).
@@ -417,7 +436,7 @@ pub const ALLOWED: &[&str] = &[
     "futex_wait",
     "futex_wake",
     "futex_requeue",
-    // Sockets (`socket` itself is allowed separately, without AF_VSOCK).
+    // Sockets (`socket` itself is allowed separately, per family).
     "socketpair",
     "bind",
     "connect",
@@ -612,7 +631,7 @@ fn arg(
 /// allow rules as the module docs describe.
 pub fn profile(caps: &[Capability]) -> LinuxSeccomp {
     use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
-    use LinuxSeccompOperator::{ScmpCmpEq as Eq, ScmpCmpMaskedEq as MaskedEq, ScmpCmpNe as Ne};
+    use LinuxSeccompOperator::{ScmpCmpEq as Eq, ScmpCmpMaskedEq as MaskedEq};
 
     let has = |c: Capability| caps.contains(&c);
     let mut rules = vec![rule(ALLOWED, Allow, None, Vec::new())];
@@ -658,12 +677,19 @@ pub fn profile(caps: &[Capability]) -> LinuxSeccomp {
         ));
     }
 
-    rules.push(rule(
-        &["socket"],
-        Allow,
-        None,
-        vec![arg(0, Ne, AF_VSOCK, None)],
-    ));
+    // One rule per family, on the low 32 bits only: the kernel reads the
+    // family as an `int`, so a comparison of the whole 64-bit register
+    // (`!= AF_VSOCK`, `> AF_VSOCK`) lets `(1 << 32) | AF_VSOCK` through.
+    for family in 0..=MAX_SOCKET_FAMILY {
+        if !REFUSED_SOCKET_FAMILIES.contains(&family) {
+            rules.push(rule(
+                &["socket"],
+                Allow,
+                None,
+                vec![arg(0, MaskedEq, INT_BITS, Some(family))],
+            ));
+        }
+    }
 
     // `dev` is the third argument of mknod, the fourth of mknodat.
     for major in CREATABLE_DEVICE_MAJORS {
@@ -885,13 +911,36 @@ mod tests {
             .collect();
         assert_eq!(personas, ALLOWED_PERSONAS);
 
+        // Whether some allow rule of socket admits `family` (the whole
+        // 64-bit register) the way the kernel's filter compares it.
         let socket = rules_for(&p, "socket");
-        assert_eq!(socket.len(), 1);
-        let args = socket[0].args().as_ref().unwrap();
-        assert_eq!(
-            (args[0].index(), args[0].op(), args[0].value()),
-            (0, LinuxSeccompOperator::ScmpCmpNe, AF_VSOCK)
-        );
+        let allows = |family: u64| {
+            socket.iter().any(|r| {
+                r.action() == LinuxSeccompAction::ScmpActAllow
+                    && r.args().as_ref().is_some_and(|args| {
+                        args.iter().all(|a| {
+                            assert_eq!(a.index(), 0);
+                            assert_eq!(a.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+                            assert_eq!(a.value(), INT_BITS);
+                            family & a.value() == a.value_two().unwrap()
+                        })
+                    })
+            })
+        };
+        // AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET (NET_RAW
+        // decides), AF_NFC, AF_MCTP.
+        for family in [1, 2, 10, 16, 17, 39, 45] {
+            assert!(allows(family), "family {family}");
+        }
+        for family in [AF_ALG, AF_VSOCK, 46, u64::MAX] {
+            assert!(!allows(family), "family {family}");
+        }
+        // The filter decides on what the kernel reads: the low 32 bits.
+        for high in [1u64 << 32, 0xffff_ffff_0000_0000] {
+            assert!(!allows(high | AF_VSOCK) && !allows(high | AF_ALG));
+            assert!(allows(high | 2), "AF_INET with high bits {high:#x}");
+        }
+        assert_eq!(socket.len(), 44);
     }
 
     #[test]

@@ -127,10 +127,14 @@ pub const DEFAULT_CAPABILITIES: [Capability; 13] = [
 
 /// Docker's default masked paths: hidden behind `/dev/null` (files) or an
 /// empty read-only tmpfs (directories), because they leak host information
-/// or expose kernel interfaces.
-pub const MASKED_PATHS: [&str; 11] = [
+/// or expose kernel interfaces. `/proc/interrupts` (the host's per-CPU
+/// interrupt counts, a side channel) is masked as Docker does;
+/// Docker's per-CPU `/sys/devices/system/cpu/cpu*/thermal_throttle`
+/// directories, which depend on the host, are not listed.
+pub const MASKED_PATHS: [&str; 12] = [
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -713,7 +717,8 @@ mod tests {
         for p in ["/proc/kcore", "/proc/keys", "/sys/firmware", "/proc/scsi"] {
             assert!(masked.iter().any(|m| m == p), "{p}");
         }
-        assert_eq!(masked.len(), 11);
+        assert!(masked.iter().any(|m| m == "/proc/interrupts"));
+        assert_eq!(masked.len(), 12);
         let ro = linux.readonly_paths().as_ref().unwrap();
         assert!(ro.iter().any(|p| p == "/proc/sys"));
         assert!(ro.iter().any(|p| p == "/proc/sysrq-trigger"));
