@@ -216,6 +216,16 @@ fn journal(st: &AppState, id: &str, message: impl Into<String>) {
 /// (they are already dead and unreachable).
 pub(crate) const TEARDOWN_CONCURRENCY: usize = 8;
 
+/// How many sandboxes boot at once: twice the host's CPUs, at least 4.
+/// More wait their turn before they start, so that each boot's time limit
+/// for its agent (`hutch_runtime::AGENT_BOOT_TIMEOUT`) counts from when it
+/// has the host's attention, not from when a burst of creates arrived: a
+/// burst past what the host boots in that time queues instead of failing.
+pub(crate) fn boot_concurrency() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (2 * cpus).max(4)
+}
+
 /// How long a claimed pooled sandbox's agent gets to take its environment
 /// before the claim gives up on it (and boots a fresh sandbox instead).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -502,7 +512,14 @@ pub(crate) async fn boot_sandbox(
 ) -> Result<Booted, NodeError> {
     let id = spec.id.clone();
     let resume = spec.resume_from_disk;
-    let sandbox = st.node.create(spec).await?;
+    let sandbox = {
+        let _slot = st
+            .boot_slots
+            .acquire()
+            .await
+            .expect("the boot slots are never closed");
+        st.node.create(spec).await?
+    };
     if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
         return Ok(sandbox);
     }

@@ -90,6 +90,8 @@ pub(crate) struct AppState {
     /// a burst of kills answers at once and its teardowns queue here
     /// instead of competing for the host all together.
     pub teardown_slots: tokio::sync::Semaphore,
+    /// How many sandboxes boot at once ([`crate::lifecycle::boot_concurrency`]).
+    pub boot_slots: tokio::sync::Semaphore,
     /// Wakes the reaper when an expiry moves.
     pub reaper_wake: Notify,
     /// Set on shutdown; the reaper stops.
@@ -185,6 +187,7 @@ impl AppState {
             transitions: hutch_runtime::KeyedLocks::default(),
             teardowns: tokio_util::task::TaskTracker::new(),
             teardown_slots: tokio::sync::Semaphore::new(crate::lifecycle::TEARDOWN_CONCURRENCY),
+            boot_slots: tokio::sync::Semaphore::new(crate::lifecycle::boot_concurrency()),
             reaper_wake: Notify::new(),
             reaper_stop: tokio_util::sync::CancellationToken::new(),
             layers_lock: RwLock::new(()),
