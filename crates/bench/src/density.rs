@@ -6,14 +6,14 @@
 //! sandboxes' memory cgroups), then kills them all and checks, from the
 //! kernel and the file system, that nothing is left on the host (mounts,
 //! loop devices, network namespaces, interfaces, nftables set
-//! entries, address claims, cgroups, runc state, sandbox directories).
+//! entries, address claims, cgroups, runc state, sandbox directories, disk
+//! under the data directory: see `host.rs`).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hutch_test_support::HostResources;
 
+use crate::host::HostCheck;
 use crate::{Target, ms, percentile};
 
 /// Sandboxes in each reported bucket.
@@ -54,6 +54,7 @@ pub(crate) async fn run(target: &Target, n: usize) -> anyhow::Result<()> {
     if n < 2 * BUCKET {
         bail!("--density needs at least {} sandboxes", 2 * BUCKET);
     }
+    let host = HostCheck::before(&target.data_dir);
     drop_caches();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = mem_available()?;
@@ -132,7 +133,7 @@ pub(crate) async fn run(target: &Target, n: usize) -> anyhow::Result<()> {
         ms(percentile(&kills, 50.0)),
         ms(percentile(&kills, 99.0))
     );
-    leftovers(&target.data_dir, &ids).await?;
+    host.leftovers(&ids).await?;
     if per_sandbox > MEMORY_BUDGET {
         bail!(
             "an idle sandbox is charged {:.2} MiB, over the budget of {:.0} MiB",
@@ -145,20 +146,3 @@ pub(crate) async fn run(target: &Target, n: usize) -> anyhow::Result<()> {
 
 /// Host memory an idle sandbox may cost (charged to its cgroup).
 const MEMORY_BUDGET: u64 = 8 * 1024 * 1024;
-
-/// Fails unless nothing of the sandboxes is left on the host (waiting a
-/// little for teardowns finishing behind the kills).
-async fn leftovers(data_dir: &Path, ids: &[String]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = HostResources::measure(data_dir, ids);
-        if left.is_empty() {
-            println!("left on the host after the teardown: nothing");
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("left on the host after the teardown:\n{left}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}

@@ -36,9 +36,17 @@
 //! `--docker` runs the comparison with Docker Engine instead (`docker.rs`):
 //! the same operations on the same Debian image through each one's official
 //! Python SDK, with a private `dockerd` (Debian's `docker.io`).
+//!
+//! `--load N [--rounds R]` runs the load test instead (`load.rs`): N
+//! concurrent clients of one server through the official Python SDK, each
+//! creating a sandbox, running commands, writing, reading and listing files
+//! and killing it, R times; latencies, throughput and errors per operation,
+//! then a teardown that must leave nothing on the host.
 
 mod density;
 mod docker;
+mod host;
+mod load;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -72,6 +80,14 @@ struct Args {
     /// with bash and python3, like the `base` template) or `busybox`.
     #[arg(long, default_value = "debian")]
     density_image: String,
+    /// Run the load test instead: this many concurrent clients of one
+    /// server through the official Python SDK (see `load.rs`).
+    #[arg(long, value_name = "N")]
+    load: Option<usize>,
+    /// With `--load`: sandboxes each client creates, uses and kills, one
+    /// after another.
+    #[arg(long, value_name = "R", default_value_t = 3, requires = "load")]
+    rounds: usize,
     /// Run the comparison with Docker Engine instead (see `docker.rs`).
     #[arg(long)]
     docker: bool,
@@ -172,6 +188,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await;
         target.shutdown().await;
         return result;
+    }
+    if let Some(n) = args.load {
+        if n == 0 {
+            bail!("--load 0: the load test needs at least one client");
+        }
+        if args.rounds == 0 {
+            bail!("--rounds 0: each client needs at least one round");
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("hb")
+            .tempdir_in("/var/tmp")?;
+        // A server as `hutch serve` starts by default (see `load.rs`).
+        let target =
+            Target::start(tmp.path().join("l"), envd, hutch_server::DEFAULT_WARM_POOL).await?;
+        if let Err(e) = target
+            .api
+            .import_as(&hutch_test_support::debian_image(), load::TEMPLATE)
+            .await
+        {
+            target.shutdown().await;
+            return Err(e);
+        }
+        return load::run(target, n, args.rounds).await;
     }
     if args.docker {
         let tmp = tempfile::Builder::new()
