@@ -231,6 +231,30 @@ fn a_failing_or_missing_runc_gives_clear_errors_and_leaves_nothing() {
     assert_host_holds(&server, &[]);
 }
 
+/// Runs `hutch ARGS` against `server`, kills the server with `kill -9`
+/// while that command's `runc run` is under way, lets runc go on (it
+/// starts its container after the crash), and returns the data directory
+/// for a restart. The command must have failed.
+fn kill9_while_runc_runs(server: TestServer, runc: &FaultyRunc, args: &[&str]) -> TestDir {
+    runc.set("hold", "run");
+    let command: Child = server
+        .hutch()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    runc.wait_held("run");
+    let dir = server.kill9();
+    runc.clear("hold", "run");
+    let out = command.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "hutch {args:?} cannot have succeeded"
+    );
+    dir
+}
+
 /// Sends the head and the first MiB of a 16 MiB upload to `path` in
 /// sandbox `id` and leaves the connection open, the rest never sent.
 fn start_upload(server: &TestServer, id: &str, path: &str) -> TcpStream {
@@ -263,19 +287,7 @@ fn kill9_during_a_create_a_build_an_upload_and_a_snapshot_loses_nothing_finished
     // 1. A create whose `runc run` is under way when the server dies. runc
     //    goes on after the crash and starts the container: the restarted
     //    server must find it belongs to nothing and remove it.
-    runc.set("hold", "run");
-    let creating: Child = server
-        .hutch()
-        .args(["sandbox", "create", "bb"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    runc.wait_held("run");
-    let dir = server.kill9();
-    runc.clear("hold", "run");
-    let out = creating.wait_with_output().unwrap();
-    assert!(!out.status.success(), "the create cannot have succeeded");
+    let dir = kill9_while_runc_runs(server, &runc, &["sandbox", "create", "bb"]);
     let server = TestServer::restart_with_args(dir, &args);
     assert_eq!(listed(&server), vec![kept.clone()]);
     assert_host_holds(&server, std::slice::from_ref(&kept));
@@ -290,20 +302,12 @@ fn kill9_during_a_create_a_build_an_upload_and_a_snapshot_loses_nothing_finished
         "FROM bb\nRUN echo built > /built.txt\n",
     )
     .unwrap();
-    runc.set("hold", "run");
-    let building: Child = server
-        .hutch()
-        .args(["template", "build", "--name", "half"])
-        .arg(ctx.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    runc.wait_held("run");
-    let dir = server.kill9();
-    runc.clear("hold", "run");
-    let out = building.wait_with_output().unwrap();
-    assert!(!out.status.success(), "the build cannot have succeeded");
+    let context = ctx.path().to_str().unwrap();
+    let dir = kill9_while_runc_runs(
+        server,
+        &runc,
+        &["template", "build", "--name", "half", context],
+    );
     let server = TestServer::restart_with_args(dir, &args);
     let templates = server.cli_ok(&["template", "list"]);
     assert!(!templates.contains("half"), "{templates}");
