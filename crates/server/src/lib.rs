@@ -238,8 +238,17 @@ pub struct Server {
 impl Server {
     /// Opens the data directory and its state, re-adopts the sandboxes left
     /// running by a previous server, and binds the listener.
-    pub async fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
+    pub async fn bind(mut cfg: ServerConfig) -> Result<Server, ServerError> {
         cfg.max_limits.validate().map_err(ServerError::Config)?;
+        // Absolute, so that paths derived from it stay valid for the tools
+        // run in other directories (mkfs, runc, the node).
+        cfg.data_dir = std::path::absolute(&cfg.data_dir).map_err(|e| {
+            ServerError::Config(format!(
+                "data directory {}: {}",
+                cfg.data_dir.display(),
+                error::io_reason(&e)
+            ))
+        })?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ServerError::Listen {

@@ -46,7 +46,7 @@ pub(crate) const KEPT_SAMPLES: usize = 720;
 pub(crate) const CPU_WINDOW: Duration = Duration::from_millis(100);
 
 /// One sample, as E2B's `SandboxMetric`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxMetric {
     /// RFC 3339.

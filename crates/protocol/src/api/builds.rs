@@ -12,6 +12,7 @@ use super::templates::{Template, TemplateLimits};
 
 /// A Dockerfile build, as `hutch template build` sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BuildSpec {
     /// Template name.
@@ -37,6 +38,7 @@ pub struct BuildSpec {
 
 /// One line of a build's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildLogLine {
     /// Unix ms.
@@ -53,6 +55,7 @@ pub struct BuildLogLine {
 
 /// What a log line is: `{"type": "step" | "cached" | "output" | "note", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum BuildLogKind {
     /// A step starts.
@@ -75,6 +78,7 @@ pub enum BuildLogKind {
 
 /// A log line's level (E2B's log levels), lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Detail.
@@ -114,6 +118,7 @@ impl LogLevel {
 
 /// Which output stream of a build step a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     /// Standard output.
@@ -124,18 +129,17 @@ pub enum LogStream {
 
 /// The last line of a build's stream: `{"type": "done" | "error", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "camelCase")]
 pub enum BuildEnd {
     /// The template was built and registered.
+    #[serde(rename_all = "camelCase")]
     Done {
         /// The template.
         template: Box<Template>,
     },
     /// The build failed; no template was registered.
+    #[serde(rename_all = "camelCase")]
     Error {
         /// Why.
         message: String,
@@ -147,6 +151,7 @@ pub enum BuildEnd {
 
 /// One line of a build's NDJSON stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum BuildStreamLine {
     /// A log line.

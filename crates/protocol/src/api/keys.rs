@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// `POST /hutch/v1/api-keys` body; `{}` or no body at all creates an API
 /// key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewApiKey {
     /// [`NewApiKey::API_KEY`] (the default: `e2b_…`, for `X-API-Key`) or
@@ -27,6 +28,7 @@ impl NewApiKey {
 
 /// The answer to `POST /hutch/v1/api-keys`: the only time the key is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedApiKey {
     /// The key's id (for revoking it).
@@ -41,6 +43,7 @@ pub struct CreatedApiKey {
 
 /// A key as `GET /hutch/v1/api-keys` lists it: never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ListedApiKey {
     /// The key's id.
@@ -61,6 +64,7 @@ pub struct ListedApiKey {
 
 /// `POST /hutch/v1/teams` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewTeam {
     /// Its name: unique, 1 to 63 characters from `a-z0-9._-`.
@@ -70,6 +74,7 @@ pub struct NewTeam {
 /// A team as `GET /hutch/v1/teams` lists it, and the answer to its
 /// creation (with its first API key, shown only then).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TeamInfo {
     /// Its id.
@@ -89,6 +94,7 @@ pub struct TeamInfo {
 
 /// A team as E2B's `GET /teams` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Team {
     /// Its id.
@@ -104,6 +110,7 @@ pub struct Team {
 
 /// How E2B shows a key without showing it (`IdentifierMaskingDetails`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyMask {
     /// What every key of its kind starts with (`e2b_`, `sk_e2b_`).
@@ -119,6 +126,7 @@ pub struct KeyMask {
 /// `POST /api-keys`, `PATCH /api-keys/{id}` and `POST /access-tokens`
 /// body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NamedKey {
     /// The key's name.
     pub name: String,
@@ -126,6 +134,7 @@ pub struct NamedKey {
 
 /// A key as E2B's `GET /api-keys` lists it (`TeamAPIKey`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TeamApiKey {
     /// Its id (a UUID).
@@ -144,6 +153,7 @@ pub struct TeamApiKey {
 
 /// The answer to E2B's `POST /api-keys` (`CreatedTeamAPIKey`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedTeamApiKey {
     /// The key as listed.
@@ -155,6 +165,7 @@ pub struct CreatedTeamApiKey {
 
 /// The answer to E2B's `POST /access-tokens` (`CreatedAccessToken`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedAccessToken {
     /// Its id (a UUID).

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The warm pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatus {
     /// Sandboxes kept ready per template (0: the pool is off).
@@ -14,6 +15,7 @@ pub struct PoolStatus {
 
 /// One template's pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplatePool {
     /// Template id.

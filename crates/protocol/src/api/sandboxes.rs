@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// (`network.allowPublicTraffic`, `volumeMounts`, …) are accepted and
 /// ignored; fields left `None` are not sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NewSandbox {
     /// Template id or name.
@@ -72,6 +73,7 @@ pub struct NewSandbox {
 
 /// E2B's `autoResume` object of a create.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AutoResume {
     /// Whether requests resume the sandbox.
     #[serde(default)]
@@ -80,6 +82,7 @@ pub struct AutoResume {
 
 /// E2B's `network` object of a create.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxNetwork {
     /// IPs or CIDR blocks re-allowed even when denied.
@@ -109,6 +112,7 @@ pub struct SandboxNetwork {
 /// `PUT /sandboxes/{id}/network` body: the sandbox's new egress rules,
 /// replacing the old ones whole (a field left out is cleared).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxNetworkUpdate {
     /// IPs or CIDR blocks re-allowed even when denied.
@@ -130,6 +134,7 @@ pub struct SandboxNetworkUpdate {
 
 /// E2B's `Sandbox`: the answer to a create, and to a `connect`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxCreated {
     /// Template id.
@@ -159,6 +164,7 @@ pub struct SandboxCreated {
 /// (`GET /sandboxes`, `GET /v2/sandboxes`) and as `GET /sandboxes/{id}`
 /// describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ListedSandbox {
     /// Template id.
@@ -216,6 +222,7 @@ pub struct ListedSandbox {
 
 /// A volume mounted into a sandbox (E2B's `SandboxVolumeMount`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxVolumeMount {
     /// The volume's name (or, in a create, its id).
     pub name: String,
@@ -248,6 +255,7 @@ impl ListedSandbox {
 
 /// E2B's `SandboxLifecycle`, as sandbox info reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleInfo {
     /// `kill` or `pause`.
@@ -259,6 +267,7 @@ pub struct LifecycleInfo {
 /// `POST /sandboxes/{id}/connect` (and `/v2/...`) body; `{}` or no body
 /// at all connects with nothing changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectSandbox {
     /// Seconds: the sandbox then lives at least this long from now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +282,7 @@ pub struct ConnectSandbox {
 /// `POST /sandboxes/{id}/pause` body. E2B's `requireHealthyGuest` is
 /// accepted and ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PauseSandbox {
     /// `false`: keep only the filesystem (stop every process); else keep
     /// memory too (freeze them).
@@ -282,6 +292,7 @@ pub struct PauseSandbox {
 
 /// A line of `GET /sandboxes/{id}/logs` (E2B's `SandboxLog`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxLogLine {
     /// RFC 3339 with milliseconds.
     pub timestamp: String,
@@ -291,6 +302,7 @@ pub struct SandboxLogLine {
 
 /// A structured sandbox log entry (E2B's `SandboxLogEntry`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxLogEntry {
     /// RFC 3339 with milliseconds.
     pub timestamp: String,
@@ -304,6 +316,7 @@ pub struct SandboxLogEntry {
 
 /// `GET /sandboxes/{id}/logs` (E2B's `SandboxLogs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxLogs {
     /// The lines.
@@ -314,6 +327,7 @@ pub struct SandboxLogs {
 
 /// `GET /v2/sandboxes/{id}/logs` (E2B's `SandboxLogsV2Response`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxLogsV2 {
     /// The entries.
     pub logs: Vec<SandboxLogEntry>,

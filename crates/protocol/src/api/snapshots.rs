@@ -8,6 +8,7 @@ use super::SandboxCreated;
 
 /// `POST /sandboxes/{id}/snapshots` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotRequest {
     /// The snapshot's name: a template name, replaced when it exists;
@@ -23,6 +24,7 @@ pub struct SnapshotRequest {
 /// A snapshot: the answer to a snapshot request, an element of
 /// `GET /snapshots`. `Sandbox.create(snapshotID)` starts from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotInfo {
     /// What a create names to start from it.
     #[serde(rename = "snapshotID")]
@@ -33,6 +35,7 @@ pub struct SnapshotInfo {
 
 /// `POST /sandboxes/{id}/fork` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ForkRequest {
     /// Lifetime of the new sandboxes, seconds (the source's default when
@@ -46,6 +49,7 @@ pub struct ForkRequest {
 
 /// One fork: the new sandbox, or why it could not start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ForkResult {
     /// The new sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +61,7 @@ pub struct ForkResult {
 
 /// E2B's error shape, inside a [`ForkResult`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ForkError {
     /// The HTTP status the failure would have had.
     pub code: u16,

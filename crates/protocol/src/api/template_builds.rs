@@ -12,6 +12,7 @@ use super::builds::LogLevel;
 /// `POST /v3/templates` body (E2B's `TemplateBuildRequestV3`). Other
 /// fields (`minFreeDiskMB`, …) are accepted and ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateBuildRequest {
     /// The template's name, possibly `name:tag`.
@@ -34,6 +35,7 @@ pub struct TemplateBuildRequest {
 /// `202` answer to `POST /v3/templates` (E2B's
 /// `TemplateRequestResponseV3`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateBuildRequested {
     /// The template's id (that of the template of that name when there is
@@ -56,6 +58,7 @@ pub struct TemplateBuildRequested {
 /// `201` answer to `GET /templates/{templateID}/files/{hash}` (E2B's
 /// `TemplateBuildFileUpload`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateFileLink {
     /// Whether the server has the file set already.
@@ -67,6 +70,7 @@ pub struct TemplateFileLink {
 
 /// Answer to `PUT /hutch/v1/build-files/{hash}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildFilesUploaded {
     /// Always true: the file set is stored.
@@ -76,6 +80,7 @@ pub struct BuildFilesUploaded {
 /// `POST /v2/templates/{templateID}/builds/{buildID}` body (E2B's
 /// `TemplateBuildStartV2`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateBuildStart {
     /// The image to start from.
@@ -104,6 +109,7 @@ pub struct TemplateBuildStart {
 
 /// One build step (E2B's `TemplateStep`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateStep {
     /// `ENV`, `ARG`, `RUN`, `WORKDIR`, `USER` or `COPY`.
@@ -123,6 +129,7 @@ pub struct TemplateStep {
 /// Answer to `GET /templates/{templateID}/builds/{buildID}/status` (E2B's
 /// `TemplateBuildInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateBuildStatus {
     /// The template's id.
@@ -156,6 +163,7 @@ impl TemplateBuildStatus {
 
 /// A log entry of a template build (E2B's `BuildLogEntry`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildLogEntry {
     /// RFC 3339 with milliseconds.
@@ -171,6 +179,7 @@ pub struct BuildLogEntry {
 
 /// Why a template build failed (E2B's `BuildStatusReason`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildStatusReason {
     /// What went wrong.
@@ -184,6 +193,7 @@ pub struct BuildStatusReason {
 /// Answer to `GET /templates/aliases/{name}` (E2B's
 /// `TemplateAliasResponse`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateAliasInfo {
     /// The template's id.

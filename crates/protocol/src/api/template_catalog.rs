@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A template as `GET /templates` lists it (E2B's `Template`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateSummary {
     /// Its id.
@@ -49,6 +50,7 @@ pub struct TemplateSummary {
 
 /// `GET /templates/{id}` (E2B's `TemplateWithBuilds`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateDetails {
     /// What the listing says of it.
@@ -60,6 +62,7 @@ pub struct TemplateDetails {
 
 /// One build of a template (E2B's `TemplateBuild`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateBuildSummary {
     /// Its id (a UUID).
@@ -87,6 +90,7 @@ pub struct TemplateBuildSummary {
 
 /// `PATCH /templates/{id}` body (E2B's `TemplateUpdateRequest`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateUpdate {
     /// The new `public` flag; unchanged when absent.
@@ -97,6 +101,7 @@ pub struct TemplateUpdate {
 /// `200` answer to `PATCH /v2/templates/{id}` (E2B's
 /// `TemplateUpdateResponse`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TemplateUpdated {
     /// The template's names.
     pub names: Vec<String>,
@@ -104,6 +109,7 @@ pub struct TemplateUpdated {
 
 /// `POST /templates/tags` body (E2B's `AssignTemplateTagsRequest`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AssignTags {
     /// The build to tag: `name`, `name:tag` or `name:<buildID>`.
     pub target: String,
@@ -113,6 +119,7 @@ pub struct AssignTags {
 
 /// `201` answer to `POST /templates/tags` (E2B's `AssignedTemplateTags`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AssignedTags {
     /// The build the tags now name.
     #[serde(rename = "buildID")]
@@ -123,6 +130,7 @@ pub struct AssignedTags {
 
 /// `DELETE /templates/tags` body (E2B's `DeleteTemplateTagsRequest`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RemoveTags {
     /// The template's name (or id).
     pub name: String,
@@ -132,6 +140,7 @@ pub struct RemoveTags {
 
 /// An element of `GET /templates/{id}/tags` (E2B's `TemplateTag`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateTagInfo {
     /// The tag.
@@ -146,6 +155,7 @@ pub struct TemplateTagInfo {
 /// `GET /templates/{id}/builds/{buildID}/logs` answer (E2B's
 /// `TemplateBuildLogsResponse`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildLogs {
     /// The entries asked for.
     pub logs: Vec<super::BuildLogEntry>,

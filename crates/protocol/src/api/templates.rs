@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// A template: the answer to an import or a pull, an element of
 /// `GET /hutch/v1/templates`, and the `template` of a finished build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Template {
     /// Version of the metadata's schema (1).
@@ -48,13 +49,11 @@ pub struct Template {
 /// Where a template came from: `{"kind": "image" | "build" | "recipe" |
 /// "snapshot", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "camelCase")]
 pub enum TemplateSource {
     /// Imported or pulled from an image.
+    #[serde(rename_all = "camelCase")]
     Image {
         /// The path or reference the image came from.
         path_or_ref: String,
@@ -64,6 +63,7 @@ pub enum TemplateSource {
         config_digest: String,
     },
     /// Built from a Dockerfile or through the template API.
+    #[serde(rename_all = "camelCase")]
     Build {
         /// `dockerfile` or `template-api`.
         frontend: String,
@@ -73,6 +73,7 @@ pub enum TemplateSource {
         steps: usize,
     },
     /// Built by Hutch from a recipe (the default `base` template).
+    #[serde(rename_all = "camelCase")]
     Recipe {
         /// Which recipe, e.g. `debian-base`.
         recipe: String,
@@ -81,6 +82,7 @@ pub enum TemplateSource {
     },
     /// A sandbox's file system, captured (a snapshot, or the start of a
     /// fork).
+    #[serde(rename_all = "camelCase")]
     Snapshot {
         /// The sandbox.
         sandbox_id: String,
@@ -91,6 +93,7 @@ pub enum TemplateSource {
 
 /// The runtime defaults an image config declares.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ImageConfig {
     /// `K=V` strings, in order.
@@ -109,6 +112,7 @@ pub struct ImageConfig {
 /// body. A field left `None` falls back to the server's default and is not
 /// sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateLimits {
     /// CPUs.
@@ -138,6 +142,7 @@ impl TemplateLimits {
 
 /// `POST /hutch/v1/templates/pull` body.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplatePullRequest {
     /// The template's name.
@@ -174,13 +179,11 @@ impl std::fmt::Debug for TemplatePullRequest {
 /// One line of the NDJSON stream of a pull (`Accept: application/x-ndjson`):
 /// `{"event": "resolved" | "layer" | "done" | "error", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "event",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "event", rename_all = "camelCase")]
 pub enum PullEvent {
     /// The reference was resolved to an image manifest.
+    #[serde(rename_all = "camelCase")]
     Resolved {
         /// The reference, as given.
         reference: String,
@@ -192,6 +195,7 @@ pub enum PullEvent {
     },
     /// Where one layer stands; its first event has `done` 0 (or, when it
     /// is reused, `done` = `total` and `complete`), its last `complete`.
+    #[serde(rename_all = "camelCase")]
     Layer {
         /// Layer index, base first.
         index: usize,
@@ -207,11 +211,13 @@ pub enum PullEvent {
         complete: bool,
     },
     /// The last line of a pull that worked: the new template.
+    #[serde(rename_all = "camelCase")]
     Done {
         /// The template.
         template: Box<Template>,
     },
     /// The last line of a pull that failed.
+    #[serde(rename_all = "camelCase")]
     Error {
         /// The HTTP status the failure would have had.
         code: u16,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /volumes` body (E2B's `NewVolume`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewVolume {
     /// Its name: 1 to 250 characters from `A-Za-z0-9_-`, unique.
     pub name: String,
@@ -11,6 +12,7 @@ pub struct NewVolume {
 
 /// A volume as `GET /volumes` lists it (E2B's `Volume`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VolumeInfo {
     /// Its id (a UUID).
     #[serde(rename = "volumeID")]
@@ -21,6 +23,7 @@ pub struct VolumeInfo {
 
 /// A volume with a token for its content (E2B's `VolumeAndToken`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VolumeAndToken {
     /// Its id (a UUID).
     #[serde(rename = "volumeID")]

@@ -30,11 +30,21 @@ use crate::error::{ApiError, ApiQuery};
 use crate::ids;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct BuildQuery {
+    /// The build, a `BuildSpec` as JSON.
     spec: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/hutch/v1/builds",
+    tag = "hutch",
+    params(BuildQuery),
+    request_body(content = super::openapi::Binary, content_type = "application/x-tar", description = "The build context."),
+    responses((status = 200, description = "The build's log, one JSON object a line, ending with its outcome.", content_type = "application/x-ndjson", body = hutch_protocol::api::BuildStreamLine), (status = 400, description = "An invalid spec or context.", body = super::openapi::Error), (status = 409, description = "Being built already.", body = super::openapi::Error))
+)]
 pub(super) async fn build(
     State(st): State<Arc<AppState>>,
     caller: Caller,

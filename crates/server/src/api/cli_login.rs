@@ -19,27 +19,86 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use utoipa_axum::routes;
 
 use super::e2b_templates::public_base;
+use super::openapi::ApiRouter;
 use crate::state::AppState;
 
 /// What the CLI calls the client.
 const CLIENT_ID: &str = "hutch";
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/hutch/v1/cli-login/api/cli", get(page).post(sign_in))
-        .route("/hutch/v1/oauth/token", post(token))
-        .route("/hutch/v1/oauth/revoke", post(revoke))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(page, sign_in))
+        .routes(routes!(token))
+        .routes(routes!(revoke))
+}
+
+/// The login form's fields.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct LoginForm {
+    /// A key or access token of the team to log in to.
+    key: Option<String>,
+    /// The CLI's callback on this machine (`http://localhost:PORT/...`).
+    next: Option<String>,
+}
+
+/// An OAuth token request (RFC 6749, refresh grant).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct TokenForm {
+    /// `refresh_token`.
+    grant_type: Option<String>,
+    /// The token the login gave.
+    refresh_token: Option<String>,
+}
+
+/// An OAuth token revocation (RFC 7009).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct RevokeForm {
+    /// The token to revoke.
+    token: Option<String>,
+}
+
+/// A refreshed token (RFC 6749): the same token, still valid.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct OAuthToken {
+    /// The token.
+    access_token: String,
+    /// The token again.
+    refresh_token: String,
+    /// `Bearer`.
+    token_type: String,
+}
+
+/// An OAuth error (RFC 6749's `error`), with E2B's `code` and `message`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct OAuthError {
+    /// `unsupported_grant_type` or `invalid_grant`.
+    error: String,
+    /// The HTTP status.
+    code: u16,
+    /// What went wrong.
+    message: String,
 }
 
 /// `GET …/api/cli`: the form (`next` given), or what became of the login
 /// (`state=success|error`, as the CLI's callback sends the browser back).
+#[utoipa::path(
+    get,
+    path = "/hutch/v1/cli-login/api/cli",
+    tag = "cli login",
+    security(()),
+    params(("next" = Option<String>, Query, description = "The CLI's callback on this machine."), ("state" = Option<String>, Query, description = "`success` or `error`: the page the login ends on."), ("email" = Option<String>, Query, description = "Who logged in (with `state=success`)."), ("error" = Option<String>, Query, description = "Why the login failed (with `state=error`).")),
+    responses((status = 200, description = "The page.", content_type = "text/html", body = String), (status = 400, description = "A page saying how to start the login.", content_type = "text/html", body = String))
+)]
 async fn page(Query(q): Query<HashMap<String, String>>) -> Response {
     match q.get("state").map(String::as_str) {
         Some("success") => html(
@@ -72,6 +131,14 @@ async fn page(Query(q): Query<HashMap<String, String>>) -> Response {
 /// `POST …/api/cli` (`key`, `next`): a token for the key's team, handed to
 /// the CLI's callback; the form again, saying why, when the key is not
 /// valid.
+#[utoipa::path(
+    post,
+    path = "/hutch/v1/cli-login/api/cli",
+    tag = "cli login",
+    security(()),
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Logged in: to the CLI's callback, with a token.", headers(("location" = String, description = "The callback."))), (status = 200, description = "The page.", content_type = "text/html", body = String), (status = 400, description = "A page saying how to start the login.", content_type = "text/html", body = String))
+)]
 async fn sign_in(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -123,6 +190,14 @@ async fn sign_in(
 
 /// `POST /hutch/v1/oauth/token` (`grant_type=refresh_token`,
 /// `refresh_token`): the same token while it is valid.
+#[utoipa::path(
+    post,
+    path = "/hutch/v1/oauth/token",
+    tag = "cli login",
+    security(()),
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The token, still valid.", body = OAuthToken), (status = 400, description = "An unsupported grant or invalid token.", body = OAuthError))
+)]
 async fn token(
     State(st): State<Arc<AppState>>,
     Form(f): Form<HashMap<String, String>>,
@@ -136,11 +211,11 @@ async fn token(
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
     match st.keys.caller(refresh).await {
-        Ok(Some(_)) => Json(serde_json::json!({
-            "access_token": refresh,
-            "refresh_token": refresh,
-            "token_type": "Bearer",
-        }))
+        Ok(Some(_)) => Json(OAuthToken {
+            access_token: refresh.to_owned(),
+            refresh_token: refresh.to_owned(),
+            token_type: "Bearer".to_owned(),
+        })
         .into_response(),
         Ok(None) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
         Err(e) => crate::error::ApiError::from(e).into_response(),
@@ -149,6 +224,14 @@ async fn token(
 
 /// `POST /hutch/v1/oauth/revoke` (`token`): revokes it (RFC 7009: 200
 /// whether or not it was valid).
+#[utoipa::path(
+    post,
+    path = "/hutch/v1/oauth/revoke",
+    tag = "cli login",
+    security(()),
+    request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The token is revoked (or was not valid)."))
+)]
 async fn revoke(
     State(st): State<Arc<AppState>>,
     Form(f): Form<HashMap<String, String>>,
@@ -166,7 +249,16 @@ async fn revoke(
 }
 
 fn oauth_error(status: StatusCode, error: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": error }))).into_response()
+    let message = match error {
+        "unsupported_grant_type" => "grant_type must be refresh_token",
+        _ => "the refresh token is not valid",
+    };
+    let body = OAuthError {
+        error: error.to_owned(),
+        code: status.as_u16(),
+        message: message.to_owned(),
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Whether `next` is a callback of a CLI on this machine:

@@ -34,19 +34,20 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use futures::TryStreamExt;
 use hutch_protocol::api::{
     LogLevel, TemplateAliasInfo, TemplateBuildRequest, TemplateBuildStart, TemplateBuildStatus,
 };
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use utoipa_axum::routes;
 
+use super::openapi::ApiRouter;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
@@ -54,31 +55,18 @@ use crate::template_api::{self, LogPage, TemplateApi, TemplateApiError};
 
 /// The routes: those behind the API key, and the upload route, which
 /// checks its own token.
-pub(super) fn routes(
-    st: &Arc<AppState>,
-) -> (
-    Router<Arc<AppState>>,
-    Router<Arc<AppState>>,
-    Arc<TemplateApi>,
-) {
-    let api = Arc::new(TemplateApi::open(&st.data_dir));
-    let authed = Router::new()
-        .route("/v3/templates", post(request_build))
-        .route("/templates/aliases/{alias}", get(alias))
-        .route("/templates/{template_id}/files/{hash}", get(file_link))
-        .route(
-            "/v2/templates/{template_id}/builds/{build_id}",
-            post(start_build),
-        )
-        .route(
-            "/templates/{template_id}/builds/{build_id}/status",
-            get(status),
-        )
-        .layer(Extension(api.clone()));
-    let uploads = Router::new()
-        .route("/hutch/v1/build-files/{hash}", put(upload))
-        .layer(Extension(api.clone()));
-    (authed, uploads, api)
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(request_build))
+        .routes(routes!(alias))
+        .routes(routes!(file_link))
+        .routes(routes!(start_build))
+        .routes(routes!(status))
+}
+
+/// `PUT /hutch/v1/build-files/{hash}`: its upload token is its credential.
+pub(super) fn upload_routes() -> ApiRouter {
+    ApiRouter::new().routes(routes!(upload))
 }
 
 /// Each error of the service as E2B's error body: its message, with the
@@ -121,6 +109,13 @@ impl From<TemplateApiError> for ApiError {
 /// `POST /v3/templates` → `202 {templateID, buildID, ...}`: requests a
 /// build; `cpuCount` and `memoryMB` become the template's default limits,
 /// `minFreeDiskMB` is accepted and not applied.
+#[utoipa::path(
+    post,
+    path = "/v3/templates",
+    tag = "template builds",
+    request_body = TemplateBuildRequest,
+    responses((status = 202, description = "The build is requested.", body = hutch_protocol::api::TemplateBuildRequested), (status = 400, description = "An invalid request.", body = super::openapi::Error), (status = 409, description = "Being built already.", body = super::openapi::Error))
+)]
 pub(super) async fn request_build(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -157,6 +152,13 @@ pub(super) fn public_base(headers: &HeaderMap, uri: &Uri) -> Option<String> {
 /// `GET /templates/{templateID}/files/{hash}` → `201 {present, url}`. The
 /// URL is given even when the files are present, for the SDKs'
 /// `force_upload`.
+#[utoipa::path(
+    get,
+    path = "/templates/{template_id}/files/{hash}",
+    tag = "template builds",
+    params(("template_id" = String, Path, description = "The template's id or name."), ("hash" = String, Path, description = "The SHA-256 of the file set, 64 hex digits.")),
+    responses((status = 201, description = "Whether the files are stored, and where to upload them if not.", body = hutch_protocol::api::TemplateFileLink), (status = 400, description = "An invalid hash.", body = super::openapi::Error), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
 pub(super) async fn file_link(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -173,7 +175,8 @@ pub(super) async fn file_link(
 }
 
 /// The query of an upload.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UploadQuery {
     /// The upload token handed out with the upload URL.
     token: Option<String>,
@@ -183,6 +186,15 @@ pub(super) struct UploadQuery {
 /// tar (or gzipped tar) of a `COPY` step's files, streamed into the
 /// service, which unpacks it into `DATA/build-files/<hash>/`. A new upload
 /// of the same hash replaces the old one.
+#[utoipa::path(
+    put,
+    path = "/hutch/v1/build-files/{hash}",
+    tag = "template builds",
+    params(("hash" = String, Path, description = "The SHA-256 of the file set, 64 hex digits."), UploadQuery),
+    security(()),
+    request_body(content = super::openapi::Binary, content_type = "application/x-tar", description = "The file set, a tar."),
+    responses((status = 200, description = "Stored.", body = hutch_protocol::api::BuildFilesUploaded), (status = 400, description = "An invalid hash or tar.", body = super::openapi::Error), (status = 401, description = "No token.", body = super::openapi::Error), (status = 403, description = "An invalid or expired token.", body = super::openapi::Error))
+)]
 pub(super) async fn upload(
     Extension(api): Extension<Arc<TemplateApi>>,
     Path(hash): Path<String>,
@@ -202,6 +214,14 @@ pub(super) async fn upload(
 
 /// `POST /v2/templates/{templateID}/builds/{buildID}`: starts a requested
 /// build with the steps of the body (`202`).
+#[utoipa::path(
+    post,
+    path = "/v2/templates/{template_id}/builds/{build_id}",
+    tag = "template builds",
+    params(("template_id" = String, Path, description = "The template's id or name."), ("build_id" = String, Path, description = "The build's id.")),
+    request_body = Option<TemplateBuildStart>,
+    responses((status = 202, description = "The build started."), (status = 400, description = "An invalid step.", body = super::openapi::Error), (status = 404, description = "No such build.", body = super::openapi::Error), (status = 409, description = "Started already.", body = super::openapi::Error))
+)]
 pub(super) async fn start_build(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -217,7 +237,8 @@ pub(super) async fn start_build(
 // ----- 4. status and logs --------------------------------------------------
 
 /// The query of a status call.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct StatusQuery {
     /// The first log entry to return.
@@ -232,6 +253,13 @@ pub(super) struct StatusQuery {
 /// `GET /templates/{templateID}/builds/{buildID}/status`: the status and
 /// the log entries from `logsOffset` (at most `limit`, 100 at most; only
 /// those at `level` or above when given — the offset then counts those).
+#[utoipa::path(
+    get,
+    path = "/templates/{template_id}/builds/{build_id}/status",
+    tag = "template builds",
+    params(("template_id" = String, Path, description = "The template's id or name."), ("build_id" = String, Path, description = "The build's id."), StatusQuery),
+    responses((status = 200, description = "The build's status and log.", body = TemplateBuildStatus), (status = 404, description = "No such build.", body = super::openapi::Error))
+)]
 pub(super) async fn status(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -270,6 +298,13 @@ pub(super) fn min_level(level: Option<&str>) -> Result<LogLevel, ApiError> {
 
 /// `GET /templates/aliases/{alias}`: `200 {templateID, public: false}` for
 /// a template of that name, else 404.
+#[utoipa::path(
+    get,
+    path = "/templates/aliases/{alias}",
+    tag = "templates",
+    params(("alias" = String, Path, description = "A template's name.")),
+    responses((status = 200, description = "The template of that name.", body = TemplateAliasInfo), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
 pub(super) async fn alias(
     State(st): State<Arc<AppState>>,
     caller: Caller,

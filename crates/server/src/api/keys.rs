@@ -59,6 +59,13 @@ impl From<&ApiKeyRow> for ListedApiKey {
 // ----- Hutch's routes --------------------------------------------------
 
 /// `POST /hutch/v1/api-keys` `{kind?, name?}` → 201 with the key.
+#[utoipa::path(
+    post,
+    path = "/hutch/v1/api-keys",
+    tag = "keys",
+    request_body = Option<NewApiKey>,
+    responses((status = 201, description = "The key, shown only now.", body = CreatedApiKey), (status = 400, description = "An invalid kind or name.", body = super::openapi::Error))
+)]
 pub(super) async fn create(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -94,6 +101,12 @@ pub(super) async fn create(
 
 /// `GET /hutch/v1/api-keys`: the caller's team's keys and tokens, revoked
 /// ones too.
+#[utoipa::path(
+    get,
+    path = "/hutch/v1/api-keys",
+    tag = "keys",
+    responses((status = 200, description = "The team's keys (never the keys themselves).", body = Vec<ListedApiKey>))
+)]
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -104,6 +117,13 @@ pub(super) async fn list(
 
 /// `DELETE /hutch/v1/api-keys/{id}`: 204; 409 for the team's last valid
 /// key.
+#[utoipa::path(
+    delete,
+    path = "/hutch/v1/api-keys/{id}",
+    tag = "keys",
+    params(("id" = String, Path, description = "The key's id.")),
+    responses((status = 204, description = "Revoked."), (status = 404, description = "No such key.", body = super::openapi::Error), (status = 409, description = "The team's last valid key.", body = super::openapi::Error))
+)]
 pub(super) async fn revoke(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -114,6 +134,13 @@ pub(super) async fn revoke(
 
 /// `POST /hutch/v1/teams` `{name}` → 201 with the team and its first key
 /// (keys of the default team only).
+#[utoipa::path(
+    post,
+    path = "/hutch/v1/teams",
+    tag = "teams",
+    request_body = NewTeam,
+    responses((status = 201, description = "The team, with its first API key.", body = TeamInfo), (status = 403, description = "Not a key of the default team.", body = super::openapi::Error), (status = 409, description = "The name is taken.", body = super::openapi::Error))
+)]
 pub(super) async fn create_team(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -127,6 +154,12 @@ pub(super) async fn create_team(
 
 /// `GET /hutch/v1/teams`: every team for a key of the default team, else
 /// the caller's.
+#[utoipa::path(
+    get,
+    path = "/hutch/v1/teams",
+    tag = "teams",
+    responses((status = 200, description = "The teams.", body = Vec<TeamInfo>), (status = 403, description = "Not a key of the default team.", body = super::openapi::Error))
+)]
 pub(super) async fn list_teams(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -150,6 +183,12 @@ fn team_info(t: &TeamRow) -> TeamInfo {
 /// `GET /teams`: the caller's team, its key being the credential the
 /// request carried (E2B's CLI stores it and sends it as `X-API-Key`; Hutch
 /// accepts either kind there).
+#[utoipa::path(
+    get,
+    path = "/teams",
+    tag = "teams",
+    responses((status = 200, description = "The caller's team.", body = Vec<Team>))
+)]
 pub(super) async fn e2b_teams(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -165,6 +204,12 @@ pub(super) async fn e2b_teams(
 }
 
 /// `GET /api-keys`: the team's valid API keys, masked.
+#[utoipa::path(
+    get,
+    path = "/api-keys",
+    tag = "keys",
+    responses((status = 200, description = "The team's valid API keys, masked.", body = Vec<TeamApiKey>))
+)]
 pub(super) async fn e2b_list_keys(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -179,6 +224,13 @@ pub(super) async fn e2b_list_keys(
 }
 
 /// `POST /api-keys` `{name}` → 201 with the key.
+#[utoipa::path(
+    post,
+    path = "/api-keys",
+    tag = "keys",
+    request_body = NamedKey,
+    responses((status = 201, description = "The key, shown only now.", body = CreatedTeamApiKey), (status = 400, description = "An invalid name.", body = super::openapi::Error))
+)]
 pub(super) async fn e2b_create_key(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -196,6 +248,14 @@ pub(super) async fn e2b_create_key(
 }
 
 /// `PATCH /api-keys/{id}` `{name}` → 200.
+#[utoipa::path(
+    patch,
+    path = "/api-keys/{id}",
+    tag = "keys",
+    params(("id" = String, Path, description = "The key's id.")),
+    request_body = NamedKey,
+    responses((status = 200, description = "Renamed."), (status = 404, description = "No such key.", body = super::openapi::Error))
+)]
 pub(super) async fn e2b_rename_key(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -212,6 +272,13 @@ pub(super) async fn e2b_rename_key(
 }
 
 /// `DELETE /api-keys/{id}` → 204; 409 for the team's last valid key.
+#[utoipa::path(
+    delete,
+    path = "/api-keys/{id}",
+    tag = "keys",
+    params(("id" = String, Path, description = "The key's id.")),
+    responses((status = 204, description = "Deleted."), (status = 404, description = "No such key.", body = super::openapi::Error), (status = 409, description = "The team's last valid key.", body = super::openapi::Error))
+)]
 pub(super) async fn e2b_delete_key(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -221,6 +288,13 @@ pub(super) async fn e2b_delete_key(
 }
 
 /// `POST /access-tokens` `{name}` → 201 with the token.
+#[utoipa::path(
+    post,
+    path = "/access-tokens",
+    tag = "keys",
+    request_body = NamedKey,
+    responses((status = 201, description = "The token, shown only now.", body = CreatedAccessToken), (status = 400, description = "An invalid name.", body = super::openapi::Error))
+)]
 pub(super) async fn e2b_create_token(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -244,6 +318,13 @@ pub(super) async fn e2b_create_token(
 }
 
 /// `DELETE /access-tokens/{id}` → 204.
+#[utoipa::path(
+    delete,
+    path = "/access-tokens/{id}",
+    tag = "keys",
+    params(("id" = String, Path, description = "The token's id.")),
+    responses((status = 204, description = "Deleted."), (status = 404, description = "No such token.", body = super::openapi::Error))
+)]
 pub(super) async fn e2b_delete_token(
     State(st): State<Arc<AppState>>,
     caller: Caller,

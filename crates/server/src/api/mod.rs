@@ -7,6 +7,7 @@
 //! | route | auth | what |
 //! |---|---|---|
 //! | `GET /health` | no | `{"status":"ok"}` |
+//! | `GET /openapi.json` | no | the OpenAPI document of these routes ([`openapi`]) |
 //! | `POST /sandboxes`, `POST /v2/sandboxes` | key | create a sandbox (201) |
 //! | `GET /sandboxes`, `GET /v2/sandboxes` | key | list running sandboxes |
 //! | `GET /sandboxes/{id}` | key | one sandbox |
@@ -52,6 +53,7 @@ mod builds;
 mod cli_login;
 mod e2b_templates;
 mod keys;
+mod openapi;
 mod paging;
 mod pool;
 mod sandboxes;
@@ -64,102 +66,27 @@ mod volumes;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::Extension;
 use axum::http::{Method, Uri};
-use axum::routing::{get, post};
 
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{auth, frontdoor};
 
 pub use crate::catalog::valid_template_name;
+pub use openapi::{document, served_routes};
 
 pub(crate) fn router(st: Arc<AppState>) -> Router {
-    let (e2b_templates, build_files, template_api) = e2b_templates::routes(&st);
-    let authed = Router::new()
-        .route(
-            "/sandboxes",
-            post(sandboxes::create).get(sandboxes::list_v1),
-        )
-        .route(
-            "/v2/sandboxes",
-            post(sandboxes::create).get(sandboxes::list_v2),
-        )
-        .route(
-            "/sandboxes/{id}",
-            get(sandboxes::detail).delete(sandboxes::kill),
-        )
-        .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
-        .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
-        .route("/sandboxes/{id}/connect", post(sandboxes::connect))
-        .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
-        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
-        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
-        .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
-        .route("/sandboxes/metrics", get(sandboxes::many_metrics))
-        .route("/sandboxes/{id}/logs", get(sandboxes::logs_v1))
-        .route("/volumes", get(volumes::list).post(volumes::create))
-        .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
-        .route("/v2/sandboxes/{id}/logs", get(sandboxes::logs_v2))
-        .route(
-            "/sandboxes/{id}/network",
-            axum::routing::put(sandboxes::set_network),
-        )
-        .route("/sandboxes/{id}/snapshots", post(sandboxes::snapshot))
-        .route("/sandboxes/{id}/fork", post(sandboxes::fork))
-        .route("/snapshots", get(snapshots::list))
-        .route(
-            "/templates/{template_id}",
-            axum::routing::delete(templates::remove),
-        )
-        .route(
-            "/hutch/v1/templates",
-            post(templates::import).get(templates::list),
-        )
-        .route(
-            "/hutch/v1/templates/pull",
-            post(templates::pull).delete(templates::remove_pull),
-        )
-        .route(
-            "/hutch/v1/templates/{name}",
-            axum::routing::delete(templates::remove),
-        )
-        .route("/hutch/v1/builds", post(builds::build))
-        .route("/hutch/v1/pool", get(pool::status))
-        .route("/hutch/v1/api-keys", post(keys::create).get(keys::list))
-        .route(
-            "/hutch/v1/api-keys/{id}",
-            axum::routing::delete(keys::revoke),
-        )
-        .route(
-            "/hutch/v1/teams",
-            post(keys::create_team).get(keys::list_teams),
-        )
-        .route("/teams", get(keys::e2b_teams))
-        .route(
-            "/api-keys",
-            get(keys::e2b_list_keys).post(keys::e2b_create_key),
-        )
-        .route(
-            "/api-keys/{id}",
-            axum::routing::patch(keys::e2b_rename_key).delete(keys::e2b_delete_key),
-        )
-        .route("/access-tokens", post(keys::e2b_create_token))
-        .route(
-            "/access-tokens/{id}",
-            axum::routing::delete(keys::e2b_delete_token),
-        )
-        .merge(e2b_templates)
-        .merge(template_catalog::routes(template_api))
-        .route_layer(axum::middleware::from_fn_with_state(
-            st.clone(),
-            auth::require_api_key,
-        ));
+    let template_api = Arc::new(crate::template_api::TemplateApi::open(&st.data_dir));
+    let (keyed, public) = openapi::routers();
+    let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
+        st.clone(),
+        auth::require_api_key,
+    ));
     Router::new()
-        .route("/health", get(health))
-        .merge(authed)
-        .merge(build_files)
-        .merge(volume_content::routes())
-        .merge(cli_login::routes())
+        .merge(public)
+        .merge(keyed)
+        .layer(Extension(template_api))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::error::json_errors))
@@ -168,10 +95,6 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
             frontdoor::front_door,
         ))
         .with_state(st)
-}
-
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

@@ -11,6 +11,12 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/hutch/v1/pool",
+    tag = "hutch",
+    responses((status = 200, description = "The warm pool.", body = PoolStatus))
+)]
 pub(super) async fn status(
     State(st): State<Arc<AppState>>,
     caller: Caller,

@@ -196,6 +196,13 @@ fn check_timeout(secs: u64, what: &str) -> Result<u64, ApiError> {
     Ok(secs)
 }
 
+#[utoipa::path(
+    post,
+    path = "/sandboxes",
+    tag = "sandboxes",
+    request_body = NewSandbox,
+    responses((status = 201, description = "The sandbox started.", body = SandboxCreated), (status = 400, description = "An invalid request.", body = super::openapi::Error), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
 pub(super) async fn create(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -238,7 +245,24 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(created(row))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v2/sandboxes`: as `POST /sandboxes`.
+#[utoipa::path(
+    post,
+    path = "/v2/sandboxes",
+    tag = "sandboxes",
+    request_body = NewSandbox,
+    responses((status = 201, description = "The sandbox started.", body = SandboxCreated), (status = 400, description = "An invalid request.", body = super::openapi::Error), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
+pub(super) async fn create_v2(
+    st: State<Arc<AppState>>,
+    caller: Caller,
+    body: ApiJson<NewSandbox>,
+) -> Result<Response, ApiError> {
+    create(st, caller, body).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ListQuery {
     /// `k=v&k2=v2`, itself URL-encoded in the query.
@@ -286,6 +310,13 @@ fn filter(team: &str, q: &ListQuery, states: Vec<SandboxState>) -> Result<Filter
 }
 
 /// `GET /sandboxes`: running sandboxes only, as E2B's v1 list.
+#[utoipa::path(
+    get,
+    path = "/sandboxes",
+    tag = "sandboxes",
+    params(ListQuery),
+    responses((status = 200, description = "The running sandboxes.", body = Vec<ListedSandbox>))
+)]
 pub(super) async fn list_v1(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -324,6 +355,13 @@ fn parse_states(filter: Option<&str>) -> Result<Vec<SandboxState>, ApiError> {
 
 /// `GET /v2/sandboxes`: running and paused sandboxes (`state` filters),
 /// paged.
+#[utoipa::path(
+    get,
+    path = "/v2/sandboxes",
+    tag = "sandboxes",
+    params(ListQuery),
+    responses((status = 200, description = "A page of the running and paused sandboxes.", body = Vec<ListedSandbox>, headers(("x-next-token" = String, description = "The next page's `nextToken`, when there is one."), ("x-total-running" = u64, description = "How many of the team's sandboxes run."))))
+)]
 pub(super) async fn list_v2(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -430,6 +468,13 @@ fn sandbox_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("sandbox '{id}' not found"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/sandboxes/{id}",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    responses((status = 200, description = "The sandbox.", body = ListedSandbox), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn detail(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -439,6 +484,13 @@ pub(super) async fn detail(
     Ok(Json(ListedSandbox::from(&row)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/sandboxes/{id}",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    responses((status = 204, description = "Killed."), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn kill(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -454,6 +506,14 @@ pub(super) async fn kill(
 /// the lifetime it had left, or the default lifetime when none was left,
 /// or now + `timeout` when given). A sandbox paused filesystem-only is
 /// booted again on its files (see [`crate::lifecycle`]).
+#[utoipa::path(
+    post,
+    path = "/sandboxes/{id}/connect",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = Option<ConnectSandbox>,
+    responses((status = 200, description = "The sandbox runs.", body = SandboxCreated), (status = 201, description = "The sandbox was resumed.", body = SandboxCreated), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn connect(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -469,10 +529,36 @@ pub(super) async fn connect(
     Ok((status, Json(created(row))).into_response())
 }
 
+/// `POST /v2/sandboxes/{id}/connect`: as `POST /sandboxes/{id}/connect`.
+#[utoipa::path(
+    post,
+    path = "/v2/sandboxes/{id}/connect",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = Option<ConnectSandbox>,
+    responses((status = 200, description = "The sandbox runs.", body = SandboxCreated), (status = 201, description = "The sandbox was resumed.", body = SandboxCreated), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
+pub(super) async fn connect_v2(
+    st: State<Arc<AppState>>,
+    caller: Caller,
+    id: Path<String>,
+    body: ApiJson<ConnectSandbox>,
+) -> Result<Response, ApiError> {
+    connect(st, caller, id, body).await
+}
+
 /// `POST /sandboxes/{id}/resume` (E2B's older way to resume, before
 /// `connect`): 201 with the sandbox once resumed (`timeout`: its lifetime
 /// from now); 409 when it is running, 404 when unknown. `autoPause` is
 /// accepted and ignored.
+#[utoipa::path(
+    post,
+    path = "/sandboxes/{id}/resume",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = Option<ConnectSandbox>,
+    responses((status = 201, description = "The sandbox was resumed.", body = SandboxCreated), (status = 404, description = "No such sandbox.", body = super::openapi::Error), (status = 409, description = "The sandbox runs.", body = super::openapi::Error))
+)]
 pub(super) async fn resume(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -496,6 +582,14 @@ pub(super) async fn resume(
 }
 
 /// `POST /sandboxes/{id}/pause`: 204; 409 when paused already.
+#[utoipa::path(
+    post,
+    path = "/sandboxes/{id}/pause",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = Option<PauseSandbox>,
+    responses((status = 204, description = "Paused."), (status = 404, description = "No such sandbox.", body = super::openapi::Error), (status = 409, description = "Paused already.", body = super::openapi::Error))
+)]
 pub(super) async fn pause(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -518,6 +612,14 @@ pub(super) async fn pause(
 
 /// `PUT /sandboxes/{id}/network`: 204 once the sandbox's egress rules are
 /// replaced by the body's (a field left out is cleared).
+#[utoipa::path(
+    put,
+    path = "/sandboxes/{id}/network",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = Option<SandboxNetworkUpdate>,
+    responses((status = 204, description = "The egress rules are replaced."), (status = 400, description = "An invalid rule.", body = super::openapi::Error), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn set_network(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -532,6 +634,14 @@ pub(super) async fn set_network(
 /// `POST /sandboxes/{id}/snapshots`: 201 with the snapshot
 /// (`Sandbox.create(snapshotID)` starts from it). Its file system only:
 /// `memory` is accepted and not kept (see `docs/e2b-compatibility.md`).
+#[utoipa::path(
+    post,
+    path = "/sandboxes/{id}/snapshots",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = Option<SnapshotRequest>,
+    responses((status = 201, description = "The snapshot.", body = SnapshotInfo), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn snapshot(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -564,6 +674,14 @@ pub(super) fn snapshot_info(meta: &hutch_image::TemplateMetadata, named: bool) -
 
 /// `POST /sandboxes/{id}/fork`: 201 with one result per fork, a sandbox or
 /// why it did not start; 404 when the source is not running or paused.
+#[utoipa::path(
+    post,
+    path = "/sandboxes/{id}/fork",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = Option<ForkRequest>,
+    responses((status = 201, description = "One result per fork.", body = Vec<ForkResult>), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn fork(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -594,7 +712,8 @@ pub(super) async fn fork(
     Ok((StatusCode::CREATED, Json(results)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct MetricsQuery {
     /// Unix seconds.
     start: Option<i64>,
@@ -605,6 +724,13 @@ pub(super) struct MetricsQuery {
 /// `GET /sandboxes/{id}/metrics`: the samples taken from `start` to `end`
 /// (see [`crate::metrics`]), or one taken now for a sandbox not sampled
 /// yet; none for a sandbox paused filesystem-only (nothing of it runs).
+#[utoipa::path(
+    get,
+    path = "/sandboxes/{id}/metrics",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id."), MetricsQuery),
+    responses((status = 200, description = "The samples.", body = Vec<SandboxMetric>), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn metrics(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -627,7 +753,8 @@ pub(super) async fn metrics(
 const DEFAULT_LOG_LIMIT: usize = 1000;
 const MAX_LOG_LIMIT: usize = 10_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
     /// v1: unix ms, entries from then on.
     start: Option<i64>,
@@ -704,6 +831,13 @@ fn log_line(e: &sandbox_logs::Entry) -> String {
 
 /// `GET /sandboxes/{id}/logs?start=&limit=`: the sandbox's log from
 /// `start`, as lines and as entries.
+#[utoipa::path(
+    get,
+    path = "/sandboxes/{id}/logs",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id."), LogsQuery),
+    responses((status = 200, description = "The sandbox's log.", body = SandboxLogs), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn logs_v1(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -725,6 +859,13 @@ pub(super) async fn logs_v1(
 }
 
 /// `GET /v2/sandboxes/{id}/logs?cursor=&limit=&direction=&level=&search=`.
+#[utoipa::path(
+    get,
+    path = "/v2/sandboxes/{id}/logs",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id."), LogsQuery),
+    responses((status = 200, description = "The sandbox's log.", body = SandboxLogsV2), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn logs_v2(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -737,7 +878,8 @@ pub(super) async fn logs_v2(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ManyMetricsQuery {
     /// Comma-separated sandbox ids.
     sandbox_ids: Option<String>,
@@ -749,11 +891,18 @@ const MAX_METRICS_IDS: usize = 100;
 /// `GET /sandboxes/metrics?sandbox_ids=a,b` → `{sandboxes: {id: sample}}`:
 /// the latest sample of each running or paused sandbox named (unknown ones
 /// are left out).
+#[utoipa::path(
+    get,
+    path = "/sandboxes/metrics",
+    tag = "sandboxes",
+    params(ManyMetricsQuery),
+    responses((status = 200, description = "The latest sample of each sandbox named.", body = SandboxesMetrics), (status = 400, description = "No or too many ids.", body = super::openapi::Error))
+)]
 pub(super) async fn many_metrics(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<ManyMetricsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SandboxesMetrics>, ApiError> {
     let ids: Vec<String> = q
         .sandbox_ids
         .as_deref()
@@ -775,18 +924,33 @@ pub(super) async fn many_metrics(
         )));
     }
     let latest = lifecycle::latest_metrics(&st, &caller.team, &ids).await?;
-    let sandboxes: serde_json::Map<String, serde_json::Value> = latest
-        .into_iter()
-        .map(|(id, m)| (id, serde_json::to_value(m).unwrap_or_default()))
-        .collect();
-    Ok(Json(serde_json::json!({ "sandboxes": sandboxes })))
+    Ok(Json(SandboxesMetrics {
+        sandboxes: latest.into_iter().collect(),
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `GET /sandboxes/metrics`'s answer (E2B's `SandboxesWithMetrics`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct SandboxesMetrics {
+    /// The latest sample of each sandbox, by id.
+    sandboxes: std::collections::BTreeMap<String, SandboxMetric>,
+}
+
+/// `POST /sandboxes/{id}/timeout` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct TimeoutBody {
+    /// The sandbox's lifetime from now, seconds.
     timeout: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/sandboxes/{id}/timeout",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = TimeoutBody,
+    responses((status = 204, description = "The sandbox ends `timeout` seconds from now."), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn set_timeout(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -802,12 +966,22 @@ pub(super) async fn set_timeout(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /sandboxes/{id}/refreshes` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct RefreshBody {
+    /// Seconds the sandbox lives at least from now (default 15).
     #[serde(default)]
     duration: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/sandboxes/{id}/refreshes",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "The sandbox's id.")),
+    request_body = Option<RefreshBody>,
+    responses((status = 204, description = "The sandbox lives at least `duration` seconds more."), (status = 404, description = "No such sandbox.", body = super::openapi::Error))
+)]
 pub(super) async fn refresh(
     State(st): State<Arc<AppState>>,
     caller: Caller,

@@ -16,7 +16,8 @@ use crate::error::{ApiError, ApiQuery};
 use crate::lifecycle;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ListQuery {
     /// Only the snapshots of this sandbox.
@@ -28,6 +29,13 @@ pub(super) struct ListQuery {
     next_token: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/snapshots",
+    tag = "snapshots",
+    params(ListQuery),
+    responses((status = 200, description = "A page of the team's snapshots, oldest first.", body = Vec<SnapshotInfo>, headers(("x-next-token" = String, description = "The next page's `nextToken`, when there is one."))))
+)]
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,

@@ -14,18 +14,19 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use hutch_image::TemplateMetadata;
 use hutch_protocol::api::{
     AssignTags, AssignedTags, BuildLogs, RemoveTags, TemplateBuildSummary, TemplateDetails,
     TemplateSummary, TemplateTagInfo, TemplateUpdate, TemplateUpdated,
 };
 use serde::Deserialize;
+use utoipa_axum::routes;
 
+use super::openapi::ApiRouter;
 use super::paging::page;
 use crate::auth::Caller;
 use crate::catalog::{self, TemplateView};
@@ -37,23 +38,20 @@ use crate::{ENVD_VERSION, limits, time};
 
 /// The routes (behind the API key); `api` is the template build service,
 /// which holds the build logs.
-pub(super) fn routes(api: Arc<TemplateApi>) -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/templates", get(list))
-        .route("/v2/templates", get(list_v2))
-        .route("/templates/{template_id}", get(details).patch(update))
-        .route("/v2/templates/{template_id}", axum::routing::patch(update))
-        .route("/templates/tags", post(assign_tags).delete(remove_tags))
-        .route("/templates/{template_id}/tags", get(tags))
-        .route(
-            "/templates/{template_id}/builds/{build_id}/logs",
-            get(build_logs),
-        )
-        .layer(Extension(api))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(list_v2))
+        .routes(routes!(details, update))
+        .routes(routes!(update_v2))
+        .routes(routes!(assign_tags, remove_tags))
+        .routes(routes!(tags))
+        .routes(routes!(build_logs))
 }
 
 /// A page of a listing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PageQuery {
     limit: Option<usize>,
@@ -61,6 +59,12 @@ pub(super) struct PageQuery {
 }
 
 /// `GET /templates`: every template.
+#[utoipa::path(
+    get,
+    path = "/templates",
+    tag = "templates",
+    responses((status = 200, description = "The templates the team may use.", body = Vec<TemplateSummary>))
+)]
 async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -70,6 +74,13 @@ async fn list(
 }
 
 /// `GET /v2/templates`: every template, paged by template id.
+#[utoipa::path(
+    get,
+    path = "/v2/templates",
+    tag = "templates",
+    params(PageQuery),
+    responses((status = 200, description = "A page of the templates the team may use.", body = Vec<TemplateSummary>, headers(("x-next-token" = String, description = "The next page's `nextToken`, when there is one."))))
+)]
 async fn list_v2(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -85,6 +96,13 @@ async fn list_v2(
 }
 
 /// `GET /templates/{id}`: a template with its builds, paged by build id.
+#[utoipa::path(
+    get,
+    path = "/templates/{template_id}",
+    tag = "templates",
+    params(("template_id" = String, Path, description = "The template's id or name."), PageQuery),
+    responses((status = 200, description = "The template and a page of its builds.", body = TemplateDetails, headers(("x-next-token" = String, description = "The next page's `nextToken`, when there is one."))), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
 async fn details(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -107,6 +125,14 @@ async fn details(
 
 /// `PATCH /templates/{id}` and `/v2/templates/{id}` `{public}` → `200
 /// {names}`.
+#[utoipa::path(
+    patch,
+    path = "/templates/{template_id}",
+    tag = "templates",
+    params(("template_id" = String, Path, description = "The template's id or name.")),
+    request_body = Option<TemplateUpdate>,
+    responses((status = 200, description = "The template's names.", body = TemplateUpdated), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
 async fn update(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -122,7 +148,32 @@ async fn update(
     }))
 }
 
+/// `PATCH /v2/templates/{template_id}`: as `PATCH /templates/{template_id}`.
+#[utoipa::path(
+    patch,
+    path = "/v2/templates/{template_id}",
+    tag = "templates",
+    params(("template_id" = String, Path, description = "The template's id or name.")),
+    request_body = Option<TemplateUpdate>,
+    responses((status = 200, description = "The template's names.", body = TemplateUpdated), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
+async fn update_v2(
+    st: State<Arc<AppState>>,
+    caller: Caller,
+    id: Path<String>,
+    body: ApiJson<TemplateUpdate>,
+) -> Result<Json<TemplateUpdated>, ApiError> {
+    update(st, caller, id, body).await
+}
+
 /// `POST /templates/tags` `{target, tags}` → `201 {buildID, tags}`.
+#[utoipa::path(
+    post,
+    path = "/templates/tags",
+    tag = "templates",
+    request_body = AssignTags,
+    responses((status = 201, description = "The tags now name the build.", body = AssignedTags), (status = 400, description = "No or invalid tags.", body = super::openapi::Error), (status = 404, description = "No such template or build.", body = super::openapi::Error))
+)]
 async fn assign_tags(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -140,6 +191,13 @@ async fn assign_tags(
 }
 
 /// `DELETE /templates/tags` `{name, tags}` → `204`.
+#[utoipa::path(
+    delete,
+    path = "/templates/tags",
+    tag = "templates",
+    request_body = RemoveTags,
+    responses((status = 204, description = "Removed."), (status = 400, description = "No or invalid tags.", body = super::openapi::Error), (status = 404, description = "No such template or tag.", body = super::openapi::Error))
+)]
 async fn remove_tags(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -154,6 +212,13 @@ async fn remove_tags(
 
 /// `GET /templates/{id}/tags`: `default` (when the template has a default
 /// build) and every other tag, with the build each names.
+#[utoipa::path(
+    get,
+    path = "/templates/{template_id}/tags",
+    tag = "templates",
+    params(("template_id" = String, Path, description = "The template's id or name.")),
+    responses((status = 200, description = "The template's tags.", body = Vec<TemplateTagInfo>), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
 async fn tags(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -172,7 +237,8 @@ async fn tags(
 }
 
 /// The query of a build logs call.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
     /// Unix ms: entries from it on (forward) or up to it (backward).
     cursor: Option<i64>,
@@ -185,6 +251,13 @@ pub(super) struct LogsQuery {
 }
 
 /// `GET /templates/{id}/builds/{buildID}/logs` → `{logs: [...]}`.
+#[utoipa::path(
+    get,
+    path = "/templates/{template_id}/builds/{build_id}/logs",
+    tag = "template builds",
+    params(("template_id" = String, Path, description = "The template's id or name."), ("build_id" = String, Path, description = "The build's id."), LogsQuery),
+    responses((status = 200, description = "The build's log entries.", body = BuildLogs), (status = 404, description = "No such build.", body = super::openapi::Error))
+)]
 async fn build_logs(
     State(st): State<Arc<AppState>>,
     caller: Caller,

@@ -20,7 +20,8 @@ use crate::catalog::{self, ImageTemplate};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ImportQuery {
     /// The template's name.
     name: Option<String>,
@@ -37,6 +38,14 @@ pub(super) struct ImportQuery {
 /// `POST /hutch/v1/templates?name=NAME[&source=S][&reference=R]`, the
 /// body an image as a tar stream (OCI archive, tarred OCI layout, or Docker
 /// archive), streamed into the layer store as it arrives.
+#[utoipa::path(
+    post,
+    path = "/hutch/v1/templates",
+    tag = "templates",
+    params(ImportQuery),
+    request_body(content = super::openapi::Binary, content_type = "application/x-tar", description = "An OCI archive or `docker save` tar."),
+    responses((status = 201, description = "The template.", body = Template), (status = 400, description = "An invalid name or image.", body = super::openapi::Error), (status = 409, description = "The name is taken.", body = super::openapi::Error))
+)]
 pub(super) async fn import(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -66,6 +75,13 @@ pub(super) async fn import(
 /// `{"event":"layer",...}` (per layer: `index`, `digest`, `total`, `done`, `reused`,
 /// `complete`), then `{"event":"done","template":{...}}` or
 /// `{"event":"error","code":N,"message":"..."}`. A client that goes away stops the pull.
+#[utoipa::path(
+    post,
+    path = "/hutch/v1/templates/pull",
+    tag = "templates",
+    request_body = TemplatePullRequest,
+    responses((status = 201, description = "The template.", body = Template), (status = 200, description = "With `Accept: application/x-ndjson`: the pull's progress, one event a line.", content_type = "application/x-ndjson", body = PullEvent), (status = 400, description = "An invalid request.", body = super::openapi::Error), (status = 409, description = "The name is taken.", body = super::openapi::Error))
+)]
 pub(super) async fn pull(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -206,6 +222,12 @@ fn log_pull(name: &str, p: &PullProgress) {
 }
 
 /// `GET /hutch/v1/templates`: every template's metadata, by name.
+#[utoipa::path(
+    get,
+    path = "/hutch/v1/templates",
+    tag = "templates",
+    responses((status = 200, description = "The templates.", body = Vec<Template>))
+)]
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -213,8 +235,31 @@ pub(super) async fn list(
     Ok(Json(catalog::list(&st, &caller.team).await?))
 }
 
+/// `DELETE /templates/{template_id}` (E2B's): as
+/// `DELETE /hutch/v1/templates/{name}`.
+#[utoipa::path(
+    delete,
+    path = "/templates/{template_id}",
+    tag = "templates",
+    params(("template_id" = String, Path, description = "The template's or snapshot's id or name.")),
+    responses((status = 204, description = "Removed."), (status = 404, description = "No such template.", body = super::openapi::Error), (status = 409, description = "In use.", body = super::openapi::Error))
+)]
+pub(super) async fn remove_e2b(
+    st: State<Arc<AppState>>,
+    caller: Caller,
+    name: Path<String>,
+) -> Result<StatusCode, ApiError> {
+    remove(st, caller, name).await
+}
+
 /// `DELETE /hutch/v1/templates/pull`: the route `POST /hutch/v1/templates/pull` takes this
 /// path, so removing a template called `pull` comes here.
+#[utoipa::path(
+    delete,
+    path = "/hutch/v1/templates/pull",
+    tag = "templates",
+    responses((status = 204, description = "Removed the template named `pull`."), (status = 404, description = "No such template.", body = super::openapi::Error))
+)]
 pub(super) async fn remove_pull(
     st: State<Arc<AppState>>,
     caller: Caller,
@@ -225,6 +270,13 @@ pub(super) async fn remove_pull(
 /// `DELETE /hutch/v1/templates/{name}` (a name or an id): 409 while
 /// sandboxes of it run (its pooled sandboxes do not count: they are
 /// destroyed); then removes the layers no template uses any more.
+#[utoipa::path(
+    delete,
+    path = "/hutch/v1/templates/{name}",
+    tag = "templates",
+    params(("name" = String, Path, description = "The template's name or id.")),
+    responses((status = 204, description = "Removed."), (status = 404, description = "No such template.", body = super::openapi::Error), (status = 409, description = "In use.", body = super::openapi::Error))
+)]
 pub(super) async fn remove(
     State(st): State<Arc<AppState>>,
     caller: Caller,

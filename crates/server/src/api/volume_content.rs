@@ -21,19 +21,21 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body;
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures::TryStreamExt;
 use hutch_runtime::{VolumeEntry, VolumeFs, VolumeFsError};
 use serde::Deserialize;
-use serde_json::json;
+use serde::de::DeserializeOwned;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use utoipa_axum::routes;
 
-use crate::error::ApiQuery;
+use super::openapi::ApiRouter;
 use crate::state::AppState;
 use crate::time;
 use crate::volumes::{self, ContentError};
@@ -49,14 +51,11 @@ const DEFAULT_DIR_MODE: u32 = 0o777;
 const DRAIN_LIMIT: u64 = 1 << 30;
 
 /// The routes (outside the API-key check: they take the volume's token).
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/volumecontent/{id}/dir", get(list_dir).post(make_dir))
-        .route(
-            "/volumecontent/{id}/path",
-            get(stat).patch(update_metadata).delete(remove),
-        )
-        .route("/volumecontent/{id}/file", get(read_file).put(write_file))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list_dir, make_dir))
+        .routes(routes!(stat, update_metadata, remove))
+        .routes(routes!(read_file, write_file))
 }
 
 impl IntoResponse for ContentError {
@@ -77,16 +76,35 @@ impl IntoResponse for ContentError {
         if status.is_server_error() {
             tracing::warn!("volume content: {self}");
         }
-        (
-            status,
-            Json(json!({"code": code, "message": self.to_string()})),
-        )
-            .into_response()
+        let body = super::openapi::VolumeContentError {
+            code: code.to_owned(),
+            message: self.to_string(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The query of a volume content request; one that does not parse is a
+/// 400 in the API's own error body (`INVALID_REQUEST`).
+pub(super) struct ContentQuery<T>(T);
+
+impl<T, S> FromRequestParts<S> for ContentQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ContentError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ContentError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ContentQuery(q.0))
+            .map_err(|e| ContentError::Invalid(format!("invalid query: {}", e.body_text())))
     }
 }
 
 /// The query every route takes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PathQuery {
     path: Option<String>,
     depth: Option<u32>,
@@ -126,25 +144,50 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// E2B's `VolumeEntryStat`.
-fn entry_json(e: &VolumeEntry) -> serde_json::Value {
-    // The SDKs know three types: a FIFO or a device is reported as a file.
+fn entry_json(e: &VolumeEntry) -> VolumeEntryInfo {
     let kind = if e.kind == "unknown" { "file" } else { e.kind };
-    let mut v = json!({
-        "name": e.name,
-        "type": kind,
-        "path": e.path,
-        "size": e.size,
-        "mode": e.mode,
-        "uid": e.uid,
-        "gid": e.gid,
-        "atime": time::rfc3339(e.atime * 1000),
-        "mtime": time::rfc3339(e.mtime * 1000),
-        "ctime": time::rfc3339(e.ctime * 1000),
-    });
-    if let Some(t) = &e.target {
-        v["target"] = json!(t);
+    VolumeEntryInfo {
+        name: e.name.clone(),
+        kind: kind.to_owned(),
+        path: e.path.clone(),
+        size: e.size,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        atime: time::rfc3339(e.atime * 1000),
+        mtime: time::rfc3339(e.mtime * 1000),
+        ctime: time::rfc3339(e.ctime * 1000),
+        target: e.target.clone(),
     }
-    v
+}
+
+/// A file, directory or symlink of a volume (E2B's `VolumeEntryStat`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct VolumeEntryInfo {
+    /// Its name.
+    name: String,
+    /// `file`, `directory` or `symlink`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Its path in the volume.
+    path: String,
+    /// Its size, bytes.
+    size: u64,
+    /// Its permission bits.
+    mode: u32,
+    /// Its owner.
+    uid: u32,
+    /// Its group.
+    gid: u32,
+    /// Last access, RFC 3339.
+    atime: String,
+    /// Last change of its content, RFC 3339.
+    mtime: String,
+    /// Last change of its metadata, RFC 3339.
+    ctime: String,
+    /// A symlink's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
 }
 
 /// Runs `op` on volume `id`'s files (blocking, on its own thread), once
@@ -162,23 +205,39 @@ async fn on_volume<T: Send + 'static>(
         .map_err(ContentError::from)
 }
 
+#[utoipa::path(
+    get,
+    path = "/volumecontent/{id}/dir",
+    tag = "volume content",
+    params(("id" = String, Path, description = "The volume's id."), PathQuery),
+    security(("volume_token" = [])),
+    responses((status = 200, description = "The directory's entries, to `depth` levels.", body = Vec<VolumeEntryInfo>), (status = 400, description = "An invalid request.", body = super::openapi::VolumeContentError), (status = 401, description = "No valid token for the volume.", body = super::openapi::VolumeContentError), (status = 404, description = "No such path.", body = super::openapi::VolumeContentError), (status = "default", description = "An error.", body = super::openapi::VolumeContentError))
+)]
 async fn list_dir(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<PathQuery>,
-) -> Result<Json<Vec<serde_json::Value>>, ContentError> {
+    ContentQuery(q): ContentQuery<PathQuery>,
+) -> Result<Json<Vec<VolumeEntryInfo>>, ContentError> {
     let path = q.path()?;
     let depth = q.depth.unwrap_or(1);
     let entries = on_volume(&st, &id, &headers, move |fs| fs.list(&path, depth)).await?;
     Ok(Json(entries.iter().map(entry_json).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/volumecontent/{id}/dir",
+    tag = "volume content",
+    params(("id" = String, Path, description = "The volume's id."), PathQuery),
+    security(("volume_token" = [])),
+    responses((status = 201, description = "The directory made.", body = VolumeEntryInfo), (status = 409, description = "It exists.", body = super::openapi::VolumeContentError), (status = 400, description = "An invalid request.", body = super::openapi::VolumeContentError), (status = 401, description = "No valid token for the volume.", body = super::openapi::VolumeContentError), (status = 404, description = "No such path.", body = super::openapi::VolumeContentError), (status = "default", description = "An error.", body = super::openapi::VolumeContentError))
+)]
 async fn make_dir(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<PathQuery>,
+    ContentQuery(q): ContentQuery<PathQuery>,
 ) -> Result<Response, ContentError> {
     let path = q.path()?;
     let (uid, gid, force) = q.owner_and_force();
@@ -190,32 +249,49 @@ async fn make_dir(
     Ok((StatusCode::CREATED, Json(entry_json(&made))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/volumecontent/{id}/path",
+    tag = "volume content",
+    params(("id" = String, Path, description = "The volume's id."), PathQuery),
+    security(("volume_token" = [])),
+    responses((status = 200, description = "The entry.", body = VolumeEntryInfo), (status = 400, description = "An invalid request.", body = super::openapi::VolumeContentError), (status = 401, description = "No valid token for the volume.", body = super::openapi::VolumeContentError), (status = 404, description = "No such path.", body = super::openapi::VolumeContentError), (status = "default", description = "An error.", body = super::openapi::VolumeContentError))
+)]
 async fn stat(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<PathQuery>,
-) -> Result<Json<serde_json::Value>, ContentError> {
+    ContentQuery(q): ContentQuery<PathQuery>,
+) -> Result<Json<VolumeEntryInfo>, ContentError> {
     let path = q.path()?;
     let e = on_volume(&st, &id, &headers, move |fs| fs.stat(&path)).await?;
     Ok(Json(entry_json(&e)))
 }
 
 /// `PATCH …/path` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub(super) struct Metadata {
     uid: Option<u32>,
     gid: Option<u32>,
     mode: Option<u32>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/volumecontent/{id}/path",
+    tag = "volume content",
+    params(("id" = String, Path, description = "The volume's id."), PathQuery),
+    security(("volume_token" = [])),
+    request_body = Option<Metadata>,
+    responses((status = 200, description = "The entry, changed.", body = VolumeEntryInfo), (status = 400, description = "An invalid request.", body = super::openapi::VolumeContentError), (status = 401, description = "No valid token for the volume.", body = super::openapi::VolumeContentError), (status = 404, description = "No such path.", body = super::openapi::VolumeContentError), (status = "default", description = "An error.", body = super::openapi::VolumeContentError))
+)]
 async fn update_metadata(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<PathQuery>,
+    ContentQuery(q): ContentQuery<PathQuery>,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ContentError> {
+) -> Result<Json<VolumeEntryInfo>, ContentError> {
     let path = q.path()?;
     let m: Metadata = if body.is_empty() {
         Metadata::default()
@@ -230,22 +306,38 @@ async fn update_metadata(
     Ok(Json(entry_json(&e)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/volumecontent/{id}/path",
+    tag = "volume content",
+    params(("id" = String, Path, description = "The volume's id."), PathQuery),
+    security(("volume_token" = [])),
+    responses((status = 204, description = "Removed."), (status = 400, description = "An invalid request.", body = super::openapi::VolumeContentError), (status = 401, description = "No valid token for the volume.", body = super::openapi::VolumeContentError), (status = 404, description = "No such path.", body = super::openapi::VolumeContentError), (status = "default", description = "An error.", body = super::openapi::VolumeContentError))
+)]
 async fn remove(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<PathQuery>,
+    ContentQuery(q): ContentQuery<PathQuery>,
 ) -> Result<StatusCode, ContentError> {
     let path = q.path()?;
     on_volume(&st, &id, &headers, move |fs| fs.remove(&path)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/volumecontent/{id}/file",
+    tag = "volume content",
+    params(("id" = String, Path, description = "The volume's id."), PathQuery),
+    security(("volume_token" = [])),
+    responses((status = 200, description = "The file's content.", content_type = "application/octet-stream", body = super::openapi::Binary), (status = 400, description = "An invalid request.", body = super::openapi::VolumeContentError), (status = 401, description = "No valid token for the volume.", body = super::openapi::VolumeContentError), (status = 404, description = "No such path.", body = super::openapi::VolumeContentError), (status = "default", description = "An error.", body = super::openapi::VolumeContentError))
+)]
 async fn read_file(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<PathQuery>,
+    ContentQuery(q): ContentQuery<PathQuery>,
 ) -> Result<Response, ContentError> {
     let path = q.path()?;
     let (size, file) = on_volume(&st, &id, &headers, move |fs| fs.open_read(&path)).await?;
@@ -260,11 +352,20 @@ async fn read_file(
         .into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/volumecontent/{id}/file",
+    tag = "volume content",
+    params(("id" = String, Path, description = "The volume's id."), PathQuery),
+    security(("volume_token" = [])),
+    request_body(content = super::openapi::Binary, content_type = "application/octet-stream", description = "The file's content."),
+    responses((status = 201, description = "The file written.", body = VolumeEntryInfo), (status = 409, description = "It exists as a directory.", body = super::openapi::VolumeContentError), (status = 507, description = "The volume is full.", body = super::openapi::VolumeContentError), (status = 400, description = "An invalid request.", body = super::openapi::VolumeContentError), (status = 401, description = "No valid token for the volume.", body = super::openapi::VolumeContentError), (status = 404, description = "No such path.", body = super::openapi::VolumeContentError), (status = "default", description = "An error.", body = super::openapi::VolumeContentError))
+)]
 async fn write_file(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<PathQuery>,
+    ContentQuery(q): ContentQuery<PathQuery>,
     body: Body,
 ) -> Result<Response, ContentError> {
     let path = q.path()?;

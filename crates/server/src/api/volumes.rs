@@ -25,7 +25,9 @@ impl From<VolumeError> for ApiError {
             | VolumeError::InvalidMounts(_) => StatusCode::BAD_REQUEST,
             VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
             VolumeError::Db(_) => {
-                let VolumeError::Db(db) = e else { unreachable!() };
+                let VolumeError::Db(db) = e else {
+                    unreachable!()
+                };
                 return ApiError::from(db);
             }
             VolumeError::Node(_) | VolumeError::Key(_) => {
@@ -45,6 +47,12 @@ fn checked_id(id: &str) -> Result<&str, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/volumes",
+    tag = "volumes",
+    responses((status = 200, description = "The team's volumes.", body = Vec<VolumeInfo>))
+)]
 pub(super) async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -61,6 +69,13 @@ pub(super) async fn list(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/volumes",
+    tag = "volumes",
+    request_body = NewVolume,
+    responses((status = 201, description = "The volume, with a token for its content.", body = VolumeAndToken), (status = 400, description = "An invalid or taken name.", body = super::openapi::Error))
+)]
 pub(super) async fn create(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -76,6 +91,13 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/volumes/{id}",
+    tag = "volumes",
+    params(("id" = String, Path, description = "The volume's id (a UUID).")),
+    responses((status = 200, description = "The volume, with a fresh token.", body = VolumeAndToken), (status = 400, description = "Not a UUID.", body = super::openapi::Error), (status = 404, description = "No such volume.", body = super::openapi::Error))
+)]
 pub(super) async fn get(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -90,6 +112,13 @@ pub(super) async fn get(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/volumes/{id}",
+    tag = "volumes",
+    params(("id" = String, Path, description = "The volume's id (a UUID).")),
+    responses((status = 204, description = "Deleted."), (status = 400, description = "Not a UUID.", body = super::openapi::Error), (status = 404, description = "No such volume.", body = super::openapi::Error))
+)]
 pub(super) async fn delete(
     State(st): State<Arc<AppState>>,
     caller: Caller,
