@@ -911,6 +911,93 @@ fn a_flood_at_a_neighbour_neither_arrives_nor_stops_it(server: &TestServer, a: &
     );
 }
 
+/// A server in the sandbox that answers every GET with the request's
+/// headers as JSON (names lower-cased).
+const ECHO_HEADERS: &str = r#"
+import http.server, json, os, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+if os.fork() == 0:
+    os.setsid()
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"#;
+
+/// The headers sandbox `id`'s echo server on `port` saw for a GET through
+/// the front door carrying `headers` (and nothing else of the test's);
+/// the whole answer while it is not a 200.
+fn seen_by_the_sandbox(
+    server: &TestServer,
+    id: &str,
+    port: u16,
+    headers: &[(&str, &str)],
+) -> Result<serde_json::Value, String> {
+    use std::io::{Read, Write};
+    let mut request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {port}\r\nConnection: close\r\n",
+        server.addr()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut conn = std::net::TcpStream::connect(server.addr()).unwrap();
+    conn.set_read_timeout(Some(COMMAND_DEADLINE)).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head[8..].starts_with(" 200") => {
+            Ok(serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}")))
+        }
+        _ => Err(answer),
+    }
+}
+
+/// A client that sends its Hutch key along to a sandbox (as `X-API-Key`
+/// or as a bearer token) never hands it to the sandbox's code; an
+/// application's own values of those headers pass.
+fn control_plane_keys_never_enter_the_sandbox(server: &TestServer, id: &str) {
+    const PORT: u16 = 8090;
+    python(server, id, ECHO_HEADERS, &[&PORT.to_string()]);
+    let key = server.api_key();
+    let bearer = format!("Bearer {key}");
+    let started = Instant::now();
+    let seen = loop {
+        let last = match seen_by_the_sandbox(server, id, PORT, &[("X-API-Key", &key)]) {
+            Ok(seen) => break seen,
+            Err(answer) => answer,
+        };
+        assert!(
+            started.elapsed() < COMMAND_DEADLINE,
+            "the echo server in {id} never answered: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        seen.get("x-api-key").is_none(),
+        "the key reached the sandbox: {seen}"
+    );
+    let seen = seen_by_the_sandbox(server, id, PORT, &[("Authorization", &bearer)]).unwrap();
+    assert!(
+        seen.get("authorization").is_none(),
+        "the key reached the sandbox: {seen}"
+    );
+    let own = [
+        ("X-API-Key", "app-secret"),
+        ("Authorization", "Bearer app-token"),
+    ];
+    let seen = seen_by_the_sandbox(server, id, PORT, &own).unwrap();
+    assert_eq!(seen["x-api-key"], "app-secret", "{seen}");
+    assert_eq!(seen["authorization"], "Bearer app-token", "{seen}");
+}
+
 #[test]
 fn a_hostile_root_stays_inside_its_sandbox() {
     let server = TestServer::start_with_args(&["--warm-pool", "0"]);
@@ -947,6 +1034,7 @@ fn a_hostile_root_stays_inside_its_sandbox() {
     more_kernel_interfaces_are_refused(&got);
     runc_escapes_are_closed(&got);
     a_flood_at_a_neighbour_neither_arrives_nor_stops_it(&server, &a, &b);
+    control_plane_keys_never_enter_the_sandbox(&server, &a);
 
     for id in [&a, &b] {
         server.cli_ok(&["sandbox", "kill", id]);

@@ -272,6 +272,42 @@ fn write_key_file(path: &Path, key: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+impl Keys {
+    /// Removes from `headers` every Hutch credential — an `X-API-Key`, or
+    /// an `Authorization: Bearer` access token, that is a valid key of any
+    /// team, or that cannot be checked now — so that a request the front
+    /// door passes into a sandbox never hands the sandbox's code a key to
+    /// the control plane. Values that are no Hutch key (an application's
+    /// own `X-API-Key` or bearer token) pass untouched.
+    pub async fn strip_credentials(&self, headers: &mut axum::http::HeaderMap) {
+        use axum::http::header::AUTHORIZATION;
+        let api_key = headers
+            .get(API_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if self.is_credential(api_key.as_deref()).await {
+            headers.remove(API_KEY_HEADER);
+        }
+        let bearer = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        if self.is_credential(bearer.as_deref()).await {
+            headers.remove(AUTHORIZATION);
+        }
+    }
+
+    /// Whether `value` is a valid key or token of any team, or might be
+    /// (the store cannot be asked now).
+    async fn is_credential(&self, value: Option<&str>) -> bool {
+        match value.map(str::trim).filter(|v| !v.is_empty()) {
+            Some(v) => !matches!(self.caller(v).await, Ok(None)),
+            None => false,
+        }
+    }
+}
+
 /// The credential a request carries: `X-API-Key`, else an access token
 /// as `Authorization: Bearer` (as E2B's CLI sends it).
 pub(crate) fn credential(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {

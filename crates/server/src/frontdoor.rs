@@ -31,6 +31,12 @@
 //! is never passed on. A sandbox created with `maskRequestHost` has its
 //! ports' requests sent with that `Host` ([`MASK_PORT`] replaced by the
 //! port) instead of the client's.
+//!
+//! A Hutch API key or access token a client sends along (`X-API-Key`,
+//! `Authorization: Bearer`) is removed before the request enters the
+//! sandbox, for the agent's port and user ports alike: code in a sandbox
+//! must not learn a key to the control plane. Other values of those
+//! headers (an application's own key) pass on.
 
 use std::sync::Arc;
 
@@ -215,6 +221,8 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
     }
     // Only the front door decides what is forwarded to a user port.
     parts.headers.remove(FORWARD_PORT_HEADER);
+    // The sandbox's code never sees a key to the control plane.
+    st.keys.strip_credentials(&mut parts.headers).await;
     if port != ENVD_PORT {
         parts
             .headers
