@@ -62,6 +62,12 @@ impl Api {
             .header(API_KEY_HEADER, &self.key)
     }
 
+    /// A request to a sandbox through the server's front door: without the
+    /// API key, which must never reach a sandbox.
+    pub fn sandbox_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
     /// Sends; an error status becomes [`ServerReplied`], a transport
     /// failure a sentence saying the server cannot be reached.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {

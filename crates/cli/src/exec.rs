@@ -49,6 +49,13 @@ impl Process {
 pub(crate) async fn exec(api: &Api, id: &str, process: &Process) -> anyhow::Result<u8> {
     // A clear "sandbox 'x' not found" (and the API key checked) before the
     // front door, which only knows "was not found".
+    let token = reachable(api, id).await?;
+    start(api, id, process, token.as_deref()).await
+}
+
+/// Checks that sandbox `id` exists and can take agent calls; returns its
+/// access token, if it has one.
+pub(crate) async fn reachable(api: &Api, id: &str) -> anyhow::Result<Option<String>> {
     let info: ListedSandbox = api.get_json(&format!("/sandboxes/{}", encode(id))).await?;
     // A sandbox created with autoResume and paused in memory is resumed by
     // the request itself.
@@ -58,7 +65,7 @@ pub(crate) async fn exec(api: &Api, id: &str, process: &Process) -> anyhow::Resu
             "sandbox {id} is paused: resume it with `hutch sandbox resume {id}`"
         ));
     }
-    start(api, id, process, info.envd_access_token.as_deref()).await
+    Ok(info.envd_access_token)
 }
 
 /// `hutch run`: creates a sandbox from `template`, runs the command, kills
@@ -83,13 +90,41 @@ pub(crate) async fn run(
     }
 }
 
-/// Starts the process and streams its output until it ends.
+/// Starts the process and streams its output live until it ends.
 async fn start(
     api: &Api,
     id: &str,
     process: &Process,
     access_token: Option<&str>,
 ) -> anyhow::Result<u8> {
+    let mut stdout = io::stdout();
+    let mut stderr = io::stderr();
+    start_with(api, id, process, access_token, &mut |event| match event {
+        ProcessEvent::Started(_) => Ok(()),
+        ProcessEvent::Stdout(bytes) => write_live(&mut stdout, bytes),
+        ProcessEvent::Stderr(bytes) => write_live(&mut stderr, bytes),
+    })
+    .await
+}
+
+/// What a started process reports before its end.
+pub(crate) enum ProcessEvent<'a> {
+    /// It started with this pid.
+    Started(u32),
+    /// It wrote to its stdout (or terminal).
+    Stdout(&'a [u8]),
+    /// It wrote to its stderr.
+    Stderr(&'a [u8]),
+}
+
+/// The Connect client settings for the agent of sandbox `id`, reached
+/// through the server's front door.
+pub(crate) fn agent_config(
+    api: &Api,
+    id: &str,
+    access_token: Option<&str>,
+    user: Option<&str>,
+) -> anyhow::Result<ClientConfig> {
     let base: http::Uri = api
         .base()
         .parse()
@@ -101,10 +136,23 @@ async fn start(
         // A `secure` sandbox's agent accepts only requests carrying it.
         config = config.with_default_header("x-access-token", token);
     }
-    if let Some(user) = &process.user {
+    if let Some(user) = user {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
         config = config.with_default_header("authorization", format!("Basic {token}"));
     }
+    Ok(config)
+}
+
+/// Starts the process and hands `on_event` its pid and output until it
+/// ends; returns its exit code.
+pub(crate) async fn start_with(
+    api: &Api,
+    id: &str,
+    process: &Process,
+    access_token: Option<&str>,
+    on_event: &mut (dyn FnMut(ProcessEvent<'_>) -> anyhow::Result<()> + Send),
+) -> anyhow::Result<u8> {
+    let config = agent_config(api, id, access_token, process.user.as_deref())?;
     let client = ProcessClient::new(HttpClient::plaintext(), config);
 
     let (cmd, args) = process
@@ -127,8 +175,6 @@ async fn start(
         .start(request)
         .await
         .map_err(|e| rpc_error(api, id, &e))?;
-    let mut stdout = io::stdout();
-    let mut stderr = io::stderr();
     let mut end: Option<EndEvent> = None;
     while let Some(msg) = stream.message().await.map_err(|e| rpc_error(api, id, &e))? {
         let response: StartResponse = msg.to_owned_message();
@@ -138,13 +184,14 @@ async fn start(
         match event {
             Event::Data(data) => match data.output {
                 Some(Output::Stdout(bytes)) | Some(Output::Pty(bytes)) => {
-                    write_live(&mut stdout, &bytes)?;
+                    on_event(ProcessEvent::Stdout(&bytes))?;
                 }
-                Some(Output::Stderr(bytes)) => write_live(&mut stderr, &bytes)?,
+                Some(Output::Stderr(bytes)) => on_event(ProcessEvent::Stderr(&bytes))?,
                 None => {}
             },
             Event::End(e) => end = Some(*e),
-            Event::Start(_) | Event::Keepalive(_) => {}
+            Event::Start(s) => on_event(ProcessEvent::Started(s.pid))?,
+            Event::Keepalive(_) => {}
         }
     }
     let end = end
@@ -164,7 +211,7 @@ fn write_live(out: &mut impl Write, bytes: &[u8]) -> anyhow::Result<()> {
         .context("writing the command's output")
 }
 
-fn rpc_error(api: &Api, id: &str, e: &ConnectError) -> anyhow::Error {
+pub(crate) fn rpc_error(api: &Api, id: &str, e: &ConnectError) -> anyhow::Error {
     let message = e.message.as_deref().unwrap_or_default();
     if message.contains("is paused") {
         return anyhow!("sandbox {id} is paused: resume it with `hutch sandbox resume {id}`");

@@ -12,6 +12,7 @@
 //! hutch api-key create [--json] | list [--json] | revoke ID
 //! hutch exec ID [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
 //! hutch run TEMPLATE [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
+//! hutch mcp
 //! ```
 //!
 //! Client commands talk to `--server` (env `HUTCH_SERVER`) with the API key
@@ -21,6 +22,7 @@ mod apikey;
 mod build;
 mod client;
 mod exec;
+mod mcp;
 mod sandbox;
 mod serve;
 mod team;
@@ -82,6 +84,9 @@ enum Command {
     /// Create a sandbox, run a command in it, kill it; exits with the
     /// command's code.
     Run(RunArgs),
+    /// Serve the Model Context Protocol on stdin/stdout: tools that create
+    /// sandboxes, run commands and read and write files in them.
+    Mcp,
 }
 
 #[derive(Debug, Args)]
@@ -720,6 +725,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             let api = client::Api::new(&cli.server, &cli.data_dir)?;
             exec::run(&api, &args.template, &sandbox_env, args.timeout, &process).await
+        }
+        Command::Mcp => {
+            let api = client::Api::new(&cli.server, &cli.data_dir)?;
+            mcp::serve(api).await?;
+            Ok(0)
         }
     }
 }

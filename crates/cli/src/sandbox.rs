@@ -129,7 +129,7 @@ fn signed(v: u64) -> i64 {
 }
 
 /// Every running and paused sandbox, following `x-next-token` pages.
-async fn list_all(api: &Api) -> anyhow::Result<Vec<serde_json::Value>> {
+pub(crate) async fn list_all(api: &Api) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut all = Vec::new();
     let mut token: Option<String> = None;
     loop {

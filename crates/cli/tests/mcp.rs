@@ -1,0 +1,86 @@
+//! `hutch mcp` driven by the official MCP Python SDK (pinned, unmodified)
+//! over stdio, against a real Hutch server: every tool, a command's exit
+//! code and output, files in and out, and errors as tool errors. The
+//! client script is `tests/sdk/mcp_client.py`.
+
+use std::path::Path;
+
+use hutch_test_support::{TestServer, busybox_image, hutch_bin, python_with};
+
+/// The MCP Python SDK release the test pins.
+const MCP_PYTHON: &str = "mcp==2.3.0";
+
+#[test]
+fn mcp_client_uses_every_tool() {
+    let python = python_with("mcp-python-2.3.0", &[MCP_PYTHON]);
+    let server = TestServer::start();
+    server.cli_ok(&[
+        "template",
+        "import",
+        busybox_image().to_str().unwrap(),
+        "--name",
+        "bb",
+    ]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mcp_client.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(hutch_bin())
+        .arg("bb")
+        .env("HUTCH_SERVER", server.url())
+        .env("HUTCH_API_KEY", server.api_key())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("OK\n"),
+        "{}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    println!("{stdout}");
+    let line = |name: &str| -> String {
+        let prefix = format!("{name}: ");
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no '{name}' line in:\n{stdout}"))
+            .to_string()
+    };
+    assert_eq!(line("server"), "hutch");
+    assert_eq!(
+        line("tools"),
+        "create_sandbox,kill_sandbox,list_files,list_sandboxes,read_file,run_command,write_file"
+    );
+    let id = line("sandbox");
+    assert_eq!(line("run"), "3 hi mcp from /tmp");
+    assert_eq!(line("capped"), "yes");
+    assert_eq!(
+        line("timed out"),
+        "the command did not finish within 1 s: it was killed"
+    );
+    assert_eq!(line("left running"), "0");
+    assert_eq!(
+        line("zero timeout"),
+        "timeout_seconds must be between 1 and 3600, not 0"
+    );
+    assert_eq!(line("read"), r#""line one\nligne deux \u00e9\n""#);
+    assert_eq!(line("listed"), "notes.txt file 23");
+    assert!(
+        line("missing file").contains("/tmp/nope' does not exist"),
+        "{stdout}"
+    );
+    assert!(
+        line("unknown sandbox").contains("no-such-sandbox"),
+        "{stdout}"
+    );
+    assert!(
+        line("unknown template").contains("no-such-template"),
+        "{stdout}"
+    );
+    assert_eq!(line("killed"), format!("killed sandbox {id}"));
+    assert_eq!(line("gone"), "yes");
+    assert!(line("kill again").contains(&id), "{stdout}");
+}
