@@ -134,20 +134,14 @@ pub(crate) async fn json_errors(req: Request, next: axum::middleware::Next) -> R
 impl From<crate::lifecycle::SandboxError> for ApiError {
     fn from(e: crate::lifecycle::SandboxError) -> Self {
         use crate::lifecycle::SandboxError as E;
-        let status = match &e {
+        let status = match e {
+            E::Catalog(e) => return ApiError::from(e),
+            E::Db(db) => return ApiError::from(db),
+            E::HostFull(_) => return storage_full(e),
             E::NotFound(_) | E::TemplateNotFound(_) => StatusCode::NOT_FOUND,
             E::TemplateBuilding { .. } => StatusCode::SERVICE_UNAVAILABLE,
             E::Paused(_) => StatusCode::CONFLICT,
-            E::Catalog(_) => {
-                let E::Catalog(e) = e else { unreachable!() };
-                return ApiError::from(e);
-            }
             E::Invalid(_) => StatusCode::BAD_REQUEST,
-            E::HostFull(_) => return storage_full(e),
-            E::Db(_) => {
-                let E::Db(db) = e else { unreachable!() };
-                return ApiError::from(db);
-            }
             E::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -162,6 +156,7 @@ impl From<crate::catalog::CatalogError> for ApiError {
             return storage_full(e);
         }
         let status = match &e {
+            E::Db(db) => return db_error(db),
             E::Exists(_) | E::Taken(_) | E::InUse { .. } => StatusCode::CONFLICT,
             E::NotFound(_) | E::NoSuchTags { .. } => StatusCode::NOT_FOUND,
             E::InvalidName(_) | E::InvalidTag(_) | E::DefaultTag(_) => StatusCode::BAD_REQUEST,
@@ -180,10 +175,6 @@ impl From<crate::catalog::CatalogError> for ApiError {
                 I::Io { .. } | I::Extract { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             },
-            E::Db(_) => {
-                let E::Db(db) = e else { unreachable!() };
-                return ApiError::from(db);
-            }
             E::Corrupt { .. } | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -192,14 +183,20 @@ impl From<crate::catalog::CatalogError> for ApiError {
 
 impl From<crate::db::DbError> for ApiError {
     fn from(e: crate::db::DbError) -> Self {
-        if is_storage_full(&e) {
-            return storage_full(format!("database error: {e}"));
-        }
-        if let Some(why) = db_unavailable(&e) {
-            return db_unavailable_error(why, &e);
-        }
-        ApiError::internal(format!("database error: {e}"))
+        db_error(&e)
     }
+}
+
+/// The answer to a store error: 507 for a full disk, 503 for a database
+/// that cannot serve now, else 500.
+pub(crate) fn db_error(e: &crate::db::DbError) -> ApiError {
+    if is_storage_full(e) {
+        return storage_full(format!("database error: {e}"));
+    }
+    if let Some(why) = db_unavailable(e) {
+        return db_unavailable_error(why, e);
+    }
+    ApiError::internal(format!("database error: {e}"))
 }
 
 /// A JSON body, read whatever its `Content-Type` (the SDKs do not all set

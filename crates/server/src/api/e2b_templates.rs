@@ -76,6 +76,7 @@ impl From<TemplateApiError> for ApiError {
     fn from(e: TemplateApiError) -> Self {
         use TemplateApiError as E;
         let status = match &e {
+            E::Db(db) => return crate::error::db_error(db),
             E::InvalidHash(_)
             | E::NameMissing
             | E::InvalidTag(_)
@@ -92,10 +93,6 @@ impl From<TemplateApiError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             E::Building(_) | E::AlreadyStarted(_) | E::NameTaken(_) => StatusCode::CONFLICT,
-            E::Db(_) => {
-                let E::Db(db) = e else { unreachable!() };
-                return ApiError::from(db);
-            }
             E::CreateDir { .. } | E::Task(_) | E::Store(_) => {
                 return ApiError::internal(e.to_string());
             }

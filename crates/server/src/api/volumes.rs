@@ -18,18 +18,13 @@ use crate::volumes::{self, VolumeError};
 
 impl From<VolumeError> for ApiError {
     fn from(e: VolumeError) -> Self {
-        let status = match &e {
+        let status = match e {
+            VolumeError::Db(db) => return ApiError::from(db),
             // E2B answers a taken name with 400, not 409.
             VolumeError::InvalidName(_)
             | VolumeError::Exists(_)
             | VolumeError::InvalidMounts(_) => StatusCode::BAD_REQUEST,
             VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
-            VolumeError::Db(_) => {
-                let VolumeError::Db(db) = e else {
-                    unreachable!()
-                };
-                return ApiError::from(db);
-            }
             VolumeError::Node(_) | VolumeError::Key(_) => {
                 return ApiError::internal(e.to_string());
             }

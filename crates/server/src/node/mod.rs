@@ -60,8 +60,19 @@ impl From<RuntimeError> for NodeError {
         match e {
             RuntimeError::NotFound { .. } => NodeError::NotFound(message),
             RuntimeError::NoKeptDisk { .. } => NodeError::NoKeptDisk(message),
-            e if crate::error::is_storage_full(&e) => NodeError::HostFull(message),
-            _ => NodeError::Failed(message),
+            e => NodeError::failed(&e),
+        }
+    }
+}
+
+impl NodeError {
+    /// [`NodeError::HostFull`] when `e` comes from a full host disk, else
+    /// [`NodeError::Failed`]; its message either way.
+    fn failed(e: &(dyn std::error::Error + 'static)) -> NodeError {
+        if crate::error::is_storage_full(e) {
+            NodeError::HostFull(e.to_string())
+        } else {
+            NodeError::Failed(e.to_string())
         }
     }
 }
@@ -253,7 +264,7 @@ impl Node for LocalNode {
         if stopped {
             self.runtime.mount_kept_disk(id).await?;
         }
-        let layer = self.export_layer(id, upper, layers).await;
+        let layer = self.export_layer(upper, layers).await;
         if stopped && let Err(e) = self.runtime.stop_keep_disk(id).await {
             tracing::warn!(sandbox = %id, "cannot unmount the kept disk after its snapshot: {e}");
         }
@@ -299,7 +310,6 @@ impl LocalNode {
     /// layer store ([`Node::snapshot_layer`]).
     async fn export_layer(
         &self,
-        id: &str,
         upper: PathBuf,
         layers: &[String],
     ) -> Result<Option<String>, NodeError> {
@@ -308,22 +318,13 @@ impl LocalNode {
         );
         let store = self.layers.clone();
         let scratch = self.scratch.clone();
-        let failed = |e: &dyn std::fmt::Display| {
-            NodeError::Failed(format!("cannot snapshot sandbox {id}: {e}"))
-        };
         tokio::task::spawn_blocking(move || {
             hutch_builder::layer::store_layer(&store, &scratch, |out| {
                 hutch_builder::layer::export_upper(&upper, &lower, out)
             })
         })
         .await
-        .map_err(|e| failed(&e))?
-        .map_err(|e| {
-            if crate::error::is_storage_full(&e) {
-                NodeError::HostFull(format!("cannot snapshot sandbox {id}: {e}"))
-            } else {
-                failed(&e)
-            }
-        })
+        .map_err(|e| NodeError::Failed(format!("the task writing the layer failed: {e}")))?
+        .map_err(|e| NodeError::failed(&e))
     }
 }
