@@ -194,7 +194,7 @@ async fn create_sandbox(api: &Api, p: CreateSandbox) -> anyhow::Result<CallToolR
     if p.timeout_seconds == Some(0) {
         return Err(anyhow!("timeout_seconds must be at least 1"));
     }
-    let envs = env_pairs(p.envs)?;
+    let envs = env_pairs(p.envs, hutch_env::validate_sandbox_env)?;
     let id = sandbox::create(api, &template, &envs, p.timeout_seconds, &[]).await?;
     Ok(text(id))
 }
@@ -211,7 +211,7 @@ async fn run_command(api: &Api, p: RunCommand) -> anyhow::Result<CallToolResult>
             ));
         }
     };
-    let env = env_pairs(p.envs)?
+    let env = env_pairs(p.envs, hutch_env::validate_process_env)?
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
@@ -391,16 +391,19 @@ fn nonempty(name: &str, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Environment variables as pairs; a name must be non-empty and without
-/// `=`.
-fn env_pairs(envs: Option<BTreeMap<String, String>>) -> anyhow::Result<Vec<(String, String)>> {
-    let envs = envs.unwrap_or_default();
-    if let Some(bad) = envs.keys().find(|k| k.is_empty() || k.contains('=')) {
-        return Err(anyhow!(
-            "invalid environment variable name '{bad}': it must be non-empty and without '='"
-        ));
-    }
-    Ok(envs.into_iter().collect())
+/// One of `hutch_env`'s checks of a layer's variables.
+type EnvCheck = fn(&[(String, String)]) -> Result<(), hutch_env::EnvError>;
+
+/// Environment variables as pairs, checked by `hutch_env`'s rules for
+/// their layer (`validate_sandbox_env` or `validate_process_env`), the
+/// same the server and the agent apply.
+fn env_pairs(
+    envs: Option<BTreeMap<String, String>>,
+    check: EnvCheck,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let envs: Vec<(String, String)> = envs.unwrap_or_default().into_iter().collect();
+    check(&envs)?;
+    Ok(envs)
 }
 
 /// The first [`OUTPUT_CAP`] bytes of a stream, and how many came in all.
@@ -472,15 +475,17 @@ mod tests {
 
     #[test]
     fn env_names_are_checked() {
-        let ok = env_pairs(Some(BTreeMap::from([("A".into(), "1=2".into())]))).unwrap();
+        let check = hutch_env::validate_process_env;
+        let ok = env_pairs(Some(BTreeMap::from([("A".into(), "1=2".into())])), check).unwrap();
         assert_eq!(ok, [("A".to_string(), "1=2".to_string())]);
         for bad in ["", "A=B"] {
-            let e = env_pairs(Some(BTreeMap::from([(bad.into(), "x".into())]))).unwrap_err();
-            assert!(
-                e.to_string().contains("invalid environment variable name"),
-                "{e}"
-            );
+            let e = env_pairs(Some(BTreeMap::from([(bad.into(), "x".into())])), check).unwrap_err();
+            let want = hutch_env::EnvError::InvalidName {
+                layer: hutch_env::Layer::Process,
+                name: bad.to_string(),
+            };
+            assert_eq!(e.to_string(), want.to_string());
         }
-        assert!(env_pairs(None).unwrap().is_empty());
+        assert!(env_pairs(None, check).unwrap().is_empty());
     }
 }
