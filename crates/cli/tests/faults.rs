@@ -448,6 +448,40 @@ fn fill(dir: &Path) -> PathBuf {
     filler
 }
 
+/// POSTs `mib` MiB of zeros to `path` in 1 MiB pieces with pauses between
+/// them, as a slow client would, and returns the answer's status and text.
+fn slow_upload(server: &TestServer, path: &str, mib: usize) -> (u16, String) {
+    use std::io::Read;
+    let mut conn = TcpStream::connect(server.addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\n\
+         Content-Type: application/x-tar\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        server.addr(),
+        server.api_key(),
+        mib << 20
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    let piece = vec![0u8; 1 << 20];
+    for i in 0..mib {
+        if let Err(e) = conn.write_all(&piece) {
+            panic!("the server closed the connection after {i} MiB: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    (status, answer)
+}
+
 #[test]
 fn a_full_data_disk_is_a_clear_507_and_nothing_is_lost() {
     // The data directory on a file system of its own, small enough to fill.
@@ -487,6 +521,12 @@ fn a_full_data_disk_is_a_clear_507_and_nothing_is_lost() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("free some space"), "{said}");
+    // A client uploading slowly: the server refuses the image on its first
+    // bytes and reads the rest before answering, so the client gets the
+    // answer rather than a connection closed under it.
+    let (status, answer) = slow_upload(&server, "/hutch/v1/templates?name=big", 16);
+    assert_eq!(status, 507, "{answer}");
+    assert!(answer.contains("free some space"), "{answer}");
     // The server still answers, lists what it had, and the sandbox that
     // was running still runs with its files.
     assert_eq!(listed(&server), vec![kept.clone()]);

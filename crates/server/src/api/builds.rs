@@ -18,11 +18,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt, TryStreamExt};
 use hutch_builder::recipe::Recipe;
 use hutch_protocol::api::{BuildEnd, BuildSpec};
 use serde::Deserialize;
-use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::auth::Caller;
 use crate::builds::{self, Job, Status};
@@ -58,13 +56,12 @@ pub(super) async fn build(
             .map_err(ApiError::from),
         Err(e) => Err(e),
     };
+    let (mut reader, upload) = super::upload::open(body);
     let (spec, recipe) = match checked {
         Ok(checked) => checked,
         Err(e) => {
-            // Read the context anyway: a client still sending it would see
-            // its connection closed mid-upload instead of this answer.
-            let mut stream = body.into_data_stream();
-            while let Some(Ok(_)) = stream.next().await {}
+            drop(reader);
+            upload.finish().await;
             return Err(e);
         }
     };
@@ -74,13 +71,12 @@ pub(super) async fn build(
         .join(format!("context-{}", ids::new_id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
-    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let mut reader = SyncIoBridge::new(reader);
     let target = dir.clone();
     let unpacked =
         tokio::task::spawn_blocking(move || hutch_builder::context::unpack(&mut reader, &target))
-            .await
-            .map_err(|e| ApiError::internal(format!("context task failed: {e}")))?;
+            .await;
+    upload.finish().await;
+    let unpacked = unpacked.map_err(|e| ApiError::internal(format!("context task failed: {e}")))?;
     if let Err(e) = unpacked {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(ApiError::bad_request(e.to_string()));

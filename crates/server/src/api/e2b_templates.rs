@@ -39,12 +39,10 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
 use hutch_protocol::api::{
     LogLevel, TemplateAliasInfo, TemplateBuildRequest, TemplateBuildStart, TemplateBuildStatus,
 };
 use serde::Deserialize;
-use tokio_util::io::{StreamReader, SyncIoBridge};
 use utoipa_axum::routes;
 
 use super::openapi::ApiRouter;
@@ -198,13 +196,11 @@ pub(super) async fn upload(
     ApiQuery(q): ApiQuery<UploadQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // The body as a blocking reader, for the unpacking thread; nothing is
-    // read from it before the token is checked.
-    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let uploaded = api
-        .store_file_set(&hash, q.token.as_deref(), SyncIoBridge::new(reader))
-        .await?;
-    Ok((StatusCode::OK, Json(uploaded)).into_response())
+    // The body as a blocking reader, for the unpacking thread.
+    let (reader, upload) = super::upload::open(body);
+    let uploaded = api.store_file_set(&hash, q.token.as_deref(), reader).await;
+    upload.finish().await;
+    Ok((StatusCode::OK, Json(uploaded?)).into_response())
 }
 
 // ----- 3. start a build ----------------------------------------------------

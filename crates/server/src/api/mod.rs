@@ -60,6 +60,7 @@ mod sandboxes;
 mod snapshots;
 mod template_catalog;
 mod templates;
+mod upload;
 mod volume_content;
 mod volumes;
 

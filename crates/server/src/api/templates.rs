@@ -9,11 +9,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use hutch_image::{PullProgress, RegistryAuth};
 use hutch_protocol::api::{PullEvent, Template, TemplatePullRequest};
 use serde::Deserialize;
-use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::auth::Caller;
 use crate::catalog::{self, ImageTemplate};
@@ -55,17 +54,16 @@ pub(super) async fn import(
     let name = q
         .name
         .ok_or_else(|| ApiError::bad_request("missing query parameter 'name'"))?;
-    let tar = SyncIoBridge::new(StreamReader::new(
-        body.into_data_stream().map_err(std::io::Error::other),
-    ));
+    let (tar, upload) = super::upload::open(body);
     let template = ImageTemplate {
         team: caller.team,
         name,
         source: q.source.unwrap_or_default(),
         allow_privilege_escalation: q.allow_privilege_escalation,
     };
-    let meta = catalog::import(&st, template, q.reference, tar).await?;
-    Ok((StatusCode::CREATED, Json(meta)).into_response())
+    let imported = catalog::import(&st, template, q.reference, tar).await;
+    upload.finish().await;
+    Ok((StatusCode::CREATED, Json(imported?)).into_response())
 }
 
 /// `POST /hutch/v1/templates/pull` with a JSON [`TemplatePullRequest`]: pulls the image from its

@@ -28,11 +28,10 @@ use axum::extract::{Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
 use hutch_runtime::{VolumeEntry, VolumeFs, VolumeFsError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use tokio_util::io::ReaderStream;
 use utoipa_axum::routes;
 
 use super::openapi::ApiRouter;
@@ -46,9 +45,6 @@ const DEFAULT_ID: u32 = 9090;
 const DEFAULT_FILE_MODE: u32 = 0o666;
 /// E2B's default mode of a new directory.
 const DEFAULT_DIR_MODE: u32 = 0o777;
-
-/// How much of a write's body is still read after the volume is full.
-const DRAIN_LIMIT: u64 = 1 << 30;
 
 /// The routes (outside the API-key check: they take the volume's token).
 pub(super) fn routes() -> ApiRouter {
@@ -371,9 +367,7 @@ async fn write_file(
     let path = q.path()?;
     let (uid, gid, force) = q.owner_and_force();
     let mode = q.mode.unwrap_or(DEFAULT_FILE_MODE);
-    // Nothing is read from the body before the token is checked.
-    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let mut reader = SyncIoBridge::new(reader);
+    let (mut reader, upload) = super::upload::open(body);
     let written = on_volume(&st, &id, &headers, move |fs| {
         let mut file = fs.open_write(&path, uid, gid, force)?;
         if let Err(e) = std::io::copy(&mut reader, &mut file) {
@@ -381,15 +375,11 @@ async fn write_file(
             if !full {
                 return Err(VolumeFsError::Io(format!("write '{path}': {e}")));
             }
-            // The rest of the body is read (up to a bound) so that the
-            // client, still sending, gets the answer rather than a broken
-            // connection.
-            use std::io::Read as _;
-            let _ = std::io::copy(&mut (&mut reader).take(DRAIN_LIMIT), &mut std::io::sink());
             return Err(VolumeFsError::NoSpace);
         }
         fs.finish_write(file, &path, uid, gid, mode)
     })
-    .await?;
-    Ok((StatusCode::CREATED, Json(entry_json(&written))).into_response())
+    .await;
+    upload.finish().await;
+    Ok((StatusCode::CREATED, Json(entry_json(&written?))).into_response())
 }
