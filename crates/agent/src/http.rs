@@ -45,6 +45,13 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
         .with_state(agent)
 }
 
+/// The environment socket's router: `POST /environment` and nothing else.
+pub fn environment_router(agent: Arc<Agent>) -> axum::Router {
+    axum::Router::new()
+        .route("/environment", post(environment))
+        .with_state(agent)
+}
+
 async fn health() -> StatusCode {
     StatusCode::NO_CONTENT
 }
@@ -62,6 +69,73 @@ async fn init(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Respo
 
 async fn envs(State(agent): State<Arc<Agent>>) -> Json<BTreeMap<String, String>> {
     Json(agent.sandbox_state().env.into_iter().collect())
+}
+
+/// The body of `POST /environment`: a process's own layer.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentRequest {
+    #[serde(default)]
+    envs: BTreeMap<String, String>,
+    user: Option<String>,
+    cwd: Option<String>,
+}
+
+/// What a process started now with a given layer of its own would get.
+#[derive(Debug, serde::Serialize)]
+struct EnvironmentAnswer {
+    envs: BTreeMap<String, String>,
+    cwd: String,
+    uid: u32,
+    gid: u32,
+    user: Option<String>,
+    home: String,
+}
+
+/// `POST /environment` (Hutch's own): the environment, user and working
+/// directory a process started now with the given `envs`, `user` and `cwd`
+/// would get, by the same precedence as `Process.Start`. For services in
+/// the sandbox that run code in processes they do not start through the
+/// agent (the code interpreter's kernels), so that the environment is
+/// still merged in one place.
+async fn environment(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Response {
+    let request: EnvironmentRequest = if body.is_empty() {
+        EnvironmentRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid /environment body: {e}"),
+                );
+            }
+        }
+    };
+    let envs: Vec<(String, String)> = request.envs.into_iter().collect();
+    let sandbox = agent.sandbox_state();
+    match agent.resolve_process(
+        &sandbox,
+        &envs,
+        request.user.as_deref(),
+        request.cwd.as_deref(),
+        false,
+    ) {
+        Ok(resolved) => Json(EnvironmentAnswer {
+            envs: resolved.env.into_iter().collect(),
+            cwd: resolved.cwd,
+            uid: resolved.uid,
+            gid: resolved.gid,
+            user: resolved.user_name,
+            home: resolved.home,
+        })
+        .into_response(),
+        Err(crate::ResolveError::Accounts(e)) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("reading /etc/passwd and /etc/group: {e}"),
+        ),
+        Err(crate::ResolveError::Env(e)) => json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
 }
 
 /// Rejects requests without the right `X-Access-Token` once one is set;

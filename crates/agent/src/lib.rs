@@ -63,6 +63,17 @@ pub struct SandboxState {
     pub default_workdir: Option<String>,
 }
 
+/// Why a process's environment could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// `/etc/passwd` or `/etc/group` could not be read.
+    #[error("reading /etc/passwd and /etc/group: {0}")]
+    Accounts(io::Error),
+    /// A layer is invalid, or names an unknown user or group.
+    #[error(transparent)]
+    Env(EnvError),
+}
+
 /// One agent: its configuration, sandbox state and processes.
 pub struct Agent {
     boot: BootConfig,
@@ -82,6 +93,51 @@ impl Agent {
             processes: Arc::default(),
             watchers: watch::PollWatchers::default(),
         })
+    }
+
+    /// The environment, user and working directory a process started now
+    /// gets, given its own layer (`env`, `user`, `cwd`): the one
+    /// [`hutch_env::resolve`] over the template layer of the boot
+    /// configuration and the sandbox layer of `sandbox`.
+    pub fn resolve_process(
+        &self,
+        sandbox: &SandboxState,
+        env: &[(String, String)],
+        user: Option<&str>,
+        cwd: Option<&str>,
+        pty: bool,
+    ) -> Result<hutch_env::Resolved, ResolveError> {
+        let accounts =
+            hutch_env::Accounts::load(&self.accounts_root).map_err(ResolveError::Accounts)?;
+        let boot = &self.boot;
+        let template_user = boot
+            .template_user
+            .as_deref()
+            .or(sandbox.default_user.as_deref());
+        hutch_env::resolve(
+            &hutch_env::TemplateLayer {
+                env: &boot.template_env,
+                user: template_user,
+                workdir: boot.template_workdir.as_deref(),
+            },
+            &hutch_env::SandboxLayer {
+                env: &sandbox.env,
+                workdir: sandbox.default_workdir.as_deref(),
+            },
+            &hutch_env::ProcessLayer {
+                env,
+                user,
+                cwd,
+                pty,
+            },
+            &hutch_env::Identity {
+                sandbox_id: &boot.sandbox_id,
+                template_id: &boot.template_id,
+                hostname: &boot.sandbox_id,
+            },
+            &accounts,
+        )
+        .map_err(ResolveError::Env)
     }
 
     /// The boot configuration.
@@ -138,6 +194,12 @@ impl Agent {
     /// Serves on a unix socket until the listener fails.
     pub async fn serve_unix(self: &Arc<Self>, listener: UnixListener) -> io::Result<()> {
         axum::serve(listener, self.router()).await
+    }
+
+    /// Serves `POST /environment` alone on `listener`, without a token:
+    /// see [`bind_environment_socket`].
+    pub async fn serve_environment(self: &Arc<Self>, listener: UnixListener) -> io::Result<()> {
+        axum::serve(listener, http::environment_router(self.clone())).await
     }
 
     /// Serves on TCP until the listener fails, with `TCP_NODELAY` on every
@@ -214,6 +276,26 @@ pub fn inherited_listener(fd: i32) -> io::Result<UnixListener> {
     let std_listener = std::os::unix::net::UnixListener::from(owned);
     std_listener.set_nonblocking(true)?;
     UnixListener::from_std(std_listener)
+}
+
+/// Binds the environment socket (`--environment-socket`): removes a stale
+/// one, binds, and opens it to every user in the sandbox (it only answers
+/// what processes of the sandbox are given anyway).
+pub fn bind_environment_socket(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
 }
 
 /// Binds the agent's unix socket: creates its directory (mode 0700),

@@ -2,13 +2,18 @@
 //!
 //! ```text
 //! hutch-envd --boot /run/hutch/boot.json [--listen-fd N] [--socket PATH] [--listen ADDR:PORT]...
+//!            [--environment-socket PATH]
 //! ```
 //!
 //! In a sandbox the host starts it with `--listen-fd 3`: a unix socket the
 //! host bound and listens on, inherited by the agent (see
 //! `hutch_protocol::boot`). `--socket` binds a socket of its own and
 //! `--listen` serves on TCP (to run the agent on its own, for debugging or
-//! tests). `HUTCH_LOG=debug|info|warn|error` sets the log level.
+//! tests). `--environment-socket` binds a socket, open to every process in
+//! the sandbox, that answers `POST /environment` only: the environment a
+//! process would get (for the code interpreter's kernels; the host passes
+//! `/run/hutch/environment.sock`). `HUTCH_LOG=debug|info|warn|error` sets
+//! the log level.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +31,7 @@ struct Args {
     boot: Option<PathBuf>,
     listen_fd: Option<i32>,
     socket: Option<PathBuf>,
+    environment_socket: Option<PathBuf>,
     listen: Vec<String>,
 }
 
@@ -34,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         boot: None,
         listen_fd: None,
         socket: None,
+        environment_socket: None,
         listen: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -59,6 +66,9 @@ fn parse_args() -> Result<Args, String> {
                 args.listen_fd = Some(fd);
             }
             "--socket" => args.socket = Some(PathBuf::from(value()?)),
+            "--environment-socket" => {
+                args.environment_socket = Some(PathBuf::from(value()?));
+            }
             "--listen" => args.listen.push(value()?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -191,6 +201,18 @@ async fn run(args: Args, boot: BootConfig) -> Result<(), String> {
         tracing::info!("listening on {}", path.display());
         let agent = agent.clone();
         servers.spawn(async move { agent.serve_unix(listener).await });
+    }
+    if let Some(path) = &args.environment_socket {
+        // Not fatal: a sandbox without it only lacks the code interpreter's
+        // view of the environment.
+        match hutch_envd::bind_environment_socket(path) {
+            Ok(listener) => {
+                tracing::info!("answering /environment on {}", path.display());
+                let agent = agent.clone();
+                servers.spawn(async move { agent.serve_environment(listener).await });
+            }
+            Err(e) => tracing::warn!("cannot bind {}: {e}", path.display()),
+        }
     }
     for addr in &args.listen {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -9,7 +9,7 @@ use connectrpc::{
     ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
 };
 use futures::StreamExt as _;
-use hutch_env::{EnvError, Identity, ProcessLayer, SandboxLayer, TemplateLayer};
+use hutch_env::EnvError;
 use hutch_protocol::envd::process::{
     CloseStdinRequest, CloseStdinResponse, ConnectRequest, ConnectResponse, ListRequest,
     ListResponse, Process, ProcessEvent, ProcessInfo, ProcessSelector, SendInputRequest,
@@ -318,45 +318,29 @@ impl Process for ProcessService {
         });
         let user = user_from_headers(ctx.headers())?;
 
-        let sandbox = self.agent.sandbox_state();
-        let boot = &self.agent.boot;
-        let accounts = hutch_env::Accounts::load(&self.agent.accounts_root).map_err(|e| {
-            ConnectError::internal(format!("reading /etc/passwd and /etc/group: {e}"))
-        })?;
         let mut process_env: Vec<(String, String)> = config
             .envs
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         process_env.sort();
-        let template_user = boot
-            .template_user
-            .as_deref()
-            .or(sandbox.default_user.as_deref());
-        let resolved = hutch_env::resolve(
-            &TemplateLayer {
-                env: &boot.template_env,
-                user: template_user,
-                workdir: boot.template_workdir.as_deref(),
-            },
-            &SandboxLayer {
-                env: &sandbox.env,
-                workdir: sandbox.default_workdir.as_deref(),
-            },
-            &ProcessLayer {
-                env: &process_env,
-                user: user.as_deref(),
-                cwd: config.cwd.as_deref(),
-                pty: pty.is_some(),
-            },
-            &Identity {
-                sandbox_id: &boot.sandbox_id,
-                template_id: &boot.template_id,
-                hostname: &boot.sandbox_id,
-            },
-            &accounts,
-        )
-        .map_err(env_error)?;
+        let sandbox = self.agent.sandbox_state();
+        let boot = &self.agent.boot;
+        let resolved = self
+            .agent
+            .resolve_process(
+                &sandbox,
+                &process_env,
+                user.as_deref(),
+                config.cwd.as_deref(),
+                pty.is_some(),
+            )
+            .map_err(|e| match e {
+                crate::ResolveError::Accounts(e) => {
+                    ConnectError::internal(format!("reading /etc/passwd and /etc/group: {e}"))
+                }
+                crate::ResolveError::Env(e) => env_error(e),
+            })?;
 
         // A working directory somebody asked for must exist; the user's
         // home as a mere default may not (then `/`, as Docker does).

@@ -287,3 +287,109 @@ async fn access_token_is_enforced() {
     // A repeated /init needs the token as well.
     assert_eq!(t.init(json!({"envVars": {}})).await, 401);
 }
+
+/// One HTTP/1.1 request over a unix socket: status and body.
+async fn over_unix(socket: &std::path::Path, method: &str, path: &str, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_environment_socket_answers_what_a_process_would_get_and_nothing_else() {
+    let t = TestAgent::start().await;
+    // A token is set: the socket needs none, the agent's API still does.
+    assert_eq!(
+        t.init(json!({"envVars": {"OVERRIDE": "sandbox", "SBX": "1"}, "accessToken": "tok"}))
+            .await,
+        204
+    );
+    let socket = t.dir.path().join("run").join("environment.sock");
+    let listener = hutch_envd::bind_environment_socket(&socket).unwrap();
+    let agent = t.agent.clone();
+    tokio::spawn(async move { agent.serve_environment(listener).await });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o666, "every user in the sandbox may ask");
+
+    let (status, plain) = over_unix(&socket, "POST", "/environment", "{}").await;
+    assert_eq!(status, 200, "{plain}");
+    let envs = &plain["envs"];
+    assert_eq!(envs["TEMPLATE_ONLY"], "from-template");
+    assert_eq!(envs["OVERRIDE"], "sandbox");
+    assert_eq!(envs["TRICKY"], "a=b c  d");
+    assert_eq!(envs["EMPTY_VAR"], "");
+    assert_eq!(envs["E2B_SANDBOX_ID"], "sbx-test");
+    assert_eq!(plain["uid"], 0);
+    assert_eq!(plain["cwd"], "/root");
+
+    // The process layer goes on top, for that answer only.
+    let (status, call) = over_unix(
+        &socket,
+        "POST",
+        "/environment",
+        r#"{"envs": {"OVERRIDE": "process", "CALL": "c"}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{call}");
+    assert_eq!(call["envs"]["OVERRIDE"], "process");
+    assert_eq!(call["envs"]["CALL"], "c");
+    assert_eq!(call["envs"]["SBX"], "1");
+    let (_, again) = over_unix(&socket, "POST", "/environment", "").await;
+    assert_eq!(again, plain);
+
+    // Exactly what a process started through the agent gets.
+    let message = json!({"process": {"cmd": "env", "args": ["-0"]}, "stdin": false});
+    let (status, _, envs) = sdk_start(&t, &message, &[("x-access-token", "tok")]).await;
+    assert_eq!(status, 200);
+    let stdout: Vec<u8> = envs
+        .iter()
+        .filter_map(|(_, e)| {
+            e["event"]["data"]["stdout"]
+                .as_str()
+                .map(|_| b64(&e["event"]["data"]["stdout"]))
+        })
+        .flatten()
+        .collect();
+    let started: std::collections::HashMap<String, String> = String::from_utf8(stdout)
+        .unwrap()
+        .split('\0')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let answered: std::collections::HashMap<String, String> =
+        serde_json::from_value(plain["envs"].clone()).unwrap();
+    assert_eq!(started, answered);
+
+    // Reserved names are refused as at a process start; nothing else is served.
+    let (status, refused) = over_unix(
+        &socket,
+        "POST",
+        "/environment",
+        r#"{"envs": {"E2B_SANDBOX_ID": "x"}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    for (method, path) in [
+        ("GET", "/envs"),
+        ("POST", "/init"),
+        ("POST", "/process.Process/Start"),
+    ] {
+        let (status, _) = over_unix(&socket, method, path, "{}").await;
+        assert_eq!(status, 404, "{method} {path}");
+    }
+}

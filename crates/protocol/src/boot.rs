@@ -23,6 +23,10 @@ pub const HUTCH_DIR: &str = "/run/hutch";
 pub const AGENT_BINARY: &str = "/run/hutch/bin/hutch-envd";
 /// Path of the boot configuration inside the sandbox (read-only bind mount).
 pub const BOOT_CONFIG: &str = "/run/hutch/boot.json";
+
+/// Where the agent answers `POST /environment` for processes in the
+/// sandbox (the code interpreter's service), without a token.
+pub const ENVIRONMENT_SOCKET: &str = "/run/hutch/environment.sock";
 /// The file descriptor on which the agent finds its listening unix socket
 /// (bound by the host, inherited through `runc run --preserve-fds 1`).
 pub const AGENT_LISTEN_FD: i32 = 3;

@@ -50,7 +50,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use hutch_protocol::boot::{AGENT_BINARY, AGENT_LISTEN_FD, BOOT_CONFIG};
+use hutch_protocol::boot::{AGENT_BINARY, AGENT_LISTEN_FD, BOOT_CONFIG, ENVIRONMENT_SOCKET};
 use oci_spec::runtime::{
     Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType,
     LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp,
@@ -323,6 +323,8 @@ fn process(no_new_privileges: bool) -> Process {
             AGENT_BINARY.to_owned(),
             "--boot".to_owned(),
             BOOT_CONFIG.to_owned(),
+            "--environment-socket".to_owned(),
+            ENVIRONMENT_SOCKET.to_owned(),
             "--listen-fd".to_owned(),
             AGENT_LISTEN_FD.to_string(),
         ]))
@@ -632,6 +634,8 @@ mod tests {
                 "/run/hutch/bin/hutch-envd".to_owned(),
                 "--boot".to_owned(),
                 "/run/hutch/boot.json".to_owned(),
+                "--environment-socket".to_owned(),
+                "/run/hutch/environment.sock".to_owned(),
                 "--listen-fd".to_owned(),
                 "3".to_owned()
             ]
