@@ -1,7 +1,8 @@
 //! The default `base` template: built from Debian packages the first time
 //! a server starts without one (a minute or two, shown in the server log),
 //! then reused by every later start. While it builds, creating a sandbox
-//! from `base` answers 503 with a message saying so.
+//! from `base` answers 503 with a message saying so. Once it exists, the
+//! code interpreter template is built from it ([`crate::code_interpreter`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,13 +20,16 @@ pub(crate) async fn ensure(st: Arc<AppState>) {
     match st.db.find_template(BASE_TEMPLATE.to_owned()).await {
         // Every team starts sandboxes from it (databases from before teams
         // have it private).
-        Ok(Some(t)) if !t.public && t.team_id == st.default_team => {
-            if let Err(e) = st.db.set_template_public(t.id, true).await {
+        Ok(Some(t)) => {
+            if !t.public
+                && t.team_id == st.default_team
+                && let Err(e) = st.db.set_template_public(t.id, true).await
+            {
                 tracing::error!("cannot make the base template public: {e}");
             }
+            let _ = crate::code_interpreter::ensure(&st).await;
             return;
         }
-        Ok(Some(_)) => return,
         Ok(None) => {}
         Err(e) => {
             tracing::error!("cannot look up the base template: {e}");
@@ -52,6 +56,10 @@ pub(crate) async fn ensure(st: Arc<AppState>) {
                 tracing::info!("{done}");
                 job.push("info", done, LogKind::Note);
                 job.finish(Status::Ready(Box::new(meta)));
+                st.base_building.store(false, Ordering::SeqCst);
+                // The code interpreter is built from it.
+                let _ = crate::code_interpreter::ensure(&st).await;
+                return;
             }
             Err(e) => {
                 let message = format!(

@@ -139,7 +139,9 @@ impl From<crate::lifecycle::SandboxError> for ApiError {
             E::Db(db) => return ApiError::from(db),
             E::HostFull(_) => return storage_full(e),
             E::NotFound(_) | E::TemplateNotFound(_) => StatusCode::NOT_FOUND,
-            E::TemplateBuilding { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            E::TemplateBuilding { .. } | E::TemplateUnbuilt { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             E::Paused(_) => StatusCode::CONFLICT,
             E::Invalid(_) => StatusCode::BAD_REQUEST,
             E::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,

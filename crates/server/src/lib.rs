@@ -41,6 +41,7 @@ mod auth;
 mod base;
 mod builds;
 mod catalog;
+mod code_interpreter;
 pub mod db;
 mod error;
 pub mod frontdoor;

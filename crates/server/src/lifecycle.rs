@@ -137,15 +137,24 @@ pub(crate) enum SandboxError {
     /// No template has this id or name.
     #[error("template '{0}' not found")]
     TemplateNotFound(String),
-    /// The template is the default one, still being built at first start.
+    /// The template is one Hutch builds itself (`base`, the code
+    /// interpreter's), still being built.
     #[error(
-        "template '{name}' is still being built (first start of the server){progress}; try again in a minute"
+        "template '{name}' is still being built (Hutch builds it once, at its first start or first use){progress}; try again in a minute"
     )]
     TemplateBuilding {
         /// Its name.
         name: String,
         /// ` (N s so far; now: …)`, or nothing.
         progress: String,
+    },
+    /// The template is one Hutch builds itself, and its build failed.
+    #[error("template '{name}' cannot be used now: {why}")]
+    TemplateUnbuilt {
+        /// Its name.
+        name: String,
+        /// Why, and when it is tried again.
+        why: String,
     },
     /// The sandbox is paused, and the operation needs it running.
     #[error("sandbox {0} is paused: resume it with POST /sandboxes/{0}/connect")]
@@ -240,31 +249,48 @@ pub(crate) async fn create_sandbox(
     // Layers must not be garbage-collected between the lookup and the
     // moment the row makes the template "in use".
     let layers_guard = st.layers_lock.read().await;
-    let template = crate::catalog::resolve(st, &args.team, &args.template)
-        .await?
-        .ok_or_else(|| {
-            if args.template == hutch_builder::BASE_TEMPLATE
-                && st.base_building.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                let progress = st
-                    .builds
-                    .building(&args.template)
-                    .map(|job| {
-                        format!(
-                            " ({} s so far; now: {})",
-                            job.elapsed_secs(),
-                            job.last_line().unwrap_or_default()
-                        )
-                    })
-                    .unwrap_or_default();
-                SandboxError::TemplateBuilding {
-                    name: args.template.clone(),
-                    progress,
+    let found = crate::catalog::resolve(st, &args.team, &args.template).await?;
+    // The code interpreter template is built at its first use.
+    let building = match &found {
+        None if args.template == crate::code_interpreter::TEMPLATE => {
+            match crate::code_interpreter::ensure(st).await {
+                crate::code_interpreter::Build::Running => true,
+                crate::code_interpreter::Build::Failed(why) => {
+                    return Err(SandboxError::TemplateUnbuilt {
+                        name: args.template.clone(),
+                        why,
+                    });
                 }
-            } else {
-                SandboxError::TemplateNotFound(args.template.clone())
+                crate::code_interpreter::Build::Idle => false,
             }
-        })?;
+        }
+        None => {
+            args.template == hutch_builder::BASE_TEMPLATE
+                && st.base_building.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        Some(_) => false,
+    };
+    let template = found.ok_or_else(|| {
+        if building {
+            let progress = st
+                .builds
+                .building(&args.template)
+                .map(|job| {
+                    format!(
+                        " ({} s so far; now: {})",
+                        job.elapsed_secs(),
+                        job.last_line().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            SandboxError::TemplateBuilding {
+                name: args.template.clone(),
+                progress,
+            }
+        } else {
+            SandboxError::TemplateNotFound(args.template.clone())
+        }
+    })?;
     let meta = crate::catalog::metadata(&template)?;
 
     let defaults = limits::template_defaults(&template.name, meta.limits.as_ref(), &st.max_limits)
