@@ -1,11 +1,12 @@
 //! `hutch mcp`: a Model Context Protocol server on stdin/stdout that
-//! creates sandboxes on a Hutch server, runs commands in them and moves
-//! files in and out.
+//! creates sandboxes on a Hutch server, runs commands and code in them and
+//! moves files in and out.
 //!
 //! Messages are newline-delimited JSON-RPC 2.0 on stdin and stdout; logs go
 //! to stderr only. Every tool goes through the same client code as the
 //! other `hutch` commands: the REST API for sandboxes, the agent's Connect
-//! calls and `/files` through the server's front door. A failure is a tool
+//! calls and `/files` through the server's front door, the code
+//! interpreter's `/execute` (port 49999) likewise. A failure is a tool
 //! error carrying the server's message, never an end of the MCP server.
 
 use std::collections::BTreeMap;
@@ -83,6 +84,23 @@ struct RunCommand {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct RunCode {
+    /// The sandbox id: a sandbox created from the code interpreter template,
+    /// "code-interpreter-v1".
+    sandbox_id: String,
+    /// The code: a cell, run in the sandbox's stateful kernel for its
+    /// language (variables and imports stay for the next call).
+    code: String,
+    /// "python" or "bash" [default: "python"].
+    language: Option<String>,
+    /// Environment variables for this call only.
+    envs: Option<BTreeMap<String, String>>,
+    /// Seconds to wait before the cell is interrupted [default: 120, at
+    /// most 3600].
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct WriteFile {
     /// The sandbox id.
     sandbox_id: String,
@@ -135,6 +153,13 @@ impl Tools {
     )]
     async fn run_command(&self, Parameters(p): Parameters<RunCommand>) -> CallToolResult {
         outcome(run_command(&self.api, p).await)
+    }
+
+    #[tool(
+        description = "Run code in a code interpreter sandbox (template code-interpreter-v1) in a stateful Jupyter kernel; returns stdout, stderr, the results (text and formats; PNG and JPEG charts as images) and the error with its traceback."
+    )]
+    async fn run_code(&self, Parameters(p): Parameters<RunCode>) -> CallToolResult {
+        outcome(run_code(&self.api, p).await)
     }
 
     #[tool(description = "Write a text file in a sandbox.")]
@@ -202,15 +227,7 @@ async fn create_sandbox(api: &Api, p: CreateSandbox) -> anyhow::Result<CallToolR
 async fn run_command(api: &Api, p: RunCommand) -> anyhow::Result<CallToolResult> {
     nonempty("sandbox_id", &p.sandbox_id)?;
     nonempty("command", &p.command)?;
-    let timeout = match p.timeout_seconds {
-        None => DEFAULT_COMMAND_TIMEOUT,
-        Some(t @ 1..=MAX_COMMAND_TIMEOUT) => t,
-        Some(t) => {
-            return Err(anyhow!(
-                "timeout_seconds must be between 1 and {MAX_COMMAND_TIMEOUT}, not {t}"
-            ));
-        }
-    };
+    let timeout = command_timeout(p.timeout_seconds)?;
     let env = env_pairs(p.envs, hutch_env::validate_process_env)?
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -255,6 +272,151 @@ async fn run_command(api: &Api, p: RunCommand) -> anyhow::Result<CallToolResult>
         "stdout": stdout.text("stdout"),
         "stderr": stderr.text("stderr"),
     })))
+}
+
+/// The port of the code interpreter's service in a sandbox.
+const CODE_INTERPRETER_PORT: u16 = 49999;
+
+async fn run_code(api: &Api, p: RunCode) -> anyhow::Result<CallToolResult> {
+    nonempty("sandbox_id", &p.sandbox_id)?;
+    let timeout = command_timeout(p.timeout_seconds)?;
+    let envs: BTreeMap<String, String> = env_pairs(p.envs, hutch_env::validate_process_env)?
+        .into_iter()
+        .collect();
+    let id = p.sandbox_id.as_str();
+    let token = exec::reachable(api, id).await?;
+    let mut req = api
+        .sandbox_request(reqwest::Method::POST, "/execute")
+        .header("e2b-sandbox-id", id)
+        .header("e2b-sandbox-port", CODE_INTERPRETER_PORT.to_string())
+        .json(&json!({
+            "code": p.code,
+            "language": p.language,
+            "env_vars": envs,
+        }));
+    if let Some(token) = token {
+        req = req.header("x-access-token", token);
+    }
+    let mut cell = Cell::default();
+    // Dropping the request at the deadline closes the connection, which
+    // the service answers by interrupting the kernel.
+    let run = async {
+        let mut resp = api.send(req).await.map_err(|e| {
+            anyhow!(
+                "{e:#} (is {id} a sandbox of the code interpreter template, code-interpreter-v1?)"
+            )
+        })?;
+        let mut pending = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| api.transport_error(&e))? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                cell.take(&line);
+            }
+        }
+        anyhow::Ok(())
+    };
+    let Ok(ran) = tokio::time::timeout(Duration::from_secs(timeout), run).await else {
+        return Err(anyhow!(
+            "the code did not finish within {timeout} s: it was interrupted\n\
+             stdout so far:\n{}\nstderr so far:\n{}",
+            cell.stdout.text("stdout"),
+            cell.stderr.text("stderr")
+        ));
+    };
+    ran?;
+    Ok(cell.result())
+}
+
+/// What a cell's streamed lines add up to.
+#[derive(Default)]
+struct Cell {
+    stdout: Capped,
+    stderr: Capped,
+    results: Vec<serde_json::Value>,
+    images: Vec<ContentBlock>,
+    error: Option<serde_json::Value>,
+    execution_count: Option<u64>,
+}
+
+impl Cell {
+    /// One line of the service's stream.
+    fn take(&mut self, line: &[u8]) {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return;
+        };
+        let text = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or_default();
+        match text("type") {
+            "stdout" => self.stdout.push(text("text").as_bytes()),
+            "stderr" => self.stderr.push(text("text").as_bytes()),
+            "error" => {
+                self.error = Some(json!({
+                    "name": text("name"),
+                    "value": text("value"),
+                    "traceback": text("traceback"),
+                }));
+            }
+            "number_of_executions" => {
+                self.execution_count = value.get("execution_count").and_then(|v| v.as_u64());
+            }
+            "result" => {
+                let mut formats = Vec::new();
+                if let Some(fields) = value.as_object() {
+                    for (key, v) in fields {
+                        if matches!(key.as_str(), "type" | "is_main_result") || v.is_null() {
+                            continue;
+                        }
+                        formats.push(key.clone());
+                        if let (Some(data), Some(mime)) = (v.as_str(), image_mime(key)) {
+                            self.images.push(ContentBlock::image(data, mime));
+                        }
+                    }
+                }
+                self.results.push(json!({
+                    "text": value.get("text"),
+                    "formats": formats,
+                    "is_main_result": value.get("is_main_result"),
+                }));
+            }
+            _ => {}
+        }
+    }
+
+    /// The tool's result: a cell that raised is still a result (its
+    /// `error` says what), not a failure of the tool.
+    fn result(self) -> CallToolResult {
+        let summary = json!({
+            "stdout": self.stdout.text("stdout"),
+            "stderr": self.stderr.text("stderr"),
+            "results": self.results,
+            "error": self.error,
+            "execution_count": self.execution_count,
+        });
+        let mut result = CallToolResult::structured(summary);
+        result.content.extend(self.images);
+        result
+    }
+}
+
+/// The MIME type of a result field that is a base64 image.
+fn image_mime(field: &str) -> Option<&'static str> {
+    match field {
+        "png" => Some("image/png"),
+        "jpeg" => Some("image/jpeg"),
+        _ => None,
+    }
+}
+
+/// A tool's timeout in seconds: the default, or the one asked for within
+/// bounds.
+fn command_timeout(asked: Option<u64>) -> anyhow::Result<u64> {
+    match asked {
+        None => Ok(DEFAULT_COMMAND_TIMEOUT),
+        Some(t @ 1..=MAX_COMMAND_TIMEOUT) => Ok(t),
+        Some(t) => Err(anyhow!(
+            "timeout_seconds must be between 1 and {MAX_COMMAND_TIMEOUT}, not {t}"
+        )),
+    }
 }
 
 /// Sends SIGKILL to process `pid` of sandbox `id`.
@@ -446,6 +608,35 @@ impl Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cells_stream_becomes_one_result_with_images() {
+        let mut cell = Cell::default();
+        for line in [
+            r#"{"type": "number_of_executions", "execution_count": 3}"#,
+            r#"{"type": "stdout", "text": "a\n", "timestamp": 1}"#,
+            r#"{"type": "stderr", "text": "b\n", "timestamp": 2}"#,
+            r#"{"type": "result", "is_main_result": false, "text": "<Figure>", "png": "iVBOR"}"#,
+            r#"{"type": "result", "is_main_result": true, "text": "42", "html": null}"#,
+            r#"{"type": "error", "name": "E", "value": "v", "traceback": "t"}"#,
+            "not json",
+            r#"{"type": "end_of_execution"}"#,
+        ] {
+            cell.take(line.as_bytes());
+        }
+        let result = cell.result();
+        let out = result.structured_content.clone().unwrap();
+        assert_eq!(out["stdout"], "a\n");
+        assert_eq!(out["stderr"], "b\n");
+        assert_eq!(out["execution_count"], 3);
+        assert_eq!(out["results"][0]["formats"], json!(["png", "text"]));
+        assert_eq!(out["results"][1]["text"], "42");
+        assert_eq!(out["results"][1]["formats"], json!(["text"]));
+        assert_eq!(out["error"]["name"], "E");
+        // The JSON as text, then the image.
+        assert_eq!(result.content.len(), 2);
+        assert_ne!(result.is_error, Some(true));
+    }
 
     #[test]
     fn short_output_is_kept_whole() {

@@ -52,7 +52,7 @@ fn mcp_client_uses_every_tool() {
     assert_eq!(line("server"), "hutch");
     assert_eq!(
         line("tools"),
-        "create_sandbox,kill_sandbox,list_files,list_sandboxes,read_file,run_command,write_file"
+        "create_sandbox,kill_sandbox,list_files,list_sandboxes,read_file,run_code,run_command,write_file"
     );
     let id = line("sandbox");
     assert_eq!(line("run"), "3 hi mcp from /tmp");
@@ -62,6 +62,7 @@ fn mcp_client_uses_every_tool() {
         "the command did not finish within 1 s: it was killed"
     );
     assert_eq!(line("left running"), "0");
+    assert_eq!(line("no interpreter"), "True");
     assert_eq!(
         line("zero timeout"),
         "timeout_seconds must be between 1 and 3600, not 0"

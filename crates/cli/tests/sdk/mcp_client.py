@@ -16,6 +16,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 TOOLS = {
     "create_sandbox": {"template", "timeout_seconds", "envs"},
     "run_command": {"sandbox_id", "command", "cwd", "envs", "timeout_seconds"},
+    "run_code": {"sandbox_id", "code", "language", "envs", "timeout_seconds"},
     "write_file": {"sandbox_id", "path", "content"},
     "read_file": {"sandbox_id", "path"},
     "list_files": {"sandbox_id", "path"},
@@ -111,6 +112,9 @@ async def main(hutch, template):
             procs = ps.structured_content["stdout"].splitlines()
             assert any("ps -o args" in p for p in procs), procs
             print("left running:", sum(p.startswith("sleep 300") for p in procs))
+
+            no_kernel = await call(client, "run_code", {"sandbox_id": sid, "code": "1"}, error=True)
+            print("no interpreter:", "code-interpreter-v1" in text_of(no_kernel))
 
             zero = await call(
                 client,
