@@ -1,13 +1,14 @@
 //! The code interpreter: `code-interpreter-v1` built by the server itself
 //! (at its first use here, from a `base`), then E2B's code interpreter SDK
-//! (two releases, unmodified) run against it: `tests/sdk/code_interpreter.py`;
+//! (two Python releases and the npm one, unmodified) run against it:
+//! `tests/sdk/code_interpreter.py` and `code_interpreter.mjs`;
 //! then `hutch mcp`'s `run_code` through the MCP Python SDK:
 //! `tests/sdk/mcp_run_code.py`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hutch_test_support::{TestServer, debian_image, http, hutch_bin, python_with};
+use hutch_test_support::{TestServer, debian_image, e2b_js, http, hutch_bin, python_with};
 
 const TEMPLATE: &str = "code-interpreter-v1";
 
@@ -99,6 +100,29 @@ fn the_code_interpreter_template_is_built_and_the_sdk_runs_code_in_it() {
             server.log_tail(80)
         );
     }
+
+    // The JavaScript SDK (npm, pinned by tests/sdk/js-code-interpreter).
+    let sdk_dir =
+        e2b_js(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/js-code-interpreter"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/code_interpreter.mjs");
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .env("E2B_SDK_DIR", &sdk_dir)
+        .env("E2B_API_URL", server.url())
+        .env("E2B_SANDBOX_URL", server.url())
+        .env("E2B_API_KEY", server.api_key())
+        .env_remove("E2B_DEBUG")
+        .env_remove("E2B_DOMAIN")
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "@e2b/code-interpreter: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail(80)
+    );
 
     // The MCP server's run_code, in the same template.
     let python = python_with("mcp-python-2.3.0", &["mcp==2.3.0"]);
