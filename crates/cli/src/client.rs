@@ -52,6 +52,11 @@ impl Api {
     }
 
     /// The server's base URL, without a trailing slash.
+    /// The API key this client sends.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

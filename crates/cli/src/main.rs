@@ -84,9 +84,19 @@ enum Command {
     /// Create a sandbox, run a command in it, kill it; exits with the
     /// command's code.
     Run(RunArgs),
-    /// Serve the Model Context Protocol on stdin/stdout: tools that create
-    /// sandboxes, run commands and read and write files in them.
-    Mcp,
+    /// Serve the Model Context Protocol on stdin/stdout (or over streamable
+    /// HTTP with --http): tools that create sandboxes, run commands and
+    /// code, and read and write files in them.
+    Mcp(McpArgs),
+}
+
+#[derive(Debug, Args)]
+struct McpArgs {
+    /// Serve MCP's streamable HTTP transport at http://ADDR/mcp instead of
+    /// stdio; every request must carry this client's API key
+    /// (`Authorization: Bearer KEY` or `X-API-Key`).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -726,9 +736,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let api = client::Api::new(&cli.server, &cli.data_dir)?;
             exec::run(&api, &args.template, &sandbox_env, args.timeout, &process).await
         }
-        Command::Mcp => {
+        Command::Mcp(args) => {
             let api = client::Api::new(&cli.server, &cli.data_dir)?;
-            mcp::serve(api).await?;
+            match args.http {
+                Some(addr) => mcp::serve_http(api, addr).await?,
+                None => mcp::serve(api).await?,
+            }
             Ok(0)
         }
     }

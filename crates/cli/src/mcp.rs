@@ -57,6 +57,92 @@ pub(crate) async fn serve(api: Api) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves MCP's streamable HTTP transport at `http://addr/mcp` until
+/// SIGINT or SIGTERM. Every request must carry the API key this client
+/// uses (`Authorization: Bearer` or `X-API-Key`): the endpoint acts with
+/// that key, so it answers only those who hold it.
+pub(crate) async fn serve_http(api: Api, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let key = Arc::new(api.key().to_owned());
+    let api = Arc::new(api);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    // Host names a browser may send (DNS rebinding stays refused).
+    let mut hosts = vec!["localhost".to_owned(), local.ip().to_string()];
+    hosts.push(local.to_string());
+    hosts.push(format!("localhost:{}", local.port()));
+    let service = StreamableHttpService::new(
+        move || Ok(Tools::with_api(api.clone())),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().with_allowed_hosts(hosts),
+    );
+    let app = axum::Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            let key = key.clone();
+            async move { require_key(&key, req, next).await }
+        }));
+    println!("hutch mcp: serving MCP at http://{local}/mcp");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await
+        .context("serving MCP over HTTP")?;
+    Ok(())
+}
+
+/// Refuses a request without this client's API key (compared in time
+/// independent of where it differs).
+async fn require_key(
+    key: &str,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let headers = req.headers();
+    let given = headers
+        .get(reqwest::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .unwrap_or_default()
+        .trim();
+    let same = given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(json!({
+                "code": 401,
+                "message": "send the Hutch API key this MCP server uses, as `Authorization: Bearer KEY`",
+            })),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 struct CreateSandbox {
     /// Template name or id [default: "base"].
@@ -135,8 +221,12 @@ struct Tools {
 #[tool_router]
 impl Tools {
     fn new(api: Api) -> Tools {
+        Self::with_api(Arc::new(api))
+    }
+
+    fn with_api(api: Arc<Api>) -> Tools {
         Tools {
-            api: Arc::new(api),
+            api,
             tool_router: Self::tool_router(),
         }
     }

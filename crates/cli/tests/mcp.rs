@@ -85,3 +85,76 @@ fn mcp_client_uses_every_tool() {
     assert_eq!(line("gone"), "yes");
     assert!(line("kill again").contains(&id), "{stdout}");
 }
+
+/// `hutch mcp --http`: the streamable HTTP transport, with the API key
+/// required on every request.
+#[test]
+fn mcp_over_streamable_http_needs_the_key() {
+    let python = python_with("mcp-python-2.3.0", &[MCP_PYTHON]);
+    let server = TestServer::start();
+    server.cli_ok(&[
+        "template",
+        "import",
+        busybox_image().to_str().unwrap(),
+        "--name",
+        "bb",
+    ]);
+    let port = hutch_test_support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut mcp = std::process::Command::new(hutch_bin())
+        .args(["mcp", "--http", &addr])
+        .env("HUTCH_SERVER", server.url())
+        .env("HUTCH_API_KEY", server.api_key())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting hutch mcp --http");
+    // It says where it listens once it does.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(mcp.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(
+        first.trim(),
+        format!("hutch mcp: serving MCP at http://{addr}/mcp")
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mcp_http_client.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(format!("http://{addr}/mcp"))
+        .arg(server.api_key())
+        .arg("bb")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("running python");
+    // SIGTERM: it stops at once.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &mcp.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = mcp.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("OK\n"),
+        "{}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    assert!(status.success(), "hutch mcp --http ended with {status}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "refused: 401 401",
+            "refused: 401 401",
+            "server: hutch",
+            "tools: create_sandbox,kill_sandbox,list_files,list_sandboxes,read_file,run_code,run_command,write_file",
+            "run: hi over http",
+            "OK",
+        ]
+    );
+}
