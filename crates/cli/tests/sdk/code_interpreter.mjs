@@ -30,6 +30,8 @@ try {
 
   const chart = await sbx.runCode('import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()')
   check(chart.results.filter((r) => r.png && r.png.startsWith('iVBORw0KGgo')).length, 1, 'a PNG chart')
+  check(chart.results[0].chart.type, 'line', 'chart data')
+  check(chart.results[0].chart.elements[0].points, [[0, 1], [1, 2], [2, 3]], 'line points')
 
   const failed = await sbx.runCode('1 / 0')
   check(failed.error.name, 'ZeroDivisionError', 'error name')

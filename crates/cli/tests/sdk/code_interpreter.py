@@ -86,6 +86,25 @@ try:
     pngs = [r for r in chart.results if r.png]
     check(len(pngs), 1, "one PNG chart")
     check_true(pngs[0].png.startswith("iVBORw0KGgo"), "base64 PNG")
+    line = pngs[0].chart
+    check(line.type.value, "line", "chart type")
+    check(line.elements[0].points, [(1.0, 1.0), (2.0, 4.0), (3.0, 9.0)], "line points")
+    bars = sbx.run_code(
+        "import matplotlib.pyplot as plt\n"
+        "plt.bar(['a', 'b'], [3, 5], label='sales')\n"
+        "plt.title('Q')\nplt.ylabel('units')\nplt.show()"
+    ).results[0].chart
+    check(bars.type.value, "bar", "bar chart")
+    check((bars.title, bars.y_label), ("Q", "units"), "bar chart title and label")
+    check(
+        [(e.label, e.group, e.value) for e in bars.elements],
+        [("a", "sales", 3.0), ("b", "sales", 5.0)],
+        "bars",
+    )
+    pie = sbx.run_code(
+        "import matplotlib.pyplot as plt\nplt.pie([1, 3], labels=['p', 'q'])\nplt.show()"
+    ).results[0].chart
+    check([(e.label, e.angle) for e in pie.elements], [("p", 90.0), ("q", 270.0)], "pie")
     jpeg = sbx.run_code(
         "from PIL import Image\nfrom IPython.display import display\nimport io\n"
         "b = io.BytesIO(); Image.new('RGB', (2, 2)).save(b, 'JPEG')\n"

@@ -63,6 +63,137 @@ POLL = 0.25
 
 log = logging.getLogger("hutch-interpreter")
 
+# Run once in every Python kernel: matplotlib figures get an `e2b/chart`
+# representation besides their PNG, the data the SDKs expose as
+# `Result.chart` (line, scatter, bar and pie charts; a figure of several
+# charts is a `superchart`).
+PYTHON_SETUP = r"""
+def __hutch_setup_charts():
+    from IPython import get_ipython
+    from IPython.core.formatters import BaseFormatter
+    from traitlets import Unicode
+
+    def label_of(artist):
+        # matplotlib names unlabeled artists "_child0" and the like.
+        label = artist.get_label() or ""
+        return "" if label.startswith("_") else label
+
+    def number(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return str(v)
+
+    def axis(ax, which):
+        ticks = ax.get_xticks() if which == "x" else ax.get_yticks()
+        labels = ax.get_xticklabels() if which == "x" else ax.get_yticklabels()
+        scale = ax.get_xscale() if which == "x" else ax.get_yscale()
+        label = ax.get_xlabel() if which == "x" else ax.get_ylabel()
+        return {
+            f"{which}_label": label or None,
+            f"{which}_unit": None,
+            f"{which}_ticks": [number(t) for t in ticks],
+            f"{which}_tick_labels": [t.get_text() for t in labels],
+            f"{which}_scale": scale,
+        }
+
+    def chart_of(ax):
+        from matplotlib.collections import PathCollection
+        from matplotlib.container import BarContainer
+        from matplotlib.patches import Wedge
+
+        title = ax.get_title() or None
+        wedges = [p for p in ax.patches if isinstance(p, Wedge)]
+        if wedges:
+            texts = [t.get_text() for t in ax.texts]
+            return {
+                "type": "pie",
+                "title": title,
+                "elements": [
+                    {
+                        "label": texts[i] if i < len(texts) else "",
+                        "angle": float(w.theta2 - w.theta1),
+                        "radius": float(w.r),
+                    }
+                    for i, w in enumerate(wedges)
+                ],
+            }
+        bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+        if bars:
+            names = [t.get_text() for t in ax.get_xticklabels()]
+            ticks = list(ax.get_xticks())
+            elements = []
+            for container in bars:
+                group = label_of(container)
+                for rect in container:
+                    center = rect.get_x() + rect.get_width() / 2
+                    nearest = min(range(len(ticks)), key=lambda i: abs(ticks[i] - center)) if ticks else None
+                    label = names[nearest] if nearest is not None and nearest < len(names) else str(center)
+                    elements.append({"label": label, "group": group, "value": float(rect.get_height())})
+            chart = {"type": "bar", "title": title, "elements": elements}
+            chart.update({k: v for k, v in axis(ax, "x").items() if k in ("x_label", "x_unit")})
+            chart.update({k: v for k, v in axis(ax, "y").items() if k in ("y_label", "y_unit")})
+            return chart
+        scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
+        lines = [l for l in ax.get_lines() if len(l.get_xdata()) > 1]
+        if scatters or lines:
+            if scatters:
+                kind = "scatter"
+                elements = [
+                    {"label": label_of(c), "points": [[number(x), number(y)] for x, y in c.get_offsets()]}
+                    for c in scatters
+                ]
+            else:
+                kind = "line"
+                elements = [
+                    {
+                        "label": label_of(l),
+                        "points": [[number(x), number(y)] for x, y in zip(l.get_xdata(), l.get_ydata())],
+                    }
+                    for l in lines
+                ]
+            chart = {"type": kind, "title": title, "elements": elements}
+            chart.update(axis(ax, "x"))
+            chart.update(axis(ax, "y"))
+            return chart
+        return None
+
+    def figure_chart(fig):
+        charts = [c for c in (chart_of(ax) for ax in fig.get_axes()) if c]
+        if not charts:
+            return None
+        if len(charts) == 1:
+            return charts[0]
+        title = fig._suptitle.get_text() if fig._suptitle else None
+        return {"type": "superchart", "title": title, "elements": charts}
+
+    class ChartFormatter(BaseFormatter):
+        format_type = Unicode("e2b/chart")
+        print_method = "_repr_e2b_chart_"
+        _return_type = dict
+
+        # Not a registered printer: the inline backend drops every printer
+        # for `Figure` when pyplot is first imported.
+        def __call__(self, obj):
+            figure = sys.modules.get("matplotlib.figure")
+            if figure is None or not isinstance(obj, figure.Figure):
+                return None
+            try:
+                return figure_chart(obj)
+            except Exception:
+                return None
+
+    import sys
+
+    shell = get_ipython()
+    shell.display_formatter.formatters["e2b/chart"] = ChartFormatter(parent=shell.display_formatter)
+    if "e2b/chart" not in shell.display_formatter.active_types:
+        shell.display_formatter.active_types.append("e2b/chart")
+
+__hutch_setup_charts()
+del __hutch_setup_charts
+"""
+
 
 class RequestError(Exception):
     """An error answered with an HTTP status and E2B's `{code, message}`."""
@@ -156,6 +287,11 @@ class Context:
         self.launched_with = dict(env)
         self.applied = dict(env)
         await self.connect()
+        await self.setup()
+
+    async def setup(self):
+        if self.language == "python":
+            await self.quietly(PYTHON_SETUP)
 
     async def connect(self):
         self.client = self.manager.client()
@@ -168,6 +304,7 @@ class Context:
         await self.manager.restart_kernel(now=True)
         self.applied = dict(self.launched_with)
         await self.connect()
+        await self.setup()
 
     async def shutdown(self):
         if self.client is not None:
@@ -183,12 +320,22 @@ class Context:
     async def quietly(self, code):
         """Runs `code` without output or history; raises on its error."""
         msg_id = self.client.execute(code, silent=True, store_history=False)
-        error = None
-        async for msg in self.messages(msg_id, None):
-            if msg["msg_type"] == "error":
-                error = msg["content"]
-        if error:
-            raise RequestError(500, f"setting the kernel's environment failed: {error.get('evalue')}")
+        async for _ in self.messages(msg_id, None):
+            pass
+        # A silent cell publishes no error: its reply says how it went
+        # (replies of earlier cells, never read, are skipped).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                reply = await self.client.get_shell_msg(timeout=1)
+            except Exception:
+                continue
+            if reply["parent_header"].get("msg_id") != msg_id:
+                continue
+            if reply["content"].get("status") == "error":
+                why = reply["content"].get("evalue", "")
+                raise RequestError(500, f"preparing the kernel failed: {why}")
+            return
 
     async def messages(self, msg_id, gone):
         """The iopub messages of one request until the kernel is idle again.
