@@ -104,10 +104,11 @@ fn the_agent_channel_cannot_be_redirected_to_a_host_socket() {
     let id = server.create_sandbox("bb", &[]);
 
     // Nothing of the host's is writable here: the agent's socket is not in
-    // the sandbox's file system at all.
+    // the sandbox's file system at all. The environment socket is one the
+    // agent binds inside the sandbox (it serves only `/environment`).
     assert_eq!(
         sh(&server, &id, "ls -A /run/hutch | tr '\\n' ' '"),
-        "bin boot.json "
+        "bin boot.json environment.sock "
     );
     assert_eq!(
         sh(&server, &id, "grep -c ' /run/hutch' /proc/self/mountinfo"),

@@ -320,7 +320,7 @@ fn a_sandbox_sees_only_itself() {
     // Its own processes only: the agent is PID 1.
     assert_eq!(
         sh_ok(&server, &id, "tr '\\0' ' ' < /proc/1/cmdline"),
-        "/run/hutch/bin/hutch-envd --boot /run/hutch/boot.json --listen-fd 3 "
+        "/run/hutch/bin/hutch-envd --boot /run/hutch/boot.json --environment-socket /run/hutch/environment.sock --listen-fd 3 "
     );
     let ps = sh_ok(&server, &id, "ps -o pid,comm");
     let procs: Vec<&str> = ps.lines().skip(1).collect();

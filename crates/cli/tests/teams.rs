@@ -77,6 +77,9 @@ fn another_teams_key_finds_nothing_and_changes_nothing() {
         Some(json!({"name": "gamma"})),
     );
     assert_eq!(status, 403, "{body}");
+    // Nor read the server's metrics (the operator's, across teams).
+    let (status, body) = call(&server, &b, Method::GET, "/metrics", None);
+    assert_eq!(status, 403, "{body}");
     let listed = server.cli_ok(&["team", "list"]);
     assert!(
         listed.contains("beta") && listed.contains("default"),
@@ -427,6 +430,8 @@ fn another_teams_key_finds_nothing_and_changes_nothing() {
         .map(|(_, route, _, _)| *route)
         .chain(listings)
         .chain(NOT_KEYED)
+        // Tried above: 403 for another team's key.
+        .chain(["/metrics"])
         .collect();
     let untested: Vec<String> = declared_routes()
         .into_iter()

@@ -304,6 +304,8 @@ pub(crate) fn start(st: &Arc<AppState>, req: Request) -> Arc<Job> {
                 Status::Failed { message, exit_code }
             }
         };
+        st.prometheus
+            .build(matches!(status, Status::Ready(_)), started.elapsed());
         if let Some(dir) = context {
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }

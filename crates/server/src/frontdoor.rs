@@ -191,6 +191,7 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(sandbox = %id, "agent socket {}: {e}", socket.display());
+            st.prometheus.relay_error();
             return not_found(&id);
         }
     };
@@ -199,6 +200,7 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(sandbox = %id, "agent handshake: {e}");
+            st.prometheus.relay_error();
             return not_found(&id);
         }
     };
@@ -278,6 +280,7 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
         }
         Err(e) => {
             tracing::warn!(sandbox = %id, "request to the agent failed: {e}");
+            st.prometheus.relay_error();
             ApiError::bad_gateway(format!("the agent of sandbox {id} did not answer: {e}"))
                 .into_response()
         }

@@ -52,6 +52,7 @@ pub mod limits;
 pub mod metrics;
 mod node;
 pub mod pool;
+mod prometheus;
 mod sandbox_logs;
 mod state;
 mod teams;

@@ -124,6 +124,7 @@ use crate::db::{
 use crate::limits::{self, Limits};
 use crate::node::{Booted, NodeError};
 use crate::pool::{self, Claim};
+use crate::prometheus::Operation;
 use crate::state::{AppState, LiveSandbox, Paused};
 use crate::{DEFAULT_SANDBOX_TIMEOUT_SECS, ids, time};
 
@@ -235,6 +236,20 @@ pub(crate) fn boot_concurrency() -> usize {
     (2 * cpus).max(4)
 }
 
+/// Runs a sandbox operation, counting it and its duration in the
+/// server's Prometheus metrics.
+async fn metered<T>(
+    st: &AppState,
+    op: Operation,
+    work: impl std::future::Future<Output = Result<T, SandboxError>>,
+) -> Result<T, SandboxError> {
+    let started = std::time::Instant::now();
+    let result = work.await;
+    st.prometheus
+        .operation(op, result.is_ok(), started.elapsed());
+    result
+}
+
 /// How long a claimed pooled sandbox's agent gets to take its environment
 /// before the claim gives up on it (and boots a fresh sandbox instead).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -243,6 +258,14 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 /// a sandbox from the warm pool when one is ready (see [`crate::pool`]),
 /// else boots one.
 pub(crate) async fn create_sandbox(
+    st: &Arc<AppState>,
+    args: CreateArgs,
+) -> Result<SandboxRow, SandboxError> {
+    metered(st, Operation::Create, create_unmetered(st, args)).await
+}
+
+/// [`create_sandbox`] without its metrics.
+async fn create_unmetered(
     st: &Arc<AppState>,
     args: CreateArgs,
 ) -> Result<SandboxRow, SandboxError> {
@@ -315,11 +338,13 @@ pub(crate) async fn create_sandbox(
         && volume_mounts.is_empty()
         && let Some(row) = claim_pooled(st, &template, &args, &sandbox_limits).await?
     {
+        st.prometheus.pool_create(true);
         drop(layers_guard);
         pool::refill_after_create(st, &template.id);
         return Ok(row);
     }
 
+    st.prometheus.pool_create(false);
     let id = ids::new_id();
     let mut row = new_row(
         &id,
@@ -616,6 +641,11 @@ pub(crate) fn sandbox_spec(
 /// it ([`AppState::teardowns`]). `Ok(false)` if it is neither running nor
 /// paused.
 pub(crate) async fn kill_sandbox(st: &Arc<AppState>, id: &str) -> Result<bool, SandboxError> {
+    metered(st, Operation::Kill, kill_unmetered(st, id)).await
+}
+
+/// [`kill_sandbox`] without its metrics.
+async fn kill_unmetered(st: &Arc<AppState>, id: &str) -> Result<bool, SandboxError> {
     // Whoever removes the entry owns the kill: the front door stops routing
     // to it at once, and a concurrent kill or expiry sees it gone.
     let Some(entry) = st.live().remove(id) else {
@@ -732,6 +762,15 @@ pub(crate) enum PauseOutcome {
 /// clock: the lifetime it has left is kept (in the database too) and
 /// re-armed by [`resume_sandbox`].
 pub(crate) async fn pause_sandbox(
+    st: &Arc<AppState>,
+    id: &str,
+    mode: PauseMode,
+) -> Result<PauseOutcome, SandboxError> {
+    metered(st, Operation::Pause, pause_unmetered(st, id, mode)).await
+}
+
+/// [`pause_sandbox`] without its metrics.
+async fn pause_unmetered(
     st: &Arc<AppState>,
     id: &str,
     mode: PauseMode,
@@ -856,6 +895,21 @@ pub(crate) enum ResumeOutcome {
 /// none was left), or now + `timeout_secs` when given. A running sandbox's
 /// life is extended to at least now + `timeout_secs`.
 pub(crate) async fn resume_sandbox(
+    st: &Arc<AppState>,
+    id: &str,
+    timeout_secs: Option<u64>,
+    memory: Option<bool>,
+) -> Result<ResumeOutcome, SandboxError> {
+    metered(
+        st,
+        Operation::Resume,
+        resume_unmetered(st, id, timeout_secs, memory),
+    )
+    .await
+}
+
+/// [`resume_sandbox`] without its metrics.
+async fn resume_unmetered(
     st: &Arc<AppState>,
     id: &str,
     timeout_secs: Option<u64>,

@@ -109,6 +109,8 @@ pub(crate) struct AppState {
     pub pool: Pool,
     /// Every running sandbox's resource usage over its life.
     pub metrics: crate::metrics::History,
+    /// The counters and histograms `GET /metrics` serves.
+    pub prometheus: crate::prometheus::Metrics,
     /// Every sandbox's log: its lifecycle and its start command's output.
     pub logs: crate::sandbox_logs::Journal,
     /// Held shared from a create's lookup of its volumes until its row
@@ -195,6 +197,7 @@ impl AppState {
             base_building: std::sync::atomic::AtomicBool::new(false),
             pool: Pool::new(DEFAULT_WARM_POOL),
             metrics: crate::metrics::History::default(),
+            prometheus: crate::prometheus::Metrics::new(),
             logs: crate::sandbox_logs::Journal::default(),
             volumes_lock: RwLock::new(()),
             volume_size_mb: cfg.volume_size_mb,

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `GET /health` | no | `{"status":"ok"}` |
 //! | `GET /openapi.json` | no | the OpenAPI document of these routes ([`openapi`]) |
+//! | `GET /metrics` | key of the default team | Prometheus metrics ([`crate::prometheus`]) |
 //! | `POST /sandboxes`, `POST /v2/sandboxes` | key | create a sandbox (201) |
 //! | `GET /sandboxes`, `GET /v2/sandboxes` | key | list running sandboxes |
 //! | `GET /sandboxes/{id}` | key | one sandbox |
@@ -57,6 +58,7 @@ mod openapi;
 mod paging;
 mod pool;
 mod sandboxes;
+mod scrape;
 mod snapshots;
 mod template_catalog;
 mod templates;
@@ -80,9 +82,18 @@ pub use openapi::{document, served_routes};
 pub(crate) fn router(st: Arc<AppState>) -> Router {
     let template_api = Arc::new(crate::template_api::TemplateApi::open(&st.data_dir));
     let (keyed, public) = openapi::routers();
-    let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
+    let keyed = keyed
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            auth::require_api_key,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            count_request,
+        ));
+    let public = public.route_layer(axum::middleware::from_fn_with_state(
         st.clone(),
-        auth::require_api_key,
+        count_request,
     ));
     Router::new()
         .merge(public)
@@ -96,6 +107,29 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
             frontdoor::front_door,
         ))
         .with_state(st)
+}
+
+/// Counts a request to a route in the Prometheus metrics, by the route's
+/// path template (never the path itself: ids would make a series each).
+async fn count_request(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    st.prometheus.http(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

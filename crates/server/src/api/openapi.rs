@@ -29,7 +29,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
 use super::{
-    builds, cli_login, e2b_templates, keys, pool, sandboxes, snapshots, template_catalog,
+    builds, cli_login, e2b_templates, keys, pool, sandboxes, scrape, snapshots, template_catalog,
     templates, volume_content, volumes,
 };
 use crate::state::AppState;
@@ -185,6 +185,7 @@ fn keyed() -> ApiRouter {
         .routes(routes!(templates::remove))
         .routes(routes!(builds::build))
         .routes(routes!(pool::status))
+        .routes(routes!(scrape::metrics))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::create_team, keys::list_teams))
