@@ -288,14 +288,19 @@ pub fn bind_environment_socket(path: &Path) -> io::Result<UnixListener> {
             .mode(0o755)
             .create(dir)?;
     }
+    let listener = bind_fresh(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Removes a stale socket (or anything else) at `path` and binds there.
+fn bind_fresh(path: &Path) -> io::Result<UnixListener> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
+    UnixListener::bind(path)
 }
 
 /// Binds the agent's unix socket: creates its directory (mode 0700),
@@ -308,10 +313,5 @@ pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
             .create(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    UnixListener::bind(path)
+    bind_fresh(path)
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hutch_test_support::{TestServer, debian_image, e2b_js, http, hutch_bin, python_with};
+use hutch_test_support::{TestServer, debian_image, e2b_js, http, mcp_client, python_with};
 
 const TEMPLATE: &str = "code-interpreter-v1";
 
@@ -125,33 +125,9 @@ fn the_code_interpreter_template_is_built_and_the_sdk_runs_code_in_it() {
     );
 
     // The MCP server's run_code, in the same template.
-    let python = python_with("mcp-python-2.3.0", &["mcp==2.3.0"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mcp_run_code.py");
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .arg(hutch_bin())
-        .env("HUTCH_SERVER", server.url())
-        .env("HUTCH_API_KEY", server.api_key())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.ends_with("OK\n"),
-        "{}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        server.log_tail(80)
-    );
-    let line = |name: &str| -> String {
-        let prefix = format!("{name}: ");
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no '{name}' line in:\n{stdout}"))
-            .to_string()
-    };
+    let out = mcp_client(&server, &script, &[]);
+    let line = |name: &str| out.line(name);
     assert_eq!(line("value"), "42 hi None");
     assert_eq!(line("state"), "43");
     assert_eq!(line("env"), "('sandbox', 'c', '/etc/myapp/config.json')");

@@ -5,14 +5,14 @@
 
 use std::path::Path;
 
-use hutch_test_support::{TestServer, busybox_image, hutch_bin, python_with};
+use hutch_test_support::{
+    MCP_PYTHON, TestServer, busybox_image, hutch_bin, mcp_client, python_with,
+};
 
 /// The MCP Python SDK release the test pins.
-const MCP_PYTHON: &str = "mcp==2.3.0";
 
 #[test]
 fn mcp_client_uses_every_tool() {
-    let python = python_with("mcp-python-2.3.0", &[MCP_PYTHON]);
     let server = TestServer::start();
     server.cli_ok(&[
         "template",
@@ -22,33 +22,10 @@ fn mcp_client_uses_every_tool() {
         "bb",
     ]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mcp_client.py");
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .arg(hutch_bin())
-        .arg("bb")
-        .env("HUTCH_SERVER", server.url())
-        .env("HUTCH_API_KEY", server.api_key())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.ends_with("OK\n"),
-        "{}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
-    println!("{stdout}");
-    let line = |name: &str| -> String {
-        let prefix = format!("{name}: ");
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no '{name}' line in:\n{stdout}"))
-            .to_string()
-    };
+    let out = mcp_client(&server, &script, &["bb"]);
+    println!("{}", out.stdout);
+    let line = |name: &str| out.line(name);
+    let stdout = &out.stdout;
     assert_eq!(line("server"), "hutch");
     assert_eq!(
         line("tools"),

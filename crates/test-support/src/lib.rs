@@ -48,7 +48,8 @@ pub use registry::{
     REGISTRY_PASSWORD, REGISTRY_USERNAME, Registry, RegistryAuthMode, multi_arch_layout,
 };
 pub use sdk::{
-    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, e2b_js, e2b_python, python_with,
+    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, MCP_PYTHON, ScriptLines, e2b_js,
+    e2b_python, mcp_client, python_with,
 };
 pub use server::{STAND_IN_ENVD, TestServer, http};
 pub use testdir::TestDir;

@@ -106,3 +106,55 @@ pub fn e2b_js(project: &std::path::Path) -> PathBuf {
     std::fs::write(&done, hash).expect("marking the SDK installed");
     dir
 }
+
+/// The MCP Python SDK release the `hutch mcp` tests drive it with.
+pub const MCP_PYTHON: &str = "mcp==2.3.0";
+
+/// What a client script printed: `name: value` lines, then `OK`.
+pub struct ScriptLines {
+    pub stdout: String,
+}
+
+impl ScriptLines {
+    /// The value of the line `name: value`; panics, showing the output,
+    /// when there is none.
+    pub fn line(&self, name: &str) -> String {
+        let prefix = format!("{name}: ");
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no '{name}' line in:\n{}", self.stdout))
+            .to_string()
+    }
+}
+
+/// Runs `script` (an MCP client on the official MCP Python SDK, pinned at
+/// [`MCP_PYTHON`]) with the `hutch` binary and `args` as its arguments,
+/// `HUTCH_SERVER` and `HUTCH_API_KEY` pointing at `server`; panics with
+/// its output and the server's log unless it ends with `OK`.
+pub fn mcp_client(
+    server: &crate::TestServer,
+    script: &std::path::Path,
+    args: &[&str],
+) -> ScriptLines {
+    let python = python_with("mcp-python-2.3.0", &[MCP_PYTHON]);
+    let out = Command::new(python)
+        .arg(script)
+        .arg(crate::hutch_bin())
+        .args(args)
+        .env("HUTCH_SERVER", server.url())
+        .env("HUTCH_API_KEY", server.api_key())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.ends_with("OK\n"),
+        "{}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail(80)
+    );
+    ScriptLines { stdout }
+}
