@@ -311,16 +311,31 @@ fn statvfs_usage(mountpoint: &Path) -> std::io::Result<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// A tmpfs of its own, unmounted on drop: no other writer shares it.
+    struct OwnFs(tempfile::TempDir);
+
+    impl Drop for OwnFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
     #[test]
     fn disk_usage_grows_with_what_is_written() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (before, total) = statvfs_usage(tmp.path()).unwrap();
-        assert!(total > 0 && before <= total);
-        let big = tmp.path().join("big");
+        let fs = OwnFs(tempfile::tempdir().unwrap());
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=32m", "hutch-test-usage"])
+            .arg(fs.0.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs (needs root)");
+        let (before, total) = statvfs_usage(fs.0.path()).unwrap();
+        assert_eq!(total, 32 << 20);
+        let big = fs.0.path().join("big");
         std::fs::write(&big, vec![1u8; 8 << 20]).unwrap();
-        std::fs::File::open(&big).unwrap().sync_all().unwrap();
-        let (after, _) = statvfs_usage(tmp.path()).unwrap();
-        // Other writers share this file system: allow them half of it.
-        assert!(after >= before + (4 << 20), "{before} → {after}");
+        let (after, _) = statvfs_usage(fs.0.path()).unwrap();
+        assert_eq!(after, before + (8 << 20), "{before} → {after}");
     }
 }

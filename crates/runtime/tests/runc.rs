@@ -290,7 +290,10 @@ async fn boots_an_isolated_sandbox_and_destroys_it() {
         "1",
         "the agent is pid 1 of its own pid namespace"
     );
-    assert_eq!(get("args"), "--boot /run/hutch/boot.json --listen-fd 3");
+    assert_eq!(
+        get("args"),
+        "--boot /run/hutch/boot.json --environment-socket /run/hutch/environment.sock --listen-fd 3"
+    );
     // Docker's default capability set without NET_RAW, nothing
     // inheritable or ambient.
     assert_eq!(get("CapBnd"), "00000000a80405fb");
