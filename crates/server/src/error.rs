@@ -238,10 +238,18 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+        parse_query(&parts.uri)
+            .map(ApiQuery)
+            .map_err(ApiError::bad_request)
     }
+}
+
+/// The query of `uri` as `T`, or why not ("invalid query: …"): what every
+/// query extractor answers, each in its own error body.
+pub(crate) fn parse_query<T: DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, String> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| format!("invalid query: {}", e.body_text()))
 }
 
 /// Whether `e`, or an error it was caused by, is the host running out of

@@ -92,9 +92,9 @@ where
     type Rejection = ContentError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ContentError> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| ContentQuery(q.0))
-            .map_err(|e| ContentError::Invalid(format!("invalid query: {}", e.body_text())))
+        crate::error::parse_query(&parts.uri)
+            .map(ContentQuery)
+            .map_err(ContentError::Invalid)
     }
 }
 
