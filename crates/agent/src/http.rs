@@ -157,7 +157,7 @@ async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: 
             .get(ACCESS_TOKEN_HEADER)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if !constant_time_eq(given, expected.as_bytes()) {
+        if !hutch_protocol::same_secret(given, expected) {
             let message = if given.is_empty() {
                 "missing X-Access-Token header: this sandbox requires its access token"
             } else {
@@ -176,12 +176,4 @@ pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
         Json(serde_json::json!({ "code": status.as_u16(), "message": message })),
     )
         .into_response()
-}
-
-/// Compares secrets in time independent of where they differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

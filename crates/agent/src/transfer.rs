@@ -39,7 +39,7 @@ use crate::fsops::{
     Caller, FsError, FsErrorKind, UPLOAD_TEMP_PREFIX, base_name, path_string, random_u64,
     read_metadata, validate_metadata, write_metadata,
 };
-use crate::http::{ACCESS_TOKEN_HEADER, constant_time_eq, json_error};
+use crate::http::{ACCESS_TOKEN_HEADER, json_error};
 
 /// Request headers carrying file metadata: `X-Metadata-<key>: <value>`.
 pub const METADATA_HEADER_PREFIX: &str = "x-metadata-";
@@ -100,7 +100,7 @@ fn authorize(
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     if !given.is_empty() {
-        return if constant_time_eq(given, token.as_bytes()) {
+        return if hutch_protocol::same_secret(given, token) {
             Ok(())
         } else {
             Err(unauthorized(
@@ -129,7 +129,7 @@ fn authorize(
         &token,
         expiration,
     );
-    if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+    if !hutch_protocol::same_secret(&expected, signature) {
         return Err(unauthorized("invalid signature"));
     }
     if let Some(exp) = expiration {

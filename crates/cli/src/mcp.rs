@@ -107,8 +107,7 @@ pub(crate) async fn serve_http(api: Api, addr: std::net::SocketAddr) -> anyhow::
     Ok(())
 }
 
-/// Refuses a request without this client's API key (compared in time
-/// independent of where it differs).
+/// Refuses a request without this client's API key.
 async fn require_key(
     key: &str,
     req: axum::extract::Request,
@@ -123,13 +122,7 @@ async fn require_key(
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .unwrap_or_default()
         .trim();
-    let same = given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !hutch_protocol::same_secret(given, key) {
         return (
             axum::http::StatusCode::UNAUTHORIZED,
             [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],

@@ -21,3 +21,25 @@ pub mod envd {
 
 /// The TCP port the E2B SDKs address the agent on (`E2b-Sandbox-Port`).
 pub const ENVD_PORT: u16 = 49983;
+
+/// Whether two secrets (tokens, keys, signatures) are equal, compared in
+/// time independent of where they differ (`subtle`); every secret check of
+/// the server, the CLI and the agent goes through it.
+pub fn same_secret(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_ref().ct_eq(b.as_ref()).into()
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::same_secret;
+
+    #[test]
+    fn equal_secrets_only() {
+        assert!(same_secret("s3cret", "s3cret"));
+        assert!(same_secret(b"", b""));
+        assert!(!same_secret("s3cret", "s3creT"));
+        assert!(!same_secret("s3cret", "s3cret2"));
+        assert!(!same_secret("", "x"));
+    }
+}

@@ -159,7 +159,7 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
             .headers()
             .get(TRAFFIC_TOKEN_HEADER)
             .and_then(|v| v.to_str().ok());
-        if !given.is_some_and(|g| crate::ids::same_secret(g, token)) {
+        if !given.is_some_and(|g| hutch_protocol::same_secret(g, token)) {
             let what = if given.is_some() { "a wrong" } else { "no" };
             return ApiError::new(
                 StatusCode::FORBIDDEN,

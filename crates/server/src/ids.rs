@@ -70,15 +70,6 @@ pub(crate) fn new_access_token() -> String {
     hex::encode(bytes)
 }
 
-/// Compares two secrets in time independent of where they differ.
-pub(crate) fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// Whether `s` has the shape of an id (`[a-z0-9]+`, at most 64).
 pub(crate) fn looks_like_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| ALPHABET.contains(&b))

@@ -295,9 +295,9 @@ impl TemplateApi {
 
     /// Whether `token` is the unexpired upload token of `hash`.
     fn token_valid(&self, hash: &str, token: &str) -> bool {
-        self.grants()
-            .get(hash)
-            .is_some_and(|g| g.until > Instant::now() && ids::same_secret(&g.token, token))
+        self.grants().get(hash).is_some_and(|g| {
+            g.until > Instant::now() && hutch_protocol::same_secret(&g.token, token)
+        })
     }
 
     // ----- 1. request a build ------------------------------------------

@@ -61,7 +61,7 @@ pub(crate) fn token_valid(st: &AppState, token: &str, id: &str) -> bool {
     let Ok(key) = signing_key(st) else {
         return false;
     };
-    sign(&key, claims).is_ok_and(|expected| ids::same_secret(&expected, token))
+    sign(&key, claims).is_ok_and(|expected| hutch_protocol::same_secret(&expected, token))
 }
 
 fn sign(key: &[u8], claims: &str) -> Result<String, VolumeError> {
