@@ -42,6 +42,18 @@ const MAX_COMMAND_TIMEOUT: u64 = 3600;
 /// Serves MCP on stdin/stdout until the client closes stdin; logs go to
 /// stderr (`RUST_LOG`, default `warn`).
 pub(crate) async fn serve(api: Api) -> anyhow::Result<()> {
+    log_to_stderr();
+    let service = Tools::new(api)
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("starting the MCP server")?;
+    service.waiting().await.context("serving MCP")?;
+    Ok(())
+}
+
+/// Logs to stderr only (stdout may be the MCP channel): `RUST_LOG`,
+/// default `warn`.
+fn log_to_stderr() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -49,12 +61,6 @@ pub(crate) async fn serve(api: Api) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let service = Tools::new(api)
-        .serve(rmcp::transport::stdio())
-        .await
-        .context("starting the MCP server")?;
-    service.waiting().await.context("serving MCP")?;
-    Ok(())
 }
 
 /// Serves MCP's streamable HTTP transport at `http://addr/mcp` until
@@ -66,10 +72,7 @@ pub(crate) async fn serve_http(api: Api, addr: std::net::SocketAddr) -> anyhow::
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    log_to_stderr();
     let key = Arc::new(api.key().to_owned());
     let api = Arc::new(api);
     let listener = tokio::net::TcpListener::bind(addr)
