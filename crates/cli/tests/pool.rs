@@ -281,6 +281,8 @@ fn template_rm_with_a_warm_pool() {
         stderr(&out)
     );
     server.cli_ok(&["sandbox", "kill", &id]);
+    // Its teardown finishes behind the kill's answer.
+    wait_torn_down(server.data_dir(), &id);
     wait_ready(&server, 2);
 
     server.cli_ok(&["template", "rm", "bb"]);
