@@ -2,11 +2,9 @@
 //! real Hutch server: one release that checks the API key's shape, one from before the `/v2/sandboxes` route
 //! change and one from after. The scripts live in `tests/sdk/`.
 
-use std::path::Path;
-
 use hutch_test_support::{
-    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, FakeInternet, TestServer, debian_image,
-    e2b_python,
+    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, FakeInternet, TestServer,
+    run_e2b_python_script,
 };
 
 fn run_script(version: &str, script: &str) {
@@ -20,48 +18,7 @@ fn run_script_on(version: &str, script: &str, server: &TestServer) {
 
 /// [`run_script_on`], with more environment variables.
 fn run_script_with(version: &str, script: &str, server: &TestServer, env: &[(&str, &str)]) {
-    let python = e2b_python(version);
-    let import = server
-        .hutch()
-        .args(["template", "import"])
-        .arg(debian_image())
-        // The SDK tests use sudo as `user`, as with E2B's base template.
-        .args(["--name", "deb", "--allow-privilege-escalation"])
-        .output()
-        .expect("running hutch");
-    assert!(
-        import.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sdk")
-        .join(script);
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .arg("deb")
-        .env("E2B_API_URL", server.url())
-        .env("E2B_SANDBOX_URL", server.url())
-        .env("E2B_VOLUME_API_URL", server.url())
-        .env("E2B_API_KEY", server.api_key())
-        // The SDK's own key check stays on, whatever the caller's shell says.
-        .env_remove("E2B_VALIDATE_API_KEY")
-        // No bytecode of the shared checks module in the source tree.
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("E2B_DEBUG")
-        .env_remove("E2B_DOMAIN")
-        .envs(env.iter().copied())
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("OK"),
-        "e2b {version} {}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+    run_e2b_python_script(version, script, server, env);
 }
 
 /// A release that validates the key's shape client-side: Hutch's keys

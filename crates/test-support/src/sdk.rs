@@ -28,6 +28,61 @@ pub fn e2b_python(version: &str) -> PathBuf {
     )
 }
 
+/// Runs `script` (a file of `crates/cli/tests/sdk/`) with the official E2B
+/// Python SDK at `version` against `server`, with `env` added, after
+/// importing the Debian test image as template `deb` (the script's
+/// argument); panics, quoting the script's output and the server log,
+/// unless it succeeds and prints `OK`.
+pub fn run_e2b_python_script(
+    version: &str,
+    script: &str,
+    server: &crate::TestServer,
+    env: &[(&str, &str)],
+) {
+    let python = e2b_python(version);
+    let import = server
+        .hutch()
+        .args(["template", "import"])
+        .arg(crate::debian_image())
+        // The SDK tests use sudo as `user`, as with E2B's base template.
+        .args(["--name", "deb", "--allow-privilege-escalation"])
+        .output()
+        .expect("running hutch");
+    assert!(
+        import.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let script = crate::workspace_root()
+        .join("crates/cli/tests/sdk")
+        .join(script);
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg("deb")
+        .env("E2B_API_URL", server.url())
+        .env("E2B_SANDBOX_URL", server.url())
+        .env("E2B_VOLUME_API_URL", server.url())
+        .env("E2B_API_KEY", server.api_key())
+        // The SDK's own key check stays on, whatever the caller's shell says.
+        .env_remove("E2B_VALIDATE_API_KEY")
+        // No bytecode of the shared checks module in the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("E2B_DEBUG")
+        .env_remove("E2B_DOMAIN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "e2b {version} {}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}
+
 /// A Python interpreter with exactly `packages` (pinned requirements such
 /// as `docker==7.1.0`) installed from PyPI, in a virtual environment
 /// `name` cached under the test cache (created on first use, under a file
