@@ -539,7 +539,7 @@ impl Engine {
             .map_err(BuildError::Runtime)?;
         let result = async {
             let mut lines = LineSplitter::new(report.clone());
-            let exit = hutch_runtime::run_command(&sandbox.socket, cmd, &mut |stream, bytes| {
+            let exit = hutch_runtime::run_command(&sandbox.link(), cmd, &mut |stream, bytes| {
                 lines.push(stream, bytes)
             })
             .await
@@ -620,7 +620,7 @@ impl Engine {
             .await
             .map_err(BuildError::Runtime)?;
         let result = hutch_runtime::start_and_wait_ready(
-            &sandbox.socket,
+            &sandbox.link(),
             built.start_cmd.as_deref(),
             built.ready_cmd.as_deref(),
             opts.ready_timeout,

@@ -64,6 +64,9 @@ struct Cli {
 enum Command {
     /// Run the server (REST API and sandbox front door).
     Serve(ServeArgs),
+    /// Run this machine as a node: its sandboxes, driven by a control plane
+    /// (`hutch serve --node`) through the node API.
+    Node(NodeArgs),
     /// Manage templates.
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -104,15 +107,23 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "HUTCH_LISTEN", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
-    /// The static agent binary mounted into sandboxes [default: a static
-    /// hutch-envd next to this executable, else the musl build in this
-    /// executable's cargo target directory, else
-    /// /usr/local/lib/hutch/hutch-envd].
-    #[arg(long, env = "HUTCH_ENVD")]
-    envd: Option<PathBuf>,
-    /// The runc binary.
-    #[arg(long, env = "HUTCH_RUNC", default_value = "runc")]
-    runc: PathBuf,
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    registries: RegistryArgs,
+    #[command(flatten)]
+    connections: ConnectionArgs,
+    /// Run as a control plane whose sandboxes run on the node at this
+    /// address (`hutch node`, http://HOST:PORT) instead of on this machine.
+    #[arg(long, env = "HUTCH_NODE", value_name = "URL", requires_all = ["node_secret_file", "template_registry"])]
+    node: Option<String>,
+    /// File holding the secret the node admits (with --node).
+    #[arg(long, env = "HUTCH_NODE_SECRET_FILE", value_name = "FILE")]
+    node_secret_file: Option<PathBuf>,
+    /// Registry repository (HOST[:PORT]/PATH) templates are pushed to for
+    /// the node to pull (with --node).
+    #[arg(long, env = "HUTCH_TEMPLATE_REGISTRY", value_name = "REPOSITORY")]
+    template_registry: Option<String>,
     /// Do not build the default `base` template (from Debian packages with
     /// mmdebstrap) when it does not exist yet.
     #[arg(long, env = "HUTCH_NO_BASE_TEMPLATE")]
@@ -121,10 +132,6 @@ struct ServeArgs {
     /// milliseconds (0: boot every sandbox on demand).
     #[arg(long, env = "HUTCH_WARM_POOL", value_name = "N", default_value_t = hutch_server::DEFAULT_WARM_POOL)]
     warm_pool: usize,
-    /// A registry (HOST:PORT) that image pulls reach over plain HTTP
-    /// instead of HTTPS (repeatable). Registries on loopback always are.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    insecure_registries: Vec<String>,
     /// Most CPUs a sandbox may be given [default: the host's CPUs].
     #[arg(long, env = "HUTCH_MAX_CPUS", value_name = "N")]
     max_cpus: Option<u32>,
@@ -137,19 +144,6 @@ struct ServeArgs {
     /// Most processes and threads a sandbox may be given.
     #[arg(long, env = "HUTCH_MAX_PIDS", value_name = "N", default_value_t = hutch_server::limits::DEFAULT_MAX_PIDS)]
     max_pids: u64,
-    /// IPv4 block the sandboxes' addresses come from (/8 to /28; must not
-    /// overlap the host's networks).
-    #[arg(long, env = "HUTCH_NETWORK_POOL", value_name = "CIDR", default_value_t = hutch_runtime::NetworkConfig::default().pool)]
-    network_pool: hutch_runtime::Cidr,
-    /// Nameservers sandboxes use when the host has none they can reach
-    /// (comma-separated).
-    #[arg(long, env = "HUTCH_FALLBACK_DNS", value_name = "IP,...", value_delimiter = ',', default_values_t = hutch_runtime::NetworkConfig::default().fallback_nameservers)]
-    fallback_dns: Vec<std::net::IpAddr>,
-    /// Nameservers every sandbox uses instead of the host's
-    /// (comma-separated); the egress proxy resolves allowed domain names
-    /// with them too.
-    #[arg(long, env = "HUTCH_DNS", value_name = "IP,...", value_delimiter = ',')]
-    dns: Vec<std::net::IpAddr>,
     /// Keep the server's state in this PostgreSQL database
     /// (postgres://user:password@host:port/db) instead of SQLite in the
     /// data directory. One server per database.
@@ -164,6 +158,47 @@ struct ServeArgs {
     /// only as it is written).
     #[arg(long, env = "HUTCH_VOLUME_SIZE_MB", value_name = "MIB", default_value_t = hutch_server::DEFAULT_VOLUME_SIZE_MB)]
     volume_size_mb: u64,
+}
+
+/// What a machine that runs sandboxes is set up with (`serve`, `node`).
+#[derive(Debug, Args)]
+struct MachineArgs {
+    /// The static agent binary mounted into sandboxes [default: a static
+    /// hutch-envd next to this executable, else the musl build in this
+    /// executable's cargo target directory, else
+    /// /usr/local/lib/hutch/hutch-envd].
+    #[arg(long, env = "HUTCH_ENVD")]
+    envd: Option<PathBuf>,
+    /// The runc binary.
+    #[arg(long, env = "HUTCH_RUNC", default_value = "runc")]
+    runc: PathBuf,
+    /// IPv4 block the sandboxes' addresses come from (/8 to /28; must not
+    /// overlap the host's networks).
+    #[arg(long, env = "HUTCH_NETWORK_POOL", value_name = "CIDR", default_value_t = hutch_runtime::NetworkConfig::default().pool)]
+    network_pool: hutch_runtime::Cidr,
+    /// Nameservers sandboxes use when the host has none they can reach
+    /// (comma-separated).
+    #[arg(long, env = "HUTCH_FALLBACK_DNS", value_name = "IP,...", value_delimiter = ',', default_values_t = hutch_runtime::NetworkConfig::default().fallback_nameservers)]
+    fallback_dns: Vec<std::net::IpAddr>,
+    /// Nameservers every sandbox uses instead of the host's
+    /// (comma-separated); the egress proxy resolves allowed domain names
+    /// with them too.
+    #[arg(long, env = "HUTCH_DNS", value_name = "IP,...", value_delimiter = ',')]
+    dns: Vec<std::net::IpAddr>,
+}
+
+/// Registries reached over plain HTTP (`serve`, `node`).
+#[derive(Debug, Args)]
+struct RegistryArgs {
+    /// A registry (HOST:PORT) that image pulls reach over plain HTTP
+    /// instead of HTTPS (repeatable). Registries on loopback always are.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+}
+
+/// The listener's connection limits (`serve`, `node`).
+#[derive(Debug, Args)]
+struct ConnectionArgs {
     /// Most open client connections at once; more are answered 429.
     #[arg(long, env = "HUTCH_MAX_CONNECTIONS", value_name = "N", default_value_t = hutch_server::http::Limits::default().max_connections)]
     max_connections: usize,
@@ -174,6 +209,25 @@ struct ServeArgs {
     /// HTTP/1 connection may idle between requests).
     #[arg(long, env = "HUTCH_HEADER_READ_TIMEOUT", value_name = "SECS", default_value_t = hutch_server::http::Limits::default().header_read_timeout.as_secs())]
     header_read_timeout: u64,
+}
+
+/// `hutch node`.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Address the node API listens on (reachable by the control plane
+    /// only).
+    #[arg(long, env = "HUTCH_NODE_LISTEN", default_value = "127.0.0.1:3001")]
+    listen: SocketAddr,
+    /// File holding the secret control planes present (32 characters or
+    /// more).
+    #[arg(long, env = "HUTCH_NODE_SECRET_FILE", value_name = "FILE")]
+    node_secret_file: PathBuf,
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    registries: RegistryArgs,
+    #[command(flatten)]
+    connections: ConnectionArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -545,6 +599,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             serve::run(args, cli.data_dir).await?;
             Ok(0)
         }
+        Command::Node(args) => {
+            serve::run_node(args, cli.data_dir).await?;
+            Ok(0)
+        }
         Command::Template(cmd) => {
             let api = client::Api::new(&cli.server, &cli.data_dir)?;
             match cmd {
@@ -794,18 +852,22 @@ mod tests {
                 Err(e) => Err(e.to_string()),
             }
         };
-        let defaults = serve(&[]).unwrap();
+        let defaults = serve(&[]).unwrap().machine;
         assert_eq!(defaults.network_pool.to_string(), "10.200.0.0/16");
         assert_eq!(defaults.fallback_dns.len(), 2);
         assert!(defaults.dns.is_empty());
-        assert_eq!(serve(&["--dns", "198.51.100.2"]).unwrap().dns.len(), 1);
+        assert_eq!(
+            serve(&["--dns", "198.51.100.2"]).unwrap().machine.dns.len(),
+            1
+        );
         let set = serve(&[
             "--network-pool",
             "10.99.0.0/20",
             "--fallback-dns",
             "9.9.9.9,149.112.112.112",
         ])
-        .unwrap();
+        .unwrap()
+        .machine;
         assert_eq!(set.network_pool.to_string(), "10.99.0.0/20");
         assert_eq!(
             set.fallback_dns,
@@ -818,5 +880,10 @@ mod tests {
         assert!(e.contains("--network-pool"), "{e}");
         let e = serve(&["--fallback-dns", "1.1.1.1,dns.example"]).unwrap_err();
         assert!(e.contains("--fallback-dns"), "{e}");
+        let e = serve(&["--node", "http://10.0.0.2:3001"]).unwrap_err();
+        assert!(
+            e.contains("--node-secret-file") && e.contains("--template-registry"),
+            "{e}"
+        );
     }
 }

@@ -19,12 +19,14 @@ mod error;
 mod extract;
 mod import;
 mod pull;
+mod push;
 mod source;
 mod store;
 mod template;
 
 pub use error::ImageError;
 pub use pull::{PullOptions, PullProgress, RegistryAuth, pull};
+pub use push::{GZIP_LAYER, LayerBlob, manifest_digest, push};
 pub use store::LayerStore;
 pub use template::{
     TEMPLATE_SCHEMA_VERSION, TemplateDocument, TemplateLimits, TemplateMetadata, TemplateSource,

@@ -221,19 +221,8 @@ pub async fn pull(
         credentials,
         plain_http,
     };
-    let config = ClientConfig {
-        protocol: if plain_http {
-            ClientProtocol::HttpsExcept(vec![registry.clone()])
-        } else {
-            ClientProtocol::Https
-        },
-        platform_resolver: None,
-        connect_timeout: Some(Duration::from_secs(30)),
-        read_timeout: Some(Duration::from_secs(120)),
-        user_agent: concat!("hutch/", env!("CARGO_PKG_VERSION")),
-        ..ClientConfig::default()
-    };
-    let client = Client::try_from(config).map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
+    let client = Client::try_from(client_config(&registry, plain_http))
+        .map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
     let token = client
         .auth(&parsed, &auth, RegistryOperation::Pull)
         .await
@@ -439,18 +428,34 @@ pub async fn pull(
     })
 }
 
-/// What a pull knows for its error messages.
-struct Ctx {
-    reference: String,
+/// How Hutch's registry clients talk to `registry`.
+pub(crate) fn client_config(registry: &str, plain_http: bool) -> ClientConfig {
+    ClientConfig {
+        protocol: if plain_http {
+            ClientProtocol::HttpsExcept(vec![registry.to_owned()])
+        } else {
+            ClientProtocol::Https
+        },
+        platform_resolver: None,
+        connect_timeout: Some(Duration::from_secs(30)),
+        read_timeout: Some(Duration::from_secs(120)),
+        user_agent: concat!("hutch/", env!("CARGO_PKG_VERSION")),
+        ..ClientConfig::default()
+    }
+}
+
+/// What a pull (or a push) knows for its error messages.
+pub(crate) struct Ctx {
+    pub reference: String,
     /// The registry as the reference names it (`docker.io` for Docker Hub).
-    registry: String,
+    pub registry: String,
     /// Whether credentials were sent (given, or from the Docker config).
-    credentials: bool,
-    plain_http: bool,
+    pub credentials: bool,
+    pub plain_http: bool,
 }
 
 /// What was being fetched when a registry call failed.
-enum Phase {
+pub(crate) enum Phase {
     /// The manifest (or the token for it): a 404 means the image does not exist.
     Manifest,
     /// A blob, described.
@@ -538,7 +543,7 @@ impl Ctx {
     }
 
     /// Maps an error of the registry client to one that says what to do.
-    fn registry_error(&self, e: OciDistributionError, phase: Phase) -> ImageError {
+    pub(crate) fn registry_error(&self, e: OciDistributionError, phase: Phase) -> ImageError {
         let what = match &phase {
             Phase::Manifest => "the manifest".to_owned(),
             Phase::Blob(what) => what.clone(),
@@ -1141,7 +1146,7 @@ fn host_of(registry: &str) -> &str {
 }
 
 /// The client's credentials, and whether there are any.
-fn resolve_auth(
+pub(crate) fn resolve_auth(
     opts: &PullOptions,
     reference: &Reference,
 ) -> (oci_client::secrets::RegistryAuth, bool) {

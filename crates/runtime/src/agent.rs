@@ -1,8 +1,14 @@
-//! A minimal HTTP/1.1 client for the agent's plain-HTTP endpoints, over the
-//! host side of its unix socket.
+//! A minimal HTTP/1.1 client for the agent's plain-HTTP endpoints, and
+//! [`AgentLink`]: how a byte stream to an agent is opened — the host side of
+//! its unix socket on the node that runs it, or a tunnel through that node's
+//! API from a control plane elsewhere.
 
+use std::fmt;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,11 +29,78 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// `sun_path` holds 108 bytes including the final NUL.
 const MAX_SUN_PATH: usize = 107;
 
+/// A byte stream to an agent's HTTP server.
+pub trait AgentIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AgentIo for T {}
+
+/// An open connection to an agent.
+pub type AgentStream = Box<dyn AgentIo>;
+
+/// What [`AgentDial::dial`] returns.
+pub type DialFuture<'a> = Pin<Box<dyn Future<Output = std::io::Result<AgentStream>> + Send + 'a>>;
+
+/// Opens connections to one agent.
+pub trait AgentDial: Send + Sync {
+    /// A fresh connection to the agent.
+    fn dial(&self) -> DialFuture<'_>;
+
+    /// Where the agent is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Where one sandbox's agent is reached: cheap to clone, shared by the
+/// clients of that sandbox.
+#[derive(Clone)]
+pub struct AgentLink(Arc<dyn AgentDial>);
+
+impl AgentLink {
+    /// The agent listening on the unix socket `path` (a host path).
+    pub fn unix(path: PathBuf) -> AgentLink {
+        AgentLink(Arc::new(UnixDial(path)))
+    }
+
+    /// The agent reached through `dial`.
+    pub fn new(dial: impl AgentDial + 'static) -> AgentLink {
+        AgentLink(Arc::new(dial))
+    }
+
+    /// A fresh connection to the agent.
+    pub async fn connect(&self) -> std::io::Result<AgentStream> {
+        self.0.dial().await
+    }
+}
+
+impl fmt::Display for AgentLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.describe())
+    }
+}
+
+impl fmt::Debug for AgentLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AgentLink({})", self.0.describe())
+    }
+}
+
+/// An agent on this host, at its unix socket.
+struct UnixDial(PathBuf);
+
+impl AgentDial for UnixDial {
+    fn dial(&self) -> DialFuture<'_> {
+        Box::pin(async move { Ok(Box::new(connect(&self.0).await?) as AgentStream) })
+    }
+
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
 /// Talks to one sandbox's agent. Each request uses a fresh connection, so
 /// the client is cheap, stateless and can be cloned freely.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
-    socket: PathBuf,
+    link: AgentLink,
     timeout: Duration,
 }
 
@@ -35,8 +108,13 @@ impl AgentClient {
     /// A client for the agent listening on `socket` (a host path), with
     /// [`DEFAULT_REQUEST_TIMEOUT`].
     pub fn new(socket: PathBuf) -> Self {
+        AgentClient::over(AgentLink::unix(socket))
+    }
+
+    /// A client for the agent at `link`, with [`DEFAULT_REQUEST_TIMEOUT`].
+    pub fn over(link: AgentLink) -> Self {
         AgentClient {
-            socket,
+            link,
             timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
@@ -45,11 +123,6 @@ impl AgentClient {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
-    }
-
-    /// The host path of the agent's socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// `GET /health`; the agent answers 204 when it is ready.
@@ -92,7 +165,7 @@ impl AgentClient {
         {
             Ok(r) => r,
             Err(_) => Err(RuntimeError::AgentRequestTimeout {
-                socket: self.socket.clone(),
+                agent: self.link.to_string(),
                 request,
                 timeout: self.timeout,
             }),
@@ -107,15 +180,16 @@ impl AgentClient {
         request: &str,
     ) -> Result<(StatusCode, Bytes), RuntimeError> {
         let http_err = |source| RuntimeError::AgentHttp {
-            socket: self.socket.clone(),
+            agent: self.link.to_string(),
             request: request.to_owned(),
             source,
         };
         let stream =
-            connect(&self.socket)
+            self.link
+                .connect()
                 .await
                 .map_err(|source| RuntimeError::AgentUnreachable {
-                    socket: self.socket.clone(),
+                    agent: self.link.to_string(),
                     source,
                 })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -25,7 +25,7 @@ pub(crate) struct CgroupLayout {
 const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a sandbox's cgroup reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupUsage {
     /// CPU time used so far, ns.
     pub cpu_ns: u64,

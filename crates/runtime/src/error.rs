@@ -129,19 +129,19 @@ pub enum RuntimeError {
     },
 
     /// The agent's socket could not be connected to.
-    #[error("cannot connect to the agent at {socket}: {source}")]
+    #[error("cannot connect to the agent at {agent}: {source}")]
     AgentUnreachable {
-        /// The host-side agent socket.
-        socket: PathBuf,
+        /// Where the agent is: its host socket, or its node.
+        agent: String,
         /// The connect error.
         source: std::io::Error,
     },
 
     /// The HTTP exchange with the agent failed.
-    #[error("HTTP request {request} to the agent at {socket} failed: {source}")]
+    #[error("HTTP request {request} to the agent at {agent} failed: {source}")]
     AgentHttp {
-        /// The host-side agent socket.
-        socket: PathBuf,
+        /// Where the agent is: its host socket, or its node.
+        agent: String,
         /// Method and path.
         request: String,
         /// The HTTP error.
@@ -149,10 +149,10 @@ pub enum RuntimeError {
     },
 
     /// The agent did not answer a request in time.
-    #[error("HTTP request {request} to the agent at {socket} timed out after {timeout:?}")]
+    #[error("HTTP request {request} to the agent at {agent} timed out after {timeout:?}")]
     AgentRequestTimeout {
-        /// The host-side agent socket.
-        socket: PathBuf,
+        /// Where the agent is: its host socket, or its node.
+        agent: String,
         /// Method and path.
         request: String,
         /// The request timeout.
@@ -161,10 +161,10 @@ pub enum RuntimeError {
 
     /// The agent's process service answered something unexpected, or the
     /// connection failed midway.
-    #[error("agent at {socket} failed: {detail}")]
+    #[error("agent at {agent} failed: {detail}")]
     AgentProtocol {
-        /// Host path of the agent's socket.
-        socket: PathBuf,
+        /// Where the agent is: its host socket, or its node.
+        agent: String,
         /// What went wrong.
         detail: String,
     },

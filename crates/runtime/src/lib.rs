@@ -134,7 +134,9 @@ mod toolns;
 mod volume_fs;
 mod volumes;
 
-pub use agent::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
+pub use agent::{
+    AgentClient, AgentDial, AgentIo, AgentLink, AgentStream, DEFAULT_REQUEST_TIMEOUT, DialFuture,
+};
 pub use error::RuntimeError;
 pub use network::{Cidr, CidrError, EgressPolicy, NetworkConfig, NetworkPolicy};
 pub use process::{
@@ -185,7 +187,7 @@ const LOG_TAIL_BYTES: u64 = 4096;
 const LOG_TAIL_LINES: usize = 40;
 
 /// What to boot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SandboxSpec {
     /// The sandbox id: also its hostname, runc container id and state
     /// directory name. 1–63 characters from `[A-Za-z0-9_.-]`, starting
@@ -258,7 +260,12 @@ pub struct Sandbox {
 impl Sandbox {
     /// A client for this sandbox's agent.
     pub fn agent(&self) -> AgentClient {
-        AgentClient::new(self.socket.clone())
+        AgentClient::over(self.link())
+    }
+
+    /// Where its agent is reached.
+    pub fn link(&self) -> AgentLink {
+        AgentLink::unix(self.socket.clone())
     }
 }
 

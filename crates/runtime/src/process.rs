@@ -7,8 +7,8 @@
 //! environment, user and working directory from the one merge in the agent
 //! (`hutch_env::resolve`): nothing here builds an environment.
 
+use crate::agent::AgentLink;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -84,12 +84,12 @@ impl CommandExit {
 /// Runs `command` in the sandbox whose agent listens on `socket`, passing
 /// each chunk of output to `on_output` as it arrives, until it ends.
 pub async fn run_command(
-    socket: &Path,
+    agent: &AgentLink,
     command: &Command,
     on_output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
 ) -> Result<CommandExit, RuntimeError> {
     let mut end: Option<EndEvent> = None;
-    call(socket, command, &mut |event| {
+    call(agent, command, &mut |event| {
         match event {
             Event::Data(data) => match data.output {
                 Some(Output::Stdout(bytes)) | Some(Output::Pty(bytes)) => {
@@ -105,7 +105,7 @@ pub async fn run_command(
     })
     .await?;
     let end = end.ok_or_else(|| RuntimeError::AgentProtocol {
-        socket: socket.to_owned(),
+        agent: agent.to_string(),
         detail: "the output stream of the command ended without its exit status".to_owned(),
     })?;
     if let Some(error) = end.error.as_deref().filter(|e| !e.is_empty())
@@ -142,15 +142,15 @@ pub type CommandEvents = Box<dyn FnMut(CommandEvent) + Send>;
 /// follows it in a task of its own: `on_event` gets its output as it comes,
 /// then how it ended. Returns its pid once the agent has started it.
 pub async fn spawn_command_following(
-    socket: &Path,
+    agent: &AgentLink,
     command: &Command,
     mut on_event: CommandEvents,
 ) -> Result<u32, RuntimeError> {
     let (started, pid) = tokio::sync::oneshot::channel::<Result<u32, String>>();
-    let (socket_path, cmd) = (socket.to_owned(), command.clone());
+    let (link, cmd) = (agent.clone(), command.clone());
     tokio::spawn(async move {
         let mut started = Some(started);
-        let result = call(&socket_path, &cmd, &mut |event| {
+        let result = call(&link, &cmd, &mut |event| {
             match event {
                 Event::Start(s) => {
                     if let Some(tx) = started.take() {
@@ -203,7 +203,7 @@ pub async fn spawn_command_following(
             reason,
         }),
         Err(_) => Err(RuntimeError::AgentProtocol {
-            socket: socket.to_owned(),
+            agent: agent.to_string(),
             detail: "the task following the command stopped before it started".to_owned(),
         }),
     }
@@ -212,9 +212,9 @@ pub async fn spawn_command_following(
 /// Starts `command` in the background: returns its pid once the agent has
 /// started it. The process keeps running after this returns (the agent
 /// drains its output); its output is discarded.
-pub async fn spawn_command(socket: &Path, command: &Command) -> Result<u32, RuntimeError> {
+pub async fn spawn_command(agent: &AgentLink, command: &Command) -> Result<u32, RuntimeError> {
     let mut outcome: Option<Result<u32, String>> = None;
-    call(socket, command, &mut |event| match event {
+    call(agent, command, &mut |event| match event {
         Event::Start(s) => {
             outcome = Some(Ok(s.pid));
             ControlFlow::Break(())
@@ -237,7 +237,7 @@ pub async fn spawn_command(socket: &Path, command: &Command) -> Result<u32, Runt
             reason,
         }),
         None => Err(RuntimeError::AgentProtocol {
-            socket: socket.to_owned(),
+            agent: agent.to_string(),
             detail: "the output stream of the command ended before it started".to_owned(),
         }),
     }
@@ -246,17 +246,14 @@ pub async fn spawn_command(socket: &Path, command: &Command) -> Result<u32, Runt
 /// Sends `Start` and feeds the stream's events to `on_event` until the
 /// stream ends or `on_event` breaks.
 async fn call(
-    socket: &Path,
+    agent: &AgentLink,
     command: &Command,
     on_event: &mut (dyn FnMut(Event) -> ControlFlow<()> + Send),
 ) -> Result<(), RuntimeError> {
-    let path: PathBuf = socket.to_owned();
+    let link = agent.clone();
     let connector = tower::service_fn(move |_uri: http::Uri| {
-        let path = path.clone();
-        async move {
-            let stream = crate::agent::connect(&path).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
+        let link = link.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(link.connect().await?)) }
     });
     let authority: http::Uri = http::Uri::from_static("http://localhost");
     let conn = Http2Connection::builder()
@@ -280,7 +277,7 @@ async fn call(
         stdin: Some(false),
         ..Default::default()
     };
-    let rpc = |e: connectrpc::ConnectError| rpc_error(socket, &e);
+    let rpc = |e: connectrpc::ConnectError| rpc_error(agent, &e);
     let mut stream = client.start(request).await.map_err(rpc)?;
     while let Some(msg) = stream.message().await.map_err(rpc)? {
         let response: StartResponse = msg.to_owned_message();
@@ -300,9 +297,9 @@ fn describe(command: &Command) -> String {
         .join(" ")
 }
 
-fn rpc_error(socket: &Path, e: &connectrpc::ConnectError) -> RuntimeError {
+fn rpc_error(agent: &AgentLink, e: &connectrpc::ConnectError) -> RuntimeError {
     RuntimeError::AgentProtocol {
-        socket: socket.to_owned(),
+        agent: agent.to_string(),
         detail: format!("process.Process/Start: {e}"),
     }
 }
@@ -318,7 +315,7 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// command's output and end go there as they come
 /// ([`spawn_command_following`]); else they are discarded.
 pub async fn start_and_wait_ready(
-    socket: &Path,
+    agent: &AgentLink,
     start: Option<&str>,
     ready: Option<&str>,
     timeout: Duration,
@@ -328,8 +325,8 @@ pub async fn start_and_wait_ready(
     if let Some(start) = start {
         let start = Command::shell(&shell, start);
         match follow {
-            Some(on_event) => spawn_command_following(socket, &start, on_event).await?,
-            None => spawn_command(socket, &start).await?,
+            Some(on_event) => spawn_command_following(agent, &start, on_event).await?,
+            None => spawn_command(agent, &start).await?,
         };
     }
     let Some(ready) = ready else {
@@ -343,7 +340,7 @@ pub async fn start_and_wait_ready(
         let mut output = Vec::new();
         let check = tokio::time::timeout_at(
             deadline,
-            run_command(socket, ready, &mut |_, bytes| {
+            run_command(agent, ready, &mut |_, bytes| {
                 output.extend_from_slice(bytes);
                 let excess = output.len().saturating_sub(4096);
                 output.drain(..excess);

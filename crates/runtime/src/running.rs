@@ -273,7 +273,7 @@ impl Runtime {
 }
 
 /// A sandbox container's state, as runc reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SandboxStatus {
     /// Created but its init not started.
     Created,

@@ -165,7 +165,7 @@ pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 
 /// A sandbox's resource limits: CPU, memory and pids through its cgroup,
 /// disk through the size of its writable layer's file system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// CPUs it may use at once: a CFS quota of `cpus` ×
     /// [`CPU_PERIOD_US`] per period (`cpu.cfs_quota_us` / `cpu.max`). It

@@ -29,7 +29,7 @@ use crate::error::{IoContext, RuntimeError};
 use crate::{Runtime, blocking, mounts, validate_id};
 
 /// A volume mounted into a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeMount {
     /// The volume's id.
     pub volume_id: String,

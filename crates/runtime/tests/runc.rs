@@ -489,10 +489,13 @@ const SLOW_REAL_AGENT: &str = "#!/bin/sh\nsleep 1\nexec /bin/hutch-envd \"$@\"\n
 async fn sh(socket: &Path, script: &str) -> String {
     let mut out = Vec::new();
     let cmd = hutch_runtime::Command::shell(&[], script);
-    let exit =
-        hutch_runtime::run_command(socket, &cmd, &mut |_, bytes| out.extend_from_slice(bytes))
-            .await
-            .unwrap();
+    let exit = hutch_runtime::run_command(
+        &hutch_runtime::AgentLink::unix(socket.to_owned()),
+        &cmd,
+        &mut |_, bytes| out.extend_from_slice(bytes),
+    )
+    .await
+    .unwrap();
     assert!(exit.success(), "{script}: {}", exit.status);
     String::from_utf8(out).unwrap()
 }

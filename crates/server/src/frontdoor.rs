@@ -143,13 +143,13 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
     };
     let entry = st.live().get(&id).map(|s| {
         (
-            s.socket.clone(),
+            s.agent.clone(),
             s.paused,
             s.lifecycle.auto_resume,
             s.ingress.clone(),
         )
     });
-    let Some((mut socket, paused, auto_resume, ingress)) = entry else {
+    let Some((mut agent, paused, auto_resume, ingress)) = entry else {
         return not_found(&id);
     };
     if port != ENVD_PORT
@@ -182,15 +182,15 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
             .into_response();
         }
         match auto_resume_sandbox(st, &id).await {
-            Ok(s) => socket = s,
+            Ok(link) => agent = link,
             Err(response) => return response,
         }
     }
 
-    let stream = match tokio::net::UnixStream::connect(&socket).await {
+    let stream = match agent.connect().await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(sandbox = %id, "agent socket {}: {e}", socket.display());
+            tracing::warn!(sandbox = %id, "agent at {agent}: {e}");
             st.prometheus.relay_error();
             return not_found(&id);
         }
@@ -289,7 +289,10 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
 
 /// Resumes a paused sandbox for a request (`autoResume`); the agent's
 /// socket, or the response to give instead.
-async fn auto_resume_sandbox(st: &Arc<AppState>, id: &str) -> Result<std::path::PathBuf, Response> {
+async fn auto_resume_sandbox(
+    st: &Arc<AppState>,
+    id: &str,
+) -> Result<hutch_runtime::AgentLink, Response> {
     tracing::info!(sandbox = %id, "a request resumes the paused sandbox");
     let task_st = st.clone();
     let task_id = id.to_owned();
@@ -308,7 +311,7 @@ async fn auto_resume_sandbox(st: &Arc<AppState>, id: &str) -> Result<std::path::
         }
     }
     match st.live().get(id) {
-        Some(s) if s.paused.is_none() => Ok(s.socket.clone()),
+        Some(s) if s.paused.is_none() => Ok(s.agent.clone()),
         // Killed, or paused again, meanwhile.
         _ => Err(not_found(id)),
     }

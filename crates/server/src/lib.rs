@@ -35,6 +35,7 @@
 //! create is a claim of a running sandbox rather than a boot. See [`pool`].
 
 pub use hutch_runtime::NetworkConfig;
+pub use node::serve::{NodeConfig, NodeServer};
 
 pub mod api;
 mod auth;
@@ -43,6 +44,7 @@ mod builds;
 mod catalog;
 mod code_interpreter;
 pub mod db;
+mod distribution;
 mod error;
 pub mod frontdoor;
 pub mod http;
@@ -131,6 +133,53 @@ pub struct ServerConfig {
     /// The size of a new volume, MiB: its quota (a sparse file: it takes
     /// host disk only as it is written).
     pub volume_size_mb: u64,
+    /// Run as a control plane whose sandboxes run on this node (`hutch
+    /// node`, on another machine or not) instead of on this machine.
+    pub remote_node: Option<RemoteNodeConfig>,
+}
+
+/// The node a control plane drives ([`ServerConfig::remote_node`]).
+#[derive(Clone)]
+pub struct RemoteNodeConfig {
+    /// Its node API: `http://host:port`.
+    pub url: String,
+    /// The secret it admits ([`NodeConfig::secret`]).
+    pub secret: String,
+    /// The registry repository (`host[:port]/path`) templates are pushed
+    /// to for the node to pull.
+    pub template_registry: String,
+}
+
+impl std::fmt::Debug for RemoteNodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteNodeConfig")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("template_registry", &self.template_registry)
+            .finish()
+    }
+}
+
+/// What a machine that runs sandboxes needs: the agent, runc, networking.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// The agent binary (`hutch-envd`) mounted into every sandbox.
+    pub envd: PathBuf,
+    /// The `runc` binary (a path, or a name looked up in `PATH`).
+    pub runc: PathBuf,
+    /// Sandbox networking: the address pool, nameservers, tools.
+    pub network: NetworkConfig,
+}
+
+impl ServerConfig {
+    /// What this server's own machine runs sandboxes with.
+    pub(crate) fn machine(&self) -> MachineConfig {
+        MachineConfig {
+            envd: self.envd.clone(),
+            runc: self.runc.clone(),
+            network: self.network.clone(),
+        }
+    }
 }
 
 /// [`ServerConfig::volume_size_mb`] by default: 10 GiB.
@@ -153,6 +202,7 @@ impl ServerConfig {
             network: NetworkConfig::default(),
             database_url: None,
             volume_size_mb: DEFAULT_VOLUME_SIZE_MB,
+            remote_node: None,
         }
     }
 }
@@ -348,7 +398,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<(), ServerError> {
     Server::bind(cfg).await?.run().await
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

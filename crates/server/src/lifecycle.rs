@@ -122,7 +122,7 @@ use crate::db::{
     Ingress, Lifecycle, NetworkRecord, PauseMode, SandboxRow, SandboxState, TemplateRow,
 };
 use crate::limits::{self, Limits};
-use crate::node::{Booted, NodeError};
+use crate::node::{BootSpec, Booted, NodeError};
 use crate::pool::{self, Claim};
 use crate::prometheus::Operation;
 use crate::state::{AppState, LiveSandbox, Paused};
@@ -358,13 +358,13 @@ async fn create_unmetered(
     drop(layers_guard);
     drop(volumes_guard);
 
-    let mut spec = sandbox_spec(st, &id, &template, &meta, sandbox_limits);
-    spec.network = NetworkPolicy::Egress(args.network.clone());
-    spec.volumes = crate::volumes::mounts(&row.volume_mounts);
+    let mut spec = sandbox_spec(&id, &template, &meta, sandbox_limits);
+    spec.sandbox.network = NetworkPolicy::Egress(args.network.clone());
+    spec.sandbox.volumes = crate::volumes::mounts(&row.volume_mounts);
     let cold_boot = st.pool.cold_boot();
     let started = async {
         let sandbox = boot_sandbox(st, spec, &meta).await?;
-        AgentClient::new(sandbox.socket.clone())
+        AgentClient::over(sandbox.agent.clone())
             .init(&init_request(&args.env, &args.access_token))
             .await
             .map_err(|e| NodeError::Failed(format!("initialising its agent failed: {e}")))?;
@@ -394,7 +394,7 @@ async fn create_unmetered(
     route_running(
         st,
         &id,
-        LiveSandbox::running(sandbox.socket.clone(), row.end_at, sandbox.init_pid, &row),
+        LiveSandbox::running(sandbox.agent.clone(), row.end_at, sandbox.init_pid, &row),
     );
     st.db.set_running(id.clone(), row.end_at).await?;
     st.pool.record_cold(&template.id);
@@ -454,7 +454,7 @@ async fn claim_pooled(
             }
             continue;
         }
-        let agent = AgentClient::new(pooled.socket.clone()).with_timeout(CLAIM_TIMEOUT);
+        let agent = AgentClient::over(pooled.agent.clone()).with_timeout(CLAIM_TIMEOUT);
         if let Err(e) = agent
             .init(&init_request(&args.env, &args.access_token))
             .await
@@ -485,7 +485,7 @@ async fn claim_pooled(
         route_running(
             st,
             &pooled.id,
-            LiveSandbox::running(pooled.socket, row.end_at, pooled.init_pid, &row),
+            LiveSandbox::running(pooled.agent, row.end_at, pooled.init_pid, &row),
         );
         st.pool.record_claim(&template.id);
         journal(
@@ -558,11 +558,15 @@ fn init_request(env: &BTreeMap<String, String>, access_token: &Option<String>) -
 /// the kept disk of a sandbox booted on it, [`SandboxSpec::resume_from_disk`]).
 pub(crate) async fn boot_sandbox(
     st: &AppState,
-    spec: SandboxSpec,
+    spec: BootSpec,
     meta: &TemplateMetadata,
 ) -> Result<Booted, NodeError> {
-    let id = spec.id.clone();
-    let resume = spec.resume_from_disk;
+    let id = spec.sandbox.id.clone();
+    let resume = spec.sandbox.resume_from_disk;
+    let mut spec = spec;
+    spec.image = crate::distribution::image_for(st, &spec.layers)
+        .await
+        .map_err(NodeError::Failed)?;
     let sandbox = {
         let _slot = st
             .boot_slots
@@ -579,7 +583,7 @@ pub(crate) async fn boot_sandbox(
     let follow: hutch_runtime::CommandEvents =
         Box::new(move |event| logs.start_command(&log_id, event));
     match hutch_runtime::start_and_wait_ready(
-        &sandbox.socket,
+        &sandbox.agent,
         meta.start_cmd.as_deref(),
         meta.ready_cmd.as_deref(),
         hutch_runtime::DEFAULT_READY_TIMEOUT,
@@ -607,15 +611,14 @@ pub(crate) async fn boot_sandbox(
 /// How to boot sandbox `id` of `template` with `limits`: the same for a
 /// cold boot and a pooled one (whose limits are the template's defaults).
 pub(crate) fn sandbox_spec(
-    st: &AppState,
     id: &str,
     template: &TemplateRow,
     meta: &TemplateMetadata,
     limits: Limits,
-) -> SandboxSpec {
-    SandboxSpec {
+) -> BootSpec {
+    let sandbox = SandboxSpec {
         id: id.to_owned(),
-        layers: meta.layers.iter().map(|d| st.store.layer_dir(d)).collect(),
+        layers: Vec::new(),
         boot: BootConfig {
             schema_version: BOOT_SCHEMA_VERSION,
             sandbox_id: id.to_owned(),
@@ -632,6 +635,11 @@ pub(crate) fn sandbox_spec(
         limits,
         resume_from_disk: false,
         volumes: Vec::new(),
+    };
+    BootSpec {
+        layers: meta.layers.clone(),
+        image: None,
+        sandbox,
     }
 }
 
@@ -654,7 +662,7 @@ async fn kill_unmetered(st: &Arc<AppState>, id: &str) -> Result<bool, SandboxErr
     // It stops running now (a frozen one cannot run anyway; one paused
     // filesystem-only has no process)...
     if let Some(pid) = entry.agent_pid
-        && let Err(e) = st.node.kill_now(id, pid)
+        && let Err(e) = st.node.kill_now(id, pid).await
     {
         tracing::warn!(sandbox = %id, "cannot kill the sandbox's processes at once: {e}");
     }
@@ -1010,10 +1018,10 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, S
         })?;
     let defaults = limits::template_defaults(&template.name, meta.limits.as_ref(), &st.max_limits)
         .unwrap_or_default();
-    let mut spec = sandbox_spec(st, id, &template, &meta, limits::recorded(&row, defaults));
-    spec.network = NetworkPolicy::Egress(recorded_policy(&row));
-    spec.volumes = crate::volumes::mounts(&row.volume_mounts);
-    spec.resume_from_disk = true;
+    let mut spec = sandbox_spec(id, &template, &meta, limits::recorded(&row, defaults));
+    spec.sandbox.network = NetworkPolicy::Egress(recorded_policy(&row));
+    spec.sandbox.volumes = crate::volumes::mounts(&row.volume_mounts);
+    spec.sandbox.resume_from_disk = true;
 
     // Stopped for sure: this also finishes a pause that failed or was
     // interrupted halfway, and tells whether its disk is still there.
@@ -1034,7 +1042,7 @@ async fn boot_on_files(st: &Arc<AppState>, id: &str) -> Result<Option<Booted>, S
     let cold_boot = st.pool.cold_boot();
     let booted = async {
         let sandbox = boot_sandbox(st, spec, &meta).await?;
-        if let Err(e) = AgentClient::new(sandbox.socket.clone())
+        if let Err(e) = AgentClient::over(sandbox.agent.clone())
             .init(&init_request(&row.sandbox_env, &row.access_token))
             .await
         {
@@ -1218,7 +1226,7 @@ async fn readopt_one(st: &Arc<AppState>, row: &SandboxRow, now: i64) -> Result<(
     route_running(
         st,
         &row.id,
-        LiveSandbox::running(sandbox.socket, end_at, sandbox.init_pid, row),
+        LiveSandbox::running(sandbox.agent, end_at, sandbox.init_pid, row),
     );
     Ok(())
 }
@@ -1268,7 +1276,7 @@ fn route_paused(
     st.live().insert(
         row.id.clone(),
         LiveSandbox {
-            socket: st.node.agent_socket(&row.id),
+            agent: st.node.agent_link(&row.id),
             end_at: now.saturating_add(remaining),
             paused: Some(Paused {
                 remaining_ms: remaining,
@@ -1303,7 +1311,7 @@ async fn mark_resumed(
         entry.paused = None;
         entry.end_at = end_at;
         if let Some(sandbox) = booted {
-            entry.socket = sandbox.socket.clone();
+            entry.agent = sandbox.agent.clone();
             entry.agent_pid = Some(sandbox.init_pid);
         }
     }
@@ -1328,28 +1336,9 @@ pub(crate) fn watch_agent(st: &Arc<AppState>, id: &str, pid: u32) {
     let id = id.to_owned();
     tokio::spawn(async move {
         let exited = async {
-            let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
-                return;
-            };
-            let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
-                Ok(fd) => fd,
-                // Gone already.
-                Err(_) => return,
-            };
-            // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays
-            // open and the same until the AsyncFd is dropped.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            };
-            match registered {
-                // Readable once the process has exited.
-                Ok(fd) => {
-                    let _ = fd.readable().await;
-                }
-                Err(e) => {
-                    tracing::warn!(sandbox = %id, "cannot watch the sandbox's agent: {e}");
-                    std::future::pending::<()>().await;
-                }
+            if let Err(e) = st.node.agent_exited(&id, pid).await {
+                tracing::warn!(sandbox = %id, "cannot watch the sandbox's agent: {e}");
+                std::future::pending::<()>().await;
             }
         };
         tokio::select! {

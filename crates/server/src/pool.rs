@@ -47,7 +47,6 @@
 
 use hutch_image::TemplateDocument as _;
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -76,8 +75,8 @@ pub const REFILL_DELAY: Duration = Duration::from_millis(100);
 pub(crate) struct Pooled {
     /// Its id (fixed at boot).
     pub id: String,
-    /// Its agent's socket on the host.
-    pub socket: PathBuf,
+    /// Where its agent is reached.
+    pub agent: hutch_runtime::AgentLink,
     /// Host pid of its agent (watched once it is claimed).
     pub init_pid: u32,
     /// The build of the template it was booted from: a sandbox booted
@@ -474,7 +473,7 @@ async fn refill_task(st: Arc<AppState>, template_id: String) {
         }
         let id = ids::new_id();
         let started = std::time::Instant::now();
-        let spec = sandbox_spec(&st, &id, &template, &meta, limits);
+        let spec = sandbox_spec(&id, &template, &meta, limits);
         match boot_sandbox(&st, spec, &meta).await {
             Ok(sandbox) => {
                 tracing::debug!(
@@ -485,7 +484,7 @@ async fn refill_task(st: Arc<AppState>, template_id: String) {
                 );
                 let pooled = Pooled {
                     id,
-                    socket: sandbox.socket,
+                    agent: sandbox.agent,
                     init_pid: sandbox.init_pid,
                     build_id: template.build_id.clone(),
                 };
@@ -562,7 +561,7 @@ mod tests {
     fn pooled(id: &str) -> Pooled {
         Pooled {
             id: id.to_owned(),
-            socket: PathBuf::from(format!("/nowhere/{id}")),
+            agent: hutch_runtime::AgentLink::unix(format!("/nowhere/{id}").into()),
             init_pid: 0,
             build_id: "b".to_owned(),
         }

@@ -11,8 +11,6 @@
 //! ends; a server restart starts them afresh.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -264,34 +262,6 @@ fn cut(line: &mut String) {
 /// How often the running sandboxes' agent logs are read.
 pub(crate) const AGENT_LOG_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Most bytes of one console log read at a time.
-const AGENT_LOG_CHUNK: u64 = 256 * 1024;
-
-/// The whole lines of the file at `path` from `offset` (at most
-/// [`AGENT_LOG_CHUNK`] bytes, lossily as UTF-8), and the offset after them.
-/// A file shorter than `offset` was rotated (the agent keeps the newest
-/// half): reading goes on from its end.
-fn read_lines(path: &Path, offset: u64) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    if len < offset {
-        return Ok((String::new(), len));
-    }
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    f.take(AGENT_LOG_CHUNK).read_to_end(&mut buf)?;
-    // Whole lines only, unless one line fills the chunk.
-    let end = match buf.iter().rposition(|&b| b == b'\n') {
-        Some(i) => i + 1,
-        None if buf.len() as u64 >= AGENT_LOG_CHUNK => buf.len(),
-        None => 0,
-    };
-    Ok((
-        String::from_utf8_lossy(&buf[..end]).into_owned(),
-        offset + end as u64,
-    ))
-}
-
 /// Reads the new lines of every running sandbox's agent log into the
 /// journal, every [`AGENT_LOG_INTERVAL`], until the server stops.
 pub(crate) fn spawn_agent_log_reader(st: Arc<crate::state::AppState>) {
@@ -310,33 +280,47 @@ pub(crate) fn spawn_agent_log_reader(st: Arc<crate::state::AppState>) {
 
 /// One round of [`spawn_agent_log_reader`].
 pub(crate) async fn read_agent_logs(st: &crate::state::AppState) {
-    let running: Vec<(String, std::path::PathBuf)> = st
+    let running: Vec<String> = st
         .live()
         .iter()
         .filter(|(_, s)| s.agent_pid.is_some())
-        .map(|(id, _)| (id.clone(), st.node.console_log(id)))
+        .map(|(id, _)| id.clone())
         .collect();
-    let journal = st.logs.clone();
-    let _ = tokio::task::spawn_blocking(move || {
+    let journal = &st.logs;
+    let offsets: Vec<(String, u64)> = {
         let mut consoles = journal.consoles.lock().unwrap_or_else(|p| p.into_inner());
-        consoles.retain(|id, _| running.iter().any(|(r, _)| r == id));
-        for (id, path) in running {
-            let offset = consoles.get(&id).copied().unwrap_or(0);
-            if let Ok((text, next)) = read_lines(&path, offset) {
-                if !text.is_empty() {
-                    journal.agent_lines(&id, &text);
-                }
-                consoles.insert(id, next);
+        consoles.retain(|id, _| running.contains(id));
+        running
+            .into_iter()
+            .map(|id| {
+                let offset = consoles.get(&id).copied().unwrap_or(0);
+                (id, offset)
+            })
+            .collect()
+    };
+    for (id, offset) in offsets {
+        // A sandbox that has no log yet, or is gone meanwhile, is read at
+        // the next round.
+        if let Ok(chunk) = st.node.console_log(&id, offset).await {
+            if !chunk.text.is_empty() {
+                journal.agent_lines(&id, &chunk.text);
             }
+            let mut consoles = journal.consoles.lock().unwrap_or_else(|p| p.into_inner());
+            consoles.insert(id, chunk.next);
         }
-    })
-    .await;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::{ConsoleChunk, read_lines};
     use std::io::Write;
+
+    fn lines(path: &std::path::Path, offset: u64) -> (String, u64) {
+        let ConsoleChunk { text, next } = read_lines(path, offset).unwrap();
+        (text, next)
+    }
 
     #[test]
     fn agent_log_lines_are_read_once_whole_and_leveled() {
@@ -347,7 +331,7 @@ mod tests {
             "2026-12-07T00:00:00Z  INFO started process pid=7\n2026-12-07T00:00:01Z  WARN low\npart",
         )
         .unwrap();
-        let (text, offset) = read_lines(&path, 0).unwrap();
+        let (text, offset) = lines(&path, 0);
         assert_eq!(text.lines().count(), 2, "the unfinished line waits");
         let j = Journal::default();
         j.agent_lines("s", &text);
@@ -367,14 +351,14 @@ mod tests {
             .unwrap()
             .write_all(b"ial and more\n")
             .unwrap();
-        let (text, next) = read_lines(&path, offset).unwrap();
+        let (text, next) = lines(&path, offset);
         assert_eq!(text, "partial and more\n");
         assert_eq!(agent_level(&text), LogLevel::Info, "no level: info");
         assert_eq!(agent_level("2026-12-07T00:00:00Z ERROR x"), LogLevel::Error);
-        assert_eq!(read_lines(&path, next).unwrap().0, "");
+        assert_eq!(lines(&path, next).0, "");
         // Rotated (shorter than read so far): on from its end.
         std::fs::write(&path, "short\n").unwrap();
-        assert_eq!(read_lines(&path, next).unwrap(), (String::new(), 6));
+        assert_eq!(lines(&path, next), (String::new(), 6));
     }
 
     fn out(stream: OutputStream, s: &str) -> CommandEvent {

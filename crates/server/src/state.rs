@@ -19,8 +19,8 @@ use crate::{DEFAULT_WARM_POOL, ServerConfig, ServerError};
 /// A running or paused sandbox, as the front door and the reaper see it.
 #[derive(Debug, Clone)]
 pub(crate) struct LiveSandbox {
-    /// The agent's unix socket on the host.
-    pub socket: PathBuf,
+    /// Where its agent is reached.
+    pub agent: hutch_runtime::AgentLink,
     /// Unix ms: when it expires (while running).
     pub end_at: i64,
     /// While paused: how, and the lifetime it had left. A paused sandbox
@@ -49,9 +49,14 @@ pub(crate) struct Paused {
 
 impl LiveSandbox {
     /// A running sandbox whose agent is `agent_pid`, expiring at `end_at`.
-    pub fn running(socket: PathBuf, end_at: i64, agent_pid: u32, row: &SandboxRow) -> Self {
+    pub fn running(
+        agent: hutch_runtime::AgentLink,
+        end_at: i64,
+        agent_pid: u32,
+        row: &SandboxRow,
+    ) -> Self {
         LiveSandbox {
-            socket,
+            agent,
             end_at,
             paused: None,
             agent_pid: Some(agent_pid),
@@ -125,6 +130,9 @@ pub(crate) struct AppState {
     pub insecure_registries: Vec<String>,
     /// Runs template builds (`None` on a server whose node cannot build).
     pub builder: Option<hutch_builder::engine::Engine>,
+    /// Where templates are pushed for nodes on other machines (`None`:
+    /// the node is this machine).
+    pub registry: Option<crate::distribution::TemplateRegistry>,
     /// Template builds in progress and recently finished.
     pub builds: crate::builds::Jobs,
     /// Keeps the data directory's lock file locked for the server's life.
@@ -132,26 +140,15 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// Opens the data directory and sets up the local node (the runtime)
-    /// and the template builder on it.
+    /// Opens the data directory and sets up the node: this machine (the
+    /// runtime, and the template builder on it), or the node of
+    /// [`ServerConfig::remote_node`].
     pub async fn open(cfg: &ServerConfig) -> Result<Arc<AppState>, ServerError> {
-        let data = DataDir::open(cfg).await?;
-        if let Err(e) = std::fs::metadata(&cfg.envd) {
-            return Err(ServerError::Envd {
-                path: cfg.envd.clone(),
-                reason: io_reason(&e),
-            });
+        if let Some(remote) = &cfg.remote_node {
+            return AppState::open_control(cfg, remote).await;
         }
-        let runtime = Runtime::new(RuntimeConfig {
-            state_dir: data.path.join("sandboxes"),
-            runc_root: data.path.join("runc"),
-            volumes_dir: data.path.join("volumes"),
-            runc: cfg.runc.clone(),
-            envd: cfg.envd.clone(),
-            cgroup_parent: "hutch".into(),
-            network: cfg.network.clone(),
-        })
-        .map_err(ServerError::Runtime)?;
+        let data = DataDir::open(cfg).await?;
+        let runtime = local_runtime(&cfg.machine(), &data.path)?;
         let builder = hutch_builder::engine::Engine::new(
             runtime.clone(),
             (*data.store).clone(),
@@ -167,7 +164,45 @@ impl AppState {
             data.store.clone(),
             data.path.join("tmp").join("snapshots"),
         );
-        Ok(AppState::assemble(cfg, data, Arc::new(node), Some(builder)))
+        Ok(AppState::assemble(
+            cfg,
+            data,
+            Arc::new(node),
+            Some(builder),
+            None,
+        ))
+    }
+
+    /// A control plane whose sandboxes run on the node `remote` describes,
+    /// its templates reaching the node through the template registry.
+    async fn open_control(
+        cfg: &ServerConfig,
+        remote: &crate::RemoteNodeConfig,
+    ) -> Result<Arc<AppState>, ServerError> {
+        let secret =
+            crate::node::api::NodeSecret::new(&remote.secret).map_err(ServerError::Config)?;
+        let node = crate::node::remote::RemoteNode::new(&remote.url, secret)
+            .map_err(ServerError::Config)?;
+        let registry = crate::distribution::TemplateRegistry::new(
+            &remote.template_registry,
+            hutch_image::PullOptions {
+                insecure_registries: cfg.insecure_registries.clone(),
+                ..Default::default()
+            },
+        )
+        .map_err(ServerError::Config)?;
+        let info = node.info().await.map_err(|e| {
+            ServerError::Config(format!("the node at {} cannot be used: {e}", remote.url))
+        })?;
+        tracing::info!(node = %remote.url, instance = %info.instance_id, version = %info.version, "node connected");
+        let data = DataDir::open(cfg).await?;
+        Ok(AppState::assemble(
+            cfg,
+            data,
+            Arc::new(node),
+            None,
+            Some(registry),
+        ))
     }
 
     /// A server's state over the data directory `data` and `node`.
@@ -176,6 +211,7 @@ impl AppState {
         data: DataDir,
         node: Arc<dyn Node>,
         builder: Option<hutch_builder::engine::Engine>,
+        registry: Option<crate::distribution::TemplateRegistry>,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             max_limits: cfg.max_limits,
@@ -204,6 +240,7 @@ impl AppState {
             volume_token_key: std::sync::OnceLock::new(),
             insecure_registries: cfg.insecure_registries.clone(),
             builder,
+            registry,
             builds: Default::default(),
             _lock: data.lock,
         })
@@ -220,6 +257,7 @@ impl AppState {
             cfg,
             DataDir::open(cfg).await?,
             node,
+            None,
             None,
         ))
     }
@@ -249,13 +287,7 @@ impl DataDir {
     /// key.
     async fn open(cfg: &ServerConfig) -> Result<DataDir, ServerError> {
         let path = cfg.data_dir.as_path();
-        let dir_err = |e: std::io::Error| ServerError::DataDir {
-            path: path.to_path_buf(),
-            reason: io_reason(&e),
-        };
-        create_private_dir(path).map_err(dir_err)?;
-        probe_writable(path).map_err(dir_err)?;
-        let lock = lock_data_dir(path)?;
+        let (lock, store) = open_machine_dir(path)?;
         let location = db::Location::new(cfg.database_url.as_deref(), path).map_err(|cause| {
             ServerError::Database {
                 location: "--database-url".into(),
@@ -280,19 +312,55 @@ impl DataDir {
         crate::auth::Keys::new(db.clone(), default_team.clone())
             .ensure_first(path)
             .await?;
-        let store_root = path.join("images");
-        let store = LayerStore::open(&store_root).map_err(|cause| ServerError::Store {
-            path: store_root.clone(),
-            cause,
-        })?;
         Ok(DataDir {
             path: path.to_path_buf(),
             db,
             default_team,
-            store: Arc::new(store),
+            store,
             lock,
         })
     }
+}
+
+/// Creates (private), checks and locks the data directory `path`, and
+/// opens its layer store: what a server and a node both do first.
+pub(crate) fn open_machine_dir(path: &Path) -> Result<(File, Arc<LayerStore>), ServerError> {
+    let dir_err = |e: std::io::Error| ServerError::DataDir {
+        path: path.to_path_buf(),
+        reason: io_reason(&e),
+    };
+    create_private_dir(path).map_err(dir_err)?;
+    probe_writable(path).map_err(dir_err)?;
+    let lock = lock_data_dir(path)?;
+    let store_root = path.join("images");
+    let store = LayerStore::open(&store_root).map_err(|cause| ServerError::Store {
+        path: store_root.clone(),
+        cause,
+    })?;
+    Ok((lock, Arc::new(store)))
+}
+
+/// The sandbox runtime of this machine over data directory `data`.
+pub(crate) fn local_runtime(
+    cfg: &crate::MachineConfig,
+    data: &Path,
+) -> Result<Runtime, ServerError> {
+    if let Err(e) = std::fs::metadata(&cfg.envd) {
+        return Err(ServerError::Envd {
+            path: cfg.envd.clone(),
+            reason: io_reason(&e),
+        });
+    }
+    Runtime::new(RuntimeConfig {
+        state_dir: data.join("sandboxes"),
+        runc_root: data.join("runc"),
+        volumes_dir: data.join("volumes"),
+        runc: cfg.runc.clone(),
+        envd: cfg.envd.clone(),
+        cgroup_parent: "hutch".into(),
+        network: cfg.network.clone(),
+    })
+    .map_err(ServerError::Runtime)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -27,12 +27,25 @@ pub struct Harness {
     _tmp: tempfile::TempDir,
     /// The PostgreSQL server of [`Harness::on_postgres`].
     _postgres: Option<hutch_test_support::Postgres>,
+    /// Stops the node API of [`Harness::through_node_api`].
+    _node_api: Option<tokio_util::sync::DropGuard>,
 }
+
+/// The secret of the node API in [`Harness::through_node_api`].
+pub const NODE_SECRET: &str = "a-test-node-secret-of-more-than-32-chars";
 
 impl Harness {
     /// State in SQLite, in the data directory.
     pub async fn new() -> Harness {
         Harness::with_database(None).await
+    }
+
+    /// State in SQLite; the fake node served by the node API on a loopback
+    /// port, and the control side driving it through
+    /// [`crate::node::remote::RemoteNode`] — as a control plane drives a
+    /// node of another machine.
+    pub async fn through_node_api() -> Harness {
+        Harness::build(None, true).await
     }
 
     /// State in a PostgreSQL server of its own.
@@ -44,8 +57,20 @@ impl Harness {
     }
 
     async fn with_database(postgres: Option<hutch_test_support::Postgres>) -> Harness {
+        Harness::build(postgres, false).await
+    }
+
+    async fn build(postgres: Option<hutch_test_support::Postgres>, remote: bool) -> Harness {
         let tmp = tempfile::tempdir().unwrap();
         let node = FakeNode::new(&tmp.path().join("node"));
+        let (driven, node_api): (Arc<dyn crate::node::Node>, _) = if remote {
+            let (url, guard) = serve_node_api(node.clone()).await;
+            let secret = crate::node::api::NodeSecret::new(NODE_SECRET).unwrap();
+            let remote = crate::node::remote::RemoteNode::new(&url, secret).unwrap();
+            (Arc::new(remote), Some(guard))
+        } else {
+            (node.clone(), None)
+        };
         let mut cfg = ServerConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             tmp.path().join("data"),
@@ -53,7 +78,7 @@ impl Harness {
         );
         cfg.runc = PathBuf::from("/nonexistent");
         cfg.database_url = postgres.as_ref().map(|p| p.url());
-        let st = AppState::with_node(&cfg, node.clone()).await.unwrap();
+        let st = AppState::with_node(&cfg, driven).await.unwrap();
         st.pool.set_target(0);
         let meta = template_app();
         st.db
@@ -73,6 +98,7 @@ impl Harness {
             node,
             _tmp: tmp,
             _postgres: postgres,
+            _node_api: node_api,
         }
     }
 
@@ -125,6 +151,33 @@ impl Harness {
     pub fn routed(&self, id: &str) -> bool {
         self.st.live().get(id).is_some_and(|e| e.paused.is_none())
     }
+}
+
+/// Serves `node` through the node API on a free loopback port, admitting
+/// [`NODE_SECRET`]; its URL, and what stops it when dropped.
+pub async fn serve_node_api(
+    node: Arc<dyn crate::node::Node>,
+) -> (String, tokio_util::sync::DropGuard) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = crate::node::api::router(
+        node,
+        crate::node::api::NodeSecret::new(NODE_SECRET).unwrap(),
+        crate::node::api::NodeInfo {
+            instance_id: "test-instance".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(crate::http::serve(
+        listener,
+        router,
+        crate::http::Limits::default(),
+        async move { stopped.cancelled().await },
+        Duration::from_millis(100),
+    ));
+    (url, stop.drop_guard())
 }
 
 pub async fn patiently<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {

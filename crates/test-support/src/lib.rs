@@ -19,6 +19,8 @@
 //! - [`Registry`]: a real OCI registry (`docker-registry`) on a free port, anonymous or with
 //!   basic or token authentication; [`multi_arch_layout`] builds multi-platform images for it.
 //! - [`Postgres`]: a private PostgreSQL cluster on a free loopback port, removed on drop.
+//! - [`TestNode`]: a `hutch node` on a free port with its own data directory and secret, for
+//!   a control plane (`hutch serve --node`) to drive.
 
 mod bins;
 mod fakenet;
@@ -26,6 +28,7 @@ mod fixtures;
 mod layout;
 mod leaks;
 mod mounts;
+mod node;
 mod paths;
 mod postgres;
 mod registry;
@@ -42,6 +45,7 @@ pub use fixtures::{
 };
 pub use leaks::{HostResources, assert_no_leaks, network_force_clean, wait_torn_down};
 pub use mounts::{mounts_under, runc_force_clean, unmount_all_under};
+pub use node::TestNode;
 pub use paths::{cache_dir, target_dir, workspace_root};
 pub use postgres::{POSTGRES_USER, Postgres};
 pub use registry::{
@@ -49,7 +53,7 @@ pub use registry::{
 };
 pub use sdk::{
     E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, MCP_PYTHON, ScriptLines, e2b_js,
-    e2b_python, mcp_client, python_with,
+    e2b_python, mcp_client, python_with, run_e2b_python_script,
 };
 pub use server::{STAND_IN_ENVD, TestServer, http};
 pub use testdir::TestDir;

@@ -508,6 +508,7 @@ pub(crate) async fn register_build(
         },
     };
     crate::pool::refill(st, &meta.id);
+    crate::distribution::push_in_background(st, &meta.layers);
     Ok(replaced)
 }
 

@@ -20,6 +20,12 @@ async fn a_sandbox_goes_through_every_state_on_postgres() {
     every_state(Harness::on_postgres().await).await;
 }
 
+/// The same, the control side driving the node through the node API.
+#[tokio::test]
+async fn a_sandbox_goes_through_every_state_through_the_node_api() {
+    every_state(Harness::through_node_api().await).await;
+}
+
 async fn every_state(h: Harness) {
     let id = h.create().await;
     assert_eq!(h.row_state(&id).await, SandboxState::Running);
@@ -83,7 +89,16 @@ async fn every_state(h: Harness) {
 /// its teardown is still held.
 #[tokio::test]
 async fn a_kill_answers_before_the_teardown() {
-    let h = Harness::new().await;
+    a_kill_answers_before_the_teardown_on(Harness::new().await).await;
+}
+
+/// The same, the control side driving the node through the node API.
+#[tokio::test]
+async fn a_kill_answers_before_the_teardown_through_the_node_api() {
+    a_kill_answers_before_the_teardown_on(Harness::through_node_api().await).await;
+}
+
+async fn a_kill_answers_before_the_teardown_on(h: Harness) {
     let id = h.create().await;
     let pid = h.node.init_pid(&id).unwrap();
     let teardown = h.node.hold("destroy", &id);
@@ -192,7 +207,16 @@ async fn a_kill_during_a_pause_wins() {
 /// A sandbox whose agent dies is destroyed and recorded killed at once.
 #[tokio::test]
 async fn a_dead_agent_kills_its_sandbox() {
-    let h = Harness::new().await;
+    a_dead_agent_kills_its_sandbox_on(Harness::new().await).await;
+}
+
+/// The same, the control side driving the node through the node API.
+#[tokio::test]
+async fn a_dead_agent_kills_its_sandbox_through_the_node_api() {
+    a_dead_agent_kills_its_sandbox_on(Harness::through_node_api().await).await;
+}
+
+async fn a_dead_agent_kills_its_sandbox_on(h: Harness) {
     let id = h.create().await;
     let pid = h.node.init_pid(&id).unwrap();
     rustix::process::kill_process(
@@ -216,7 +240,16 @@ async fn a_dead_agent_kills_its_sandbox() {
 /// and says why.
 #[tokio::test]
 async fn a_failed_create_leaves_nothing() {
-    let h = Harness::new().await;
+    a_failed_create_leaves_nothing_on(Harness::new().await).await;
+}
+
+/// The same, the control side driving the node through the node API.
+#[tokio::test]
+async fn a_failed_create_leaves_nothing_through_the_node_api() {
+    a_failed_create_leaves_nothing_on(Harness::through_node_api().await).await;
+}
+
+async fn a_failed_create_leaves_nothing_on(h: Harness) {
     h.node.fail_creates();
     let e = create_sandbox(&h.st, h.create_args()).await.unwrap_err();
     assert!(matches!(e, SandboxError::Failed(_)), "{e}");
@@ -424,7 +457,17 @@ async fn template_of(h: &Harness, id_or_name: &str) -> hutch_image::TemplateMeta
 /// its variables and its limits. A paused one stays paused, untouched.
 #[tokio::test]
 async fn a_snapshot_freezes_a_running_sandbox_for_its_layer_only() {
-    let h = Harness::new().await;
+    a_snapshot_freezes_a_running_sandbox_for_its_layer_only_on(Harness::new().await).await;
+}
+
+/// The same, the control side driving the node through the node API.
+#[tokio::test]
+async fn a_snapshot_freezes_a_running_sandbox_for_its_layer_only_through_the_node_api() {
+    a_snapshot_freezes_a_running_sandbox_for_its_layer_only_on(Harness::through_node_api().await)
+        .await;
+}
+
+async fn a_snapshot_freezes_a_running_sandbox_for_its_layer_only_on(h: Harness) {
     let mut args = h.create_args();
     args.limits.memory_mb = Some(256);
     let id = create(&h.st, args).await.unwrap().id;
@@ -759,7 +802,16 @@ async fn a_private_sandbox_and_its_forks_need_their_own_traffic_tokens() {
 
 #[tokio::test]
 async fn a_sandbox_log_records_its_life_and_outlives_it() {
-    let h = Harness::new().await;
+    a_sandbox_log_records_its_life_and_outlives_it_on(Harness::new().await).await;
+}
+
+/// The same, the control side driving the node through the node API.
+#[tokio::test]
+async fn a_sandbox_log_records_its_life_and_outlives_it_through_the_node_api() {
+    a_sandbox_log_records_its_life_and_outlives_it_on(Harness::through_node_api().await).await;
+}
+
+async fn a_sandbox_log_records_its_life_and_outlives_it_on(h: Harness) {
     let id = h.create().await;
     pause(&h.st, h.team(), &id, PauseMode::Memory)
         .await

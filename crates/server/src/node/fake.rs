@@ -16,10 +16,10 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use hutch_runtime::{CgroupUsage, EgressPolicy, SandboxSpec, SandboxStatus};
+use hutch_runtime::{AgentLink, CgroupUsage, EgressPolicy, SandboxStatus};
 use tokio::sync::{Notify, Semaphore};
 
-use super::{Booted, Node, NodeError, Usage};
+use super::{BootSpec, Booted, ConsoleChunk, Node, NodeError, Usage};
 
 /// Where a fake sandbox stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +165,11 @@ impl FakeNode {
         NodeError::NotFound(format!("sandbox {id} not found"))
     }
 
+    /// Where sandbox `id`'s fake agent listens.
+    fn agent_socket(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.sock"))
+    }
+
     /// Starts a stand-in init and a fake agent for `id`.
     fn boot(
         &self,
@@ -191,7 +196,8 @@ impl FakeNode {
 
 #[async_trait]
 impl Node for FakeNode {
-    async fn create(&self, spec: SandboxSpec) -> Result<Booted, NodeError> {
+    async fn create(&self, spec: BootSpec) -> Result<Booted, NodeError> {
+        let spec = spec.sandbox;
         let id = spec.id.clone();
         self.enter("create", &id).await;
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -238,11 +244,8 @@ impl Node for FakeNode {
             },
         );
         Ok(Booted {
-            socket: self.agent_socket(&id),
-            rootfs: self.dir.join(&id),
-            id,
+            agent: self.agent_link(&id),
             init_pid,
-            address: None,
         })
     }
 
@@ -270,7 +273,7 @@ impl Node for FakeNode {
         Ok(())
     }
 
-    fn kill_now(&self, id: &str, pid: u32) -> Result<bool, NodeError> {
+    async fn kill_now(&self, id: &str, pid: u32) -> Result<bool, NodeError> {
         self.calls.lock().unwrap().push(format!("kill_now {id}"));
         let mut sandboxes = self.sandboxes.lock().unwrap();
         let Some(init) = sandboxes.get_mut(id).and_then(|s| s.init.as_mut()) else {
@@ -280,6 +283,10 @@ impl Node for FakeNode {
             return Ok(false);
         }
         Ok(init.start_kill().is_ok())
+    }
+
+    async fn agent_exited(&self, _id: &str, pid: u32) -> Result<(), NodeError> {
+        super::process_exited(pid).await
     }
 
     async fn pause(&self, id: &str) -> Result<(), NodeError> {
@@ -333,11 +340,8 @@ impl Node for FakeNode {
             _ => None,
         };
         Ok(pid.map(|init_pid| Booted {
-            id: id.to_owned(),
             init_pid,
-            socket: self.agent_socket(id),
-            rootfs: self.dir.join(id),
-            address: None,
+            agent: self.agent_link(id),
         }))
     }
 
@@ -377,12 +381,13 @@ impl Node for FakeNode {
         }
     }
 
-    fn agent_socket(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.sock"))
+    fn agent_link(&self, id: &str) -> AgentLink {
+        AgentLink::unix(self.agent_socket(id))
     }
 
-    fn console_log(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.console.log"))
+    async fn console_log(&self, id: &str, offset: u64) -> Result<ConsoleChunk, NodeError> {
+        super::read_lines(&self.dir.join(format!("{id}.console.log")), offset)
+            .map_err(|e| NodeError::Failed(e.to_string()))
     }
 
     fn release_host_mounts(&self) {}

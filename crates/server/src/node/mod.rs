@@ -3,31 +3,63 @@
 //! node, which does (containers, cgroups, networks, disks).
 //!
 //! Everything the server asks of the machine that runs its sandboxes goes
-//! through [`Node`]; nothing above it touches runc, cgroups or nftables.
-//! [`LocalNode`] — [`hutch_runtime::Runtime`] and the layer store — is the
-//! local node. The vocabulary is the
-//! runtime's plain data ([`SandboxSpec`], [`EgressPolicy`], [`Booted`]), and
-//! a node's errors are [`NodeError`]s — a kind and a message — so that a
-//! node across the network can answer the same way.
+//! through [`Node`]; nothing above it touches runc, cgroups, nftables or a
+//! host path of a sandbox. [`LocalNode`] — [`hutch_runtime::Runtime`] and
+//! the layer store — is the local node. The vocabulary is plain data that
+//! crosses a network ([`BootSpec`], [`EgressPolicy`], [`Usage`]), and a
+//! node's errors are [`NodeError`]s — a kind and a message — so that a node
+//! across the network answers the same way.
 //!
-//! A sandbox's agent is reached at [`Node::agent_socket`]: the control side
-//! relays processes, files and ports to it, and sends its `/init`.
+//! A sandbox's agent is reached through [`Booted::agent`] (or
+//! [`Node::agent_link`]): a connection to it, wherever the node is. The
+//! control side relays processes, files and ports over it, and sends its
+//! `/init`.
 
+pub(crate) mod api;
 #[cfg(test)]
 pub(crate) mod fake;
+pub(crate) mod remote;
+pub(crate) mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use hutch_image::LayerStore;
-use hutch_runtime::{CgroupUsage, EgressPolicy, Runtime, RuntimeError, SandboxSpec, SandboxStatus};
+use hutch_runtime::{
+    AgentLink, CgroupUsage, EgressPolicy, Runtime, RuntimeError, SandboxSpec, SandboxStatus,
+};
+use serde::{Deserialize, Serialize};
 
 /// A sandbox a node booted or re-adopted.
-pub(crate) type Booted = hutch_runtime::Sandbox;
+#[derive(Debug, Clone)]
+pub(crate) struct Booted {
+    /// The node's pid of its agent (the container's init): which agent a
+    /// watch or a kill is about, so that one of a sandbox booted again
+    /// under the same id is never mistaken for it.
+    pub init_pid: u32,
+    /// Where its agent is reached.
+    pub agent: AgentLink,
+}
+
+/// What a node is asked to boot: the runtime's spec, with the template's
+/// layers named by diff id, base first — the node finds them in its own
+/// layer store, or pulls them as [`BootSpec::image`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BootSpec {
+    /// The template's layers, base first, as the control side names them.
+    pub layers: Vec<String>,
+    /// The registry image (by digest) holding those layers, for a node
+    /// that may not have them ([`crate::distribution`]); `None` when the
+    /// node has them (the local node, or a layer only that node made).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The rest of what to boot; its `layers` are the node's to fill.
+    pub sandbox: SandboxSpec,
+}
 
 /// What a node reports of one sandbox's resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Usage {
     /// CPU time and memory, from its cgroups.
     pub cgroup: CgroupUsage,
@@ -37,8 +69,18 @@ pub(crate) struct Usage {
     pub disk_total: u64,
 }
 
+/// New whole lines of a sandbox's console log, from an offset on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConsoleChunk {
+    /// The lines read (whole lines, unless one line fills a chunk).
+    pub text: String,
+    /// Where the next read starts.
+    pub next: u64,
+}
+
 /// Why a node could not do what it was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "camelCase")]
 pub(crate) enum NodeError {
     /// The node has no such sandbox (killed meanwhile, say).
     #[error("{0}")]
@@ -83,7 +125,7 @@ impl NodeError {
 #[async_trait]
 pub(crate) trait Node: Send + Sync {
     /// Boots a sandbox: its container running, its agent answering.
-    async fn create(&self, spec: SandboxSpec) -> Result<Booted, NodeError>;
+    async fn create(&self, spec: BootSpec) -> Result<Booted, NodeError>;
 
     /// Removes a sandbox and everything it holds on the node. Removing one
     /// that is gone is not an error.
@@ -97,7 +139,11 @@ pub(crate) trait Node: Send + Sync {
     /// Kills every process of a sandbox at once, its agent being `pid`; the
     /// teardown is still [`Node::destroy`]'s. `Ok(false)` if that process
     /// is gone.
-    fn kill_now(&self, id: &str, pid: u32) -> Result<bool, NodeError>;
+    async fn kill_now(&self, id: &str, pid: u32) -> Result<bool, NodeError>;
+
+    /// Returns once the agent `pid` of sandbox `id` has exited (at once if
+    /// it is gone); an error if the node cannot tell.
+    async fn agent_exited(&self, id: &str, pid: u32) -> Result<(), NodeError>;
 
     /// Freezes every process of a sandbox, keeping its memory.
     async fn pause(&self, id: &str) -> Result<(), NodeError>;
@@ -137,11 +183,12 @@ pub(crate) trait Node: Send + Sync {
         layers: &[String],
     ) -> Result<Option<String>, NodeError>;
 
-    /// Where a sandbox's agent listens.
-    fn agent_socket(&self, id: &str) -> PathBuf;
+    /// Where a sandbox's agent is reached.
+    fn agent_link(&self, id: &str) -> AgentLink;
 
-    /// A sandbox's console log: its agent's log (and what runc said).
-    fn console_log(&self, id: &str) -> PathBuf;
+    /// A sandbox's console log — its agent's log (and what runc said) —
+    /// from byte `offset` on, in whole lines.
+    async fn console_log(&self, id: &str, offset: u64) -> Result<ConsoleChunk, NodeError>;
 
     /// At a shutdown that leaves no sandbox running: drops what the node
     /// mounted for its sandboxes.
@@ -171,7 +218,20 @@ pub(crate) struct LocalNode {
     layers: Arc<LayerStore>,
     /// Where snapshot layers are written before they are stored.
     scratch: PathBuf,
+    /// How images are pulled ([`BootSpec::image`]).
+    pull: hutch_image::PullOptions,
+    /// The layers of each image pulled since the node started.
+    pulled: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+    /// One pull of an image at a time.
+    pulling: hutch_runtime::KeyedLocks,
 }
+
+/// Where a node records, for each layer a control plane named that it
+/// pulled as another diff id, that diff id: `<store>/aliases/<hex>`.
+/// A layer pushed to a registry is its directory tarred again, so its diff
+/// id there differs from the one it was first stored under; the control
+/// side keeps naming it by the first.
+const ALIASES: &str = "aliases";
 
 impl LocalNode {
     /// The node over `runtime` and `layers`, writing snapshot layers under
@@ -189,14 +249,100 @@ impl LocalNode {
             runtime,
             layers,
             scratch,
+            pull: hutch_image::PullOptions::default(),
+            pulled: Default::default(),
+            pulling: Default::default(),
         }
+    }
+
+    /// Pulls [`BootSpec::image`]s with `opts`.
+    pub fn with_pull_options(mut self, opts: hutch_image::PullOptions) -> LocalNode {
+        self.pull = opts;
+        self
+    }
+
+    /// The diff id this node stores layer `diff_id` (a control plane's
+    /// name) under.
+    fn local_layer(&self, diff_id: &str) -> String {
+        if self.layers.has_layer(diff_id) {
+            return diff_id.to_owned();
+        }
+        let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
+        match std::fs::read_to_string(self.layers.root().join(ALIASES).join(hex)) {
+            Ok(local) if hex.bytes().all(|b| b.is_ascii_hexdigit()) => local.trim().to_owned(),
+            _ => diff_id.to_owned(),
+        }
+    }
+
+    /// The local layers of `spec`: pulled first if it names an image.
+    async fn boot_layers(&self, spec: &BootSpec) -> Result<Vec<String>, NodeError> {
+        let Some(image) = &spec.image else {
+            return Ok(spec.layers.iter().map(|d| self.local_layer(d)).collect());
+        };
+        let remembered =
+            |pulled: &std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>| {
+                pulled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(image)
+                    .cloned()
+            };
+        if let Some(layers) = remembered(&self.pulled) {
+            return Ok(layers);
+        }
+        let _one = self.pulling.lock(image).await;
+        if let Some(layers) = remembered(&self.pulled) {
+            return Ok(layers);
+        }
+        let started = std::time::Instant::now();
+        let pulled = hutch_image::pull(&self.layers, image, &self.pull, &mut |_| {})
+            .await
+            .map_err(|e| {
+                let message = format!("cannot pull the template's layers ({image}): {e}");
+                if crate::error::is_storage_full(&e) {
+                    NodeError::HostFull(message)
+                } else {
+                    NodeError::Failed(message)
+                }
+            })?;
+        if pulled.layers.len() != spec.layers.len() {
+            return Err(NodeError::Failed(format!(
+                "image {image} has {} layers, the template {}",
+                pulled.layers.len(),
+                spec.layers.len()
+            )));
+        }
+        let aliases = self.layers.root().join(ALIASES);
+        for (named, local) in spec.layers.iter().zip(&pulled.layers) {
+            if named == local {
+                continue;
+            }
+            let hex = named.strip_prefix("sha256:").unwrap_or(named);
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let written = std::fs::create_dir_all(&aliases)
+                .and_then(|()| std::fs::write(aliases.join(hex), local));
+            if let Err(e) = written {
+                tracing::warn!("cannot record layer {named} as {local}: {e}");
+            }
+        }
+        tracing::info!(%image, elapsed = ?started.elapsed(), "template layers pulled");
+        self.pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.clone(), pulled.layers.clone());
+        Ok(pulled.layers)
     }
 }
 
 #[async_trait]
 impl Node for LocalNode {
-    async fn create(&self, spec: SandboxSpec) -> Result<Booted, NodeError> {
-        Ok(self.runtime.create(spec).await?)
+    async fn create(&self, spec: BootSpec) -> Result<Booted, NodeError> {
+        let layers = self.boot_layers(&spec).await?;
+        let mut sandbox = spec.sandbox;
+        sandbox.layers = layers.iter().map(|d| self.layers.layer_dir(d)).collect();
+        Ok(booted(self.runtime.create(sandbox).await?))
     }
 
     async fn destroy(&self, id: &str) -> Result<(), NodeError> {
@@ -207,8 +353,12 @@ impl Node for LocalNode {
         Ok(self.runtime.stop_keep_disk(id).await?)
     }
 
-    fn kill_now(&self, id: &str, pid: u32) -> Result<bool, NodeError> {
+    async fn kill_now(&self, id: &str, pid: u32) -> Result<bool, NodeError> {
         Ok(self.runtime.kill_init(id, pid)?)
+    }
+
+    async fn agent_exited(&self, _id: &str, pid: u32) -> Result<(), NodeError> {
+        process_exited(pid).await
     }
 
     async fn pause(&self, id: &str) -> Result<(), NodeError> {
@@ -236,7 +386,7 @@ impl Node for LocalNode {
     }
 
     async fn adopt(&self, id: &str) -> Result<Option<Booted>, NodeError> {
-        Ok(self.runtime.adopt(id).await?)
+        Ok(self.runtime.adopt(id).await?.map(booted))
     }
 
     async fn usage(&self, id: &str) -> Result<Usage, NodeError> {
@@ -271,12 +421,16 @@ impl Node for LocalNode {
         layer
     }
 
-    fn agent_socket(&self, id: &str) -> PathBuf {
-        self.runtime.agent_socket(id)
+    fn agent_link(&self, id: &str) -> AgentLink {
+        AgentLink::unix(self.runtime.agent_socket(id))
     }
 
-    fn console_log(&self, id: &str) -> PathBuf {
-        self.runtime.console_log(id)
+    async fn console_log(&self, id: &str, offset: u64) -> Result<ConsoleChunk, NodeError> {
+        let path = self.runtime.console_log(id);
+        tokio::task::spawn_blocking(move || read_lines(&path, offset))
+            .await
+            .map_err(|e| NodeError::Failed(format!("console log task failed: {e}")))?
+            .map_err(|e| NodeError::failed(&e))
     }
 
     fn release_host_mounts(&self) {
@@ -305,6 +459,68 @@ impl Node for LocalNode {
     }
 }
 
+/// What the control side keeps of a sandbox the runtime booted.
+fn booted(sandbox: hutch_runtime::Sandbox) -> Booted {
+    Booted {
+        agent: sandbox.link(),
+        init_pid: sandbox.init_pid,
+    }
+}
+
+/// Returns once process `pid` of this host has exited (at once if there
+/// is none).
+pub(crate) async fn process_exited(pid: u32) -> Result<(), NodeError> {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return Ok(());
+    };
+    let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        // Gone already.
+        Err(_) => return Ok(()),
+    };
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open
+    // and the same until the AsyncFd is dropped.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| NodeError::Failed(format!("cannot watch process {pid:?}: {e}")))?;
+    // Readable once the process has exited.
+    let _ = fd.readable().await;
+    Ok(())
+}
+
+/// Most bytes of one console log read at a time.
+const CONSOLE_CHUNK: u64 = 256 * 1024;
+
+/// The whole lines of the file at `path` from `offset` (at most
+/// [`CONSOLE_CHUNK`] bytes, lossily as UTF-8), and the offset after them.
+/// A file shorter than `offset` was rotated (the agent keeps the newest
+/// half): reading goes on from its end.
+pub(crate) fn read_lines(path: &std::path::Path, offset: u64) -> std::io::Result<ConsoleChunk> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len < offset {
+        return Ok(ConsoleChunk {
+            text: String::new(),
+            next: len,
+        });
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    f.take(CONSOLE_CHUNK).read_to_end(&mut buf)?;
+    // Whole lines only, unless one line fills the chunk.
+    let end = match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if buf.len() as u64 >= CONSOLE_CHUNK => buf.len(),
+        None => 0,
+    };
+    Ok(ConsoleChunk {
+        text: String::from_utf8_lossy(&buf[..end]).into_owned(),
+        next: offset + end as u64,
+    })
+}
+
 impl LocalNode {
     /// Writes the changes in `upper` over `layers` as a layer into the
     /// layer store ([`Node::snapshot_layer`]).
@@ -314,7 +530,10 @@ impl LocalNode {
         layers: &[String],
     ) -> Result<Option<String>, NodeError> {
         let lower = hutch_builder::rootfs::LayerStack::new(
-            layers.iter().map(|l| self.layers.layer_dir(l)).collect(),
+            layers
+                .iter()
+                .map(|l| self.layers.layer_dir(&self.local_layer(l)))
+                .collect(),
         );
         let store = self.layers.clone();
         let scratch = self.scratch.clone();
