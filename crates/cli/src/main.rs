@@ -9,10 +9,13 @@
 //!                      [--cpus N] [--memory MIB] [--disk MIB] [--pids N]
 //!                      [--auto-pause] [--auto-pause-filesystem] [--auto-resume]
 //! hutch sandbox list [--json] | kill ID | pause ID [--filesystem] | resume ID
+//! hutch sandbox logs ID [--json] | metrics ID [--watch] [--json]
 //! hutch api-key create [--json] | list [--json] | revoke ID
 //! hutch exec ID [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
 //! hutch run TEMPLATE [--env K=V]... [--cwd DIR] [--user USER] -- CMD [ARG]...
-//! hutch mcp
+//! hutch node --node-secret-file FILE [--listen ADDR] [--data-dir DIR]
+//! hutch mcp [--http ADDR]
+//! hutch completions SHELL | man
 //! ```
 //!
 //! Client commands talk to `--server` (env `HUTCH_SERVER`) with the API key
@@ -91,6 +94,13 @@ enum Command {
     /// HTTP with --http): tools that create sandboxes, run commands and
     /// code, and read and write files in them.
     Mcp(McpArgs),
+    /// Print a shell completion script: `source <(hutch completions bash)`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `hutch man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +301,9 @@ enum TemplateCommand {
         /// binaries such as `sudo` (sandboxes run without no_new_privs).
         #[arg(long)]
         allow_privilege_escalation: bool,
+        /// Print the template as JSON instead of a line.
+        #[arg(long)]
+        json: bool,
     },
     /// Pull an image from an OCI / Docker registry as a template (the
     /// server pulls it; linux/amd64 from multi-platform images).
@@ -312,6 +325,9 @@ enum TemplateCommand {
         /// binaries such as `sudo` (sandboxes run without no_new_privs).
         #[arg(long)]
         allow_privilege_escalation: bool,
+        /// Print the template as JSON instead of a line.
+        #[arg(long)]
+        json: bool,
     },
     /// List templates.
     #[command(alias = "ls")]
@@ -383,6 +399,10 @@ enum SandboxCommand {
         /// through the server (`hutch exec`, an SDK call, a user port).
         #[arg(long)]
         auto_resume: bool,
+        /// Print the server's answer as JSON (sandboxID, templateID,
+        /// envdAccessToken...) instead of only the id.
+        #[arg(long)]
+        json: bool,
     },
     /// List running and paused sandboxes.
     #[command(alias = "ls")]
@@ -412,6 +432,17 @@ enum SandboxCommand {
         /// Sandbox id.
         id: String,
     },
+    /// Show a sandbox's CPU, memory and disk use, sampled every 5 s.
+    Metrics {
+        /// Sandbox id.
+        id: String,
+        /// Keep printing new samples until the sandbox ends (Ctrl-C stops).
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON (E2B's samples; one array per line with --watch).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a sandbox's log: what happened to it (created, paused,
     /// resumed, killed...) and what its template's start command printed.
     Logs {
@@ -435,6 +466,10 @@ enum VolumeCommand {
     Create {
         /// Its name: 1 to 250 characters from A-Z, a-z, 0-9, '_' and '-'.
         name: String,
+        /// Print the server's answer as JSON (volumeID, name, token)
+        /// instead of only the id.
+        #[arg(long)]
+        json: bool,
     },
     /// List volumes.
     #[command(alias = "ls")]
@@ -603,6 +638,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             serve::run_node(args, cli.data_dir).await?;
             Ok(0)
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "hutch", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(0)
+        }
         Command::Template(cmd) => {
             let api = client::Api::new(&cli.server, &cli.data_dir)?;
             match cmd {
@@ -611,6 +656,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     name,
                     reference,
                     allow_privilege_escalation,
+                    json,
                 } => {
                     template::import(
                         &api,
@@ -618,6 +664,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         &name,
                         reference.as_deref(),
                         allow_privilege_escalation,
+                        json,
                     )
                     .await?
                 }
@@ -660,6 +707,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     username,
                     password_stdin,
                     allow_privilege_escalation,
+                    json,
                 } => {
                     let credentials = match username {
                         Some(user) if password_stdin => Some((user, template::read_password()?)),
@@ -671,6 +719,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         &name,
                         credentials,
                         allow_privilege_escalation,
+                        json,
                     )
                     .await?
                 }
@@ -696,6 +745,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     auto_pause,
                     auto_pause_filesystem,
                     auto_resume,
+                    json,
                 } => {
                     let env = parse_pairs("env", &env)?;
                     let metadata = parse_pairs("metadata", &metadata)?;
@@ -718,9 +768,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                             auto_resume,
                         },
                     };
-                    let id = sandbox::create_with(&api, &template, &env, timeout, &metadata, &opts)
-                        .await?;
-                    println!("{id}");
+                    let created =
+                        sandbox::create_with(&api, &template, &env, timeout, &metadata, &opts)
+                            .await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&created)?);
+                    } else {
+                        println!("{}", created.sandbox_id);
+                    }
                 }
                 SandboxCommand::List { json } => {
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;
@@ -737,6 +792,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 SandboxCommand::Resume { id } => {
                     let api = client::Api::new(&cli.server, &cli.data_dir)?;
                     sandbox::resume(&api, &id).await?;
+                }
+                SandboxCommand::Metrics { id, watch, json } => {
+                    let api = client::Api::new(&cli.server, &cli.data_dir)?;
+                    sandbox::metrics(&api, &id, watch, json).await?;
                 }
                 SandboxCommand::Logs {
                     id,
@@ -774,7 +833,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Volume(cmd) => {
             let api = client::Api::new(&cli.server, &cli.data_dir)?;
             match cmd {
-                VolumeCommand::Create { name } => volume::create(&api, &name).await?,
+                VolumeCommand::Create { name, json } => volume::create(&api, &name, json).await?,
                 VolumeCommand::List { json } => volume::list(&api, json).await?,
                 VolumeCommand::Rm { volume } => volume::remove(&api, &volume).await?,
             }

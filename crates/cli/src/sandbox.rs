@@ -76,6 +76,7 @@ pub(crate) async fn create(
         &CreateOpts::default(),
     )
     .await
+    .map(|created| created.sandbox_id)
 }
 
 /// [`create`] with a network policy, limits and lifecycle.
@@ -86,7 +87,7 @@ pub(crate) async fn create_with(
     timeout: Option<u64>,
     metadata: &[(String, String)],
     opts: &CreateOpts,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<SandboxCreated> {
     let CreateOpts {
         network,
         limits,
@@ -118,8 +119,7 @@ pub(crate) async fn create_with(
             .then_some(AutoResume { enabled: true }),
         volume_mounts: None,
     };
-    let created = post_waiting_for_template(api, &body).await?;
-    Ok(created.sandbox_id)
+    post_waiting_for_template(api, &body).await
 }
 
 /// A limit as the create body takes it (a value beyond its range is
@@ -206,6 +206,106 @@ pub(crate) async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
         &rows,
     );
     Ok(())
+}
+
+/// One metrics sample, as the server answers it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Sample {
+    timestamp: String,
+    timestamp_unix: i64,
+    cpu_count: u32,
+    cpu_used_pct: f64,
+    mem_used: u64,
+    mem_total: u64,
+    disk_used: u64,
+    disk_total: u64,
+}
+
+impl Sample {
+    fn row(&self) -> [String; 4] {
+        let mib = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
+        [
+            self.timestamp.clone(),
+            format!("{:.1}% of {}", self.cpu_used_pct, self.cpu_count),
+            format!("{}/{}", mib(self.mem_used), mib(self.mem_total)),
+            format!("{}/{}", mib(self.disk_used), mib(self.disk_total)),
+        ]
+    }
+}
+
+const METRICS_HEADER: [&str; 4] = ["TIME", "CPU", "MEM_MIB", "DISK_MIB"];
+
+/// One line of the metrics view: fixed columns, so that lines printed
+/// over time line up.
+fn metrics_line(cells: &[String]) -> String {
+    const WIDTHS: [usize; 3] = [24, 14, 18];
+    let mut line = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        match WIDTHS.get(i) {
+            Some(&w) => line.push_str(&format!("{cell:<w$}  ")),
+            None => line.push_str(cell),
+        }
+    }
+    line.trim_end().to_owned()
+}
+
+/// How often `sandbox metrics --watch` asks for new samples.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `hutch sandbox metrics ID [--watch] [--json]`.
+pub(crate) async fn metrics(api: &Api, id: &str, watch: bool, as_json: bool) -> anyhow::Result<()> {
+    let path = format!("/sandboxes/{id}/metrics");
+    let first: Vec<serde_json::Value> = api.get_json(&path).await?;
+    let mut last = print_samples(&first, as_json, true, None)?;
+    if !watch {
+        return Ok(());
+    }
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let since = last.map_or(String::new(), |t| format!("?start={}", t + 1));
+        let samples: Vec<serde_json::Value> = match api.get_json(&format!("{path}{since}")).await {
+            Ok(s) => s,
+            Err(e) if e.to_string().to_lowercase().contains("not found") => {
+                eprintln!("sandbox {id} has ended");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        last = print_samples(&samples, as_json, false, last)?.or(last);
+    }
+}
+
+/// Prints `samples` newer than `after` (a table, its header first when
+/// `header`, or one JSON array); the newest one's unix time.
+fn print_samples(
+    samples: &[serde_json::Value],
+    as_json: bool,
+    header: bool,
+    after: Option<i64>,
+) -> anyhow::Result<Option<i64>> {
+    let parsed: Vec<Sample> = samples
+        .iter()
+        .cloned()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()?;
+    let fresh: Vec<usize> = (0..parsed.len())
+        .filter(|&i| after.is_none_or(|t| parsed[i].timestamp_unix > t))
+        .collect();
+    if as_json {
+        if header || !fresh.is_empty() {
+            let chosen: Vec<&serde_json::Value> = fresh.iter().map(|&i| &samples[i]).collect();
+            println!("{}", serde_json::to_string(&chosen)?);
+        }
+    } else {
+        if header {
+            println!("{}", metrics_line(&METRICS_HEADER.map(String::from)));
+        }
+        for &i in &fresh {
+            println!("{}", metrics_line(&parsed[i].row()));
+        }
+    }
+    Ok(fresh.iter().map(|&i| parsed[i].timestamp_unix).max())
 }
 
 pub(crate) async fn kill(api: &Api, id: &str) -> anyhow::Result<()> {

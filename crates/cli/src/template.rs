@@ -92,6 +92,7 @@ pub(crate) async fn import(
     name: &str,
     reference: Option<&str>,
     allow_privilege_escalation: bool,
+    as_json: bool,
 ) -> anyhow::Result<()> {
     let meta = std::fs::metadata(source).map_err(|e| {
         anyhow!(
@@ -159,8 +160,7 @@ pub(crate) async fn import(
         (sent, _) => sent?,
     };
     let info: Template = resp.json().await.context("reading the server's answer")?;
-    println!("imported template {} (id {})", info.name, info.id);
-    Ok(())
+    report(&info, "imported", as_json)
 }
 
 /// Reads a password from stdin: the first line, without its line ending.
@@ -245,6 +245,7 @@ pub(crate) async fn pull(
     name: &str,
     credentials: Option<(String, String)>,
     allow_privilege_escalation: bool,
+    as_json: bool,
 ) -> anyhow::Result<()> {
     let (username, password) = credentials.unzip();
     let body = TemplatePullRequest {
@@ -296,7 +297,7 @@ pub(crate) async fn pull(
     bars.clear();
     match outcome {
         Some(Ok(info)) => {
-            println!("pulled template {} (id {})", info.name, info.id);
+            report(&info, "pulled", as_json)?;
             Ok(())
         }
         Some(Err(message)) => Err(ServerReplied { message }.into()),
@@ -325,6 +326,17 @@ pub(crate) async fn remove(api: &Api, name: &str) -> anyhow::Result<()> {
     api.delete(&format!("/hutch/v1/templates/{}", encode(name)))
         .await?;
     println!("removed template {name}");
+    Ok(())
+}
+
+/// Says that template `info` was `done` (imported, pulled): a line, or its
+/// JSON.
+fn report(info: &Template, done: &str, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+    } else {
+        println!("{done} template {} (id {})", info.name, info.id);
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use hutch_protocol::api::{NewVolume, VolumeAndToken, VolumeInfo};
 use crate::client::{Api, encode};
 
 /// Creates volume `name`; prints its id.
-pub(crate) async fn create(api: &Api, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn create(api: &Api, name: &str, as_json: bool) -> anyhow::Result<()> {
     let created: VolumeAndToken = api
         .post_json(
             "/volumes",
@@ -15,7 +15,11 @@ pub(crate) async fn create(api: &Api, name: &str) -> anyhow::Result<()> {
             },
         )
         .await?;
-    println!("{}", created.volume_id);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&created)?);
+    } else {
+        println!("{}", created.volume_id);
+    }
     Ok(())
 }
 
