@@ -123,6 +123,8 @@ struct ServeArgs {
     registries: RegistryArgs,
     #[command(flatten)]
     connections: ConnectionArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
     /// Run as a control plane whose sandboxes run on the node at this
     /// address (`hutch node`, http://HOST:PORT) instead of on this machine.
     #[arg(long, env = "HUTCH_NODE", value_name = "URL", requires_all = ["node_secret_file", "template_registry"])]
@@ -238,6 +240,21 @@ struct NodeArgs {
     registries: RegistryArgs,
     #[command(flatten)]
     connections: ConnectionArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+}
+
+/// Where traces go (`serve`, `node`).
+#[derive(Debug, Args)]
+struct TelemetryArgs {
+    /// Send traces (spans of creates, boots and relayed requests) to this
+    /// OpenTelemetry collector over OTLP/HTTP (http://HOST:4318); off when
+    /// not given.
+    #[arg(long, env = "HUTCH_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// The OTLP encoding: http/protobuf or http/json.
+    #[arg(long, env = "HUTCH_OTLP_PROTOCOL", value_name = "PROTOCOL", default_value = "http/protobuf", value_parser = ["http/protobuf", "http/json"])]
+    otlp_protocol: String,
 }
 
 #[derive(Debug, Subcommand)]

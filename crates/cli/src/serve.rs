@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use hutch_server::{MachineConfig, NodeConfig, NodeServer, RemoteNodeConfig, Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
-use crate::{ConnectionArgs, MachineArgs, NodeArgs, ServeArgs};
+use crate::{ConnectionArgs, MachineArgs, NodeArgs, ServeArgs, TelemetryArgs};
 
 /// Where the agent binary is installed by default.
 const INSTALLED_ENVD: &str = "/usr/local/lib/hutch/hutch-envd";
@@ -30,13 +30,80 @@ fn default_envd() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(INSTALLED_ENVD))
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+/// Logs to stderr (`RUST_LOG`, default `info`); with an OTLP endpoint,
+/// also Hutch's spans to it. The tracer provider returned is flushed and
+/// shut down when it is dropped.
+fn init_logging(telemetry: &TelemetryArgs, role: &'static str) -> anyhow::Result<Traces> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+    let provider = match &telemetry.otlp_endpoint {
+        Some(endpoint) => Some(tracer_provider(endpoint, &telemetry.otlp_protocol, role)?),
+        None => None,
+    };
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("hutch"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("hutch_server", tracing::Level::INFO)
+                    .with_target("hutch_runtime", tracing::Level::INFO),
+            )
+    });
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    if let Some(endpoint) = &telemetry.otlp_endpoint {
+        tracing::info!(%endpoint, protocol = %telemetry.otlp_protocol, "sending traces over OTLP");
+    }
+    Ok(Traces(provider))
+}
+
+/// The OTLP tracer provider while the process runs.
+struct Traces(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for Traces {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("warning: flushing the last traces failed: {e}");
+        }
+    }
+}
+
+/// Spans batched to `endpoint` (`…/v1/traces` added unless given).
+fn tracer_provider(
+    endpoint: &str,
+    protocol: &str,
+    role: &'static str,
+) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    let url = if endpoint.trim_end_matches('/').ends_with("/v1/traces") {
+        endpoint.to_owned()
+    } else {
+        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+    };
+    let protocol = match protocol {
+        "http/json" => Protocol::HttpJson,
+        _ => Protocol::HttpBinary,
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .with_protocol(protocol)
+        .build()
+        .with_context(|| format!("cannot set up the OTLP exporter for {endpoint}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("hutch")
+        .with_attribute(opentelemetry::KeyValue::new("hutch.role", role))
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 fn machine(args: MachineArgs) -> MachineConfig {
@@ -69,7 +136,7 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
 }
 
 pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
-    init_logging();
+    let _traces = init_logging(&args.telemetry, "serve")?;
     let remote_node = match (args.node, args.node_secret_file, args.template_registry) {
         (Some(url), Some(secret), Some(template_registry)) => Some(RemoteNodeConfig {
             url,
@@ -111,7 +178,7 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
 
 /// `hutch node`.
 pub(crate) async fn run_node(args: NodeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
-    init_logging();
+    let _traces = init_logging(&args.telemetry, "node")?;
     let cfg = NodeConfig {
         listen: args.listen,
         data_dir,

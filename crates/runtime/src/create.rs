@@ -40,8 +40,13 @@ impl Runtime {
     /// sandbox that booted after its caller went away is found by
     /// [`Runtime::list_host_sandboxes`].
     pub async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        use tracing::Instrument as _;
         let this = self.clone();
-        join(tokio::spawn(async move { this.create_inner(spec).await })).await
+        let span = tracing::info_span!("runtime.create", sandbox = %spec.id);
+        join(tokio::spawn(
+            async move { this.create_inner(spec).await }.instrument(span),
+        ))
+        .await
     }
 
     async fn create_inner(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError> {
@@ -113,6 +118,7 @@ impl Runtime {
     }
 
     async fn boot(&self, spec: &SandboxSpec, paths: Paths) -> Result<Sandbox, RuntimeError> {
+        use tracing::Instrument as _;
         let paths = Arc::new(paths);
         // The network (namespace, links, rules) and the file system (disk,
         // overlay, bundle) are independent until runc joins them: set both
@@ -133,7 +139,8 @@ impl Runtime {
                     Ok::<_, RuntimeError>(Some(address))
                 }
             }
-        };
+        }
+        .instrument(tracing::info_span!("sandbox.network"));
         let boot_started = std::time::Instant::now();
         let networked = !matches!(spec.network, NetworkPolicy::Loopback);
         let netns = networked.then(|| paths.dir.join(network::NETNS_FILE));
@@ -180,6 +187,7 @@ impl Runtime {
                     &tools,
                 )
             })
+            .instrument(tracing::info_span!("sandbox.rootfs"))
         };
         // Both always finish (a failed boot's cleanup must not race a setup
         // still running), then the first error counts.
@@ -209,6 +217,7 @@ impl Runtime {
                 &paths.console_log,
                 listener.into(),
             )
+            .instrument(tracing::info_span!("sandbox.runc"))
             .await;
         drop(staged);
         run?;
@@ -224,7 +233,9 @@ impl Runtime {
         })?;
 
         if spec.wait_for_agent {
-            self.wait_for_agent(&spec.id, init_pid, &paths).await?;
+            self.wait_for_agent(&spec.id, init_pid, &paths)
+                .instrument(tracing::info_span!("sandbox.agent_ready"))
+                .await?;
         }
         tracing::debug!(
             id = %spec.id,

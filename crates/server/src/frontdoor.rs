@@ -127,6 +127,13 @@ fn not_found(id: &str) -> Response {
     ApiError::bad_gateway(format!("The sandbox {id} was not found")).into_response()
 }
 
+/// Traced as `frontdoor.relay`: the request's path and the sandbox, until
+/// the agent's answer starts (a stream goes on after the span).
+#[tracing::instrument(
+    name = "frontdoor.relay",
+    skip_all,
+    fields(sandbox = %target.sandbox_id, port = ?target.port, path = %req.uri().path())
+)]
 async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response {
     let id = target.sandbox_id;
     // A malformed request is the client's error, whatever the sandbox.

@@ -127,6 +127,7 @@ use crate::pool::{self, Claim};
 use crate::prometheus::Operation;
 use crate::state::{AppState, LiveSandbox, Paused};
 use crate::{DEFAULT_SANDBOX_TIMEOUT_SECS, ids, time};
+use tracing::Instrument as _;
 
 /// Why a sandbox operation failed; the HTTP layer maps each to E2B's
 /// status and error body.
@@ -256,7 +257,13 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Creates and starts a sandbox; returns its row (state `running`). Takes
 /// a sandbox from the warm pool when one is ready (see [`crate::pool`]),
-/// else boots one.
+/// else boots one. Traced as `sandbox.create`, with the sandbox's id and
+/// whether it came from the pool.
+#[tracing::instrument(
+    name = "sandbox.create",
+    skip_all,
+    fields(template = %args.template, sandbox = tracing::field::Empty, pooled = tracing::field::Empty)
+)]
 pub(crate) async fn create_sandbox(
     st: &Arc<AppState>,
     args: CreateArgs,
@@ -339,6 +346,9 @@ async fn create_unmetered(
         && let Some(row) = claim_pooled(st, &template, &args, &sandbox_limits).await?
     {
         st.prometheus.pool_create(true);
+        tracing::Span::current()
+            .record("sandbox", row.id.as_str())
+            .record("pooled", true);
         drop(layers_guard);
         pool::refill_after_create(st, &template.id);
         return Ok(row);
@@ -346,6 +356,9 @@ async fn create_unmetered(
 
     st.prometheus.pool_create(false);
     let id = ids::new_id();
+    tracing::Span::current()
+        .record("sandbox", id.as_str())
+        .record("pooled", false);
     let mut row = new_row(
         &id,
         &template,
@@ -366,6 +379,7 @@ async fn create_unmetered(
         let sandbox = boot_sandbox(st, spec, &meta).await?;
         AgentClient::over(sandbox.agent.clone())
             .init(&init_request(&args.env, &args.access_token))
+            .instrument(tracing::info_span!("agent.init"))
             .await
             .map_err(|e| NodeError::Failed(format!("initialising its agent failed: {e}")))?;
         Ok::<_, NodeError>(sandbox)
@@ -415,6 +429,7 @@ async fn create_unmetered(
 /// `Ok(None)`: none ready (or the ones tried were dead); boot one. The
 /// caller holds the layers lock, so the template cannot be removed before
 /// the row exists.
+#[tracing::instrument(name = "pool.claim", skip_all)]
 async fn claim_pooled(
     st: &Arc<AppState>,
     template: &TemplateRow,
@@ -565,15 +580,20 @@ pub(crate) async fn boot_sandbox(
     let resume = spec.sandbox.resume_from_disk;
     let mut spec = spec;
     spec.image = crate::distribution::image_for(st, &spec.layers)
+        .instrument(tracing::info_span!("template.image"))
         .await
         .map_err(NodeError::Failed)?;
     let sandbox = {
         let _slot = st
             .boot_slots
             .acquire()
+            .instrument(tracing::info_span!("boot.queue"))
             .await
             .expect("the boot slots are never closed");
-        st.node.create(spec).await?
+        st.node
+            .create(spec)
+            .instrument(tracing::info_span!("node.create", sandbox = %id))
+            .await?
     };
     if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
         return Ok(sandbox);
