@@ -118,13 +118,7 @@ struct ServeArgs {
     #[arg(long, env = "HUTCH_LISTEN", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
     #[command(flatten)]
-    machine: MachineArgs,
-    #[command(flatten)]
-    registries: RegistryArgs,
-    #[command(flatten)]
-    connections: ConnectionArgs,
-    #[command(flatten)]
-    telemetry: TelemetryArgs,
+    daemon: DaemonArgs,
     /// Run as a control plane whose sandboxes run on the node at this
     /// address (`hutch node`, http://HOST:PORT) instead of on this machine.
     #[arg(long, env = "HUTCH_NODE", value_name = "URL", requires_all = ["node_secret_file", "template_registry"])]
@@ -170,6 +164,19 @@ struct ServeArgs {
     /// only as it is written).
     #[arg(long, env = "HUTCH_VOLUME_SIZE_MB", value_name = "MIB", default_value_t = hutch_server::DEFAULT_VOLUME_SIZE_MB)]
     volume_size_mb: u64,
+}
+
+/// What `serve` and `node` share.
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    registries: RegistryArgs,
+    #[command(flatten)]
+    connections: ConnectionArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 /// What a machine that runs sandboxes is set up with (`serve`, `node`).
@@ -235,13 +242,7 @@ struct NodeArgs {
     #[arg(long, env = "HUTCH_NODE_SECRET_FILE", value_name = "FILE")]
     node_secret_file: PathBuf,
     #[command(flatten)]
-    machine: MachineArgs,
-    #[command(flatten)]
-    registries: RegistryArgs,
-    #[command(flatten)]
-    connections: ConnectionArgs,
-    #[command(flatten)]
-    telemetry: TelemetryArgs,
+    daemon: DaemonArgs,
 }
 
 /// Where traces go (`serve`, `node`).
@@ -928,12 +929,17 @@ mod tests {
                 Err(e) => Err(e.to_string()),
             }
         };
-        let defaults = serve(&[]).unwrap().machine;
+        let defaults = serve(&[]).unwrap().daemon.machine;
         assert_eq!(defaults.network_pool.to_string(), "10.200.0.0/16");
         assert_eq!(defaults.fallback_dns.len(), 2);
         assert!(defaults.dns.is_empty());
         assert_eq!(
-            serve(&["--dns", "198.51.100.2"]).unwrap().machine.dns.len(),
+            serve(&["--dns", "198.51.100.2"])
+                .unwrap()
+                .daemon
+                .machine
+                .dns
+                .len(),
             1
         );
         let set = serve(&[
@@ -943,6 +949,7 @@ mod tests {
             "9.9.9.9,149.112.112.112",
         ])
         .unwrap()
+        .daemon
         .machine;
         assert_eq!(set.network_pool.to_string(), "10.99.0.0/20");
         assert_eq!(

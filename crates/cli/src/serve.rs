@@ -136,7 +136,7 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
 }
 
 pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
-    let _traces = init_logging(&args.telemetry, "serve")?;
+    let _traces = init_logging(&args.daemon.telemetry, "serve")?;
     let remote_node = match (args.node, args.node_secret_file, args.template_registry) {
         (Some(url), Some(secret), Some(template_registry)) => Some(RemoteNodeConfig {
             url,
@@ -145,13 +145,13 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
         }),
         _ => None,
     };
-    let machine = machine(args.machine);
+    let machine = machine(args.daemon.machine);
     let cfg = ServerConfig {
         listen: args.listen,
         data_dir,
         envd: machine.envd,
         runc: machine.runc,
-        insecure_registries: args.registries.insecure_registries,
+        insecure_registries: args.daemon.registries.insecure_registries,
         max_limits: hutch_server::LimitMaxima {
             cpus: args
                 .max_cpus
@@ -161,7 +161,7 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
             pids: args.max_pids,
         },
         network: machine.network,
-        http: connections(&args.connections),
+        http: connections(&args.daemon.connections),
         database_url: args.database_url,
         volume_size_mb: args.volume_size_mb,
         remote_node,
@@ -178,14 +178,14 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
 
 /// `hutch node`.
 pub(crate) async fn run_node(args: NodeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
-    let _traces = init_logging(&args.telemetry, "node")?;
+    let _traces = init_logging(&args.daemon.telemetry, "node")?;
     let cfg = NodeConfig {
         listen: args.listen,
         data_dir,
-        machine: machine(args.machine),
+        machine: machine(args.daemon.machine),
         secret: read_secret(&args.node_secret_file)?,
-        insecure_registries: args.registries.insecure_registries,
-        http: connections(&args.connections),
+        insecure_registries: args.daemon.registries.insecure_registries,
+        http: connections(&args.daemon.connections),
     };
     let node = NodeServer::bind(cfg).await?;
     println!("hutch node listening on http://{}", node.local_addr());

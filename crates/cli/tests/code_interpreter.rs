@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hutch_test_support::{TestServer, debian_image, e2b_js, http, mcp_client, python_with};
+use hutch_test_support::{
+    TestServer, assert_script_ok, debian_image, e2b_js, http, mcp_client, python_with,
+};
 
 const TEMPLATE: &str = "code-interpreter-v1";
 
@@ -91,14 +93,7 @@ fn the_code_interpreter_template_is_built_and_the_sdk_runs_code_in_it() {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .output()
             .expect("running python");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("OK"),
-            "e2b-code-interpreter {release}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            server.log_tail(80)
-        );
+        assert_script_ok(&out, &format!("e2b-code-interpreter {release}"), &server);
     }
 
     // The JavaScript SDK (npm, pinned by tests/sdk/js-code-interpreter).
@@ -115,14 +110,7 @@ fn the_code_interpreter_template_is_built_and_the_sdk_runs_code_in_it() {
         .env_remove("E2B_DOMAIN")
         .output()
         .expect("running node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("OK"),
-        "@e2b/code-interpreter: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        server.log_tail(80)
-    );
+    assert_script_ok(&out, "@e2b/code-interpreter", &server);
 
     // The MCP server's run_code, in the same template.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mcp_run_code.py");
@@ -131,7 +119,8 @@ fn the_code_interpreter_template_is_built_and_the_sdk_runs_code_in_it() {
     assert_eq!(line("value"), "42 hi None");
     assert_eq!(line("state"), "43");
     assert_eq!(line("env"), "('sandbox', 'c', '/etc/myapp/config.json')");
-    assert!(line("chart").starts_with("1 image/png ["), "{stdout}");
+    let chart = line("chart");
+    assert!(chart.starts_with("1 image/png ["), "{chart}");
     assert_eq!(line("error"), "ZeroDivisionError");
     assert_eq!(line("bash"), "sandbox");
     assert_eq!(

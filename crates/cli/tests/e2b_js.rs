@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use hutch_test_support::{TestServer, debian_image, e2b_js};
+use hutch_test_support::{TestServer, assert_script_ok, debian_image, e2b_js};
 
 /// Runs `tests/sdk/SCRIPT` with Node against a fresh server holding the
 /// Debian test image as `deb`.
@@ -12,18 +12,7 @@ fn run_script(script: &str) {
     // npm `e2b`, pinned with its dependencies by tests/sdk/js/package-lock.json.
     let sdk_dir = e2b_js(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/js"));
     let server = TestServer::start();
-    let import = server
-        .hutch()
-        .args(["template", "import"])
-        .arg(debian_image())
-        .args(["--name", "deb", "--allow-privilege-escalation"])
-        .output()
-        .expect("running hutch");
-    assert!(
-        import.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    server.import(&debian_image(), "deb", &["--allow-privilege-escalation"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sdk")
         .join(script);
@@ -39,15 +28,7 @@ fn run_script(script: &str) {
         .env_remove("E2B_DOMAIN")
         .output()
         .expect("running node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("OK"),
-        "e2b (npm) {}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+    assert_script_ok(&out, &format!("e2b (npm) {}", script.display()), &server);
 }
 
 #[test]

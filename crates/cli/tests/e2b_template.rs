@@ -4,23 +4,14 @@
 
 use std::path::Path;
 
-use hutch_test_support::{E2B_PYTHON_NEW, E2B_PYTHON_OLD, TestServer, debian_image, e2b_python};
+use hutch_test_support::{
+    E2B_PYTHON_NEW, E2B_PYTHON_OLD, TestServer, assert_script_ok, debian_image, e2b_python,
+};
 
 fn run_template_script(version: &str) {
     let python = e2b_python(version);
     let server = TestServer::start();
-    let import = server
-        .hutch()
-        .args(["template", "import"])
-        .arg(debian_image())
-        .args(["--name", "debian", "--allow-privilege-escalation"])
-        .output()
-        .expect("running hutch");
-    assert!(
-        import.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    server.import(&debian_image(), "debian", &["--allow-privilege-escalation"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/template.py");
     let out = std::process::Command::new(python)
         .arg(&script)
@@ -35,14 +26,10 @@ fn run_template_script(version: &str) {
         .env_remove("E2B_DOMAIN")
         .output()
         .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("OK"),
-        "e2b {version} {}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
+    assert_script_ok(
+        &out,
+        &format!("e2b {version} {}", script.display()),
+        &server,
     );
 }
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use hutch_test_support::{
-    MCP_PYTHON, TestServer, busybox_image, hutch_bin, mcp_client, python_with,
+    MCP_PYTHON, TestServer, assert_script_ok, busybox_image, hutch_bin, mcp_client, python_with,
 };
 
 /// The MCP Python SDK release the test pins.
@@ -112,15 +112,7 @@ fn mcp_over_streamable_http_needs_the_key() {
         .unwrap();
     assert!(term.success());
     let status = mcp.wait().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.ends_with("OK\n"),
-        "{}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+    let stdout = assert_script_ok(&out, &script.display().to_string(), &server);
     assert!(status.success(), "hutch mcp --http ended with {status}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(

@@ -207,22 +207,7 @@ pub async fn pull(
     opts: &PullOptions,
     progress: &mut (dyn FnMut(PullProgress) + Send),
 ) -> Result<ImportedImage, ImageError> {
-    let parsed =
-        Reference::try_from(reference.trim()).map_err(|e| ImageError::InvalidReference {
-            reference: reference.to_owned(),
-            detail: e.to_string(),
-        })?;
-    let registry = parsed.resolve_registry().to_owned();
-    let plain_http = is_plain_http(&registry, &opts.insecure_registries);
-    let (auth, credentials) = resolve_auth(opts, &parsed);
-    let ctx = Ctx {
-        reference: reference.trim().to_owned(),
-        registry: parsed.registry().to_owned(),
-        credentials,
-        plain_http,
-    };
-    let client = Client::try_from(client_config(&registry, plain_http))
-        .map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
+    let (client, parsed, auth, ctx) = open_client(reference, opts, false)?;
     let token = client
         .auth(&parsed, &auth, RegistryOperation::Pull)
         .await
@@ -237,7 +222,7 @@ pub async fn pull(
             .map_err(|e| ctx.unreachable(error_chain(&e)))?,
         auth: &auth,
         token,
-        scheme: if plain_http { "http" } else { "https" },
+        scheme: if ctx.plain_http { "http" } else { "https" },
         ctx: &ctx,
     };
 
@@ -426,6 +411,36 @@ pub async fn pull(
         config: import::image_config(&image_config),
         layers: diff_ids.clone(),
     })
+}
+
+/// A client for `reference`'s registry (pushing blobs in one request each
+/// when `monolithic_push`), the parsed reference, the credentials to use
+/// and what error messages need.
+pub(crate) fn open_client(
+    reference: &str,
+    opts: &PullOptions,
+    monolithic_push: bool,
+) -> Result<(Client, Reference, oci_client::secrets::RegistryAuth, Ctx), ImageError> {
+    let parsed =
+        Reference::try_from(reference.trim()).map_err(|e| ImageError::InvalidReference {
+            reference: reference.to_owned(),
+            detail: e.to_string(),
+        })?;
+    let registry = parsed.resolve_registry().to_owned();
+    let plain_http = is_plain_http(&registry, &opts.insecure_registries);
+    let (auth, credentials) = resolve_auth(opts, &parsed);
+    let ctx = Ctx {
+        reference: reference.trim().to_owned(),
+        registry: parsed.registry().to_owned(),
+        credentials,
+        plain_http,
+    };
+    let config = ClientConfig {
+        use_monolithic_push: monolithic_push,
+        ..client_config(&registry, plain_http)
+    };
+    let client = Client::try_from(config).map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
+    Ok((client, parsed, auth, ctx))
 }
 
 /// How Hutch's registry clients talk to `registry`.

@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 
+use oci_client::RegistryOperation;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
-use oci_client::{Client, Reference, RegistryOperation};
 
 use crate::digest::sha256_of;
-use crate::pull::{Ctx, Phase, client_config, is_plain_http, resolve_auth};
+use crate::pull::{Phase, open_client};
 use crate::{ImageError, PullOptions};
 
 /// The media type of the layers [`push`] writes.
@@ -37,7 +37,7 @@ pub async fn manifest_digest(
     reference: &str,
     opts: &PullOptions,
 ) -> Result<Option<String>, ImageError> {
-    let (client, parsed, auth, ctx) = open(reference, opts)?;
+    let (client, parsed, auth, ctx) = open_client(reference, opts, true)?;
     match client.fetch_manifest_digest(&parsed, &auth).await {
         Ok(digest) => Ok(Some(digest)),
         Err(e) => match ctx.registry_error(e, Phase::Manifest) {
@@ -45,35 +45,6 @@ pub async fn manifest_digest(
             e => Err(e),
         },
     }
-}
-
-/// A client for `reference`'s registry, the parsed reference, the
-/// credentials to use and what error messages need.
-fn open(
-    reference: &str,
-    opts: &PullOptions,
-) -> Result<(Client, Reference, oci_client::secrets::RegistryAuth, Ctx), ImageError> {
-    let parsed =
-        Reference::try_from(reference.trim()).map_err(|e| ImageError::InvalidReference {
-            reference: reference.to_owned(),
-            detail: e.to_string(),
-        })?;
-    let registry = parsed.resolve_registry().to_owned();
-    let plain_http = is_plain_http(&registry, &opts.insecure_registries);
-    let (auth, credentials) = resolve_auth(opts, &parsed);
-    let ctx = Ctx {
-        reference: reference.trim().to_owned(),
-        registry: parsed.registry().to_owned(),
-        credentials,
-        plain_http,
-    };
-    // Blobs go up in one streamed PUT each, not as a series of PATCHes.
-    let config = oci_client::client::ClientConfig {
-        use_monolithic_push: true,
-        ..client_config(&registry, plain_http)
-    };
-    let client = Client::try_from(config).map_err(|e| ctx.registry_error(e, Phase::Manifest))?;
-    Ok((client, parsed, auth, ctx))
 }
 
 /// Pushes `layers` (base first) to `reference` (`registry/repository:tag`)
@@ -85,7 +56,7 @@ pub async fn push(
     opts: &PullOptions,
     layers: &[LayerBlob],
 ) -> Result<String, ImageError> {
-    let (client, parsed, auth, ctx) = open(reference, opts)?;
+    let (client, parsed, auth, ctx) = open_client(reference, opts, true)?;
     client
         .auth(&parsed, &auth, RegistryOperation::Push)
         .await

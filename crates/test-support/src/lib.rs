@@ -52,8 +52,8 @@ pub use registry::{
     REGISTRY_PASSWORD, REGISTRY_USERNAME, Registry, RegistryAuthMode, multi_arch_layout,
 };
 pub use sdk::{
-    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, MCP_PYTHON, ScriptLines, e2b_js,
-    e2b_python, mcp_client, python_with, run_e2b_python_script,
+    E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, MCP_PYTHON, ScriptLines,
+    assert_script_ok, e2b_js, e2b_python, mcp_client, python_with, run_e2b_python_script,
 };
 pub use server::{STAND_IN_ENVD, TestServer, http};
 pub use testdir::TestDir;

@@ -40,18 +40,11 @@ pub fn run_e2b_python_script(
     env: &[(&str, &str)],
 ) {
     let python = e2b_python(version);
-    let import = server
-        .hutch()
-        .args(["template", "import"])
-        .arg(crate::debian_image())
-        // The SDK tests use sudo as `user`, as with E2B's base template.
-        .args(["--name", "deb", "--allow-privilege-escalation"])
-        .output()
-        .expect("running hutch");
-    assert!(
-        import.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&import.stderr)
+    // The SDK tests use sudo as `user`, as with E2B's base template.
+    server.import(
+        &crate::debian_image(),
+        "deb",
+        &["--allow-privilege-escalation"],
     );
     let script = crate::workspace_root()
         .join("crates/cli/tests/sdk")
@@ -72,15 +65,31 @@ pub fn run_e2b_python_script(
         .envs(env.iter().copied())
         .output()
         .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_script_ok(&out, &format!("e2b {version} {}", script.display()), server);
+}
+
+/// Panics, with `what`, the script's exit status and output and the tail
+/// of `server`'s log, unless `out` is a successful run whose stdout ends
+/// with a line `OK` or `OK <n> checks` (the scripts' last word); its
+/// stdout.
+pub fn assert_script_ok(
+    out: &std::process::Output,
+    what: &str,
+    server: &crate::TestServer,
+) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success() && stdout.contains("OK"),
-        "e2b {version} {}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        script.display(),
+        out.status.success()
+            && stdout
+                .lines()
+                .last()
+                .is_some_and(|l| l == "OK" || l.starts_with("OK ")),
+        "{what}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
-        server.log()
+        server.log_tail(120)
     );
+    stdout
 }
 
 /// A Python interpreter with exactly `packages` (pinned requirements such
@@ -202,14 +211,6 @@ pub fn mcp_client(
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && stdout.ends_with("OK\n"),
-        "{}: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        server.log_tail(80)
-    );
+    let stdout = assert_script_ok(&out, &script.display().to_string(), server);
     ScriptLines { stdout }
 }
