@@ -56,6 +56,10 @@ fn init_logging(telemetry: &TelemetryArgs, role: &'static str) -> anyhow::Result
     });
     tracing_subscriber::registry().with(fmt).with(otel).init();
     if let Some(endpoint) = &telemetry.otlp_endpoint {
+        // Traces continue across the node API (`traceparent`).
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
         tracing::info!(%endpoint, protocol = %telemetry.otlp_protocol, "sending traces over OTLP");
     }
     Ok(Traces(provider))

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use hutch_test_support::{TestServer, busybox_image};
+use hutch_test_support::{Registry, RegistryAuthMode, TestNode, TestServer, busybox_image};
 use serde_json::Value;
 
 /// Request bodies received, with their paths.
@@ -159,4 +159,58 @@ fn a_create_and_an_exec_are_traced_over_otlp() {
         resource.contains("service.name") && resource.contains("\"hutch\""),
         "{resource}"
     );
+}
+
+/// With a control plane and a node, the node's part of a create is in the
+/// control plane's trace: `runtime.create` under the node's `node.api`
+/// span, under the control plane's `node.create`.
+#[test]
+fn a_create_on_a_node_is_one_trace_across_the_node_api() {
+    let collector = Collector::start();
+    let registry = Registry::start(RegistryAuthMode::Anonymous);
+    let node = TestNode::start_with_args(&[
+        "--otlp-endpoint",
+        &collector.url,
+        "--otlp-protocol",
+        "http/json",
+    ]);
+    let control = TestServer::start_without_sandboxes(&[
+        "--node",
+        &node.url(),
+        "--node-secret-file",
+        node.secret_file().to_str().unwrap(),
+        "--template-registry",
+        &format!("127.0.0.1:{}/hutch/templates", registry.port()),
+        "--otlp-endpoint",
+        &collector.url,
+        "--otlp-protocol",
+        "http/json",
+    ]);
+    control.import(&busybox_image(), "bb", &[]);
+    control.create_sandbox("bb", &[]);
+    // Stops flush what is batched.
+    let _dir = control.stop_ok();
+    drop(node);
+
+    let (spans, _) = collector.spans();
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s[0] == name)
+            .unwrap_or_else(|| panic!("no {name} span in {spans:?}"))
+    };
+    let parent = |span: &[String; 4]| find_by_id(&spans, &span[3]);
+    let create = find("sandbox.create");
+    let runtime = find("runtime.create");
+    assert_eq!(runtime[1], create[1], "one trace");
+    let api = parent(runtime).expect("runtime.create has a parent");
+    assert_eq!(api[0], "node.api");
+    assert_eq!(
+        parent(api).expect("node.api has a parent")[0],
+        "node.create"
+    );
+}
+
+fn find_by_id<'a>(spans: &'a [[String; 4]], id: &str) -> Option<&'a [String; 4]> {
+    spans.iter().find(|s| s[2] == id)
 }

@@ -62,6 +62,7 @@ mod template_api;
 #[cfg(test)]
 mod testing;
 mod time;
+mod trace_context;
 mod volumes;
 
 use std::future::Future;

@@ -29,11 +29,18 @@ pub struct TestNode {
     dir: Option<TestDir>,
     /// The data directory (inside `dir`).
     data_dir: PathBuf,
+    /// More `hutch node` arguments.
+    args: Vec<String>,
 }
 
 impl TestNode {
     /// Starts a node on a fresh directory, with a fresh secret.
     pub fn start() -> TestNode {
+        TestNode::start_with_args(&[])
+    }
+
+    /// [`TestNode::start`] with more `hutch node` arguments.
+    pub fn start_with_args(args: &[&str]) -> TestNode {
         let dir = TestDir::new();
         let data_dir = dir.path().join("data");
         fs::create_dir_all(&data_dir).unwrap();
@@ -48,6 +55,7 @@ impl TestNode {
             port: 0,
             dir: Some(dir),
             data_dir,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         node.launch();
         node
@@ -92,6 +100,7 @@ impl TestNode {
             .arg(&self.data_dir)
             .arg("--node-secret-file")
             .arg(self.secret_file())
+            .args(&self.args)
             .env("HUTCH_ENVD", envd_bin())
             .stdin(Stdio::null())
             .stdout(log)

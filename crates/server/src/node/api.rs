@@ -192,6 +192,7 @@ pub(crate) fn router(node: Arc<dyn Node>, secret: NodeSecret, info: NodeInfo) ->
             post(create_volume).delete(destroy_volume),
         )
         .route("/v1/volumes/{id}/mount", post(mount_volume))
+        .layer(axum::middleware::from_fn(traced))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let secret = secret.clone();
@@ -212,6 +213,19 @@ pub(crate) fn router(node: Arc<dyn Node>, secret: NodeSecret, info: NodeInfo) ->
             },
         ))
         .with_state(served)
+}
+
+/// Runs each request in a `node.api` span, continuing the control plane's
+/// trace when the request carries one.
+async fn traced(req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "node.api",
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    crate::trace_context::continue_in(&span, req.headers());
+    next.run(req).instrument(span).await
 }
 
 async fn node_info(State(s): Shared) -> Json<NodeInfo> {

@@ -100,6 +100,7 @@ impl RemoteNode {
         self.http
             .request(method, self.url(path))
             .header(http::header::AUTHORIZATION, self.endpoint.secret.bearer())
+            .headers(crate::trace_context::headers())
             .timeout(CALL_TIMEOUT)
     }
 
@@ -197,13 +198,14 @@ impl Tunnel {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        let req = http::Request::get(format!("/v1/sandboxes/{}/agent", self.id))
+        let mut req = http::Request::get(format!("/v1/sandboxes/{}/agent", self.id))
             .header(http::header::HOST, &self.endpoint.authority)
             .header(http::header::AUTHORIZATION, self.endpoint.secret.bearer())
             .header(http::header::CONNECTION, "upgrade")
             .header(http::header::UPGRADE, AGENT_UPGRADE)
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| io_err("request", &e))?;
+        req.headers_mut().extend(crate::trace_context::headers());
         let resp = sender
             .send_request(req)
             .await
