@@ -68,8 +68,11 @@ enum Command {
     /// Run the server (REST API and sandbox front door).
     Serve(ServeArgs),
     /// Run this machine as a node: its sandboxes, driven by a control plane
-    /// (`hutch serve --node`) through the node API.
+    /// (`hutch control`) through the node API.
     Node(NodeArgs),
+    /// Run the control plane of a node elsewhere: `hutch serve` with
+    /// --node, --node-secret-file and --template-registry required.
+    Control(ServeArgs),
     /// Manage templates.
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -654,6 +657,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Node(args) => {
             serve::run_node(args, cli.data_dir).await?;
+            Ok(0)
+        }
+        Command::Control(args) => {
+            if args.node.is_none() {
+                return Err(UsageError(
+                    "hutch control drives a node: give --node http://HOST:PORT with \
+                     --node-secret-file FILE and --template-registry HOST[:PORT]/PATH \
+                     (or run `hutch serve` to run sandboxes on this machine)"
+                        .into(),
+                )
+                .into());
+            }
+            serve::run(args, cli.data_dir).await?;
             Ok(0)
         }
         Command::Completions { shell } => {

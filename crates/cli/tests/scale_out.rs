@@ -121,7 +121,7 @@ fn a_control_plane_refuses_a_node_it_cannot_use() {
     let wrong = dir.path().join("secret");
     std::fs::write(&wrong, "x".repeat(40)).unwrap();
     let out = std::process::Command::new(hutch_test_support::hutch_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-base-template"])
+        .args(["control", "--listen", "127.0.0.1:0", "--no-base-template"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .args(["--node", &node.url(), "--node-secret-file"])
@@ -132,6 +132,17 @@ fn a_control_plane_refuses_a_node_it_cannot_use() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("node secret"), "{stderr}");
+
+    // `hutch control` without a node says what it needs.
+    let out = std::process::Command::new(hutch_test_support::hutch_bin())
+        .args(["control", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data3"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--node http://HOST:PORT"), "{stderr}");
 
     // A node that is not there.
     let out = std::process::Command::new(hutch_test_support::hutch_bin())
