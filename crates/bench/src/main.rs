@@ -37,6 +37,9 @@
 //! the same operations on the same Debian image through each one's official
 //! Python SDK, with a private `dockerd` (Debian's `docker.io`).
 //!
+//! `--remote-node` compares a server alone with a control plane driving a
+//! node through the node API, templates through a registry (`remote.rs`).
+//!
 //! `--load N [--rounds R]` runs the load test instead (`load.rs`): N
 //! concurrent clients of one server through the official Python SDK, each
 //! creating a sandbox, running commands, writing, reading and listing files
@@ -47,6 +50,7 @@ mod density;
 mod docker;
 mod host;
 mod load;
+mod remote;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -91,6 +95,10 @@ struct Args {
     /// Run the comparison with Docker Engine instead (see `docker.rs`).
     #[arg(long)]
     docker: bool,
+    /// Compare a server alone with a control plane whose sandboxes run on
+    /// a `hutch node` instead (see `remote.rs`).
+    #[arg(long)]
+    remote_node: bool,
     /// With `--docker`: sandboxes (and containers) killed at once.
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
@@ -131,12 +139,17 @@ struct Target {
 impl Target {
     /// A server on `data_dir` keeping `warm_pool` sandboxes per template.
     async fn start(data_dir: PathBuf, envd: PathBuf, warm_pool: usize) -> anyhow::Result<Target> {
-        let mut server = Server::bind(ServerConfig::new(
-            "127.0.0.1:0".parse()?,
-            data_dir.clone(),
-            envd,
-        ))
-        .await?;
+        Target::start_config(
+            ServerConfig::new("127.0.0.1:0".parse()?, data_dir, envd),
+            warm_pool,
+        )
+        .await
+    }
+
+    /// A server with `cfg` keeping `warm_pool` sandboxes per template.
+    async fn start_config(cfg: ServerConfig, warm_pool: usize) -> anyhow::Result<Target> {
+        let data_dir = cfg.data_dir.clone();
+        let mut server = Server::bind(cfg).await?;
         server.set_warm_pool(warm_pool);
         let base = format!("http://{}", server.local_addr());
         let key = std::fs::read_to_string(server.api_key_file())?
@@ -211,6 +224,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             return Err(e);
         }
         return load::run(target, n, args.rounds).await;
+    }
+    if args.remote_node {
+        let tmp = tempfile::Builder::new()
+            .prefix("hb")
+            .tempdir_in("/var/tmp")?;
+        return remote::run(&args, tmp.path(), envd).await;
     }
     if args.docker {
         let tmp = tempfile::Builder::new()

@@ -101,11 +101,19 @@ impl NodeServer {
 
     /// Serves until SIGTERM or SIGINT; sandboxes keep running.
     pub async fn run(self) -> Result<(), ServerError> {
+        self.run_until(crate::shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes; sandboxes keep running.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         http::serve(
             self.listener,
             self.router,
             self.http,
-            crate::shutdown_signal(),
+            shutdown,
             Duration::from_secs(5),
         )
         .await;
