@@ -5,7 +5,9 @@
 //! directory holds the layer store (filled by pulls from the template
 //! registry), the sandboxes' disks and runc's state — no database and no
 //! API keys. Its sandboxes outlive it: a node stopped and started again
-//! finds them running, and the control plane re-adopts them through it.
+//! finds them running, and the control plane re-adopts them through it. A
+//! node that stops with no sandbox left removes the host mounts it made
+//! for them, as `hutch serve` does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +54,7 @@ pub struct NodeServer {
     local_addr: SocketAddr,
     http: http::Limits,
     router: axum::Router,
+    node: Arc<super::LocalNode>,
     _lock: std::fs::File,
 }
 
@@ -85,11 +88,13 @@ impl NodeServer {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         tracing::info!(instance = %info.instance_id, data = %data.display(), "node ready");
+        let node = Arc::new(node);
         Ok(NodeServer {
             listener,
             local_addr,
             http: cfg.http,
-            router: super::api::router(Arc::new(node), secret, info),
+            router: super::api::router(node.clone(), secret, info),
+            node,
             _lock: lock,
         })
     }
@@ -117,7 +122,18 @@ impl NodeServer {
             Duration::from_secs(5),
         )
         .await;
-        tracing::info!("node stopped; its sandboxes keep running");
+        // Nothing left running: the host mounts made for sandboxes go too.
+        match super::Node::list(&*self.node).await {
+            Ok(ids) if ids.is_empty() => {
+                super::Node::release_host_mounts(&*self.node);
+                tracing::info!("node stopped");
+            }
+            Ok(ids) => tracing::info!(
+                sandboxes = ids.len(),
+                "node stopped; its sandboxes keep running"
+            ),
+            Err(e) => tracing::warn!("node stopped; cannot list its sandboxes: {e}"),
+        }
         Ok(())
     }
 }
