@@ -127,7 +127,8 @@ impl TemplateRegistry {
 /// The registry image a node pulls `layers` from: `None` without a
 /// template registry (the node is this machine), or when a layer is not in
 /// this server's store (a snapshot's, which only the node that took it
-/// has).
+/// has). The caller keeps the layers from being collected meanwhile (a
+/// boot: its sandbox's row or the pool fill's layers lock).
 pub(crate) async fn image_for(
     st: &crate::state::AppState,
     layers: &[String],
@@ -138,7 +139,6 @@ pub(crate) async fn image_for(
     if !layers.iter().all(|l| st.store.has_layer(l)) {
         return Ok(None);
     }
-    let _layers = st.layers_lock.read().await;
     registry
         .image_of(&st.store, &st.data_dir.join("tmp"), layers)
         .await
@@ -155,6 +155,9 @@ pub(crate) fn push_in_background(st: &Arc<crate::state::AppState>, layers: &[Str
     let st = st.clone();
     let layers = layers.to_vec();
     tokio::spawn(async move {
+        // The template may be removed meanwhile, but not while its layers
+        // are read.
+        let _layers = st.layers_lock.read().await;
         if let Err(e) = image_for(&st, &layers).await {
             tracing::warn!("{e}; the template's first sandbox tries again");
         }
