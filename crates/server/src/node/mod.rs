@@ -261,17 +261,24 @@ impl LocalNode {
         self
     }
 
+    /// Where the alias of layer `diff_id` (a control plane's name) is
+    /// recorded; `None` for a name that is not `sha256:<hex>`.
+    fn alias_file(&self, diff_id: &str) -> Option<PathBuf> {
+        let hex = diff_id.strip_prefix("sha256:")?;
+        (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.layers.root().join(ALIASES).join(hex))
+    }
+
     /// The diff id this node stores layer `diff_id` (a control plane's
     /// name) under.
     fn local_layer(&self, diff_id: &str) -> String {
         if self.layers.has_layer(diff_id) {
             return diff_id.to_owned();
         }
-        let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
-        match std::fs::read_to_string(self.layers.root().join(ALIASES).join(hex)) {
-            Ok(local) if hex.bytes().all(|b| b.is_ascii_hexdigit()) => local.trim().to_owned(),
-            _ => diff_id.to_owned(),
-        }
+        self.alias_file(diff_id)
+            .and_then(|file| std::fs::read_to_string(file).ok())
+            .map(|local| local.trim().to_owned())
+            .unwrap_or_else(|| diff_id.to_owned())
     }
 
     /// The local layers of `spec`: pulled first if it names an image.
@@ -279,19 +286,18 @@ impl LocalNode {
         let Some(image) = &spec.image else {
             return Ok(spec.layers.iter().map(|d| self.local_layer(d)).collect());
         };
-        let remembered =
-            |pulled: &std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>| {
-                pulled
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(image)
-                    .cloned()
-            };
-        if let Some(layers) = remembered(&self.pulled) {
+        let remembered = || {
+            self.pulled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(image)
+                .cloned()
+        };
+        if let Some(layers) = remembered() {
             return Ok(layers);
         }
         let _one = self.pulling.lock(image).await;
-        if let Some(layers) = remembered(&self.pulled) {
+        if let Some(layers) = remembered() {
             return Ok(layers);
         }
         let started = std::time::Instant::now();
@@ -312,17 +318,12 @@ impl LocalNode {
                 spec.layers.len()
             )));
         }
-        let aliases = self.layers.root().join(ALIASES);
         for (named, local) in spec.layers.iter().zip(&pulled.layers) {
-            if named == local {
+            let Some(file) = self.alias_file(named).filter(|_| named != local) else {
                 continue;
-            }
-            let hex = named.strip_prefix("sha256:").unwrap_or(named);
-            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            let written = std::fs::create_dir_all(&aliases)
-                .and_then(|()| std::fs::write(aliases.join(hex), local));
+            };
+            let written = std::fs::create_dir_all(self.layers.root().join(ALIASES))
+                .and_then(|()| std::fs::write(file, local));
             if let Err(e) = written {
                 tracing::warn!("cannot record layer {named} as {local}: {e}");
             }
