@@ -22,6 +22,17 @@ pub(crate) struct Api {
 #[derive(Debug)]
 pub(crate) struct ServerReplied {
     pub message: String,
+    /// The HTTP status, when the error was the answer's (not an event
+    /// of a stream the server had accepted).
+    pub status: Option<u16>,
+}
+
+impl ServerReplied {
+    /// Whether `e` is the server answering 404.
+    pub fn is_not_found(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<ServerReplied>()
+            .is_some_and(|r| r.status == Some(404))
+    }
 }
 
 impl std::fmt::Display for ServerReplied {
@@ -97,7 +108,11 @@ impl Api {
                     format!("the server answered HTTP {status}: {text}")
                 }
             });
-        Err(ServerReplied { message }.into())
+        Err(ServerReplied {
+            message,
+            status: Some(status),
+        }
+        .into())
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

@@ -266,7 +266,7 @@ pub(crate) async fn metrics(api: &Api, id: &str, watch: bool, as_json: bool) -> 
         let since = last.map_or(String::new(), |t| format!("?start={}", t + 1));
         let samples: Vec<serde_json::Value> = match api.get_json(&format!("{path}{since}")).await {
             Ok(s) => s,
-            Err(e) if e.to_string().to_lowercase().contains("not found") => {
+            Err(e) if crate::client::ServerReplied::is_not_found(&e) => {
                 eprintln!("sandbox {id} has ended");
                 return Ok(());
             }

@@ -300,7 +300,11 @@ pub(crate) async fn pull(
             report(&info, "pulled", as_json)?;
             Ok(())
         }
-        Some(Err(message)) => Err(ServerReplied { message }.into()),
+        Some(Err(message)) => Err(ServerReplied {
+            message,
+            status: None,
+        }
+        .into()),
         None => Err(anyhow!(
             "the server stopped answering before the pull of {reference} finished"
         )),
