@@ -11,17 +11,19 @@ use hutch_test_support::{
     run_e2b_python_script, wait_torn_down, wait_until,
 };
 
+/// The arguments of a control plane driving `node`, pushing its templates
+/// to `registry`.
+fn control_args(node: &TestNode, registry: &Registry) -> Vec<String> {
+    node.control_args(&format!("127.0.0.1:{}/hutch/templates", registry.port()))
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// A control plane driving `node`, pushing its templates to `registry`.
 fn control(node: &TestNode, registry: &Registry) -> TestServer {
-    let repository = format!("127.0.0.1:{}/hutch/templates", registry.port());
-    TestServer::start_without_sandboxes(&[
-        "--node",
-        &node.url(),
-        "--node-secret-file",
-        node.secret_file().to_str().unwrap(),
-        "--template-registry",
-        &repository,
-    ])
+    TestServer::start_without_sandboxes(&strs(&control_args(node, registry)))
 }
 
 #[test]
@@ -73,17 +75,8 @@ fn sandboxes_run_on_the_node_and_templates_travel_through_the_registry() {
 
     // So does a control plane restart: it re-adopts them through the node.
     let dir = control.stop_ok();
-    let control = TestServer::restart_without_sandboxes(
-        dir,
-        &[
-            "--node",
-            &node.url(),
-            "--node-secret-file",
-            node.secret_file().to_str().unwrap(),
-            "--template-registry",
-            &format!("127.0.0.1:{}/hutch/templates", registry.port()),
-        ],
-    );
+    let control =
+        TestServer::restart_without_sandboxes(dir, &strs(&control_args(&node, &registry)));
     let out = control.cli_ok(&["exec", &id, "--", "echo", "adopted"]);
     assert_eq!(out, "adopted\n");
 
@@ -165,14 +158,8 @@ fn a_control_plane_refuses_a_node_it_cannot_use() {
     // A template registry that is not there: creates fail with the reason,
     // and nothing is left on the node.
     let unreachable = format!("127.0.0.1:{}", hutch_test_support::free_port());
-    let control = TestServer::start_without_sandboxes(&[
-        "--node",
-        &node.url(),
-        "--node-secret-file",
-        node.secret_file().to_str().unwrap(),
-        "--template-registry",
-        &format!("{unreachable}/hutch/templates"),
-    ]);
+    let args = node.control_args(&format!("{unreachable}/hutch/templates"));
+    let control = TestServer::start_without_sandboxes(&strs(&args));
     control.import(&busybox_image(), "bb", &[]);
     let out = control.cli(&["sandbox", "create", "bb"]);
     assert!(!out.status.success());

@@ -174,18 +174,18 @@ fn a_create_on_a_node_is_one_trace_across_the_node_api() {
         "--otlp-protocol",
         "http/json",
     ]);
-    let control = TestServer::start_without_sandboxes(&[
-        "--node",
-        &node.url(),
-        "--node-secret-file",
-        node.secret_file().to_str().unwrap(),
-        "--template-registry",
-        &format!("127.0.0.1:{}/hutch/templates", registry.port()),
-        "--otlp-endpoint",
-        &collector.url,
-        "--otlp-protocol",
-        "http/json",
-    ]);
+    let mut args = node.control_args(&format!("127.0.0.1:{}/hutch/templates", registry.port()));
+    args.extend(
+        [
+            "--otlp-endpoint",
+            &collector.url,
+            "--otlp-protocol",
+            "http/json",
+        ]
+        .map(String::from),
+    );
+    let control =
+        TestServer::start_without_sandboxes(&args.iter().map(String::as_str).collect::<Vec<_>>());
     control.import(&busybox_image(), "bb", &[]);
     control.create_sandbox("bb", &[]);
     // Stops flush what is batched.

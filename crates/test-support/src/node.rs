@@ -135,6 +135,20 @@ impl TestNode {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The `hutch serve` (or `hutch control`) arguments of a control plane
+    /// driving this node and pushing templates to `repository`
+    /// (`host:port/path`).
+    pub fn control_args(&self, repository: &str) -> Vec<String> {
+        vec![
+            "--node".into(),
+            self.url(),
+            "--node-secret-file".into(),
+            self.secret_file().display().to_string(),
+            "--template-registry".into(),
+            repository.into(),
+        ]
+    }
+
     /// The file holding its secret.
     pub fn secret_file(&self) -> PathBuf {
         self.dir().join("node-secret")
