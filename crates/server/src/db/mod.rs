@@ -249,6 +249,97 @@ pub trait Store: Send + Sync {
     async fn mark_volume_deleted(&self, id: String, now: i64) -> Result<bool, DbError>;
     /// Removes a deleted volume's row (its data is gone).
     async fn purge_volume(&self, id: String) -> Result<(), DbError>;
+
+    // ----- nodes and placements ---------------------------------------
+
+    /// Records node `beat.id`'s heartbeat at `now`: inserts its row, or
+    /// replaces everything it reports, and extends its lease to
+    /// `lease_until`. `registered_at` is set when the row is made and
+    /// again whenever its `instance_id` changes (the node restarted); the
+    /// allocations are kept.
+    async fn node_heartbeat(
+        &self,
+        beat: NodeBeat,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<(), DbError>;
+    /// Every node, by id.
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>, DbError>;
+    /// Places sandbox `p.sandbox_id` on node `p.node_id`, all or nothing:
+    /// only if that node's lease runs past `now` and its allocations plus
+    /// this sandbox (`p.cpus`, `p.memory_mb`, one sandbox) stay within its
+    /// capacity — then the placement is stored and the node's allocations
+    /// grow by it, in one transaction, so that two control planes placing
+    /// at once never fill a node past its capacity. `Ok(false)` when the
+    /// node has no room, no lease, or does not exist, or when the sandbox
+    /// is placed already (on any node).
+    async fn place_sandbox(&self, p: Placement, now: i64) -> Result<bool, DbError>;
+    /// Removes sandbox `sandbox_id`'s placement and gives its allocation
+    /// back to its node, in one transaction; the node it was on (`None`
+    /// if it had no placement).
+    async fn unplace_sandbox(&self, sandbox_id: String) -> Result<Option<String>, DbError>;
+    /// Every placement, by sandbox id.
+    async fn list_placements(&self) -> Result<Vec<Placement>, DbError>;
+}
+
+/// What a node can hold: the sums of its sandboxes' limits it admits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// vCPUs (limits, not host cores: a node may overcommit).
+    pub cpus: u64,
+    /// Memory limits, MiB.
+    pub memory_mb: u64,
+    /// Sandboxes.
+    pub sandboxes: u64,
+}
+
+/// What a node reports in each heartbeat ([`Store::node_heartbeat`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeBeat {
+    /// The node's name: stable across its restarts, unique in a cluster.
+    pub id: String,
+    /// Its node API (`http://host:port`).
+    pub url: String,
+    /// This run of it: new at each start.
+    pub instance_id: String,
+    /// Its Hutch version.
+    pub version: String,
+    /// What it admits.
+    pub capacity: Capacity,
+    /// How many sandboxes it holds now (running, paused or pooled).
+    pub sandboxes: u64,
+    /// The layers it holds (diff ids, as control planes name them).
+    pub layers: Vec<String>,
+}
+
+/// A node as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Its last heartbeat.
+    pub beat: NodeBeat,
+    /// The sums of its placements.
+    pub allocated: Capacity,
+    /// Unix ms: when its current instance first reported.
+    pub registered_at: i64,
+    /// Unix ms: its last heartbeat.
+    pub heartbeat_at: i64,
+    /// Unix ms: until when it counts as alive without another heartbeat.
+    pub lease_until: i64,
+}
+
+/// Which node a sandbox is on, and what it takes of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The sandbox (one of the warm pool has no sandbox row, but a
+    /// placement).
+    pub sandbox_id: String,
+    /// The node.
+    pub node_id: String,
+    /// Its CPU limit.
+    pub cpus: u64,
+    /// Its memory limit, MiB.
+    pub memory_mb: u64,
 }
 
 /// How often a template was used ([`Store::spawns_by_template`]).

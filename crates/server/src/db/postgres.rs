@@ -20,9 +20,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Row};
 
 use super::{
-    ApiKeyRow, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, PauseMode, Revoke, SANDBOX_COLUMNS,
-    SandboxColumns, SandboxRow, SandboxState, Spawns, Store, TagRow, TeamRow, TemplateRow,
-    VolumeRow,
+    ApiKeyRow, Capacity, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, NodeBeat, NodeRow,
+    PauseMode, Placement, Revoke, SANDBOX_COLUMNS, SandboxColumns, SandboxRow, SandboxState,
+    Spawns, Store, TagRow, TeamRow, TemplateRow, VolumeRow,
 };
 
 /// Schema migrations, in order; `hutch_schema.version` is the number
@@ -124,6 +124,33 @@ const MIGRATIONS: &[&str] = &[
     UPDATE volumes SET team_id = (SELECT id FROM teams WHERE is_default);
     DROP INDEX volumes_name;
     CREATE UNIQUE INDEX volumes_name ON volumes (team_id, name) WHERE deleted_at IS NULL;",
+    // 11: nodes, as their heartbeats report them, with the sums of the
+    // placements on them; and placements, which node each sandbox is on.
+    "CREATE TABLE nodes (
+        id              TEXT PRIMARY KEY,   -- the node's name
+        url             TEXT NOT NULL,      -- its node API
+        instance_id     TEXT NOT NULL,      -- this run of it
+        version         TEXT NOT NULL,
+        cap_cpus        BIGINT NOT NULL,    -- what it admits
+        cap_memory_mb   BIGINT NOT NULL,
+        cap_sandboxes   BIGINT NOT NULL,
+        alloc_cpus      BIGINT NOT NULL DEFAULT 0, -- the sums of its placements
+        alloc_memory_mb BIGINT NOT NULL DEFAULT 0,
+        alloc_sandboxes BIGINT NOT NULL DEFAULT 0,
+        sandboxes       BIGINT NOT NULL,    -- how many it reports holding
+        layers          TEXT NOT NULL,      -- JSON array: the layers it holds
+        registered_at   BIGINT NOT NULL,    -- Unix ms: its instance's first heartbeat
+        heartbeat_at    BIGINT NOT NULL,    -- Unix ms
+        lease_until     BIGINT NOT NULL     -- Unix ms
+    );
+    CREATE TABLE placements (
+        sandbox_id  TEXT PRIMARY KEY,
+        node_id     TEXT NOT NULL,
+        cpus        BIGINT NOT NULL,
+        memory_mb   BIGINT NOT NULL,
+        placed_at   BIGINT NOT NULL         -- Unix ms
+    );
+    CREATE INDEX placements_node ON placements (node_id);",
 ];
 
 /// The template columns every query reads, in [`template_row`]'s order.
@@ -814,6 +841,182 @@ impl Store for PostgresStore {
             .await?;
         Ok(())
     }
+
+    async fn node_heartbeat(
+        &self,
+        beat: NodeBeat,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<(), DbError> {
+        let layers = serde_json::to_string(&beat.layers).unwrap_or_else(|_| "[]".to_owned());
+        sqlx::query(
+            "INSERT INTO nodes (id, url, instance_id, version, cap_cpus, cap_memory_mb,
+                 cap_sandboxes, sandboxes, layers, registered_at, heartbeat_at, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)
+             ON CONFLICT (id) DO UPDATE SET
+                 registered_at = CASE WHEN nodes.instance_id = EXCLUDED.instance_id
+                     THEN nodes.registered_at ELSE EXCLUDED.registered_at END,
+                 url = EXCLUDED.url, instance_id = EXCLUDED.instance_id,
+                 version = EXCLUDED.version, cap_cpus = EXCLUDED.cap_cpus,
+                 cap_memory_mb = EXCLUDED.cap_memory_mb, cap_sandboxes = EXCLUDED.cap_sandboxes,
+                 sandboxes = EXCLUDED.sandboxes, layers = EXCLUDED.layers,
+                 heartbeat_at = EXCLUDED.heartbeat_at, lease_until = EXCLUDED.lease_until",
+        )
+        .bind(beat.id)
+        .bind(beat.url)
+        .bind(beat.instance_id)
+        .bind(beat.version)
+        .bind(int(beat.capacity.cpus))
+        .bind(int(beat.capacity.memory_mb))
+        .bind(int(beat.capacity.sandboxes))
+        .bind(int(beat.sandboxes))
+        .bind(layers)
+        .bind(now)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>, DbError> {
+        sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(node_row)
+            .collect()
+    }
+
+    async fn place_sandbox(&self, p: Placement, now: i64) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        // One conditional update: its row lock makes a concurrent placement
+        // on the node wait, then re-check the condition on the row it left
+        // (READ COMMITTED suffices). `cap - alloc` rather than `alloc +
+        // this`: never overflows.
+        let done = sqlx::query(
+            "UPDATE nodes SET alloc_cpus = alloc_cpus + $2,
+                 alloc_memory_mb = alloc_memory_mb + $3, alloc_sandboxes = alloc_sandboxes + 1
+             WHERE id = $1 AND lease_until > $4
+               AND $2 <= cap_cpus - alloc_cpus AND $3 <= cap_memory_mb - alloc_memory_mb
+               AND 1 <= cap_sandboxes - alloc_sandboxes",
+        )
+        .bind(&p.node_id)
+        .bind(int(p.cpus))
+        .bind(int(p.memory_mb))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "INSERT INTO placements (sandbox_id, node_id, cpus, memory_mb, placed_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sandbox_id) DO NOTHING",
+        )
+        .bind(p.sandbox_id)
+        .bind(p.node_id)
+        .bind(int(p.cpus))
+        .bind(int(p.memory_mb))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn unplace_sandbox(&self, sandbox_id: String) -> Result<Option<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(placed) = sqlx::query(
+            "DELETE FROM placements WHERE sandbox_id = $1 RETURNING node_id, cpus, memory_mb",
+        )
+        .bind(sandbox_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let node: String = placed.try_get(0)?;
+        sqlx::query(
+            "UPDATE nodes SET alloc_cpus = GREATEST(alloc_cpus - $2, 0),
+                 alloc_memory_mb = GREATEST(alloc_memory_mb - $3, 0),
+                 alloc_sandboxes = GREATEST(alloc_sandboxes - 1, 0)
+             WHERE id = $1",
+        )
+        .bind(&node)
+        .bind(placed.try_get::<i64, _>(1)?)
+        .bind(placed.try_get::<i64, _>(2)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(node))
+    }
+
+    async fn list_placements(&self) -> Result<Vec<Placement>, DbError> {
+        sqlx::query(
+            "SELECT sandbox_id, node_id, cpus, memory_mb FROM placements ORDER BY sandbox_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Placement {
+                sandbox_id: r.try_get(0)?,
+                node_id: r.try_get(1)?,
+                cpus: unsigned(r.try_get(2)?),
+                memory_mb: unsigned(r.try_get(3)?),
+            })
+        })
+        .collect()
+    }
+}
+
+/// A count as stored: `u64`s past `i64::MAX` saturate.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored count (never negative; read as 0 if it were).
+fn unsigned(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The node columns every query reads, in [`node_row`]'s order.
+const NODE_COLUMNS: &str = "id, url, instance_id, version, cap_cpus, cap_memory_mb, \
+     cap_sandboxes, sandboxes, layers, alloc_cpus, alloc_memory_mb, alloc_sandboxes, \
+     registered_at, heartbeat_at, lease_until";
+
+fn node_row(r: &PgRow) -> Result<NodeRow, DbError> {
+    Ok(NodeRow {
+        beat: NodeBeat {
+            id: r.try_get(0)?,
+            url: r.try_get(1)?,
+            instance_id: r.try_get(2)?,
+            version: r.try_get(3)?,
+            capacity: Capacity {
+                cpus: unsigned(r.try_get(4)?),
+                memory_mb: unsigned(r.try_get(5)?),
+                sandboxes: unsigned(r.try_get(6)?),
+            },
+            sandboxes: unsigned(r.try_get(7)?),
+            layers: serde_json::from_str(r.try_get::<&str, _>(8)?).map_err(|cause| {
+                DbError::Corrupt {
+                    what: "layers",
+                    cause,
+                }
+            })?,
+        },
+        allocated: Capacity {
+            cpus: unsigned(r.try_get(9)?),
+            memory_mb: unsigned(r.try_get(10)?),
+            sandboxes: unsigned(r.try_get(11)?),
+        },
+        registered_at: r.try_get(12)?,
+        heartbeat_at: r.try_get(13)?,
+        lease_until: r.try_get(14)?,
+    })
 }
 
 fn team_row(r: &PgRow) -> Result<TeamRow, DbError> {

@@ -15,9 +15,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    ApiKeyRow, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, PauseMode, Revoke, SANDBOX_COLUMNS,
-    SandboxColumns, SandboxRow, SandboxState, Spawns, Store, TagRow, TeamRow, TemplateRow,
-    VolumeRow,
+    ApiKeyRow, Capacity, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, NodeBeat, NodeRow,
+    PauseMode, Placement, Revoke, SANDBOX_COLUMNS, SandboxColumns, SandboxRow, SandboxState,
+    Spawns, Store, TagRow, TeamRow, TemplateRow, VolumeRow,
 };
 
 /// The template columns every query reads, in [`template_row`]'s order.
@@ -136,6 +136,33 @@ const MIGRATIONS: &[&str] = &[
     UPDATE volumes SET team_id = (SELECT id FROM teams WHERE is_default = 1);
     DROP INDEX volumes_name;
     CREATE UNIQUE INDEX volumes_name ON volumes (team_id, name) WHERE deleted_at IS NULL;",
+    // 11: nodes, as their heartbeats report them, with the sums of the
+    // placements on them; and placements, which node each sandbox is on.
+    "CREATE TABLE nodes (
+        id              TEXT PRIMARY KEY,   -- the node's name
+        url             TEXT NOT NULL,      -- its node API
+        instance_id     TEXT NOT NULL,      -- this run of it
+        version         TEXT NOT NULL,
+        cap_cpus        INTEGER NOT NULL,   -- what it admits
+        cap_memory_mb   INTEGER NOT NULL,
+        cap_sandboxes   INTEGER NOT NULL,
+        alloc_cpus      INTEGER NOT NULL DEFAULT 0, -- the sums of its placements
+        alloc_memory_mb INTEGER NOT NULL DEFAULT 0,
+        alloc_sandboxes INTEGER NOT NULL DEFAULT 0,
+        sandboxes       INTEGER NOT NULL,   -- how many it reports holding
+        layers          TEXT NOT NULL,      -- JSON array: the layers it holds
+        registered_at   INTEGER NOT NULL,   -- Unix ms: its instance's first heartbeat
+        heartbeat_at    INTEGER NOT NULL,   -- Unix ms
+        lease_until     INTEGER NOT NULL    -- Unix ms
+    );
+    CREATE TABLE placements (
+        sandbox_id  TEXT PRIMARY KEY,
+        node_id     TEXT NOT NULL,
+        cpus        INTEGER NOT NULL,
+        memory_mb   INTEGER NOT NULL,
+        placed_at   INTEGER NOT NULL        -- Unix ms
+    );
+    CREATE INDEX placements_node ON placements (node_id);",
 ];
 
 /// The SQLite store; cheap to clone.
@@ -748,6 +775,174 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn node_heartbeat(
+        &self,
+        beat: NodeBeat,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<(), DbError> {
+        let layers = serde_json::to_string(&beat.layers).unwrap_or_else(|_| "[]".to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO nodes (id, url, instance_id, version, cap_cpus, cap_memory_mb,
+                     cap_sandboxes, sandboxes, layers, registered_at, heartbeat_at, lease_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)
+                 ON CONFLICT (id) DO UPDATE SET
+                     registered_at = CASE WHEN nodes.instance_id = excluded.instance_id
+                         THEN nodes.registered_at ELSE excluded.registered_at END,
+                     url = excluded.url, instance_id = excluded.instance_id,
+                     version = excluded.version, cap_cpus = excluded.cap_cpus,
+                     cap_memory_mb = excluded.cap_memory_mb,
+                     cap_sandboxes = excluded.cap_sandboxes, sandboxes = excluded.sandboxes,
+                     layers = excluded.layers, heartbeat_at = excluded.heartbeat_at,
+                     lease_until = excluded.lease_until",
+                params![
+                    beat.id,
+                    beat.url,
+                    beat.instance_id,
+                    beat.version,
+                    int(beat.capacity.cpus),
+                    int(beat.capacity.memory_mb),
+                    int(beat.capacity.sandboxes),
+                    int(beat.sandboxes),
+                    layers,
+                    now,
+                    lease_until
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>, DbError> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))?;
+            let rows = st.query([])?.and_then(node_row);
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn place_sandbox(&self, p: Placement, now: i64) -> Result<bool, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            // `cap - alloc` rather than `alloc + this`: never overflows.
+            let n = tx.execute(
+                "UPDATE nodes SET alloc_cpus = alloc_cpus + ?2,
+                     alloc_memory_mb = alloc_memory_mb + ?3, alloc_sandboxes = alloc_sandboxes + 1
+                 WHERE id = ?1 AND lease_until > ?4
+                   AND ?2 <= cap_cpus - alloc_cpus AND ?3 <= cap_memory_mb - alloc_memory_mb
+                   AND 1 <= cap_sandboxes - alloc_sandboxes",
+                params![p.node_id, int(p.cpus), int(p.memory_mb), now],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let n = tx.execute(
+                "INSERT INTO placements (sandbox_id, node_id, cpus, memory_mb, placed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (sandbox_id) DO NOTHING",
+                params![p.sandbox_id, p.node_id, int(p.cpus), int(p.memory_mb), now],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn unplace_sandbox(&self, sandbox_id: String) -> Result<Option<String>, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let placed: Option<(String, i64, i64)> = tx
+                .query_row(
+                    "DELETE FROM placements WHERE sandbox_id = ?1
+                     RETURNING node_id, cpus, memory_mb",
+                    [sandbox_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((node, cpus, memory_mb)) = placed else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE nodes SET alloc_cpus = MAX(alloc_cpus - ?2, 0),
+                     alloc_memory_mb = MAX(alloc_memory_mb - ?3, 0),
+                     alloc_sandboxes = MAX(alloc_sandboxes - 1, 0)
+                 WHERE id = ?1",
+                params![node, cpus, memory_mb],
+            )?;
+            tx.commit()?;
+            Ok(Some(node))
+        })
+        .await
+    }
+
+    async fn list_placements(&self) -> Result<Vec<Placement>, DbError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT sandbox_id, node_id, cpus, memory_mb FROM placements ORDER BY sandbox_id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(Placement {
+                    sandbox_id: r.get(0)?,
+                    node_id: r.get(1)?,
+                    cpus: unsigned(r.get(2)?),
+                    memory_mb: unsigned(r.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+/// A count as stored: `u64`s past `i64::MAX` saturate.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored count (never negative; read as 0 if it were).
+fn unsigned(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The node columns every query reads, in [`node_row`]'s order.
+const NODE_COLUMNS: &str = "id, url, instance_id, version, cap_cpus, cap_memory_mb, \
+     cap_sandboxes, sandboxes, layers, alloc_cpus, alloc_memory_mb, alloc_sandboxes, \
+     registered_at, heartbeat_at, lease_until";
+
+fn node_row(r: &rusqlite::Row<'_>) -> Result<NodeRow, DbError> {
+    let layers: String = r.get(8)?;
+    Ok(NodeRow {
+        beat: NodeBeat {
+            id: r.get(0)?,
+            url: r.get(1)?,
+            instance_id: r.get(2)?,
+            version: r.get(3)?,
+            capacity: Capacity {
+                cpus: unsigned(r.get(4)?),
+                memory_mb: unsigned(r.get(5)?),
+                sandboxes: unsigned(r.get(6)?),
+            },
+            sandboxes: unsigned(r.get(7)?),
+            layers: serde_json::from_str(&layers).map_err(|cause| DbError::Corrupt {
+                what: "layers",
+                cause,
+            })?,
+        },
+        allocated: Capacity {
+            cpus: unsigned(r.get(9)?),
+            memory_mb: unsigned(r.get(10)?),
+            sandboxes: unsigned(r.get(11)?),
+        },
+        registered_at: r.get(12)?,
+        heartbeat_at: r.get(13)?,
+        lease_until: r.get(14)?,
+    })
 }
 
 fn team_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TeamRow> {

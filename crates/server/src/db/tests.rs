@@ -73,6 +73,9 @@ on_both_backends!(
     concurrent_revokes_leave_a_valid_key,
     teams_have_unique_names_and_one_default,
     corrupt_columns_are_reported_not_guessed,
+    nodes_heartbeat_and_list,
+    placements_reserve_and_release,
+    concurrent_placements_never_overfill,
 );
 
 /// A template row `id` named `name` holding `metadata`, the build
@@ -620,6 +623,236 @@ async fn corrupt_columns_are_reported_not_guessed(f: &Fixture) {
     );
     let e = db.sandboxes_in(&[SandboxState::Running]).await.unwrap_err();
     assert!(e.to_string().starts_with("corrupt metadata"), "{e}");
+}
+
+/// Node `id`'s heartbeat from instance `instance`, admitting `capacity`.
+fn beat(id: &str, instance: &str, capacity: Capacity) -> NodeBeat {
+    NodeBeat {
+        id: id.into(),
+        url: format!("http://{id}:49982"),
+        instance_id: instance.into(),
+        version: "1.0.0".into(),
+        capacity,
+        sandboxes: 0,
+        layers: vec!["sha256:aa".into()],
+    }
+}
+
+/// Sandbox `sandbox` taking `cpus` vCPUs and `memory_mb` MiB of node `node`.
+fn placement(sandbox: &str, node: &str, cpus: u64, memory_mb: u64) -> Placement {
+    Placement {
+        sandbox_id: sandbox.into(),
+        node_id: node.into(),
+        cpus,
+        memory_mb,
+    }
+}
+
+const ROOMY: Capacity = Capacity {
+    cpus: 8,
+    memory_mb: 8192,
+    sandboxes: 4,
+};
+
+/// The node `id` as stored.
+async fn node(db: &Db, id: &str) -> NodeRow {
+    db.list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.beat.id == id)
+        .unwrap()
+}
+
+/// Heartbeats insert and update nodes; a restart (a new instance) resets
+/// `registered_at`; allocations survive both.
+async fn nodes_heartbeat_and_list(f: &Fixture) {
+    let db = f.open().await;
+    assert!(db.list_nodes().await.unwrap().is_empty());
+    db.node_heartbeat(beat("n2", "i1", ROOMY), 100, 110)
+        .await
+        .unwrap();
+    db.node_heartbeat(beat("n1", "j1", ROOMY), 100, 110)
+        .await
+        .unwrap();
+    let nodes = db.list_nodes().await.unwrap();
+    assert_eq!(
+        nodes.iter().map(|n| n.beat.id.as_str()).collect::<Vec<_>>(),
+        ["n1", "n2"],
+        "by id"
+    );
+    assert_eq!(
+        nodes[1],
+        NodeRow {
+            beat: beat("n2", "i1", ROOMY),
+            allocated: Capacity::default(),
+            registered_at: 100,
+            heartbeat_at: 100,
+            lease_until: 110,
+        }
+    );
+    assert!(
+        db.place_sandbox(placement("s1", "n2", 2, 1024), 105)
+            .await
+            .unwrap()
+    );
+    // The same instance again: everything it reports is replaced, its
+    // registration and allocations are kept.
+    let mut again = beat("n2", "i1", Capacity { cpus: 16, ..ROOMY });
+    again.url = "http://elsewhere:1".into();
+    again.version = "1.0.1".into();
+    again.sandboxes = 3;
+    again.layers = vec!["sha256:bb".into(), "sha256:cc".into()];
+    db.node_heartbeat(again.clone(), 200, 210).await.unwrap();
+    let n2 = node(&db, "n2").await;
+    assert_eq!(n2.beat, again);
+    assert_eq!(
+        (n2.registered_at, n2.heartbeat_at, n2.lease_until),
+        (100, 200, 210)
+    );
+    let allocated = Capacity {
+        cpus: 2,
+        memory_mb: 1024,
+        sandboxes: 1,
+    };
+    assert_eq!(n2.allocated, allocated);
+    // A new instance (the node restarted) registers anew; allocations stay.
+    db.node_heartbeat(beat("n2", "i2", ROOMY), 300, 310)
+        .await
+        .unwrap();
+    let n2 = node(&db, "n2").await;
+    assert_eq!(n2.beat.instance_id, "i2");
+    assert_eq!(
+        (n2.registered_at, n2.heartbeat_at, n2.lease_until),
+        (300, 300, 310)
+    );
+    assert_eq!(n2.allocated, allocated);
+    assert_eq!(n2.beat.layers, ["sha256:aa"]);
+    // The other node was left alone.
+    let n1 = node(&db, "n1").await;
+    assert_eq!((n1.registered_at, n1.heartbeat_at), (100, 100));
+    // Counts past i64::MAX are stored saturated.
+    db.node_heartbeat(
+        beat(
+            "n3",
+            "k1",
+            Capacity {
+                cpus: u64::MAX,
+                ..ROOMY
+            },
+        ),
+        1,
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(node(&db, "n3").await.beat.capacity.cpus, i64::MAX as u64);
+}
+
+/// Placements reserve a node's capacity all or nothing and give it back.
+async fn placements_reserve_and_release(f: &Fixture) {
+    let db = f.open().await;
+    db.node_heartbeat(beat("n1", "i1", ROOMY), 100, 200)
+        .await
+        .unwrap();
+    db.node_heartbeat(beat("n2", "i1", ROOMY), 100, 200)
+        .await
+        .unwrap();
+    let place = |p: Placement, now: i64| {
+        let db = db.clone();
+        async move { db.place_sandbox(p, now).await.unwrap() }
+    };
+    let allocated = |cpus, memory_mb, sandboxes| Capacity {
+        cpus,
+        memory_mb,
+        sandboxes,
+    };
+    assert!(place(placement("a", "n1", 4, 4096), 150).await);
+    assert!(place(placement("b", "n1", 2, 2048), 150).await);
+    assert_eq!(node(&db, "n1").await.allocated, allocated(6, 6144, 2));
+    // Past any one limit: nothing changes.
+    assert!(!place(placement("c", "n1", 3, 1), 150).await, "cpus");
+    assert!(!place(placement("c", "n1", 1, 2049), 150).await, "memory");
+    assert!(place(placement("c", "n1", 1, 1024), 150).await);
+    assert!(
+        place(placement("d", "n1", 1, 1024), 150).await,
+        "exactly full"
+    );
+    assert_eq!(node(&db, "n1").await.allocated, allocated(8, 8192, 4));
+    assert!(!place(placement("e", "n1", 0, 0), 150).await, "sandboxes");
+    assert_eq!(node(&db, "n1").await.allocated, allocated(8, 8192, 4));
+    // No lease, or no node.
+    assert!(!place(placement("e", "n2", 1, 1), 200).await, "lease ended");
+    assert!(!place(placement("e", "nope", 1, 1), 150).await, "unknown");
+    // Placed already, on this node or another: refused, and the other
+    // node keeps nothing of it.
+    assert!(!place(placement("a", "n2", 1, 1), 150).await);
+    assert_eq!(node(&db, "n2").await.allocated, Capacity::default());
+    // Huge demands are refused, not overflowed.
+    assert!(!place(placement("e", "n2", u64::MAX, u64::MAX), 150).await);
+    assert!(place(placement("e", "n2", 1, 512), 199).await);
+    assert_eq!(
+        db.list_placements().await.unwrap(),
+        [
+            placement("a", "n1", 4, 4096),
+            placement("b", "n1", 2, 2048),
+            placement("c", "n1", 1, 1024),
+            placement("d", "n1", 1, 1024),
+            placement("e", "n2", 1, 512),
+        ]
+    );
+    // Unplacing gives the allocation back.
+    assert_eq!(
+        db.unplace_sandbox("a".into()).await.unwrap().as_deref(),
+        Some("n1")
+    );
+    assert_eq!(db.unplace_sandbox("a".into()).await.unwrap(), None);
+    assert_eq!(db.unplace_sandbox("nope".into()).await.unwrap(), None);
+    assert_eq!(node(&db, "n1").await.allocated, allocated(4, 4096, 3));
+    assert!(
+        place(placement("a", "n1", 4, 4096), 150).await,
+        "room again"
+    );
+    for id in ["a", "b", "c", "d", "e"] {
+        assert!(db.unplace_sandbox(id.into()).await.unwrap().is_some());
+    }
+    assert!(db.list_placements().await.unwrap().is_empty());
+    for n in db.list_nodes().await.unwrap() {
+        assert_eq!(n.allocated, Capacity::default(), "{}", n.beat.id);
+    }
+}
+
+/// Many placements at once never fill a node past its capacity.
+async fn concurrent_placements_never_overfill(f: &Fixture) {
+    let db = f.open().await;
+    let capacity = Capacity {
+        cpus: 100,
+        memory_mb: 100_000,
+        sandboxes: 5,
+    };
+    db.node_heartbeat(beat("n1", "i1", capacity), 1, i64::MAX)
+        .await
+        .unwrap();
+    let places = (0..20).map(|i| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.place_sandbox(placement(&format!("s{i:02}"), "n1", 1, 256), 2)
+                .await
+                .unwrap()
+        })
+    });
+    let outcomes = futures::future::join_all(places).await;
+    let placed = outcomes.iter().filter(|o| *o.as_ref().unwrap()).count();
+    assert_eq!(placed, 5);
+    assert_eq!(
+        node(&db, "n1").await.allocated,
+        Capacity {
+            cpus: 5,
+            memory_mb: 5 * 256,
+            sandboxes: 5
+        }
+    );
+    assert_eq!(db.list_placements().await.unwrap().len(), 5);
 }
 
 /// A second server on the same PostgreSQL database is refused while the
