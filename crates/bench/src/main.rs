@@ -640,6 +640,30 @@ struct Api {
 }
 
 impl Api {
+    /// Waits until `n` nodes have joined the control plane (`GET
+    /// /hutch/v1/nodes`).
+    async fn wait_for_nodes(&self, n: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes: Vec<serde_json::Value> = self
+                .http
+                .get(format!("{}/hutch/v1/nodes", self.base))
+                .header("x-api-key", &self.key)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if nodes.iter().filter(|n| n["state"] == "alive").count() >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{n} node(s) did not join in 30 s: {nodes:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn import(&self, layout: &Path) -> anyhow::Result<serde_json::Value> {
         self.import_as(layout, "bench").await
     }

@@ -19,7 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hutch_server::{MachineConfig, NodeConfig, NodeServer, RemoteNodeConfig, ServerConfig};
+use hutch_server::{
+    Capacity, ClusterConfig, JoinConfig, MachineConfig, NodeConfig, NodeServer, ServerConfig,
+};
 
 use super::{Args, Target, first_output, ms, percentile, round_trip};
 
@@ -36,33 +38,45 @@ pub(crate) async fn run(args: &Args, tmp: &Path, envd: PathBuf) -> anyhow::Resul
     })
     .await?;
     let secret = format!("{:032x}{:032x}", rand_u128(), rand_u128());
+    let single = Target::start(tmp.join("s"), envd.clone(), 0).await?;
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, tmp.join("c"), envd.clone());
+    cfg.cluster = Some(ClusterConfig {
+        secret: secret.clone(),
+        template_registry: format!("127.0.0.1:{}/hutch/bench", registry.port()),
+        node_lease: hutch_server::DEFAULT_NODE_LEASE,
+    });
+    let control = Target::start_config(cfg, 0).await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let node_addr = listener.local_addr()?;
+    drop(listener);
     let node = NodeServer::bind(NodeConfig {
-        listen: "127.0.0.1:0".parse()?,
+        listen: node_addr,
         data_dir: tmp.join("n"),
         machine: MachineConfig {
-            envd: envd.clone(),
+            envd,
             runc: "runc".into(),
             network: hutch_server::NetworkConfig::default(),
         },
-        secret: secret.clone(),
+        secret,
         insecure_registries: Vec::new(),
         http: hutch_server::http::Limits::default(),
+        join: Some(JoinConfig {
+            control: control.api.base.clone(),
+            name: "bench-node".into(),
+            advertise: format!("http://{node_addr}"),
+            capacity: Capacity {
+                cpus: 2000,
+                memory_mb: 512_000,
+                sandboxes: 1000,
+            },
+        }),
     })
     .await?;
-    let node_url = format!("http://{}", node.local_addr());
     let (stop_node, stopped) = tokio::sync::oneshot::channel::<()>();
     let node_task = tokio::spawn(node.run_until(async {
         let _ = stopped.await;
     }));
-
-    let single = Target::start(tmp.join("s"), envd.clone(), 0).await?;
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, tmp.join("c"), envd);
-    cfg.remote_node = Some(RemoteNodeConfig {
-        url: node_url,
-        secret,
-        template_registry: format!("127.0.0.1:{}/hutch/bench", registry.port()),
-    });
-    let control = Target::start_config(cfg, 0).await?;
+    control.api.wait_for_nodes(1).await?;
     let result = measure(args, &single, &control).await;
     single.shutdown().await;
     control.shutdown().await;

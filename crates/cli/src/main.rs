@@ -70,9 +70,10 @@ enum Command {
     /// Run this machine as a node: its sandboxes, driven by a control plane
     /// (`hutch control`) through the node API.
     Node(NodeArgs),
-    /// Run the control plane of a node elsewhere: `hutch serve` with
-    /// --node, --node-secret-file and --template-registry required.
-    Control(ServeArgs),
+    /// Run a control plane: the API of `hutch serve`, its sandboxes on the
+    /// nodes that join it (`hutch node --join`), its templates reaching
+    /// them through a registry.
+    Control(ControlArgs),
     /// Manage templates.
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -122,17 +123,6 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     daemon: DaemonArgs,
-    /// Run as a control plane whose sandboxes run on the node at this
-    /// address (`hutch node`, http://HOST:PORT) instead of on this machine.
-    #[arg(long, env = "HUTCH_NODE", value_name = "URL", requires_all = ["node_secret_file", "template_registry"])]
-    node: Option<String>,
-    /// File holding the secret the node admits (with --node).
-    #[arg(long, env = "HUTCH_NODE_SECRET_FILE", value_name = "FILE")]
-    node_secret_file: Option<PathBuf>,
-    /// Registry repository (HOST[:PORT]/PATH) templates are pushed to for
-    /// the node to pull (with --node).
-    #[arg(long, env = "HUTCH_TEMPLATE_REGISTRY", value_name = "REPOSITORY")]
-    template_registry: Option<String>,
     /// Do not build the default `base` template (from Debian packages with
     /// mmdebstrap) when it does not exist yet.
     #[arg(long, env = "HUTCH_NO_BASE_TEMPLATE")]
@@ -167,6 +157,26 @@ struct ServeArgs {
     /// only as it is written).
     #[arg(long, env = "HUTCH_VOLUME_SIZE_MB", value_name = "MIB", default_value_t = hutch_server::DEFAULT_VOLUME_SIZE_MB)]
     volume_size_mb: u64,
+}
+
+/// `hutch control`.
+#[derive(Debug, Args)]
+struct ControlArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// File holding the cluster's node secret (32 characters or more):
+    /// nodes join with it, and admit control planes by it.
+    #[arg(long, env = "HUTCH_NODE_SECRET_FILE", value_name = "FILE")]
+    node_secret_file: PathBuf,
+    /// Registry repository (HOST[:PORT]/PATH) templates are pushed to for
+    /// the nodes to pull.
+    #[arg(long, env = "HUTCH_TEMPLATE_REGISTRY", value_name = "REPOSITORY")]
+    template_registry: String,
+    /// Seconds a node counts as alive after its last heartbeat; then it is
+    /// lost (no sandbox is placed on it; its sandboxes are reported lost
+    /// until it comes back).
+    #[arg(long, env = "HUTCH_NODE_LEASE", value_name = "SECS", default_value_t = hutch_server::DEFAULT_NODE_LEASE.as_secs())]
+    node_lease: u64,
 }
 
 /// What `serve` and `node` share.
@@ -244,6 +254,36 @@ struct NodeArgs {
     /// more).
     #[arg(long, env = "HUTCH_NODE_SECRET_FILE", value_name = "FILE")]
     node_secret_file: PathBuf,
+    /// The control plane to join (http://HOST:PORT: `hutch control`, or a
+    /// load balancer in front of its replicas). Without it the node only
+    /// answers the control plane that drives it.
+    #[arg(long, env = "HUTCH_JOIN", value_name = "URL")]
+    join: Option<String>,
+    /// This node's name in the cluster: unique, kept across restarts
+    /// [default: the host name].
+    #[arg(long, env = "HUTCH_NODE_NAME", value_name = "NAME")]
+    name: Option<String>,
+    /// Where control planes reach this node's API [default:
+    /// http://<--listen>].
+    #[arg(long, env = "HUTCH_NODE_ADVERTISE", value_name = "URL")]
+    advertise: Option<String>,
+    /// Most sandboxes placed on this node (warm-pool ones included).
+    #[arg(
+        long,
+        env = "HUTCH_NODE_MAX_SANDBOXES",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    max_sandboxes: u64,
+    /// Sum of the vCPU limits placed on this node [default: 2 per sandbox
+    /// of --max-sandboxes: limits are ceilings, and idle sandboxes use
+    /// none].
+    #[arg(long, env = "HUTCH_NODE_CPUS", value_name = "N")]
+    capacity_cpus: Option<u64>,
+    /// Sum of the memory limits placed on this node, MiB [default: 512 per
+    /// sandbox of --max-sandboxes].
+    #[arg(long, env = "HUTCH_NODE_MEMORY_MB", value_name = "MIB")]
+    capacity_memory_mb: Option<u64>,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
@@ -660,16 +700,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Control(args) => {
-            if args.node.is_none() {
-                return Err(UsageError(
-                    "hutch control drives a node: give --node http://HOST:PORT with \
-                     --node-secret-file FILE and --template-registry HOST[:PORT]/PATH \
-                     (or run `hutch serve` to run sandboxes on this machine)"
-                        .into(),
-                )
-                .into());
-            }
-            serve::run(args, cli.data_dir).await?;
+            serve::run_control(args, cli.data_dir).await?;
             Ok(0)
         }
         Command::Completions { shell } => {

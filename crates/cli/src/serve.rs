@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use hutch_server::{MachineConfig, NodeConfig, NodeServer, RemoteNodeConfig, Server, ServerConfig};
+use hutch_server::{
+    Capacity, ClusterConfig, JoinConfig, MachineConfig, NodeConfig, NodeServer, Server,
+    ServerConfig,
+};
 use tracing_subscriber::EnvFilter;
 
-use crate::{ConnectionArgs, MachineArgs, NodeArgs, ServeArgs, TelemetryArgs};
+use crate::{ConnectionArgs, ControlArgs, MachineArgs, NodeArgs, ServeArgs, TelemetryArgs};
 
 /// Where the agent binary is installed by default.
 const INSTALLED_ENVD: &str = "/usr/local/lib/hutch/hutch-envd";
@@ -141,14 +144,26 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
 
 pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
     let _traces = init_logging(&args.daemon.telemetry, "serve")?;
-    let remote_node = match (args.node, args.node_secret_file, args.template_registry) {
-        (Some(url), Some(secret), Some(template_registry)) => Some(RemoteNodeConfig {
-            url,
-            secret: read_secret(&secret)?,
-            template_registry,
-        }),
-        _ => None,
+    serve(args, data_dir, None).await
+}
+
+/// `hutch control`.
+pub(crate) async fn run_control(args: ControlArgs, data_dir: PathBuf) -> anyhow::Result<()> {
+    let _traces = init_logging(&args.serve.daemon.telemetry, "control")?;
+    let cluster = ClusterConfig {
+        secret: read_secret(&args.node_secret_file)?,
+        template_registry: args.template_registry,
+        node_lease: std::time::Duration::from_secs(args.node_lease.max(1)),
     };
+    serve(args.serve, data_dir, Some(cluster)).await
+}
+
+/// Runs a server: sandboxes on this machine, or on `cluster`'s nodes.
+async fn serve(
+    args: ServeArgs,
+    data_dir: PathBuf,
+    cluster: Option<ClusterConfig>,
+) -> anyhow::Result<()> {
     let machine = machine(args.daemon.machine);
     let cfg = ServerConfig {
         listen: args.listen,
@@ -168,7 +183,7 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
         http: connections(&args.daemon.connections),
         database_url: args.database_url,
         volume_size_mb: args.volume_size_mb,
-        remote_node,
+        cluster,
     };
     let mut server = Server::bind(cfg).await?;
     server.set_warm_pool(args.warm_pool);
@@ -183,6 +198,28 @@ pub(crate) async fn run(args: ServeArgs, data_dir: PathBuf) -> anyhow::Result<()
 /// `hutch node`.
 pub(crate) async fn run_node(args: NodeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
     let _traces = init_logging(&args.daemon.telemetry, "node")?;
+    let join = match args.join {
+        None => None,
+        Some(control) => Some(JoinConfig {
+            control,
+            name: match args.name {
+                Some(name) => name,
+                None => host_name()?,
+            },
+            advertise: args
+                .advertise
+                .unwrap_or_else(|| format!("http://{}", args.listen)),
+            capacity: Capacity {
+                cpus: args
+                    .capacity_cpus
+                    .unwrap_or(args.max_sandboxes.saturating_mul(2)),
+                memory_mb: args
+                    .capacity_memory_mb
+                    .unwrap_or(args.max_sandboxes.saturating_mul(512)),
+                sandboxes: args.max_sandboxes,
+            },
+        }),
+    };
     let cfg = NodeConfig {
         listen: args.listen,
         data_dir,
@@ -190,9 +227,21 @@ pub(crate) async fn run_node(args: NodeArgs, data_dir: PathBuf) -> anyhow::Resul
         secret: read_secret(&args.node_secret_file)?,
         insecure_registries: args.daemon.registries.insecure_registries,
         http: connections(&args.daemon.connections),
+        join,
     };
     let node = NodeServer::bind(cfg).await?;
     println!("hutch node listening on http://{}", node.local_addr());
     node.run().await?;
     Ok(())
+}
+
+/// This machine's host name, a node's default name.
+fn host_name() -> anyhow::Result<String> {
+    let name = rustix::system::uname();
+    let name = name.nodename().to_string_lossy().trim().to_owned();
+    anyhow::ensure!(
+        !name.is_empty(),
+        "this machine has no host name: give the node one with --name"
+    );
+    Ok(name)
 }

@@ -1,36 +1,38 @@
-//! A control plane and a node apart: `hutch serve --node` keeps the API,
-//! the database and the templates; `hutch node` (its own data directory,
-//! runc state and process) runs the sandboxes; templates reach the node
-//! through a real OCI registry. Driven with the official SDK and the CLI,
-//! as users would.
+//! A control plane and a node apart: `hutch control` keeps the API, the
+//! database and the templates; `hutch node --join` (its own data
+//! directory, runc state and process) runs the sandboxes; templates reach
+//! the node through a real OCI registry. Driven with the official SDK and
+//! the CLI, as users would.
 
 use std::time::Duration;
 
 use hutch_test_support::{
-    E2B_PYTHON_NEW, Registry, RegistryAuthMode, TestNode, TestServer, busybox_image,
-    run_e2b_python_script, wait_torn_down, wait_until,
+    ClusterSecret, E2B_PYTHON_NEW, Registry, RegistryAuthMode, TestNode, TestServer, busybox_image,
+    e2b_python_run, run_e2b_python_script, wait_torn_down, wait_until,
 };
 
-/// The arguments of a control plane driving `node`, pushing its templates
-/// to `registry`.
-fn control_args(node: &TestNode, registry: &Registry) -> Vec<String> {
-    node.control_args(&format!("127.0.0.1:{}/hutch/templates", registry.port()))
+/// The arguments of a control plane of `cluster` pushing its templates to
+/// `registry`.
+fn control_args(cluster: &ClusterSecret, registry: &Registry) -> Vec<String> {
+    cluster.control_args(&format!("127.0.0.1:{}/hutch/templates", registry.port()))
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// A control plane driving `node`, pushing its templates to `registry`.
-fn control(node: &TestNode, registry: &Registry) -> TestServer {
-    TestServer::start_without_sandboxes(&strs(&control_args(node, registry)))
+/// A control plane of `cluster`, pushing its templates to `registry`.
+fn control(cluster: &ClusterSecret, registry: &Registry) -> TestServer {
+    TestServer::start_control(&strs(&control_args(cluster, registry)))
 }
 
 #[test]
 fn sandboxes_run_on_the_node_and_templates_travel_through_the_registry() {
     let registry = Registry::start(RegistryAuthMode::Anonymous);
-    let mut node = TestNode::start();
-    let control = control(&node, &registry);
+    let cluster = ClusterSecret::new();
+    let control = control(&cluster, &registry);
+    let mut node = TestNode::join(&control.url(), &cluster, "n1", &[]);
+    control.wait_nodes_alive(1);
     control.import(&busybox_image(), "bb", &[]);
 
     let id = control.create_sandbox("bb", &["--env", "FROM_SANDBOX=yes"]);
@@ -74,9 +76,9 @@ fn sandboxes_run_on_the_node_and_templates_travel_through_the_registry() {
     assert_eq!(out, "still here\n");
 
     // So does a control plane restart: it re-adopts them through the node.
+    let url = control.url();
     let dir = control.stop_ok();
-    let control =
-        TestServer::restart_without_sandboxes(dir, &strs(&control_args(&node, &registry)));
+    let control = TestServer::restart_control(dir, &url, &strs(&control_args(&cluster, &registry)));
     let out = control.cli_ok(&["exec", &id, "--", "echo", "adopted"]);
     assert_eq!(out, "adopted\n");
 
@@ -96,71 +98,86 @@ fn sandboxes_run_on_the_node_and_templates_travel_through_the_registry() {
 #[test]
 fn the_sdk_works_through_a_control_plane_and_its_node() {
     let registry = Registry::start(RegistryAuthMode::Anonymous);
-    let node = TestNode::start();
+    let cluster = ClusterSecret::new();
     // Each script imports the Debian image; its push starts at the import,
-    // and the first create waits for it. The second control plane finds
-    // it in the registry already, and the node has its layers.
-    for script in ["commands.py", "files.py"] {
-        let control = control(&node, &registry);
-        run_e2b_python_script(E2B_PYTHON_NEW, script, &control, &[]);
-    }
+    // and the first create waits for it.
+    let control = control(&cluster, &registry);
+    let _node = TestNode::join(&control.url(), &cluster, "n1", &[]);
+    control.wait_nodes_alive(1);
+    run_e2b_python_script(E2B_PYTHON_NEW, "commands.py", &control, &[]);
+    e2b_python_run(E2B_PYTHON_NEW, "files.py", &["deb"], &control, &[]);
 }
 
 #[test]
-fn a_control_plane_refuses_a_node_it_cannot_use() {
-    let node = TestNode::start();
-    // The wrong secret: the control plane does not start, and says why.
+fn refusals_say_what_is_wrong() {
+    let registry = Registry::start(RegistryAuthMode::Anonymous);
+    let cluster = ClusterSecret::new();
+    let control = control(&cluster, &registry);
+    control.import(&busybox_image(), "bb", &[]);
+
+    // No node yet: a create says so (503, nothing to wait for in silence).
+    let out = control.cli(&["sandbox", "create", "bb"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no node has joined"), "{stderr}");
+
+    // A node with the wrong secret does not start, and says why.
     let dir = hutch_test_support::TestDir::new();
     let wrong = dir.path().join("secret");
     std::fs::write(&wrong, "x".repeat(40)).unwrap();
     let out = std::process::Command::new(hutch_test_support::hutch_bin())
-        .args(["control", "--listen", "127.0.0.1:0", "--no-base-template"])
+        .args(["node", "--listen", "127.0.0.1:0", "--name", "intruder"])
+        .args(["--join", &control.url()])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--node", &node.url(), "--node-secret-file"])
+        .arg("--node-secret-file")
         .arg(&wrong)
-        .args(["--template-registry", "127.0.0.1:1/hutch/templates"])
+        .env("HUTCH_ENVD", "/bin/busybox")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("node secret"), "{stderr}");
+    assert!(
+        stderr.contains("refused this node") && stderr.contains("node secret"),
+        "{stderr}"
+    );
+    assert!(control.nodes().is_empty());
 
-    // `hutch control` without a node says what it needs.
+    // `hutch control` without its cluster's settings says what it needs.
     let out = std::process::Command::new(hutch_test_support::hutch_bin())
         .args(["control", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path().join("data3"))
+        .env_remove("HUTCH_NODE_SECRET_FILE")
+        .env_remove("HUTCH_TEMPLATE_REGISTRY")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--node http://HOST:PORT"), "{stderr}");
+    assert!(
+        stderr.contains("--node-secret-file") && stderr.contains("--template-registry"),
+        "{stderr}"
+    );
 
-    // A node that is not there.
-    let out = std::process::Command::new(hutch_test_support::hutch_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-base-template"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data2"))
-        .args([
-            "--node",
-            &format!("http://127.0.0.1:{}", hutch_test_support::free_port()),
-            "--node-secret-file",
-        ])
-        .arg(node.secret_file())
-        .args(["--template-registry", "127.0.0.1:1/hutch/templates"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("did not answer"), "{stderr}");
-
-    // A template registry that is not there: creates fail with the reason,
-    // and nothing is left on the node.
+    // A node whose control plane is not there yet starts, and keeps trying.
     let unreachable = format!("127.0.0.1:{}", hutch_test_support::free_port());
-    let args = node.control_args(&format!("{unreachable}/hutch/templates"));
-    let control = TestServer::start_without_sandboxes(&strs(&args));
+    let early = TestNode::join(&format!("http://{unreachable}"), &cluster, "early", &[]);
+    wait_until(
+        "the node to say it keeps trying",
+        Duration::from_secs(10),
+        || early.log().contains("cannot join the control plane yet"),
+    );
+    drop(early);
+
+    // With a template registry that is not there, a create fails naming
+    // it, and nothing is left on the node.
+    drop(control);
+    let control = TestServer::start_control(&strs(
+        &cluster.control_args(&format!("{unreachable}/hutch/templates")),
+    ));
     control.import(&busybox_image(), "bb", &[]);
+    let node = TestNode::join(&control.url(), &cluster, "n1", &[]);
+    control.wait_nodes_alive(1);
     let out = control.cli(&["sandbox", "create", "bb"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -170,4 +187,7 @@ fn a_control_plane_refuses_a_node_it_cannot_use() {
             .map(|d| d.count() == 0)
             .unwrap_or(true)
     });
+    // Its placement was given back.
+    let nodes = control.nodes();
+    assert_eq!(nodes[0]["sandboxes"], 0, "{nodes:?}");
 }

@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use hutch_test_support::{Registry, RegistryAuthMode, TestNode, TestServer, busybox_image};
+use hutch_test_support::{
+    ClusterSecret, Registry, RegistryAuthMode, TestNode, TestServer, busybox_image,
+};
 use serde_json::Value;
 
 /// Request bodies received, with their paths.
@@ -168,13 +170,8 @@ fn a_create_and_an_exec_are_traced_over_otlp() {
 fn a_create_on_a_node_is_one_trace_across_the_node_api() {
     let collector = Collector::start();
     let registry = Registry::start(RegistryAuthMode::Anonymous);
-    let node = TestNode::start_with_args(&[
-        "--otlp-endpoint",
-        &collector.url,
-        "--otlp-protocol",
-        "http/json",
-    ]);
-    let mut args = node.control_args(&format!("127.0.0.1:{}/hutch/templates", registry.port()));
+    let cluster = ClusterSecret::new();
+    let mut args = cluster.control_args(&format!("127.0.0.1:{}/hutch/templates", registry.port()));
     args.extend(
         [
             "--otlp-endpoint",
@@ -184,8 +181,19 @@ fn a_create_on_a_node_is_one_trace_across_the_node_api() {
         ]
         .map(String::from),
     );
-    let control =
-        TestServer::start_without_sandboxes(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let control = TestServer::start_control(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let node = TestNode::join(
+        &control.url(),
+        &cluster,
+        "n1",
+        &[
+            "--otlp-endpoint",
+            &collector.url,
+            "--otlp-protocol",
+            "http/json",
+        ],
+    );
+    control.wait_nodes_alive(1);
     control.import(&busybox_image(), "bb", &[]);
     control.create_sandbox("bb", &[]);
     // Stops flush what is batched.

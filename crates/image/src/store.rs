@@ -135,6 +135,28 @@ impl LayerStore {
         sha256_hex(diff_id).is_ok() && self.layer_dir(diff_id).is_dir()
     }
 
+    /// The diff ids of every stored layer (whole ones: a layer being
+    /// written or removed is elsewhere).
+    pub fn layer_ids(&self) -> Result<Vec<String>, ImageError> {
+        let layers = self.layers_root();
+        let entries = match fs::read_dir(&layers) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ImageError::io("list", &layers, e)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| ImageError::io("list", &layers, e))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str() else { continue };
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                ids.push(format!("sha256:{hex}"));
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Deletes every stored layer whose diff id is not in `keep`; returns how many were removed.
     ///
     /// Each layer is first renamed into `root/tmp`, so a layer is either wholly present under

@@ -144,6 +144,7 @@ impl From<crate::lifecycle::SandboxError> for ApiError {
             }
             E::Paused(_) => StatusCode::CONFLICT,
             E::Invalid(_) => StatusCode::BAD_REQUEST,
+            E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

@@ -123,6 +123,18 @@ pub(crate) async fn front_door(
     }
 }
 
+/// `answer`, once the request's body is read (up to 1 MiB, 2 s): a client
+/// still sending it would otherwise see its connection closed under it
+/// rather than the answer.
+async fn after_body(req: Request, answer: Response) -> Response {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        axum::body::to_bytes(req.into_body(), 1 << 20),
+    )
+    .await;
+    answer
+}
+
 fn not_found(id: &str) -> Response {
     ApiError::bad_gateway(format!("The sandbox {id} was not found")).into_response()
 }
@@ -176,6 +188,16 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
             )
             .into_response();
         }
+    }
+    if let Some(at) = st.cluster.as_ref().and_then(|c| c.node_of(&id))
+        && at.lost
+    {
+        let answer = ApiError::bad_gateway(format!(
+            "The sandbox {id} is unreachable: its node {} is lost (it sends no heartbeat); its sandboxes are reachable again if it comes back",
+            at.node
+        ))
+        .into_response();
+        return after_body(req, answer).await;
     }
     if let Some(paused) = paused {
         if !auto_resume || paused.mode == PauseMode::Filesystem {

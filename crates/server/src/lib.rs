@@ -34,7 +34,10 @@
 //! ([`Server::set_warm_pool`], default [`DEFAULT_WARM_POOL`]), so that a
 //! create is a claim of a running sandbox rather than a boot. See [`pool`].
 
+pub use db::Capacity;
 pub use hutch_runtime::NetworkConfig;
+pub use node::cluster::DEFAULT_LEASE as DEFAULT_NODE_LEASE;
+pub use node::join::JoinConfig;
 pub use node::serve::{NodeConfig, NodeServer};
 
 pub mod api;
@@ -134,29 +137,30 @@ pub struct ServerConfig {
     /// The size of a new volume, MiB: its quota (a sparse file: it takes
     /// host disk only as it is written).
     pub volume_size_mb: u64,
-    /// Run as a control plane whose sandboxes run on this node (`hutch
-    /// node`, on another machine or not) instead of on this machine.
-    pub remote_node: Option<RemoteNodeConfig>,
+    /// Run as a control plane whose sandboxes run on the nodes that join
+    /// it (`hutch node --join`) instead of on this machine.
+    pub cluster: Option<ClusterConfig>,
 }
 
-/// The node a control plane drives ([`ServerConfig::remote_node`]).
+/// How a control plane runs its cluster ([`ServerConfig::cluster`]).
 #[derive(Clone)]
-pub struct RemoteNodeConfig {
-    /// Its node API: `http://host:port`.
-    pub url: String,
-    /// The secret it admits ([`NodeConfig::secret`]).
+pub struct ClusterConfig {
+    /// The secret nodes join with and admit control planes by
+    /// ([`NodeConfig::secret`]).
     pub secret: String,
     /// The registry repository (`host[:port]/path`) templates are pushed
-    /// to for the node to pull.
+    /// to for the nodes to pull.
     pub template_registry: String,
+    /// How long a node counts as alive after its last heartbeat.
+    pub node_lease: Duration,
 }
 
-impl std::fmt::Debug for RemoteNodeConfig {
+impl std::fmt::Debug for ClusterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteNodeConfig")
-            .field("url", &self.url)
+        f.debug_struct("ClusterConfig")
             .field("secret", &"<redacted>")
             .field("template_registry", &self.template_registry)
+            .field("node_lease", &self.node_lease)
             .finish()
     }
 }
@@ -203,7 +207,7 @@ impl ServerConfig {
             network: NetworkConfig::default(),
             database_url: None,
             volume_size_mb: DEFAULT_VOLUME_SIZE_MB,
-            remote_node: None,
+            cluster: None,
         }
     }
 }
@@ -312,6 +316,10 @@ impl Server {
         let state = state::AppState::open(&cfg).await?;
         volumes::reconcile(&state).await;
         lifecycle::readopt(&state).await;
+        if let Some(cluster) = &cfg.cluster {
+            lifecycle::follow_cluster(&state, true).await;
+            lifecycle::spawn_cluster_follower(state.clone(), follow_interval(cluster.node_lease));
+        }
         lifecycle::spawn_reaper(state.clone());
         metrics::spawn_sampler(state.clone());
         sandbox_logs::spawn_agent_log_reader(state.clone());
@@ -392,6 +400,12 @@ impl Server {
         tracing::info!("server stopped; sandboxes left running will be re-adopted at next start");
         Ok(())
     }
+}
+
+/// How often a control plane looks at its nodes: a fifth of their lease,
+/// so that a lost node is noticed soon after its lease ends.
+fn follow_interval(lease: Duration) -> Duration {
+    (lease / 5).clamp(Duration::from_millis(100), Duration::from_secs(2))
 }
 
 /// Runs a server with `cfg` until SIGTERM/SIGINT.

@@ -171,6 +171,10 @@ pub(crate) enum SandboxError {
     /// The node ran out of host disk space (507: freeing space fixes it).
     #[error("{0}")]
     HostFull(String),
+    /// No node can take the sandbox now, or its node cannot be reached
+    /// (503: a retry later may succeed).
+    #[error("{0}")]
+    Unavailable(String),
     /// The node or the sandbox failed.
     #[error("{0}")]
     Failed(String),
@@ -186,6 +190,7 @@ impl SandboxError {
         let message = format!("{what}: {cause}");
         match cause {
             NodeError::HostFull(_) => SandboxError::HostFull(message),
+            NodeError::Unavailable(_) => SandboxError::Unavailable(message),
             _ => SandboxError::Failed(message),
         }
     }
@@ -1112,21 +1117,14 @@ pub(crate) fn timeout_ms(secs: u64) -> i64 {
 }
 
 /// Reconciles the host's sandboxes with the database (see the module doc).
+/// A control plane reconciles each node as it reports instead
+/// ([`readopt_node`]).
 pub(crate) async fn readopt(st: &Arc<AppState>) {
-    let rows = match st
-        .db
-        .sandboxes_in(&[
-            SandboxState::Starting,
-            SandboxState::Running,
-            SandboxState::Paused,
-        ])
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::error!("cannot read sandboxes from the database, none re-adopted: {e}");
-            Vec::new()
-        }
+    if st.cluster.is_some() {
+        return;
+    }
+    let Some(rows) = live_rows(st).await else {
+        return;
     };
     let on_host: BTreeSet<String> = match st.node.list().await {
         Ok(ids) => ids.into_iter().collect(),
@@ -1135,6 +1133,32 @@ pub(crate) async fn readopt(st: &Arc<AppState>) {
             BTreeSet::new()
         }
     };
+    reconcile(st, rows, &on_host).await;
+}
+
+/// The rows of the sandboxes starting, running or paused; `None` (logged)
+/// when the store cannot be read.
+async fn live_rows(st: &AppState) -> Option<Vec<SandboxRow>> {
+    match st
+        .db
+        .sandboxes_in(&[
+            SandboxState::Starting,
+            SandboxState::Running,
+            SandboxState::Paused,
+        ])
+        .await
+    {
+        Ok(rows) => Some(rows),
+        Err(e) => {
+            tracing::error!("cannot read sandboxes from the database, none re-adopted: {e}");
+            None
+        }
+    }
+}
+
+/// Re-adopts each of `rows` or destroys it, and destroys what `on_host`
+/// holds that no row knows.
+async fn reconcile(st: &Arc<AppState>, rows: Vec<SandboxRow>, on_host: &BTreeSet<String>) {
     let now = time::now_ms();
     let mut known = BTreeSet::new();
     for row in rows {
@@ -1160,6 +1184,144 @@ pub(crate) async fn readopt(st: &Arc<AppState>) {
             tracing::warn!(sandbox = %id, "cannot mark sandbox killed: {e}");
         }
     }
+}
+
+/// Reconciles node `node` of the cluster, alive as instance `instance`,
+/// with the store: the sandboxes placed on it are re-adopted (or, when
+/// they no longer run there, recorded killed), and what it holds that
+/// nothing here knows is destroyed. At the control plane's start
+/// (`at_start`) that is everything it holds without a row — a warm pool
+/// or a create the last control plane left — while it serves, only what
+/// has no placement or a row already killed (a create or a pool boot may
+/// be on its way). `false` (logged) when the node could not be read: the
+/// next look tries again.
+pub(crate) async fn readopt_node(
+    st: &Arc<AppState>,
+    cluster: &crate::node::cluster::Cluster,
+    node: &str,
+    instance: &str,
+    at_start: bool,
+) -> bool {
+    use crate::node::Node as _;
+    let Some(remote) = cluster.member(node) else {
+        return false;
+    };
+    // The node at that address must be the instance that reported.
+    match remote.info().await {
+        Ok(info) if info.instance_id == instance => {}
+        Ok(info) => {
+            tracing::warn!(
+                %node,
+                "the node's address answers as instance {} rather than {instance}; reconciling it later",
+                info.instance_id
+            );
+            return false;
+        }
+        Err(e) => {
+            tracing::warn!(%node, "cannot reach the node, reconciling it later: {e}");
+            return false;
+        }
+    }
+    let on_host: BTreeSet<String> = match remote.list().await {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(%node, "cannot list the node's sandboxes, reconciling it later: {e}");
+            return false;
+        }
+    };
+    let Some(rows) = live_rows(st).await else {
+        return false;
+    };
+    let placed = cluster.sandboxes_on(node);
+    let rows: Vec<SandboxRow> = rows
+        .into_iter()
+        .filter(|r| placed.contains(&r.id))
+        .filter(|r| at_start || r.state != SandboxState::Starting)
+        .collect();
+    for id in &on_host {
+        if rows.iter().any(|r| &r.id == id) || st.pool.holds(id) {
+            continue;
+        }
+        let stale = at_start
+            || !placed.contains(id)
+            || matches!(
+                st.db.get_sandbox(id.clone()).await,
+                Ok(Some(r)) if r.state == SandboxState::Killed
+            );
+        if !stale {
+            continue;
+        }
+        tracing::info!(sandbox = %id, %node, "destroying a sandbox the database does not know");
+        if let Err(e) = remote.destroy(id).await {
+            tracing::warn!(sandbox = %id, "cannot destroy sandbox: {e}");
+        } else if let Err(e) = st.db.unplace_sandbox(id.clone()).await {
+            tracing::warn!(sandbox = %id, "cannot remove the sandbox's placement: {e}");
+        }
+    }
+    // Placed here but neither on the node nor live in the store: gone.
+    for id in placed.difference(&on_host) {
+        if at_start && !rows.iter().any(|r| &r.id == id) {
+            let _ = cluster.destroy(id).await;
+        }
+    }
+    let on_host: BTreeSet<String> = on_host
+        .into_iter()
+        .filter(|id| rows.iter().any(|r| &r.id == id))
+        .collect();
+    reconcile(st, rows, &on_host).await;
+    cluster.reconciled(node, instance);
+    tracing::info!(%node, %instance, "node reconciled");
+    true
+}
+
+/// Follows the cluster's nodes: reconciles each node that joins, comes
+/// back or restarts ([`readopt_node`]), and reports each one lost.
+/// The first look, at the control plane's start, runs before it serves.
+pub(crate) async fn follow_cluster(st: &Arc<AppState>, at_start: bool) {
+    let Some(cluster) = st.cluster.clone() else {
+        return;
+    };
+    let changes = match cluster.refresh().await {
+        Ok(changes) => changes,
+        Err(e) => {
+            tracing::warn!("cannot read the cluster's nodes: {e}");
+            return;
+        }
+    };
+    for change in changes {
+        match change {
+            crate::node::cluster::Change::Joined { node, instance } => {
+                tracing::info!(%node, %instance, "node alive");
+                readopt_node(st, &cluster, &node, &instance, at_start).await;
+            }
+            crate::node::cluster::Change::Lost { node, since_ms } => {
+                let on = cluster.sandboxes_on(&node);
+                tracing::warn!(
+                    %node,
+                    sandboxes = on.len(),
+                    "node lost: no heartbeat for {} s; its sandboxes are unreachable until it comes back",
+                    (time::now_ms() - since_ms).max(0) / 1000
+                );
+                for id in on {
+                    journal(st, &id, format!("its node {node} is lost (no heartbeat)"));
+                }
+            }
+        }
+    }
+}
+
+/// Starts the task that follows the cluster ([`follow_cluster`]) every
+/// `every`, until the server stops.
+pub(crate) fn spawn_cluster_follower(st: Arc<AppState>, every: Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = st.reaper_stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            follow_cluster(&st, false).await;
+        }
+    });
 }
 
 /// Re-adopts one sandbox of the database, or says why it must be

@@ -224,6 +224,14 @@ impl Pool {
         Claim::Cold
     }
 
+    /// Whether sandbox `id` is in the pool, ready.
+    pub fn holds(&self, id: &str) -> bool {
+        self.lock()
+            .templates
+            .values()
+            .any(|e| e.ready.iter().any(|p| p.id == id))
+    }
+
     /// Counts a create served from the pool.
     pub fn record_claim(&self, template_id: &str) {
         self.lock()

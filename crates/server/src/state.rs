@@ -130,6 +130,9 @@ pub(crate) struct AppState {
     pub insecure_registries: Vec<String>,
     /// Runs template builds (`None` on a server whose node cannot build).
     pub builder: Option<hutch_builder::engine::Engine>,
+    /// The nodes of a control plane (`None`: the node is this machine);
+    /// [`AppState::node`] is the same cluster.
+    pub cluster: Option<Arc<crate::node::cluster::Cluster>>,
     /// Where templates are pushed for nodes on other machines (`None`:
     /// the node is this machine).
     pub registry: Option<crate::distribution::TemplateRegistry>,
@@ -141,11 +144,11 @@ pub(crate) struct AppState {
 
 impl AppState {
     /// Opens the data directory and sets up the node: this machine (the
-    /// runtime, and the template builder on it), or the node of
-    /// [`ServerConfig::remote_node`].
+    /// runtime, and the template builder on it), or the cluster of
+    /// [`ServerConfig::cluster`].
     pub async fn open(cfg: &ServerConfig) -> Result<Arc<AppState>, ServerError> {
-        if let Some(remote) = &cfg.remote_node {
-            return AppState::open_control(cfg, remote).await;
+        if let Some(cluster) = &cfg.cluster {
+            return AppState::open_control(cfg, cluster).await;
         }
         let data = DataDir::open(cfg).await?;
         let runtime = local_runtime(&cfg.machine(), &data.path)?;
@@ -173,36 +176,31 @@ impl AppState {
         ))
     }
 
-    /// A control plane whose sandboxes run on the node `remote` describes,
-    /// its templates reaching the node through the template registry.
+    /// A control plane whose sandboxes run on the nodes that join it, its
+    /// templates reaching them through the template registry.
     async fn open_control(
         cfg: &ServerConfig,
-        remote: &crate::RemoteNodeConfig,
+        cluster: &crate::ClusterConfig,
     ) -> Result<Arc<AppState>, ServerError> {
         let secret =
-            crate::node::api::NodeSecret::new(&remote.secret).map_err(ServerError::Config)?;
-        let node = crate::node::remote::RemoteNode::new(&remote.url, secret)
-            .map_err(ServerError::Config)?;
+            crate::node::api::NodeSecret::new(&cluster.secret).map_err(ServerError::Config)?;
         let registry = crate::distribution::TemplateRegistry::new(
-            &remote.template_registry,
+            &cluster.template_registry,
             hutch_image::PullOptions {
                 insecure_registries: cfg.insecure_registries.clone(),
                 ..Default::default()
             },
         )
         .map_err(ServerError::Config)?;
-        let info = node.info().await.map_err(|e| {
-            ServerError::Config(format!("the node at {} cannot be used: {e}", remote.url))
-        })?;
-        tracing::info!(node = %remote.url, instance = %info.instance_id, version = %info.version, "node connected");
         let data = DataDir::open(cfg).await?;
-        Ok(AppState::assemble(
-            cfg,
-            data,
-            Arc::new(node),
-            None,
-            Some(registry),
-        ))
+        let nodes =
+            crate::node::cluster::Cluster::open(data.db.clone(), secret, cluster.node_lease)
+                .await
+                .map_err(ServerError::Config)?;
+        let nodes = Arc::new(nodes);
+        let mut st = AppState::assemble(cfg, data, nodes.clone(), None, Some(registry));
+        Arc::get_mut(&mut st).expect("not shared yet").cluster = Some(nodes);
+        Ok(st)
     }
 
     /// A server's state over the data directory `data` and `node`.
@@ -240,6 +238,7 @@ impl AppState {
             volume_token_key: std::sync::OnceLock::new(),
             insecure_registries: cfg.insecure_registries.clone(),
             builder,
+            cluster: None,
             registry,
             builds: Default::default(),
             _lock: data.lock,

@@ -20,7 +20,7 @@
 //!   basic or token authentication; [`multi_arch_layout`] builds multi-platform images for it.
 //! - [`Postgres`]: a private PostgreSQL cluster on a free loopback port, removed on drop.
 //! - [`TestNode`]: a `hutch node` on a free port with its own data directory and secret, for
-//!   a control plane (`hutch serve --node`) to drive.
+//!   joining a control plane (`hutch control`) with a [`ClusterSecret`].
 
 mod bins;
 mod fakenet;
@@ -45,7 +45,7 @@ pub use fixtures::{
 };
 pub use leaks::{HostResources, assert_no_leaks, network_force_clean, wait_torn_down};
 pub use mounts::{mounts_under, runc_force_clean, unmount_all_under};
-pub use node::TestNode;
+pub use node::{ClusterSecret, TestNode};
 pub use paths::{cache_dir, target_dir, workspace_root};
 pub use postgres::{POSTGRES_USER, Postgres};
 pub use registry::{
@@ -53,7 +53,8 @@ pub use registry::{
 };
 pub use sdk::{
     E2B_PYTHON_KEY_CHECK, E2B_PYTHON_NEW, E2B_PYTHON_OLD, MCP_PYTHON, ScriptLines,
-    assert_script_ok, e2b_js, e2b_python, mcp_client, python_with, run_e2b_python_script,
+    assert_script_ok, e2b_js, e2b_python, e2b_python_run, mcp_client, python_with,
+    run_e2b_python_script,
 };
 pub use server::{STAND_IN_ENVD, TestServer, http};
 pub use testdir::TestDir;

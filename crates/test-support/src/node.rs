@@ -29,12 +29,63 @@ pub struct TestNode {
     dir: Option<TestDir>,
     /// The data directory (inside `dir`).
     data_dir: PathBuf,
+    /// The file holding its secret.
+    secret_file: PathBuf,
     /// More `hutch node` arguments.
     args: Vec<String>,
 }
 
+/// A cluster's node secret, in a file of its own: what `hutch control` and the nodes that
+/// join it share.
+pub struct ClusterSecret {
+    dir: TestDir,
+}
+
+impl ClusterSecret {
+    /// A fresh random secret.
+    pub fn new() -> ClusterSecret {
+        let dir = TestDir::new();
+        write_secret(&dir.path().join("node-secret"));
+        ClusterSecret { dir }
+    }
+
+    /// The file holding it.
+    pub fn file(&self) -> PathBuf {
+        self.dir.path().join("node-secret")
+    }
+
+    /// The `hutch control` arguments of a control plane of this cluster pushing templates to
+    /// `repository` (`host:port/path`), its nodes lost 3 s after their last heartbeat.
+    pub fn control_args(&self, repository: &str) -> Vec<String> {
+        vec![
+            "--node-secret-file".into(),
+            self.file().display().to_string(),
+            "--template-registry".into(),
+            repository.into(),
+            "--node-lease".into(),
+            "3".into(),
+        ]
+    }
+}
+
+impl Default for ClusterSecret {
+    fn default() -> Self {
+        ClusterSecret::new()
+    }
+}
+
+/// Writes a fresh random secret (48 characters) to `path`.
+fn write_secret(path: &Path) {
+    let secret: String = format!(
+        "{}{}",
+        crate::paths::random_name(24),
+        crate::paths::random_name(24)
+    );
+    fs::write(path, format!("{secret}\n")).unwrap();
+}
+
 impl TestNode {
-    /// Starts a node on a fresh directory, with a fresh secret.
+    /// Starts a node on a fresh directory, with a fresh secret, joining no control plane.
     pub fn start() -> TestNode {
         TestNode::start_with_args(&[])
     }
@@ -42,19 +93,29 @@ impl TestNode {
     /// [`TestNode::start`] with more `hutch node` arguments.
     pub fn start_with_args(args: &[&str]) -> TestNode {
         let dir = TestDir::new();
+        let secret_file = dir.path().join("node-secret");
+        write_secret(&secret_file);
+        TestNode::launch_in(dir, secret_file, args)
+    }
+
+    /// Starts node `name` on a fresh directory, joining the control plane at `control`
+    /// (`http://host:port`) with the secret of `cluster`; `args` are more `hutch node`
+    /// arguments.
+    pub fn join(control: &str, cluster: &ClusterSecret, name: &str, args: &[&str]) -> TestNode {
+        let mut all = vec!["--join", control, "--name", name];
+        all.extend_from_slice(args);
+        TestNode::launch_in(TestDir::new(), cluster.file(), &all)
+    }
+
+    fn launch_in(dir: TestDir, secret_file: PathBuf, args: &[&str]) -> TestNode {
         let data_dir = dir.path().join("data");
         fs::create_dir_all(&data_dir).unwrap();
-        let secret: String = format!(
-            "{}{}",
-            crate::paths::random_name(24),
-            crate::paths::random_name(24)
-        );
-        fs::write(dir.path().join("node-secret"), format!("{secret}\n")).unwrap();
         let mut node = TestNode {
             child: None,
             port: 0,
             dir: Some(dir),
             data_dir,
+            secret_file,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         node.launch();
@@ -135,23 +196,9 @@ impl TestNode {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The `hutch serve` (or `hutch control`) arguments of a control plane
-    /// driving this node and pushing templates to `repository`
-    /// (`host:port/path`).
-    pub fn control_args(&self, repository: &str) -> Vec<String> {
-        vec![
-            "--node".into(),
-            self.url(),
-            "--node-secret-file".into(),
-            self.secret_file().display().to_string(),
-            "--template-registry".into(),
-            repository.into(),
-        ]
-    }
-
     /// The file holding its secret.
     pub fn secret_file(&self) -> PathBuf {
-        self.dir().join("node-secret")
+        self.secret_file.clone()
     }
 
     /// Its data directory.
@@ -168,10 +215,14 @@ impl TestNode {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Stops it (SIGTERM) and starts it again on the same port, data
-    /// directory and secret: its sandboxes keep running meanwhile.
-    pub fn restart(&mut self) {
-        self.terminate();
+    /// Kills it (SIGKILL) as a crash would: its sandboxes keep running.
+    pub fn kill9(&mut self) {
+        self.kill_now();
+    }
+
+    /// Starts it again after [`TestNode::kill9`] (or a stop), on the same port, data directory
+    /// and secret.
+    pub fn start_again(&mut self) {
         self.child = Some(self.spawn());
         if let Err(problem) = self.wait_listening() {
             panic!(
@@ -179,6 +230,13 @@ impl TestNode {
                 tail(&self.log(), 60)
             );
         }
+    }
+
+    /// Stops it (SIGTERM) and starts it again on the same port, data
+    /// directory and secret: its sandboxes keep running meanwhile.
+    pub fn restart(&mut self) {
+        self.terminate();
+        self.start_again();
     }
 
     fn kill_now(&mut self) {

@@ -28,30 +28,42 @@ pub fn e2b_python(version: &str) -> PathBuf {
     )
 }
 
-/// Runs `script` (a file of `crates/cli/tests/sdk/`) with the official E2B
-/// Python SDK at `version` against `server`, with `env` added, after
-/// importing the Debian test image as template `deb` (the script's
-/// argument); panics, quoting the script's output and the server log,
-/// unless it succeeds and prints `OK`.
+/// Runs `crates/cli/tests/sdk/<script> deb` with the official SDK `version`
+/// against `server` (the Debian test image imported as `deb` first), with
+/// more environment `env`; panics unless it ends with its `OK` line.
 pub fn run_e2b_python_script(
     version: &str,
     script: &str,
     server: &crate::TestServer,
     env: &[(&str, &str)],
 ) {
-    let python = e2b_python(version);
     // The SDK tests use sudo as `user`, as with E2B's base template.
     server.import(
         &crate::debian_image(),
         "deb",
         &["--allow-privilege-escalation"],
     );
+    e2b_python_run(version, script, &["deb"], server, env);
+}
+
+/// Runs `crates/cli/tests/sdk/<script> ARGS` with the official SDK
+/// `version` against `server` (its API, its front door and its key, the
+/// SDK's own checks on), with more environment `env`; its stdout, once it
+/// ended with its `OK` line (else a panic saying why).
+pub fn e2b_python_run(
+    version: &str,
+    script: &str,
+    args: &[&str],
+    server: &crate::TestServer,
+    env: &[(&str, &str)],
+) -> String {
+    let python = e2b_python(version);
     let script = crate::workspace_root()
         .join("crates/cli/tests/sdk")
         .join(script);
     let out = std::process::Command::new(python)
         .arg(&script)
-        .arg("deb")
+        .args(args)
         .env("E2B_API_URL", server.url())
         .env("E2B_SANDBOX_URL", server.url())
         .env("E2B_VOLUME_API_URL", server.url())
@@ -65,7 +77,11 @@ pub fn run_e2b_python_script(
         .envs(env.iter().copied())
         .output()
         .expect("running python");
-    assert_script_ok(&out, &format!("e2b {version} {}", script.display()), server);
+    assert_script_ok(
+        &out,
+        &format!("e2b {version} {} {}", script.display(), args.join(" ")),
+        server,
+    )
 }
 
 /// Panics, with `what`, the script's exit status and output and the tail

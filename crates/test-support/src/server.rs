@@ -44,6 +44,8 @@ pub struct TestServer {
     port: u16,
     /// The data directory's guard when this server owns it.
     dir: Option<TestDir>,
+    /// The subcommand: `serve`, or `control`.
+    command: &'static str,
     /// Extra `hutch serve` arguments.
     args: Vec<String>,
     /// The API key set with [`TestServer::with_api_key`], if any.
@@ -60,7 +62,45 @@ impl TestServer {
     /// `["--warm-pool", "0"]`.
     pub fn start_with_args(args: &[&str]) -> TestServer {
         let dir = TestDir::new().with_runc_cleanup();
-        Self::launch(dir.path().to_path_buf(), Some(dir), args)
+        Self::launch(dir.path().to_path_buf(), Some(dir), "serve", args)
+    }
+
+    /// Starts a control plane (`hutch control --envd /bin/busybox --warm-pool 0 ARGS`) on a
+    /// fresh [`TestDir`]: its sandboxes run on the nodes that join it. `args` must give what
+    /// `hutch control` requires (the node secret file and the template registry).
+    pub fn start_control(args: &[&str]) -> TestServer {
+        let dir = TestDir::new().with_runc_cleanup();
+        Self::launch(
+            dir.path().to_path_buf(),
+            Some(dir),
+            "control",
+            &without_sandboxes(args),
+        )
+    }
+
+    /// [`TestServer::start_control`] on an existing data directory, at the address `url` it
+    /// had (where its nodes send their heartbeats): a control plane's restart.
+    pub fn restart_control(dir: TestDir, url: &str, args: &[&str]) -> TestServer {
+        let port = url
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("TestServer: no port in {url}"));
+        let mut server = Self::prepare(
+            dir.path().to_path_buf(),
+            Some(dir.with_runc_cleanup()),
+            "control",
+            &without_sandboxes(args),
+        );
+        server.port = port;
+        server.child = Some(server.spawn(&hutch_bin(), None));
+        if let Err(problem) = server.wait_healthy() {
+            panic!(
+                "TestServer: `hutch control` on 127.0.0.1:{port} {problem}\n--- tail of {} ---\n{}",
+                server.log_path().display(),
+                tail(&server.log_since(0), LOG_TAIL)
+            );
+        }
+        server
     }
 
     /// Starts a server that can start no sandbox, on a fresh [`TestDir`]: `hutch serve --envd
@@ -76,7 +116,7 @@ impl TestServer {
     /// Starts a server on an existing data directory (a restart), which the caller keeps
     /// alive for as long as the server runs, e.g. the guard [`TestServer::kill9`] returns.
     pub fn start_in(dir: impl AsRef<Path>) -> TestServer {
-        Self::launch(dir.as_ref().to_path_buf(), None, &[])
+        Self::launch(dir.as_ref().to_path_buf(), None, "serve", &[])
     }
 
     /// Like [`TestServer::start_in`], but the server takes over the guard, so the directory
@@ -90,6 +130,7 @@ impl TestServer {
         Self::launch(
             dir.path().to_path_buf(),
             Some(dir.with_runc_cleanup()),
+            "serve",
             args,
         )
     }
@@ -110,20 +151,36 @@ impl TestServer {
         self
     }
 
-    fn launch(data_dir: PathBuf, dir: Option<TestDir>, args: &[&str]) -> TestServer {
-        let hutch = hutch_bin();
-        // A server given its agent needs none built.
-        let envd = (!names_envd(args)).then(envd_bin);
+    /// A server not started yet.
+    fn prepare(
+        data_dir: PathBuf,
+        dir: Option<TestDir>,
+        command: &'static str,
+        args: &[&str],
+    ) -> TestServer {
         fs::create_dir_all(&data_dir)
             .unwrap_or_else(|e| panic!("TestServer: cannot create {}: {e}", data_dir.display()));
-        let mut server = TestServer {
+        TestServer {
             child: None,
             data_dir,
             port: 0,
             dir,
+            command,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             api_key: None,
-        };
+        }
+    }
+
+    fn launch(
+        data_dir: PathBuf,
+        dir: Option<TestDir>,
+        command: &'static str,
+        args: &[&str],
+    ) -> TestServer {
+        let hutch = hutch_bin();
+        // A server given its agent needs none built.
+        let envd = (!names_envd(args)).then(envd_bin);
+        let mut server = Self::prepare(data_dir, dir, command, args);
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             server.port = free_port();
@@ -164,7 +221,8 @@ impl TestServer {
         let listen = format!("127.0.0.1:{}", self.port);
         let _ = writeln!(
             log,
-            "=== hutch-test-support: hutch serve --listen {listen} {} ===",
+            "=== hutch-test-support: hutch {} --listen {listen} {} ===",
+            self.command,
             self.args.join(" ")
         );
         let stderr = log
@@ -175,7 +233,7 @@ impl TestServer {
             Some(envd) => cmd.env("HUTCH_ENVD", envd),
             None => cmd.env_remove("HUTCH_ENVD"),
         };
-        cmd.arg("serve")
+        cmd.arg(self.command)
             .arg("--listen")
             .arg(&listen)
             .arg("--data-dir")
@@ -259,6 +317,29 @@ impl TestServer {
         reqwest::Client::new()
             .request(method, format!("{}{path}", self.url()))
             .header("X-API-Key", self.api_key())
+    }
+
+    /// A control plane's nodes, as `GET /hutch/v1/nodes` lists them.
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http(self, reqwest::Method::GET, "/hutch/v1/nodes", &[], None);
+        assert_eq!(status, 200, "GET /hutch/v1/nodes: {body}");
+        serde_json::from_str(&body).expect("the nodes as JSON")
+    }
+
+    /// The names of a control plane's nodes in `state` (`alive` or `lost`).
+    pub fn nodes_in(&self, state: &str) -> Vec<String> {
+        self.nodes()
+            .iter()
+            .filter(|n| n["state"] == state)
+            .map(|n| n["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Waits (up to 30 s) until a control plane counts `n` nodes alive.
+    pub fn wait_nodes_alive(&self, n: usize) {
+        crate::wait_until("the nodes to join", Duration::from_secs(30), || {
+            self.nodes_in("alive").len() == n
+        });
     }
 
     /// `hutch` with `HUTCH_SERVER` and `HUTCH_API_KEY` pointing at this server.

@@ -12,6 +12,7 @@
 //! | [`sandboxes`] | `/sandboxes`, `/v2/sandboxes` |
 //! | [`keys`] | `/hutch/v1/api-keys`, `/hutch/v1/teams`, `/teams`, `/api-keys`, `/access-tokens` |
 //! | [`pool`] | `/hutch/v1/pool` |
+//! | [`nodes`] | `/hutch/v1/nodes` |
 //! | [`snapshots`] | `/sandboxes/{id}/snapshots`, `/snapshots`, `/sandboxes/{id}/fork` |
 //! | [`templates`] | `/hutch/v1/templates` (import, pull, list) |
 //! | [`builds`] | `/hutch/v1/builds` (Dockerfile builds) |
@@ -22,6 +23,7 @@
 
 pub mod builds;
 pub mod keys;
+pub mod nodes;
 pub mod pool;
 pub mod sandboxes;
 pub mod snapshots;
@@ -37,6 +39,7 @@ pub use keys::{
     CreatedAccessToken, CreatedApiKey, CreatedTeamApiKey, KeyMask, ListedApiKey, NamedKey,
     NewApiKey, NewTeam, Team, TeamApiKey, TeamInfo,
 };
+pub use nodes::ClusterNode;
 pub use pool::{PoolStatus, TemplatePool};
 pub use sandboxes::{
     AutoResume, ConnectSandbox, LifecycleInfo, ListedSandbox, NewSandbox, PauseSandbox,

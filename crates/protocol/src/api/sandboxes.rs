@@ -218,6 +218,14 @@ pub struct ListedSandbox {
     /// The volumes mounted into it (absent when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<SandboxVolumeMount>,
+    /// On a cluster: the node it runs on (a Hutch extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hutch_node: Option<String>,
+    /// On a cluster: `alive`, or `lost` while its node sends no heartbeat
+    /// (then nothing reaches it until the node comes back; a Hutch
+    /// extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hutch_node_state: Option<String>,
 }
 
 /// A volume mounted into a sandbox (E2B's `SandboxVolumeMount`).
@@ -240,6 +248,11 @@ impl ListedSandbox {
     /// [`ListedSandbox::pause_mode`] of a sandbox paused with only its
     /// filesystem kept.
     pub const PAUSED_FILESYSTEM: &'static str = "filesystem";
+
+    /// [`ListedSandbox::hutch_node_state`] of a sandbox whose node is lost.
+    pub const NODE_LOST: &'static str = "lost";
+    /// [`ListedSandbox::hutch_node_state`] of a sandbox whose node is alive.
+    pub const NODE_ALIVE: &'static str = "alive";
 
     /// Whether it is paused.
     pub fn is_paused(&self) -> bool {

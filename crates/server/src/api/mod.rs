@@ -54,6 +54,7 @@ mod builds;
 mod cli_login;
 mod e2b_templates;
 mod keys;
+mod nodes;
 mod openapi;
 mod paging;
 mod pool;
@@ -77,6 +78,7 @@ use crate::state::AppState;
 use crate::{auth, frontdoor};
 
 pub use crate::catalog::valid_template_name;
+pub(crate) use nodes::HEARTBEAT_PATH;
 pub use openapi::{document, served_routes};
 
 pub(crate) fn router(st: Arc<AppState>) -> Router {
@@ -98,6 +100,7 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .merge(public)
         .merge(keyed)
+        .route(nodes::HEARTBEAT_PATH, axum::routing::post(nodes::heartbeat))
         .layer(Extension(template_api))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -29,8 +29,8 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
 use super::{
-    builds, cli_login, e2b_templates, keys, pool, sandboxes, scrape, snapshots, template_catalog,
-    templates, volume_content, volumes,
+    builds, cli_login, e2b_templates, keys, nodes, pool, sandboxes, scrape, snapshots,
+    template_catalog, templates, volume_content, volumes,
 };
 use crate::state::AppState;
 
@@ -185,6 +185,7 @@ fn keyed() -> ApiRouter {
         .routes(routes!(templates::remove))
         .routes(routes!(builds::build))
         .routes(routes!(pool::status))
+        .routes(routes!(nodes::list))
         .routes(routes!(scrape::metrics))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))

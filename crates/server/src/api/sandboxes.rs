@@ -115,6 +115,23 @@ fn pause_mode_name(mode: PauseMode) -> &'static str {
     }
 }
 
+/// Sandbox `row` as listed, with its node on a cluster.
+fn listed(st: &AppState, row: &SandboxRow) -> ListedSandbox {
+    let mut listed = ListedSandbox::from(row);
+    if let Some(at) = st.cluster.as_ref().and_then(|c| c.node_of(&row.id)) {
+        listed.hutch_node = Some(at.node);
+        listed.hutch_node_state = Some(
+            if at.lost {
+                ListedSandbox::NODE_LOST
+            } else {
+                ListedSandbox::NODE_ALIVE
+            }
+            .to_owned(),
+        );
+    }
+    listed
+}
+
 impl From<&SandboxRow> for ListedSandbox {
     fn from(r: &SandboxRow) -> Self {
         ListedSandbox {
@@ -159,6 +176,8 @@ impl From<&SandboxRow> for ListedSandbox {
                     path: m.path.clone(),
                 })
                 .collect(),
+            hutch_node: None,
+            hutch_node_state: None,
         }
     }
 }
@@ -324,7 +343,7 @@ pub(super) async fn list_v1(
 ) -> Result<Json<Vec<ListedSandbox>>, ApiError> {
     let rows =
         lifecycle::list(&st, &filter(&caller.team, &q, vec![SandboxState::Running])?).await?;
-    Ok(Json(rows.iter().map(ListedSandbox::from).collect()))
+    Ok(Json(rows.iter().map(|r| listed(&st, r)).collect()))
 }
 
 /// The states a `state=` filter names; running and paused when absent.
@@ -412,7 +431,7 @@ pub(super) async fn list_v2(
             headers.insert("x-next-token", v);
         }
     }
-    let body: Vec<ListedSandbox> = rows.iter().map(ListedSandbox::from).collect();
+    let body: Vec<ListedSandbox> = rows.iter().map(|r| listed(&st, r)).collect();
     Ok((headers, Json(body)).into_response())
 }
 
@@ -481,7 +500,7 @@ pub(super) async fn detail(
     Path(id): Path<String>,
 ) -> Result<Json<ListedSandbox>, ApiError> {
     let row = lifecycle::find_owned(&st, &caller.team, &id, lifecycle::LISTED).await?;
-    Ok(Json(ListedSandbox::from(&row)))
+    Ok(Json(listed(&st, &row)))
 }
 
 #[utoipa::path(

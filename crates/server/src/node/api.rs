@@ -61,7 +61,8 @@ impl NodeSecret {
         format!("Bearer {}", self.0)
     }
 
-    fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+    /// Whether an `Authorization` header carries it.
+    pub fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
         authorization
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -137,6 +138,7 @@ fn status_of(e: &NodeError) -> StatusCode {
         NodeError::NotFound(_) => StatusCode::NOT_FOUND,
         NodeError::NoKeptDisk(_) => StatusCode::CONFLICT,
         NodeError::HostFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         NodeError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -147,6 +149,7 @@ pub(crate) fn from_status(status: StatusCode, text: String) -> NodeError {
         StatusCode::NOT_FOUND => NodeError::NotFound(text),
         StatusCode::CONFLICT => NodeError::NoKeptDisk(text),
         StatusCode::INSUFFICIENT_STORAGE => NodeError::HostFull(text),
+        StatusCode::SERVICE_UNAVAILABLE => NodeError::Unavailable(text),
         _ => NodeError::Failed(text),
     }
 }

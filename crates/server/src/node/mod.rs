@@ -16,8 +16,10 @@
 //! `/init`.
 
 pub(crate) mod api;
+pub(crate) mod cluster;
 #[cfg(test)]
 pub(crate) mod fake;
+pub(crate) mod join;
 pub(crate) mod remote;
 pub(crate) mod serve;
 
@@ -91,6 +93,11 @@ pub(crate) enum NodeError {
     /// The host's disk (or quota) is full: freeing space fixes it.
     #[error("{0}")]
     HostFull(String),
+    /// The node that holds the sandbox, or any node with room for a new
+    /// one, cannot be reached now (it may come back: a retry later can
+    /// succeed).
+    #[error("{0}")]
+    Unavailable(String),
     /// Anything else, with the node's explanation.
     #[error("{0}")]
     Failed(String),
@@ -253,6 +260,32 @@ impl LocalNode {
             pulled: Default::default(),
             pulling: Default::default(),
         }
+    }
+
+    /// The layers this node holds, as control planes name them: those in
+    /// its store and those it pulled under another diff id.
+    pub fn held_layers(&self) -> Vec<String> {
+        let mut held = self.layers.layer_ids().unwrap_or_else(|e| {
+            tracing::warn!("cannot list the layer store: {e}");
+            Vec::new()
+        });
+        if let Ok(aliases) = std::fs::read_dir(self.layers.root().join(ALIASES)) {
+            held.extend(
+                aliases
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(|h| format!("sha256:{h}"))),
+            );
+        }
+        held.sort();
+        held.dedup();
+        held
+    }
+
+    /// How many sandboxes this node holds (a directory each).
+    pub fn sandbox_count(&self) -> u64 {
+        std::fs::read_dir(&self.runtime.config().state_dir)
+            .map(|dir| dir.flatten().filter(|e| e.path().is_dir()).count() as u64)
+            .unwrap_or(0)
     }
 
     /// Pulls [`BootSpec::image`]s with `opts`.

@@ -159,7 +159,7 @@ impl RemoteNode {
 }
 
 /// An error and its sources, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// Connection limits and timeouts of the listener.
     pub http: http::Limits,
+    /// The control plane this node joins (`None`: it waits to be driven,
+    /// as by `hutch-bench`).
+    pub join: Option<super::join::JoinConfig>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("machine", &self.machine)
             .field("secret", &"<redacted>")
             .field("insecure_registries", &self.insecure_registries)
+            .field("join", &self.join)
             .finish()
     }
 }
@@ -55,6 +59,8 @@ pub struct NodeServer {
     http: http::Limits,
     router: axum::Router,
     node: Arc<super::LocalNode>,
+    /// Its heartbeats, and the control plane's answer to the first.
+    joiner: Option<(super::join::Joiner, Option<super::cluster::BeatReply>)>,
     _lock: std::fs::File,
 }
 
@@ -89,12 +95,40 @@ impl NodeServer {
         };
         tracing::info!(instance = %info.instance_id, data = %data.display(), "node ready");
         let node = Arc::new(node);
+        let joiner = match cfg.join {
+            None => None,
+            Some(join) => {
+                let control = join.control.clone();
+                let joiner = super::join::Joiner::new(
+                    join,
+                    secret.clone(),
+                    info.instance_id.clone(),
+                    node.clone(),
+                )
+                .map_err(ServerError::Config)?;
+                let first = match joiner.beat().await {
+                    Ok(reply) => {
+                        tracing::info!(%control, "joined the control plane");
+                        Some(reply)
+                    }
+                    Err(super::join::BeatError::Refused(why)) => {
+                        return Err(ServerError::Config(why));
+                    }
+                    Err(super::join::BeatError::Unreachable(why)) => {
+                        tracing::warn!("cannot join the control plane yet, trying again: {why}");
+                        None
+                    }
+                };
+                Some((joiner, first))
+            }
+        };
         Ok(NodeServer {
             listener,
             local_addr,
             http: cfg.http,
             router: super::api::router(node.clone(), secret, info),
             node,
+            joiner,
             _lock: lock,
         })
     }
@@ -114,6 +148,10 @@ impl NodeServer {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        if let Some((joiner, first)) = self.joiner {
+            tokio::spawn(joiner.run(first, stop.clone()));
+        }
         http::serve(
             self.listener,
             self.router,
@@ -122,6 +160,7 @@ impl NodeServer {
             Duration::from_secs(5),
         )
         .await;
+        stop.cancel();
         // Nothing left running: the host mounts made for sandboxes go too.
         match super::Node::list(&*self.node).await {
             Ok(ids) if ids.is_empty() => {
