@@ -61,7 +61,7 @@ pub(crate) async fn run(args: &Args, tmp: &Path, envd: PathBuf) -> anyhow::Resul
         insecure_registries: Vec::new(),
         http: hutch_server::http::Limits::default(),
         join: Some(JoinConfig {
-            control: control.api.base.clone(),
+            control: vec![control.api.base.clone()],
             name: "bench-node".into(),
             advertise: format!("http://{node_addr}"),
             capacity: Capacity {

@@ -254,11 +254,17 @@ struct NodeArgs {
     /// more).
     #[arg(long, env = "HUTCH_NODE_SECRET_FILE", value_name = "FILE")]
     node_secret_file: PathBuf,
-    /// The control plane to join (http://HOST:PORT: `hutch control`, or a
-    /// load balancer in front of its replicas). Without it the node only
-    /// answers the control plane that drives it.
-    #[arg(long, env = "HUTCH_JOIN", value_name = "URL")]
-    join: Option<String>,
+    /// The control plane to join (http://HOST:PORT: `hutch control`, a
+    /// load balancer in front of its replicas, or several replicas,
+    /// comma-separated: heartbeats go to the first that answers). Without
+    /// it the node only answers the control plane that drives it.
+    #[arg(
+        long,
+        env = "HUTCH_JOIN",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    join: Vec<String>,
     /// This node's name in the cluster: unique, kept across restarts
     /// [default: the host name].
     #[arg(long, env = "HUTCH_NODE_NAME", value_name = "NAME")]

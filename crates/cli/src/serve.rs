@@ -199,8 +199,8 @@ async fn serve(
 pub(crate) async fn run_node(args: NodeArgs, data_dir: PathBuf) -> anyhow::Result<()> {
     let _traces = init_logging(&args.daemon.telemetry, "node")?;
     let join = match args.join {
-        None => None,
-        Some(control) => Some(JoinConfig {
+        control if control.is_empty() => None,
+        control => Some(JoinConfig {
             control,
             name: match args.name {
                 Some(name) => name,

@@ -1,10 +1,13 @@
-//! A cluster on one machine: a control plane on PostgreSQL, a real OCI
-//! registry, and three `hutch node --join` processes — each with its own
-//! data directory, runc state and sandbox address pool — driven with the
-//! official Python SDK, unmodified. Sandboxes spread over the nodes; a node
+//! A cluster on one machine: two control plane replicas on one PostgreSQL,
+//! a real OCI registry, and three `hutch node --join` processes — each with
+//! its own data directory, runc state and sandbox address pool — driven
+//! with the official Python SDK, unmodified. Sandboxes made through one
+//! replica are served by the other and spread over the nodes; a node
 //! killed with SIGKILL is reported lost while creates go on elsewhere, and
-//! its sandboxes are re-adopted when it comes back; a control plane killed
-//! with SIGKILL comes back with every sandbox; the host is clean after.
+//! its sandboxes are re-adopted when it comes back; with one replica
+//! killed with SIGKILL everything goes on through the other (which takes
+//! over expiry, agent watches and reconciliation), and the replica comes
+//! back serving every sandbox; the host is clean after.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -62,7 +65,7 @@ fn placement(
 }
 
 #[test]
-fn a_control_plane_spreads_sandboxes_over_its_nodes_and_survives_their_loss() {
+fn control_planes_spread_sandboxes_over_their_nodes_and_survive_losses() {
     let postgres = Postgres::start();
     let registry = Registry::start(RegistryAuthMode::Anonymous);
     let cluster = ClusterSecret::new();
@@ -70,12 +73,15 @@ fn a_control_plane_spreads_sandboxes_over_its_nodes_and_survives_their_loss() {
     args.extend(["--database-url".to_owned(), postgres.url()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let control = TestServer::start_control(&args);
+    // The second replica shares the database, and so the API keys.
+    let other = TestServer::start_control(&args).with_api_key(control.api_key());
+    let both = format!("{},{}", control.url(), other.url());
     let mut nodes: Vec<TestNode> = NODES
         .iter()
         .enumerate()
         .map(|(i, name)| {
             TestNode::join(
-                &control.url(),
+                &both,
                 &cluster,
                 name,
                 &[
@@ -88,19 +94,13 @@ fn a_control_plane_spreads_sandboxes_over_its_nodes_and_survives_their_loss() {
         })
         .collect();
     control.wait_nodes_alive(3);
+    other.wait_nodes_alive(3);
     control.import(&debian_image(), "deb", &["--allow-privilege-escalation"]);
 
-    // 15 sandboxes at once through the SDK: each answers a command with
-    // the image's environment and its own, and a file round trip; they
-    // spread over the three nodes.
-    let out = e2b_python_run(
-        E2B_PYTHON_NEW,
-        "cluster.py",
-        &["create", "deb", "15"],
-        &control,
-        &[],
-    );
-    let ids = created(&out);
+    // 15 sandboxes at once through the SDK and the first replica: each
+    // answers a command with the image's environment and its own, and a
+    // file round trip; they spread over the three nodes.
+    let ids = created(&run(&control, &["create", "deb", "15"]));
     assert_eq!(ids.len(), 15);
     let spread = placement(&control, &nodes, &ids);
     assert_eq!(
@@ -108,13 +108,15 @@ fn a_control_plane_spreads_sandboxes_over_its_nodes_and_survives_their_loss() {
         NODES,
         "{spread:?}"
     );
+    // The other replica serves them all.
+    run(&other, &with("exec", &ids));
     // The store's allocations count them.
-    let allocated: u64 = control
+    let allocated: u64 = other
         .nodes()
         .iter()
         .map(|n| n["sandboxes"].as_u64().unwrap())
         .sum();
-    assert!(allocated >= 15, "{:?}", control.nodes());
+    assert!(allocated >= 15, "{:?}", other.nodes());
 
     // SIGKILL n2: it is reported lost within its lease, and so are its
     // sandboxes; a command on one fails naming the loss; creates go on, on
@@ -122,54 +124,62 @@ fn a_control_plane_spreads_sandboxes_over_its_nodes_and_survives_their_loss() {
     let on_n2 = spread["n2"].clone();
     nodes[1].kill9();
     wait_until("n2 to be lost", Duration::from_secs(15), || {
-        control.nodes_in("lost") == ["n2"]
+        control.nodes_in("lost") == ["n2"] && other.nodes_in("lost") == ["n2"]
     });
-    assert_eq!(info(&control, &on_n2[0])["hutchNodeState"], "lost");
+    assert_eq!(info(&other, &on_n2[0])["hutchNodeState"], "lost");
     assert_eq!(info(&control, &spread["n1"][0])["hutchNodeState"], "alive");
-    e2b_python_run(
-        E2B_PYTHON_NEW,
-        "cluster.py",
-        &["lost", &on_n2[0]],
-        &control,
-        &[],
-    );
-    let out = e2b_python_run(
-        E2B_PYTHON_NEW,
-        "cluster.py",
-        &["create", "deb", "4"],
-        &control,
-        &[],
-    );
-    let more = created(&out);
+    run(&other, &["lost", &on_n2[0]]);
+    let more = created(&run(&other, &["create", "deb", "4"]));
     let more_spread = placement(&control, &nodes, &more);
     assert!(!more_spread.contains_key("n2"), "{more_spread:?}");
 
     // n2 comes back: its sandboxes, still running, are re-adopted.
     nodes[1].start_again();
     control.wait_nodes_alive(3);
-    let mut exec = vec!["exec"];
-    exec.extend(on_n2.iter().map(String::as_str));
-    e2b_python_run(E2B_PYTHON_NEW, "cluster.py", &exec, &control, &[]);
-    assert_eq!(info(&control, &on_n2[0])["hutchNodeState"], "alive");
+    other.wait_nodes_alive(3);
+    run(&control, &with("exec", &on_n2));
+    assert_eq!(info(&other, &on_n2[0])["hutchNodeState"], "alive");
 
-    // SIGKILL the control plane, start it again: every sandbox is still
-    // there and answers (the nodes kept them; the store kept placements).
+    // SIGKILL the first replica: the other serves everything, creates go
+    // on there, and the nodes beat to it.
     let url = control.url();
     let dir = control.kill9();
-    let control = TestServer::restart_control(dir, &url, &args);
+    let mut all: Vec<String> = ids.iter().chain(&more).cloned().collect();
+    run(&other, &with("exec", &all));
+    let last = created(&run(&other, &["create", "deb", "2"]));
+    std::thread::sleep(Duration::from_secs(4));
+    other.wait_nodes_alive(3);
+    // It took over expiry: a sandbox given a second to live goes.
+    let (status, body) = http(
+        &other,
+        reqwest::Method::POST,
+        &format!("/sandboxes/{}/timeout", last[1]),
+        &[],
+        Some(serde_json::json!({"timeout": 1})),
+    );
+    assert_eq!(status, 204, "{body}");
+    wait_until("the sandbox to expire", Duration::from_secs(20), || {
+        let (status, _) = http(
+            &other,
+            reqwest::Method::GET,
+            &format!("/sandboxes/{}", last[1]),
+            &[],
+            None,
+        );
+        status == 404
+    });
+
+    // The first replica comes back, and serves every sandbox, old and new.
+    let control = TestServer::restart_control(dir, &url, &args).with_api_key(other.api_key());
     control.wait_nodes_alive(3);
-    let all: Vec<String> = ids.iter().chain(&more).cloned().collect();
-    let mut exec = vec!["exec"];
-    exec.extend(all.iter().map(String::as_str));
-    e2b_python_run(E2B_PYTHON_NEW, "cluster.py", &exec, &control, &[]);
+    all.push(last[0].clone());
+    run(&control, &with("exec", &all));
 
     // Killed through the SDK, they leave every node empty, and every
     // allocation is given back.
-    let mut kill = vec!["kill"];
-    kill.extend(all.iter().map(String::as_str));
-    e2b_python_run(E2B_PYTHON_NEW, "cluster.py", &kill, &control, &[]);
+    run(&control, &with("kill", &all));
     for node in &nodes {
-        for id in &all {
+        for id in all.iter().chain(&last) {
             wait_torn_down(node.data_dir(), id);
         }
     }
@@ -177,7 +187,7 @@ fn a_control_plane_spreads_sandboxes_over_its_nodes_and_survives_their_loss() {
         "every allocation given back",
         Duration::from_secs(20),
         || {
-            control
+            other
                 .nodes()
                 .iter()
                 .all(|n| n["sandboxes"] == 0 && n["cpus"] == 0 && n["memoryMB"] == 0)
@@ -185,4 +195,16 @@ fn a_control_plane_spreads_sandboxes_over_its_nodes_and_survives_their_loss() {
     );
     let names: BTreeSet<String> = control.nodes_in("alive").into_iter().collect();
     assert_eq!(names.len(), 3);
+}
+
+/// `cluster.py ARGS` through `server`; its output.
+fn run(server: &TestServer, args: &[&str]) -> String {
+    e2b_python_run(E2B_PYTHON_NEW, "cluster.py", args, server, &[])
+}
+
+/// `[mode, ids...]`.
+fn with<'a>(mode: &'a str, ids: &'a [String]) -> Vec<&'a str> {
+    std::iter::once(mode)
+        .chain(ids.iter().map(String::as_str))
+        .collect()
 }

@@ -160,6 +160,7 @@ async fn proxy(st: &Arc<AppState>, target: Target, mut req: Request) -> Response
         ))
         .into_response();
     };
+    crate::replicas::ensure_known(st, &id).await;
     let entry = st.live().get(&id).map(|s| {
         (
             s.agent.clone(),

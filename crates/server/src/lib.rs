@@ -58,6 +58,7 @@ pub mod metrics;
 mod node;
 pub mod pool;
 mod prometheus;
+mod replicas;
 mod sandbox_logs;
 mod state;
 mod teams;
@@ -317,6 +318,7 @@ impl Server {
         volumes::reconcile(&state).await;
         lifecycle::readopt(&state).await;
         if let Some(cluster) = &cfg.cluster {
+            replicas::start(&state).await;
             lifecycle::follow_cluster(&state, true).await;
             lifecycle::spawn_cluster_follower(state.clone(), follow_interval(cluster.node_lease));
         }

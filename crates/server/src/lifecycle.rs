@@ -728,6 +728,7 @@ pub(crate) async fn set_end_at(
     id: &str,
     end_at: impl FnOnce(i64) -> i64,
 ) -> Result<bool, SandboxError> {
+    crate::replicas::ensure_known(st, id).await;
     let new_end = {
         let mut live = st.live();
         let Some(entry) = live.get_mut(id).filter(|e| e.team == team) else {
@@ -756,6 +757,7 @@ pub(crate) async fn set_network(
     id: &str,
     policy: EgressPolicy,
 ) -> Result<(), SandboxError> {
+    crate::replicas::ensure_known(st, id).await;
     let _transition = st.transitions.lock(id).await;
     let stopped = match st.live().get(id) {
         Some(e) if e.team == team => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
@@ -1288,11 +1290,17 @@ pub(crate) async fn follow_cluster(st: &Arc<AppState>, at_start: bool) {
             return;
         }
     };
+    // Among control planes sharing a store, the one that leads reconciles
+    // ([`crate::replicas`]); the others only follow the nodes.
+    if !st.db.leads() {
+        cluster.forget_reconciled();
+        return;
+    }
     for change in changes {
         match change {
             crate::node::cluster::Change::Joined { node, instance } => {
                 tracing::info!(%node, %instance, "node alive");
-                readopt_node(st, &cluster, &node, &instance, at_start).await;
+                readopt_node(st, &cluster, &node, &instance, at_start && !st.replicated).await;
             }
             crate::node::cluster::Change::Lost { node, since_ms } => {
                 let on = cluster.sandboxes_on(&node);
@@ -1543,6 +1551,15 @@ pub(crate) fn watch_agent(st: &Arc<AppState>, id: &str, pid: u32) {
 pub(crate) fn spawn_reaper(st: Arc<AppState>) {
     tokio::spawn(async move {
         loop {
+            // Among control planes sharing a store, the one that leads
+            // reaps ([`crate::replicas`]).
+            if !st.db.leads() {
+                tokio::select! {
+                    _ = st.reaper_stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
             let now = time::now_ms();
             let (expired, next): (Vec<String>, Option<i64>) = {
                 let live = st.live();
@@ -1581,6 +1598,12 @@ pub(crate) fn spawn_reaper(st: Arc<AppState>) {
             let sleep = match next {
                 Some(t) => Duration::from_millis(u64::try_from(t - now).unwrap_or(0)),
                 None => Duration::from_secs(3600),
+            };
+            // A replica that may lose the lead looks again soon.
+            let sleep = if st.replicated {
+                sleep.min(Duration::from_secs(1))
+            } else {
+                sleep
             };
             tokio::select! {
                 _ = st.reaper_stop.cancelled() => return,

@@ -130,6 +130,9 @@ pub(crate) struct AppState {
     pub insecure_registries: Vec<String>,
     /// Runs template builds (`None` on a server whose node cannot build).
     pub builder: Option<hutch_builder::engine::Engine>,
+    /// Whether other control planes share this one's store (PostgreSQL):
+    /// then the live map follows the store ([`crate::replicas`]).
+    pub replicated: bool,
     /// The nodes of a control plane (`None`: the node is this machine);
     /// [`AppState::node`] is the same cluster.
     pub cluster: Option<Arc<crate::node::cluster::Cluster>>,
@@ -192,14 +195,17 @@ impl AppState {
             },
         )
         .map_err(ServerError::Config)?;
-        let data = DataDir::open(cfg).await?;
+        let data = DataDir::open_with(cfg, db::Access::Shared).await?;
+        let replicated = matches!(data.location, db::Location::Postgres(_));
         let nodes =
             crate::node::cluster::Cluster::open(data.db.clone(), secret, cluster.node_lease)
                 .await
                 .map_err(ServerError::Config)?;
         let nodes = Arc::new(nodes);
         let mut st = AppState::assemble(cfg, data, nodes.clone(), None, Some(registry));
-        Arc::get_mut(&mut st).expect("not shared yet").cluster = Some(nodes);
+        let state = Arc::get_mut(&mut st).expect("not shared yet");
+        state.cluster = Some(nodes);
+        state.replicated = replicated;
         Ok(st)
     }
 
@@ -238,6 +244,7 @@ impl AppState {
             volume_token_key: std::sync::OnceLock::new(),
             insecure_registries: cfg.insecure_registries.clone(),
             builder,
+            replicated: false,
             cluster: None,
             registry,
             builds: Default::default(),
@@ -274,6 +281,7 @@ impl AppState {
 /// A data directory, opened: locked, its database and layer store open.
 struct DataDir {
     path: PathBuf,
+    location: db::Location,
     db: Db,
     default_team: String,
     store: Arc<LayerStore>,
@@ -285,6 +293,12 @@ impl DataDir {
     /// `cfg.database_url`, else `DATA/hutch.db`), setting up the first API
     /// key.
     async fn open(cfg: &ServerConfig) -> Result<DataDir, ServerError> {
+        DataDir::open_with(cfg, db::Access::Exclusive).await
+    }
+
+    /// [`DataDir::open`], its store alone or shared with other control
+    /// planes.
+    async fn open_with(cfg: &ServerConfig, access: db::Access) -> Result<DataDir, ServerError> {
         let path = cfg.data_dir.as_path();
         let (lock, store) = open_machine_dir(path)?;
         let location = db::Location::new(cfg.database_url.as_deref(), path).map_err(|cause| {
@@ -293,7 +307,7 @@ impl DataDir {
                 cause,
             }
         })?;
-        let db = db::open(&location)
+        let db = db::open_with(&location, access)
             .await
             .map_err(|cause| ServerError::Database {
                 location: location.to_string(),
@@ -313,6 +327,7 @@ impl DataDir {
             .await?;
         Ok(DataDir {
             path: path.to_path_buf(),
+            location,
             db,
             default_team,
             store,

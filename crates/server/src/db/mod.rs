@@ -75,12 +75,36 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Whether a server has its database to itself, or shares it with other
+/// replicas of a control plane (PostgreSQL only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// One server per database (`hutch serve`).
+    Exclusive,
+    /// The replicas of a control plane (`hutch control`).
+    Shared,
+}
+
 /// Opens (creating and migrating as needed) the store at `location`.
 pub async fn open(location: &Location) -> Result<Db, DbError> {
+    open_with(location, Access::Exclusive).await
+}
+
+/// [`open`], alone or shared with other control planes.
+pub async fn open_with(location: &Location, access: Access) -> Result<Db, DbError> {
     Ok(match location {
         Location::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path)?),
-        Location::Postgres(url) => Arc::new(postgres::PostgresStore::open(url).await?),
+        Location::Postgres(url) => Arc::new(postgres::PostgresStore::open(url, access).await?),
     })
+}
+
+/// What changed among the sandboxes ([`Store::sandbox_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxChange {
+    /// The row of this sandbox.
+    One(String),
+    /// Anything: look at every row.
+    All,
 }
 
 /// A store failure.
@@ -128,6 +152,19 @@ pub enum DbError {
 pub trait Store: Send + Sync {
     /// Which backend this is (`sqlite` or `postgresql`), for logs.
     fn backend(&self) -> &'static str;
+
+    /// Whether this server runs the work that must run once among the
+    /// control planes sharing the store (always, for a store not shared).
+    fn leads(&self) -> bool {
+        true
+    }
+
+    /// The ids of the sandboxes whose rows others change, as they change,
+    /// for a store shared by several control planes; `None` for one that
+    /// is not.
+    async fn sandbox_changes(&self) -> Option<tokio::sync::mpsc::Receiver<SandboxChange>> {
+        None
+    }
 
     // ----- teams ------------------------------------------------------
 
@@ -280,6 +317,8 @@ pub trait Store: Send + Sync {
     async fn unplace_sandbox(&self, sandbox_id: String) -> Result<Option<String>, DbError>;
     /// Every placement, by sandbox id.
     async fn list_placements(&self) -> Result<Vec<Placement>, DbError>;
+    /// Sandbox `sandbox_id`'s placement.
+    async fn placement_of(&self, sandbox_id: String) -> Result<Option<Placement>, DbError>;
 }
 
 /// What a node can hold: the sums of its sandboxes' limits it admits.

@@ -3,14 +3,23 @@
 //! (`hutch_schema.version` is the number applied; a transaction-level
 //! advisory lock keeps two servers from migrating at once).
 //!
-//! One server per database: the store holds a session-level advisory lock
-//! on a connection of its own for its whole life, so that a second server
-//! pointed at the same database fails to start instead of adopting (and
-//! reaping) the first one's sandboxes. PostgreSQL drops the lock with the
-//! session when it restarts: the store checks its connection every
+//! One server per database, or several control planes: the store holds a
+//! session-level advisory lock on a connection of its own for its whole
+//! life — exclusive for `hutch serve` ([`Access::Exclusive`]), so that a
+//! second server pointed at the same database fails to start instead of
+//! adopting (and reaping) the first one's sandboxes; shared for the
+//! replicas of a control plane ([`Access::Shared`]), which keeps a
+//! `hutch serve` away from their database. PostgreSQL drops the lock with
+//! the session when it restarts: the store checks its connection every
 //! [`HOLDER_CHECK`] and, once PostgreSQL is back, connects again and takes
 //! the lock again. If another server took it meanwhile, this one stops
 //! (exit status 1) rather than share the database.
+//!
+//! Replicas share the work that must run once through a second lock,
+//! [`LEADER_LOCK`], that one of them holds at a time on the same connection
+//! ([`Store::leads`]); and learn of each other's changes to sandboxes from
+//! `NOTIFY hutch_sandboxes` (a trigger sends each changed row's id:
+//! [`Store::sandbox_changes`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -20,9 +29,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Row};
 
 use super::{
-    ApiKeyRow, Capacity, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, NodeBeat, NodeRow,
-    PauseMode, Placement, Revoke, SANDBOX_COLUMNS, SandboxColumns, SandboxRow, SandboxState,
-    Spawns, Store, TagRow, TeamRow, TemplateRow, VolumeRow,
+    Access, ApiKeyRow, Capacity, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, NodeBeat,
+    NodeRow, PauseMode, Placement, Revoke, SANDBOX_COLUMNS, SandboxChange, SandboxColumns,
+    SandboxRow, SandboxState, Spawns, Store, TagRow, TeamRow, TemplateRow, VolumeRow,
 };
 
 /// Schema migrations, in order; `hutch_schema.version` is the number
@@ -151,7 +160,19 @@ const MIGRATIONS: &[&str] = &[
         placed_at   BIGINT NOT NULL         -- Unix ms
     );
     CREATE INDEX placements_node ON placements (node_id);",
+    // 12: every change to a sandbox row is announced to the control
+    // planes sharing the database (`LISTEN hutch_sandboxes`), with its id.
+    "CREATE FUNCTION hutch_sandbox_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('hutch_sandboxes', COALESCE(NEW.id, OLD.id));
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER sandboxes_changed AFTER INSERT OR UPDATE OR DELETE ON sandboxes
+        FOR EACH ROW EXECUTE FUNCTION hutch_sandbox_changed();",
 ];
+
+/// The channel sandbox changes are announced on.
+const CHANGES_CHANNEL: &str = "hutch_sandboxes";
 
 /// The template columns every query reads, in [`template_row`]'s order.
 const TEMPLATE_COLUMNS: &str = "id, name, metadata, created_at, build_id, public, team_id";
@@ -160,6 +181,9 @@ const TEMPLATE_COLUMNS: &str = "id, name, metadata, created_at, build_id, public
 /// then one for migrations and one for the server holding the database.
 const MIGRATION_LOCK: i64 = 0x6875_7463_6800_0001;
 const SERVER_LOCK: i64 = 0x6875_7463_6800_0002;
+/// Held by the one control plane replica that runs the work that must run
+/// once.
+const LEADER_LOCK: i64 = 0x6875_7463_6800_0003;
 
 /// How long opening waits for another server's hold on the database to go.
 const HOLDER_WAIT: Duration = Duration::from_secs(5);
@@ -167,14 +191,21 @@ const HOLDER_WAIT: Duration = Duration::from_secs(5);
 /// How often the store checks that it still holds the database.
 const HOLDER_CHECK: Duration = Duration::from_secs(2);
 
+/// How often a replica checks its connection and tries to lead: a replica
+/// that dies leaves the lock to another within about this long.
+const LEAD_CHECK: Duration = Duration::from_secs(1);
+
 /// How long a query waits for a free connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: PgPool,
+    options: PgConnectOptions,
     /// Keeps [`SERVER_LOCK`] held for the store's life ([`keep_holding`]).
     holder: tokio::task::JoinHandle<()>,
+    /// Whether this store holds [`LEADER_LOCK`] (always, exclusively).
+    leads: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for PostgresStore {
@@ -184,32 +215,46 @@ impl Drop for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects, takes the database for this server, and migrates it.
-    pub async fn open(url: &str) -> Result<PostgresStore, DbError> {
+    /// Connects, takes the database for this server (alone, or with other
+    /// control planes: `access`), and migrates it.
+    pub async fn open(url: &str, access: Access) -> Result<PostgresStore, DbError> {
         let options: PgConnectOptions = url.parse()?;
         let options = options.application_name("hutch");
-        let holder = take_database(&options).await?;
+        let holder = take_database(&options, access).await?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
         migrate(&pool).await?;
+        let leads = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            access == Access::Exclusive,
+        ));
         Ok(PostgresStore {
             pool,
-            holder: tokio::spawn(keep_holding(options, holder)),
+            holder: tokio::spawn(keep_holding(options.clone(), holder, access, leads.clone())),
+            options,
+            leads,
         })
     }
 }
 
-/// Connects and takes [`SERVER_LOCK`] on that connection. A server
-/// restarted at once after a crash may find its previous session not yet
-/// closed by PostgreSQL: it waits a little ([`HOLDER_WAIT`]).
-async fn take_database(options: &PgConnectOptions) -> Result<PgConnection, DbError> {
+/// Connects and takes [`SERVER_LOCK`] on that connection, exclusively or
+/// shared. A server restarted at once after a crash may find its previous
+/// session not yet closed by PostgreSQL: it waits a little
+/// ([`HOLDER_WAIT`]).
+async fn take_database(
+    options: &PgConnectOptions,
+    access: Access,
+) -> Result<PgConnection, DbError> {
     let mut holder = PgConnection::connect_with(options).await?;
     let deadline = tokio::time::Instant::now() + HOLDER_WAIT;
+    let take = match access {
+        Access::Exclusive => "SELECT pg_try_advisory_lock($1)",
+        Access::Shared => "SELECT pg_try_advisory_lock_shared($1)",
+    };
     loop {
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        let taken: bool = sqlx::query_scalar(take)
             .bind(SERVER_LOCK)
             .fetch_one(&mut holder)
             .await?;
@@ -226,16 +271,47 @@ async fn take_database(options: &PgConnectOptions) -> Result<PgConnection, DbErr
 /// Checks the holding connection every [`HOLDER_CHECK`]; when it is gone
 /// (PostgreSQL restarted, or the network dropped it), connects again and
 /// takes the lock again as soon as PostgreSQL answers. Another server
-/// holding it by then stops this one.
-async fn keep_holding(options: PgConnectOptions, mut holder: PgConnection) {
+/// holding it by then stops this one. A replica ([`Access::Shared`]) also
+/// tries to take [`LEADER_LOCK`] on it while it does not hold it, and
+/// knows it lost it with the connection.
+async fn keep_holding(
+    options: PgConnectOptions,
+    mut holder: PgConnection,
+    access: Access,
+    leads: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let check = match access {
+        Access::Exclusive => HOLDER_CHECK,
+        Access::Shared => LEAD_CHECK,
+    };
     loop {
-        tokio::time::sleep(HOLDER_CHECK).await;
+        if access == Access::Shared && !leads.load(Ordering::SeqCst) {
+            match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut holder)
+                .await
+            {
+                Ok(true) => {
+                    leads.store(true, Ordering::SeqCst);
+                    tracing::info!("this control plane now runs the cluster's once-only work");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!("cannot try the leader lock: {e}"),
+            }
+        }
+        tokio::time::sleep(check).await;
         if holder.ping().await.is_ok() {
             continue;
         }
+        if access == Access::Shared && leads.swap(false, Ordering::SeqCst) {
+            tracing::warn!(
+                "lost the connection holding the leader lock; another control plane may take it"
+            );
+        }
         tracing::warn!("lost the connection holding the database; connecting again");
         loop {
-            match take_database(&options).await {
+            match take_database(&options, access).await {
                 Ok(again) => {
                     holder = again;
                     tracing::info!("holding the database again");
@@ -251,6 +327,63 @@ async fn keep_holding(options: PgConnectOptions, mut holder: PgConnection) {
                 Err(e) => {
                     tracing::debug!("the database is still unreachable: {e}");
                     tokio::time::sleep(HOLDER_CHECK).await;
+                }
+            }
+        }
+    }
+}
+
+/// Forwards `NOTIFY hutch_sandboxes` to `tx` until it is dropped; after
+/// the connection is lost (and again at the start), sends
+/// [`SandboxChange::All`]: what was announced meanwhile is unknown.
+async fn listen_changes(options: PgConnectOptions, tx: tokio::sync::mpsc::Sender<SandboxChange>) {
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(
+                &PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options.clone())
+                    .await?,
+            )
+            .await?;
+            l.listen(CHANGES_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match listener.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("cannot listen for sandbox changes yet: {e}");
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(LEAD_CHECK).await;
+                continue;
+            }
+        };
+        if tx.send(SandboxChange::All).await.is_err() {
+            return;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    if tx
+                        .send(SandboxChange::One(n.payload().to_owned()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // The connection was lost (and is made again): announce a
+                // full look.
+                Ok(None) => {
+                    if tx.send(SandboxChange::All).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("listening for sandbox changes: {e}");
+                    break;
                 }
             }
         }
@@ -299,6 +432,34 @@ async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgresql"
+    }
+
+    fn leads(&self) -> bool {
+        self.leads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn sandbox_changes(&self) -> Option<tokio::sync::mpsc::Receiver<SandboxChange>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(listen_changes(self.options.clone(), tx));
+        Some(rx)
+    }
+
+    async fn placement_of(&self, sandbox_id: String) -> Result<Option<Placement>, DbError> {
+        sqlx::query(
+            "SELECT sandbox_id, node_id, cpus, memory_mb FROM placements WHERE sandbox_id = $1",
+        )
+        .bind(sandbox_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| {
+            Ok(Placement {
+                sandbox_id: r.try_get(0)?,
+                node_id: r.try_get(1)?,
+                cpus: unsigned(r.try_get(2)?),
+                memory_mb: unsigned(r.try_get(3)?),
+            })
+        })
+        .transpose()
     }
 
     async fn default_team(&self) -> Result<TeamRow, DbError> {

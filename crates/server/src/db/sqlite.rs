@@ -881,6 +881,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn placement_of(&self, sandbox_id: String) -> Result<Option<Placement>, DbError> {
+        self.call(move |c| {
+            use rusqlite::OptionalExtension as _;
+            Ok(c.query_row(
+                "SELECT sandbox_id, node_id, cpus, memory_mb FROM placements WHERE sandbox_id = ?1",
+                [sandbox_id],
+                |r| {
+                    Ok(Placement {
+                        sandbox_id: r.get(0)?,
+                        node_id: r.get(1)?,
+                        cpus: unsigned(r.get(2)?),
+                        memory_mb: unsigned(r.get(3)?),
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     async fn list_placements(&self) -> Result<Vec<Placement>, DbError> {
         self.call(|c| {
             let mut st = c.prepare(

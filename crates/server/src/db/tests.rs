@@ -76,6 +76,7 @@ on_both_backends!(
     nodes_heartbeat_and_list,
     placements_reserve_and_release,
     concurrent_placements_never_overfill,
+    shared_stores_lead_one_at_a_time_and_hear_changes,
 );
 
 /// A template row `id` named `name` holding `metadata`, the build
@@ -801,6 +802,11 @@ async fn placements_reserve_and_release(f: &Fixture) {
             placement("e", "n2", 1, 512),
         ]
     );
+    assert_eq!(
+        db.placement_of("e".into()).await.unwrap(),
+        Some(placement("e", "n2", 1, 512))
+    );
+    assert_eq!(db.placement_of("nope".into()).await.unwrap(), None);
     // Unplacing gives the allocation back.
     assert_eq!(
         db.unplace_sandbox("a".into()).await.unwrap().as_deref(),
@@ -954,4 +960,48 @@ fn network_records_keep_their_stored_form() {
     assert_eq!(policy.allow_domains.len(), 2);
     assert!(policy.allows_name("a.example.org"));
     assert_eq!(NetworkRecord::encode(&policy), named);
+}
+
+/// Stores shared by control planes: one leads at a time, another takes
+/// over when it goes, each hears the sandbox rows the others change; a
+/// `hutch serve` cannot take a database they share. SQLite is never
+/// shared: it always leads and announces nothing.
+async fn shared_stores_lead_one_at_a_time_and_hear_changes(f: &Fixture) {
+    use std::time::Duration;
+    let a = open_with(&f.location, Access::Shared).await.unwrap();
+    if a.backend() == "sqlite" {
+        assert!(a.leads());
+        assert!(a.sandbox_changes().await.is_none());
+        return;
+    }
+    let b = open_with(&f.location, Access::Shared).await.unwrap();
+    let leaders = |stores: &[&Db]| stores.iter().filter(|s| s.leads()).count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while leaders(&[&a, &b]) != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "nobody leads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        open_with(&f.location, Access::Exclusive).await,
+        Err(DbError::InUse)
+    ));
+
+    let mut changes = b.sandbox_changes().await.unwrap();
+    assert_eq!(changes.recv().await, Some(SandboxChange::All));
+    a.insert_sandbox(sandbox("s1", "t1", SandboxState::Running))
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .unwrap();
+    assert_eq!(heard, Some(SandboxChange::One("s1".into())));
+
+    // The leader goes: the other takes over.
+    let (leader, other) = if a.leads() { (a, b) } else { (b, a) };
+    drop(leader);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !other.leads() {
+        assert!(tokio::time::Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

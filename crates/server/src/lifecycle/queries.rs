@@ -59,20 +59,22 @@ pub(crate) async fn list(st: &AppState, filter: &Filter) -> Result<Vec<SandboxRo
 }
 
 /// Whether sandbox `id` is running or paused and team `team`'s: another
-/// team's sandboxes are answered as absent.
-fn owns(st: &AppState, team: &str, id: &str) -> bool {
+/// team's sandboxes are answered as absent. Among control planes sharing
+/// a store, one made through another an instant ago is loaded first.
+async fn owns(st: &Arc<AppState>, team: &str, id: &str) -> bool {
+    crate::replicas::ensure_known(st, id).await;
     st.live().get(id).is_some_and(|e| e.team == team)
 }
 
 /// Team `team`'s sandbox `id` while it is in one of `states` (running or
 /// paused).
 pub(crate) async fn find_owned(
-    st: &AppState,
+    st: &Arc<AppState>,
     team: &str,
     id: &str,
     states: &[SandboxState],
 ) -> Result<SandboxRow, SandboxError> {
-    if !owns(st, team, id) {
+    if !owns(st, team, id).await {
         return Err(SandboxError::NotFound(id.to_string()));
     }
     find(st, id, states).await
@@ -101,12 +103,13 @@ pub(crate) const LISTED: &[SandboxState] = &[SandboxState::Running, SandboxState
 /// [`crate::metrics`]); none for one paused filesystem-only (nothing of it
 /// runs).
 pub(crate) async fn metrics(
-    st: &AppState,
+    st: &Arc<AppState>,
     team: &str,
     id: &str,
     start: Option<i64>,
     end: Option<i64>,
 ) -> Result<Vec<SandboxMetric>, SandboxError> {
+    crate::replicas::ensure_known(st, id).await;
     let stopped = match st.live().get(id) {
         Some(e) if e.team == team => e.paused.is_some_and(|p| p.mode == PauseMode::Filesystem),
         _ => return Err(SandboxError::NotFound(id.to_string())),
@@ -208,7 +211,7 @@ pub(crate) async fn create(
 /// [`kill_sandbox`], to completion; not found unless it was running or
 /// paused, and team `team`'s.
 pub(crate) async fn kill(st: &Arc<AppState>, team: &str, id: &str) -> Result<(), SandboxError> {
-    if !owns(st, team, id) {
+    if !owns(st, team, id).await {
         return Err(SandboxError::NotFound(id.to_string()));
     }
     let (st, task_id) = (st.clone(), id.to_string());
@@ -225,7 +228,7 @@ pub(crate) async fn pause(
     id: &str,
     mode: PauseMode,
 ) -> Result<PauseOutcome, SandboxError> {
-    if !owns(st, team, id) {
+    if !owns(st, team, id).await {
         return Err(SandboxError::NotFound(id.to_string()));
     }
     let (st, id) = (st.clone(), id.to_string());
@@ -241,7 +244,7 @@ pub(crate) async fn resume(
     timeout_secs: Option<u64>,
     memory: Option<bool>,
 ) -> Result<(ResumeOutcome, SandboxRow), SandboxError> {
-    if !owns(st, team, id) {
+    if !owns(st, team, id).await {
         return Err(SandboxError::NotFound(id.to_string()));
     }
     let (task_st, task_id) = (st.clone(), id.to_string());
@@ -262,7 +265,7 @@ pub(crate) async fn snapshot(
     id: &str,
     name: Option<String>,
 ) -> Result<TemplateMetadata, SandboxError> {
-    if !owns(st, team, id) {
+    if !owns(st, team, id).await {
         return Err(SandboxError::NotFound(id.to_string()));
     }
     let (st, id) = (st.clone(), id.to_string());
@@ -281,7 +284,7 @@ pub(crate) async fn fork(
     timeout_secs: Option<u64>,
     count: u64,
 ) -> Result<Vec<Result<SandboxRow, SandboxError>>, SandboxError> {
-    if !owns(st, team, id) {
+    if !owns(st, team, id).await {
         return Err(SandboxError::NotFound(id.to_string()));
     }
     let (st, id) = (st.clone(), id.to_string());

@@ -243,6 +243,29 @@ impl Cluster {
         }
     }
 
+    /// Forgets which nodes were reconciled: a control plane that does not
+    /// lead reconciles none, and one that comes to lead reconciles each.
+    pub fn forget_reconciled(&self) {
+        for m in self.lock().members.values_mut() {
+            m.reconciled = None;
+            m.lost_reported = false;
+        }
+    }
+
+    /// Learns (or, with `None`, forgets) sandbox `id`'s node, as another
+    /// control plane placed it.
+    pub fn learn_placement(&self, id: &str, node: Option<String>) {
+        let mut inner = self.lock();
+        match node {
+            Some(node) => {
+                inner.placed.insert(id.to_owned(), node);
+            }
+            None => {
+                inner.placed.remove(id);
+            }
+        }
+    }
+
     /// The node of sandbox `id`, if it has one, and whether it is lost.
     pub fn node_of(&self, id: &str) -> Option<NodeOf> {
         let inner = self.lock();

@@ -20,9 +20,10 @@ use crate::node::cluster::BeatReply;
 /// How a node joins a control plane ([`crate::NodeConfig::join`]).
 #[derive(Debug, Clone)]
 pub struct JoinConfig {
-    /// The control plane's API (`http://host:port`), or a load balancer in
-    /// front of its replicas.
-    pub control: String,
+    /// The control plane's API (`http://host:port`): one, a load balancer
+    /// in front of its replicas, or several replicas — the heartbeat goes
+    /// to the first that answers, and stays with it while it does.
+    pub control: Vec<String>,
     /// This node's name in the cluster: stable across restarts, unique.
     pub name: String,
     /// Where control planes reach this node's API (`http://host:port`).
@@ -45,6 +46,8 @@ pub(crate) struct Joiner {
     instance_id: String,
     node: Arc<super::LocalNode>,
     http: reqwest::Client,
+    /// Which of [`JoinConfig::control`] answered last.
+    current: std::sync::atomic::AtomicUsize,
 }
 
 /// Why a beat failed.
@@ -62,13 +65,17 @@ impl Joiner {
         instance_id: String,
         node: Arc<super::LocalNode>,
     ) -> Result<Joiner, String> {
-        let url = url::Url::parse(&cfg.control)
-            .map_err(|e| format!("control plane address {:?}: {e}", cfg.control))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "control plane address {:?}: expected http:// or https://",
-                cfg.control
-            ));
+        if cfg.control.is_empty() {
+            return Err("no control plane address to join".into());
+        }
+        for control in &cfg.control {
+            let url = url::Url::parse(control)
+                .map_err(|e| format!("control plane address {control:?}: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(format!(
+                    "control plane address {control:?}: expected http:// or https://"
+                ));
+            }
         }
         let http = reqwest::Client::builder()
             .timeout(BEAT_TIMEOUT)
@@ -80,11 +87,36 @@ impl Joiner {
             instance_id,
             node,
             http,
+            current: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
-    /// One heartbeat; the control plane's answer.
+    /// One heartbeat, to the control plane that answered last, else to
+    /// the next ones in turn; the answer.
     pub async fn beat(&self) -> Result<BeatReply, BeatError> {
+        use std::sync::atomic::Ordering;
+        let n = self.cfg.control.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for i in 0..n {
+            let at = (first + i) % n;
+            match self.beat_to(&self.cfg.control[at]).await {
+                Ok(reply) => {
+                    if at != first {
+                        tracing::info!(control = %self.cfg.control[at], "heartbeats go to this control plane now");
+                    }
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                Err(e @ BeatError::Refused(_)) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one control plane"))
+    }
+
+    /// One heartbeat to `control`; its answer.
+    async fn beat_to(&self, control: &str) -> Result<BeatReply, BeatError> {
         let node = self.node.clone();
         let (sandboxes, layers) =
             tokio::task::spawn_blocking(move || (node.sandbox_count(), node.held_layers()))
@@ -101,7 +133,7 @@ impl Joiner {
         };
         let url = format!(
             "{}{}",
-            self.cfg.control.trim_end_matches('/'),
+            control.trim_end_matches('/'),
             crate::api::HEARTBEAT_PATH
         );
         let resp = self
@@ -113,8 +145,7 @@ impl Joiner {
             .await
             .map_err(|e| {
                 BeatError::Unreachable(format!(
-                    "the control plane at {} did not answer: {}",
-                    self.cfg.control,
+                    "the control plane at {control} did not answer: {}",
                     super::remote::error_chain(&e)
                 ))
             })?;
@@ -130,10 +161,7 @@ impl Joiner {
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
             .unwrap_or(body);
-        let why = format!(
-            "the control plane at {} refused this node ({status}): {message}",
-            self.cfg.control
-        );
+        let why = format!("the control plane at {control} refused this node ({status}): {message}");
         Err(if matches!(status.as_u16(), 400 | 401 | 403 | 404 | 422) {
             BeatError::Refused(why)
         } else {
@@ -153,7 +181,7 @@ impl Joiner {
             match self.beat().await {
                 Ok(reply) => {
                     if unreachable {
-                        tracing::info!(control = %self.cfg.control, "control plane reached again");
+                        tracing::info!("control plane reached again");
                         unreachable = false;
                     }
                     every = Duration::from_millis(reply.interval_ms.max(50));

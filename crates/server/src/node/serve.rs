@@ -98,7 +98,7 @@ impl NodeServer {
         let joiner = match cfg.join {
             None => None,
             Some(join) => {
-                let control = join.control.clone();
+                let control = join.control.join(", ");
                 let joiner = super::join::Joiner::new(
                     join,
                     secret.clone(),
