@@ -36,17 +36,21 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// How often a replica looks whether it came to lead.
 const LEAD_LOOK: Duration = Duration::from_millis(500);
 
-/// Loads every live sandbox, then follows the store's changes and the
-/// leader lock for as long as the server runs. Nothing for a store no
-/// other control plane shares.
+/// Loads every live sandbox of a control plane (those of nodes lost now
+/// too: they are answered as such until their node comes back), then, when
+/// other control planes share the store, follows its changes and the
+/// leader lock for as long as the server runs.
 pub(crate) async fn start(st: &Arc<AppState>) {
+    if st.cluster.is_none() {
+        return;
+    }
+    sync_all(st).await;
     if !st.replicated {
         return;
     }
     let Some(mut changes) = st.db.sandbox_changes().await else {
         return;
     };
-    sync_all(st).await;
     let follower = st.clone();
     tokio::spawn(async move {
         let mut resync = tokio::time::interval(RESYNC);
