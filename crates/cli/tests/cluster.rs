@@ -95,6 +95,32 @@ fn control_planes_spread_sandboxes_over_their_nodes_and_survive_losses() {
         .collect();
     control.wait_nodes_alive(3);
     other.wait_nodes_alive(3);
+    // A key made through one replica works through the other at once, and
+    // stops working there once revoked through the first.
+    let made: serde_json::Value =
+        serde_json::from_str(&control.cli_ok(&["api-key", "create", "--json"])).unwrap();
+    let key = made["key"].as_str().unwrap();
+    let listing = |server: &TestServer| {
+        server
+            .hutch()
+            .env("HUTCH_API_KEY", key)
+            .args(["sandbox", "list"])
+            .output()
+            .unwrap()
+    };
+    let with_key = |server: &TestServer| listing(server).status.success();
+    let out = listing(&other);
+    assert!(
+        out.status.success(),
+        "a new key through the other replica: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    control.cli_ok(&["api-key", "revoke", made["id"].as_str().unwrap()]);
+    wait_until(
+        "the revoked key to be refused",
+        Duration::from_secs(10),
+        || !with_key(&other),
+    );
     control.import(&debian_image(), "deb", &["--allow-privilege-escalation"]);
 
     // 15 sandboxes at once through the SDK and the first replica: each

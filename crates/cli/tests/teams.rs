@@ -77,6 +77,9 @@ fn another_teams_key_finds_nothing_and_changes_nothing() {
         Some(json!({"name": "gamma"})),
     );
     assert_eq!(status, 403, "{body}");
+    // Nor see the cluster's nodes (the operator's).
+    let (status, body) = call(&server, &b, Method::GET, "/hutch/v1/nodes", None);
+    assert_eq!(status, 403, "{body}");
     // Nor read the server's metrics (the operator's, across teams).
     let (status, body) = call(&server, &b, Method::GET, "/metrics", None);
     assert_eq!(status, 403, "{body}");
@@ -431,7 +434,7 @@ fn another_teams_key_finds_nothing_and_changes_nothing() {
         .chain(listings)
         .chain(NOT_KEYED)
         // Tried above: 403 for another team's key.
-        .chain(["/metrics"])
+        .chain(["/metrics", "/hutch/v1/nodes"])
         .collect();
     let untested: Vec<String> = declared_routes()
         .into_iter()

@@ -70,6 +70,11 @@ pub(crate) struct Keys {
     /// The default team's id.
     default_team: String,
     cache: Mutex<KeyCache>,
+    /// Held while the keys are read again for a key not among them: the
+    /// requests that wait meanwhile use that read (one made through
+    /// another control plane an instant ago works here too, and unknown
+    /// keys cost one read at a time).
+    reading: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -78,7 +83,16 @@ struct KeyCache {
     /// not kept after it.
     generation: u64,
     valid: Option<Arc<HashMap<String, KeyOwner>>>,
+    /// When `valid` was read.
+    read_at: Option<std::time::Instant>,
+    /// How many times it was read.
+    reads: u64,
 }
+
+/// How long the valid keys are kept before they are read again: the
+/// longest a key revoked through another control plane sharing the store
+/// stays usable here.
+const KEYS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Keys {
     pub fn new(db: Db, default_team: String) -> Keys {
@@ -86,6 +100,7 @@ impl Keys {
             db,
             default_team,
             cache: Mutex::default(),
+            reading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -120,19 +135,17 @@ impl Keys {
     /// Who `key` is, if it is a key that is not revoked.
     pub async fn caller(&self, key: &str) -> Result<Option<Caller>, DbError> {
         let hash = hash_key(key);
-        let (valid, generation) = {
-            let cache = self.cache();
-            (cache.valid.clone(), cache.generation)
-        };
+        let (valid, reads) = self.cached();
         let valid = match valid {
-            Some(valid) => valid,
-            None => {
-                let valid = Arc::new(self.db.valid_api_keys().await?);
-                let mut cache = self.cache();
-                if cache.generation == generation {
-                    cache.valid = Some(valid.clone());
+            Some(valid) if valid.contains_key(&hash) => valid,
+            // Not among the keys read: read them again, unless a read that
+            // started after this request began already did.
+            _ => {
+                let _one = self.reading.lock().await;
+                match self.cached() {
+                    (Some(valid), now) if now > reads => valid,
+                    _ => self.read().await?,
                 }
-                valid
             }
         };
         Ok(valid.get(&hash).map(|owner| Caller {
@@ -140,6 +153,27 @@ impl Keys {
             team: owner.team_id.clone(),
             key_id: owner.key_id,
         }))
+    }
+
+    /// The valid keys as last read, unless older than [`KEYS_MAX_AGE`]; and
+    /// how many reads there were.
+    fn cached(&self) -> (Option<Arc<HashMap<String, KeyOwner>>>, u64) {
+        let cache = self.cache();
+        let fresh = cache.read_at.is_some_and(|t| t.elapsed() < KEYS_MAX_AGE);
+        (cache.valid.clone().filter(|_| fresh), cache.reads)
+    }
+
+    /// Reads the valid keys, and keeps them unless they changed meanwhile.
+    async fn read(&self) -> Result<Arc<HashMap<String, KeyOwner>>, DbError> {
+        let generation = self.cache().generation;
+        let valid = Arc::new(self.db.valid_api_keys().await?);
+        let mut cache = self.cache();
+        cache.reads += 1;
+        if cache.generation == generation {
+            cache.valid = Some(valid.clone());
+            cache.read_at = Some(std::time::Instant::now());
+        }
+        Ok(valid)
     }
 
     /// A new key of `kind` named `name` for team `team`, stored; returns

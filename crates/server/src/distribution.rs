@@ -60,6 +60,31 @@ impl TemplateRegistry {
     /// The image (by digest) that holds `layers` (base first, all in
     /// `store`), pushed now unless it was already; `scratch` is where the
     /// layer blobs are written meanwhile.
+    /// The registry tag of layer list `key`.
+    fn tag(&self, key: &str) -> String {
+        format!("{}:layers-{}", self.repository, &key[..16])
+    }
+
+    /// The image of `layers` if it was pushed before (by this server
+    /// before a restart, or by another control plane), without pushing.
+    pub async fn lookup(&self, layers: &[String]) -> Result<Option<String>, String> {
+        let key = layer_list_key(layers);
+        if let Some(image) = self.remembered(&key) {
+            return Ok(Some(image));
+        }
+        self.pushed(&key).await
+    }
+
+    /// Asks the registry for the tag of layer list `key`.
+    async fn pushed(&self, key: &str) -> Result<Option<String>, String> {
+        let tag = self.tag(key);
+        match hutch_image::manifest_digest(&tag, &self.opts).await {
+            Ok(Some(digest)) => Ok(Some(self.remember(key.to_owned(), &digest))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("cannot reach the template registry at {tag}: {e}")),
+        }
+    }
+
     pub async fn image_of(
         &self,
         store: &Arc<LayerStore>,
@@ -74,13 +99,10 @@ impl TemplateRegistry {
         if let Some(image) = self.remembered(&key) {
             return Ok(image);
         }
-        let tag = format!("{}:layers-{}", self.repository, &key[..16]);
-        // Pushed before (by this server before a restart, or another).
-        match hutch_image::manifest_digest(&tag, &self.opts).await {
-            Ok(Some(digest)) => return Ok(self.remember(key, &digest)),
-            Ok(None) => {}
-            Err(e) => return Err(format!("cannot reach the template registry at {tag}: {e}")),
+        if let Some(image) = self.pushed(&key).await? {
+            return Ok(image);
         }
+        let tag = self.tag(&key);
         std::fs::create_dir_all(scratch)
             .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
         let dir = tempfile::Builder::new()
@@ -136,8 +158,14 @@ pub(crate) async fn image_for(
     let Some(registry) = &st.registry else {
         return Ok(None);
     };
+    // Layers another control plane imported (and pushed), or a snapshot a
+    // node made (found on that node only).
+    // Without the registry, placement keeps to the nodes that hold them.
     if !layers.iter().all(|l| st.store.has_layer(l)) {
-        return Ok(None);
+        return Ok(registry.lookup(layers).await.unwrap_or_else(|e| {
+            tracing::warn!("{e}; placing on the nodes that hold the layers");
+            None
+        }));
     }
     registry
         .image_of(&st.store, &st.data_dir.join("tmp"), layers)
