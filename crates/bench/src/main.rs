@@ -50,6 +50,7 @@ mod density;
 mod docker;
 mod host;
 mod load;
+mod placement;
 mod remote;
 
 use std::io::Read;
@@ -99,6 +100,10 @@ struct Args {
     /// a `hutch node` instead (see `remote.rs`).
     #[arg(long)]
     remote_node: bool,
+    /// Measure the control plane alone with 1 and then 100 simulated nodes
+    /// (see `placement.rs`).
+    #[arg(long)]
+    placement: bool,
     /// With `--docker`: sandboxes (and containers) killed at once.
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
@@ -224,6 +229,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             return Err(e);
         }
         return load::run(target, n, args.rounds).await;
+    }
+    if args.placement {
+        let tmp = tempfile::Builder::new()
+            .prefix("hb")
+            .tempdir_in("/var/tmp")?;
+        return placement::run(&args, tmp.path(), envd).await;
     }
     if args.remote_node {
         let tmp = tempfile::Builder::new()

@@ -87,7 +87,7 @@ pub(crate) async fn run(args: &Args, tmp: &Path, envd: PathBuf) -> anyhow::Resul
 }
 
 /// A random number from the kernel, for the node secret.
-fn rand_u128() -> u128 {
+pub(crate) fn rand_u128() -> u128 {
     use std::io::Read as _;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")

@@ -60,6 +60,8 @@ pub mod pool;
 mod prometheus;
 mod replicas;
 mod sandbox_logs;
+#[cfg(feature = "simulation")]
+pub mod simulation;
 mod state;
 mod teams;
 mod template_api;

@@ -7,6 +7,10 @@
 //! A test can hold any operation on any sandbox at its start
 //! ([`FakeNode::hold`]) to interleave transitions deterministically, and
 //! reads what the node did from [`FakeNode::calls`].
+//!
+//! Simulated nodes ([`crate::simulation`]) serve it too, without the test
+//! controls.
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

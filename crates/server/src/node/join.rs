@@ -39,12 +39,16 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How long one heartbeat may take.
 const BEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a node reports of itself in a heartbeat: how many sandboxes it
+/// holds, and which layers (run on a blocking thread).
+pub(crate) type Report = Arc<dyn Fn() -> (u64, Vec<String>) + Send + Sync>;
+
 /// A node's heartbeats.
 pub(crate) struct Joiner {
     cfg: JoinConfig,
     secret: NodeSecret,
     instance_id: String,
-    node: Arc<super::LocalNode>,
+    report: Report,
     http: reqwest::Client,
     /// Which of [`JoinConfig::control`] answered last.
     current: std::sync::atomic::AtomicUsize,
@@ -63,7 +67,7 @@ impl Joiner {
         cfg: JoinConfig,
         secret: NodeSecret,
         instance_id: String,
-        node: Arc<super::LocalNode>,
+        report: Report,
     ) -> Result<Joiner, String> {
         if cfg.control.is_empty() {
             return Err("no control plane address to join".into());
@@ -85,7 +89,7 @@ impl Joiner {
             cfg,
             secret,
             instance_id,
-            node,
+            report,
             http,
             current: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -117,11 +121,10 @@ impl Joiner {
 
     /// One heartbeat to `control`; its answer.
     async fn beat_to(&self, control: &str) -> Result<BeatReply, BeatError> {
-        let node = self.node.clone();
-        let (sandboxes, layers) =
-            tokio::task::spawn_blocking(move || (node.sandbox_count(), node.held_layers()))
-                .await
-                .map_err(|e| BeatError::Unreachable(e.to_string()))?;
+        let report = self.report.clone();
+        let (sandboxes, layers) = tokio::task::spawn_blocking(move || report())
+            .await
+            .map_err(|e| BeatError::Unreachable(e.to_string()))?;
         let beat = NodeBeat {
             id: self.cfg.name.clone(),
             url: self.cfg.advertise.clone(),
@@ -167,6 +170,24 @@ impl Joiner {
         } else {
             BeatError::Unreachable(why)
         })
+    }
+
+    /// The first heartbeat, at the node's start: an error (the reason) if
+    /// the control plane refuses the node; `None` if none answered (the
+    /// node starts anyway and keeps trying).
+    pub async fn first_beat(&self) -> Result<Option<BeatReply>, String> {
+        let control = self.cfg.control.join(", ");
+        match self.beat().await {
+            Ok(reply) => {
+                tracing::info!(%control, name = %self.cfg.name, "joined the control plane");
+                Ok(Some(reply))
+            }
+            Err(BeatError::Refused(why)) => Err(why),
+            Err(BeatError::Unreachable(why)) => {
+                tracing::warn!("cannot join the control plane yet, trying again: {why}");
+                Ok(None)
+            }
+        }
     }
 
     /// Beats until `stop`, at the interval the control plane asks for.

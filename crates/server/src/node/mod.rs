@@ -17,7 +17,7 @@
 
 pub(crate) mod api;
 pub(crate) mod cluster;
-#[cfg(test)]
+#[cfg(any(test, feature = "simulation"))]
 pub(crate) mod fake;
 pub(crate) mod join;
 pub(crate) mod remote;

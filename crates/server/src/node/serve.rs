@@ -98,27 +98,15 @@ impl NodeServer {
         let joiner = match cfg.join {
             None => None,
             Some(join) => {
-                let control = join.control.join(", ");
+                let reported = node.clone();
                 let joiner = super::join::Joiner::new(
                     join,
                     secret.clone(),
                     info.instance_id.clone(),
-                    node.clone(),
+                    Arc::new(move || (reported.sandbox_count(), reported.held_layers())),
                 )
                 .map_err(ServerError::Config)?;
-                let first = match joiner.beat().await {
-                    Ok(reply) => {
-                        tracing::info!(%control, "joined the control plane");
-                        Some(reply)
-                    }
-                    Err(super::join::BeatError::Refused(why)) => {
-                        return Err(ServerError::Config(why));
-                    }
-                    Err(super::join::BeatError::Unreachable(why)) => {
-                        tracing::warn!("cannot join the control plane yet, trying again: {why}");
-                        None
-                    }
-                };
+                let first = joiner.first_beat().await.map_err(ServerError::Config)?;
                 Some((joiner, first))
             }
         };
