@@ -10,8 +10,9 @@ install_runtime_deps
 # Test fixtures: images from the host's busybox and from mmdebstrap, converted
 # and inspected with real OCI tools; a real registry (distribution) to pull
 # from, with openssl signing the tokens of its bearer-auth mode; PostgreSQL for
-# the store tests on the second backend (each test runs a private cluster).
-apt_install busybox-static skopeo umoci strace docker-registry openssl postgresql dnsmasq-base
+# the store tests on the second backend (each test runs a private cluster);
+# systemd-analyze to verify the units in deploy/.
+apt_install busybox-static skopeo umoci strace docker-registry openssl postgresql dnsmasq-base systemd
 # The official E2B SDKs: the tests install exact versions (Python venvs from
 # PyPI; npm packages from tests/sdk/js/package-lock.json) into the test cache.
 python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
