@@ -403,6 +403,73 @@ pub struct TagRow {
     pub created_at: i64,
 }
 
+/// A count as stored: `u64`s past `i64::MAX` saturate.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored count (never negative; read as 0 if it were).
+fn unsigned(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The node columns every query reads, in [`node_row`]'s order.
+const NODE_COLUMNS: &str = "id, url, instance_id, version, cap_cpus, cap_memory_mb, \
+     cap_sandboxes, sandboxes, layers, alloc_cpus, alloc_memory_mb, alloc_sandboxes, \
+     registered_at, heartbeat_at, lease_until";
+
+/// A node row from the columns of [`NODE_COLUMNS`], read by `text` and
+/// `number` (by index): one conversion for both backends.
+fn node_row(
+    text: impl Fn(usize) -> Result<String, DbError>,
+    number: impl Fn(usize) -> Result<i64, DbError>,
+) -> Result<NodeRow, DbError> {
+    let count = |i| number(i).map(unsigned);
+    Ok(NodeRow {
+        beat: NodeBeat {
+            id: text(0)?,
+            url: text(1)?,
+            instance_id: text(2)?,
+            version: text(3)?,
+            capacity: Capacity {
+                cpus: count(4)?,
+                memory_mb: count(5)?,
+                sandboxes: count(6)?,
+            },
+            sandboxes: count(7)?,
+            layers: serde_json::from_str(&text(8)?).map_err(|cause| DbError::Corrupt {
+                what: "layers",
+                cause,
+            })?,
+        },
+        allocated: Capacity {
+            cpus: count(9)?,
+            memory_mb: count(10)?,
+            sandboxes: count(11)?,
+        },
+        registered_at: number(12)?,
+        heartbeat_at: number(13)?,
+        lease_until: number(14)?,
+    })
+}
+
+/// The placement columns every query reads, in [`placement_row`]'s order.
+const PLACEMENT_COLUMNS: &str = "sandbox_id, node_id, cpus, memory_mb";
+
+/// A placement from the columns of [`PLACEMENT_COLUMNS`], read by `text`
+/// and `number` (by index).
+fn placement_row(
+    text: impl Fn(usize) -> Result<String, DbError>,
+    number: impl Fn(usize) -> Result<i64, DbError>,
+) -> Result<Placement, DbError> {
+    Ok(Placement {
+        sandbox_id: text(0)?,
+        node_id: text(1)?,
+        cpus: unsigned(number(2)?),
+        memory_mb: unsigned(number(3)?),
+    })
+}
+
 /// The states a sandbox counts as live in (its template is in use).
 const LIVE_STATES: &str = "('starting', 'running', 'paused')";
 

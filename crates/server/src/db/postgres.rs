@@ -29,9 +29,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Row};
 
 use super::{
-    Access, ApiKeyRow, Capacity, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, NodeBeat,
-    NodeRow, PauseMode, Placement, Revoke, SANDBOX_COLUMNS, SandboxChange, SandboxColumns,
-    SandboxRow, SandboxState, Spawns, Store, TagRow, TeamRow, TemplateRow, VolumeRow,
+    Access, ApiKeyRow, DbError, KeyKind, KeyOwner, LIVE_STATES, NODE_COLUMNS, NewKey, NodeBeat,
+    NodeRow, PLACEMENT_COLUMNS, PauseMode, Placement, Revoke, SANDBOX_COLUMNS, SandboxChange,
+    SandboxColumns, SandboxRow, SandboxState, Spawns, Store, TagRow, TeamRow, TemplateRow,
+    VolumeRow, int, node_row, placement_row,
 };
 
 /// Schema migrations, in order; `hutch_schema.version` is the number
@@ -445,20 +446,13 @@ impl Store for PostgresStore {
     }
 
     async fn placement_of(&self, sandbox_id: String) -> Result<Option<Placement>, DbError> {
-        sqlx::query(
-            "SELECT sandbox_id, node_id, cpus, memory_mb FROM placements WHERE sandbox_id = $1",
-        )
+        sqlx::query(&format!(
+            "SELECT {PLACEMENT_COLUMNS} FROM placements WHERE sandbox_id = $1"
+        ))
         .bind(sandbox_id)
         .fetch_optional(&self.pool)
         .await?
-        .map(|r| {
-            Ok(Placement {
-                sandbox_id: r.try_get(0)?,
-                node_id: r.try_get(1)?,
-                cpus: unsigned(r.try_get(2)?),
-                memory_mb: unsigned(r.try_get(3)?),
-            })
-        })
+        .map(|r| placement_row(|i| Ok(r.try_get(i)?), |i| Ok(r.try_get(i)?)))
         .transpose()
     }
 
@@ -1044,7 +1038,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(node_row)
+            .map(|r| node_row(|i| Ok(r.try_get(i)?), |i| Ok(r.try_get(i)?)))
             .collect()
     }
 
@@ -1116,68 +1110,15 @@ impl Store for PostgresStore {
     }
 
     async fn list_placements(&self) -> Result<Vec<Placement>, DbError> {
-        sqlx::query(
-            "SELECT sandbox_id, node_id, cpus, memory_mb FROM placements ORDER BY sandbox_id",
-        )
+        sqlx::query(&format!(
+            "SELECT {PLACEMENT_COLUMNS} FROM placements ORDER BY sandbox_id"
+        ))
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(Placement {
-                sandbox_id: r.try_get(0)?,
-                node_id: r.try_get(1)?,
-                cpus: unsigned(r.try_get(2)?),
-                memory_mb: unsigned(r.try_get(3)?),
-            })
-        })
+        .map(|r| placement_row(|i| Ok(r.try_get(i)?), |i| Ok(r.try_get(i)?)))
         .collect()
     }
-}
-
-/// A count as stored: `u64`s past `i64::MAX` saturate.
-fn int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// A stored count (never negative; read as 0 if it were).
-fn unsigned(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-/// The node columns every query reads, in [`node_row`]'s order.
-const NODE_COLUMNS: &str = "id, url, instance_id, version, cap_cpus, cap_memory_mb, \
-     cap_sandboxes, sandboxes, layers, alloc_cpus, alloc_memory_mb, alloc_sandboxes, \
-     registered_at, heartbeat_at, lease_until";
-
-fn node_row(r: &PgRow) -> Result<NodeRow, DbError> {
-    Ok(NodeRow {
-        beat: NodeBeat {
-            id: r.try_get(0)?,
-            url: r.try_get(1)?,
-            instance_id: r.try_get(2)?,
-            version: r.try_get(3)?,
-            capacity: Capacity {
-                cpus: unsigned(r.try_get(4)?),
-                memory_mb: unsigned(r.try_get(5)?),
-                sandboxes: unsigned(r.try_get(6)?),
-            },
-            sandboxes: unsigned(r.try_get(7)?),
-            layers: serde_json::from_str(r.try_get::<&str, _>(8)?).map_err(|cause| {
-                DbError::Corrupt {
-                    what: "layers",
-                    cause,
-                }
-            })?,
-        },
-        allocated: Capacity {
-            cpus: unsigned(r.try_get(9)?),
-            memory_mb: unsigned(r.try_get(10)?),
-            sandboxes: unsigned(r.try_get(11)?),
-        },
-        registered_at: r.try_get(12)?,
-        heartbeat_at: r.try_get(13)?,
-        lease_until: r.try_get(14)?,
-    })
 }
 
 fn team_row(r: &PgRow) -> Result<TeamRow, DbError> {

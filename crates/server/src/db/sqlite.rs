@@ -15,9 +15,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    ApiKeyRow, Capacity, DbError, KeyKind, KeyOwner, LIVE_STATES, NewKey, NodeBeat, NodeRow,
-    PauseMode, Placement, Revoke, SANDBOX_COLUMNS, SandboxColumns, SandboxRow, SandboxState,
-    Spawns, Store, TagRow, TeamRow, TemplateRow, VolumeRow,
+    ApiKeyRow, DbError, KeyKind, KeyOwner, LIVE_STATES, NODE_COLUMNS, NewKey, NodeBeat, NodeRow,
+    PLACEMENT_COLUMNS, PauseMode, Placement, Revoke, SANDBOX_COLUMNS, SandboxColumns, SandboxRow,
+    SandboxState, Spawns, Store, TagRow, TeamRow, TemplateRow, VolumeRow, int, node_row,
+    placement_row,
 };
 
 /// The template columns every query reads, in [`template_row`]'s order.
@@ -819,7 +820,9 @@ impl Store for SqliteStore {
     async fn list_nodes(&self) -> Result<Vec<NodeRow>, DbError> {
         self.call(|c| {
             let mut st = c.prepare(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))?;
-            let rows = st.query([])?.and_then(node_row);
+            let rows = st
+                .query([])?
+                .and_then(|r| node_row(|i| Ok(r.get(i)?), |i| Ok(r.get(i)?)));
             rows.collect()
         })
         .await
@@ -884,85 +887,29 @@ impl Store for SqliteStore {
     async fn placement_of(&self, sandbox_id: String) -> Result<Option<Placement>, DbError> {
         self.call(move |c| {
             use rusqlite::OptionalExtension as _;
-            Ok(c.query_row(
-                "SELECT sandbox_id, node_id, cpus, memory_mb FROM placements WHERE sandbox_id = ?1",
+            c.query_row(
+                &format!("SELECT {PLACEMENT_COLUMNS} FROM placements WHERE sandbox_id = ?1"),
                 [sandbox_id],
-                |r| {
-                    Ok(Placement {
-                        sandbox_id: r.get(0)?,
-                        node_id: r.get(1)?,
-                        cpus: unsigned(r.get(2)?),
-                        memory_mb: unsigned(r.get(3)?),
-                    })
-                },
+                |r| Ok(placement_row(|i| Ok(r.get(i)?), |i| Ok(r.get(i)?))),
             )
-            .optional()?)
+            .optional()?
+            .transpose()
         })
         .await
     }
 
     async fn list_placements(&self) -> Result<Vec<Placement>, DbError> {
         self.call(|c| {
-            let mut st = c.prepare(
-                "SELECT sandbox_id, node_id, cpus, memory_mb FROM placements ORDER BY sandbox_id",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(Placement {
-                    sandbox_id: r.get(0)?,
-                    node_id: r.get(1)?,
-                    cpus: unsigned(r.get(2)?),
-                    memory_mb: unsigned(r.get(3)?),
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut st = c.prepare(&format!(
+                "SELECT {PLACEMENT_COLUMNS} FROM placements ORDER BY sandbox_id"
+            ))?;
+            let rows = st
+                .query([])?
+                .and_then(|r| placement_row(|i| Ok(r.get(i)?), |i| Ok(r.get(i)?)));
+            rows.collect()
         })
         .await
     }
-}
-
-/// A count as stored: `u64`s past `i64::MAX` saturate.
-fn int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// A stored count (never negative; read as 0 if it were).
-fn unsigned(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-/// The node columns every query reads, in [`node_row`]'s order.
-const NODE_COLUMNS: &str = "id, url, instance_id, version, cap_cpus, cap_memory_mb, \
-     cap_sandboxes, sandboxes, layers, alloc_cpus, alloc_memory_mb, alloc_sandboxes, \
-     registered_at, heartbeat_at, lease_until";
-
-fn node_row(r: &rusqlite::Row<'_>) -> Result<NodeRow, DbError> {
-    let layers: String = r.get(8)?;
-    Ok(NodeRow {
-        beat: NodeBeat {
-            id: r.get(0)?,
-            url: r.get(1)?,
-            instance_id: r.get(2)?,
-            version: r.get(3)?,
-            capacity: Capacity {
-                cpus: unsigned(r.get(4)?),
-                memory_mb: unsigned(r.get(5)?),
-                sandboxes: unsigned(r.get(6)?),
-            },
-            sandboxes: unsigned(r.get(7)?),
-            layers: serde_json::from_str(&layers).map_err(|cause| DbError::Corrupt {
-                what: "layers",
-                cause,
-            })?,
-        },
-        allocated: Capacity {
-            cpus: unsigned(r.get(9)?),
-            memory_mb: unsigned(r.get(10)?),
-            sandboxes: unsigned(r.get(11)?),
-        },
-        registered_at: r.get(12)?,
-        heartbeat_at: r.get(13)?,
-        lease_until: r.get(14)?,
-    })
 }
 
 fn team_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TeamRow> {
