@@ -201,6 +201,51 @@ fn control_planes_spread_sandboxes_over_their_nodes_and_survive_losses() {
     all.push(last[0].clone());
     run(&control, &with("exec", &all));
 
+    // PostgreSQL restarts under light load: while it is down, requests
+    // that need it wait for it (up to the store's connection timeout) or
+    // get a 503 saying to try again, and nothing else; once it is back,
+    // both replicas serve, the nodes beat again, and the sandboxes answer.
+    let watched = format!("/sandboxes/{}", all[0]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let load = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for server in [&control, &other] {
+                    seen.push(http(server, reqwest::Method::GET, &watched, &[], None));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        postgres.stop();
+        std::thread::sleep(Duration::from_secs(6));
+        postgres.start_again();
+        wait_until(
+            "both replicas to read the store again",
+            Duration::from_secs(30),
+            || {
+                [&control, &other]
+                    .iter()
+                    .all(|s| http(s, reqwest::Method::GET, &watched, &[], None).0 == 200)
+            },
+        );
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        load.join().unwrap()
+    });
+    assert!(!load.is_empty());
+    for (status, body) in load.iter().filter(|(status, _)| *status != 200) {
+        assert!(
+            *status == 503 && body.contains("try again"),
+            "{status} {body}"
+        );
+    }
+    control.wait_nodes_alive(3);
+    other.wait_nodes_alive(3);
+    run(&other, &with("exec", &all));
+    let after = created(&run(&control, &["create", "deb", "1"]));
+    all.extend(after);
+
     // Killed through the SDK, they leave every node empty, and every
     // allocation is given back.
     run(&control, &with("kill", &all));
