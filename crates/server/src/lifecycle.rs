@@ -1260,10 +1260,21 @@ pub(crate) async fn readopt_node(
             tracing::warn!(sandbox = %id, "cannot remove the sandbox's placement: {e}");
         }
     }
-    // Placed here but neither on the node nor live in the store: gone.
+    // Placed here but not on the node: its placement goes when nothing
+    // can still boot it there — at the control plane's start, what has no
+    // live row; while it serves, what is recorded killed (a teardown the
+    // node's loss cut short, the node having lost the sandbox meanwhile).
     for id in placed.difference(&on_host) {
-        if at_start && !rows.iter().any(|r| &r.id == id) {
-            let _ = cluster.destroy(id).await;
+        if rows.iter().any(|r| &r.id == id) {
+            continue;
+        }
+        let gone = at_start
+            || matches!(
+                st.db.get_sandbox(id.clone()).await,
+                Ok(Some(r)) if r.state == SandboxState::Killed
+            );
+        if gone && let Err(e) = cluster.destroy(id).await {
+            tracing::warn!(sandbox = %id, "cannot release the sandbox's placement: {e}");
         }
     }
     let on_host: BTreeSet<String> = on_host

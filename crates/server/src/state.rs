@@ -268,6 +268,26 @@ impl AppState {
         ))
     }
 
+    /// State over `cfg`'s data directory whose sandboxes run on the nodes
+    /// that join it with `secret`, leased for `lease`: for tests of the
+    /// cluster's control side.
+    #[cfg(test)]
+    pub async fn with_cluster(
+        cfg: &ServerConfig,
+        secret: &str,
+        lease: std::time::Duration,
+    ) -> Result<Arc<AppState>, ServerError> {
+        let data = DataDir::open(cfg).await?;
+        let secret = crate::node::api::NodeSecret::new(secret).map_err(ServerError::Config)?;
+        let nodes = crate::node::cluster::Cluster::open(data.db.clone(), secret, lease)
+            .await
+            .map_err(ServerError::Config)?;
+        let nodes = Arc::new(nodes);
+        let mut st = AppState::assemble(cfg, data, nodes.clone(), None, None);
+        Arc::get_mut(&mut st).expect("not shared yet").cluster = Some(nodes);
+        Ok(st)
+    }
+
     /// The running sandboxes (locked briefly; never held across an await).
     pub fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveSandbox>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())

@@ -56,6 +56,44 @@ impl Harness {
         Harness::with_database(Some(postgres)).await
     }
 
+    /// State in SQLite; a control plane whose one node, `n1`, is the fake
+    /// node behind the node API, joined (one heartbeat, leased for
+    /// `lease`) and reconciled.
+    pub async fn in_cluster(lease: Duration) -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = FakeNode::new(&tmp.path().join("node"));
+        let (url, guard) = serve_node_api(node.clone()).await;
+        let cfg = Harness::config(&tmp, None);
+        let st = AppState::with_cluster(&cfg, NODE_SECRET, lease)
+            .await
+            .unwrap();
+        let h = Harness::assemble(st, node, tmp, None, Some(guard)).await;
+        h.beat(&url).await;
+        crate::lifecycle::follow_cluster(&h.st, true).await;
+        h
+    }
+
+    /// A heartbeat of node `n1` at `url` ([`Harness::in_cluster`]).
+    pub async fn beat(&self, url: &str) {
+        let cluster = self.st.cluster.as_ref().expect("a cluster");
+        cluster
+            .heartbeat(crate::db::NodeBeat {
+                id: "n1".into(),
+                url: url.into(),
+                instance_id: "test-instance".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                capacity: crate::db::Capacity {
+                    cpus: 100,
+                    memory_mb: 100_000,
+                    sandboxes: 10,
+                },
+                sandboxes: 0,
+                layers: Vec::new(),
+            })
+            .await
+            .unwrap();
+    }
+
     async fn with_database(postgres: Option<hutch_test_support::Postgres>) -> Harness {
         Harness::build(postgres, false).await
     }
@@ -71,14 +109,34 @@ impl Harness {
         } else {
             (node.clone(), None)
         };
+        let cfg = Harness::config(&tmp, postgres.as_ref());
+        let st = AppState::with_node(&cfg, driven).await.unwrap();
+        Harness::assemble(st, node, tmp, postgres, node_api).await
+    }
+
+    /// The configuration of a harness in `tmp`.
+    fn config(
+        tmp: &tempfile::TempDir,
+        postgres: Option<&hutch_test_support::Postgres>,
+    ) -> ServerConfig {
         let mut cfg = ServerConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             tmp.path().join("data"),
             PathBuf::from("/nonexistent"),
         );
         cfg.runc = PathBuf::from("/nonexistent");
-        cfg.database_url = postgres.as_ref().map(|p| p.url());
-        let st = AppState::with_node(&cfg, driven).await.unwrap();
+        cfg.database_url = postgres.map(|p| p.url());
+        cfg
+    }
+
+    /// A harness over `st`, with no warm pool and the template `app`.
+    async fn assemble(
+        st: Arc<AppState>,
+        node: Arc<FakeNode>,
+        tmp: tempfile::TempDir,
+        postgres: Option<hutch_test_support::Postgres>,
+        node_api: Option<tokio_util::sync::DropGuard>,
+    ) -> Harness {
         st.pool.set_target(0);
         let meta = template_app();
         st.db

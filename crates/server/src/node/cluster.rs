@@ -837,4 +837,79 @@ mod tests {
         // Every node with room stays a fallback.
         assert_eq!(place(&nodes, &need(2, 512), 3, &mut rng).len(), 100);
     }
+
+    use crate::db::SandboxState;
+    use crate::testing::{Harness, patiently};
+
+    /// The placements the store holds.
+    async fn placements(h: &Harness) -> Vec<String> {
+        h.st.db
+            .list_placements()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.sandbox_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_create_is_placed_reserved_and_given_back() {
+        let h = Harness::in_cluster(Duration::from_secs(30)).await;
+        let id = h.create().await;
+        assert_eq!(placements(&h).await, vec![id.clone()]);
+        let node = &h.st.db.list_nodes().await.unwrap()[0];
+        assert_eq!(node.allocated.sandboxes, 1);
+        crate::lifecycle::kill_sandbox(&h.st, &id).await.unwrap();
+        patiently("the placement to go", async {
+            while !placements(&h).await.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let node = &h.st.db.list_nodes().await.unwrap()[0];
+        assert_eq!(node.allocated, Capacity::default());
+    }
+
+    #[tokio::test]
+    async fn a_lost_node_takes_no_create_and_its_sandboxes_say_so() {
+        let h = Harness::in_cluster(Duration::from_millis(300)).await;
+        let id = h.create().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        crate::lifecycle::follow_cluster(&h.st, false).await;
+        let cluster = h.st.cluster.as_ref().unwrap();
+        assert!(cluster.node_of(&id).unwrap().lost);
+        let e = cluster.status(&id).await.unwrap_err();
+        assert!(
+            matches!(&e, NodeError::Unavailable(m) if m.contains("n1") && m.contains("lost")),
+            "{e}"
+        );
+        let e = crate::lifecycle::create_sandbox(&h.st, h.create_args())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("n1: lost"), "{e}");
+        // Back: reachable again.
+        h.beat(&cluster.member("n1").unwrap().base_url()).await;
+        crate::lifecycle::follow_cluster(&h.st, false).await;
+        assert!(!cluster.node_of(&id).unwrap().lost);
+        assert!(cluster.status(&id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_returning_node_gives_back_what_it_lost_while_away() {
+        let h = Harness::in_cluster(Duration::from_secs(30)).await;
+        let id = h.create().await;
+        // Killed while its teardown could not reach the node, and gone from
+        // the node meanwhile (its machine restarted, say).
+        h.st.live().remove(&id);
+        h.st.db
+            .mark_killed(id.clone(), crate::time::now_ms())
+            .await
+            .unwrap();
+        crate::node::Node::destroy(&*h.node, &id).await.unwrap();
+        assert_eq!(placements(&h).await, vec![id.clone()]);
+        let cluster = h.st.cluster.as_ref().unwrap();
+        assert!(crate::lifecycle::readopt_node(&h.st, cluster, "n1", "test-instance", false).await);
+        assert!(placements(&h).await.is_empty());
+        assert_eq!(h.row_state(&id).await, SandboxState::Killed);
+    }
 }

@@ -79,6 +79,12 @@ impl RemoteNode {
         })
     }
 
+    /// Its node API's address.
+    #[cfg(test)]
+    pub fn base_url(&self) -> String {
+        self.endpoint.base.clone()
+    }
+
     /// Who the node is (fails if it does not answer, or refuses the secret).
     pub async fn info(&self) -> Result<NodeInfo, NodeError> {
         self.json(self.get("/v1/node")).await
