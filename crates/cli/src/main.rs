@@ -1016,10 +1016,29 @@ mod tests {
         assert!(e.contains("--network-pool"), "{e}");
         let e = serve(&["--fallback-dns", "1.1.1.1,dns.example"]).unwrap_err();
         assert!(e.contains("--fallback-dns"), "{e}");
-        let e = serve(&["--node", "http://10.0.0.2:3001"]).unwrap_err();
+        // A cluster's settings are `hutch control`'s, which needs them.
+        let e = serve(&["--node-secret-file", "/etc/hutch/node-secret"]).unwrap_err();
+        assert!(e.contains("--node-secret-file"), "{e}");
+        let e = Cli::try_parse_from(["hutch", "control"])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             e.contains("--node-secret-file") && e.contains("--template-registry"),
             "{e}"
+        );
+        let node = |extra: &[&str]| {
+            let mut argv = vec!["hutch", "node", "--node-secret-file", "/s"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Node(args)) => args,
+                _ => panic!("not node"),
+            }
+        };
+        assert!(node(&[]).join.is_empty());
+        assert_eq!(
+            node(&["--join", "http://a:3000,http://b:3000"]).join,
+            ["http://a:3000", "http://b:3000"]
         );
     }
 }
