@@ -168,9 +168,38 @@ pub(crate) async fn image_for(
         }));
     }
     registry
-        .image_of(&st.store, &st.data_dir.join("tmp"), layers)
+        .image_of(&st.store, &push_scratch(&st.data_dir), layers)
         .await
         .map(Some)
+}
+
+/// Where a control plane writes the layers it pushes, under its data
+/// directory `data`.
+pub(crate) fn push_scratch(data: &Path) -> PathBuf {
+    data.join("tmp")
+}
+
+/// Removes what pushes cut short by a crash left in `scratch` (the
+/// `push-*` directories [`TemplateRegistry::image_of`] writes layers to);
+/// how many.
+pub(crate) fn clear_push_scratch(scratch: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("push-") {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), "cannot remove a push's leftovers: {e}")
+            }
+        }
+    }
+    removed
 }
 
 /// Pushes a newly registered template's `layers` now, so that its first
@@ -281,5 +310,21 @@ mod tests {
             layer_list_key(&["a".into(), "b".into()]),
             layer_list_key(&["ab".into()])
         );
+    }
+
+    #[test]
+    fn a_crashed_push_leaves_nothing_after_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = push_scratch(dir.path());
+        std::fs::create_dir_all(scratch.join("push-abc/inner")).unwrap();
+        std::fs::write(scratch.join("push-abc/inner/0.tar.gz"), b"partial").unwrap();
+        std::fs::create_dir_all(scratch.join("snapshots")).unwrap();
+        assert_eq!(clear_push_scratch(&scratch), 1);
+        assert!(!scratch.join("push-abc").exists());
+        assert!(
+            scratch.join("snapshots").is_dir(),
+            "only pushes' leftovers go"
+        );
+        assert_eq!(clear_push_scratch(&dir.path().join("absent")), 0);
     }
 }

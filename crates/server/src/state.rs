@@ -196,6 +196,11 @@ impl AppState {
         )
         .map_err(ServerError::Config)?;
         let data = DataDir::open_with(cfg, db::Access::Shared).await?;
+        let left =
+            crate::distribution::clear_push_scratch(&crate::distribution::push_scratch(&data.path));
+        if left > 0 {
+            tracing::info!("removed {left} push(es) a previous run left unfinished");
+        }
         let replicated = matches!(data.location, db::Location::Postgres(_));
         let nodes =
             crate::node::cluster::Cluster::open(data.db.clone(), secret, cluster.node_lease)
