@@ -28,19 +28,6 @@ fn created(stdout: &str) -> Vec<String> {
         .collect()
 }
 
-/// Sandbox `id` as `GET /sandboxes/{id}` describes it.
-fn info(control: &TestServer, id: &str) -> serde_json::Value {
-    let (status, body) = http(
-        control,
-        reqwest::Method::GET,
-        &format!("/sandboxes/{id}"),
-        &[],
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 /// Which node each sandbox runs on, by its info — checked against the
 /// nodes' disks.
 fn placement(
@@ -50,7 +37,7 @@ fn placement(
 ) -> BTreeMap<String, Vec<String>> {
     let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for id in ids {
-        let node = info(control, id)["hutchNode"]
+        let node = control.sandbox_info(id)["hutchNode"]
             .as_str()
             .unwrap_or_else(|| panic!("sandbox {id} has no node"))
             .to_owned();
@@ -152,8 +139,11 @@ fn control_planes_spread_sandboxes_over_their_nodes_and_survive_losses() {
     wait_until("n2 to be lost", Duration::from_secs(15), || {
         control.nodes_in("lost") == ["n2"] && other.nodes_in("lost") == ["n2"]
     });
-    assert_eq!(info(&other, &on_n2[0])["hutchNodeState"], "lost");
-    assert_eq!(info(&control, &spread["n1"][0])["hutchNodeState"], "alive");
+    assert_eq!(other.sandbox_info(&on_n2[0])["hutchNodeState"], "lost");
+    assert_eq!(
+        control.sandbox_info(&spread["n1"][0])["hutchNodeState"],
+        "alive"
+    );
     run(&other, &["lost", &on_n2[0]]);
     let more = created(&run(&other, &["create", "deb", "4"]));
     let more_spread = placement(&control, &nodes, &more);
@@ -164,7 +154,7 @@ fn control_planes_spread_sandboxes_over_their_nodes_and_survive_losses() {
     control.wait_nodes_alive(3);
     other.wait_nodes_alive(3);
     run(&control, &with("exec", &on_n2));
-    assert_eq!(info(&other, &on_n2[0])["hutchNodeState"], "alive");
+    assert_eq!(other.sandbox_info(&on_n2[0])["hutchNodeState"], "alive");
 
     // SIGKILL the first replica: the other serves everything, creates go
     // on there, and the nodes beat to it.

@@ -33,18 +33,6 @@ fn post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn info(server: &TestServer, id: &str) -> Value {
-    let (status, body) = http(
-        server,
-        reqwest::Method::GET,
-        &format!("/sandboxes/{id}"),
-        &[],
-        None,
-    );
-    assert_eq!(status, 200, "GET /sandboxes/{id}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 fn state_dir(server: &TestServer, id: &str) -> PathBuf {
     server.data_dir().join("sandboxes").join(id)
 }
@@ -144,7 +132,7 @@ fn memory_pause_freezes_a_counter_outlives_the_timeout_and_resumes_it() {
     assert_eq!(pid_before.lines().count(), 1, "{pid_before}");
 
     server.cli_ok(&["sandbox", "pause", &id]);
-    let info_paused = info(&server, &id);
+    let info_paused = server.sandbox_info(&id);
     assert_eq!(info_paused["state"], "paused");
     assert_eq!(info_paused["pauseMode"], "full");
     let frozen = number_in_upper(&server, &id, "/tmp/counter");
@@ -153,7 +141,7 @@ fn memory_pause_freezes_a_counter_outlives_the_timeout_and_resumes_it() {
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(number_in_upper(&server, &id, "/tmp/counter"), frozen);
     }
-    assert_eq!(info(&server, &id)["state"], "paused");
+    assert_eq!(server.sandbox_info(&id)["state"], "paused");
 
     let (status, body) = post(&server, &format!("/sandboxes/{id}/connect"), json!({}));
     assert_eq!(status, 201, "{body}");
@@ -208,7 +196,7 @@ fn filesystem_pause_keeps_files_env_and_policy_but_no_process() {
         json!({"memory": false}),
     );
     assert_eq!(status, 409);
-    let paused = info(&server, &id);
+    let paused = server.sandbox_info(&id);
     assert_eq!(paused["state"], "paused");
     assert_eq!(paused["pauseMode"], "filesystem");
     assert_eq!(paused["envdAccessToken"], token.as_str());
@@ -248,8 +236,8 @@ fn filesystem_pause_keeps_files_env_and_policy_but_no_process() {
     let (status, body) = post(&server, &format!("/sandboxes/{id}/connect"), json!({}));
     assert_eq!(status, 201, "{body}\n{}", server.log_tail(30));
     assert_eq!(body["envdAccessToken"], token.as_str());
-    assert_eq!(info(&server, &id)["state"], "running");
-    assert!(info(&server, &id).get("pauseMode").is_none());
+    assert_eq!(server.sandbox_info(&id)["state"], "running");
+    assert!(server.sandbox_info(&id).get("pauseMode").is_none());
     let (status, _) = post(&server, &format!("/sandboxes/{id}/connect"), json!({}));
     assert_eq!(status, 200);
 
@@ -322,16 +310,16 @@ fn paused_sandboxes_survive_a_kill_9_and_connect_resumes_them() {
     // No pool after the restart, so that nothing but these two is left.
     let server = TestServer::restart_with_args(server.kill9(), &["--warm-pool", "0"]);
     assert_eq!(
-        info(&server, &stopped)["pauseMode"],
+        server.sandbox_info(&stopped)["pauseMode"],
         "filesystem",
         "log:\n{}",
         server.log()
     );
-    assert_eq!(info(&server, &frozen)["pauseMode"], "full");
+    assert_eq!(server.sandbox_info(&frozen)["pauseMode"], "full");
     assert_only_the_disk_is_left(&server, &stopped);
 
     server.cli_ok(&["sandbox", "resume", &stopped]);
-    assert_eq!(info(&server, &stopped)["state"], "running");
+    assert_eq!(server.sandbox_info(&stopped)["state"], "running");
     assert_eq!(sh(&server, &stopped, "cat /root/note"), "before-crash\n");
 
     let (status, body) = post(
@@ -359,7 +347,7 @@ fn auto_pause_at_the_timeout_then_connect_resumes() {
     // In memory: the counter is frozen at the timeout and goes on after.
     let mem = server.create_sandbox("bb", &["--timeout", "4", "--auto-pause"]);
     sh(&server, &mem, COUNTER);
-    let lifecycle = &info(&server, &mem)["lifecycle"];
+    let lifecycle = &server.sandbox_info(&mem)["lifecycle"];
     assert_eq!(lifecycle["onTimeout"], "pause");
     assert_eq!(lifecycle["autoResume"], false);
     // Filesystem only: stopped at the timeout, its files kept.
@@ -367,17 +355,20 @@ fn auto_pause_at_the_timeout_then_connect_resumes() {
     sh(&server, &fs, "echo written > /root/f");
     // Neither: killed.
     let plain = server.create_sandbox("bb", &["--timeout", "4"]);
-    assert_eq!(info(&server, &plain)["lifecycle"]["onTimeout"], "kill");
+    assert_eq!(
+        server.sandbox_info(&plain)["lifecycle"]["onTimeout"],
+        "kill"
+    );
 
     // The row says paused from the moment the pause starts; a filesystem
     // pause has finished once only the disk is left.
     wait_until("both auto-paused", Duration::from_secs(20), || {
-        info(&server, &mem)["state"] == "paused"
-            && info(&server, &fs)["state"] == "paused"
+        server.sandbox_info(&mem)["state"] == "paused"
+            && server.sandbox_info(&fs)["state"] == "paused"
             && names_in(&state_dir(&server, &fs)) == ["disk.img"]
     });
-    assert_eq!(info(&server, &mem)["pauseMode"], "full");
-    assert_eq!(info(&server, &fs)["pauseMode"], "filesystem");
+    assert_eq!(server.sandbox_info(&mem)["pauseMode"], "full");
+    assert_eq!(server.sandbox_info(&fs)["pauseMode"], "filesystem");
     // Counted once the plain one's teardown (which runs at the same moment)
     // is over.
     wait_until("the plain one killed", Duration::from_secs(20), || {
@@ -398,8 +389,8 @@ fn auto_pause_at_the_timeout_then_connect_resumes() {
     });
     assert_eq!(sh(&server, &fs, "cat /root/f"), "written\n");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(info(&server, &mem)["state"], "running");
-    assert_eq!(info(&server, &fs)["state"], "running");
+    assert_eq!(server.sandbox_info(&mem)["state"], "running");
+    assert_eq!(server.sandbox_info(&fs)["state"], "running");
 
     // Honoured after a restart: the new server pauses it at its timeout.
     let later = server.create_sandbox("bb", &["--timeout", "4", "--auto-pause"]);
@@ -407,7 +398,7 @@ fn auto_pause_at_the_timeout_then_connect_resumes() {
     wait_until(
         "auto-paused after the restart",
         Duration::from_secs(20),
-        || info(&server, &later)["state"] == "paused",
+        || server.sandbox_info(&later)["state"] == "paused",
     );
     for id in [&mem, &fs, &later] {
         server.cli_ok(&["sandbox", "kill", id]);
@@ -419,13 +410,13 @@ fn auto_pause_at_the_timeout_then_connect_resumes() {
 fn auto_resume_through_the_front_door() {
     let server = server(0);
     let id = server.create_sandbox("bb", &["--auto-resume"]);
-    assert_eq!(info(&server, &id)["lifecycle"]["autoResume"], true);
+    assert_eq!(server.sandbox_info(&id)["lifecycle"]["autoResume"], true);
     sh(&server, &id, COUNTER);
 
     // `hutch exec` on the paused sandbox resumes it and runs.
     server.cli_ok(&["sandbox", "pause", &id]);
     assert_eq!(server.cli_ok(&["exec", &id, "--", "echo", "hi"]), "hi\n");
-    assert_eq!(info(&server, &id)["state"], "running");
+    assert_eq!(server.sandbox_info(&id)["state"], "running");
     let frozen = number_in_upper(&server, &id, "/tmp/counter");
     wait_until("the counter continues", Duration::from_secs(10), || {
         number_in_upper(&server, &id, "/tmp/counter") > frozen
@@ -441,7 +432,7 @@ fn auto_resume_through_the_front_door() {
         None,
     );
     assert_eq!(status, 204, "{body}");
-    assert_eq!(info(&server, &id)["state"], "running");
+    assert_eq!(server.sandbox_info(&id)["state"], "running");
 
     // A user port, addressed by host name.
     sh(
@@ -469,7 +460,7 @@ fn auto_resume_through_the_front_door() {
         None,
     );
     assert_eq!((status, body.as_str()), (200, "served\n"));
-    assert_eq!(info(&server, &id)["state"], "running");
+    assert_eq!(server.sandbox_info(&id)["state"], "running");
 
     // Paused filesystem-only, it is not resumed by a request.
     server.cli_ok(&["sandbox", "pause", "--filesystem", &id]);
@@ -495,7 +486,7 @@ fn auto_resume_through_the_front_door() {
     );
     assert_eq!(status, 502);
     assert!(body.contains("connect"), "{body}");
-    assert_eq!(info(&server, &other)["state"], "paused");
+    assert_eq!(server.sandbox_info(&other)["state"], "paused");
 
     // A filesystem auto-pause cannot auto-resume.
     let out = server.cli(&[
@@ -543,7 +534,7 @@ fn the_older_resume_route_resumes_paused_sandboxes_only() {
     );
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["sandboxID"], id.as_str());
-    assert_eq!(info(&server, &id)["state"], "running");
+    assert_eq!(server.sandbox_info(&id)["state"], "running");
     assert_eq!(sh(&server, &id, "echo up").trim(), "up");
     let (status, _) = post(&server, "/sandboxes/nope/resume", json!({}));
     assert_eq!(status, 404);

@@ -319,6 +319,15 @@ impl TestServer {
             .header("X-API-Key", self.api_key())
     }
 
+    /// Sandbox `id` as `GET /sandboxes/{id}` describes it (panics unless
+    /// it answers 200).
+    pub fn sandbox_info(&self, id: &str) -> serde_json::Value {
+        let path = format!("/sandboxes/{id}");
+        let (status, body) = http(self, reqwest::Method::GET, &path, &[], None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("the sandbox as JSON")
+    }
+
     /// A control plane's nodes, as `GET /hutch/v1/nodes` lists them.
     pub fn nodes(&self) -> Vec<serde_json::Value> {
         let (status, body) = http(self, reqwest::Method::GET, "/hutch/v1/nodes", &[], None);
