@@ -28,6 +28,10 @@ const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long connecting to the node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// After how long idle a connection to a node is probed, and between
+/// probes: three unanswered ones (about a minute) end it.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+
 /// Between two attempts to watch an agent whose node did not answer.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -67,6 +71,11 @@ impl RemoteNode {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            // A node cut off without a word (its machine gone, a partition)
+            // ends the long polls on it instead of holding them forever.
+            .tcp_keepalive(TCP_KEEPALIVE)
+            .tcp_keepalive_interval(TCP_KEEPALIVE)
+            .tcp_keepalive_retries(3u32)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(RemoteNode {
