@@ -44,6 +44,25 @@ struct Endpoint {
     secret: NodeSecret,
 }
 
+/// The `host:port` of a node API address (`http://host[:port]`), or why
+/// it is not one.
+pub(crate) fn authority_of(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("node address {url:?}: {e}"))?;
+    if parsed.scheme() != "http" {
+        return Err(format!(
+            "node address {url:?}: only http:// is supported (put the node network behind a VPN or TLS tunnel)"
+        ));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("node address {url:?} has no host"))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    Ok(match parsed.host() {
+        Some(url::Host::Ipv6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{host}:{port}"),
+    })
+}
+
 /// A node reached over its API.
 pub(crate) struct RemoteNode {
     endpoint: Arc<Endpoint>,
@@ -54,20 +73,7 @@ impl RemoteNode {
     /// The node whose API is at `url` (`http://host:port`), admitting
     /// `secret`.
     pub fn new(url: &str, secret: NodeSecret) -> Result<RemoteNode, String> {
-        let parsed = url::Url::parse(url).map_err(|e| format!("node address {url:?}: {e}"))?;
-        if parsed.scheme() != "http" {
-            return Err(format!(
-                "node address {url:?}: only http:// is supported (put the node network behind a VPN or TLS tunnel)"
-            ));
-        }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| format!("node address {url:?} has no host"))?;
-        let port = parsed.port_or_known_default().unwrap_or(80);
-        let authority = match parsed.host() {
-            Some(url::Host::Ipv6(ip)) => format!("[{ip}]:{port}"),
-            _ => format!("{host}:{port}"),
-        };
+        let authority = authority_of(url)?;
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
