@@ -1240,8 +1240,9 @@ pub(crate) async fn readopt_node(
         .filter(|r| placed.contains(&r.id))
         .filter(|r| at_start || r.state != SandboxState::Starting)
         .collect();
-    for id in &on_host {
-        if rows.iter().any(|r| &r.id == id) || st.pool.holds(id) {
+    let known: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+    for id in on_host.difference(&known) {
+        if st.pool.holds(id) {
             continue;
         }
         let stale = at_start
@@ -1254,10 +1255,9 @@ pub(crate) async fn readopt_node(
             continue;
         }
         tracing::info!(sandbox = %id, %node, "destroying a sandbox the database does not know");
-        if let Err(e) = remote.destroy(id).await {
-            tracing::warn!(sandbox = %id, "cannot destroy sandbox: {e}");
-        } else if let Err(e) = st.db.unplace_sandbox(id.clone()).await {
-            tracing::warn!(sandbox = %id, "cannot remove the sandbox's placement: {e}");
+        match remote.destroy(id).await {
+            Ok(()) => cluster.unplace(id).await,
+            Err(e) => tracing::warn!(sandbox = %id, "cannot destroy sandbox: {e}"),
         }
     }
     // Placed here but not on the node: its placement goes when nothing
@@ -1265,7 +1265,7 @@ pub(crate) async fn readopt_node(
     // live row; while it serves, what is recorded killed (a teardown the
     // node's loss cut short, the node having lost the sandbox meanwhile).
     for id in placed.difference(&on_host) {
-        if rows.iter().any(|r| &r.id == id) {
+        if known.contains(id) {
             continue;
         }
         let gone = at_start
@@ -1273,14 +1273,11 @@ pub(crate) async fn readopt_node(
                 st.db.get_sandbox(id.clone()).await,
                 Ok(Some(r)) if r.state == SandboxState::Killed
             );
-        if gone && let Err(e) = cluster.destroy(id).await {
-            tracing::warn!(sandbox = %id, "cannot release the sandbox's placement: {e}");
+        if gone {
+            cluster.unplace(id).await;
         }
     }
-    let on_host: BTreeSet<String> = on_host
-        .into_iter()
-        .filter(|id| rows.iter().any(|r| &r.id == id))
-        .collect();
+    let on_host: BTreeSet<String> = on_host.intersection(&known).cloned().collect();
     reconcile(st, rows, &on_host).await;
     cluster.reconciled(node, instance);
     tracing::info!(%node, %instance, "node reconciled");

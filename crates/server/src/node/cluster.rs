@@ -399,7 +399,7 @@ impl Cluster {
     }
 
     /// Removes sandbox `id`'s placement, giving its allocation back.
-    async fn unplace(&self, id: &str) {
+    pub async fn unplace(&self, id: &str) {
         match self.db.unplace_sandbox(id.to_owned()).await {
             Ok(_) => {
                 self.lock().placed.remove(id);
