@@ -195,7 +195,7 @@ impl Cluster {
         let mut inner = self.lock();
         for row in rows {
             let id = row.beat.id.clone();
-            let member = match inner.members.remove(&id) {
+            let mut member = match inner.members.remove(&id) {
                 Some(mut m) if m.row.beat.url == row.beat.url => {
                     m.row = row;
                     m
@@ -212,7 +212,6 @@ impl Cluster {
                     }
                 }
             };
-            let mut member = member;
             if member.alive(now) {
                 member.lost_reported = false;
                 if member.reconciled.as_deref() != Some(member.row.beat.instance_id.as_str()) {
